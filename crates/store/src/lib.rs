@@ -1,0 +1,137 @@
+//! Core of s3backer-rs: the two traits every layer is built on, and the types they exchange.
+//!
+//! A read or a write travels down a stack of layers (front end → zero cache → block cache →
+//! consistency cache → codec → transport). Everything above the codec speaks [`BlockStore`]:
+//! fixed-size *plaintext* blocks addressed by number. The codec turns a plaintext block into an
+//! object body with headers and hands it to an [`ObjectStore`]: the S3 transport or the local
+//! directory used by `--test`. Keeping the two traits apart means caches never see encoded bytes
+//! and transports never see plaintext.
+//!
+//! This crate also holds what more than one layer needs: S3 key naming ([`keys`]), the error type
+//! ([`StoreError`]) with its single mapping to errno, and the stats registry ([`stats`]) that
+//! renders the `stats` file in upstream's field order.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod keys;
+pub mod stats;
+mod types;
+
+pub use error::StoreError;
+pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
+pub use types::*;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Result type used by every store operation.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A store of fixed-size plaintext blocks: what every layer above the codec implements.
+///
+/// Blocks that were never written, or were written as all zeros, read back as zeros
+/// ([`ReadOutcome::Zero`]). Writing all zeros (or `None`) deletes the block.
+#[async_trait]
+pub trait BlockStore: Send + Sync + 'static {
+    /// Size of every block in bytes (a power of two).
+    fn block_size(&self) -> u32;
+
+    /// Number of blocks in the volume.
+    fn num_blocks(&self) -> u64;
+
+    /// Reads block `n`. With [`ReadCondition::IfMatch`] the data must be the version with that
+    /// ETag ([`StoreError::Stale`] otherwise); with [`ReadCondition::IfNoneMatch`] the store may
+    /// answer [`ReadOutcome::NotModified`] when the stored version still has that ETag.
+    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome>;
+
+    /// Writes block `n`. `None`, or data that is all zeros, deletes it. The data must be exactly
+    /// one block long. Returns the ETag of the stored object when the store knows it.
+    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>>;
+
+    /// Zeroes many blocks at once (missing ones are fine). The default writes each as zeros.
+    async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
+        for &n in blocks {
+            self.write_block(n, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Returns once the given blocks (all dirty blocks for `None`) are durable in the backing
+    /// store. Layers that hold dirty data must write it down first, then call the inner flush.
+    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+
+    /// Reports every block that might be non-zero (duplicates allowed) to `sink`.
+    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()>;
+
+    /// Flushes everything and stops background work. After this only dropping is allowed.
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// A store of keyed objects with their headers: what the transports implement.
+///
+/// Objects are addressed by block number; the transport turns the number into its key (see
+/// [`keys::BlockKeys`]). Bodies are opaque (possibly compressed and encrypted) bytes.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Fetches the object of block `n`.
+    async fn get_object(&self, n: BlockNum, cond: ReadCondition) -> Result<GetOutcome>;
+
+    /// Stores the object of block `n`. `volume` is given for block 0 only, so that the size
+    /// metadata travels with it (upstream's `x-amz-meta-s3backer-*` headers). Returns the ETag
+    /// of the stored object.
+    async fn put_object(&self, n: BlockNum, body: ObjectBody, volume: Option<VolumeMeta>) -> Result<Option<Etag>>;
+
+    /// Deletes the object of block `n`; a missing object is not an error.
+    async fn delete_object(&self, n: BlockNum) -> Result<()>;
+
+    /// Deletes many objects; missing ones are fine. The default deletes them one at a time.
+    async fn delete_objects(&self, blocks: &[BlockNum]) -> Result<()> {
+        for &n in blocks {
+            self.delete_object(n).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists every stored block object, calling `sink` with each block number found.
+    async fn list_objects(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()>;
+
+    /// Reads the volume size metadata (kept with block 0), if any.
+    async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>>;
+
+    /// Reads and optionally changes the mount token; returns the previous value (0 = none).
+    async fn mount_token(&self, op: TokenOp) -> Result<u32>;
+
+    /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
+    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+}
+
+/// A byte buffer of `len` zeros, shared so that zero blocks cost no allocation per read.
+pub fn zero_block(len: u32) -> Bytes {
+    Bytes::from(vec![0u8; len as usize])
+}
+
+/// True when every byte of `data` is zero.
+pub fn is_zero(data: &[u8]) -> bool {
+    // Compare in word-sized chunks; the compiler vectorises this well.
+    // SAFETY: every bit pattern is a valid u128, and align_to only reinterprets aligned middles.
+    let (head, body, tail) = unsafe { data.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut v = vec![0u8; 4099];
+        assert!(is_zero(&v));
+        for i in [0usize, 1, 15, 16, 17, 4000, 4098] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i}");
+            assert!(!is_zero(&v[1..]) || i == 0);
+            v[i] = 0;
+        }
+        assert!(is_zero(&[]));
+    }
+}

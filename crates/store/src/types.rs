@@ -1,0 +1,156 @@
+//! Plain data types exchanged between layers.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// A block number. Upstream limits volumes to fewer than 2^32 blocks, so 32 bits suffice.
+pub type BlockNum = u32;
+
+/// An S3-style ETag: the 16 bytes of an MD5 digest (of the stored, encoded object).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Etag(pub [u8; 16]);
+
+impl Etag {
+    /// The ETag upstream uses for "unknown" (all 0xff), e.g. after a failed write.
+    pub const UNKNOWN: Etag = Etag([0xff; 16]);
+
+    /// Parses an ETag header value: 32 hex digits, optionally in double quotes.
+    /// Returns `None` for anything else (multipart ETags such as `"…-2"` included).
+    pub fn parse(s: &str) -> Option<Etag> {
+        let s = s.trim();
+        let s = s.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(s);
+        if s.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Etag(out))
+    }
+
+    /// The ETag as 32 lowercase hex digits (no quotes).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The ETag as an HTTP header value: 32 hex digits in double quotes.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.to_hex())
+    }
+}
+
+impl fmt::Debug for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Etag({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A precondition on a read, as used by the consistency and cache layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadCondition {
+    /// Plain read.
+    #[default]
+    None,
+    /// The stored object must have this ETag (`If-Match`); otherwise the read fails as stale.
+    IfMatch(Etag),
+    /// The store may answer "not modified" when the object still has this ETag (`If-None-Match`).
+    IfNoneMatch(Etag),
+}
+
+/// What a block read returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The block's data (exactly one block long) and, when known, the stored object's ETag.
+    Data {
+        /// The plaintext block.
+        data: Bytes,
+        /// ETag of the stored object, when the store knows it.
+        etag: Option<Etag>,
+    },
+    /// The block is all zeros (never written, or deleted).
+    Zero,
+    /// Answer to [`ReadCondition::IfNoneMatch`]: the stored block still has the given ETag.
+    NotModified,
+}
+
+impl ReadOutcome {
+    /// The block's bytes, materialising zeros; `None` for [`ReadOutcome::NotModified`].
+    pub fn into_data(self, block_size: u32) -> Option<Bytes> {
+        match self {
+            ReadOutcome::Data { data, .. } => Some(data),
+            ReadOutcome::Zero => Some(crate::zero_block(block_size)),
+            ReadOutcome::NotModified => None,
+        }
+    }
+}
+
+/// An object body with the headers that describe how it is encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ObjectBody {
+    /// The stored bytes.
+    pub data: Bytes,
+    /// The `Content-Encoding` value (e.g. `deflate, encrypt-AES-128-CBC`), if encoded.
+    pub content_encoding: Option<String>,
+    /// The `x-amz-meta-s3backer-hmac` value, with its double quotes, if encrypted.
+    pub hmac: Option<String>,
+}
+
+/// What a transport returns for a GET.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GetOutcome {
+    /// The object exists.
+    Found {
+        /// Body and encoding headers.
+        body: ObjectBody,
+        /// The object's ETag, when the transport reports one.
+        etag: Option<Etag>,
+    },
+    /// No such object: the block is all zeros.
+    NotFound,
+    /// Answer to [`ReadCondition::IfNoneMatch`] when the ETag still matches (HTTP 304).
+    NotModified,
+}
+
+/// Volume geometry as stored with block 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeMeta {
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Total size of the exported file in bytes.
+    pub file_size: u64,
+}
+
+/// An operation on the mount token (upstream `set_mount_token`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenOp {
+    /// Only read the current token.
+    Read,
+    /// Clear the token (clean unmount).
+    Clear,
+    /// Set the token to this non-zero value.
+    Set(u32),
+}
+
+/// The mount token value upstream uses for `--sharedDiskMode`.
+pub const SHARED_DISK_TOKEN: u32 = 0x7fff_ffff;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_parse() {
+        let e = Etag::parse("\"0123456789abcdef0123456789ABCDEF\"").unwrap();
+        assert_eq!(e.to_hex(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(e.quoted(), "\"0123456789abcdef0123456789abcdef\"");
+        assert_eq!(Etag::parse("0123456789abcdef0123456789abcdef"), Some(e));
+        assert_eq!(Etag::parse("\"0123456789abcdef0123456789abcdef-2\""), None);
+        assert_eq!(Etag::parse("xyz"), None);
+        assert_eq!(Etag::parse("\"0123456789abcdef0123456789abcdeg\""), None);
+    }
+}
