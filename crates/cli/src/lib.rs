@@ -1,6 +1,76 @@
-//! s3backer command line (placeholder while the skeleton is laid down).
+//! The s3backer command line: parses and checks the arguments, then runs the chosen mode.
+//!
+//! Errors end the process with one line `s3backer: <what went wrong>` on stderr and exit code 1;
+//! nothing is written to the store before the configuration has been fully checked.
+#![deny(missing_docs)]
 
-/// Runs the program and returns the exit code.
+pub mod args;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod mount;
+pub mod size;
+pub mod stack;
+mod unsupported;
+
+use config::Mode;
+
+/// An I/O error's message without Rust's "(os error N)" suffix.
+pub(crate) fn io_msg(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Runs the program with the process's arguments and returns the exit code.
 pub fn main() -> i32 {
-    0
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&args)
+}
+
+/// Runs the program with `args` (without the program name) and returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    let cli = match args::parse(args) {
+        Ok(c) => c,
+        Err(e) => return report_parse_error(e),
+    };
+    let cfg = match config::validate(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("s3backer: {e:#}");
+            return 1;
+        }
+    };
+    logging::init(cfg.debug);
+    let result = match cfg.mode {
+        Mode::Mount => mount::run(cfg),
+        Mode::Erase => Err(anyhow::anyhow!("--erase is not supported yet")),
+        Mode::ResetMountedFlag => Err(anyhow::anyhow!("--reset-mounted-flag is not supported yet")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("s3backer: {e:#}");
+            1
+        }
+    }
+}
+
+/// Prints help/version (exit 0) or a one-line parse error (exit 1).
+fn report_parse_error(e: anyhow::Error) -> i32 {
+    if let Some(ce) = e.downcast_ref::<clap::Error>() {
+        use clap::error::ErrorKind;
+        if matches!(ce.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            let _ = ce.print();
+            return 0;
+        }
+        let text = ce.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        eprintln!("s3backer: {}", first.strip_prefix("error: ").unwrap_or(first));
+        return 1;
+    }
+    eprintln!("s3backer: {e:#}");
+    1
 }

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod faults;
 pub mod keys;
 pub mod stats;
 mod types;

@@ -1,0 +1,221 @@
+//! Command-line parsing with upstream's spellings.
+//!
+//! Upstream parses with libfuse's option parser, so every `--flag=value` may also be written as
+//! `-o flag=value` (the form /etc/fstab uses), and `-F FILE`/`--configFile=FILE` splices in more
+//! arguments from a file. We keep clap for the definitions, help and value checks, and run a
+//! small pre-pass ([`expand`]) that rewrites the other forms into plain `--flag=value` words:
+//! config files are spliced in place, `-o` lists are split, our own flags become long flags,
+//! FUSE mount options are kept as `-o name`, and mount-helper words such as `noauto` or `_netdev`
+//! are dropped. Anything else is an error that names the option.
+//!
+//! The flag definitions are split by the layer that owns them ([`core`], [`s3`], [`cache`],
+//! [`codec`]), so each layer's flags sit in one file.
+
+pub mod cache;
+pub mod codec;
+pub mod core;
+pub mod s3;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser};
+use std::collections::HashSet;
+
+/// Everything the command line can say.
+#[derive(Parser, Debug, Clone, Default)]
+#[command(
+    name = "s3backer",
+    version,
+    about = "FUSE-based single file backing store via Amazon S3",
+    override_usage = "s3backer [options] bucket[/subdir] /mount/point\n       \
+                      s3backer --test [options] directory /mount/point\n       \
+                      s3backer --erase [options] bucket[/subdir]\n       \
+                      s3backer --reset-mounted-flag [options] bucket[/subdir]",
+    disable_version_flag = true,
+    disable_help_flag = true
+)]
+pub struct Cli {
+    /// `bucket[/subdir]` (or the directory with --test), then the mount point.
+    #[arg(value_name = "ARGS")]
+    pub positional: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub core: core::CoreArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: s3::S3Args,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cache: cache::CacheArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub codec: codec::CodecArgs,
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
+    pub version: Option<bool>,
+    /// Print this help and exit (also -?).
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help, help_heading = "Process")]
+    pub help: Option<bool>,
+}
+
+/// Long flag names the command line accepts (without the leading `--`).
+pub fn long_flags() -> Vec<String> {
+    Cli::command().get_arguments().filter_map(|a| a.get_long().map(str::to_string)).collect()
+}
+
+/// Short flag letters the command line accepts.
+pub fn short_flags() -> Vec<char> {
+    Cli::command().get_arguments().filter_map(|a| a.get_short()).collect()
+}
+
+/// FUSE mount options we understand in `-o` lists (with or without `=value`).
+const FUSE_OPTIONS: &[&str] = &[
+    "allow_other", "allow_root", "default_permissions", "uid", "gid", "ro", "rw", "dev", "nodev", "suid",
+    "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync", "fsname", "subtype",
+    "auto_unmount", "kernel_cache", "use_ino", "max_readahead", "max_read", "entry_timeout",
+    "negative_timeout", "attr_timeout", "direct_io", "debug", "nonempty",
+];
+
+/// Words mount(8) and fstab add that are not for the file system; dropped silently.
+const MOUNT_HELPER_WORDS: &[&str] = &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "comment"];
+
+/// Upstream's limit on config-file substitutions (guards against a file including itself).
+const MAX_CONFIG_SUBSTITUTIONS: usize = 100;
+
+/// Parses the command line (without the program name).
+pub fn parse(args: &[String]) -> Result<Cli> {
+    let expanded = expand(args)?;
+    let argv = std::iter::once("s3backer".to_string()).chain(expanded);
+    Ok(Cli::try_parse_from(argv)?)
+}
+
+/// Rewrites config files, `-o` lists and `-?` into plain words clap understands.
+pub fn expand(args: &[String]) -> Result<Vec<String>> {
+    let ours: HashSet<String> = long_flags().into_iter().collect();
+    let mut out = Vec::new();
+    let mut substitutions = 0usize;
+    expand_into(args, &ours, &mut out, &mut substitutions)?;
+    Ok(out)
+}
+
+fn read_config_file(path: &str, substitutions: &mut usize) -> Result<Vec<String>> {
+    *substitutions += 1;
+    if *substitutions > MAX_CONFIG_SUBSTITUTIONS {
+        bail!("too many config file substitutions (more than {MAX_CONFIG_SUBSTITUTIONS}; does a file include itself?)");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("can't read config file {path}"))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, subs: &mut usize) -> Result<()> {
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        // Config files: -F FILE, -FFILE, --configFile=FILE, --configFile FILE.
+        let config = if a == "-F" || a == "--configFile" {
+            let Some(f) = args.get(i) else { bail!("option {a} needs a file name") };
+            i += 1;
+            Some(f.clone())
+        } else if let Some(f) = a.strip_prefix("--configFile=") {
+            Some(f.to_string())
+        } else if let Some(f) = a.strip_prefix("-F").filter(|f| !f.is_empty() && !a.starts_with("--")) {
+            Some(f.to_string())
+        } else {
+            None
+        };
+        if let Some(file) = config {
+            let words = read_config_file(&file, subs)?;
+            expand_into(&words, ours, out, subs)?;
+            continue;
+        }
+        // -o lists: -o a=b,c or -oa=b,c.
+        let opts = if a == "-o" {
+            let Some(o) = args.get(i) else { bail!("option -o needs a value") };
+            i += 1;
+            Some(o.clone())
+        } else if let Some(o) = a.strip_prefix("-o").filter(|o| !o.is_empty()) {
+            Some(o.to_string())
+        } else {
+            None
+        };
+        if let Some(opts) = opts {
+            for opt in opts.split(',').filter(|o| !o.is_empty()) {
+                let name = opt.split_once('=').map_or(opt, |(n, _)| n);
+                if name == "configFile" {
+                    let file = opt.split_once('=').map(|(_, v)| v).unwrap_or_default();
+                    let words = read_config_file(file, subs)?;
+                    expand_into(&words, ours, out, subs)?;
+                } else if ours.contains(name) {
+                    out.push(format!("--{opt}"));
+                } else if FUSE_OPTIONS.contains(&name) {
+                    out.push("-o".into());
+                    out.push(opt.to_string());
+                } else if MOUNT_HELPER_WORDS.contains(&name) || name.starts_with("x-") {
+                    // For mount(8), not for us.
+                } else {
+                    bail!("unknown mount option \"{opt}\"");
+                }
+            }
+            continue;
+        }
+        if a == "-?" {
+            out.push("--help".into());
+            continue;
+        }
+        out.push(a.clone());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn o_options_become_flags() {
+        let e = expand(&s(&["-o", "blockSize=1m,readOnly,allow_other,noauto,_netdev", "b", "/m"])).unwrap();
+        assert_eq!(e, s(&["--blockSize=1m", "--readOnly", "-o", "allow_other", "b", "/m"]));
+        let e = expand(&s(&["-osize=1g"])).unwrap();
+        assert_eq!(e, s(&["--size=1g"]));
+        let err = expand(&s(&["-o", "bogus=1"])).unwrap_err().to_string();
+        assert_eq!(err, "unknown mount option \"bogus=1\"");
+    }
+
+    #[test]
+    fn config_files_are_spliced() {
+        let d = tempfile::tempdir().unwrap();
+        let inner = d.path().join("inner");
+        std::fs::write(&inner, "--size=1m\n").unwrap();
+        let outer = d.path().join("outer");
+        std::fs::write(&outer, format!("# comment\n  --blockSize=4k  \n\n-F\n{}\n", inner.display())).unwrap();
+        let e = expand(&s(&["--configFile", outer.to_str().unwrap(), "x"])).unwrap();
+        assert_eq!(e, s(&["--blockSize=4k", "--size=1m", "x"]));
+        let e = expand(&s(&["-o", &format!("configFile={}", inner.display())])).unwrap();
+        assert_eq!(e, s(&["--size=1m"]));
+        // A file that includes itself stops with an error, not a stack overflow.
+        let selfref = d.path().join("self");
+        std::fs::write(&selfref, format!("-F{}\n", selfref.display())).unwrap();
+        assert!(expand(&s(&["-F", selfref.to_str().unwrap()])).unwrap_err().to_string().contains("too many"));
+        assert!(expand(&s(&["-F", "/nonexistent/x"])).unwrap_err().to_string().contains("can't read config file"));
+    }
+
+    #[test]
+    fn clap_accepts_upstream_spellings() {
+        let c = parse(&s(&["--test", "--size=1m", "--blockSize=4k", "-f", "--compress", "dir", "/mnt"])).unwrap();
+        assert!(c.core.test && c.core.foreground);
+        assert_eq!(c.core.size.as_deref(), Some("1m"));
+        assert_eq!(c.codec.compress.as_deref(), Some("deflate"));
+        assert_eq!(c.positional, s(&["dir", "/mnt"]));
+        let c = parse(&s(&["--encrypt=AES-256-CBC", "b"])).unwrap();
+        assert_eq!(c.codec.encrypt.as_deref(), Some("AES-256-CBC"));
+    }
+}

@@ -1,0 +1,328 @@
+//! Validation: turns the parsed command line into a checked [`Config`].
+//!
+//! Every check gives one line that names the problem (the caller prefixes `s3backer: `). Nothing
+//! here touches the store, so a bad invocation never writes to a bucket. Geometry that may be
+//! auto-detected (block size, size) stays optional here and is settled in [`crate::stack`].
+
+use crate::args::Cli;
+use crate::size::{parse_size, unparse_size};
+use anyhow::{Result, anyhow, bail};
+use std::path::PathBuf;
+
+/// Default block size when neither given nor detected.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
+
+/// What the invocation asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Mount the volume.
+    Mount,
+    /// `--erase`.
+    Erase,
+    /// `--reset-mounted-flag`.
+    ResetMountedFlag,
+}
+
+/// Where the blocks live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// `--test DIR`.
+    Dir(PathBuf),
+    /// A bucket, with the prefix from `bucket/subdir` or `--prefix` already in [`Config::prefix`].
+    Bucket(String),
+}
+
+/// Fault injection for testing (`--test-delays`, `--test-discard`, `--test-errors`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Random delays of 0-199 ms.
+    pub delays: bool,
+    /// Drop writes, read zeros.
+    pub discard: bool,
+    /// Fail 1% of operations.
+    pub errors: bool,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// What to do.
+    pub mode: Mode,
+    /// Where the blocks live.
+    pub location: Location,
+    /// Mount point (mount mode only).
+    pub mountpoint: Option<PathBuf>,
+    /// Object name prefix (from `--prefix` or `bucket/subdir`).
+    pub prefix: String,
+    /// `--blockHashPrefix`.
+    pub hash_prefix: bool,
+    /// Block size given on the command line.
+    pub block_size: Option<u32>,
+    /// Volume size given on the command line.
+    pub size: Option<u64>,
+    /// `--force`.
+    pub force: bool,
+    /// `--readOnly`.
+    pub read_only: bool,
+    /// Exported file name.
+    pub filename: String,
+    /// Stats file name.
+    pub stats_filename: String,
+    /// Exported file permissions.
+    pub file_mode: u16,
+    /// `--directIO`.
+    pub direct_io: bool,
+    /// Fault injection.
+    pub faults: Faults,
+    /// Stay in the foreground, log to stderr.
+    pub foreground: bool,
+    /// Debug logging.
+    pub debug: bool,
+    /// No progress messages.
+    pub quiet: bool,
+    /// One FUSE thread.
+    pub single_thread: bool,
+    /// FUSE `-o` options (allow_other, uid=…, …).
+    pub fuse_options: Vec<String>,
+    /// The raw command line, for the layers that validate their own flags.
+    pub cli: Cli,
+}
+
+impl Config {
+    /// True for `--test` volumes.
+    pub fn is_test(&self) -> bool {
+        matches!(self.location, Location::Dir(_))
+    }
+
+    /// A short description of the volume for logs and the mount table.
+    pub fn describe(&self) -> String {
+        match &self.location {
+            Location::Dir(d) => format!("{}/{}", d.display(), self.prefix),
+            Location::Bucket(b) => format!("{b}/{}", self.prefix),
+        }
+    }
+}
+
+/// Checks a block size: a power of two that fits in 32 bits.
+pub fn check_block_size(v: u64) -> Result<u32> {
+    if v == 0 || !v.is_power_of_two() {
+        bail!("block size must be a power of 2");
+    }
+    u32::try_from(v).map_err(|_| anyhow!("block size {} is too big (at most 2g)", unparse_size(v)))
+}
+
+/// Checks a volume size against a block size and returns the number of blocks.
+pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
+    if size == 0 {
+        bail!("file size must be greater than zero");
+    }
+    if size % block_size as u64 != 0 {
+        bail!("file size {} must be a multiple of block size {}", size, unparse_size(block_size as u64));
+    }
+    let blocks = size / block_size as u64;
+    if blocks >= 1u64 << 32 {
+        bail!("more than 2^32 blocks: decrease file size or increase block size");
+    }
+    Ok(blocks)
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        bail!("invalid {what} \"{name}\": must be a plain file name");
+    }
+    Ok(())
+}
+
+/// Splits `bucket[/subdir]` into the bucket and the prefix `subdir/`.
+fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
+    let Some((bucket, sub)) = arg.split_once('/') else {
+        return Ok((arg.to_string(), None));
+    };
+    if bucket.is_empty() || sub.is_empty() || sub.starts_with('/') || sub.ends_with('/') || sub.contains("//") {
+        bail!("invalid bucket[/subdir] \"{arg}\": empty, leading, trailing or double slashes are not allowed");
+    }
+    Ok((bucket.to_string(), Some(format!("{sub}/"))))
+}
+
+/// Validates the parsed command line.
+pub fn validate(cli: Cli) -> Result<Config> {
+    let c = &cli.core;
+    let mode = match (c.erase, c.reset_mounted_flag) {
+        (true, true) => bail!("--erase and --reset-mounted-flag cannot be used together"),
+        (true, false) => Mode::Erase,
+        (false, true) => Mode::ResetMountedFlag,
+        (false, false) => Mode::Mount,
+    };
+    if c.nbd || !c.nbd_flag.is_empty() || !c.nbd_param.is_empty() {
+        bail!("--nbd is not supported yet");
+    }
+    let pos = &cli.positional;
+    let what = if c.test { "directory" } else { "bucket" };
+    let (target, mountpoint) = match (mode, pos.len()) {
+        (_, 0) => bail!("no {what} specified (see --help)"),
+        (Mode::Mount, 1) => bail!("no mount point specified"),
+        (Mode::Mount, 2) => (&pos[0], Some(PathBuf::from(&pos[1]))),
+        (Mode::Mount, _) => bail!("too many arguments: \"{}\"", pos[2..].join(" ")),
+        (_, 1) => (&pos[0], None),
+        (_, _) => bail!(
+            "too many arguments: a mount point cannot be given with --{}",
+            if mode == Mode::Erase { "erase" } else { "reset-mounted-flag" }
+        ),
+    };
+    if target.is_empty() {
+        bail!("empty {what} name");
+    }
+
+    let (location, sub_prefix) = if c.test {
+        (Location::Dir(PathBuf::from(target)), None)
+    } else {
+        let (bucket, sub) = split_bucket(target)?;
+        (Location::Bucket(bucket), sub)
+    };
+    let prefix = match (sub_prefix, &c.prefix) {
+        (Some(_), Some(_)) => bail!("--prefix cannot be combined with a bucket/subdir argument"),
+        (Some(p), None) => p,
+        (None, p) => p.clone().unwrap_or_default(),
+    };
+
+    let block_size = c
+        .block_size
+        .as_deref()
+        .map(|s| parse_size(s, "block size").map_err(|e| anyhow!(e)).and_then(check_block_size))
+        .transpose()?;
+    let size = c.size.as_deref().map(|s| parse_size(s, "file size").map_err(|e| anyhow!(e))).transpose()?;
+    if let Some(size) = size {
+        check_geometry(size, block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
+    }
+
+    let filename = c.filename.clone().unwrap_or_else(|| "file".into());
+    let stats_filename = c.stats_filename.clone().unwrap_or_else(|| "stats".into());
+    check_name("--filename", &filename)?;
+    check_name("--statsFilename", &stats_filename)?;
+    if filename == stats_filename {
+        bail!("--filename and --statsFilename must differ (both are \"{filename}\")");
+    }
+    let file_mode = match &c.file_mode {
+        None => {
+            if c.read_only {
+                0o400
+            } else {
+                0o600
+            }
+        }
+        Some(m) => match u16::from_str_radix(m.trim(), 8) {
+            Ok(v) if v <= 0o7777 => v,
+            _ => bail!("invalid --fileMode \"{m}\": expected octal permissions such as 0644"),
+        },
+    };
+
+    if mode != Mode::Mount && c.test {
+        bail!(
+            "--{} needs a bucket; a --test directory can simply be emptied",
+            if mode == Mode::Erase { "erase" } else { "reset-mounted-flag" }
+        );
+    }
+
+    let mut fuse_options = Vec::new();
+    let mut debug = c.debug;
+    let mut foreground = c.foreground;
+    let mut direct_io = c.direct_io;
+    for o in &c.options {
+        match o.as_str() {
+            "debug" => {
+                debug = true;
+                foreground = true;
+            }
+            "direct_io" => direct_io = true,
+            _ => fuse_options.push(o.clone()),
+        }
+    }
+    if c.fuse_debug {
+        debug = true;
+        foreground = true;
+    }
+
+    crate::unsupported::check(&cli)?;
+
+    Ok(Config {
+        mode,
+        location,
+        mountpoint,
+        prefix,
+        hash_prefix: c.block_hash_prefix,
+        block_size,
+        size,
+        force: c.force,
+        read_only: c.read_only,
+        filename,
+        stats_filename,
+        file_mode,
+        direct_io,
+        faults: Faults { delays: c.test_delays, discard: c.test_discard, errors: c.test_errors },
+        foreground,
+        debug,
+        quiet: c.quiet,
+        single_thread: c.single_thread,
+        fuse_options,
+        cli,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Result<Config> {
+        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        validate(crate::args::parse(&a)?)
+    }
+
+    #[test]
+    fn geometry_checks() {
+        assert_eq!(check_block_size(4096).unwrap(), 4096);
+        assert_eq!(check_block_size(3000).unwrap_err().to_string(), "block size must be a power of 2");
+        assert!(check_block_size(1 << 32).unwrap_err().to_string().contains("too big"));
+        assert_eq!(check_geometry(1 << 20, 4096).unwrap(), 256);
+        assert!(check_geometry(4097, 4096).unwrap_err().to_string().contains("multiple of block size 4k"));
+        assert!(check_geometry(1 << 44, 4096).unwrap_err().to_string().contains("2^32 blocks"));
+        assert!(check_geometry(0, 4096).is_err());
+    }
+
+    #[test]
+    fn bucket_subdir() {
+        assert_eq!(split_bucket("bkt/a/b").unwrap(), ("bkt".into(), Some("a/b/".into())));
+        assert_eq!(split_bucket("bkt").unwrap(), ("bkt".into(), None));
+        for bad in ["bkt/", "bkt//a", "bkt/a/", "/a"] {
+            assert!(split_bucket(bad).unwrap_err().to_string().contains("slashes"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_and_positionals() {
+        assert_eq!(v(&["--test", "--size=1m", "d", "m"]).unwrap().mode, Mode::Mount);
+        assert!(v(&["--test", "d"]).unwrap_err().to_string().contains("no mount point"));
+        assert!(v(&[]).unwrap_err().to_string().contains("no bucket"));
+        assert!(v(&["--erase", "b", "m"]).unwrap_err().to_string().contains("mount point cannot be given"));
+        assert!(v(&["--erase", "--reset-mounted-flag", "b"]).is_err());
+        assert!(v(&["--test", "d", "m", "x"]).unwrap_err().to_string().contains("too many arguments"));
+    }
+
+    #[test]
+    fn file_names_and_modes() {
+        let c = v(&["--test", "--readOnly", "d", "m"]).unwrap();
+        assert_eq!(c.file_mode, 0o400);
+        let c = v(&["--test", "--fileMode=0644", "d", "m"]).unwrap();
+        assert_eq!(c.file_mode, 0o644);
+        assert!(v(&["--test", "--fileMode=999", "d", "m"]).unwrap_err().to_string().contains("--fileMode"));
+        assert!(v(&["--test", "--filename=a/b", "d", "m"]).is_err());
+        assert!(v(&["--test", "--filename=stats", "d", "m"]).unwrap_err().to_string().contains("must differ"));
+    }
+
+    #[test]
+    fn fuse_options_pass_through() {
+        let c = v(&["--test", "-o", "allow_other,uid=5,direct_io", "d", "m"]).unwrap();
+        assert_eq!(c.fuse_options, vec!["allow_other".to_string(), "uid=5".to_string()]);
+        assert!(c.direct_io);
+        assert!(v(&["--test", "-d", "d", "m"]).unwrap().foreground);
+    }
+}

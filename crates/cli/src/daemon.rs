@@ -1,0 +1,83 @@
+//! Daemonizing without losing startup errors.
+//!
+//! The process forks before any thread exists (tokio cannot survive a fork). The parent waits on
+//! a pipe: the child writes "ready" once the file system is mounted, or the one-line error that
+//! stopped it. The parent then exits 0, or prints the error and exits 1 — so
+//! `s3backer bucket /mnt && mkfs.ext4 /mnt/file` works, and a failed start is never silent.
+
+use anyhow::{Result, bail};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+/// The child's end of the pipe: tell the parent how startup went.
+pub struct ReadyPipe {
+    file: File,
+}
+
+impl ReadyPipe {
+    /// Reports success: the parent exits 0.
+    pub fn ready(mut self) {
+        let _ = self.file.write_all(b"ready\n");
+    }
+
+    /// Reports a startup failure: the parent prints it and exits 1.
+    pub fn failed(mut self, msg: &str) {
+        let _ = self.file.write_all(format!("error:{msg}\n").as_bytes());
+    }
+}
+
+/// Forks. Returns in the child with its pipe end; the parent never returns.
+pub fn daemonize() -> Result<ReadyPipe> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() fills two valid fds on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("can't create pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: called before any thread is started, so the child is a faithful copy.
+    match unsafe { libc::fork() } {
+        -1 => bail!("can't fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: fds[0] is ours to close; fds[1] becomes the child's File.
+            unsafe { libc::close(fds[0]) };
+            // SAFETY: detach from the controlling terminal's session.
+            unsafe { libc::setsid() };
+            Ok(ReadyPipe { file: unsafe { File::from_raw_fd(fds[1]) } })
+        }
+        _child => {
+            // SAFETY: fds[1] is ours to close; fds[0] becomes the parent's File.
+            unsafe { libc::close(fds[1]) };
+            let mut f = unsafe { File::from_raw_fd(fds[0]) };
+            let mut msg = String::new();
+            let _ = f.read_to_string(&mut msg);
+            let code = match msg.lines().next() {
+                Some("ready") => 0,
+                Some(l) => {
+                    eprintln!("s3backer: {}", l.strip_prefix("error:").unwrap_or(l));
+                    1
+                }
+                None => {
+                    eprintln!("s3backer: the daemon exited during startup (see syslog)");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null (after a daemon is ready).
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let fd = null.into_raw_fd();
+        // SAFETY: dup2 onto the standard descriptors; fd is valid and closed afterwards.
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Mount mode: checks, daemonizing, the FUSE session, and a clean shutdown.
+//!
+//! Shutdown is the same whichever way it starts (`umount`, `fusermount3 -u`, SIGINT, SIGTERM):
+//! the FUSE session ends, outstanding requests finish, the stack is shut down — which writes
+//! every dirty block — and only then is the mount token cleared and the process exits 0. A
+//! failed flush is reported and the exit code is 1, so data loss is never silent.
+
+use crate::config::Config;
+use crate::daemon::{self, ReadyPipe};
+use crate::stack;
+use anyhow::{Context, Result, anyhow, bail};
+use fuser::{MountOption, SessionACL};
+use s3b_fuse::volume::Volume;
+use s3b_fuse::{FuseConfig, VolumeFs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// FUSE options accepted for compatibility that need nothing from us.
+const NO_EFFECT_OPTIONS: &[&str] =
+    &["kernel_cache", "use_ino", "max_readahead", "max_read", "entry_timeout", "negative_timeout", "attr_timeout", "nonempty"];
+
+/// Checks the mount point before anything else happens.
+fn check_mountpoint(p: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(p).map_err(|e| anyhow!("mount point {}: {}", p.display(), crate::io_msg(&e)))?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", p.display());
+    }
+    let canon = p.canonicalize().with_context(|| format!("mount point {}", p.display()))?;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let target = canon.to_string_lossy();
+        if info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape_mount(m) == target)) {
+            bail!("mount point {} is already mounted", p.display());
+        }
+    }
+    Ok(canon)
+}
+
+/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for space, …).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The FUSE mount options and file-system settings from the configuration.
+fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (mut uid, mut gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut opts = vec![
+        MountOption::FSName(cfg.describe()),
+        MountOption::Subtype("s3backer".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // Upstream mounts with allow_other by default.
+    let mut acl = SessionACL::All;
+    for o in &cfg.fuse_options {
+        let (name, value) = o.split_once('=').map_or((o.as_str(), None), |(n, v)| (n, Some(v)));
+        let num = |v: Option<&str>| -> Result<u32> {
+            v.and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number"))
+        };
+        match name {
+            "allow_other" => acl = SessionACL::All,
+            "allow_root" => acl = SessionACL::RootAndOwner,
+            "uid" => uid = num(value)?,
+            "gid" => gid = num(value)?,
+            "ro" => opts.push(MountOption::RO),
+            "rw" => opts.push(MountOption::RW),
+            "dev" => opts.push(MountOption::Dev),
+            "nodev" => {}
+            "suid" => opts.push(MountOption::Suid),
+            "nosuid" => {}
+            "exec" => opts.push(MountOption::Exec),
+            "noexec" => opts.push(MountOption::NoExec),
+            "atime" => opts.push(MountOption::Atime),
+            "noatime" => opts.push(MountOption::NoAtime),
+            "sync" => opts.push(MountOption::Sync),
+            "async" => opts.push(MountOption::Async),
+            "dirsync" => opts.push(MountOption::DirSync),
+            "default_permissions" => {}
+            "auto_unmount" => opts.push(MountOption::AutoUnmount),
+            "fsname" => {
+                opts.retain(|m| !matches!(m, MountOption::FSName(_)));
+                opts.push(MountOption::FSName(value.unwrap_or_default().to_string()));
+            }
+            "subtype" => {
+                opts.retain(|m| !matches!(m, MountOption::Subtype(_)));
+                opts.push(MountOption::Subtype(value.unwrap_or_default().to_string()));
+            }
+            n if NO_EFFECT_OPTIONS.contains(&n) => log::debug!("mount option {o} has no effect"),
+            _ => bail!("unknown mount option \"{o}\""),
+        }
+    }
+    if cfg.read_only && !opts.contains(&MountOption::RO) {
+        opts.push(MountOption::RO);
+    }
+    let threads = if cfg.single_thread { 1 } else { 2 };
+    let mut fc = fuser::Config::default();
+    fc.mount_options = opts;
+    fc.acl = acl;
+    fc.n_threads = Some(threads);
+    fc.clone_fd = threads > 1;
+    let fs = FuseConfig {
+        filename: cfg.filename.clone(),
+        stats_filename: cfg.stats_filename.clone(),
+        file_mode: cfg.file_mode,
+        read_only: cfg.read_only,
+        direct_io: cfg.direct_io,
+        uid,
+        gid,
+    };
+    Ok((fc, fs))
+}
+
+/// Runs a mount to completion. Returns the process exit code.
+pub fn run(mut cfg: Config) -> Result<i32> {
+    let mountpoint = check_mountpoint(cfg.mountpoint.as_deref().context("no mount point")?)?;
+    cfg.mountpoint = Some(mountpoint.clone());
+    if let crate::config::Location::Dir(d) = &cfg.location {
+        // Absolute, so the daemon can leave the working directory.
+        let abs = d.canonicalize().map_err(|e| anyhow!("test directory {}: {}", d.display(), crate::io_msg(&e)))?;
+        cfg.location = crate::config::Location::Dir(abs);
+    }
+    let (fuse_cfg, fs_cfg) = fuse_settings(&cfg)?;
+
+    let pipe = if cfg.foreground {
+        None
+    } else {
+        let p = daemon::daemonize()?;
+        crate::logging::start_syslog();
+        let _ = std::env::set_current_dir("/");
+        Some(p)
+    };
+    match serve(&cfg, &mountpoint, fuse_cfg, fs_cfg, pipe) {
+        Ok(code) => Ok(code),
+        Err((e, Some(pipe))) => {
+            log::error!("{e:#}");
+            pipe.failed(&format!("{e:#}"));
+            Ok(1)
+        }
+        Err((e, None)) => Err(e),
+    }
+}
+
+type ServeError = (anyhow::Error, Option<ReadyPipe>);
+
+fn serve(
+    cfg: &Config,
+    mountpoint: &Path,
+    fuse_cfg: fuser::Config,
+    fs_cfg: FuseConfig,
+    pipe: Option<ReadyPipe>,
+) -> std::result::Result<i32, ServeError> {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
+        Ok(rt) => rt,
+        Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
+    };
+    let setup = rt.block_on(async {
+        let stack = stack::build(cfg).await?;
+        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref()).await?;
+        Ok::<_, anyhow::Error>((stack, token))
+    });
+    let (stack, token) = match setup {
+        Ok(v) => v,
+        Err(e) => return Err((e, pipe)),
+    };
+
+    let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    let fs = VolumeFs::new(volume, stack.stats.clone(), fs_cfg, rt.handle().clone());
+    let in_flight = fs.in_flight();
+    let mut session = match fuser::Session::new(fs, mountpoint, &fuse_cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            // Undo the token we just set: nothing was mounted.
+            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token));
+            return Err((anyhow!("can't mount on {}: {e}", mountpoint.display()), pipe));
+        }
+    };
+    if !cfg.quiet {
+        log::info!(
+            "mounted {} on {} ({} blocks of {} bytes)",
+            cfg.describe(),
+            mountpoint.display(),
+            stack.num_blocks,
+            stack.block_size
+        );
+    }
+
+    // Signals end the session the way umount does.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => return Err((anyhow!("can't install signal handlers: {e}"), pipe)),
+    };
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("caught signal {sig}, unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+    });
+
+    if let Some(p) = pipe {
+        p.ready();
+        daemon::detach_stdio();
+        crate::logging::stop_stderr();
+    }
+
+    let run_result = session.run();
+    sig_handle.close();
+    if let Err(e) = &run_result {
+        log::error!("FUSE session ended with an error: {e}");
+    }
+    if !cfg.quiet {
+        log::info!("unmounted; flushing dirty data");
+    }
+    let shutdown = rt.block_on(async {
+        in_flight.wait_idle().await;
+        stack.top.shutdown().await.context("flushing the volume failed")?;
+        stack::release_mount_token(stack.objects.as_ref(), token).await?;
+        Ok::<_, anyhow::Error>(())
+    });
+    match shutdown {
+        Ok(()) => {
+            if !cfg.quiet {
+                log::info!("shutdown complete");
+            }
+            Ok(if run_result.is_ok() { 0 } else { 1 })
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            Ok(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+        assert_eq!(unescape_mount("/x\\"), "/x\\");
+    }
+}

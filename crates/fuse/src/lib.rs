@@ -1,0 +1,512 @@
+//! FUSE front end: a root directory holding the volume file and the `stats` file.
+//!
+//! The kernel's requests arrive on fuser's session threads. Those threads never wait for the
+//! store: every data operation (read, write, flush, fsync, fallocate) is handed to the tokio
+//! runtime and answered from the task when it finishes, so many requests are in flight at once
+//! and a slow upload never blocks an unrelated read. The byte-range logic (head/tail
+//! read-modify-write, per-block locks, end-of-volume rules) lives in [`volume`], shared with other
+//! front ends.
+//!
+//! `flush` (every `close`) and `fsync` return only once every byte written so far is durable in
+//! the store below — stronger than upstream 1.5.4, where both are no-ops. The `stats` file is
+//! rendered afresh on each open; unlinking it resets the counters, as upstream.
+#![deny(missing_docs)]
+
+pub mod volume;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+use s3b_store::{StatsRegistry, StoreError};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use volume::Volume;
+
+const ROOT_INO: INodeNo = INodeNo::ROOT;
+const FILE_INO: INodeNo = INodeNo(2);
+const STATS_INO: INodeNo = INodeNo(3);
+/// Directory entries never change while mounted (upstream: entry_timeout of a year).
+const ENTRY_TTL: Duration = Duration::from_secs(31_536_000);
+/// Attributes are not cached (upstream: attr_timeout=0), so times and the stats size stay fresh.
+const ATTR_TTL: Duration = Duration::ZERO;
+
+/// Settings of the FUSE file system.
+#[derive(Clone, Debug)]
+pub struct FuseConfig {
+    /// Name of the volume file (`--filename`).
+    pub filename: String,
+    /// Name of the stats file (`--statsFilename`).
+    pub stats_filename: String,
+    /// Permission bits of the volume file (`--fileMode`).
+    pub file_mode: u16,
+    /// Refuse writes (`--readOnly`).
+    pub read_only: bool,
+    /// Open the volume file with FUSE direct I/O (`--directIO`), bypassing the page cache.
+    pub direct_io: bool,
+    /// Owner reported for the files.
+    pub uid: u32,
+    /// Group reported for the files.
+    pub gid: u32,
+}
+
+/// The FUSE file system. Cheap to clone: all state is shared.
+pub struct VolumeFs {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    volume: Arc<Volume>,
+    stats: Arc<StatsRegistry>,
+    config: FuseConfig,
+    rt: tokio::runtime::Handle,
+    start: SystemTime,
+    times: Mutex<Times>,
+    /// Rendered stats snapshots, one per open handle.
+    stats_handles: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    next_fh: AtomicU64,
+    /// Requests handed to the runtime and not yet answered.
+    in_flight: Arc<InFlight>,
+}
+
+#[derive(Clone, Copy)]
+struct Times {
+    file_atime: SystemTime,
+    file_mtime: SystemTime,
+    stats_atime: SystemTime,
+}
+
+/// Counts requests still being served, so shutdown can wait for them.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Waits until no request is being served.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+fn errno(e: &StoreError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl VolumeFs {
+    /// A file system exporting `volume`, with `stats` rendered from `stats`, serving data
+    /// requests on the runtime behind `rt`.
+    pub fn new(volume: Arc<Volume>, stats: Arc<StatsRegistry>, config: FuseConfig, rt: tokio::runtime::Handle) -> Self {
+        let now = SystemTime::now();
+        VolumeFs {
+            shared: Arc::new(Shared {
+                volume,
+                stats,
+                config,
+                rt,
+                start: now,
+                times: Mutex::new(Times { file_atime: now, file_mtime: now, stats_atime: now }),
+                stats_handles: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                in_flight: Arc::new(InFlight::default()),
+            }),
+        }
+    }
+
+    /// The in-flight request tracker, to wait for outstanding replies at shutdown.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.shared.in_flight.clone()
+    }
+
+    /// Runs `fut` on the runtime, counting it as in flight until it finishes.
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, fut: F) {
+        let guard = self.shared.in_flight.enter();
+        self.shared.rt.spawn(async move {
+            fut.await;
+            drop(guard);
+        });
+    }
+}
+
+impl Shared {
+    fn attr(&self, ino: INodeNo) -> Option<FileAttr> {
+        let t = *self.times.lock();
+        let base = FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: self.start,
+            mtime: self.start,
+            ctime: self.start,
+            crtime: self.start,
+            kind: FileType::RegularFile,
+            perm: 0,
+            nlink: 1,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            rdev: 0,
+            blksize: self.volume.block_size(),
+            flags: 0,
+        };
+        match ino {
+            ROOT_INO => Some(FileAttr { kind: FileType::Directory, perm: 0o755, nlink: 2, blksize: 4096, ..base }),
+            FILE_INO => {
+                let size = self.volume.size();
+                Some(FileAttr {
+                    size,
+                    blocks: size.div_ceil(512),
+                    atime: t.file_atime,
+                    mtime: t.file_mtime,
+                    ctime: t.file_mtime,
+                    perm: self.config.file_mode,
+                    ..base
+                })
+            }
+            STATS_INO => {
+                let size = self.stats.render().len() as u64;
+                Some(FileAttr { size, atime: t.stats_atime, perm: 0o444, blksize: 4096, ..base })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Filesystem for VolumeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Let the kernel keep many requests in flight: the store below is concurrent.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let s = &self.shared;
+        let ino = if parent != ROOT_INO {
+            None
+        } else if name == OsStr::new(&s.config.filename) {
+            Some(FILE_INO)
+        } else if name == OsStr::new(&s.config.stats_filename) {
+            Some(STATS_INO)
+        } else {
+            None
+        };
+        match ino.and_then(|i| s.attr(i)) {
+            Some(attr) => reply.entry(&ENTRY_TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.shared.attr(ino) {
+            Some(attr) => reply.attr(&ATTR_TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // The volume has a fixed size: truncate is accepted and ignored, as upstream. Only
+        // the times of the volume file can be changed.
+        let when = |t: TimeOrNow| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        };
+        if ino == FILE_INO {
+            let mut t = self.shared.times.lock();
+            if let Some(a) = atime {
+                t.file_atime = when(a);
+            }
+            if let Some(m) = mtime {
+                t.file_mtime = when(m);
+            }
+        }
+        match self.shared.attr(ino) {
+            Some(attr) => reply.attr(&ATTR_TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let s = &self.shared;
+        if parent == ROOT_INO && name == OsStr::new(&s.config.stats_filename) {
+            s.stats.reset();
+            log::info!("statistics reset");
+            reply.ok();
+        } else if parent == ROOT_INO && name == OsStr::new(&s.config.filename) {
+            reply.error(Errno::EPERM);
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let s = &self.shared;
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match ino {
+            FILE_INO => {
+                if writing && s.config.read_only {
+                    return reply.error(Errno::EROFS);
+                }
+                let flags = if s.config.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::FOPEN_KEEP_CACHE };
+                reply.opened(FileHandle(0), flags);
+            }
+            STATS_INO => {
+                if writing {
+                    return reply.error(Errno::EACCES);
+                }
+                let fh = s.next_fh.fetch_add(1, Ordering::Relaxed);
+                s.stats_handles.lock().insert(fh, Arc::new(s.stats.render().into_bytes()));
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            ROOT_INO => reply.error(Errno::EISDIR),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if ino == STATS_INO {
+            self.shared.stats_handles.lock().remove(&fh.0);
+        }
+        reply.ok();
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match ino {
+            FILE_INO => {
+                let s = self.shared.clone();
+                self.spawn(async move {
+                    match s.volume.read(offset, size as u64).await {
+                        Ok(data) => {
+                            s.times.lock().file_atime = SystemTime::now();
+                            reply.data(&data)
+                        }
+                        Err(e) => {
+                            log::error!("read of {size} bytes at offset {offset} failed: {e}");
+                            reply.error(errno(&e))
+                        }
+                    }
+                });
+            }
+            STATS_INO => {
+                let snap = self.shared.stats_handles.lock().get(&fh.0).cloned();
+                let snap = snap.unwrap_or_else(|| Arc::new(self.shared.stats.render().into_bytes()));
+                let start = (offset as usize).min(snap.len());
+                let end = start.saturating_add(size as usize).min(snap.len());
+                self.shared.times.lock().stats_atime = SystemTime::now();
+                reply.data(&snap[start..end]);
+            }
+            _ => reply.error(Errno::EISDIR),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if ino != FILE_INO {
+            return reply.error(Errno::EINVAL);
+        }
+        if self.shared.config.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        let s = self.shared.clone();
+        let data = data.to_vec();
+        self.spawn(async move {
+            match s.volume.write(offset, &data).await {
+                Ok(n) => {
+                    s.times.lock().file_mtime = SystemTime::now();
+                    reply.written(n as u32)
+                }
+                Err(e) => {
+                    log::error!("write of {} bytes at offset {offset} failed: {e}", data.len());
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.sync_reply(ino, reply);
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.sync_reply(ino, reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if ino != FILE_INO {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let s = self.shared.clone();
+        if length == 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        if offset.checked_add(length).is_none_or(|end| end > s.volume.size()) {
+            return reply.error(Errno::ENOSPC);
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
+            // The volume is fully "allocated" already; other modes have nothing to do.
+            return reply.ok();
+        }
+        if s.config.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        self.spawn(async move {
+            match s.volume.punch_hole(offset, length).await {
+                Ok(()) => {
+                    s.times.lock().file_mtime = SystemTime::now();
+                    reply.ok()
+                }
+                Err(e) => {
+                    log::error!("punch hole of {length} bytes at offset {offset} failed: {e}");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let s = &self.shared;
+        let entries = [
+            (ROOT_INO, FileType::Directory, "."),
+            (ROOT_INO, FileType::Directory, ".."),
+            (FILE_INO, FileType::RegularFile, s.config.filename.as_str()),
+            (STATS_INO, FileType::RegularFile, s.config.stats_filename.as_str()),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(*ino, (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // No extended attributes; ENOTSUP tells the kernel to stop asking.
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let v = &self.shared.volume;
+        let bs = v.block_size();
+        reply.statfs(v.store().num_blocks(), 0, 0, 3, 0, bs, 255, bs);
+    }
+}
+
+impl VolumeFs {
+    fn sync_reply(&self, ino: INodeNo, reply: ReplyEmpty) {
+        if ino != FILE_INO {
+            return reply.ok();
+        }
+        let s = self.shared.clone();
+        self.spawn(async move {
+            match s.volume.flush().await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log::error!("flush failed: {e}");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,218 @@
+//! Byte-range I/O over a [`BlockStore`]: what a front end (FUSE today, NBD later) needs.
+//!
+//! The kernel asks for arbitrary offsets and lengths; the store only knows whole blocks. A range
+//! is split into a partial head block, whole middle blocks and a partial tail block. Whole blocks
+//! go straight down; a partial block is read-modify-write, done under that block's lock so two
+//! partial writes of one block cannot lose each other's bytes. Whole-block writes take the lock
+//! too, so a full write can never be overwritten by a read-modify-write that read the older data.
+//! The blocks of one request are processed concurrently, because each may be a network round
+//! trip when no cache sits below.
+//!
+//! Out-of-range behaviour is upstream's: an offset past the end is `ESPIPE`, a range running
+//! past the end is cut at the end.
+
+use bytes::{Bytes, BytesMut};
+use futures::future::try_join_all;
+use s3b_store::{BlockNum, BlockStore, ReadCondition, Result, StoreError, is_zero};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Number of lock shards; blocks `n` and `n + LOCK_SHARDS` share a lock, which only costs a
+/// little concurrency when both are written at the same moment.
+const LOCK_SHARDS: usize = 4096;
+
+/// A front-end-independent view of the volume as one flat range of bytes.
+pub struct Volume {
+    store: Arc<dyn BlockStore>,
+    block_size: u64,
+    size: u64,
+    read_only: bool,
+    locks: Vec<Mutex<()>>,
+}
+
+/// One block's share of a byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    block: BlockNum,
+    /// Offset inside the block.
+    start: usize,
+    /// Bytes of this block covered.
+    len: usize,
+    /// Offset of this piece inside the caller's buffer.
+    buf_off: usize,
+}
+
+/// Splits `[offset, offset + len)` into per-block pieces.
+fn pieces(block_size: u64, offset: u64, len: u64) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let block = pos / block_size;
+        let start = pos % block_size;
+        let n = (block_size - start).min(end - pos);
+        out.push(Piece { block: block as BlockNum, start: start as usize, len: n as usize, buf_off: (pos - offset) as usize });
+        pos += n;
+    }
+    out
+}
+
+/// The error for an I/O that starts past the end of the volume (upstream: ESPIPE).
+fn out_of_range(offset: u64, size: u64) -> StoreError {
+    StoreError::Io {
+        context: format!("offset {offset} is past the end of the volume ({size} bytes)"),
+        source: std::io::Error::from_raw_os_error(libc::ESPIPE),
+    }
+}
+
+impl Volume {
+    /// A volume over `store`; writes fail with EROFS when `read_only`.
+    pub fn new(store: Arc<dyn BlockStore>, read_only: bool) -> Self {
+        let block_size = store.block_size() as u64;
+        let size = block_size * store.num_blocks();
+        Volume { store, block_size, size, read_only, locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect() }
+    }
+
+    /// Size of the volume in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size as u32
+    }
+
+    /// The store below.
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.store
+    }
+
+    fn lock(&self, n: BlockNum) -> &Mutex<()> {
+        &self.locks[n as usize % LOCK_SHARDS]
+    }
+
+    /// Clips a request to the volume; errors when it starts past the end.
+    fn clip(&self, offset: u64, len: u64) -> Result<u64> {
+        if offset > self.size {
+            return Err(out_of_range(offset, self.size));
+        }
+        Ok(len.min(self.size - offset))
+    }
+
+    async fn read_whole(&self, n: BlockNum) -> Result<Bytes> {
+        let outcome = self.store.read_block(n, ReadCondition::None).await?;
+        outcome
+            .into_data(self.block_size as u32)
+            .ok_or_else(|| StoreError::Other(format!("block {n:#x}: unexpected not-modified answer")))
+    }
+
+    /// Reads `len` bytes at `offset` (fewer at the end of the volume).
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let len = self.clip(offset, len)?;
+        let ps = pieces(self.block_size, offset, len);
+        if let [p] = ps[..] {
+            // One block: hand out a slice of it without copying.
+            let data = self.read_whole(p.block).await?;
+            return Ok(data.slice(p.start..p.start + p.len));
+        }
+        let parts = try_join_all(ps.iter().map(|p| async move {
+            let data = self.read_whole(p.block).await?;
+            Ok::<_, StoreError>((p, data))
+        }))
+        .await?;
+        let mut out = BytesMut::zeroed(len as usize);
+        for (p, data) in parts {
+            out[p.buf_off..p.buf_off + p.len].copy_from_slice(&data[p.start..p.start + p.len]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Writes `data` at `offset`; returns how many bytes were written (cut at the end).
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<usize> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let len = self.clip(offset, data.len() as u64)?;
+        let ps = pieces(self.block_size, offset, len);
+        try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(&data[p.buf_off..p.buf_off + p.len])))).await?;
+        Ok(len as usize)
+    }
+
+    /// Zeroes `[offset, offset + len)`: whole blocks are deleted in one bulk call, partial
+    /// ones are read-modify-written. Upstream's fallocate(PUNCH_HOLE) semantics.
+    pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let ps = pieces(self.block_size, offset, self.clip(offset, len)?);
+        let (whole, partial): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| p.len as u64 == self.block_size);
+        try_join_all(partial.iter().map(|p| self.write_piece(*p, None))).await?;
+        if !whole.is_empty() {
+            let blocks: Vec<BlockNum> = whole.iter().map(|p| p.block).collect();
+            // Hold the locks of all blocks being zeroed so no read-modify-write interleaves.
+            let mut shards: Vec<usize> = blocks.iter().map(|&n| n as usize % LOCK_SHARDS).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            let mut guards = Vec::with_capacity(shards.len());
+            for s in shards {
+                guards.push(self.locks[s].lock().await);
+            }
+            for chunk in blocks.chunks(1000) {
+                self.store.bulk_zero(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one piece: `data = None` means zeros.
+    async fn write_piece(&self, p: Piece, data: Option<&[u8]>) -> Result<()> {
+        let _guard = self.lock(p.block).lock().await;
+        if p.len as u64 == self.block_size {
+            let block = data.filter(|d| !is_zero(d)).map(Bytes::copy_from_slice);
+            self.store.write_block(p.block, block).await?;
+            return Ok(());
+        }
+        // Read-modify-write of a partial block.
+        let old = self.read_whole(p.block).await?;
+        let unchanged = match data {
+            Some(d) => old[p.start..p.start + p.len] == *d,
+            None => is_zero(&old[p.start..p.start + p.len]),
+        };
+        if unchanged {
+            return Ok(());
+        }
+        let mut buf = BytesMut::from(&old[..]);
+        match data {
+            Some(d) => buf[p.start..p.start + p.len].copy_from_slice(d),
+            None => buf[p.start..p.start + p.len].fill(0),
+        }
+        let block = if is_zero(&buf) { None } else { Some(buf.freeze()) };
+        self.store.write_block(p.block, block).await?;
+        Ok(())
+    }
+
+    /// Returns once every byte written so far is durable in the store.
+    pub async fn flush(&self) -> Result<()> {
+        self.store.flush(None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting() {
+        assert_eq!(pieces(4, 0, 0), vec![]);
+        assert_eq!(
+            pieces(4, 3, 6),
+            vec![
+                Piece { block: 0, start: 3, len: 1, buf_off: 0 },
+                Piece { block: 1, start: 0, len: 4, buf_off: 1 },
+                Piece { block: 2, start: 0, len: 1, buf_off: 5 },
+            ]
+        );
+        assert_eq!(pieces(4, 8, 4), vec![Piece { block: 2, start: 0, len: 4, buf_off: 0 }]);
+    }
+}
