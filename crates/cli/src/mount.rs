@@ -147,6 +147,8 @@ pub fn run(mut cfg: Config) -> Result<i32> {
     match serve(&cfg, &mountpoint, fuse_cfg, fs_cfg, pipe) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
+            // The parent prints the error on the terminal; the daemon only logs it to syslog.
+            crate::logging::stop_stderr();
             log::error!("{e:#}");
             pipe.failed(&format!("{e:#}"));
             Ok(1)

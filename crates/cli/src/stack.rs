@@ -39,7 +39,7 @@ pub struct Stack {
 pub fn open_transport(cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
     let keys = BlockKeys::new(cfg.prefix.clone(), cfg.hash_prefix);
     match &cfg.location {
-        Location::Dir(dir) => Ok(Arc::new(DirStore::open(dir, keys).map_err(anyhow::Error::msg)?)),
+        Location::Dir(dir) => Ok(Arc::new(DirStore::open(dir, keys).map_err(|e| anyhow::anyhow!("test directory {e}"))?)),
         Location::Bucket(_) => bail!("S3 buckets are not supported yet"),
     }
 }

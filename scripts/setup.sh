@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what s3backer-rs needs to build, demo and test, on Debian as root. Idempotent: a
+# second run installs nothing. Usage: scripts/setup.sh [--with-s3]   (--with-s3: also the Garage
+# S3 server used by the tests; its first build takes about 10 minutes and is reused afterwards).
+set -euo pipefail
+need=()
+for pair in fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fio:fio losetup:mount \
+            pkg-config:pkg-config cc:gcc curl:curl; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[ -x /usr/bin/s3backer ] || need+=(s3backer)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "setup: cargo (Rust 1.95 or newer) is required" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "${1:-}" = "--with-s3" ]; then
+    if ! command -v garage >/dev/null 2>&1; then
+        echo "setup: building the Garage S3 server (once, about 10 minutes)" >&2
+        cargo install garage@2.5.0 --locked --quiet
+    fi
+fi
+# Loop devices and FUSE must be usable (CI and a root shell on Debian have both).
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true

@@ -1,0 +1,97 @@
+//! Bad invocations: each gives one clear line naming the problem on stderr, a non-zero exit,
+//! no panic, and writes nothing to the store.
+
+mod common;
+use common::*;
+
+/// (arguments, text the error line must contain). `{store}` and `{mnt}` are replaced by a real
+/// empty store directory and mount point; `{file}` by a regular file.
+const CASES: &[(&[&str], &str)] = &[
+    (&[], "no bucket specified"),
+    (&["--test", "{store}"], "no mount point specified"),
+    (&["--test", "{store}", "{mnt}"], "--size is required with --test"),
+    (&["--test", "--size=1m", "--blockSize=3000", "{store}", "{mnt}"], "block size must be a power of 2"),
+    (&["--test", "--size=1m", "--blockSize=0", "{store}", "{mnt}"], "block size must be a power of 2"),
+    (&["--test", "--size=1m", "--blockSize=4x", "{store}", "{mnt}"], "invalid block size \"4x\""),
+    (&["--test", "--size=1m", "--blockSize=8g", "{store}", "{mnt}"], "block size 8g is too big"),
+    (&["--test", "--size=1000", "--blockSize=4k", "{store}", "{mnt}"], "must be a multiple of block size 4k"),
+    (&["--test", "--size=0", "{store}", "{mnt}"], "file size must be greater than zero"),
+    (&["--test", "--size=lots", "{store}", "{mnt}"], "invalid file size \"lots\""),
+    (&["--test", "--size=64t", "--blockSize=4k", "{store}", "{mnt}"], "more than 2^32 blocks"),
+    (&["--test", "--size=99999999999999999999", "{store}", "{mnt}"], "is too big"),
+    (&["--test", "--size=1m", "--bogusFlag", "{store}", "{mnt}"], "unexpected argument '--bogusFlag'"),
+    (&["--test", "--size=1m", "-o", "bogus", "{store}", "{mnt}"], "unknown mount option \"bogus\""),
+    (&["--test", "--size=1m", "-o", "uid=abc", "{store}", "{mnt}"], "invalid mount option \"uid=abc\""),
+    (&["--test", "--size=1m", "{store}", "{store}/nonexistent"], "No such file or directory"),
+    (&["--test", "--size=1m", "{store}", "{file}"], "is not a directory"),
+    (&["--test", "--size=1m", "{store}/missing", "{mnt}"], "test directory"),
+    (&["--test", "--size=1m", "{file}", "{mnt}"], "regular: not a directory"),
+    (&["--test", "--size=1m", "{store}", "{mnt}", "extra"], "too many arguments"),
+    (&["--test", "--size=1m", "--fileMode=9", "{store}", "{mnt}"], "invalid --fileMode \"9\""),
+    (&["--test", "--size=1m", "--filename=a/b", "{store}", "{mnt}"], "invalid --filename"),
+    (&["--test", "--size=1m", "--filename=stats", "{store}", "{mnt}"], "must differ"),
+    (&["--test", "--size=1m", "--statsFilename=", "{store}", "{mnt}"], "invalid --statsFilename"),
+    (&["--test", "--size=1m", "-F", "{store}/nofile", "{store}", "{mnt}"], "can't read config file"),
+    (&["--erase", "--reset-mounted-flag", "bucket"], "cannot be used together"),
+    (&["--erase", "bucket", "{mnt}"], "mount point cannot be given"),
+    (&["--test", "--erase", "{store}"], "needs a bucket"),
+    (&["--nbd", "bucket", "/dev/nbd0"], "--nbd is not supported yet"),
+    (&["--test", "--size=1m", "--blockCacheSize=10", "{store}", "{mnt}"], "--blockCacheSize is not supported yet"),
+    (&["--test", "--size=1m", "--encrypt", "{store}", "{mnt}"], "--encrypt is not supported yet"),
+    (&["--test", "--size=1m", "--compress=zstd", "{store}", "{mnt}"], "--compress is not supported yet"),
+    (&["--test", "--size=1m", "--md5CacheSize=10", "{store}", "{mnt}"], "--md5CacheSize is not supported yet"),
+    (&["--test", "--size=1m", "--compress", "extra-value", "{store}", "{mnt}"], "too many arguments"),
+];
+
+#[test]
+fn bad_invocations_fail_with_one_clear_line() {
+    let s = Scratch::new();
+    let file = s.path("regular");
+    std::fs::write(&file, b"x").unwrap();
+    let sub = |a: &str| {
+        a.replace("{store}", s.store().to_str().unwrap())
+            .replace("{mnt}", s.mnt().to_str().unwrap())
+            .replace("{file}", file.to_str().unwrap())
+    };
+    for (args, want) in CASES {
+        let args: Vec<String> = args.iter().map(|a| sub(a)).collect();
+        let out = std::process::Command::new(bin()).args(&args).env("HOME", s.path("home")).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: expected one line, got:\n{err}");
+        assert!(err.starts_with("s3backer: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+        assert!(!is_mounted(&s.mnt()), "{args:?} left a mount");
+    }
+    // Nothing was written to the store by any of them.
+    assert_eq!(std::fs::read_dir(s.store()).unwrap().count(), 0);
+}
+
+#[test]
+fn already_mounted_mount_point_is_refused() {
+    let s = Scratch::new();
+    let store = s.store();
+    let m = Mount::start(&["--test", "--size=1m", store.to_str().unwrap()], &s.mnt());
+    let out = run(&["--test", "--size=1m", "-f", store.to_str().unwrap(), s.mnt().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is already mounted") && err.lines().count() == 1, "{err}");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    for a in ["--help", "-h", "-?"] {
+        let out = run(&[a]);
+        assert!(out.status.success(), "{a}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--blockSize"), "{a}");
+    }
+    for a in ["--version", "-v"] {
+        let out = run(&[a]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("s3backer "));
+    }
+}

@@ -1,0 +1,287 @@
+//! Shared helpers for end-to-end tests: run the real binary, mount it, loop-mount ext4 on the
+//! exported file, and always clean up in the safe order (ext4, then FUSE, then servers) even
+//! when a test fails. These tests need root, /dev/fuse and loop devices, as CI has.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_s3backer")
+}
+
+/// Runs the binary to completion with `args`.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("run s3backer")
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// True when `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(target.to_string_lossy().into_owned()))
+}
+
+/// Waits until `cond` holds, up to `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory with `store/`, `mnt/` and `ext4/` inside, removed on drop.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("s3b-test-").tempdir_in("/tmp").expect("tempdir");
+        for d in ["store", "mnt", "ext4"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        Scratch { dir }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+    pub fn mnt(&self) -> PathBuf {
+        self.path("mnt")
+    }
+    pub fn ext4(&self) -> PathBuf {
+        self.path("ext4")
+    }
+}
+
+/// A running s3backer (foreground, `-f`) mounted on a directory. Dropping it unmounts and
+/// waits for the process to exit.
+pub struct Mount {
+    pub child: Option<Child>,
+    pub mnt: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Mount {
+    /// Starts `program` with `args` (which must include `-f` and the mount point last) and
+    /// waits for the mount to appear.
+    pub fn start_program(program: &str, args: &[String], mnt: &Path) -> Mount {
+        let stderr_path = mnt.with_extension(format!("stderr.{}", std::process::id()));
+        let errf = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(errf)
+            .spawn()
+            .expect("spawn");
+        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf(), stderr_path };
+        let end = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{program} exited with {status} before mounting: {}", m.stderr());
+            }
+            assert!(Instant::now() < end, "mount did not appear: {}", m.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// Starts our binary in the foreground: `args` then the mount point.
+    pub fn start(args: &[&str], mnt: &Path) -> Mount {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.push("-f".into());
+        a.push(mnt.to_string_lossy().into_owned());
+        Mount::start_program(bin(), &a, mnt)
+    }
+
+    /// Path of the exported file (default name).
+    pub fn file(&self) -> PathBuf {
+        self.mnt.join("file")
+    }
+
+    /// Contents of the stats file.
+    pub fn stats(&self) -> String {
+        std::fs::read_to_string(self.mnt.join("stats")).expect("read stats")
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Unmounts and waits for the process; returns its exit status code.
+    pub fn unmount(mut self) -> i32 {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> i32 {
+        let Some(mut child) = self.child.take() else { return 0 };
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg(&self.mnt).status();
+        }
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let _ = std::fs::remove_file(&self.stderr_path);
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                panic!("s3backer did not exit after unmount: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process with SIGKILL (a crash), then clears the dead mount.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.finish();
+        }
+    }
+}
+
+/// ext4 loop-mounted on an exported file; unmounted on drop (before the FUSE mount goes).
+pub struct Ext4 {
+    pub dir: PathBuf,
+}
+
+impl Ext4 {
+    /// Makes a new ext4 file system on `file`.
+    pub fn mkfs(file: &Path) {
+        sh(&format!("mkfs.ext4 -q -F -E nodiscard {}", file.display()));
+    }
+
+    /// Loop-mounts `file` on `dir`.
+    pub fn mount(file: &Path, dir: &Path) -> Ext4 {
+        sh(&format!("mount -o loop {} {}", file.display(), dir.display()));
+        Ext4 { dir: dir.to_path_buf() }
+    }
+
+    /// Syncs and unmounts.
+    pub fn unmount(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("sync").status();
+            let st = Command::new("umount").arg(&self.dir).status();
+            if !matches!(st, Ok(s) if s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Runs `e2fsck -fn` on `file` and panics unless it reports a clean file system.
+pub fn fsck_clean(file: &Path) {
+    let out = Command::new("e2fsck").arg("-fn").arg(file).output().expect("run e2fsck");
+    assert!(
+        out.status.success(),
+        "e2fsck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes a tree of `n` files of random sizes and content under `root`; returns
+/// (relative path, sha256 hex) for each.
+pub fn write_tree(root: &Path, n: usize, seed: u64) -> Vec<(String, String)> {
+    use rand::{Rng, RngCore, SeedableRng};
+    use sha2::{Digest, Sha256};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let rel = format!("d{}/e{}/f{i}.bin", i % 7, i % 3);
+        let path = root.join(&rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let len = match i % 10 {
+            0 => rng.gen_range(100_000..400_000),
+            1 => 0,
+            _ => rng.gen_range(1..20_000),
+        };
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        std::fs::write(&path, &data).unwrap();
+        out.push((rel, hex(&Sha256::digest(&data))));
+    }
+    out
+}
+
+/// Checks every file of `tree` under `root` has its recorded sha256.
+pub fn check_tree(root: &Path, tree: &[(String, String)]) {
+    use sha2::{Digest, Sha256};
+    for (rel, sum) in tree {
+        let data = std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+        assert_eq!(&hex(&Sha256::digest(&data)), sum, "content of {rel} differs");
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Drops the kernel's page cache so reads go to the daemon.
+pub fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Pids of running s3backer processes whose command line contains `needle`.
+pub fn daemon_pids(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_ours = args.first().is_some_and(|a| a.ends_with("s3backer"));
+        let zombie = std::fs::read_to_string(e.path().join("stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+        if is_ours && !zombie && args.iter().any(|a| a.contains(needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -1,0 +1,138 @@
+//! End to end over the `--test` directory store: the real binary, a real FUSE mount, ext4 on a
+//! loop device, a restart in between, checksums and e2fsck.
+
+mod common;
+use common::*;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+#[test]
+fn ext4_round_trip_survives_restart() {
+    let s = Scratch::new();
+    let store = s.store();
+    let args = ["--test", "--size=256m", "--blockSize=64k", store.to_str().unwrap()];
+    let m = Mount::start(&args, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), 300, 1);
+    e.unmount();
+    assert_eq!(m.unmount(), 0, "clean exit after unmount");
+
+    // Blocks are files named like S3 keys; no temp files are left behind.
+    let names: Vec<String> =
+        std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.len() > 10, "blocks were written: {}", names.len());
+    assert!(names.iter().all(|n| n.len() == 8 && n.chars().all(|c| c.is_ascii_hexdigit())), "{names:?}");
+
+    let m = Mount::start(&args, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    drop_caches();
+    check_tree(&s.ext4(), &tree);
+    e.unmount();
+    let stats = m.stats();
+    assert!(stats.ends_with("out_of_memory_errors         0\n"), "{stats}");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn exported_files_modes_sizes_and_stats_reset() {
+    let s = Scratch::new();
+    let store = s.store();
+    let m = Mount::start(
+        &["--test", "--size=1m", "--blockSize=4k", "--test-delays", "--filename=disk", "--statsFilename=st", "--fileMode=0640", store.to_str().unwrap()],
+        &s.mnt(),
+    );
+    let md = std::fs::metadata(s.mnt().join("disk")).unwrap();
+    assert_eq!(md.len(), 1 << 20);
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!(md.blksize(), 4096);
+    let st = std::fs::metadata(s.mnt().join("st")).unwrap();
+    assert_eq!(st.mode() & 0o7777, 0o444);
+    let mut names: Vec<String> =
+        std::fs::read_dir(s.mnt()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["disk", "st"]);
+
+    // Fault injection counts show up in stats; unlinking the stats file resets them.
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(s.mnt().join("disk")).unwrap();
+    f.write_all_at(&[7u8; 5000], 100).unwrap();
+    f.sync_all().unwrap();
+    let stats = std::fs::read_to_string(s.mnt().join("st")).unwrap();
+    let delays: u64 = stats.lines().find(|l| l.starts_with("test_injected_delays")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(delays > 0, "{stats}");
+    std::fs::remove_file(s.mnt().join("st")).unwrap();
+    let stats = std::fs::read_to_string(s.mnt().join("st")).unwrap();
+    assert!(stats.contains("test_injected_delays         0\n"), "{stats}");
+    assert!(s.mnt().join("st").exists(), "stats file stays after unlink");
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn read_only_mount_refuses_writes_and_writes_nothing() {
+    let s = Scratch::new();
+    let store = s.store();
+    std::fs::write(store.join("00000001"), vec![9u8; 4096]).unwrap();
+    let before = sh(&format!("ls -l --time-style=full-iso {0}; stat -c %y {0}", store.display()));
+    let m = Mount::start(&["--test", "--size=64k", "--readOnly", store.to_str().unwrap()], &s.mnt());
+    let md = std::fs::metadata(m.file()).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o400);
+    let data = std::fs::read(m.file()).unwrap();
+    assert_eq!(&data[4096..8192], &[9u8; 4096][..]);
+    assert!(data[..4096].iter().all(|&b| b == 0));
+    let err = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(m.unmount(), 0);
+    assert_eq!(before, sh(&format!("ls -l --time-style=full-iso {0}; stat -c %y {0}", store.display())));
+}
+
+#[test]
+fn punch_hole_deletes_whole_blocks_and_zeroes_edges() {
+    let s = Scratch::new();
+    let store = s.store();
+    let m = Mount::start(&["--test", "--size=64k", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
+    f.write_all_at(&vec![0xabu8; 65536], 0).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 16);
+    // Punch [1000, 1000 + 3*4096): zeroes the tail of block 0, blocks 1-2, the head of block 3.
+    sh(&format!("fallocate -p -o 1000 -l {} {}", 3 * 4096, m.file().display()));
+    f.sync_all().unwrap();
+    let mut buf = vec![0u8; 65536];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    for (i, &b) in buf.iter().enumerate() {
+        let hole = (1000..1000 + 3 * 4096).contains(&i);
+        assert_eq!(b, if hole { 0 } else { 0xab }, "byte {i}");
+    }
+    assert!(!store.join("00000001").exists() && !store.join("00000002").exists());
+    assert!(store.join("00000000").exists() && store.join("00000003").exists());
+    // Past the end: ENOSPC, as upstream.
+    let out = std::process::Command::new("fallocate").args(["-p", "-o", "60000", "-l", "10000"]).arg(m.file()).output().unwrap();
+    assert!(!out.status.success());
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn daemon_mode_returns_when_mounted_and_sigterm_flushes() {
+    let s = Scratch::new();
+    let store = s.store();
+    let out = run(&["--test", "--size=1m", store.to_str().unwrap(), s.mnt().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The parent returned only once the mount was ready.
+    assert!(is_mounted(&s.mnt()));
+    let f = std::fs::OpenOptions::new().write(true).open(s.mnt().join("file")).unwrap();
+    f.write_all_at(&[1u8; 10000], 12345).unwrap();
+    drop(f);
+    // SIGTERM the daemon: it unmounts, flushes and exits.
+    let pids = daemon_pids(store.to_str().unwrap());
+    assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
+    // SAFETY: sending a signal to a process we started.
+    unsafe { libc::kill(pids[0], libc::SIGTERM) };
+    wait_for(30, "unmount after SIGTERM", || !is_mounted(&s.mnt()));
+    wait_for(30, "daemon exit", || daemon_pids(store.to_str().unwrap()).is_empty());
+    let m = Mount::start(&["--test", "--size=1m", store.to_str().unwrap()], &s.mnt());
+    let data = std::fs::read(m.file()).unwrap();
+    assert!(data[12345..22345].iter().all(|&b| b == 1));
+    assert_eq!(m.unmount(), 0);
+}
