@@ -216,3 +216,98 @@ mod tests {
         assert_eq!(pieces(4, 8, 4), vec![Piece { block: 2, start: 0, len: 4, buf_off: 0 }]);
     }
 }
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use s3b_codec::{Codec, CodecConfig, CodecStore};
+    use s3b_dir::DirStore;
+    use s3b_store::keys::BlockKeys;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write { off: u64, len: usize, fill: u8 },
+        Read { off: u64, len: u64 },
+        Punch { off: u64, len: u64 },
+        Flush,
+    }
+
+    const BS: u64 = 512;
+    const BLOCKS: u64 = 16;
+    const SIZE: u64 = BS * BLOCKS;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..SIZE, 1usize..1600, any::<u8>()).prop_map(|(off, len, fill)| Op::Write { off, len, fill }),
+            (0..=SIZE, 0u64..1600).prop_map(|(off, len)| Op::Read { off, len }),
+            (0..SIZE, 1u64..1600).prop_map(|(off, len)| Op::Punch { off, len }),
+            Just(Op::Flush),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// Any sequence of unaligned writes, reads, punches and flushes behaves like a flat
+        /// byte array; batches of operations on disjoint ranges also run concurrently.
+        #[test]
+        fn volume_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let d = tempfile::tempdir().unwrap();
+            rt.block_on(async {
+                let dir = Arc::new(DirStore::open(d.path(), BlockKeys::default()).unwrap());
+                let store = Arc::new(CodecStore::new(dir, Codec::new(BS as u32, CodecConfig::default()), BLOCKS));
+                let v = Volume::new(store, false);
+                let mut model = vec![0u8; SIZE as usize];
+                for op in ops {
+                    match op {
+                        Op::Write { off, len, fill } => {
+                            let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                            let n = v.write(off, &data).await.unwrap();
+                            let end = (off as usize + len).min(SIZE as usize);
+                            prop_assert_eq!(n, end - off as usize);
+                            model[off as usize..end].copy_from_slice(&data[..n]);
+                        }
+                        Op::Read { off, len } => {
+                            let got = v.read(off, len).await.unwrap();
+                            let end = (off + len).min(SIZE) as usize;
+                            prop_assert_eq!(&got[..], &model[off as usize..end]);
+                        }
+                        Op::Punch { off, len } => {
+                            v.punch_hole(off, len).await.unwrap();
+                            let end = (off + len).min(SIZE) as usize;
+                            model[off as usize..end].fill(0);
+                        }
+                        Op::Flush => v.flush().await.unwrap(),
+                    }
+                }
+                // Concurrent writes to disjoint halves of every block, then one full read.
+                let halves: Vec<_> = (0..BLOCKS * 2).map(|h| {
+                    let v = &v;
+                    async move { v.write(h * BS / 2, &vec![h as u8 + 1; (BS / 2) as usize]).await }
+                }).collect();
+                futures::future::try_join_all(halves).await.unwrap();
+                for h in 0..BLOCKS * 2 {
+                    let s = (h * BS / 2) as usize;
+                    model[s..s + (BS / 2) as usize].fill(h as u8 + 1);
+                }
+                prop_assert_eq!(&v.read(0, SIZE).await.unwrap()[..], &model[..]);
+                // Beyond the end.
+                prop_assert!(v.read(SIZE + 1, 1).await.is_err());
+                prop_assert_eq!(v.write(SIZE, b"x").await.unwrap(), 0);
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn read_only_refuses_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Arc::new(DirStore::open(d.path(), BlockKeys::default()).unwrap());
+        let store = Arc::new(CodecStore::new(dir, Codec::new(BS as u32, CodecConfig::default()), BLOCKS));
+        let v = Volume::new(store, true);
+        assert!(matches!(v.write(0, b"x").await, Err(StoreError::ReadOnly)));
+        assert!(matches!(v.punch_hole(0, 1).await, Err(StoreError::ReadOnly)));
+        assert_eq!(v.read(0, 4).await.unwrap(), Bytes::from_static(&[0, 0, 0, 0]));
+    }
+}
