@@ -136,3 +136,41 @@ fn daemon_mode_returns_when_mounted_and_sigterm_flushes() {
     assert!(data[12345..22345].iter().all(|&b| b == 1));
     assert_eq!(m.unmount(), 0);
 }
+
+#[test]
+fn wrong_size_block_file_is_eio_with_logged_reason() {
+    let s = Scratch::new();
+    let store = s.store();
+    std::fs::write(store.join("00000002"), b"too short").unwrap();
+    let m = Mount::start(&["--test", "--size=64k", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let f = std::fs::File::open(m.file()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 4096).unwrap();
+    let err = f.read_exact_at(&mut buf, 2 * 4096).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(f);
+    let log = m.stderr();
+    assert!(log.contains("corrupt block 0x00000002: object is 9 bytes, block size is 4096"), "{log}");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn test_errors_really_injects_errors() {
+    let s = Scratch::new();
+    let store = s.store();
+    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()], &s.mnt());
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
+    let mut failures = 0;
+    for i in 0..1024u64 {
+        if let Err(e) = f.write_all_at(&[1u8; 4096], i * 4096) {
+            assert_eq!(e.raw_os_error(), Some(libc::EIO));
+            failures += 1;
+        }
+    }
+    drop(f);
+    let stats = m.stats();
+    let injected: u64 =
+        stats.lines().find(|l| l.starts_with("test_injected_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
+    assert_eq!(m.unmount(), 0);
+}
