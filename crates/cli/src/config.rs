@@ -116,7 +116,7 @@ pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
     if size == 0 {
         bail!("file size must be greater than zero");
     }
-    if size % block_size as u64 != 0 {
+    if !size.is_multiple_of(block_size as u64) {
         bail!("file size {} must be a multiple of block size {}", size, unparse_size(block_size as u64));
     }
     let blocks = size / block_size as u64;

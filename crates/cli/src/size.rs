@@ -32,7 +32,7 @@ pub fn unparse_size(v: u64) -> String {
     }
     for &(c, shift) in SUFFIXES.iter().rev() {
         let unit = 1u64 << shift;
-        if v % unit == 0 {
+        if v.is_multiple_of(unit) {
             return format!("{}{}", v / unit, c);
         }
     }

@@ -123,11 +123,7 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
             Some(f.clone())
         } else if let Some(f) = a.strip_prefix("--configFile=") {
             Some(f.to_string())
-        } else if let Some(f) = a.strip_prefix("-F").filter(|f| !f.is_empty() && !a.starts_with("--")) {
-            Some(f.to_string())
-        } else {
-            None
-        };
+        } else { a.strip_prefix("-F").filter(|f| !f.is_empty() && !a.starts_with("--")).map(|f| f.to_string()) };
         if let Some(file) = config {
             let words = read_config_file(&file, subs)?;
             expand_into(&words, ours, out, subs)?;
@@ -138,11 +134,7 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
             let Some(o) = args.get(i) else { bail!("option -o needs a value") };
             i += 1;
             Some(o.clone())
-        } else if let Some(o) = a.strip_prefix("-o").filter(|o| !o.is_empty()) {
-            Some(o.to_string())
-        } else {
-            None
-        };
+        } else { a.strip_prefix("-o").filter(|o| !o.is_empty()).map(|o| o.to_string()) };
         if let Some(opts) = opts {
             for opt in opts.split(',').filter(|o| !o.is_empty()) {
                 let name = opt.split_once('=').map_or(opt, |(n, _)| n);
