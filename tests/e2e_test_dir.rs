@@ -174,3 +174,33 @@ fn test_errors_really_injects_errors() {
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
     assert_eq!(m.unmount(), 0);
 }
+
+#[test]
+fn killed_daemon_leaves_a_mount_plain_umount_clears() {
+    let s = Scratch::new();
+    let store = s.store();
+    let args = ["--test", "--size=64m", "--blockSize=64k", store.to_str().unwrap()];
+    let m = Mount::start(&args, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    std::fs::write(s.ext4().join("a"), b"hello").unwrap();
+    sh("sync");
+    let pid = m.child.as_ref().map(|c| c.id()).unwrap();
+    // SAFETY: killing the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for(10, "daemon death", || daemon_pids(store.to_str().unwrap()).is_empty());
+    // ext4 first, then the dead FUSE mount: both plain umounts succeed.
+    e.unmount();
+    assert!(!is_mounted(&s.ext4()));
+    let st = std::process::Command::new("umount").arg(s.mnt()).status().unwrap();
+    assert!(st.success());
+    assert!(!is_mounted(&s.mnt()));
+    drop(m);
+    // The synced data survived the crash.
+    let m = Mount::start(&args, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    assert_eq!(std::fs::read(s.ext4().join("a")).unwrap(), b"hello");
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+}

@@ -211,3 +211,26 @@ mod tests {
         assert_eq!(c.codec.encrypt.as_deref(), Some("AES-256-CBC"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary argument words and config-file bytes never panic the parser: they parse
+        /// or give an error.
+        #[test]
+        fn arbitrary_words_never_panic(words in prop::collection::vec("[-=,a-zA-Z0-9/_ ?]{0,24}", 0..12),
+                                       file in prop::collection::vec(any::<u8>(), 0..400)) {
+            let d = tempfile::tempdir().unwrap();
+            let f = d.path().join("cfg");
+            std::fs::write(&f, &file).unwrap();
+            let mut args = words.clone();
+            args.push("-F".into());
+            args.push(f.to_string_lossy().into_owned());
+            let _ = parse(&args);
+            let _ = parse(&words).map(crate::config::validate);
+        }
+    }
+}
