@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark harness: C s3backer 1.5.4 against s3backer-rs.
+
+Both systems run with equivalent flags against one real S3 server (Garage on 127.0.0.1, started
+fresh for every run so each run has a fresh bucket), optionally behind s3b-netsim, which adds
+latency each way (the kernel has no netem). Workloads go through ext4 on a loop device opened
+with --direct-io=on, so the daemon, not the page cache, is measured:
+
+  seqwrite   fio 1 MiB sequential write of the data size, ending in fsync (also reported:
+             the rate until unmount has flushed everything, since C 1.5.4's fsync is a no-op)
+  seqread    fio 1 MiB sequential read of that file after a fresh mount and dropped caches
+  randread   fio 4 KiB random read, iodepth 16, time-bounded
+  randwrite  fio 4 KiB random write, iodepth 16, time-bounded, ending in fsync
+  metadata   copy a generated tree of small files in, unmount, remount, read it back
+  ceiling    the raw server: parallel PUT then GET of objects of the block size (curl)
+
+For each it records MB/s or IOPS, the daemon's CPU seconds and peak RSS, and HTTP requests from
+the stats file, and writes a Markdown table (ratios ours/C, % of the ceiling) and a JSON file.
+Everything talks to 127.0.0.1 only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OURS = os.path.join(ROOT, "target/release/s3backer")
+NETSIM = os.path.join(ROOT, "target/release/s3b-netsim")
+C_S3BACKER = "/usr/bin/s3backer"
+ACCESS = "GKbench0000000000000000000"
+SECRET = "bench-secret-key-0123456789abcdef"
+BUCKET = "bench"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(cmd, check=True, **kw):
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"command failed: {cmd}\n{r.stdout}\n{r.stderr}")
+    return r.stdout
+
+
+def wait_port(port, secs=15):
+    end = time.time() + secs
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+class Garage:
+    """A throw-away single-node Garage with one bucket, region us-east-1 (C 1.5.4 needs it)."""
+
+    def __init__(self, work):
+        self.dir = tempfile.mkdtemp(prefix="garage-", dir=work)
+        self.port = free_port()
+        rpc = free_port()
+        with open(os.path.join(self.dir, "garage.toml"), "w") as f:
+            f.write(f"""metadata_dir = "{self.dir}/meta"
+data_dir = "{self.dir}/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{os.urandom(32).hex()}"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:{self.port}"
+root_domain = ".s3.garage.localhost"
+""")
+        env = dict(os.environ, GARAGE_DEFAULT_ACCESS_KEY=ACCESS, GARAGE_DEFAULT_SECRET_KEY=SECRET,
+                   GARAGE_DEFAULT_BUCKET=BUCKET)
+        garage = shutil.which("garage") or os.path.expanduser("~/.cargo/bin/garage")
+        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.proc = subprocess.Popen([garage, "-c", os.path.join(self.dir, "garage.toml"), "server",
+                                      "--single-node", "--default-bucket"], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        # The bucket may take a moment after the port opens.
+        end = time.time() + 15
+        while time.time() < end:
+            code = sh(f"curl -s -o /dev/null -w '%{{http_code}}' --aws-sigv4 'aws:amz:us-east-1:s3' "
+                      f"--user '{ACCESS}:{SECRET}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "
+                      f"'http://127.0.0.1:{self.port}/{BUCKET}?list-type=2'", check=False)
+            if code == "200":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("garage bucket not ready")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Netsim:
+    def __init__(self, target_port, delay_ms):
+        self.port = free_port()
+        self.proc = subprocess.Popen([NETSIM, str(self.port), str(target_port), str(delay_ms)])
+        wait_port(self.port)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Daemon:
+    """One s3backer process (either implementation) in the foreground, with /proc sampling."""
+
+    def __init__(self, system, port, mnt, cfg, logdir):
+        common = [f"--baseURL=http://127.0.0.1:{port}/", f"--accessId={ACCESS}", f"--accessKey={SECRET}",
+                  f"--blockSize={cfg.block_size}", f"--size={cfg.size}",
+                  f"--blockCacheSize={cfg.cache_blocks}", f"--blockCacheThreads={cfg.threads}"]
+        if system == "c":
+            # 1.5.4 turns its MD5 cache on by default; 2.x and ours have it off.
+            args = [C_S3BACKER] + common + ["--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0"]
+        else:
+            args = [OURS] + common
+        args += ["-f", BUCKET, mnt]
+        self.mnt = mnt
+        self.err = open(os.path.join(logdir, f"{system}-{time.time_ns()}.log"), "w")
+        self.proc = subprocess.Popen(args, stdout=self.err, stderr=subprocess.STDOUT)
+        self.cpu = 0.0
+        self.rss_kb = 0
+        end = time.time() + 60
+        while not os.path.ismount(mnt):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{system} exited: {open(self.err.name).read()[-2000:]}")
+            if time.time() > end:
+                raise RuntimeError(f"{system} did not mount")
+            time.sleep(0.05)
+
+    def sample(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            tick = os.sysconf("SC_CLK_TCK")
+            self.cpu = (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.rss_kb = max(self.rss_kb, int(line.split()[1]))
+        except (OSError, IndexError, ValueError):
+            pass
+
+    def stats(self):
+        try:
+            with open(os.path.join(self.mnt, "stats")) as f:
+                text = f.read()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                try:
+                    out[parts[0]] = float(parts[1])
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self):
+        """Unmounts (which flushes) and returns (cpu seconds, peak RSS MiB, http stats)."""
+        self.sample()
+        st = self.stats()
+        sh(f"umount {self.mnt}", check=False)
+        # Sample while the daemon flushes until it exits.
+        end = time.time() + 600
+        while self.proc.poll() is None and time.time() < end:
+            self.sample()
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return self.cpu, self.rss_kb / 1024.0, st
+
+
+class Ext4:
+    def __init__(self, file, mnt, mkfs):
+        self.loop = sh(f"losetup --direct-io=on --show -f {file}").strip()
+        if mkfs:
+            sh(f"mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 {self.loop}")
+        self.mnt = mnt
+        sh(f"mount {self.loop} {mnt}")
+
+    def stop(self):
+        sh(f"umount {self.mnt}", check=False)
+        sh(f"losetup -d {self.loop}", check=False)
+
+
+def fio(name, args):
+    out = sh(f"fio --name={name} --output-format=json --ioengine=libaio --direct=1 --refill_buffers "
+             f"--randrepeat=0 {args}")
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    return job
+
+
+def run_workload(system, workload, cfg, latency, work):
+    garage = Garage(work)
+    proxy = Netsim(garage.port, latency // 2) if latency > 0 else None
+    port = proxy.port if proxy else garage.port
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    disk = tempfile.mkdtemp(prefix="disk-", dir=work)
+    daemon = ext4 = None
+    result = {"system": system, "workload": workload, "latency_ms": latency}
+    try:
+        daemon = Daemon(system, port, mnt, cfg, work)
+        ext4 = Ext4(os.path.join(mnt, "file"), disk, mkfs=True)
+        data = f"{cfg.data_mb}m"
+        path = os.path.join(disk, "data")
+        if workload in ("seqread", "randread", "metadata"):
+            # Prepare the data, then measure it from a fresh mount with cold caches.
+            if workload == "metadata":
+                tree = os.path.join(work, "tree")
+                if not os.path.isdir(tree):
+                    rnd = random.Random(1)
+                    for i in range(cfg.meta_files):
+                        d = os.path.join(tree, f"d{i % 50}")
+                        os.makedirs(d, exist_ok=True)
+                        with open(os.path.join(d, f"f{i}"), "wb") as f:
+                            f.write(rnd.randbytes(rnd.randint(100, 8000)))
+                t0 = time.time()
+                sh(f"cp -r {tree} {disk}/tree && sync")
+                write_secs = time.time() - t0
+            else:
+                fio("prep", f"--rw=write --bs=1M --size={data} --filename={path} --end_fsync=1")
+            ext4.stop()
+            daemon.stop()
+            daemon = Daemon(system, port, mnt, cfg, work)
+            sh("echo 3 > /proc/sys/vm/drop_caches")
+            ext4 = Ext4(os.path.join(mnt, "file"), disk, mkfs=False)
+        t0 = time.time()
+        if workload == "seqwrite":
+            job = fio("seqwrite", f"--rw=write --bs=1M --size={data} --filename={path} --end_fsync=1")
+            secs = time.time() - t0
+            result.update(value=cfg.data_mb * 1048576 / secs / 1e6, unit="MB/s")
+        elif workload == "seqread":
+            job = fio("seqread", f"--rw=read --bs=1M --size={data} --filename={path}")
+            result.update(value=job["read"]["bw_bytes"] / 1e6, unit="MB/s")
+        elif workload == "randread":
+            job = fio("randread", f"--rw=randread --bs=4k --iodepth=16 --size={data} --filename={path} "
+                                  f"--time_based --runtime={cfg.rand_secs}")
+            result.update(value=job["read"]["iops"], unit="IOPS")
+        elif workload == "randwrite":
+            job = fio("randwrite", f"--rw=randwrite --bs=4k --iodepth=16 --size={data} --filename={path} "
+                                   f"--time_based --runtime={cfg.rand_secs} --end_fsync=1")
+            secs = time.time() - t0
+            result.update(value=job["write"]["total_ios"] / secs, unit="IOPS")
+        elif workload == "metadata":
+            out = sh(f"find {disk}/tree -type f | xargs cat | wc -c")
+            read_secs = time.time() - t0
+            result.update(value=cfg.meta_files / (write_secs + read_secs), unit="files/s",
+                          bytes_read=int(out.strip()))
+        ext4.stop()
+        ext4 = None
+        cpu, rss, st = daemon.stop()
+        daemon = None
+        if workload == "seqwrite":
+            # C 1.5.4's fsync is a no-op: also report the rate until the data is really in S3,
+            # i.e. including the flush at unmount.
+            result.update(durable_mbs=round(cfg.data_mb * 1048576 / (time.time() - t0) / 1e6, 1))
+        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(rss, 1),
+                      http_gets=int(st.get("http_gets", 0)), http_puts=int(st.get("http_puts", 0)),
+                      http_deletes=int(st.get("http_deletes", 0)))
+    except Exception as e:  # a failed run is reported, not hidden
+        result.update(error=str(e).splitlines()[0][:200])
+    finally:
+        if ext4:
+            ext4.stop()
+        if daemon:
+            daemon.stop()
+        if proxy:
+            proxy.stop()
+        garage.stop()
+    return result
+
+
+def run_ceiling(cfg, latency, work):
+    """The raw server: PUT then GET objects of the block size with 16 parallel curl transfers."""
+    garage = Garage(work)
+    proxy = Netsim(garage.port, latency // 2) if latency > 0 else None
+    port = proxy.port if proxy else garage.port
+    res = {"system": "raw", "workload": "ceiling", "latency_ms": latency}
+    try:
+        bs = int(cfg.block_size.rstrip("k")) * 1024 if cfg.block_size.endswith("k") else int(cfg.block_size)
+        n = max(16, cfg.data_mb * 1048576 // bs // 4)
+        body = os.path.join(work, "obj")
+        with open(body, "wb") as f:
+            f.write(os.urandom(bs))
+        auth = f"--aws-sigv4 aws:amz:us-east-1:s3 --user {ACCESS}:{SECRET} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'"
+        cfgfile = os.path.join(work, "curl.cfg")
+        with open(cfgfile, "w") as f:
+            for i in range(n):
+                f.write(f'url = "http://127.0.0.1:{port}/{BUCKET}/ceil{i:06d}"\nupload-file = "{body}"\noutput = "/dev/null"\n')
+        t0 = time.time()
+        sh(f"curl -s --parallel --parallel-max 16 {auth} -K {cfgfile}")
+        put = n * bs / (time.time() - t0) / 1e6
+        with open(cfgfile, "w") as f:
+            for i in range(n):
+                f.write(f'url = "http://127.0.0.1:{port}/{BUCKET}/ceil{i:06d}"\noutput = "/dev/null"\n')
+        t0 = time.time()
+        sh(f"curl -s --parallel --parallel-max 16 {auth} -K {cfgfile}")
+        get = n * bs / (time.time() - t0) / 1e6
+        res.update(put_mbs=round(put, 1), get_mbs=round(get, 1))
+    except Exception as e:
+        res.update(error=str(e).splitlines()[0][:200])
+    finally:
+        if proxy:
+            proxy.stop()
+        garage.stop()
+    return res
+
+
+def table(results, cfg):
+    lines = [f"# s3backer-rs vs C s3backer 1.5.4 — benchmark results", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+             f"({os.cpu_count()} cores, {platform.platform()}), one run each, side by side.",
+             f"Server: Garage on 127.0.0.1 (fresh per run); latency added by s3b-netsim (round trip).",
+             f"Flags for both: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
+             f"--blockCacheThreads={cfg.threads}; C also --md5CacheSize=0 (1.5.4 enables it by default).",
+             f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s.", "",
+             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | peak RSS MiB C / ours | HTTP GET+PUT+DEL C / ours |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
+    for lat in cfg.latencies:
+        ceil = by.get((lat, "ceiling", "raw"), {})
+        for w in cfg.workloads:
+            c, o = by.get((lat, w, "c")), by.get((lat, w, "ours"))
+            if not c or not o:
+                continue
+            if w == "seqwrite" and "durable_mbs" in c and "durable_mbs" in o:
+                lines.append(f"| {lat} ms | seqwrite until in S3 (incl. unmount flush) | {c['durable_mbs']} MB/s "
+                             f"| {o['durable_mbs']} MB/s | {o['durable_mbs'] / c['durable_mbs']:.2f} "
+                             f"| {100 * o['durable_mbs'] / ceil['put_mbs']:.0f} % | | | |" if ceil.get("put_mbs") else "")
+            def val(r):
+                return f"error: {r['error']}" if "error" in r else f"{r['value']:.1f} {r['unit']}"
+            ratio = f"{o['value'] / c['value']:.2f}" if "value" in o and "value" in c and c["value"] > 0 else "–"
+            pct = "–"
+            if "value" in o and w in ("seqwrite", "seqread") and ceil.get("put_mbs"):
+                pct = f"{100 * o['value'] / ceil['put_mbs' if w == 'seqwrite' else 'get_mbs']:.0f} %"
+            def req(r):
+                return str(r.get("http_gets", 0) + r.get("http_puts", 0) + r.get("http_deletes", 0)) if "cpu_s" in r else "–"
+            lines.append(f"| {lat} ms | {w} | {val(c)} | {val(o)} | {ratio} | {pct} | {c.get('cpu_s', '–')} / {o.get('cpu_s', '–')} "
+                         f"| {c.get('peak_rss_mib', '–')} / {o.get('peak_rss_mib', '–')} | {req(c)} / {req(o)} |")
+        if ceil:
+            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s | GET {ceil.get('get_mbs', '–')} MB/s | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--latency", default="0,20", help="round-trip latencies in ms, comma separated")
+    p.add_argument("--workloads", default="seqwrite,seqread,randread,randwrite,metadata")
+    p.add_argument("--systems", default="c,ours")
+    p.add_argument("--block-size", default="256k")
+    p.add_argument("--cache-blocks", type=int, default=256)
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--out", default=os.path.join(ROOT, "benches/RESULTS.md"))
+    p.add_argument("--json", default=os.path.join(ROOT, "benches/results.json"))
+    cfg = p.parse_args()
+    cfg.latencies = [int(x) for x in cfg.latency.split(",")]
+    cfg.workloads = cfg.workloads.split(",")
+    cfg.data_mb = 64 if cfg.quick else 512
+    cfg.size = "1g" if cfg.quick else "4g"
+    cfg.rand_secs = 5 if cfg.quick else 20
+    cfg.meta_files = 1000 if cfg.quick else 10000
+    if os.geteuid() != 0:
+        sys.exit("benchmarks need root (FUSE, loop devices)")
+    work = tempfile.mkdtemp(prefix="s3b-bench-", dir="/tmp")
+    results = []
+    try:
+        for lat in cfg.latencies:
+            r = run_ceiling(cfg, lat, work)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            for w in cfg.workloads:
+                for system in cfg.systems.split(","):
+                    r = run_workload(system, w, cfg, lat, work)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    with open(cfg.json, "w") as f:
+        json.dump({"config": {k: v for k, v in vars(cfg).items()}, "results": results}, f, indent=1)
+    with open(cfg.out, "w") as f:
+        f.write(table(results, cfg))
+    print(open(cfg.out).read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks: C s3backer 1.5.4 vs s3backer-rs on the same local Garage S3 server,
+# at 0 ms and 20 ms added round-trip latency. Writes benches/RESULTS.md and benches/results.json.
+# Run as root on Debian:  bash benches/run.sh [--quick] [harness options, see --help]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --with-s3
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet --bin s3backer --bin s3b-netsim
+exec python3 benches/harness.py "$@"
