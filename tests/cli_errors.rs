@@ -41,6 +41,16 @@ const CASES: &[(&[&str], &str)] = &[
     (&["--test", "--size=1m", "--compress=zstd", "{store}", "{mnt}"], "--compress is not supported yet"),
     (&["--test", "--size=1m", "--md5CacheSize=10", "{store}", "{mnt}"], "--md5CacheSize is not supported yet"),
     (&["--test", "--size=1m", "--compress", "extra-value", "{store}", "{mnt}"], "too many arguments"),
+    (&["--test", "--size=1m", "--blockSize=2m", "{store}", "{mnt}"], "must be a multiple of block size 2m"),
+    (&["--test", "--size=-1", "{store}", "{mnt}"], "invalid file size \"-1\""),
+    (&["--test", "--size=", "{store}", "{mnt}"], "invalid file size \"\""),
+    (&["--test", "--size=1m", "--blockSize=", "{store}", "{mnt}"], "invalid block size \"\""),
+    (&["--test", "--size=1m", "--readOnly=yes", "{store}", "{mnt}"], "unexpected value 'yes' for '--readOnly'"),
+    (&["--test", "--size=1m", "{store}", "{mnt}", "-F"], "option -F needs a file name"),
+    (&["--test", "--size=1m", "{store}", "{mnt}", "-o"], "option -o needs a value"),
+    (&["--test", "--size=1m", "-o", "readOnly,blockSize=3k", "{store}", "{mnt}"], "block size must be a power of 2"),
+    (&["--test", "--size=1m", "", "{mnt}"], "empty directory name"),
+    (&["--test", "--size=1m", "--blockSize=4k", "--size=3k", "{store}", "{mnt}"], "file size 3072 must be a multiple"),
 ];
 
 #[test]

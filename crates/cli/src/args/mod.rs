@@ -31,7 +31,10 @@ use std::collections::HashSet;
                       s3backer --erase [options] bucket[/subdir]\n       \
                       s3backer --reset-mounted-flag [options] bucket[/subdir]",
     disable_version_flag = true,
-    disable_help_flag = true
+    disable_help_flag = true,
+    // As with upstream's libfuse option parser, a later flag overrides an earlier one (fstab
+    // options followed by command-line ones, config files, ...).
+    args_override_self = true
 )]
 pub struct Cli {
     /// `bucket[/subdir]` (or the directory with --test), then the mount point.
@@ -207,6 +210,8 @@ mod tests {
         assert_eq!(c.core.size.as_deref(), Some("1m"));
         assert_eq!(c.codec.compress.as_deref(), Some("deflate"));
         assert_eq!(c.positional, s(&["dir", "/mnt"]));
+        let c = parse(&s(&["--size=1m", "-o", "size=2m", "b"])).unwrap();
+        assert_eq!(c.core.size.as_deref(), Some("2m"), "the later flag wins");
         let c = parse(&s(&["--encrypt=AES-256-CBC", "b"])).unwrap();
         assert_eq!(c.codec.encrypt.as_deref(), Some("AES-256-CBC"));
     }
