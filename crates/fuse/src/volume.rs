@@ -21,6 +21,9 @@ use tokio::sync::Mutex;
 /// little concurrency when both are written at the same moment.
 const LOCK_SHARDS: usize = 4096;
 
+/// Most blocks zeroed by one bulk call (S3's multi-object delete takes up to 1000 keys).
+const BULK_ZERO_CHUNK: u64 = 1000;
+
 /// A front-end-independent view of the volume as one flat range of bytes.
 pub struct Volume {
     store: Arc<dyn BlockStore>,
@@ -139,18 +142,45 @@ impl Volume {
         Ok(len as usize)
     }
 
-    /// Zeroes `[offset, offset + len)`: whole blocks are deleted in one bulk call, partial
-    /// ones are read-modify-written. Upstream's fallocate(PUNCH_HOLE) semantics.
+    /// Zeroes `[offset, offset + len)`: whole blocks are deleted with bulk calls of at most
+    /// [`BULK_ZERO_CHUNK`] blocks, partial ones are read-modify-written. Upstream's
+    /// fallocate(PUNCH_HOLE) semantics. Works in chunks, so discarding a huge volume needs no
+    /// memory proportional to its size.
     pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let ps = pieces(self.block_size, offset, self.clip(offset, len)?);
-        let (whole, partial): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| p.len as u64 == self.block_size);
+        let len = self.clip(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let bs = self.block_size;
+        // Whole blocks: [first_whole, end_whole).
+        let first_whole = offset.div_ceil(bs);
+        let end_whole = end / bs;
+        if first_whole >= end_whole {
+            // No whole block: one or two partial pieces.
+            let ps = pieces(bs, offset, len);
+            try_join_all(ps.iter().map(|p| self.write_piece(*p, None))).await?;
+            return Ok(());
+        }
+        let head = first_whole * bs - offset;
+        let tail = end - end_whole * bs;
+        let mut partial = Vec::new();
+        if head > 0 {
+            partial.extend(pieces(bs, offset, head));
+        }
+        if tail > 0 {
+            partial.extend(pieces(bs, end_whole * bs, tail));
+        }
         try_join_all(partial.iter().map(|p| self.write_piece(*p, None))).await?;
-        if !whole.is_empty() {
-            let blocks: Vec<BlockNum> = whole.iter().map(|p| p.block).collect();
-            // Hold the locks of all blocks being zeroed so no read-modify-write interleaves.
+        let mut start = first_whole;
+        while start < end_whole {
+            let stop = (start + BULK_ZERO_CHUNK).min(end_whole);
+            let blocks: Vec<BlockNum> = (start..stop).map(|n| n as BlockNum).collect();
+            // Hold the locks of the blocks being zeroed so no read-modify-write interleaves;
+            // taken in shard order, so two punches cannot deadlock.
             let mut shards: Vec<usize> = blocks.iter().map(|&n| n as usize % LOCK_SHARDS).collect();
             shards.sort_unstable();
             shards.dedup();
@@ -158,9 +188,9 @@ impl Volume {
             for s in shards {
                 guards.push(self.locks[s].lock().await);
             }
-            for chunk in blocks.chunks(1000) {
-                self.store.bulk_zero(chunk).await?;
-            }
+            self.store.bulk_zero(&blocks).await?;
+            drop(guards);
+            start = stop;
         }
         Ok(())
     }
