@@ -5,10 +5,13 @@
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod caching;
 pub mod config;
 pub mod daemon;
+pub mod encoding;
 pub mod logging;
 pub mod mount;
+pub mod s3;
 pub mod size;
 pub mod stack;
 mod unsupported;
@@ -46,8 +49,8 @@ pub fn run(args: &[String]) -> i32 {
     logging::init(cfg.debug);
     let result = match cfg.mode {
         Mode::Mount => mount::run(cfg),
-        Mode::Erase => Err(anyhow::anyhow!("--erase is not supported yet")),
-        Mode::ResetMountedFlag => Err(anyhow::anyhow!("--reset-mounted-flag is not supported yet")),
+        Mode::Erase => s3::erase(cfg),
+        Mode::ResetMountedFlag => s3::reset_mounted_flag(cfg),
     };
     match result {
         Ok(code) => code,

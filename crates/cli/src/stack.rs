@@ -11,7 +11,7 @@
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
-use s3b_codec::{Codec, CodecConfig, CodecStore};
+use s3b_codec::{Codec, CodecStore};
 use s3b_dir::DirStore;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
@@ -40,7 +40,7 @@ pub fn open_transport(cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
     let keys = BlockKeys::new(cfg.prefix.clone(), cfg.hash_prefix);
     match &cfg.location {
         Location::Dir(dir) => Ok(Arc::new(DirStore::open(dir, keys).map_err(|e| anyhow::anyhow!("test directory {e}"))?)),
-        Location::Bucket(_) => bail!("S3 buckets are not supported yet"),
+        Location::Bucket(_) => crate::s3::open_bucket(cfg, keys),
     }
 }
 
@@ -111,8 +111,9 @@ pub async fn build(cfg: &Config) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
-    let codec = Codec::new(block_size, CodecConfig::default());
-    let top: Arc<dyn BlockStore> = Arc::new(CodecStore::new(objects, codec, num_blocks));
+    let codec = Codec::new(block_size, crate::encoding::codec_config(cfg)?);
+    let coded: Arc<dyn BlockStore> = Arc::new(CodecStore::new(objects, codec, num_blocks));
+    let top = crate::caching::wrap(cfg, coded, &stats)?;
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks })
 }
 

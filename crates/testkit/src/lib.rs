@@ -1,0 +1,7 @@
+//! Helpers shared by the tests of every crate. Test-only: nothing here ships in the binary.
+//!
+//! - [`garage`]: a throw-away single-node Garage S3 server on 127.0.0.1, the real S3 server
+//!   the S3 tests run against (never a mock of our own).
+#![deny(missing_docs)]
+
+pub mod garage;
