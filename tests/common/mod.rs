@@ -137,11 +137,16 @@ impl Mount {
 
     fn finish(&mut self) -> i32 {
         let Some(mut child) = self.child.take() else { return 0 };
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg(&self.mnt).status();
-        }
+        // umount can fail with EBUSY for a moment when another test thread forks while this
+        // one still holds a descriptor of the mounted file (the child holds it until exec);
+        // so retry until the mount is gone instead of trying once.
+        let mut last_try: Option<Instant> = None;
         let end = Instant::now() + Duration::from_secs(120);
         loop {
+            if last_try.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) && is_mounted(&self.mnt) {
+                let _ = Command::new("umount").arg(&self.mnt).stderr(Stdio::null()).status();
+                last_try = Some(Instant::now());
+            }
             if let Some(status) = child.try_wait().unwrap() {
                 let _ = std::fs::remove_file(&self.stderr_path);
                 return status.code().unwrap_or(-1);
@@ -202,10 +207,16 @@ impl Ext4 {
     fn finish(&mut self) {
         if is_mounted(&self.dir) {
             let _ = Command::new("sync").status();
-            let st = Command::new("umount").arg(&self.dir).status();
-            if !matches!(st, Ok(s) if s.success()) {
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            // Retry briefly: a descriptor inherited by a concurrently forking test thread makes
+            // umount fail with EBUSY for a moment. Lazy unmount only as a last resort.
+            for _ in 0..50 {
+                let st = Command::new("umount").arg(&self.dir).stderr(Stdio::null()).status();
+                if matches!(st, Ok(s) if s.success()) || !is_mounted(&self.dir) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }
 }
