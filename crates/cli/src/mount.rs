@@ -207,11 +207,24 @@ fn serve(
         Err(e) => return Err((anyhow!("can't install signal handlers: {e}"), pipe)),
     };
     let sig_handle = signals.handle();
+    let detach_path = mountpoint.to_path_buf();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
             log::info!("caught signal {sig}, unmounting");
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmount failed: {e}");
+            match unmounter.unmount() {
+                Ok(()) => break,
+                // Still in use (a loop device or an open file): detach it from the namespace
+                // and keep serving the remaining users; the session ends, and everything is
+                // flushed, once the last of them lets go. Ending the session now, as libfuse
+                // does, would fail their writes.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    log::warn!("{} is busy; detached it (lazy unmount): exiting once the last user closes the file", detach_path.display());
+                    if let Err(e) = lazy_unmount(&detach_path) {
+                        log::error!("lazy unmount failed: {e}");
+                    }
+                    break;
+                }
+                Err(e) => log::error!("unmount failed: {e}"),
             }
         }
     });
@@ -248,6 +261,14 @@ fn serve(
             Ok(1)
         }
     }
+}
+
+/// Detaches a busy mount point (`umount -l`).
+fn lazy_unmount(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]
