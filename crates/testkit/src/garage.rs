@@ -109,12 +109,17 @@ impl Garage {
     /// Runs `curl` signed for this server (`extra` are more curl arguments, `path` is after the
     /// host, e.g. `blocks?list-type=2`); returns (HTTP status, body).
     pub fn curl(&self, extra: &[&str], path: &str) -> (u16, Vec<u8>) {
+        self.curl_port(self.port, extra, path)
+    }
+
+    /// Like [`Garage::curl`], but connecting to `port` on 127.0.0.1 (e.g. a proxy in front).
+    pub fn curl_port(&self, port: u16, extra: &[&str], path: &str) -> (u16, Vec<u8>) {
         let out = Command::new("curl")
             .args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
             .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{ACCESS_KEY_ID}:{SECRET_KEY}")])
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
             .args(extra)
-            .arg(format!("http://127.0.0.1:{}/{path}", self.port))
+            .arg(format!("http://127.0.0.1:{port}/{path}"))
             .output()
             .expect("run curl");
         let mut body = out.stdout;

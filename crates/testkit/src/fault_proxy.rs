@@ -1,0 +1,302 @@
+//! A failure-injecting HTTP proxy on 127.0.0.1, put between an S3 client and the real server.
+//!
+//! Each request read from the client is, at random (with the configured percentages):
+//! - answered with `503 SlowDown` without reaching the server (a 5xx),
+//! - forwarded, and then the client connection is reset before any answer (the server did
+//!   the work but the client cannot know), or reset without forwarding,
+//! - stalled: held for [`FaultConfig::stall`] (longer than the client's timeout), then dropped,
+//! - or forwarded normally.
+//!
+//! Requests are forwarded one per upstream connection (`Connection: close`); the answer is read
+//! whole and re-sent to the client with a `Content-Length`, so client connections stay usable
+//! (keep-alive) whatever framing the server used. `Expect: 100-continue` is answered by the proxy.
+//! Faults can be switched off and on while running ([`FaultProxy::set_faults`]), and what was
+//! injected is counted ([`FaultProxy::counts`]).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How often each fault happens, in percent of requests.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultConfig {
+    /// Answer 503 without forwarding.
+    pub error_percent: u32,
+    /// Reset the client connection (half of them after forwarding the request).
+    pub reset_percent: u32,
+    /// Hold the request for `stall`, then drop the connection.
+    pub stall_percent: u32,
+    /// How long a stall lasts.
+    pub stall: Duration,
+}
+
+/// What the proxy has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Requests received from clients.
+    pub requests: u64,
+    /// 503 answers injected.
+    pub errors: u64,
+    /// Connections reset.
+    pub resets: u64,
+    /// Requests stalled.
+    pub stalls: u64,
+}
+
+impl FaultCounts {
+    /// All injected faults.
+    pub fn faults(&self) -> u64 {
+        self.errors + self.resets + self.stalls
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    enabled: AtomicBool,
+    stop: AtomicBool,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    resets: AtomicU64,
+    stalls: AtomicU64,
+    seq: AtomicU64,
+}
+
+/// A running proxy; stops accepting on drop.
+pub struct FaultProxy {
+    /// Port clients connect to on 127.0.0.1.
+    pub port: u16,
+    shared: Arc<Shared>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of the server on 127.0.0.1:`upstream`, faults enabled.
+    pub fn start(upstream: u16, cfg: FaultConfig) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared::default());
+        shared.enabled.store(true, Ordering::SeqCst);
+        let sh = shared.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sh.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let sh = sh.clone();
+                std::thread::spawn(move || serve(conn, upstream, cfg, &sh));
+            }
+        });
+        FaultProxy { port, shared }
+    }
+
+    /// Base URL of the proxy, ending in `/`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Turns fault injection on or off (requests are always forwarded when off).
+    pub fn set_faults(&self, on: bool) {
+        self.shared.enabled.store(on, Ordering::SeqCst);
+    }
+
+    /// What was done so far.
+    pub fn counts(&self) -> FaultCounts {
+        let s = &self.shared;
+        FaultCounts {
+            requests: s.requests.load(Ordering::SeqCst),
+            errors: s.errors.load(Ordering::SeqCst),
+            resets: s.resets.load(Ordering::SeqCst),
+            stalls: s.stalls.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A parsed request or response head: the first line, the header lines, and the raw bytes.
+struct Head {
+    first: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+    let mut first = String::new();
+    if r.read_line(&mut first)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(Some(Head { first: first.trim_end().to_string(), headers }))
+}
+
+/// A small deterministic pseudo-random number per request (splitmix64 of a counter).
+fn roll(sh: &Shared) -> u32 {
+    let mut z = sh.seq.fetch_add(1, Ordering::SeqCst).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) % 100) as u32
+}
+
+fn reset(conn: &TcpStream) {
+    // SO_LINGER 0 turns the close into a TCP reset.
+    let _ = socket_linger_zero(conn);
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+fn socket_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a correctly sized SO_LINGER struct on a valid socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn.try_clone().unwrap();
+    loop {
+        let Ok(Some(head)) = read_head(&mut reader) else { return };
+        sh.requests.fetch_add(1, Ordering::SeqCst);
+        if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+        {
+            return;
+        }
+        let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let r = if sh.enabled.load(Ordering::SeqCst) { roll(sh) } else { 100 };
+        let (e, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
+        if r < e {
+            sh.errors.fetch_add(1, Ordering::SeqCst);
+            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>";
+            let h = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+                return;
+            }
+            continue;
+        }
+        if r < e + rs {
+            sh.resets.fetch_add(1, Ordering::SeqCst);
+            if r % 2 == 0 {
+                let _ = forward(&head, &body, upstream);
+            }
+            reset(&conn);
+            return;
+        }
+        if r < e + rs + st {
+            sh.stalls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(cfg.stall);
+            let _ = conn.shutdown(Shutdown::Both);
+            return;
+        }
+        match forward(&head, &body, upstream) {
+            Ok(answer) => {
+                if out.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+            Err(_) => {
+                // Server down (e.g. being restarted): the client sees a dropped connection.
+                reset(&conn);
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one request to the server and returns the answer re-framed with a Content-Length.
+fn forward(head: &Head, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("{}\r\n", head.first);
+    for (n, v) in &head.headers {
+        if n.eq_ignore_ascii_case("Connection") || n.eq_ignore_ascii_case("Expect") {
+            continue;
+        }
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    up.write_all(req.as_bytes())?;
+    up.write_all(body)?;
+    let mut r = BufReader::new(up);
+    let resp = read_head(&mut r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    let is_head = head.first.starts_with("HEAD ");
+    let status: u16 = resp.first.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let no_body = is_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let mut data = Vec::new();
+    if !no_body {
+        if resp.get("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk"))?;
+                let mut chunk = vec![0u8; n + 2];
+                r.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = resp.get("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+            data.resize(n, 0);
+            r.read_exact(&mut data)?;
+        } else {
+            r.read_to_end(&mut data)?;
+        }
+    }
+    let mut answer = format!("{}\r\n", resp.first);
+    for (n, v) in &resp.headers {
+        if n.eq_ignore_ascii_case("Connection") || n.eq_ignore_ascii_case("Transfer-Encoding") {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("Content-Length") && !no_body {
+            continue;
+        }
+        answer.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !no_body {
+        answer.push_str(&format!("Content-Length: {}\r\n", data.len()));
+    }
+    answer.push_str("\r\n");
+    let mut bytes = answer.into_bytes();
+    bytes.extend_from_slice(&data);
+    Ok(bytes)
+}
