@@ -1,0 +1,68 @@
+//! Retry policy of the S3 transport, as upstream's (reference §7): which outcomes are worth
+//! another attempt, and the pause schedule — `--initialRetryPause`, doubling each time, the last
+//! pause clipped so that the pauses of one operation add up to at most `--maxRetryPause`.
+
+use s3b_store::StoreError;
+use std::time::Duration;
+
+/// The pause schedule of one operation.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    left: Duration,
+}
+
+impl Backoff {
+    /// A schedule starting at `initial` with `max_total` of pausing in all.
+    pub fn new(initial: Duration, max_total: Duration) -> Self {
+        Backoff { next: initial.max(Duration::from_millis(1)), left: max_total }
+    }
+
+    /// The next pause, or `None` when the budget is spent (give up with the last error).
+    pub fn next_pause(&mut self) -> Option<Duration> {
+        if self.left.is_zero() {
+            return None;
+        }
+        let pause = self.next.min(self.left);
+        self.left -= pause;
+        self.next = self.next.saturating_mul(2);
+        Some(pause)
+    }
+}
+
+/// Whether an error of one attempt is worth retrying.
+///
+/// Upstream retries every failure but 404 and 304 (which are answers, not failures). We also
+/// give up at once on a stale `If-Match` read (the consistency layer above retries it with its
+/// own pacing) and on errors that cannot heal (corrupt data, read-only volume).
+pub fn is_retryable(e: &StoreError) -> bool {
+    !matches!(e, StoreError::Stale(_)) && e.is_retryable()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_default_schedule() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_millis(30_000));
+        let got: Vec<u128> = std::iter::from_fn(|| b.next_pause()).map(|d| d.as_millis()).collect();
+        assert_eq!(got, vec![200, 400, 800, 1600, 3200, 6400, 12800, 4600]);
+        assert_eq!(got.iter().sum::<u128>(), 30_000);
+    }
+
+    #[test]
+    fn zero_budget_never_retries() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::ZERO);
+        assert_eq!(b.next_pause(), None);
+    }
+
+    #[test]
+    fn classification() {
+        assert!(is_retryable(&StoreError::Http { status: 503, message: String::new() }));
+        assert!(is_retryable(&StoreError::Timeout("x".into())));
+        assert!(is_retryable(&StoreError::Forbidden("x".into())));
+        assert!(!is_retryable(&StoreError::Stale(3)));
+        assert!(!is_retryable(&StoreError::Corrupt { block: 1, reason: "x".into() }));
+    }
+}
