@@ -35,12 +35,14 @@ pub struct Stack {
     pub num_blocks: u64,
 }
 
-/// Opens the transport named by the configuration.
-pub fn open_transport(cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
-    let keys = BlockKeys::new(cfg.prefix.clone(), cfg.hash_prefix);
+/// Opens the transport named by the configuration and registers its counters.
+pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     match &cfg.location {
-        Location::Dir(dir) => Ok(Arc::new(DirStore::open(dir, keys).map_err(|e| anyhow::anyhow!("test directory {e}"))?)),
-        Location::Bucket(_) => crate::s3::open_bucket(cfg, keys),
+        Location::Dir(dir) => {
+            let keys = BlockKeys::new(cfg.prefix.clone(), cfg.hash_prefix);
+            Ok(Arc::new(DirStore::open(dir, keys).map_err(|e| anyhow::anyhow!("test directory {e}"))?))
+        }
+        Location::Bucket(_) => crate::s3::open_bucket(cfg, stats).await,
     }
 }
 
@@ -97,7 +99,7 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
 /// Builds the whole stack for a mount.
 pub async fn build(cfg: &Config) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
-    let transport = open_transport(cfg)?;
+    let transport = open_transport(cfg, &stats).await?;
     let (block_size, num_blocks) = resolve_geometry(cfg, transport.as_ref()).await?;
 
     let mut objects = transport.clone();
