@@ -1,0 +1,291 @@
+//! End to end over a real S3 server (Garage on 127.0.0.1): ext4 on our file with the blocks in
+//! a bucket, size auto-detection, the mount token, `--erase`, `--reset-mounted-flag`, read-only
+//! mounts that write nothing, bad S3 invocations, and compatibility with C s3backer 1.5.4 on the
+//! same bucket in both directions.
+
+mod common;
+use common::*;
+use rand::{RngCore, SeedableRng};
+use s3b_testkit::garage::{BUCKET, Garage};
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+
+const C_S3BACKER: &str = "/usr/bin/s3backer";
+
+/// Our flags for `bucket` on `g` plus `extra`.
+fn args(g: &Garage, bucket: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = g.s3backer_flags();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.push(bucket.to_string());
+    a
+}
+
+fn mount(g: &Garage, bucket: &str, extra: &[&str], mnt: &std::path::Path) -> Mount {
+    let a = args(g, bucket, extra);
+    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+}
+
+/// Runs our binary to completion (stdin not a terminal).
+fn run_ours(a: &[String]) -> std::process::Output {
+    Command::new(bin()).args(a).stdin(Stdio::null()).output().unwrap()
+}
+
+fn block_keys(g: &Garage, bucket: &str) -> Vec<String> {
+    g.list_keys(bucket).into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
+}
+
+fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
+#[test]
+fn ext4_round_trip_over_s3_with_auto_detect() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let m = mount(&g, BUCKET, &["--size=64m", "--blockSize=64k"], &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), 200, 7);
+    e.unmount();
+    let stats = m.stats();
+    assert!(stat_value(&stats, "http_puts") > 0, "{stats}");
+    assert_eq!(stat_value(&stats, "http_5xx_error"), 0);
+    assert_eq!(m.unmount(), 0);
+    assert!(!g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"), "mount token left after clean unmount");
+    assert!(block_keys(&g, BUCKET).iter().all(|k| k.len() == 8), "{:?}", block_keys(&g, BUCKET));
+
+    // Remount without geometry flags: detected from block 0.
+    drop_caches();
+    let m = mount(&g, BUCKET, &[], &s.mnt());
+    assert!(m.stderr().contains("auto-detected block size=64k and total size=64m"), "{}", m.stderr());
+    assert_eq!(std::fs::metadata(m.file()).unwrap().len(), 64 << 20);
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    check_tree(&s.ext4(), &tree);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+
+    // A size that contradicts the volume is refused (and --force overrides).
+    let out = run_ours(&args(&g, BUCKET, &["--size=32m", "-f", s.mnt().to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("file size") && err.contains("--force"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let m = mount(&g, BUCKET, &["--blockSize=64k", "--size=64m", "--force", "--readOnly"], &s.mnt());
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn mount_token_second_mount_force_and_reset() {
+    let g = Garage::start();
+    let (s1, s2) = (Scratch::new(), Scratch::new());
+    let m1 = mount(&g, BUCKET, &["--size=4m", "--blockSize=16k"], &s1.mnt());
+    assert!(g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"));
+    // A second mount of the same bucket is refused while the first is up.
+    let out = run_ours(&args(&g, BUCKET, &["--size=4m", "--blockSize=16k", "-f", s2.mnt().to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already mounted") && err.lines().count() == 1, "{err}");
+    assert!(!is_mounted(&s2.mnt()));
+    // --force overrides.
+    let m2 = mount(&g, BUCKET, &["--size=4m", "--blockSize=16k", "--force", "--readOnly"], &s2.mnt());
+    assert_eq!(m2.unmount(), 0);
+    // A crash leaves the token; --reset-mounted-flag clears it.
+    std::fs::OpenOptions::new().write(true).open(m1.file()).unwrap().write_all_at(&[7u8; 16384], 0).unwrap();
+    m1.kill9();
+    assert!(g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"));
+    let out = run_ours(&args(&g, BUCKET, &["--size=4m", "--blockSize=16k", "-f", s1.mnt().to_str().unwrap()]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reset-mounted-flag"));
+    let out = run_ours(&args(&g, BUCKET, &["--reset-mounted-flag"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"));
+    let m = mount(&g, BUCKET, &["--size=4m", "--blockSize=16k"], &s1.mnt());
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn read_only_mount_writes_nothing() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let m = mount(&g, BUCKET, &["--size=4m", "--blockSize=16k"], &s.mnt());
+    std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&[1u8; 40000], 5000).unwrap();
+    assert_eq!(m.unmount(), 0);
+    let before = g.list_keys(BUCKET);
+    let m = mount(&g, BUCKET, &["--readOnly"], &s.mnt());
+    assert_eq!(std::fs::read(m.file()).unwrap()[5000..45000], [1u8; 40000][..]);
+    let w = std::fs::OpenOptions::new().write(true).open(m.file());
+    assert!(w.is_err(), "read-only file opened for writing");
+    assert!(!g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"), "read-only mount set the token");
+    let stats = m.stats();
+    assert_eq!((stat_value(&stats, "http_puts"), stat_value(&stats, "http_deletes")), (0, 0), "{stats}");
+    assert_eq!(m.unmount(), 0);
+    assert_eq!(g.list_keys(BUCKET), before);
+}
+
+#[test]
+fn erase_removes_every_block() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let m = mount(&g, BUCKET, &["--size=4m", "--blockSize=4k", "--prefix=vol/"], &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut data = vec![0u8; 4 << 20];
+    rng.fill_bytes(&mut data);
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+    assert_eq!(block_keys(&g, BUCKET).len(), 1024);
+    // An object outside the volume's prefix survives.
+    assert_eq!(g.curl(&["-X", "PUT", "--data-binary", "keep"], &format!("{BUCKET}/other/00000001")).0, 200);
+    // Without --force and without a terminal: refused, nothing deleted.
+    let out = run_ours(&args(&g, BUCKET, &["--prefix=vol/", "--erase"]));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(block_keys(&g, BUCKET).len(), 1025);
+    let out = run_ours(&args(&g, BUCKET, &["--prefix=vol/", "--erase", "--force"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(g.list_keys(BUCKET), vec!["other/00000001".to_string()]);
+}
+
+#[test]
+fn bad_s3_invocations_fail_cleanly_and_write_nothing() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let mnt = s.mnt();
+    let mnt = mnt.to_str().unwrap();
+    let base = g.base_url();
+    let good_id = format!("--accessId={}", s3b_testkit::garage::ACCESS_KEY_ID);
+    let good_key = format!("--accessKey={}", s3b_testkit::garage::SECRET_KEY);
+    let pwfile = s.path("pw");
+    std::fs::write(&pwfile, "someid:somekey\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![format!("--baseURL={base}"), good_id.clone(), "--accessKey=wrong".into(), "--size=1m".into(), BUCKET.into(), mnt.into()], "access denied"),
+        (vec![format!("--baseURL={base}"), "--accessId=GKnobody".into(), "--accessKey=x".into(), "--size=1m".into(), BUCKET.into(), mnt.into()], "bucket \"blocks\""),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "nosuchbucket".into(), mnt.into()], "nosuchbucket"),
+        (vec!["--baseURL=http://127.0.0.1:1/".into(), good_id.clone(), good_key.clone(), "--size=1m".into(), BUCKET.into(), mnt.into()], "cannot connect"),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), BUCKET.into(), mnt.into()], "--size is required"),
+        (vec![format!("--baseURL={}", base.trim_end_matches('/')), "--size=1m".into(), BUCKET.into(), mnt.into()], "must end with '/'"),
+        (vec![format!("--baseURL={base}"), "--authVersion=aws2".into(), BUCKET.into(), mnt.into()], "aws2 is not supported"),
+        (vec![format!("--baseURL={base}"), "--accessId=x".into(), BUCKET.into(), mnt.into()], "no secret key"),
+        (vec![format!("--baseURL={base}"), "--accessKey=x".into(), BUCKET.into(), mnt.into()], "requires --accessId"),
+        (vec![format!("--baseURL={base}"), format!("--accessFile={}", s.path("missing").display()), BUCKET.into(), mnt.into()], "can't read access file"),
+        (vec![format!("--baseURL={base}"), format!("--accessFile={}", pwfile.display()), "--accessId=other".into(), BUCKET.into(), mnt.into()], "no secret key for access id \"other\""),
+        (vec![format!("--baseURL={base}"), "--accessKeyEnv=S3B_NO_SUCH_VAR".into(), "--accessId=x".into(), BUCKET.into(), mnt.into()], "S3B_NO_SUCH_VAR"),
+        (vec![format!("--baseURL={base}"), "--sse=aws:kms".into(), BUCKET.into(), mnt.into()], "--sse-key-id"),
+        (vec![format!("--baseURL={base}"), "--storageClass=FAST".into(), BUCKET.into(), mnt.into()], "--storageClass"),
+        (vec![format!("--baseURL={base}"), "--accessEC2IAM-IMDSv2".into(), BUCKET.into(), mnt.into()], "requires --accessEC2IAM"),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), format!("{BUCKET}/a//b"), mnt.into()], "slashes"),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "--ipTOS=8".into(), BUCKET.into(), mnt.into()], "--ipTOS is not supported yet"),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), BUCKET.into(), format!("{mnt}/missing")], "missing"),
+    ];
+    for (a, want) in &cases {
+        let mut full = a.clone();
+        full.insert(0, "-f".into());
+        let out = Command::new(bin()).args(&full).env("HOME", s.path("home")).stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err_lines: Vec<&str> = err.lines().filter(|l| !l.contains("warning:")).collect();
+        assert!(!out.status.success(), "{a:?} succeeded");
+        assert_ne!(out.status.code(), Some(101), "{a:?} panicked: {err}");
+        assert_eq!(err_lines.len(), 1, "{a:?}: expected one error line:\n{err}");
+        assert!(err_lines[0].starts_with("s3backer: ") && err_lines[0].contains(want), "{a:?}: want {want:?} in {err}");
+        assert!(!err.contains(s3b_testkit::garage::SECRET_KEY), "{a:?} leaked the secret: {err}");
+        assert!(!is_mounted(&s.mnt()));
+    }
+    assert!(g.list_keys(BUCKET).is_empty(), "a bad invocation wrote to the bucket: {:?}", g.list_keys(BUCKET));
+}
+
+fn pattern(seed: u64, len: usize, block: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    for (i, chunk) in v.chunks_mut(block).enumerate() {
+        if i % 3 != 1 {
+            rng.fill_bytes(chunk);
+        }
+    }
+    v
+}
+
+fn c_mount(g: &Garage, extra: &[&str], mnt: &std::path::Path) -> Mount {
+    assert!(std::path::Path::new(C_S3BACKER).exists(), "C s3backer missing: apt-get install s3backer");
+    let mut a = g.s3backer_flags();
+    a.extend(["-f", "--blockCacheSize=0"].iter().map(|s| s.to_string()));
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.push(BUCKET.into());
+    a.push(mnt.to_string_lossy().into_owned());
+    Mount::start_program(C_S3BACKER, &a, mnt)
+}
+
+/// C writes an ext4 volume and a raw pattern, we read both; then we write, C reads.
+/// `c_extra`/`ours_extra` select the same layout in each program's spelling.
+fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
+    let g = Garage::start();
+    let s = Scratch::new();
+    // C creates the volume (with size metadata on block 0) and writes ext4 + files.
+    let mut c_first: Vec<&str> = vec!["--size=32m", "--blockSize=32k"];
+    c_first.extend_from_slice(c_extra);
+    let m = c_mount(&g, &c_first, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), 60, 11);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+    let c_keys = block_keys(&g, BUCKET);
+    assert!(!c_keys.is_empty());
+
+    // We mount it (auto-detecting its geometry), check, and add files.
+    let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    check_tree(&s.ext4(), &tree);
+    std::fs::create_dir(s.ext4().join("ours")).unwrap();
+    let tree2 = write_tree(&s.ext4().join("ours"), 60, 12);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+
+    // C mounts what we wrote.
+    let m = c_mount(&g, c_extra, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    check_tree(&s.ext4(), &tree);
+    check_tree(&s.ext4().join("ours"), &tree2);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+
+    // Raw bytes with zero blocks in between: ours writes, C reads, and the other way round.
+    let data = pattern(5, 32 << 20, 32 << 10);
+    let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+    drop_caches();
+    let m = c_mount(&g, c_extra, &s.mnt());
+    assert!(std::fs::read(m.file()).unwrap() == data, "C reads different bytes than we wrote");
+    let data2 = pattern(6, 32 << 20, 32 << 10);
+    std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&data2, 0).unwrap();
+    assert_eq!(m.unmount(), 0);
+    drop_caches();
+    let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
+    assert!(std::fs::read(m.file()).unwrap() == data2, "we read different bytes than C wrote");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn interop_with_c_s3backer_plain() {
+    interop(&[], BUCKET, &[]);
+}
+
+#[test]
+fn interop_with_c_s3backer_hash_prefix() {
+    interop(&["--blockHashPrefix"], BUCKET, &["--blockHashPrefix"]);
+}
+
+#[test]
+fn interop_with_c_s3backer_subdir() {
+    // C 1.5.4 has no bucket/subdir syntax; its --prefix is the same thing.
+    interop(&["--prefix=vol1/"], &format!("{BUCKET}/vol1"), &[]);
+}
