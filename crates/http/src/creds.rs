@@ -64,10 +64,10 @@ impl Provider {
             Credentials::Anonymous => Ok(None),
             Credentials::Static(k) => Ok(Some(k.clone())),
             Credentials::Ec2Iam { role, imdsv2 } => {
-                if let Some((k, until)) = self.cached.lock().as_ref() {
-                    if Instant::now() < *until {
-                        return Ok(Some(k.clone()));
-                    }
+                if let Some((k, until)) = self.cached.lock().as_ref()
+                    && Instant::now() < *until
+                {
+                    return Ok(Some(k.clone()));
                 }
                 let (keys, lifetime) = fetch_iam(client, role, *imdsv2).await?;
                 *self.cached.lock() = Some((keys.clone(), Instant::now() + lifetime));

@@ -351,13 +351,18 @@ impl S3Store {
 
     /// Sends a request, retrying failures as upstream does (`retries = false`: one attempt).
     async fn send(&self, req: &Req, retries: bool) -> Result<Resp> {
+        self.send_with(req, if retries { retry::is_retryable } else { |_| false }).await
+    }
+
+    /// Sends a request, retrying the failures `retry_if` accepts with the configured backoff.
+    async fn send_with(&self, req: &Req, retry_if: fn(&StoreError) -> bool) -> Result<Resp> {
         let mut backoff = Backoff::new(self.cfg.initial_retry_pause, self.cfg.max_retry_pause);
         loop {
             match self.attempt(req).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     self.stats.count_error(&e);
-                    let pause = if retries && retry::is_retryable(&e) { backoff.next_pause() } else { None };
+                    let pause = if retry_if(&e) { backoff.next_pause() } else { None };
                     let Some(pause) = pause else { return Err(e) };
                     log::warn!("{} {}: {e}; retrying in {} ms", req.method, req.key.as_deref().unwrap_or("bucket"), pause.as_millis());
                     bump(&self.stats.http_num_retries);
@@ -385,11 +390,13 @@ impl S3Store {
     }
 
     /// Checks at startup that the bucket exists and our credentials may list it: one LIST of
-    /// at most one key, not retried, with an error that says what to fix.
+    /// at most one key, with an error that says what to fix. Answers that will not change by
+    /// asking again (refused credentials, redirects, a closed port) fail at once; passing trouble
+    /// (5xx, resets, timeouts) is retried as usual.
     pub async fn probe(&self) -> Result<()> {
         let mut req = Req::new(Method::GET, None);
         req.query = vec![("max-keys", "1".into()), ("prefix", self.cfg.keys.prefix.clone())];
-        let resp = self.send(&req, false).await?;
+        let resp = self.send_with(&req, retry::is_transient).await?;
         if resp.status == 404 {
             return Err(StoreError::Other(format!(
                 "bucket \"{}\" does not exist at {} ({})",

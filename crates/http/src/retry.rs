@@ -39,6 +39,16 @@ pub fn is_retryable(e: &StoreError) -> bool {
     !matches!(e, StoreError::Stale(_)) && e.is_retryable()
 }
 
+/// Whether an error looks like passing trouble rather than a wrong setting: server errors,
+/// timeouts and broken connections, but not refused credentials, redirects or a closed port.
+pub fn is_transient(e: &StoreError) -> bool {
+    match e {
+        StoreError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+        StoreError::Timeout(_) | StoreError::Other(_) => true,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +74,9 @@ mod tests {
         assert!(is_retryable(&StoreError::Forbidden("x".into())));
         assert!(!is_retryable(&StoreError::Stale(3)));
         assert!(!is_retryable(&StoreError::Corrupt { block: 1, reason: "x".into() }));
+        assert!(is_transient(&StoreError::Http { status: 503, message: String::new() }));
+        assert!(!is_transient(&StoreError::Http { status: 404, message: String::new() }));
+        assert!(!is_transient(&StoreError::Forbidden("x".into())));
+        assert!(!is_transient(&StoreError::Connect("refused".into())));
     }
 }

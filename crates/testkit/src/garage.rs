@@ -129,28 +129,32 @@ impl Garage {
         (code, body)
     }
 
-    /// Keys of every object in `bucket` (following continuation tokens).
+    /// Keys of every object in `bucket`, in key order (ListObjects v1, following markers).
     pub fn list_keys(&self, bucket: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
+        let mut keys: Vec<String> = Vec::new();
         loop {
-            let mut path = format!("{bucket}?list-type=2");
-            if let Some(t) = &token {
-                path.push_str("&continuation-token=");
-                for b in t.bytes() {
+            // Parameters in sorted order: curl signs the query as written.
+            let mut path = format!("{bucket}?");
+            if let Some(last) = keys.last() {
+                path.push_str("marker=");
+                for b in last.bytes() {
                     if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
                         path.push(b as char);
                     } else {
                         path.push_str(&format!("%{b:02X}"));
                     }
                 }
+                path.push('&');
             }
+            path.push_str("max-keys=1000");
             let (code, body) = self.curl(&[], &path);
             assert_eq!(code, 200, "list {bucket}: {}", String::from_utf8_lossy(&body));
             let text = String::from_utf8_lossy(&body).into_owned();
-            keys.extend(tag_values(&text, "Key"));
-            token = tag_values(&text, "NextContinuationToken").into_iter().next();
-            if token.is_none() {
+            let page = tag_values(&text, "Key");
+            let truncated = tag_values(&text, "IsTruncated").first().is_some_and(|t| t == "true");
+            let empty = page.is_empty();
+            keys.extend(page);
+            if !truncated || empty {
                 return keys;
             }
         }

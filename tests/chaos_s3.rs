@@ -1,0 +1,103 @@
+//! Chaos end to end: fio with data verification on ext4 on our file, over the real S3 server
+//! behind a proxy that breaks 10% of requests (503s, reset connections, stalls past
+//! `--timeout`), with the server restarted once mid-run. fio's verification must pass, e2fsck
+//! must be clean, everything fio wrote must read back after a remount, and the stats must show
+//! the retries.
+
+mod common;
+use common::*;
+use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::garage::{BUCKET, Garage};
+use std::process::Command;
+use std::time::Duration;
+
+fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
+fn fio(dir: &std::path::Path, verify_only: bool) {
+    let mut c = Command::new("fio");
+    c.args([
+        "--name=chaos",
+        "--ioengine=psync",
+        "--rw=randwrite",
+        "--bs=16k",
+        "--size=24m",
+        "--numjobs=2",
+        "--fsync=8",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--randseed=1234",
+        "--group_reporting",
+    ]);
+    c.arg(format!("--directory={}", dir.display()));
+    if verify_only {
+        c.arg("--verify_only");
+    }
+    let out = c.output().expect("run fio (apt-get install fio)");
+    assert!(
+        out.status.success(),
+        "fio {} failed:\n{}\n{}",
+        if verify_only { "verify" } else { "write+verify" },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fio_verify_survives_faults_and_a_server_restart() {
+    let mut g = Garage::start();
+    let proxy = FaultProxy::start(
+        g.port,
+        FaultConfig { error_percent: 4, reset_percent: 3, stall_percent: 3, stall: Duration::from_secs(4) },
+    );
+    let s = Scratch::new();
+    let mut a = vec![
+        format!("--baseURL={}", proxy.base_url()),
+        format!("--accessId={}", s3b_testkit::garage::ACCESS_KEY_ID),
+        format!("--accessKey={}", s3b_testkit::garage::SECRET_KEY),
+        "--size=128m".into(),
+        "--blockSize=64k".into(),
+        "--timeout=2".into(),
+        "--initialRetryPause=100".into(),
+        "--maxRetryPause=60000".into(),
+    ];
+    a.push(BUCKET.into());
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let m = Mount::start(&args, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+
+    // Restart the server once while fio runs.
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        g.restart();
+        g
+    });
+    fio(&s.ext4(), false);
+    let g = restarter.join().unwrap();
+    e.unmount();
+    let stats = m.stats();
+    let counts = proxy.counts();
+    eprintln!("proxy: {counts:?}\n{stats}");
+    assert!(counts.faults() >= 10, "too few faults injected: {counts:?}");
+    assert!(stat_value(&stats, "http_num_retries") >= 1, "{stats}");
+    assert_eq!(m.unmount(), 0, "unclean exit after faults");
+
+    // Everything fio wrote is in the bucket: remount without faults and verify again.
+    proxy.set_faults(false);
+    drop_caches();
+    let m = Mount::start(&args, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    fio(&s.ext4(), true);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+    drop(proxy);
+    drop(g);
+}
