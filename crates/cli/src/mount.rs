@@ -134,6 +134,7 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         cfg.location = crate::config::Location::Dir(abs);
     }
     let (fuse_cfg, fs_cfg) = fuse_settings(&cfg)?;
+    let codec = crate::encoding::codec_config(&cfg)?;
 
     let pipe = if cfg.foreground {
         None
@@ -143,7 +144,7 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let _ = std::env::set_current_dir("/");
         Some(p)
     };
-    match serve(&cfg, &mountpoint, fuse_cfg, fs_cfg, pipe) {
+    match serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
             // The parent prints the error on the terminal; the daemon only logs it to syslog.
@@ -160,6 +161,7 @@ type ServeError = (anyhow::Error, Option<ReadyPipe>);
 
 fn serve(
     cfg: &Config,
+    codec: s3b_codec::CodecConfig,
     mountpoint: &Path,
     fuse_cfg: fuser::Config,
     fs_cfg: FuseConfig,
@@ -170,7 +172,7 @@ fn serve(
         Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
     };
     let setup = rt.block_on(async {
-        let stack = stack::build(cfg).await?;
+        let stack = stack::build(cfg, codec).await?;
         let token = stack::acquire_mount_token(cfg, stack.objects.as_ref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     });

@@ -11,7 +11,7 @@
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
-use s3b_codec::{Codec, CodecStore};
+use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
@@ -96,8 +96,9 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
     Ok((block_size, num_blocks))
 }
 
-/// Builds the whole stack for a mount.
-pub async fn build(cfg: &Config) -> Result<Stack> {
+/// Builds the whole stack for a mount, with the codec settings from
+/// [`crate::encoding::codec_config`] (resolved before daemonizing, as it may prompt).
+pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
     let transport = open_transport(cfg, &stats).await?;
     let (block_size, num_blocks) = resolve_geometry(cfg, transport.as_ref()).await?;
@@ -113,8 +114,9 @@ pub async fn build(cfg: &Config) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
-    let codec = Codec::new(block_size, crate::encoding::codec_config(cfg)?);
-    let coded: Arc<dyn BlockStore> = Arc::new(CodecStore::new(objects, codec, num_blocks));
+    let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
+    codec.check_password().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let coded: Arc<dyn BlockStore> = Arc::new(codec);
     let top = crate::caching::wrap(cfg, coded, &stats)?;
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks })
 }

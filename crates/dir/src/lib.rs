@@ -15,7 +15,8 @@
 //!   size must be given with `--size` and double mounts are not detected.
 //!
 //! When a codec is active, the encoding headers an S3 object would carry are kept in a small
-//! sidecar file `<key>.meta` beside the data (lines `content-encoding: …`, `hmac: …`); plain
+//! sidecar file `<key>.meta` beside the data (lines `content-encoding: …`, `hmac: …`, and `md5: …`
+//! of the data it belongs to, so a crash between the two renames is detected, not decoded); plain
 //! volumes have none and stay byte-compatible with upstream.
 
 use async_trait::async_trait;
@@ -104,20 +105,27 @@ impl Inner {
         PathBuf::from(p)
     }
 
-    fn read_sidecar(&self, n: BlockNum) -> Result<(Option<String>, Option<String>)> {
+    /// The encoding headers kept beside block `n`, checked against its data's ETag: a sidecar
+    /// written for other data (a crash between the two renames) makes the block corrupt.
+    fn read_sidecar(&self, n: BlockNum, etag: &Etag) -> Result<(Option<String>, Option<String>)> {
         let path = self.meta_path(n);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok((None, None)),
             Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
         };
-        let (mut enc, mut hmac) = (None, None);
+        let (mut enc, mut hmac, mut md5) = (None, None, None);
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("content-encoding: ") {
                 enc = Some(v.to_string());
             } else if let Some(v) = line.strip_prefix("hmac: ") {
                 hmac = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("md5: ") {
+                md5 = Some(v.to_string());
             }
+        }
+        if md5.as_deref().is_some_and(|m| m != etag.to_hex()) {
+            return Err(StoreError::Corrupt { block: n, reason: format!("{} belongs to other data", path.display()) });
         }
         Ok((enc, hmac))
     }
@@ -135,7 +143,7 @@ impl Inner {
             ReadCondition::IfNoneMatch(have) if have == etag => return Ok(GetOutcome::NotModified),
             _ => {}
         }
-        let (content_encoding, hmac) = self.read_sidecar(n)?;
+        let (content_encoding, hmac) = self.read_sidecar(n, &etag)?;
         Ok(GetOutcome::Found { body: ObjectBody { data: Bytes::from(data), content_encoding, hmac }, etag: Some(etag) })
     }
 
@@ -177,6 +185,7 @@ impl Inner {
             if let Some(h) = &body.hmac {
                 text.push_str(&format!("hmac: {h}\n"));
             }
+            text.push_str(&format!("md5: {}\n", Etag(Md5::digest(&body.data).into()).to_hex()));
             self.write_atomic(&meta_path, text.as_bytes())?;
         } else {
             self.remove(&meta_path)?;
