@@ -31,7 +31,7 @@ fn content(seed: u64) -> Bytes {
 
 fn build(args: &[String], rt: &tokio::runtime::Runtime) -> Arc<dyn BlockStore> {
     let cfg = s3b_cli::config::validate(s3b_cli::args::parse(args).unwrap()).unwrap();
-    rt.block_on(s3b_cli::stack::build(&cfg)).unwrap().top
+    rt.block_on(s3b_cli::stack::build(&cfg, s3b_cli::encoding::codec_config(&cfg).unwrap())).unwrap().top
 }
 
 #[derive(Default)]

@@ -142,11 +142,10 @@ pub fn s3_config(cfg: &Config) -> Result<S3Config> {
         if bytes == 0 {
             bail!("invalid {what} \"{v}\": must be at least 8 bits per second");
         }
-        if let Some(bs) = cfg.block_size {
-            if Duration::from_secs_f64(bs as f64 / bytes as f64) >= timeout {
+        if let Some(bs) = cfg.block_size
+            && Duration::from_secs_f64(bs as f64 / bytes as f64) >= timeout {
                 bail!("{what} \"{v}\" is too slow: one {bs}-byte block would take longer than --timeout");
             }
-        }
         Ok(Some(bytes))
     };
     let max_upload_speed = speed(&s.max_upload_speed, "--maxUploadSpeed")?;
@@ -255,12 +254,11 @@ fn credentials(cfg: &Config) -> Result<Credentials> {
     if let Some(id) = &s.access_id {
         bail!("no secret key for access id \"{id}\": give --accessKey, --accessKeyEnv or an --accessFile entry");
     }
-    if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
-        if !id.is_empty() && !secret.is_empty() {
+    if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY"))
+        && !id.is_empty() && !secret.is_empty() {
             let token = std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty());
             return Ok(Credentials::Static(Keys { id, secret, token }));
         }
-    }
     let aws_file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".aws/credentials")));
@@ -277,11 +275,10 @@ fn credentials(cfg: &Config) -> Result<Credentials> {
 fn read_access_file(path: &Path, id: Option<&str>) -> Result<Option<Keys>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow!("can't read access file {}: {}", path.display(), crate::io_msg(&e)))?;
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0 {
             log::warn!("access file {} is readable by other users; chmod 600 it", path.display());
         }
-    }
     for (i, line) in text.lines().enumerate() {
         if line.is_empty() || line.starts_with('#') || line.starts_with(char::is_whitespace) {
             continue;

@@ -197,7 +197,7 @@ impl Keys {
         }
         let hmac = hmac.ok_or("encrypted object has no HMAC header")?;
         self.verify_hmac(n, data, hmac)?;
-        if data.is_empty() || data.len() % 16 != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(16) {
             return Err(format!("encrypted length {} is not a multiple of 16", data.len()));
         }
         let iv = self.iv(n);
