@@ -36,6 +36,8 @@ fn fio(dir: &std::path::Path, verify_only: bool) {
         "--group_reporting",
     ]);
     c.arg(format!("--directory={}", dir.display()));
+    // fio keeps its verify state files in the working directory: the scratch directory.
+    c.current_dir(dir.parent().unwrap());
     if verify_only {
         c.arg("--verify_only");
     }
