@@ -385,3 +385,40 @@ fn c_encrypted_object_decodes_with_our_codec() {
     let ours = codec.encode(3, block.clone().into()).unwrap();
     assert_eq!(&codec.decode(3, ours).unwrap()[..], &block[..]);
 }
+
+/// `--listBlocks`: after the startup survey, reads of never-written blocks and zero writes onto
+/// them cost no HTTP request; written blocks still read back.
+#[test]
+fn list_blocks_survey_avoids_requests_for_zero_blocks() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let m = mount(&g, BUCKET, &["--size=16m", "--blockSize=64k", "--blockHashPrefix"], &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    let data = vec![0xabu8; 4 << 16];
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+
+    let m = mount(&g, BUCKET, &["--blockHashPrefix", "--listBlocks", "--listBlocksThreads=4"], &s.mnt());
+    wait_for(20, "the block survey", || m.stderr().contains("block survey done"));
+    assert!(m.stderr().contains("4 of 256 blocks are non-zero"), "{}", m.stderr());
+    let before = m.stats();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    f.read_exact_at(&mut buf, 8 << 20).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    f.write_all_at(&vec![0u8; 1 << 20], 4 << 20).unwrap();
+    f.sync_all().unwrap();
+    let after = m.stats();
+    for name in ["http_gets", "http_puts", "http_deletes"] {
+        assert_eq!(stat_value(&before, name), stat_value(&after, name), "{name} grew:\n{after}");
+    }
+    assert!(stat_value(&after, "zero_block_cache_read_hits") >= 128, "{after}");
+    assert!(stat_value(&after, "zero_block_cache_write_hits") >= 16, "{after}");
+    let mut head = vec![0u8; 4 << 16];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == data);
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+}

@@ -45,7 +45,7 @@ pub(crate) fn check_supported(_cli: &Cli) -> Result<()> {
 /// Flags of the S3 transport that are not handled yet (see [`crate::unsupported`]).
 pub(crate) fn unsupported_flags(cli: &Cli) -> Vec<(&'static str, bool)> {
     let s = &cli.s3;
-    vec![("--ipTOS", s.ip_tos.is_some()), ("--listBlocks", s.list_blocks), ("--listBlocksThreads", s.list_blocks_threads.is_some())]
+    vec![("--ipTOS", s.ip_tos.is_some())]
 }
 
 fn millis(v: &Option<String>, what: &str, default: u64) -> Result<Duration> {

@@ -1,7 +1,7 @@
 //! Stack assembly: builds the layers the configuration asks for, bottom up, in one place.
 //!
 //! ```text
-//! transport (S3 | --test directory) → [fault injection] → codec → … caching layers … → front end
+//! transport (S3 | --test directory) → [fault injection] → codec → … caching layers … → zero cache → front end
 //! ```
 //! Layers that are disabled are left out, as upstream does. This module also settles the
 //! volume geometry (given, or auto-detected from block 0) and owns the mount-token protocol:
@@ -13,6 +13,7 @@ use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
 use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
+use s3b_zero::ZeroCache;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
 use s3b_store::{BlockStore, ObjectStore, SHARED_DISK_TOKEN, StatsRegistry, TokenOp};
@@ -117,7 +118,11 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
-    let top = crate::caching::wrap(cfg, coded, &stats)?;
+    let cached = crate::caching::wrap(cfg, coded, &stats)?;
+    // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
+    let zero = ZeroCache::new(cached, cfg.cli.s3.list_blocks);
+    stats.register(zero.stats());
+    let top: Arc<dyn BlockStore> = Arc::new(zero);
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks })
 }
 
