@@ -105,3 +105,18 @@ fn matrix(name: &str, args: &[&str]) {
 fn crash_matrix_test_dir_no_cache() {
     matrix("test dir, no cache", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=0"]);
 }
+
+#[test]
+fn crash_matrix_test_dir_write_back_cache() {
+    // Upstream's default cache (1000 blocks, 250 ms write delay): fsync must still mean durable.
+    matrix("test dir, write-back cache", &["--test", "--size=32m", "--blockSize=16k"]);
+}
+
+#[test]
+fn crash_matrix_test_dir_small_cache_many_workers() {
+    // A cache smaller than the workload: writers wait for uploads, eviction runs all the time.
+    matrix(
+        "test dir, 64-block cache, max 16 dirty",
+        &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=64", "--blockCacheMaxDirty=16", "--blockCacheThreads=8"],
+    );
+}

@@ -122,3 +122,37 @@ fn wrong_password_is_refused_at_mount_and_tampering_is_eio() {
     assert!(m.stderr().contains("HMAC mismatch"), "{}", m.stderr());
     assert_eq!(m.unmount(), 0);
 }
+
+/// The password never shows in logs (even with --debug), errors or the stats file; passing it
+/// on the command line draws a warning.
+#[test]
+fn password_never_leaks() {
+    let s = Scratch::new();
+    let st = s.store();
+    let st = st.to_str().unwrap();
+    let secret = "Sup3r-Secret-Passw0rd";
+    let pw = format!("--password={secret}");
+    let m = Mount::start(&["--test", "--size=1m", "--blockSize=4k", "--encrypt", &pw, "--debug", st], &s.mnt());
+    std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&[9u8; 8192], 0).unwrap();
+    let stats = m.stats();
+    let log = m.stderr();
+    assert!(log.contains("visible to other users"), "no warning about --password: {log}");
+    assert_eq!(m.unmount(), 0);
+    // A wrong password's error does not echo either password.
+    let out = Command::new(bin())
+        .args(["--test", "--size=1m", "--blockSize=4k", "--encrypt", "--password=Wr0ng-Passw0rd-Here", "-f", st])
+        .arg(s.mnt())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wrong password"), "{err}");
+    for text in [&stats, &log, &err.to_string()] {
+        assert!(!text.contains(secret) && !text.contains("Wr0ng-Passw0rd-Here"), "password leaked: {text}");
+    }
+    // Nor is it in the stored objects or their sidecars.
+    for e in std::fs::read_dir(s.store()).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+}

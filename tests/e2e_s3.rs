@@ -9,6 +9,7 @@ use rand::{RngCore, SeedableRng};
 use s3b_testkit::garage::{BUCKET, Garage};
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
 
@@ -427,4 +428,93 @@ fn list_blocks_survey_avoids_requests_for_zero_blocks() {
     assert!(head == data);
     drop(f);
     assert_eq!(m.unmount(), 0);
+}
+
+/// A minimal EC2 instance-metadata service on 127.0.0.1 that hands out the test server's keys
+/// for role `s3b-role`; with `v2`, only to requests carrying the session token it issued.
+fn metadata_server(v2: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut token_ok = false;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if h.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok-123") {
+                    token_ok = true;
+                }
+            }
+            let (status, body) = if line.starts_with("PUT /latest/api/token") {
+                ("200 OK", "tok-123".to_string())
+            } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2) {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    "200 OK",
+                    format!(
+                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}",
+                        s3b_testkit::garage::ACCESS_KEY_ID,
+                        s3b_testkit::garage::SECRET_KEY
+                    ),
+                )
+            } else {
+                ("401 Unauthorized", String::new())
+            };
+            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn ec2_iam_credentials_v1_and_v2() {
+    let g = Garage::start();
+    for v2 in [false, true] {
+        let (port, served) = metadata_server(v2);
+        let s = Scratch::new();
+        let mut a = vec![format!("--baseURL={}", g.base_url()), "--accessEC2IAM=s3b-role".into(), "--size=1m".into(), "-f".into()];
+        if v2 {
+            a.push("--accessEC2IAM-IMDSv2".into());
+        }
+        a.push(BUCKET.into());
+        a.push(s.mnt().to_string_lossy().into_owned());
+        let stderr_path = s.path("stderr");
+        let child = Command::new(bin())
+            .args(&a)
+            .env("S3BACKER_EC2_METADATA_URL", format!("http://127.0.0.1:{port}/"))
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Mount { child: Some(child), mnt: s.mnt(), stderr_path };
+        wait_for(20, "the IAM-credentialed mount", || is_mounted(&s.mnt()));
+        std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&[3u8; 4096], 0).unwrap();
+        assert_eq!(m.unmount(), 0);
+        assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1, "metadata never asked (v2={v2})");
+        assert!(block_keys(&g, BUCKET).contains(&"00000000".to_string()));
+    }
+    // A role the metadata service does not know: one clear line, nothing written.
+    let (port, _) = metadata_server(true);
+    let s = Scratch::new();
+    let out = Command::new(bin())
+        .args([format!("--baseURL={}", g.base_url()), "--accessEC2IAM=other".into(), "--size=1m".into(), "-f".into()])
+        .arg(BUCKET)
+        .arg(s.mnt())
+        .env("S3BACKER_EC2_METADATA_URL", format!("http://127.0.0.1:{port}/"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("metadata") && err.lines().count() == 1, "{err}");
 }

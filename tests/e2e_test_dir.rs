@@ -158,7 +158,11 @@ fn wrong_size_block_file_is_eio_with_logged_reason() {
 fn test_errors_really_injects_errors() {
     let s = Scratch::new();
     let store = s.store();
-    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()], &s.mnt());
+    // Without the block cache the injected errors reach the writer.
+    let m = Mount::start(
+        &["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", "--blockCacheSize=0", store.to_str().unwrap()],
+        &s.mnt(),
+    );
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     let mut failures = 0;
     for i in 0..1024u64 {
@@ -172,6 +176,27 @@ fn test_errors_really_injects_errors() {
     let injected: u64 =
         stats.lines().find(|l| l.starts_with("test_injected_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
+    assert_eq!(m.unmount(), 0);
+
+    // With the write-back cache they are retried: every write and the fsync succeed, and all
+    // the data is in the store afterwards.
+    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()], &s.mnt());
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
+    for i in 0..1024u64 {
+        f.write_all_at(&[(i % 200) as u8 + 2; 4096], i * 4096).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let stats = m.stats();
+    let retried: u64 =
+        stats.lines().find(|l| l.starts_with("block_cache_write_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(retried > 0, "no upload failed and was retried:\n{stats}");
+    assert_eq!(m.unmount(), 0);
+    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let data = std::fs::read(m.file()).unwrap();
+    for i in 0..1024usize {
+        assert!(data[i * 4096..(i + 1) * 4096].iter().all(|&b| b == (i % 200) as u8 + 2), "block {i}");
+    }
     assert_eq!(m.unmount(), 0);
 }
 
