@@ -1,0 +1,661 @@
+//! The block cache layer (upstream `block_cache`): an LRU cache of whole plaintext blocks with
+//! asynchronous write-back and adaptive read-ahead, sitting between the front end (or zero
+//! cache) and the consistency/codec layers.
+//!
+//! Why it exists: S3 round trips are slow, and a file system issues many small, repeated and
+//! sequential block operations. The cache answers repeated reads from memory, absorbs repeated
+//! writes of one block into one upload, and fetches ahead of a sequential reader.
+//!
+//! How it works (see [`BlockCache`]):
+//! * Each cached block is *loading* (one inner read in flight, other readers of the block wait
+//!   for it), *clean* (equal to the stored version) or *dirty* (newer than the store). Only
+//!   clean blocks are evicted, least recently used first; blocks numbered below
+//!   `num_protected` are evicted only when no other clean block is left.
+//! * Dirty blocks are uploaded by a write-back scheduler after `write_delay` (sooner when the
+//!   cache is filling with dirty blocks, when a writer waits for room, or when a flush asks for
+//!   them), with at most `threads` uploads in flight. Every write bumps the block's generation;
+//!   an upload only marks the block clean if no newer write happened meanwhile, so a block
+//!   re-dirtied during its upload keeps the newer data and is uploaded again.
+//! * Failed uploads are logged and retried forever with exponential backoff (upstream retries
+//!   forever too): data accepted by a write is never dropped.
+//! * Writers never fail for lack of room: they wait while `max_dirty` blocks are dirty or the
+//!   cache is full of dirty blocks. Readers never wait for uploads: a cache miss is read in the
+//!   caller's own task (not through the upload pool), and when no slot can be freed the block
+//!   is read through without being cached.
+//! * Read-ahead ([`readahead`]) fetches in parallel on its own bounded pool.
+//! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
+//!   uploaded, then flushes the inner store.
+//! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
+//!   clean data survives restarts and dirty data survives crashes.
+#![deny(missing_docs)]
+
+pub mod file;
+pub mod readahead;
+mod state;
+mod stats;
+
+pub use file::{CacheFile, FileOptions};
+pub use stats::CacheStats;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use readahead::ReadAhead;
+use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero};
+use state::{Entry, Phase, State};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// Settings of the block cache (upstream's `--blockCache*` and `--readAhead*` flags).
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Capacity in blocks (at least 1).
+    pub size: usize,
+    /// Most uploads in flight at once; also the read-ahead pool size.
+    pub threads: usize,
+    /// How long a dirty block may wait before its upload starts.
+    pub write_delay: Duration,
+    /// Evict clean blocks not accessed for this long (`None` = never).
+    pub timeout: Option<Duration>,
+    /// Writers wait while this many blocks are dirty (0 = only when the cache is full).
+    pub max_dirty: usize,
+    /// Writes return only once uploaded.
+    pub sync: bool,
+    /// Blocks numbered below this are evicted only after all others.
+    pub num_protected: u32,
+    /// Initial read-ahead window in blocks (0 = off).
+    pub read_ahead: u32,
+    /// Sequential block reads before read-ahead starts.
+    pub read_ahead_trigger: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            size: 1000,
+            threads: 20,
+            write_delay: Duration::from_millis(250),
+            timeout: None,
+            max_dirty: 0,
+            sync: false,
+            num_protected: 0,
+            read_ahead: 4,
+            read_ahead_trigger: 2,
+        }
+    }
+}
+
+/// First retry delay after a failed upload; doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Longest delay between two attempts to upload a block.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// The block cache. Build it with [`BlockCache::new`] inside a tokio runtime (it spawns its
+/// write-back scheduler there).
+pub struct BlockCache {
+    shared: Arc<Shared>,
+}
+
+/// What the cache and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) inner: Arc<dyn BlockStore>,
+    pub(crate) cfg: CacheConfig,
+    pub(crate) block_size: u32,
+    pub(crate) state: Mutex<State>,
+    /// Signalled (notify_waiters) whenever an entry changes phase or leaves the cache.
+    pub(crate) changed: Notify,
+    /// Wakes the write-back scheduler.
+    pub(crate) wake: Notify,
+    /// Bounds read-ahead fetches.
+    pub(crate) ra_pool: Arc<Semaphore>,
+    pub(crate) ra: Mutex<ReadAhead>,
+    pub(crate) stats: Arc<CacheStats>,
+    pub(crate) file: Option<Arc<CacheFile>>,
+}
+
+impl BlockCache {
+    /// Wraps `inner` with an in-memory cache.
+    pub fn new(inner: Arc<dyn BlockStore>, cfg: CacheConfig) -> BlockCache {
+        Self::build(inner, cfg, None, Vec::new())
+    }
+
+    /// Wraps `inner` with a cache kept in `file` (opened with [`CacheFile::open`]). Blocks the
+    /// file held are loaded: clean ones (checked against the store on first read unless the file
+    /// was opened with `no_verify`), and dirty ones when recovery was asked for, which are then
+    /// uploaded.
+    pub fn with_file(inner: Arc<dyn BlockStore>, cfg: CacheConfig, file: Arc<CacheFile>) -> BlockCache {
+        let loaded = file.take_loaded();
+        Self::build(inner, cfg, Some(file), loaded)
+    }
+
+    fn build(
+        inner: Arc<dyn BlockStore>,
+        mut cfg: CacheConfig,
+        file: Option<Arc<CacheFile>>,
+        loaded: Vec<file::Loaded>,
+    ) -> BlockCache {
+        let num_blocks = inner.num_blocks();
+        cfg.size = cfg.size.clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
+        if let Some(f) = &file {
+            cfg.size = cfg.size.min(f.slots() as usize);
+        }
+        cfg.threads = cfg.threads.max(1);
+        let stats = Arc::new(CacheStats::default());
+        let mut state = State::new(cfg.num_protected);
+        for l in loaded {
+            let now = Instant::now();
+            let mut e = Entry::new(now);
+            e.data = l.data;
+            e.etag = l.etag;
+            e.slot = Some(l.slot);
+            if l.dirty {
+                e.phase = Phase::Dirty;
+                e.ver = 1;
+                e.dirty_at = now;
+                state.dirty_count += 1;
+                state.dirty_queue.push_back(l.block);
+            } else {
+                e.phase = Phase::Clean;
+                e.verify = l.verify;
+            }
+            state.entries.insert(l.block, e);
+            if !l.dirty {
+                state.lru_insert(l.block);
+            }
+        }
+        stats.initial_size.store(state.entries.len() as u64, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            block_size: inner.block_size(),
+            inner,
+            ra_pool: Arc::new(Semaphore::new(cfg.threads)),
+            ra: Mutex::new(ReadAhead::new(cfg.read_ahead, cfg.read_ahead_trigger, (cfg.size / 2) as u32)),
+            cfg,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            wake: Notify::new(),
+            stats,
+            file,
+        });
+        tokio::spawn(writeback_loop(shared.clone()));
+        BlockCache { shared }
+    }
+
+    /// The counters, to register with the stats registry.
+    pub fn stats(&self) -> Arc<CacheStats> {
+        let st = self.shared.stats.clone();
+        st.attach(Arc::downgrade(&self.shared));
+        st
+    }
+
+    /// Capacity in blocks after clamping to the volume (and cache file) size.
+    pub fn capacity(&self) -> usize {
+        self.shared.cfg.size
+    }
+
+    /// Number of dirty blocks right now.
+    pub fn dirty_count(&self) -> usize {
+        self.shared.state.lock().dirty_count
+    }
+}
+
+impl Shared {
+    /// Returns the data of block `n` from the cache, loading it on a miss. `count` says whether
+    /// this is a foreground read (counted in the hit/miss stats).
+    pub(crate) async fn get(self: &Arc<Self>, n: BlockNum, count: bool) -> Result<ReadOutcome> {
+        let mut counted = !count;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            enum Step {
+                Wait,
+                Done(ReadOutcome),
+                Through,
+                Load(Option<Etag>),
+            }
+            let step = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                match st.entries.get_mut(&n) {
+                    Some(e) if e.phase == Phase::Loading => {
+                        if !counted {
+                            // Somebody (read-ahead or another reader) is already fetching it.
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                        Step::Wait
+                    }
+                    Some(e) if e.phase == Phase::Clean && e.verify => {
+                        // Reloaded from the cache file: check it against the store first.
+                        e.phase = Phase::Loading;
+                        let etag = e.etag;
+                        st.lru_remove(n);
+                        Step::Load(etag)
+                    }
+                    Some(e) => {
+                        e.last_access = now;
+                        let out = outcome(&e.data, e.etag);
+                        let clean = e.phase == Phase::Clean && e.uploading.is_none();
+                        if clean {
+                            st.lru_touch(n);
+                        }
+                        if !counted {
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Step::Done(out)
+                    }
+                    None => {
+                        if !counted {
+                            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if self.make_room(&mut st) {
+                            st.entries.insert(n, Entry::loading(now));
+                            Step::Load(None)
+                        } else {
+                            // Full of dirty or busy blocks: read through without caching.
+                            Step::Through
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Wait => notified.await,
+                Step::Done(out) => return Ok(out),
+                Step::Through => return self.inner.read_block(n, ReadCondition::None).await,
+                Step::Load(etag) => return self.load(n, etag).await,
+            }
+        }
+    }
+
+    /// Performs the inner read for an entry this task put in the loading phase.
+    async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Result<ReadOutcome> {
+        let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
+        let res = self.inner.read_block(n, cond).await;
+        let mut st = self.state.lock();
+        let Some(e) = st.entries.get_mut(&n) else {
+            unreachable_entry(n);
+            return res;
+        };
+        let result = if e.phase != Phase::Loading {
+            // A write replaced the block while we were reading: its data wins.
+            Ok(outcome(&e.data, e.etag))
+        } else {
+            match res {
+                Ok(ReadOutcome::NotModified) if verify.is_some() => {
+                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    e.verify = false;
+                    e.phase = Phase::Clean;
+                    e.last_access = Instant::now();
+                    let out = outcome(&e.data, e.etag);
+                    st.lru_insert(n);
+                    Ok(out)
+                }
+                Ok(ReadOutcome::NotModified) => {
+                    self.drop_entry(&mut st, n);
+                    Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
+                }
+                Ok(out) => {
+                    if verify.is_some() {
+                        self.stats.mismatch.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let (data, etag) = match &out {
+                        ReadOutcome::Data { data, etag } => (Some(data.clone()), *etag),
+                        _ => (None, None),
+                    };
+                    e.data = data;
+                    e.etag = etag;
+                    e.verify = false;
+                    e.phase = Phase::Clean;
+                    e.last_access = Instant::now();
+                    st.lru_insert(n);
+                    if let Some(f) = &self.file {
+                        f.note_clean(&mut st, n);
+                    }
+                    Ok(out)
+                }
+                Err(err) => {
+                    self.drop_entry(&mut st, n);
+                    Err(err)
+                }
+            }
+        };
+        drop(st);
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Removes a clean or loading entry and frees its file slot.
+    fn drop_entry(&self, st: &mut State, n: BlockNum) {
+        st.lru_remove(n);
+        if let Some(e) = st.entries.remove(&n)
+            && let (Some(slot), Some(f)) = (e.slot, &self.file)
+        {
+            f.release(st, slot);
+        }
+    }
+
+    /// Makes room for one more entry by evicting a clean block if needed. False when the cache
+    /// is full and nothing can be evicted.
+    pub(crate) fn make_room(&self, st: &mut State) -> bool {
+        while st.entries.len() >= self.cfg.size {
+            let Some(victim) = st.lru_oldest() else {
+                return false;
+            };
+            self.drop_entry(st, victim);
+        }
+        true
+    }
+
+    /// Accepts a write into the cache, waiting for room when needed.
+    async fn write(self: &Arc<Self>, n: BlockNum, data: Option<Bytes>) -> Result<()> {
+        let data = data.filter(|d| !is_zero(d));
+        let mut counted = false;
+        let ver = loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                let present = st.entries.contains_key(&n);
+                if !counted {
+                    let c = if present { &self.stats.write_hits } else { &self.stats.write_misses };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
+                }
+                let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
+                let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                if !already_dirty && over_dirty_limit {
+                    st.space_waiters += 1;
+                } else if !present && !self.make_room(&mut st) {
+                    st.space_waiters += 1;
+                } else {
+                    if let Some(f) = &self.file {
+                        f.write_dirty(&mut st, n, data.as_ref(), self.block_size)?;
+                    }
+                    st.lru_remove(n);
+                    let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
+                    if e.phase != Phase::Dirty {
+                        e.dirty_at = now;
+                    }
+                    let became_dirty = e.phase != Phase::Dirty;
+                    e.phase = Phase::Dirty;
+                    e.verify = false;
+                    e.data = data.clone();
+                    e.etag = None;
+                    e.ver += 1;
+                    e.last_access = now;
+                    let ver = e.ver;
+                    if became_dirty {
+                        st.dirty_count += 1;
+                        if !st.dirty_queue.contains(&n) {
+                            st.dirty_queue.push_back(n);
+                        }
+                    }
+                    if self.cfg.sync {
+                        st.urgent.insert(n);
+                    }
+                    drop(st);
+                    self.changed.notify_waiters();
+                    if self.cfg.sync || self.cfg.write_delay.is_zero() {
+                        self.wake.notify_one();
+                    }
+                    break ver;
+                }
+            }
+            self.wake.notify_one();
+            notified.await;
+            self.state.lock().space_waiters -= 1;
+        };
+        if self.cfg.sync {
+            self.wait_uploaded(&[(n, ver)]).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until each block's upload has reached the given generation (or the block left the
+    /// cache, which only clean blocks do).
+    async fn wait_uploaded(&self, targets: &[(BlockNum, u64)]) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                let pending: Vec<BlockNum> = targets
+                    .iter()
+                    .filter(|(n, g)| st.entries.get(n).is_some_and(|e| e.uploaded_gen < *g))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                st.urgent.extend(pending);
+            }
+            self.wake.notify_one();
+            notified.await;
+        }
+    }
+
+    fn dirty_targets(&self, blocks: Option<&[BlockNum]>) -> Vec<(BlockNum, u64)> {
+        let st = self.state.lock();
+        match blocks {
+            Some(list) => list
+                .iter()
+                .filter_map(|n| st.entries.get(n).filter(|e| e.phase == Phase::Dirty).map(|e| (*n, e.ver)))
+                .collect(),
+            None => st
+                .entries
+                .iter()
+                .filter(|(_, e)| e.phase == Phase::Dirty)
+                .map(|(n, e)| (*n, e.ver))
+                .collect(),
+        }
+    }
+}
+
+fn unreachable_entry(n: BlockNum) {
+    log::error!("block cache: loading entry for block {n:#010x} vanished");
+}
+
+/// A cached block as a read result.
+fn outcome(data: &Option<Bytes>, etag: Option<Etag>) -> ReadOutcome {
+    match data {
+        Some(d) => ReadOutcome::Data { data: d.clone(), etag },
+        None => ReadOutcome::Zero,
+    }
+}
+
+/// The write-back scheduler: starts uploads of due dirty blocks, at most `threads` at a time,
+/// and evicts clean blocks idle longer than the timeout.
+async fn writeback_loop(sh: Arc<Shared>) {
+    loop {
+        let notified = sh.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = Instant::now();
+        let mut next = now + Duration::from_millis(500);
+        let mut jobs = Vec::new();
+        {
+            let mut st = sh.state.lock();
+            if st.stopped {
+                return;
+            }
+            // Upload early when writers wait, a flush asks, or dirty blocks pile up.
+            let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
+            let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
+            let mut i = 0;
+            while i < st.dirty_queue.len() && st.uploading < sh.cfg.threads {
+                let n = st.dirty_queue[i];
+                let urgent = pressure || st.flush_all > 0 || st.urgent.contains(&n);
+                let Some(e) = st.entries.get(&n) else {
+                    st.dirty_queue.remove(i);
+                    continue;
+                };
+                if e.phase != Phase::Dirty {
+                    st.dirty_queue.remove(i);
+                    continue;
+                }
+                if e.uploading.is_some() {
+                    i += 1;
+                    continue;
+                }
+                let mut due = if urgent { now } else { e.dirty_at + sh.cfg.write_delay };
+                if let Some(r) = e.retry_at {
+                    due = due.max(r);
+                }
+                if due > now {
+                    next = next.min(due);
+                    i += 1;
+                    continue;
+                }
+                let (ver, data) = (e.ver, e.data.clone());
+                st.entries.get_mut(&n).unwrap().uploading = Some(ver);
+                st.uploading += 1;
+                st.dirty_queue.remove(i);
+                jobs.push((n, ver, data));
+            }
+            if let Some(t) = sh.cfg.timeout {
+                while let Some(victim) = st.lru_oldest() {
+                    let idle = st.entries[&victim].last_access + t;
+                    if idle > now {
+                        next = next.min(idle);
+                        break;
+                    }
+                    sh.drop_entry(&mut st, victim);
+                }
+            }
+        }
+        for (n, ver, data) in jobs {
+            tokio::spawn(upload(sh.clone(), n, ver, data));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+/// Uploads one block version and settles the entry afterwards.
+async fn upload(sh: Arc<Shared>, n: BlockNum, ver: u64, data: Option<Bytes>) {
+    let res = sh.inner.write_block(n, data).await;
+    {
+        let mut st = sh.state.lock();
+        st.uploading -= 1;
+        let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
+        e.uploading = None;
+        match res {
+            Ok(etag) => {
+                e.retries = 0;
+                e.retry_at = None;
+                e.uploaded_gen = ver;
+                if e.ver == ver {
+                    e.phase = Phase::Clean;
+                    e.etag = etag;
+                    e.last_access = Instant::now();
+                    st.dirty_count -= 1;
+                    st.urgent.remove(&n);
+                    st.lru_insert(n);
+                    if let Some(f) = &sh.file {
+                        f.note_clean(&mut st, n);
+                    }
+                } else if !st.dirty_queue.contains(&n) {
+                    // Re-dirtied during the upload: the newer data goes up next.
+                    st.dirty_queue.push_back(n);
+                }
+            }
+            Err(err) => {
+                e.retries += 1;
+                let delay = FIRST_RETRY_DELAY.saturating_mul(1 << e.retries.min(10)).min(MAX_RETRY_DELAY);
+                e.retry_at = Some(Instant::now() + delay);
+                let tries = e.retries;
+                log::warn!("block cache: upload of block {n:#010x} failed (attempt {tries}): {err}; retrying in {delay:?}");
+                if !st.dirty_queue.contains(&n) {
+                    st.dirty_queue.push_front(n);
+                }
+            }
+        }
+    }
+    sh.changed.notify_waiters();
+    sh.wake.notify_one();
+}
+
+#[async_trait]
+impl BlockStore for BlockCache {
+    fn block_size(&self) -> u32 {
+        self.shared.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.shared.inner.num_blocks()
+    }
+
+    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+        let sh = &self.shared;
+        if cond != ReadCondition::None {
+            // Conditional reads are about the stored version: write ours down, then ask.
+            sh.wait_uploaded(&sh.dirty_targets(Some(&[n]))).await;
+            return sh.inner.read_block(n, cond).await;
+        }
+        let out = sh.get(n, true).await?;
+        readahead::after_read(sh, n);
+        Ok(out)
+    }
+
+    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+        if let Some(d) = &data
+            && d.len() != self.shared.block_size as usize
+        {
+            return Err(StoreError::Other(format!("write of {} bytes to block {n:#010x}: not one block", d.len())));
+        }
+        self.shared.write(n, data).await?;
+        Ok(None)
+    }
+
+    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
+        let sh = &self.shared;
+        let targets = sh.dirty_targets(blocks);
+        if blocks.is_none() {
+            sh.state.lock().flush_all += 1;
+        }
+        sh.wake.notify_one();
+        sh.wait_uploaded(&targets).await;
+        if blocks.is_none() {
+            sh.state.lock().flush_all -= 1;
+        }
+        if let Some(f) = &sh.file {
+            f.sync()?;
+        }
+        sh.inner.flush(blocks).await
+    }
+
+    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        let cached: Vec<BlockNum> = self.shared.state.lock().entries.keys().copied().collect();
+        for n in cached {
+            sink(n);
+        }
+        self.shared.inner.survey_non_zero(sink).await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.flush(None).await?;
+        self.shared.state.lock().stopped = true;
+        self.shared.wake.notify_one();
+        if let Some(f) = &self.shared.file {
+            f.sync()?;
+        }
+        self.shared.inner.shutdown().await
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        self.shared.state.lock().stopped = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;
