@@ -270,7 +270,7 @@ impl Shared {
     }
 
     /// Performs the inner read for an entry this task put in the loading phase.
-    async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Result<ReadOutcome> {
+    pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Result<ReadOutcome> {
         let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
         let res = self.inner.read_block(n, cond).await;
         let mut st = self.state.lock();

@@ -6,6 +6,8 @@
 //! batch are fetched at once on a bounded pool. Any non-sequential read resets the window.
 
 use crate::Shared;
+use crate::state::Entry;
+use std::time::Instant;
 use s3b_store::BlockNum;
 use std::sync::Arc;
 
@@ -20,15 +22,15 @@ pub struct ReadAhead {
     window: u32,
     /// Blocks below this were already requested.
     end: u64,
-    /// First block of the last batch.
-    batch_start: u64,
+    /// The window doubles when the reader reaches this block.
+    grow_at: u64,
 }
 
 impl ReadAhead {
     /// A detector with window `initial` (0 = off) after `trigger` sequential reads, growing to
     /// at most `cap` blocks.
     pub fn new(initial: u32, trigger: u32, cap: u32) -> ReadAhead {
-        ReadAhead { initial, trigger, cap: cap.max(initial.min(1)), last: None, run: 0, window: initial, end: 0, batch_start: 0 }
+        ReadAhead { initial, trigger, cap: cap.max(initial.min(1)), last: None, run: 0, window: initial, end: 0, grow_at: u64::MAX }
     }
 
     /// Records a read of block `n` and returns the range of blocks to fetch now, if any.
@@ -39,7 +41,7 @@ impl ReadAhead {
             self.run = 0;
             self.window = self.initial.min(self.cap);
             self.end = n as u64 + 1;
-            self.batch_start = self.end;
+            self.grow_at = u64::MAX;
             return None;
         }
         self.run += 1;
@@ -48,16 +50,19 @@ impl ReadAhead {
         }
         let n = n as u64;
         let start = self.end.max(n + 1);
-        // Grow when the reader has reached the previous batch.
-        if n >= self.batch_start && self.end > n + 1 {
+        // Grow each time the reader has consumed what was requested at the last growth.
+        if n >= self.grow_at {
             self.window = (self.window.saturating_mul(2)).min(self.cap).max(1);
+            self.grow_at = self.end;
         }
         let want = (n + 1 + self.window as u64).min(num_blocks);
         if want <= start {
             return None;
         }
+        if self.grow_at == u64::MAX {
+            self.grow_at = start;
+        }
         self.end = want;
-        self.batch_start = start;
         Some(start..want)
     }
 
@@ -73,17 +78,26 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
     let Some(range) = range else { return };
     for b in range {
         let b = b as BlockNum;
-        if sh.state.lock().entries.contains_key(&b) {
-            continue;
-        }
         let Ok(permit) = sh.ra_pool.clone().try_acquire_owned() else {
             // The pool is busy: skip the rest rather than queue stale requests.
             break;
         };
+        {
+            // Claim the entry now, so the reader arriving next waits for this fetch instead of
+            // starting its own.
+            let mut st = sh.state.lock();
+            if st.entries.contains_key(&b) {
+                continue;
+            }
+            if !sh.make_room(&mut st) {
+                break;
+            }
+            st.entries.insert(b, Entry::loading(Instant::now()));
+        }
         let sh = sh.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = sh.get(b, false).await {
+            if let Err(e) = sh.load(b, None).await {
                 log::debug!("read-ahead of block {b:#010x} failed: {e}");
             }
         });
