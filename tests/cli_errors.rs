@@ -36,7 +36,7 @@ const CASES: &[(&[&str], &str)] = &[
     (&["--erase", "bucket", "{mnt}"], "mount point cannot be given"),
     (&["--test", "--erase", "{store}"], "needs a bucket"),
     (&["--nbd", "bucket", "/dev/nbd0"], "--nbd is not supported yet"),
-    (&["--test", "--size=1m", "--blockCacheSize=10", "{store}", "{mnt}"], "--blockCacheSize is not supported yet"),
+    (&["--test", "--size=1m", "--blockCacheSync", "{store}", "{mnt}"], "--blockCacheSync requires setting --blockCacheWriteDelay=0"),
     (&["--test", "--size=1m", "--encrypt", "{store}", "{mnt}"], "--encrypt is not supported yet"),
     (&["--test", "--size=1m", "--compress=zstd", "{store}", "{mnt}"], "--compress is not supported yet"),
     (&["--test", "--size=1m", "--md5CacheSize=10", "{store}", "{mnt}"], "--md5CacheSize is not supported yet"),

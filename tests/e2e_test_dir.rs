@@ -158,7 +158,11 @@ fn wrong_size_block_file_is_eio_with_logged_reason() {
 fn test_errors_really_injects_errors() {
     let s = Scratch::new();
     let store = s.store();
-    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()], &s.mnt());
+    // No block cache: it would absorb the errors by retrying uploads (see tests/e2e_cache.rs).
+    let m = Mount::start(
+        &["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", "--blockCacheSize=0", store.to_str().unwrap()],
+        &s.mnt(),
+    );
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     let mut failures = 0;
     for i in 0..1024u64 {

@@ -38,6 +38,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAGIC: &[u8; 8] = b"S3BRSCF1";
 const VERSION: u32 = 1;
@@ -90,6 +91,7 @@ pub struct CacheFile {
     loaded: Mutex<Vec<Loaded>>,
     token: Mutex<u32>,
     dirty_found: usize,
+    uploads_allowed: AtomicBool,
 }
 
 /// 64-bit FNV-1a.
@@ -131,6 +133,7 @@ impl CacheFile {
             loaded: Mutex::new(Vec::new()),
             token: Mutex::new(0),
             dirty_found: 0,
+            uploads_allowed: AtomicBool::new(true),
         };
         if len == 0 {
             cf.file.set_len(full_len).map_err(|e| io("can't size", e))?;
@@ -193,6 +196,8 @@ impl CacheFile {
         }
         *cf.free.lock() = free;
         *cf.loaded.lock() = loaded;
+        // Recovered dirty blocks wait until the caller has checked the mount token.
+        cf.uploads_allowed.store(cf.dirty_found == 0, Ordering::SeqCst);
         Ok(cf)
     }
 
@@ -303,6 +308,17 @@ impl CacheFile {
     /// Number of dirty blocks found at open and kept for recovery.
     pub fn dirty_found(&self) -> usize {
         self.dirty_found
+    }
+
+    /// Lets the cache upload. When the file held dirty blocks to recover, uploads wait for
+    /// this call, so that nothing is written to a volume before its mount token is checked.
+    pub fn allow_uploads(&self) {
+        self.uploads_allowed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether uploads may start (see [`CacheFile::allow_uploads`]).
+    pub fn uploads_allowed(&self) -> bool {
+        self.uploads_allowed.load(Ordering::SeqCst)
     }
 
     /// The mount token stored in the header: that of the mount that last used the file

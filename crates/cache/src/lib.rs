@@ -485,9 +485,10 @@ async fn writeback_loop(sh: Arc<Shared>) {
             }
             // Upload early when writers wait, a flush asks, or dirty blocks pile up.
             let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
+            let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
             let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
             let mut i = 0;
-            while i < st.dirty_queue.len() && st.uploading < sh.cfg.threads {
+            while !paused && i < st.dirty_queue.len() && st.uploading < sh.cfg.threads {
                 let n = st.dirty_queue[i];
                 let urgent = pressure || st.flush_all > 0 || st.urgent.contains(&n);
                 let Some(e) = st.entries.get(&n) else {

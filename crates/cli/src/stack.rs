@@ -11,6 +11,7 @@
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
+use s3b_cache::CacheFile;
 use s3b_codec::{Codec, CodecStore};
 use s3b_dir::DirStore;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
@@ -33,6 +34,8 @@ pub struct Stack {
     pub block_size: u32,
     /// Number of blocks.
     pub num_blocks: u64,
+    /// The block cache file, if any: it remembers the mount token of its last mount.
+    pub cache_file: Option<Arc<CacheFile>>,
 }
 
 /// Opens the transport named by the configuration.
@@ -113,15 +116,27 @@ pub async fn build(cfg: &Config) -> Result<Stack> {
 
     let codec = Codec::new(block_size, crate::encoding::codec_config(cfg)?);
     let coded: Arc<dyn BlockStore> = Arc::new(CodecStore::new(objects, codec, num_blocks));
-    let top = crate::caching::wrap(cfg, coded, &stats)?;
-    Ok(Stack { top, objects: transport, stats, block_size, num_blocks })
+    let caching = crate::caching::wrap(cfg, coded, &stats)?;
+    Ok(Stack { top: caching.top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })
 }
 
-/// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us.
-/// Returns our token (0 when nothing was written).
-pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore) -> Result<u32> {
+/// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us
+/// (in the store and in the block cache file, if any). Returns our token (0 when nothing was
+/// written).
+///
+/// A crashed mount leaves its token both in the store and in its cache file. When they match
+/// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
+/// volume was last mounted by this cache, whose dirty blocks are about to be recovered.
+pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option<&CacheFile>) -> Result<u32> {
     let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
-    if old != 0 {
+    let cached = cache_file.map_or(0, |f| f.stored_token());
+    let recovering = old != 0 && cached == old && cfg.cli.cache.block_cache_recover_dirty_blocks;
+    if cached != 0 && cached != old {
+        log::warn!("block cache file was last used by mount token {cached:08x}, but the volume has {old:08x}");
+    }
+    if recovering {
+        log::info!("volume was last mounted with this cache file (token {old:08x}): recovering after a crash");
+    } else if old != 0 {
         let msg = format!("volume appears to be already mounted (mount token {old:08x})");
         if !cfg.force {
             bail!("{msg}; if it is not, use --reset-mounted-flag, or --force to override");
@@ -138,13 +153,20 @@ pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore) -> Res
         }
     };
     objects.mount_token(TokenOp::Set(token)).await.context("can't set the mount token")?;
+    if let Some(f) = cache_file {
+        f.set_token(token).map_err(|e| anyhow::anyhow!("{e}"))?;
+        f.allow_uploads();
+    }
     Ok(token)
 }
 
-/// Clears the mount token on clean unmount (if we set one).
-pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32) -> Result<()> {
+/// Clears the mount token on clean unmount (if we set one), in the store and the cache file.
+pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32, cache_file: Option<&CacheFile>) -> Result<()> {
     if token != 0 {
         objects.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+        if let Some(f) = cache_file {
+            f.set_token(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
     Ok(())
 }
