@@ -105,3 +105,8 @@ fn matrix(name: &str, args: &[&str]) {
 fn crash_matrix_test_dir_no_cache() {
     matrix("test dir, no cache", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=0"]);
 }
+
+#[test]
+fn crash_matrix_test_dir_memory_cache() {
+    matrix("test dir, memory cache", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=100"]);
+}

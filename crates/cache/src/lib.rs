@@ -309,6 +309,11 @@ impl Shared {
                     e.verify = false;
                     e.phase = Phase::Clean;
                     e.last_access = Instant::now();
+                    // A reloaded block that changed in the store: its slot holds the old data.
+                    let stale_slot = e.slot.take();
+                    if let (Some(slot), Some(f)) = (stale_slot, &self.file) {
+                        f.release(&mut st, slot);
+                    }
                     st.lru_insert(n);
                     if let Some(f) = &self.file {
                         f.note_clean(&mut st, n);

@@ -78,10 +78,6 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
     let Some(range) = range else { return };
     for b in range {
         let b = b as BlockNum;
-        let Ok(permit) = sh.ra_pool.clone().try_acquire_owned() else {
-            // The pool is busy: skip the rest rather than queue stale requests.
-            break;
-        };
         {
             // Claim the entry now, so the reader arriving next waits for this fetch instead of
             // starting its own.
@@ -96,7 +92,8 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
         }
         let sh = sh.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // The pool is fair: fetches start in block order, at most `threads` at a time.
+            let _permit = sh.ra_pool.clone().acquire_owned().await;
             if let Err(e) = sh.load(b, None).await {
                 log::debug!("read-ahead of block {b:#010x} failed: {e}");
             }
