@@ -116,9 +116,16 @@ impl CacheFile {
     /// Opens or creates the cache file for `slots` blocks of `block_size` bytes and reads its
     /// directory. Errors are one line naming the file and the problem.
     pub fn open(path: &Path, block_size: u32, slots: u32, opts: FileOptions) -> Result<CacheFile> {
-        let err = |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
+        let err =
+            |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
         let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| io("can't open", e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io("can't open", e))?;
         let len = file.metadata().map_err(|e| io("can't stat", e))?.len();
         let data_off = (HEADER_LEN + ENTRY_LEN * slots as u64).div_ceil(ALIGN) * ALIGN;
         let full_len = data_off + slots as u64 * block_size as u64;
@@ -137,22 +144,32 @@ impl CacheFile {
         };
         if len == 0 {
             cf.file.set_len(full_len).map_err(|e| io("can't size", e))?;
-            cf.write_header(0).map_err(|e| io("can't write header", e))?;
+            cf.write_header(0)
+                .map_err(|e| io("can't write header", e))?;
             cf.file.sync_all().map_err(|e| io("can't sync", e))?;
             *cf.free.lock() = (0..slots).rev().collect();
             return Ok(cf);
         }
         let mut h = [0u8; HEADER_LEN as usize];
-        cf.file.read_exact_at(&mut h, 0).map_err(|_| err("is corrupt (short header); delete it".into()))?;
+        cf.file
+            .read_exact_at(&mut h, 0)
+            .map_err(|_| err("is corrupt (short header); delete it".into()))?;
         if &h[0..8] != MAGIC || fnv(&h[0..24]) != u64_at(&h, 24) {
-            return Err(err("is not an s3backer-rs cache file or is corrupt (bad header); delete it".into()));
+            return Err(err(
+                "is not an s3backer-rs cache file or is corrupt (bad header); delete it".into(),
+            ));
         }
         if u32_at(&h, 8) != VERSION {
-            return Err(err(format!("has unsupported format version {}", u32_at(&h, 8))));
+            return Err(err(format!(
+                "has unsupported format version {}",
+                u32_at(&h, 8)
+            )));
         }
         let (fbs, fslots) = (u32_at(&h, 12), u32_at(&h, 16));
         if fbs != block_size {
-            return Err(err(format!("was made for block size {fbs}, not {block_size}; delete it or use another file")));
+            return Err(err(format!(
+                "was made for block size {fbs}, not {block_size}; delete it or use another file"
+            )));
         }
         if fslots != slots {
             return Err(err(format!(
@@ -160,22 +177,29 @@ impl CacheFile {
             )));
         }
         if len < full_len {
-            return Err(err(format!("is truncated ({len} bytes, expected {full_len}); delete it")));
+            return Err(err(format!(
+                "is truncated ({len} bytes, expected {full_len}); delete it"
+            )));
         }
         *cf.token.lock() = u32_at(&h, 20);
         let mut dir = vec![0u8; (ENTRY_LEN * slots as u64) as usize];
-        cf.file.read_exact_at(&mut dir, HEADER_LEN).map_err(|e| io("can't read directory", e))?;
+        cf.file
+            .read_exact_at(&mut dir, HEADER_LEN)
+            .map_err(|e| io("can't read directory", e))?;
         let mut free = Vec::new();
         let mut loaded = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut dropped = 0usize;
         for slot in (0..slots).rev() {
-            let raw = &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
+            let raw =
+                &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
             if raw.iter().all(|&b| b == 0) {
                 free.push(slot);
                 continue;
             }
-            let keep = cf.load_entry(slot, raw, &mut seen).map_err(|e| io("can't read", e))?;
+            let keep = cf
+                .load_entry(slot, raw, &mut seen)
+                .map_err(|e| io("can't read", e))?;
             match keep {
                 Some(l) => {
                     if l.dirty {
@@ -192,20 +216,32 @@ impl CacheFile {
         }
         if dropped > 0 {
             cf.file.sync_data().map_err(|e| io("can't sync", e))?;
-            log::info!("cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)", path.display());
+            log::info!(
+                "cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)",
+                path.display()
+            );
         }
         *cf.free.lock() = free;
         *cf.loaded.lock() = loaded;
         // Recovered dirty blocks wait until the caller has checked the mount token.
-        cf.uploads_allowed.store(cf.dirty_found == 0, Ordering::SeqCst);
+        cf.uploads_allowed
+            .store(cf.dirty_found == 0, Ordering::SeqCst);
         Ok(cf)
     }
 
     /// Decodes and checks one used entry; `None` means drop it.
-    fn load_entry(&self, slot: u32, raw: &[u8], seen: &mut std::collections::HashSet<BlockNum>) -> std::io::Result<Option<Loaded>> {
+    fn load_entry(
+        &self,
+        slot: u32,
+        raw: &[u8],
+        seen: &mut std::collections::HashSet<BlockNum>,
+    ) -> std::io::Result<Option<Loaded>> {
         let (block, flags) = (u32_at(raw, 0), u32_at(raw, 4));
         if fnv(&raw[0..40]) != u64_at(raw, 40) || flags & F_USED == 0 || !seen.insert(block) {
-            log::warn!("cache file {}: damaged entry in slot {slot} dropped", self.path.display());
+            log::warn!(
+                "cache file {}: damaged entry in slot {slot} dropped",
+                self.path.display()
+            );
             return Ok(None);
         }
         let dirty = flags & F_DIRTY != 0;
@@ -224,12 +260,22 @@ impl CacheFile {
             self.file.read_exact_at(&mut buf, self.slot_off(slot))?;
             self.advise(slot);
             if fnv(&buf) != u64_at(raw, 32) {
-                log::warn!("cache file {}: data of block {block:#010x} fails its checksum; dropped", self.path.display());
+                log::warn!(
+                    "cache file {}: data of block {block:#010x} fails its checksum; dropped",
+                    self.path.display()
+                );
                 return Ok(None);
             }
             Some(Bytes::from(buf))
         };
-        Ok(Some(Loaded { block, slot, data, etag, dirty, verify }))
+        Ok(Some(Loaded {
+            block,
+            slot,
+            data,
+            etag,
+            dirty,
+            verify,
+        }))
     }
 
     fn slot_off(&self, slot: u32) -> u64 {
@@ -263,10 +309,20 @@ impl CacheFile {
     }
 
     fn erase(&self, slot: u32) -> std::io::Result<()> {
-        self.file.write_all_at(&[0u8; ENTRY_LEN as usize], HEADER_LEN + slot as u64 * ENTRY_LEN)
+        self.file.write_all_at(
+            &[0u8; ENTRY_LEN as usize],
+            HEADER_LEN + slot as u64 * ENTRY_LEN,
+        )
     }
 
-    fn write_entry(&self, slot: u32, block: BlockNum, dirty: bool, data: Option<&Bytes>, etag: Option<Etag>) -> std::io::Result<()> {
+    fn write_entry(
+        &self,
+        slot: u32,
+        block: BlockNum,
+        dirty: bool,
+        data: Option<&Bytes>,
+        etag: Option<Etag>,
+    ) -> std::io::Result<()> {
         let mut e = [0u8; ENTRY_LEN as usize];
         let mut flags = F_USED;
         if dirty {
@@ -287,7 +343,8 @@ impl CacheFile {
         }
         let sum = fnv(&e[0..40]);
         e[40..48].copy_from_slice(&sum.to_le_bytes());
-        self.file.write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
+        self.file
+            .write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
     }
 
     /// Writes data for `slot` and syncs it (the entry pointing at it comes after).
@@ -332,7 +389,12 @@ impl CacheFile {
         let mut t = self.token.lock();
         self.write_header(token)
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| StoreError::io(format!("cache file {}: can't write header", self.path.display()), e))?;
+            .map_err(|e| {
+                StoreError::io(
+                    format!("cache file {}: can't write header", self.path.display()),
+                    e,
+                )
+            })?;
         *t = token;
         Ok(())
     }
@@ -344,7 +406,12 @@ impl CacheFile {
 
     /// Makes sure everything written so far is on disk.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| StoreError::io(format!("cache file {}: sync failed", self.path.display()), e))
+        self.file.sync_data().map_err(|e| {
+            StoreError::io(
+                format!("cache file {}: sync failed", self.path.display()),
+                e,
+            )
+        })
     }
 
     /// Frees a slot: its entry is erased and synced before the slot can be reused.
@@ -352,14 +419,31 @@ impl CacheFile {
         match self.erase(slot).and_then(|_| self.file.sync_data()) {
             Ok(()) => self.free.lock().push(slot),
             // Leave the slot unused: its entry may still point at it.
-            Err(e) => log::error!("cache file {}: can't erase slot {slot}: {e}", self.path.display()),
+            Err(e) => log::error!(
+                "cache file {}: can't erase slot {slot}: {e}",
+                self.path.display()
+            ),
         }
     }
 
     /// Records block `n` as dirty with `data` (before the cache entry changes). The slot it
     /// had is erased first; data goes into a slot, is synced, and only then is the entry written.
-    pub(crate) fn write_dirty(&self, st: &mut State, n: BlockNum, data: Option<&Bytes>, _bs: u32) -> Result<()> {
-        let e = |x: std::io::Error| StoreError::io(format!("cache file {}: write of block {n:#010x}", self.path.display()), x);
+    pub(crate) fn write_dirty(
+        &self,
+        st: &mut State,
+        n: BlockNum,
+        data: Option<&Bytes>,
+        _bs: u32,
+    ) -> Result<()> {
+        let e = |x: std::io::Error| {
+            StoreError::io(
+                format!(
+                    "cache file {}: write of block {n:#010x}",
+                    self.path.display()
+                ),
+                x,
+            )
+        };
         let old = st.entries.get_mut(&n).and_then(|en| en.slot.take());
         if let Some(slot) = old {
             self.release(st, slot);
@@ -369,7 +453,9 @@ impl CacheFile {
             return Ok(());
         };
         let data = data.filter(|d| !is_zero(d));
-        let res = self.write_data(slot, data).and_then(|_| self.write_entry(slot, n, true, data, None));
+        let res = self
+            .write_data(slot, data)
+            .and_then(|_| self.write_entry(slot, n, true, data, None));
         if let Err(x) = res {
             let _ = self.erase(slot).and_then(|_| self.file.sync_data());
             self.free.lock().push(slot);
@@ -389,11 +475,16 @@ impl CacheFile {
     /// Records block `n` (now clean in the cache) in the file: its existing slot is re-labelled
     /// clean, or a new slot gets the data. Failures only cost the file copy.
     pub(crate) fn note_clean(&self, st: &mut State, n: BlockNum) {
-        let Some(en) = st.entries.get_mut(&n) else { return };
+        let Some(en) = st.entries.get_mut(&n) else {
+            return;
+        };
         let (data, etag) = (en.data.clone(), en.etag);
         if let Some(slot) = en.slot {
             if let Err(x) = self.write_entry(slot, n, false, data.as_ref(), etag) {
-                log::error!("cache file {}: can't update block {n:#010x}: {x}", self.path.display());
+                log::error!(
+                    "cache file {}: can't update block {n:#010x}: {x}",
+                    self.path.display()
+                );
             }
             return;
         }
@@ -401,11 +492,19 @@ impl CacheFile {
             // Could not be verified after a restart: not worth a slot.
             return;
         }
-        let Some(slot) = self.free.lock().pop() else { return };
-        match self.write_data(slot, data.as_ref()).and_then(|_| self.write_entry(slot, n, false, data.as_ref(), etag)) {
+        let Some(slot) = self.free.lock().pop() else {
+            return;
+        };
+        match self
+            .write_data(slot, data.as_ref())
+            .and_then(|_| self.write_entry(slot, n, false, data.as_ref(), etag))
+        {
             Ok(()) => en.slot = Some(slot),
             Err(x) => {
-                log::error!("cache file {}: can't store block {n:#010x}: {x}", self.path.display());
+                log::error!(
+                    "cache file {}: can't store block {n:#010x}: {x}",
+                    self.path.display()
+                );
                 if self.erase(slot).and_then(|_| self.file.sync_data()).is_ok() {
                     self.free.lock().push(slot);
                 }

@@ -41,7 +41,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use readahead::ReadAhead;
-use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero};
+use s3b_store::{
+    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero,
+};
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -125,7 +127,11 @@ impl BlockCache {
     /// file held are loaded: clean ones (checked against the store on first read unless the file
     /// was opened with `no_verify`), and dirty ones when recovery was asked for, which are then
     /// uploaded.
-    pub fn with_file(inner: Arc<dyn BlockStore>, cfg: CacheConfig, file: Arc<CacheFile>) -> BlockCache {
+    pub fn with_file(
+        inner: Arc<dyn BlockStore>,
+        cfg: CacheConfig,
+        file: Arc<CacheFile>,
+    ) -> BlockCache {
         let loaded = file.take_loaded();
         Self::build(inner, cfg, Some(file), loaded)
     }
@@ -137,7 +143,9 @@ impl BlockCache {
         loaded: Vec<file::Loaded>,
     ) -> BlockCache {
         let num_blocks = inner.num_blocks();
-        cfg.size = cfg.size.clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
+        cfg.size = cfg
+            .size
+            .clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
         if let Some(f) = &file {
             cfg.size = cfg.size.min(f.slots() as usize);
         }
@@ -165,12 +173,18 @@ impl BlockCache {
                 state.lru_insert(l.block);
             }
         }
-        stats.initial_size.store(state.entries.len() as u64, Ordering::Relaxed);
+        stats
+            .initial_size
+            .store(state.entries.len() as u64, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             block_size: inner.block_size(),
             inner,
             ra_pool: Arc::new(Semaphore::new(cfg.threads)),
-            ra: Mutex::new(ReadAhead::new(cfg.read_ahead, cfg.read_ahead_trigger, (cfg.size / 2) as u32)),
+            ra: Mutex::new(ReadAhead::new(
+                cfg.read_ahead,
+                cfg.read_ahead_trigger,
+                (cfg.size / 2) as u32,
+            )),
             cfg,
             state: Mutex::new(state),
             changed: Notify::new(),
@@ -270,7 +284,11 @@ impl Shared {
     }
 
     /// Performs the inner read for an entry this task put in the loading phase.
-    pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Result<ReadOutcome> {
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        n: BlockNum,
+        verify: Option<Etag>,
+    ) -> Result<ReadOutcome> {
         let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
         let res = self.inner.read_block(n, cond).await;
         let mut st = self.state.lock();
@@ -294,7 +312,9 @@ impl Shared {
                 }
                 Ok(ReadOutcome::NotModified) => {
                     self.drop_entry(&mut st, n);
-                    Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
+                    Err(StoreError::Other(format!(
+                        "block {n:#010x}: unexpected \"not modified\" answer"
+                    )))
                 }
                 Ok(out) => {
                     if verify.is_some() {
@@ -366,15 +386,18 @@ impl Shared {
                 let now = Instant::now();
                 let present = st.entries.contains_key(&n);
                 if !counted {
-                    let c = if present { &self.stats.write_hits } else { &self.stats.write_misses };
+                    let c = if present {
+                        &self.stats.write_hits
+                    } else {
+                        &self.stats.write_misses
+                    };
                     c.fetch_add(1, Ordering::Relaxed);
                     counted = true;
                 }
                 let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
-                let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
-                if !already_dirty && over_dirty_limit {
-                    st.space_waiters += 1;
-                } else if !present && !self.make_room(&mut st) {
+                let over_dirty_limit =
+                    self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
                     st.space_waiters += 1;
                 } else {
                     if let Some(f) = &self.file {
@@ -449,7 +472,12 @@ impl Shared {
         match blocks {
             Some(list) => list
                 .iter()
-                .filter_map(|n| st.entries.get(n).filter(|e| e.phase == Phase::Dirty).map(|e| (*n, e.ver)))
+                .filter_map(|n| {
+                    st.entries
+                        .get(n)
+                        .filter(|e| e.phase == Phase::Dirty)
+                        .map(|e| (*n, e.ver))
+                })
                 .collect(),
             None => st
                 .entries
@@ -468,7 +496,10 @@ fn unreachable_entry(n: BlockNum) {
 /// A cached block as a read result.
 fn outcome(data: &Option<Bytes>, etag: Option<Etag>) -> ReadOutcome {
     match data {
-        Some(d) => ReadOutcome::Data { data: d.clone(), etag },
+        Some(d) => ReadOutcome::Data {
+            data: d.clone(),
+            etag,
+        },
         None => ReadOutcome::Zero,
     }
 }
@@ -489,7 +520,11 @@ async fn writeback_loop(sh: Arc<Shared>) {
                 return;
             }
             // Upload early when writers wait, a flush asks, or dirty blocks pile up.
-            let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
+            let limit = if sh.cfg.max_dirty > 0 {
+                sh.cfg.max_dirty.min(sh.cfg.size)
+            } else {
+                sh.cfg.size
+            };
             let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
             let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
             let mut i = 0;
@@ -508,7 +543,11 @@ async fn writeback_loop(sh: Arc<Shared>) {
                     i += 1;
                     continue;
                 }
-                let mut due = if urgent { now } else { e.dirty_at + sh.cfg.write_delay };
+                let mut due = if urgent {
+                    now
+                } else {
+                    e.dirty_at + sh.cfg.write_delay
+                };
                 if let Some(r) = e.retry_at {
                     due = due.max(r);
                 }
@@ -550,7 +589,10 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, ver: u64, data: Option<Bytes>) {
     {
         let mut st = sh.state.lock();
         st.uploading -= 1;
-        let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
+        let e = st
+            .entries
+            .get_mut(&n)
+            .expect("dirty entries are never evicted");
         e.uploading = None;
         match res {
             Ok(etag) => {
@@ -574,10 +616,14 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, ver: u64, data: Option<Bytes>) {
             }
             Err(err) => {
                 e.retries += 1;
-                let delay = FIRST_RETRY_DELAY.saturating_mul(1 << e.retries.min(10)).min(MAX_RETRY_DELAY);
+                let delay = FIRST_RETRY_DELAY
+                    .saturating_mul(1 << e.retries.min(10))
+                    .min(MAX_RETRY_DELAY);
                 e.retry_at = Some(Instant::now() + delay);
                 let tries = e.retries;
-                log::warn!("block cache: upload of block {n:#010x} failed (attempt {tries}): {err}; retrying in {delay:?}");
+                log::warn!(
+                    "block cache: upload of block {n:#010x} failed (attempt {tries}): {err}; retrying in {delay:?}"
+                );
                 if !st.dirty_queue.contains(&n) {
                     st.dirty_queue.push_front(n);
                 }
@@ -614,7 +660,10 @@ impl BlockStore for BlockCache {
         if let Some(d) = &data
             && d.len() != self.shared.block_size as usize
         {
-            return Err(StoreError::Other(format!("write of {} bytes to block {n:#010x}: not one block", d.len())));
+            return Err(StoreError::Other(format!(
+                "write of {} bytes to block {n:#010x}: not one block",
+                d.len()
+            )));
         }
         self.shared.write(n, data).await?;
         Ok(None)

@@ -7,9 +7,9 @@
 
 use crate::Shared;
 use crate::state::Entry;
-use std::time::Instant;
 use s3b_store::BlockNum;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Sequential-read detector and window.
 #[derive(Debug)]
@@ -30,7 +30,16 @@ impl ReadAhead {
     /// A detector with window `initial` (0 = off) after `trigger` sequential reads, growing to
     /// at most `cap` blocks.
     pub fn new(initial: u32, trigger: u32, cap: u32) -> ReadAhead {
-        ReadAhead { initial, trigger, cap: cap.max(initial.min(1)), last: None, run: 0, window: initial, end: 0, grow_at: u64::MAX }
+        ReadAhead {
+            initial,
+            trigger,
+            cap: cap.max(initial.min(1)),
+            last: None,
+            run: 0,
+            window: initial,
+            end: 0,
+            grow_at: u64::MAX,
+        }
     }
 
     /// Records a read of block `n` and returns the range of blocks to fetch now, if any.
@@ -109,7 +118,11 @@ mod tests {
     fn triggers_grows_and_resets() {
         let mut ra = ReadAhead::new(4, 2, 64);
         assert_eq!(ra.on_read(10, 1000), None);
-        assert_eq!(ra.on_read(11, 1000), None, "one sequential read is below the trigger");
+        assert_eq!(
+            ra.on_read(11, 1000),
+            None,
+            "one sequential read is below the trigger"
+        );
         assert_eq!(ra.on_read(12, 1000), Some(13..17));
         // Reader inside the first batch: the window doubles and the next batch is requested.
         assert_eq!(ra.on_read(13, 1000), Some(17..22));

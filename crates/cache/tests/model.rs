@@ -41,10 +41,17 @@ impl Flaky {
     async fn chaos(&self) -> Result<()> {
         let (delay, fail) = {
             let mut r = rand::thread_rng();
-            (r.gen_range(0..3u64), r.gen_range(0..100) < self.fail_percent)
+            (
+                r.gen_range(0..3u64),
+                r.gen_range(0..100) < self.fail_percent,
+            )
         };
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        if fail { Err(StoreError::Injected) } else { Ok(()) }
+        if fail {
+            Err(StoreError::Injected)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -60,8 +67,13 @@ impl BlockStore for Flaky {
         self.chaos().await?;
         let b = self.blocks.lock().get(&n).copied();
         Ok(match (b, cond) {
-            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => ReadOutcome::NotModified,
-            (Some((x, v)), _) => ReadOutcome::Data { data: Bytes::from(vec![x; BS as usize]), etag: Some(etag(v)) },
+            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => {
+                ReadOutcome::NotModified
+            }
+            (Some((x, v)), _) => ReadOutcome::Data {
+                data: Bytes::from(vec![x; BS as usize]),
+                etag: Some(etag(v)),
+            },
             (None, _) => ReadOutcome::Zero,
         })
     }
@@ -117,8 +129,17 @@ struct Session {
     cache: Arc<BlockCache>,
 }
 
-fn open(store: &Arc<Flaky>, path: Option<&std::path::Path>, recover: bool, delay_ms: u64) -> Session {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+fn open(
+    store: &Arc<Flaky>,
+    path: Option<&std::path::Path>,
+    recover: bool,
+    delay_ms: u64,
+) -> Session {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let cfg = CacheConfig {
         size: 4,
         threads: 2,
@@ -132,20 +153,37 @@ fn open(store: &Arc<Flaky>, path: Option<&std::path::Path>, recover: bool, delay
     let cache = rt.block_on(async {
         match path {
             Some(p) => {
-                let f = Arc::new(CacheFile::open(p, BS, 4, FileOptions { recover_dirty: recover, ..Default::default() }).unwrap());
+                let f = Arc::new(
+                    CacheFile::open(
+                        p,
+                        BS,
+                        4,
+                        FileOptions {
+                            recover_dirty: recover,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                );
                 f.allow_uploads();
                 BlockCache::with_file(inner, cfg, f)
             }
             None => BlockCache::new(inner, cfg),
         }
     });
-    Session { rt, cache: Arc::new(cache) }
+    Session {
+        rt,
+        cache: Arc::new(cache),
+    }
 }
 
 fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = with_file.then(|| dir.path().join("cache"));
-    let store = Arc::new(Flaky { fail_percent: 15, ..Default::default() });
+    let store = Arc::new(Flaky {
+        fail_percent: 15,
+        ..Default::default()
+    });
     // For each block: values it may hold after a crash that loses unflushed writes.
     let mut possible: Vec<BTreeSet<u8>> = vec![BTreeSet::from([0]); BLOCKS as usize];
     let mut model = vec![0u8; BLOCKS as usize];
@@ -161,7 +199,13 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
             Op::Read(n) => {
                 if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
                     let got = out.into_data(BS).unwrap();
-                    prop_assert!(got.iter().all(|&b| b == model[n as usize]), "block {} read {} want {}", n, got[0], model[n as usize]);
+                    prop_assert!(
+                        got.iter().all(|&b| b == model[n as usize]),
+                        "block {} read {} want {}",
+                        n,
+                        got[0],
+                        model[n as usize]
+                    );
                 }
             }
             Op::Flush => {
@@ -171,7 +215,12 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
                 }
                 for n in 0..BLOCKS {
                     let stored = store.blocks.lock().get(&n).map_or(0, |b| b.0);
-                    prop_assert_eq!(stored, model[n as usize], "flushed block {} is in the store", n);
+                    prop_assert_eq!(
+                        stored,
+                        model[n as usize],
+                        "flushed block {} is in the store",
+                        n
+                    );
                 }
             }
             Op::FlushOne(n) => {
@@ -203,7 +252,13 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
                     if keeps_all {
                         prop_assert_eq!(got, model[n as usize], "recovered block {}", n);
                     } else {
-                        prop_assert!(possible[n as usize].contains(&got), "block {} holds {} after crash, allowed {:?}", n, got, possible[n as usize]);
+                        prop_assert!(
+                            possible[n as usize].contains(&got),
+                            "block {} holds {} after crash, allowed {:?}",
+                            n,
+                            got,
+                            possible[n as usize]
+                        );
                         model[n as usize] = got;
                     }
                     possible[n as usize] = BTreeSet::from([model[n as usize]]);
@@ -214,7 +269,12 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
     s.rt.block_on(s.cache.shutdown()).unwrap();
     for n in 0..BLOCKS {
         let stored = store.blocks.lock().get(&n).map_or(0, |b| b.0);
-        prop_assert_eq!(stored, model[n as usize], "block {} after final shutdown", n);
+        prop_assert_eq!(
+            stored,
+            model[n as usize],
+            "block {} after final shutdown",
+            n
+        );
     }
     Ok(())
 }
