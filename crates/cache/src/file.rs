@@ -512,3 +512,97 @@ impl CacheFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Entry;
+    use std::time::Instant;
+
+    const BS: u32 = 32;
+
+    fn data(b: u8) -> Bytes {
+        Bytes::from(vec![b; BS as usize])
+    }
+
+    /// Writes block `n` dirty into the file the way the cache does.
+    fn dirty(f: &CacheFile, st: &mut State, n: BlockNum, b: u8) {
+        f.write_dirty(st, n, Some(&data(b)), BS).unwrap();
+    }
+
+    fn clean(f: &CacheFile, st: &mut State, n: BlockNum, b: u8, etag: u8) {
+        let mut e = Entry::new(Instant::now());
+        e.data = Some(data(b));
+        e.etag = Some(Etag([etag; 16]));
+        st.entries.insert(n, e);
+        f.note_clean(st, n);
+    }
+
+    #[test]
+    fn round_trip_dirty_clean_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        {
+            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+            let mut st = State::new(0);
+            dirty(&f, &mut st, 7, 1);
+            dirty(&f, &mut st, 7, 2); // rewrite: old slot erased first
+            clean(&f, &mut st, 9, 3, 0xab);
+            f.set_token(0x1234).unwrap();
+        }
+        let opts = FileOptions { recover_dirty: true, ..Default::default() };
+        let f = CacheFile::open(&p, BS, 4, opts).unwrap();
+        assert_eq!(f.stored_token(), 0x1234);
+        assert_eq!(f.dirty_found(), 1);
+        assert!(!f.uploads_allowed(), "recovered dirty blocks wait for the token check");
+        let mut l = f.take_loaded();
+        l.sort_by_key(|l| l.block);
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].block, l[0].dirty, l[0].data.clone()), (7, true, Some(data(2))));
+        assert_eq!((l[1].block, l[1].dirty, l[1].verify, l[1].etag), (9, false, true, Some(Etag([0xab; 16]))));
+        drop(f);
+        // Without recovery the dirty block is discarded (and erased from the file).
+        let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+        assert_eq!(f.take_loaded().len(), 1);
+        drop(f);
+        let f = CacheFile::open(&p, BS, 4, opts).unwrap();
+        assert_eq!(f.dirty_found(), 0);
+    }
+
+    #[test]
+    fn damaged_data_or_entry_is_dropped_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        let data_off;
+        {
+            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+            let mut st = State::new(0);
+            clean(&f, &mut st, 1, 5, 1);
+            clean(&f, &mut st, 2, 6, 2);
+            data_off = f.data_off;
+        }
+        let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        // Flip a data byte of one slot and an entry byte of the other.
+        raw.write_all_at(&[0xee], data_off + 3).unwrap();
+        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10).unwrap();
+        let f = CacheFile::open(&p, BS, 4, FileOptions { no_verify: true, ..Default::default() }).unwrap();
+        assert!(f.take_loaded().is_empty());
+        // Both slots were freed.
+        assert_eq!(f.free.lock().len(), 4);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        drop(CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap());
+        let msg = |bs, slots| CacheFile::open(&p, bs, slots, FileOptions::default()).err().unwrap().to_string();
+        assert!(msg(64, 4).contains("was made for block size 32, not 64"), "{}", msg(64, 4));
+        assert!(msg(BS, 8).contains("holds 4 blocks but the cache size is 8"));
+        std::fs::write(&p, b"garbage").unwrap();
+        assert!(msg(BS, 4).contains("is corrupt (short header)"));
+        std::fs::write(&p, vec![1u8; 8192]).unwrap();
+        assert!(msg(BS, 4).contains("is not an s3backer-rs cache file or is corrupt"));
+        assert!(!msg(BS, 4).contains('\n'));
+    }
+}
