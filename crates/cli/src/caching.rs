@@ -201,7 +201,7 @@ mod tests {
     use super::*;
 
     fn settings(extra: &[&str]) -> Result<Option<BlockCacheSettings>> {
-        let mut a = vec!["s3backer", "--test", "--size=1m", "dir", "mnt"];
+        let mut a = vec!["--test", "--size=1m", "dir", "mnt"];
         a.extend_from_slice(extra);
         let a: Vec<String> = a.into_iter().map(String::from).collect();
         block_cache_settings(&crate::args::parse(&a)?)

@@ -170,3 +170,81 @@ pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32, cache_fi
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use s3b_cache::FileOptions;
+    use s3b_store::{BlockNum, Etag, GetOutcome, ObjectBody, ReadCondition, StoreError, VolumeMeta};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// An object store that only keeps a mount token.
+    #[derive(Default)]
+    struct Tokens(AtomicU32);
+
+    #[async_trait]
+    impl ObjectStore for Tokens {
+        async fn get_object(&self, _: BlockNum, _: ReadCondition) -> s3b_store::Result<GetOutcome> {
+            Ok(GetOutcome::NotFound)
+        }
+        async fn put_object(&self, _: BlockNum, _: ObjectBody, _: Option<VolumeMeta>) -> s3b_store::Result<Option<Etag>> {
+            Err(StoreError::ReadOnly)
+        }
+        async fn delete_object(&self, _: BlockNum) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn list_objects(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
+            Ok(None)
+        }
+        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
+            Ok(match op {
+                TokenOp::Read => self.0.load(Ordering::SeqCst),
+                TokenOp::Clear => self.0.swap(0, Ordering::SeqCst),
+                TokenOp::Set(t) => self.0.swap(t, Ordering::SeqCst),
+            })
+        }
+        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cfg(extra: &[&str]) -> Config {
+        let mut a = vec!["--test", "--size=1m", "--blockCacheFile=/unused", "dir", "mnt"];
+        a.extend_from_slice(extra);
+        let a: Vec<String> = a.into_iter().map(String::from).collect();
+        crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn crashed_mount_with_its_cache_file_recovers_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let objects = Tokens::default();
+        let file = CacheFile::open(&path, 4096, 8, FileOptions::default()).unwrap();
+        // First mount: token set in both places; then a "crash" (no release).
+        let t1 = acquire_mount_token(&cfg(&[]), &objects, Some(&file)).await.unwrap();
+        assert_eq!(file.stored_token(), t1);
+        assert_eq!(objects.0.load(Ordering::SeqCst), t1);
+        drop(file);
+
+        let file = CacheFile::open(&path, 4096, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap();
+        // Without the recovery flag: the usual "already mounted" refusal.
+        let err = acquire_mount_token(&cfg(&[]), &objects, Some(&file)).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted"), "{err}");
+        // With it, and the same token in the cache file: allowed.
+        let t2 = acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap();
+        assert_ne!(t2, t1);
+        assert!(file.uploads_allowed());
+        release_mount_token(&objects, t2, Some(&file)).await.unwrap();
+        assert_eq!((file.stored_token(), objects.0.load(Ordering::SeqCst)), (0, 0));
+
+        // Another mount's token (not ours): still refused.
+        objects.0.store(0x55, Ordering::SeqCst);
+        let err = acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
+        assert!(err.to_string().contains("already mounted"));
+    }
+}
