@@ -17,7 +17,8 @@
 //!
 //! Crash safety comes from ordering: a slot's data is written and `fdatasync`ed before the
 //! entry that points to it is written, and an entry is erased and `fdatasync`ed before its slot
-//! gets new data. So after a crash every used entry points at the complete data it describes,
+//! gets new data (erased slots wait in a pending list until the next `fdatasync`, which the
+//! next data write does anyway, so a cached write costs one `fdatasync`). So after a crash every used entry points at the complete data it describes,
 //! which the data checksum double-checks (a mismatch drops the entry, never returns it).
 //!
 //! On open: a missing file is created; a file with a bad magic, version or header checksum, a
@@ -88,6 +89,8 @@ pub struct CacheFile {
     data_off: u64,
     opts: FileOptions,
     free: Mutex<Vec<u32>>,
+    /// Slots whose entry was erased but not yet synced: free after the next `fdatasync`.
+    pending: Mutex<Vec<u32>>,
     loaded: Mutex<Vec<Loaded>>,
     token: Mutex<u32>,
     dirty_found: usize,
@@ -137,6 +140,7 @@ impl CacheFile {
             data_off,
             opts,
             free: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
             loaded: Mutex::new(Vec::new()),
             token: Mutex::new(0),
             dirty_found: 0,
@@ -347,14 +351,40 @@ impl CacheFile {
             .write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
     }
 
-    /// Writes data for `slot` and syncs it (the entry pointing at it comes after).
+    /// Writes data for `slot` and syncs it (the entry pointing at it comes after). The same
+    /// sync makes earlier erasures durable, so their slots become free.
     fn write_data(&self, slot: u32, data: Option<&Bytes>) -> std::io::Result<()> {
         if let Some(d) = data {
             self.file.write_all_at(d, self.slot_off(slot))?;
-            self.file.sync_data()?;
+        }
+        if data.is_some() || !self.pending.lock().is_empty() {
+            self.synced()?;
+        }
+        if data.is_some() {
             self.advise(slot);
         }
         Ok(())
+    }
+
+    /// `fdatasync`, then the slots erased before it are free for reuse.
+    fn synced(&self) -> std::io::Result<()> {
+        let erased: Vec<u32> = self.pending.lock().clone();
+        self.file.sync_data()?;
+        self.pending.lock().retain(|s| !erased.contains(s));
+        self.free.lock().extend(erased);
+        Ok(())
+    }
+
+    /// A free slot (its entry erased durably), syncing pending erasures if that is needed.
+    fn alloc(&self) -> std::io::Result<Option<u32>> {
+        if let Some(s) = self.free.lock().pop() {
+            return Ok(Some(s));
+        }
+        if self.pending.lock().is_empty() {
+            return Ok(None);
+        }
+        self.synced()?;
+        Ok(self.free.lock().pop())
     }
 
     /// Number of slots.
@@ -406,7 +436,7 @@ impl CacheFile {
 
     /// Makes sure everything written so far is on disk.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| {
+        self.synced().map_err(|e| {
             StoreError::io(
                 format!("cache file {}: sync failed", self.path.display()),
                 e,
@@ -414,10 +444,11 @@ impl CacheFile {
         })
     }
 
-    /// Frees a slot: its entry is erased and synced before the slot can be reused.
+    /// Frees a slot: its entry is erased now; the slot is reused only after a later
+    /// `fdatasync` has made the erasure durable.
     pub(crate) fn release(&self, _st: &mut State, slot: u32) {
-        match self.erase(slot).and_then(|_| self.file.sync_data()) {
-            Ok(()) => self.free.lock().push(slot),
+        match self.erase(slot) {
+            Ok(()) => self.pending.lock().push(slot),
             // Leave the slot unused: its entry may still point at it.
             Err(e) => log::error!(
                 "cache file {}: can't erase slot {slot}: {e}",
@@ -448,7 +479,7 @@ impl CacheFile {
         if let Some(slot) = old {
             self.release(st, slot);
         }
-        let Some(slot) = self.free.lock().pop() else {
+        let Some(slot) = self.alloc().map_err(e)? else {
             // No slot (damaged slots leaked): keep the block in memory only.
             return Ok(());
         };
@@ -457,8 +488,9 @@ impl CacheFile {
             .write_data(slot, data)
             .and_then(|_| self.write_entry(slot, n, true, data, None));
         if let Err(x) = res {
-            let _ = self.erase(slot).and_then(|_| self.file.sync_data());
-            self.free.lock().push(slot);
+            if self.erase(slot).is_ok() {
+                self.pending.lock().push(slot);
+            }
             return Err(e(x));
         }
         if let Some(en) = st.entries.get_mut(&n) {
@@ -492,7 +524,7 @@ impl CacheFile {
             // Could not be verified after a restart: not worth a slot.
             return;
         }
-        let Some(slot) = self.free.lock().pop() else {
+        let Ok(Some(slot)) = self.alloc() else {
             return;
         };
         match self
@@ -505,8 +537,8 @@ impl CacheFile {
                     "cache file {}: can't store block {n:#010x}: {x}",
                     self.path.display()
                 );
-                if self.erase(slot).and_then(|_| self.file.sync_data()).is_ok() {
-                    self.free.lock().push(slot);
+                if self.erase(slot).is_ok() {
+                    self.pending.lock().push(slot);
                 }
             }
         }
@@ -550,16 +582,28 @@ mod tests {
             clean(&f, &mut st, 9, 3, 0xab);
             f.set_token(0x1234).unwrap();
         }
-        let opts = FileOptions { recover_dirty: true, ..Default::default() };
+        let opts = FileOptions {
+            recover_dirty: true,
+            ..Default::default()
+        };
         let f = CacheFile::open(&p, BS, 4, opts).unwrap();
         assert_eq!(f.stored_token(), 0x1234);
         assert_eq!(f.dirty_found(), 1);
-        assert!(!f.uploads_allowed(), "recovered dirty blocks wait for the token check");
+        assert!(
+            !f.uploads_allowed(),
+            "recovered dirty blocks wait for the token check"
+        );
         let mut l = f.take_loaded();
         l.sort_by_key(|l| l.block);
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].block, l[0].dirty, l[0].data.clone()), (7, true, Some(data(2))));
-        assert_eq!((l[1].block, l[1].dirty, l[1].verify, l[1].etag), (9, false, true, Some(Etag([0xab; 16]))));
+        assert_eq!(
+            (l[0].block, l[0].dirty, l[0].data.clone()),
+            (7, true, Some(data(2)))
+        );
+        assert_eq!(
+            (l[1].block, l[1].dirty, l[1].verify, l[1].etag),
+            (9, false, true, Some(Etag([0xab; 16])))
+        );
         drop(f);
         // Without recovery the dirty block is discarded (and erased from the file).
         let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
@@ -584,8 +628,18 @@ mod tests {
         let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         // Flip a data byte of one slot and an entry byte of the other.
         raw.write_all_at(&[0xee], data_off + 3).unwrap();
-        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10).unwrap();
-        let f = CacheFile::open(&p, BS, 4, FileOptions { no_verify: true, ..Default::default() }).unwrap();
+        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10)
+            .unwrap();
+        let f = CacheFile::open(
+            &p,
+            BS,
+            4,
+            FileOptions {
+                no_verify: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(f.take_loaded().is_empty());
         // Both slots were freed.
         assert_eq!(f.free.lock().len(), 4);
@@ -596,8 +650,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         drop(CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap());
-        let msg = |bs, slots| CacheFile::open(&p, bs, slots, FileOptions::default()).err().unwrap().to_string();
-        assert!(msg(64, 4).contains("was made for block size 32, not 64"), "{}", msg(64, 4));
+        let msg = |bs, slots| {
+            CacheFile::open(&p, bs, slots, FileOptions::default())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            msg(64, 4).contains("was made for block size 32, not 64"),
+            "{}",
+            msg(64, 4)
+        );
         assert!(msg(BS, 8).contains("holds 4 blocks but the cache size is 8"));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(msg(BS, 4).contains("is corrupt (short header)"));
