@@ -26,7 +26,9 @@
 //! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
 //!   uploaded, then flushes the inner store.
 //! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
-//!   clean data survives restarts and dirty data survives crashes.
+//!   clean data survives restarts and dirty data survives crashes. The file is written (and
+//!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
+//!   and ordered, at the cost of serialising cache operations while the disk syncs.
 #![deny(missing_docs)]
 
 pub mod file;
