@@ -91,7 +91,8 @@ pub fn block_cache_settings(cli: &Cli) -> Result<Option<BlockCacheSettings>> {
     };
     Ok(Some(BlockCacheSettings {
         cache,
-        file: k.block_cache_file.as_ref().map(PathBuf::from),
+        // Absolute, because the daemon changes to / before the stack is built.
+        file: k.block_cache_file.as_ref().map(|f| std::path::absolute(f).unwrap_or_else(|_| PathBuf::from(f))),
         file_options: FileOptions {
             no_verify: k.block_cache_no_verify,
             recover_dirty: k.block_cache_recover_dirty_blocks,
@@ -254,5 +255,7 @@ mod tests {
         .unwrap();
         assert!(s.file_options.no_verify && s.file.is_some());
         assert_eq!(s.cache.timeout, Some(Duration::from_millis(5)));
+        let s = settings(&["--blockCacheFile=rel/cache"]).unwrap().unwrap();
+        assert!(s.file.unwrap().is_absolute(), "relative names survive the daemon's chdir");
     }
 }
