@@ -51,7 +51,9 @@ fn workload(root: &Path, seed: u64, durable: Durable, stop: Arc<AtomicBool>) {
 /// check. Returns how many fsynced files were verified.
 fn crash_case(args: &[String], kill_ms: u64, seed: u64) -> usize {
     let s = Scratch::new();
-    let mut full: Vec<String> = args.to_vec();
+    // "{scratch}" in an argument names this cell's scratch directory (for cache files).
+    let scratch = s.path("").to_string_lossy().into_owned();
+    let mut full: Vec<String> = args.iter().map(|a| a.replace("{scratch}", &scratch)).collect();
     full.push(s.store().to_string_lossy().into_owned());
     let a: Vec<&str> = full.iter().map(String::as_str).collect();
     let m = Mount::start(&a, &s.mnt());
@@ -119,4 +121,29 @@ fn crash_matrix_test_dir_small_cache_many_workers() {
         "test dir, 64-block cache, max 16 dirty",
         &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=64", "--blockCacheMaxDirty=16", "--blockCacheThreads=8"],
     );
+}
+
+#[test]
+fn crash_matrix_test_dir_memory_cache() {
+    matrix("test dir, memory cache", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=100"]);
+}
+
+#[test]
+fn crash_matrix_test_dir_cache_file_recovering() {
+    matrix(
+        "test dir, cache file, recovering dirty blocks",
+        &[
+            "--test",
+            "--size=32m",
+            "--blockSize=16k",
+            "--blockCacheSize=100",
+            "--blockCacheFile={scratch}/cache",
+            "--blockCacheRecoverDirtyBlocks",
+        ],
+    );
+}
+
+#[test]
+fn crash_matrix_test_dir_cache_file_no_recovery() {
+    matrix("test dir, cache file, dirty blocks discarded", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheFile={scratch}/cache"]);
 }

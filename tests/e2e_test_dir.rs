@@ -188,9 +188,9 @@ fn test_errors_really_injects_errors() {
     f.sync_all().unwrap();
     drop(f);
     let stats = m.stats();
-    let retried: u64 =
-        stats.lines().find(|l| l.starts_with("block_cache_write_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(retried > 0, "no upload failed and was retried:\n{stats}");
+    let injected: u64 =
+        stats.lines().find(|l| l.starts_with("test_injected_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(injected > 0, "no upload failed and was retried:\n{stats}");
     assert_eq!(m.unmount(), 0);
     let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
     let data = std::fs::read(m.file()).unwrap();

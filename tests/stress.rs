@@ -131,7 +131,14 @@ fn stress(extra: &[&str]) {
 
 #[test]
 fn stress_with_delays_and_errors() {
-    stress(&["--test-delays", "--test-errors"]);
+    // Without the block cache, so that the injected errors reach the callers.
+    stress(&["--test-delays", "--test-errors", "--blockCacheSize=0"]);
+}
+
+#[test]
+fn stress_block_cache_with_delays_and_errors() {
+    // A cache smaller than the volume: evictions, read misses that fail, retried uploads.
+    stress(&["--test-delays", "--test-errors", "--blockCacheSize=64", "--blockCacheWriteDelay=10", "--blockCacheMaxDirty=32"]);
 }
 
 #[test]

@@ -1,61 +1,78 @@
-//! The block cache: keeps recently used blocks in memory, absorbs writes and uploads them in the
-//! background (write-back), evicts clean blocks in LRU order, and reads ahead for sequential
-//! readers. Upstream's flags and semantics (`--blockCache*`, `--readAhead*`); the differences
-//! are in the details that upstream users complain about:
+//! The block cache layer (upstream `block_cache`): an LRU cache of whole plaintext blocks with
+//! asynchronous write-back and adaptive read-ahead, sitting between the front end (or zero
+//! cache) and the consistency/codec layers.
 //!
-//! - `flush` (fsync) returns only when every block dirtied before it is in the store;
-//! - a block written again while its upload is in flight keeps the newer data, which is
-//!   uploaded after the first upload ends, so the store never ends with the older version;
-//! - writers wait — never fail — when the dirty limit or the cache is full of dirty blocks;
-//! - failed uploads are retried with a growing pause, forever, as upstream does;
-//! - cache-miss reads go straight to the store and never queue behind uploads; concurrent
-//!   misses of one block make one request;
-//! - read-ahead fetches its blocks in parallel and its window doubles (up to a quarter of the
-//!   cache) while the reader keeps reading sequentially.
+//! Why it exists: S3 round trips are slow, and a file system issues many small, repeated and
+//! sequential block operations. The cache answers repeated reads from memory, absorbs repeated
+//! writes of one block into one upload, and fetches ahead of a sequential reader.
 //!
-//! State of a cached block: `Clean` (equal to the store), `Dirty` (newer than the store, waiting
-//! for its write delay), `Writing` (an upload is in flight; `redirtied` when written again
-//! meanwhile). Every write bumps the block's generation; an upload records the generation it
-//! carried, which is what `flush` waits for.
-
+//! How it works (see [`BlockCache`]):
+//! * Each cached block is *loading* (one inner read in flight, other readers of the block wait
+//!   for it), *clean* (equal to the stored version) or *dirty* (newer than the store). Only
+//!   clean blocks are evicted, least recently used first; blocks numbered below
+//!   `num_protected` are evicted only when no other clean block is left.
+//! * Dirty blocks are uploaded by a write-back scheduler after `write_delay` (sooner when the
+//!   cache is filling with dirty blocks, when a writer waits for room, or when a flush asks for
+//!   them), with at most `threads` uploads in flight. Every write bumps the block's generation;
+//!   an upload only marks the block clean if no newer write happened meanwhile, so a block
+//!   re-dirtied during its upload keeps the newer data and is uploaded again.
+//! * Failed uploads are logged and retried forever with exponential backoff (upstream retries
+//!   forever too): data accepted by a write is never dropped.
+//! * Writers never fail for lack of room: they wait while `max_dirty` blocks are dirty or the
+//!   cache is full of dirty blocks. Readers never wait for uploads: a cache miss is read in the
+//!   caller's own task (not through the upload pool), and when no slot can be freed the block
+//!   is read through without being cached.
+//! * Read-ahead ([`readahead`]) fetches in parallel on its own bounded pool.
+//! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
+//!   uploaded, then flushes the inner store.
+//! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
+//!   clean data survives restarts and dirty data survives crashes. The file is written (and
+//!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
+//!   and ordered, at the cost of serialising cache operations while the disk syncs.
 #![deny(missing_docs)]
 
+pub mod file;
+pub mod readahead;
+mod state;
 mod stats;
+
+pub use file::{CacheFile, FileOptions};
+pub use stats::CacheStats;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use readahead::ReadAhead;
 use s3b_store::{
-    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter, StoreError,
+    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero,
 };
-use stats::CacheStats;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use state::{Entry, Phase, State};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 
-/// Block cache settings (upstream's flags).
+/// Settings of the block cache (upstream's `--blockCache*` and `--readAhead*` flags).
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    /// `--blockCacheSize`: most blocks held.
+    /// Capacity in blocks (at least 1).
     pub size: usize,
-    /// `--blockCacheThreads`: most uploads in flight.
+    /// Most uploads in flight at once; also the read-ahead pool size.
     pub threads: usize,
-    /// `--blockCacheWriteDelay`: how long a dirty block waits before its upload.
+    /// How long a dirty block may wait before its upload starts.
     pub write_delay: Duration,
-    /// `--blockCacheTimeout`: clean blocks idle this long are dropped (`None` = never).
+    /// Evict clean blocks not accessed for this long (`None` = never).
     pub timeout: Option<Duration>,
-    /// `--blockCacheMaxDirty`: most dirty blocks (`0` = only the cache size limits them).
+    /// Writers wait while this many blocks are dirty (0 = only when the cache is full).
     pub max_dirty: usize,
-    /// `--blockCacheSync`: a write returns only once uploaded.
+    /// Writes return only once uploaded.
     pub sync: bool,
-    /// `--blockCacheNumProtected`: blocks numbered below this are evicted last.
-    pub num_protected: u64,
-    /// `--readAhead`: blocks read ahead at first (`0` = no read-ahead).
-    pub read_ahead: usize,
-    /// `--readAheadTrigger`: sequential block reads before read-ahead starts.
-    pub read_ahead_trigger: usize,
+    /// Blocks numbered below this are evicted only after all others.
+    pub num_protected: u32,
+    /// Initial read-ahead window in blocks (0 = off).
+    pub read_ahead: u32,
+    /// Sequential block reads before read-ahead starts.
+    pub read_ahead_trigger: u32,
 }
 
 impl Default for CacheConfig {
@@ -74,419 +91,555 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Clean,
-    Dirty { due: Instant, failures: u32 },
-    Writing { redirtied: bool },
-}
+/// First retry delay after a failed upload; doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Longest delay between two attempts to upload a block.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-struct Entry {
-    data: Bytes,
-    state: State,
-    /// Generation of `data` (bumped by every write).
-    generation: u64,
-    /// Newest generation known to be in the store.
-    stored: u64,
-    /// Position in the LRU order (clean entries only are in `Inner::lru`).
-    tick: u64,
-    last_used: Instant,
-}
-
-#[derive(Default)]
-struct Inner {
-    map: HashMap<BlockNum, Entry>,
-    /// Clean entries by eviction order: (protected, tick).
-    lru: BTreeMap<(bool, u64), BlockNum>,
-    /// Blocks being fetched by a cache miss or read-ahead.
-    loading: HashSet<BlockNum>,
-    dirty: usize,
-    tick: u64,
-    next_generation: u64,
-    /// Flushes waiting: while non-zero, dirty blocks are uploaded without waiting their delay.
-    urgent: usize,
-    /// Read-ahead: the next block a sequential reader would ask for, the run length, the window.
-    seq_next: BlockNum,
-    seq_run: usize,
-    window: usize,
-}
-
-struct Shared {
-    cfg: CacheConfig,
-    inner: Arc<dyn BlockStore>,
-    state: Mutex<Inner>,
-    /// Something changed: a load or an upload finished, space was freed.
-    changed: Notify,
-    /// Work for the upload dispatcher.
-    work: Notify,
-    uploads: Arc<Semaphore>,
-    stop: AtomicBool,
-    stats: Arc<CacheStats>,
-    running_uploads: AtomicUsize,
-}
-
-/// The block cache layer.
+/// The block cache. Build it with [`BlockCache::new`] inside a tokio runtime (it spawns its
+/// write-back scheduler there).
 pub struct BlockCache {
     shared: Arc<Shared>,
-    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Inner {
-    fn protected(cfg: &CacheConfig, n: BlockNum) -> bool {
-        (n as u64) < cfg.num_protected
+/// What the cache and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) inner: Arc<dyn BlockStore>,
+    pub(crate) cfg: CacheConfig,
+    pub(crate) block_size: u32,
+    pub(crate) state: Mutex<State>,
+    /// Signalled (notify_waiters) whenever an entry changes phase or leaves the cache.
+    pub(crate) changed: Notify,
+    /// Wakes the write-back scheduler.
+    pub(crate) wake: Notify,
+    /// Bounds read-ahead fetches.
+    pub(crate) ra_pool: Arc<Semaphore>,
+    pub(crate) ra: Mutex<ReadAhead>,
+    pub(crate) stats: Arc<CacheStats>,
+    pub(crate) file: Option<Arc<CacheFile>>,
+}
+
+impl BlockCache {
+    /// Wraps `inner` with an in-memory cache.
+    pub fn new(inner: Arc<dyn BlockStore>, cfg: CacheConfig) -> BlockCache {
+        Self::build(inner, cfg, None, Vec::new())
     }
 
-    fn touch(&mut self, cfg: &CacheConfig, n: BlockNum) {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some(e) = self.map.get_mut(&n) {
-            if e.state == State::Clean {
-                self.lru.remove(&(Self::protected(cfg, n), e.tick));
-                self.lru.insert((Self::protected(cfg, n), tick), n);
+    /// Wraps `inner` with a cache kept in `file` (opened with [`CacheFile::open`]). Blocks the
+    /// file held are loaded: clean ones (checked against the store on first read unless the file
+    /// was opened with `no_verify`), and dirty ones when recovery was asked for, which are then
+    /// uploaded.
+    pub fn with_file(
+        inner: Arc<dyn BlockStore>,
+        cfg: CacheConfig,
+        file: Arc<CacheFile>,
+    ) -> BlockCache {
+        let loaded = file.take_loaded();
+        Self::build(inner, cfg, Some(file), loaded)
+    }
+
+    fn build(
+        inner: Arc<dyn BlockStore>,
+        mut cfg: CacheConfig,
+        file: Option<Arc<CacheFile>>,
+        loaded: Vec<file::Loaded>,
+    ) -> BlockCache {
+        let num_blocks = inner.num_blocks();
+        cfg.size = cfg
+            .size
+            .clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
+        if let Some(f) = &file {
+            cfg.size = cfg.size.min(f.slots() as usize);
+        }
+        cfg.threads = cfg.threads.max(1);
+        let stats = Arc::new(CacheStats::default());
+        let mut state = State::new(cfg.num_protected);
+        for l in loaded {
+            let now = Instant::now();
+            let mut e = Entry::new(now);
+            e.data = l.data;
+            e.etag = l.etag;
+            e.slot = Some(l.slot);
+            if l.dirty {
+                e.phase = Phase::Dirty;
+                e.ver = 1;
+                e.dirty_at = now;
+                state.dirty_count += 1;
+                state.dirty_queue.push_back(l.block);
+            } else {
+                e.phase = Phase::Clean;
+                e.verify = l.verify;
             }
-            e.tick = tick;
-            e.last_used = Instant::now();
+            state.entries.insert(l.block, e);
+            if !l.dirty {
+                state.lru_insert(l.block);
+            }
         }
+        stats
+            .initial_size
+            .store(state.entries.len() as u64, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            block_size: inner.block_size(),
+            inner,
+            ra_pool: Arc::new(Semaphore::new(cfg.threads)),
+            ra: Mutex::new(ReadAhead::new(
+                cfg.read_ahead,
+                cfg.read_ahead_trigger,
+                (cfg.size / 2) as u32,
+            )),
+            cfg,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            wake: Notify::new(),
+            stats,
+            file,
+        });
+        tokio::spawn(writeback_loop(shared.clone()));
+        BlockCache { shared }
     }
 
-    /// Drops the least recently used clean block; false when every block is dirty.
-    fn evict_one(&mut self) -> bool {
-        let Some((&key, &n)) = self.lru.iter().next() else {
-            return false;
-        };
-        self.lru.remove(&key);
-        self.map.remove(&n);
-        true
+    /// The counters, to register with the stats registry.
+    pub fn stats(&self) -> Arc<CacheStats> {
+        let st = self.shared.stats.clone();
+        st.attach(Arc::downgrade(&self.shared));
+        st
     }
 
-    fn make_clean(&mut self, cfg: &CacheConfig, n: BlockNum) {
-        if let Some(e) = self.map.get_mut(&n) {
-            e.state = State::Clean;
-            self.lru.insert((Self::protected(cfg, n), e.tick), n);
-        }
+    /// Capacity in blocks after clamping to the volume (and cache file) size.
+    pub fn capacity(&self) -> usize {
+        self.shared.cfg.size
+    }
+
+    /// Number of dirty blocks right now.
+    pub fn dirty_count(&self) -> usize {
+        self.shared.state.lock().dirty_count
     }
 }
 
 impl Shared {
-    /// A future that completes at the next `changed`, registered before the lock is released
-    /// so that no wake-up is lost.
-    fn wait_changed(
-        &self,
-        guard: parking_lot::MutexGuard<'_, Inner>,
-    ) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
-        let mut notified = Box::pin(self.changed.notified());
-        notified.as_mut().enable();
-        drop(guard);
-        notified
+    /// Returns the data of block `n` from the cache, loading it on a miss. `count` says whether
+    /// this is a foreground read (counted in the hit/miss stats).
+    pub(crate) async fn get(self: &Arc<Self>, n: BlockNum, count: bool) -> Result<ReadOutcome> {
+        let mut counted = !count;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            enum Step {
+                Wait,
+                Done(ReadOutcome),
+                Through,
+                Load(Option<Etag>),
+            }
+            let step = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                match st.entries.get_mut(&n) {
+                    Some(e) if e.phase == Phase::Loading => {
+                        if !counted {
+                            // Somebody (read-ahead or another reader) is already fetching it.
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                        Step::Wait
+                    }
+                    Some(e) if e.phase == Phase::Clean && e.verify => {
+                        // Reloaded from the cache file: check it against the store first.
+                        e.phase = Phase::Loading;
+                        let etag = e.etag;
+                        st.lru_remove(n);
+                        Step::Load(etag)
+                    }
+                    Some(e) => {
+                        e.last_access = now;
+                        let out = outcome(&e.data, e.etag);
+                        let clean = e.phase == Phase::Clean && e.uploading.is_none();
+                        if clean {
+                            st.lru_touch(n);
+                        }
+                        if !counted {
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Step::Done(out)
+                    }
+                    None => {
+                        if !counted {
+                            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if self.make_room(&mut st) {
+                            st.entries.insert(n, Entry::loading(now));
+                            Step::Load(None)
+                        } else {
+                            // Full of dirty or busy blocks: read through without caching.
+                            Step::Through
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Wait => notified.await,
+                Step::Done(out) => return Ok(out),
+                Step::Through => return self.inner.read_block(n, ReadCondition::None).await,
+                Step::Load(etag) => return self.load(n, etag).await,
+            }
+        }
     }
 
-    /// Fetches block `n` from the store into the cache (a miss or read-ahead).
-    async fn load(self: &Arc<Self>, n: BlockNum) -> Result<Bytes> {
-        let r = self.inner.read_block(n, ReadCondition::None).await;
+    /// Performs the inner read for an entry this task put in the loading phase.
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        n: BlockNum,
+        verify: Option<Etag>,
+    ) -> Result<ReadOutcome> {
+        let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
+        let res = self.inner.read_block(n, cond).await;
         let mut st = self.state.lock();
-        st.loading.remove(&n);
-        let out = match r {
-            Ok(o) => {
-                let data = o.into_data(self.inner.block_size()).expect("plain reads have data");
-                // A write that happened while we fetched is newer: keep it.
-                if let Some(e) = st.map.get(&n) {
-                    let cached = e.data.clone();
-                    drop(st);
-                    self.changed.notify_waiters();
-                    return Ok(cached);
+        let Some(e) = st.entries.get_mut(&n) else {
+            unreachable_entry(n);
+            return res;
+        };
+        let result = if e.phase != Phase::Loading {
+            // A write replaced the block while we were reading: its data wins.
+            Ok(outcome(&e.data, e.etag))
+        } else {
+            match res {
+                Ok(ReadOutcome::NotModified) if verify.is_some() => {
+                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    e.verify = false;
+                    e.phase = Phase::Clean;
+                    e.last_access = Instant::now();
+                    let out = outcome(&e.data, e.etag);
+                    st.lru_insert(n);
+                    Ok(out)
                 }
-                if st.map.len() >= self.cfg.size {
-                    st.evict_one();
+                Ok(ReadOutcome::NotModified) => {
+                    self.drop_entry(&mut st, n);
+                    Err(StoreError::Other(format!(
+                        "block {n:#010x}: unexpected \"not modified\" answer"
+                    )))
                 }
-                if st.map.len() < self.cfg.size {
-                    st.next_generation += 1;
-                    let generation = st.next_generation;
-                    st.tick += 1;
-                    let tick = st.tick;
-                    st.map.insert(
-                        n,
-                        Entry {
-                            data: data.clone(),
-                            state: State::Clean,
-                            generation,
-                            stored: generation,
-                            tick,
-                            last_used: Instant::now(),
-                        },
-                    );
-                    st.lru.insert((Inner::protected(&self.cfg, n), tick), n);
+                Ok(out) => {
+                    if verify.is_some() {
+                        self.stats.mismatch.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let (data, etag) = match &out {
+                        ReadOutcome::Data { data, etag } => (Some(data.clone()), *etag),
+                        _ => (None, None),
+                    };
+                    e.data = data;
+                    e.etag = etag;
+                    e.verify = false;
+                    e.phase = Phase::Clean;
+                    e.last_access = Instant::now();
+                    // A reloaded block that changed in the store: its slot holds the old data.
+                    let stale_slot = e.slot.take();
+                    if let (Some(slot), Some(f)) = (stale_slot, &self.file) {
+                        f.release(&mut st, slot);
+                    }
+                    st.lru_insert(n);
+                    if let Some(f) = &self.file {
+                        f.note_clean(&mut st, n);
+                    }
+                    Ok(out)
                 }
-                Ok(data)
+                Err(err) => {
+                    self.drop_entry(&mut st, n);
+                    Err(err)
+                }
             }
-            Err(e) => Err(e),
         };
         drop(st);
         self.changed.notify_waiters();
-        out
+        result
     }
 
-    /// Starts background fetches of blocks `from..from+count` that are neither cached nor loading.
-    fn read_ahead(self: &Arc<Self>, st: &mut Inner, from: BlockNum, count: usize) {
-        let end = (from as u64 + count as u64).min(self.inner.num_blocks());
-        for b in from as u64..end {
-            let b = b as BlockNum;
-            if st.map.contains_key(&b) || st.loading.contains(&b) || st.map.len() + st.loading.len() >= self.cfg.size {
-                continue;
-            }
-            st.loading.insert(b);
-            self.stats.read_ahead.fetch_add(1, SeqCst);
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.load(b).await;
-            });
+    /// Removes a clean or loading entry and frees its file slot.
+    fn drop_entry(&self, st: &mut State, n: BlockNum) {
+        st.lru_remove(n);
+        if let Some(e) = st.entries.remove(&n)
+            && let (Some(slot), Some(f)) = (e.slot, &self.file)
+        {
+            f.release(st, slot);
         }
     }
 
-    /// The upload dispatcher: starts uploads of due dirty blocks, up to `threads` at once.
-    async fn dispatch(self: Arc<Self>) {
-        loop {
-            if self.stop.load(SeqCst) {
-                return;
-            }
-            let now = Instant::now();
-            let mut next_due: Option<Instant> = None;
-            let mut start = Vec::new();
+    /// Makes room for one more entry by evicting a clean block if needed. False when the cache
+    /// is full and nothing can be evicted.
+    pub(crate) fn make_room(&self, st: &mut State) -> bool {
+        while st.entries.len() >= self.cfg.size {
+            let Some(victim) = st.lru_oldest() else {
+                return false;
+            };
+            self.drop_entry(st, victim);
+        }
+        true
+    }
+
+    /// Accepts a write into the cache, waiting for room when needed.
+    async fn write(self: &Arc<Self>, n: BlockNum, data: Option<Bytes>) -> Result<()> {
+        let data = data.filter(|d| !is_zero(d));
+        let mut counted = false;
+        let ver = loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
                 let mut st = self.state.lock();
-                let urgent = st.urgent > 0;
-                let free = self.uploads.available_permits();
-                let mut due: Vec<(Instant, BlockNum)> = st
-                    .map
-                    .iter()
-                    .filter_map(|(&n, e)| match e.state {
-                        State::Dirty { due, .. } => Some((due, n)),
-                        _ => None,
-                    })
-                    .collect();
-                due.sort_unstable();
-                for (when, n) in due {
-                    let ready = when <= now || (urgent && self.failures(&st, n) == 0);
-                    if !ready {
-                        next_due = Some(next_due.map_or(when, |d: Instant| d.min(when)));
-                        continue;
-                    }
-                    if start.len() >= free {
-                        break;
-                    }
-                    let e = st.map.get_mut(&n).expect("listed");
-                    e.state = State::Writing { redirtied: false };
-                    start.push((n, e.data.clone(), e.generation));
+                let now = Instant::now();
+                let present = st.entries.contains_key(&n);
+                if !counted {
+                    let c = if present {
+                        &self.stats.write_hits
+                    } else {
+                        &self.stats.write_misses
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
                 }
-                // Idle clean blocks past --blockCacheTimeout.
-                if let Some(t) = self.cfg.timeout {
-                    let old: Vec<BlockNum> = st
-                        .map
-                        .iter()
-                        .filter(|(_, e)| e.state == State::Clean && e.last_used + t <= now)
-                        .map(|(&n, _)| n)
-                        .collect();
-                    for n in old {
-                        if let Some(e) = st.map.remove(&n) {
-                            st.lru.remove(&(Inner::protected(&self.cfg, n), e.tick));
+                let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
+                let over_dirty_limit =
+                    self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
+                    st.space_waiters += 1;
+                } else {
+                    if let Some(f) = &self.file {
+                        f.write_dirty(&mut st, n, data.as_ref(), self.block_size)?;
+                    }
+                    st.lru_remove(n);
+                    let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
+                    if e.phase != Phase::Dirty {
+                        e.dirty_at = now;
+                    }
+                    let became_dirty = e.phase != Phase::Dirty;
+                    e.phase = Phase::Dirty;
+                    e.verify = false;
+                    e.data = data.clone();
+                    e.etag = None;
+                    e.ver += 1;
+                    e.last_access = now;
+                    let ver = e.ver;
+                    if became_dirty {
+                        st.dirty_count += 1;
+                        if !st.dirty_queue.contains(&n) {
+                            st.dirty_queue.push_back(n);
                         }
                     }
-                    let soonest = st
-                        .map
-                        .values()
-                        .filter(|e| e.state == State::Clean)
-                        .map(|e| e.last_used + t)
-                        .min();
-                    if let Some(s) = soonest {
-                        next_due = Some(next_due.map_or(s, |d| d.min(s)));
+                    if self.cfg.sync {
+                        st.urgent.insert(n);
                     }
+                    drop(st);
+                    self.changed.notify_waiters();
+                    if self.cfg.sync || self.cfg.write_delay.is_zero() {
+                        self.wake.notify_one();
+                    }
+                    break ver;
                 }
             }
-            for (n, data, generation) in start {
-                let permit = self.uploads.clone().try_acquire_owned().ok();
-                let me = self.clone();
-                self.running_uploads.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    me.upload(n, data, generation).await;
-                    me.running_uploads.fetch_sub(1, SeqCst);
-                    me.work.notify_one();
-                });
+            self.wake.notify_one();
+            notified.await;
+            self.state.lock().space_waiters -= 1;
+        };
+        if self.cfg.sync {
+            self.wait_uploaded(&[(n, ver)]).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until each block's upload has reached the given generation (or the block left the
+    /// cache, which only clean blocks do).
+    async fn wait_uploaded(&self, targets: &[(BlockNum, u64)]) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                let pending: Vec<BlockNum> = targets
+                    .iter()
+                    .filter(|(n, g)| st.entries.get(n).is_some_and(|e| e.uploaded_gen < *g))
+                    .map(|(n, _)| *n)
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                st.urgent.extend(pending);
             }
-            let wait = next_due
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(3600));
-            tokio::select! {
-                _ = self.work.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
+            self.wake.notify_one();
+            notified.await;
         }
     }
 
-    fn failures(&self, st: &Inner, n: BlockNum) -> u32 {
-        match st.map.get(&n).map(|e| e.state) {
-            Some(State::Dirty { failures, .. }) => failures,
-            _ => 0,
+    fn dirty_targets(&self, blocks: Option<&[BlockNum]>) -> Vec<(BlockNum, u64)> {
+        let st = self.state.lock();
+        match blocks {
+            Some(list) => list
+                .iter()
+                .filter_map(|n| {
+                    st.entries
+                        .get(n)
+                        .filter(|e| e.phase == Phase::Dirty)
+                        .map(|e| (*n, e.ver))
+                })
+                .collect(),
+            None => st
+                .entries
+                .iter()
+                .filter(|(_, e)| e.phase == Phase::Dirty)
+                .map(|(n, e)| (*n, e.ver))
+                .collect(),
         }
     }
+}
 
-    async fn upload(&self, n: BlockNum, data: Bytes, generation: u64) {
-        let r = self.inner.write_block(n, Some(data)).await;
-        let mut st = self.state.lock();
-        let cfg = &self.cfg;
-        let Some(e) = st.map.get_mut(&n) else { return };
-        let redirtied = matches!(e.state, State::Writing { redirtied: true });
-        match r {
-            Ok(_) => {
-                e.stored = e.stored.max(generation);
-                if redirtied {
-                    e.state = State::Dirty {
-                        due: Instant::now() + cfg.write_delay,
-                        failures: 0,
-                    };
+fn unreachable_entry(n: BlockNum) {
+    log::error!("block cache: loading entry for block {n:#010x} vanished");
+}
+
+/// A cached block as a read result.
+fn outcome(data: &Option<Bytes>, etag: Option<Etag>) -> ReadOutcome {
+    match data {
+        Some(d) => ReadOutcome::Data {
+            data: d.clone(),
+            etag,
+        },
+        None => ReadOutcome::Zero,
+    }
+}
+
+/// The write-back scheduler: starts uploads of due dirty blocks, at most `threads` at a time,
+/// and evicts clean blocks idle longer than the timeout.
+async fn writeback_loop(sh: Arc<Shared>) {
+    loop {
+        let notified = sh.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = Instant::now();
+        let mut next = now + Duration::from_millis(500);
+        let mut jobs = Vec::new();
+        {
+            let mut st = sh.state.lock();
+            if st.stopped {
+                return;
+            }
+            // Upload early when writers wait, a flush asks, or dirty blocks pile up.
+            let limit = if sh.cfg.max_dirty > 0 {
+                sh.cfg.max_dirty.min(sh.cfg.size)
+            } else {
+                sh.cfg.size
+            };
+            let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
+            let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
+            let mut i = 0;
+            while !paused && i < st.dirty_queue.len() && st.uploading < sh.cfg.threads {
+                let n = st.dirty_queue[i];
+                let urgent = pressure || st.flush_all > 0 || st.urgent.contains(&n);
+                let Some(e) = st.entries.get(&n) else {
+                    st.dirty_queue.remove(i);
+                    continue;
+                };
+                if e.phase != Phase::Dirty {
+                    st.dirty_queue.remove(i);
+                    continue;
+                }
+                if e.uploading.is_some() {
+                    i += 1;
+                    continue;
+                }
+                let mut due = if urgent {
+                    now
                 } else {
-                    st.dirty -= 1;
-                    st.make_clean(cfg, n);
+                    e.dirty_at + sh.cfg.write_delay
+                };
+                if let Some(r) = e.retry_at {
+                    due = due.max(r);
+                }
+                if due > now {
+                    next = next.min(due);
+                    i += 1;
+                    continue;
+                }
+                let (ver, data) = (e.ver, e.data.clone());
+                st.entries.get_mut(&n).unwrap().uploading = Some(ver);
+                st.uploading += 1;
+                st.dirty_queue.remove(i);
+                jobs.push((n, ver, data));
+            }
+            if let Some(t) = sh.cfg.timeout {
+                while let Some(victim) = st.lru_oldest() {
+                    let idle = st.entries[&victim].last_access + t;
+                    if idle > now {
+                        next = next.min(idle);
+                        break;
+                    }
+                    sh.drop_entry(&mut st, victim);
+                }
+            }
+        }
+        for (n, ver, data) in jobs {
+            tokio::spawn(upload(sh.clone(), n, ver, data));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+/// Uploads one block version and settles the entry afterwards.
+async fn upload(sh: Arc<Shared>, n: BlockNum, ver: u64, data: Option<Bytes>) {
+    let res = sh.inner.write_block(n, data).await;
+    {
+        let mut st = sh.state.lock();
+        st.uploading -= 1;
+        let e = st
+            .entries
+            .get_mut(&n)
+            .expect("dirty entries are never evicted");
+        e.uploading = None;
+        match res {
+            Ok(etag) => {
+                e.retries = 0;
+                e.retry_at = None;
+                e.uploaded_gen = ver;
+                if e.ver == ver {
+                    e.phase = Phase::Clean;
+                    e.etag = etag;
+                    e.last_access = Instant::now();
+                    st.dirty_count -= 1;
+                    st.urgent.remove(&n);
+                    st.lru_insert(n);
+                    if let Some(f) = &sh.file {
+                        f.note_clean(&mut st, n);
+                    }
+                } else if !st.dirty_queue.contains(&n) {
+                    // Re-dirtied during the upload: the newer data goes up next.
+                    st.dirty_queue.push_back(n);
                 }
             }
             Err(err) => {
-                let failures = match e.state {
-                    State::Writing { .. } => 1,
-                    State::Dirty { failures, .. } => failures + 1,
-                    State::Clean => 1,
-                };
-                let pause = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                e.retries += 1;
+                let delay = FIRST_RETRY_DELAY
+                    .saturating_mul(1 << e.retries.min(10))
+                    .min(MAX_RETRY_DELAY);
+                e.retry_at = Some(Instant::now() + delay);
+                let tries = e.retries;
                 log::warn!(
-                    "upload of block {n:#x} failed ({err}); retrying in {} ms",
-                    pause.as_millis()
+                    "block cache: upload of block {n:#010x} failed (attempt {tries}): {err}; retrying in {delay:?}"
                 );
-                self.stats.write_errors.fetch_add(1, SeqCst);
-                e.state = State::Dirty {
-                    due: Instant::now() + pause,
-                    failures,
-                };
+                if !st.dirty_queue.contains(&n) {
+                    st.dirty_queue.push_front(n);
+                }
             }
         }
-        drop(st);
-        self.changed.notify_waiters();
     }
-}
-
-/// Stats view of the cache: upstream's section, or (`true`) our extra lines.
-struct View(Arc<Shared>, bool);
-
-impl StatsSource for View {
-    fn section(&self) -> StatsSection {
-        if self.1 {
-            StatsSection::Extra
-        } else {
-            StatsSection::BlockCache
-        }
-    }
-    fn write_stats(&self, w: &mut StatsWriter) {
-        if self.1 {
-            self.0.stats.write_extra(w);
-        } else {
-            let (current, dirty) = {
-                let st = self.0.state.lock();
-                (st.map.len() as u64, st.dirty as u64)
-            };
-            self.0.stats.write(w, current, dirty, self.0.cfg.size as u64);
-        }
-    }
-    fn reset_stats(&self) {
-        if !self.1 {
-            self.0.stats.reset();
-        }
-    }
-}
-
-impl BlockCache {
-    /// Puts a cache of `cfg.size` blocks over `inner` and starts its upload dispatcher on the
-    /// current tokio runtime.
-    pub fn new(inner: Arc<dyn BlockStore>, cfg: CacheConfig) -> Self {
-        let shared = Arc::new(Shared {
-            uploads: Arc::new(Semaphore::new(cfg.threads.max(1))),
-            stats: Arc::new(CacheStats::default()),
-            cfg,
-            inner,
-            state: Mutex::new(Inner {
-                window: 0,
-                ..Default::default()
-            }),
-            changed: Notify::new(),
-            work: Notify::new(),
-            stop: AtomicBool::new(false),
-            running_uploads: AtomicUsize::new(0),
-        });
-        let dispatcher = tokio::spawn(shared.clone().dispatch());
-        BlockCache {
-            shared,
-            dispatcher: Mutex::new(Some(dispatcher)),
-        }
-    }
-
-    /// The layer's counters, to register in the stats registry (upstream's lines, and ours
-    /// after every upstream section).
-    pub fn stats(&self) -> Vec<Arc<dyn StatsSource>> {
-        vec![
-            Arc::new(View(self.shared.clone(), false)),
-            Arc::new(View(self.shared.clone(), true)),
-        ]
-    }
-
-    /// Number of dirty (not yet uploaded) blocks.
-    pub fn dirty_blocks(&self) -> usize {
-        self.shared.state.lock().dirty
-    }
-
-    /// Waits until the blocks dirty now (the given ones, or all) are uploaded.
-    async fn wait_uploaded(&self, blocks: Option<&[BlockNum]>) {
-        let sh = &self.shared;
-        let targets: Vec<(BlockNum, u64)> = {
-            let st = sh.state.lock();
-            match blocks {
-                Some(list) => list
-                    .iter()
-                    .filter_map(|n| {
-                        st.map
-                            .get(n)
-                            .filter(|e| e.stored < e.generation)
-                            .map(|e| (*n, e.generation))
-                    })
-                    .collect(),
-                None => st
-                    .map
-                    .iter()
-                    .filter(|(_, e)| e.stored < e.generation)
-                    .map(|(&n, e)| (n, e.generation))
-                    .collect(),
-            }
-        };
-        if targets.is_empty() {
-            return;
-        }
-        sh.state.lock().urgent += 1;
-        sh.work.notify_one();
-        loop {
-            let wait = {
-                let st = sh.state.lock();
-                let pending = targets
-                    .iter()
-                    .any(|(n, g)| st.map.get(n).is_some_and(|e| e.stored < *g));
-                pending.then(|| sh.wait_changed(st))
-            };
-            let Some(wait) = wait else { break };
-            wait.await;
-            sh.work.notify_one();
-        }
-        sh.state.lock().urgent -= 1;
-    }
+    sh.changed.notify_waiters();
+    sh.wake.notify_one();
 }
 
 #[async_trait]
 impl BlockStore for BlockCache {
     fn block_size(&self) -> u32 {
-        self.shared.inner.block_size()
+        self.shared.block_size
     }
 
     fn num_blocks(&self) -> u64 {
@@ -496,164 +649,68 @@ impl BlockStore for BlockCache {
     async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
         let sh = &self.shared;
         if cond != ReadCondition::None {
+            // Conditional reads are about the stored version: write ours down, then ask.
+            sh.wait_uploaded(&sh.dirty_targets(Some(&[n]))).await;
             return sh.inner.read_block(n, cond).await;
         }
-        let mut counted = false;
-        loop {
-            let wait = {
-                let mut st = sh.state.lock();
-                // Sequential-read detection for read-ahead.
-                if !counted && sh.cfg.read_ahead > 0 {
-                    if n == st.seq_next && st.seq_run > 0 {
-                        st.seq_run += 1;
-                    } else {
-                        st.seq_run = 1;
-                        st.window = sh.cfg.read_ahead;
-                    }
-                    st.seq_next = n.wrapping_add(1);
-                    if st.seq_run > sh.cfg.read_ahead_trigger {
-                        let window = st.window;
-                        sh.read_ahead(&mut st, n.saturating_add(1), window);
-                        // The reader keeps up: widen the window, up to a quarter of the cache.
-                        st.window = (st.window * 2).min((sh.cfg.size / 4).max(sh.cfg.read_ahead));
-                    }
-                }
-                if let Some(e) = st.map.get(&n) {
-                    let data = e.data.clone();
-                    st.touch(&sh.cfg, n);
-                    if !counted {
-                        sh.stats.read_hits.fetch_add(1, SeqCst);
-                    }
-                    return Ok(ReadOutcome::Data { data, etag: None });
-                }
-                if !counted {
-                    sh.stats.read_misses.fetch_add(1, SeqCst);
-                    counted = true;
-                }
-                if st.loading.contains(&n) {
-                    Some(sh.wait_changed(st))
-                } else {
-                    st.loading.insert(n);
-                    None
-                }
-            };
-            match wait {
-                Some(w) => w.await,
-                None => {
-                    let data = sh.load(n).await?;
-                    return Ok(ReadOutcome::Data { data, etag: None });
-                }
-            }
-        }
+        let out = sh.get(n, true).await?;
+        readahead::after_read(sh, n);
+        Ok(out)
     }
 
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
-        let sh = &self.shared;
-        let bs = sh.inner.block_size();
-        let data = data.unwrap_or_else(|| s3b_store::zero_block(bs));
-        if data.len() != bs as usize {
+        if let Some(d) = &data
+            && d.len() != self.shared.block_size as usize
+        {
             return Err(StoreError::Other(format!(
-                "write of {} bytes to block {n:#x}",
-                data.len()
+                "write of {} bytes to block {n:#010x}: not one block",
+                d.len()
             )));
         }
-        loop {
-            let wait = {
-                let mut st = sh.state.lock();
-                st.next_generation += 1;
-                let generation = st.next_generation;
-                let delay = sh.cfg.write_delay;
-                if let Some(e) = st.map.get_mut(&n) {
-                    let was = e.state;
-                    e.data = data.clone();
-                    e.generation = generation;
-                    match was {
-                        State::Clean => {
-                            let key = (Inner::protected(&sh.cfg, n), e.tick);
-                            e.state = State::Dirty {
-                                due: Instant::now() + delay,
-                                failures: 0,
-                            };
-                            st.lru.remove(&key);
-                            st.dirty += 1;
-                        }
-                        State::Dirty { .. } => {}
-                        State::Writing { .. } => e.state = State::Writing { redirtied: true },
-                    }
-                    st.touch(&sh.cfg, n);
-                    sh.stats.write_hits.fetch_add(1, SeqCst);
-                    None
-                } else {
-                    let limit = sh.cfg.max_dirty > 0 && st.dirty >= sh.cfg.max_dirty;
-                    if !limit && (st.map.len() < sh.cfg.size || st.evict_one()) {
-                        st.tick += 1;
-                        let tick = st.tick;
-                        st.map.insert(
-                            n,
-                            Entry {
-                                data: data.clone(),
-                                state: State::Dirty {
-                                    due: Instant::now() + delay,
-                                    failures: 0,
-                                },
-                                generation,
-                                stored: 0,
-                                tick,
-                                last_used: Instant::now(),
-                            },
-                        );
-                        st.dirty += 1;
-                        sh.stats.write_misses.fetch_add(1, SeqCst);
-                        None
-                    } else {
-                        // Full of dirty blocks, or at --blockCacheMaxDirty: wait for uploads.
-                        st.urgent += 1;
-                        sh.work.notify_one();
-                        Some(sh.wait_changed(st))
-                    }
-                }
-            };
-            let Some(wait) = wait else { break };
-            wait.await;
-            sh.state.lock().urgent -= 1;
-        }
-        if sh.cfg.write_delay.is_zero() {
-            sh.work.notify_one();
-        }
-        if sh.cfg.sync {
-            self.wait_uploaded(Some(&[n])).await;
-        }
+        self.shared.write(n, data).await?;
         Ok(None)
     }
 
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
-        self.wait_uploaded(blocks).await;
-        self.shared.inner.flush(blocks).await
+        let sh = &self.shared;
+        let targets = sh.dirty_targets(blocks);
+        if blocks.is_none() {
+            sh.state.lock().flush_all += 1;
+        }
+        sh.wake.notify_one();
+        sh.wait_uploaded(&targets).await;
+        if blocks.is_none() {
+            sh.state.lock().flush_all -= 1;
+        }
+        if let Some(f) = &sh.file {
+            f.sync()?;
+        }
+        sh.inner.flush(blocks).await
     }
 
     async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        // Cached blocks that are not yet uploaded count too.
-        let dirty: Vec<BlockNum> = {
-            let st = self.shared.state.lock();
-            st.map
-                .iter()
-                .filter(|(_, e)| e.stored < e.generation)
-                .map(|(&n, _)| n)
-                .collect()
-        };
-        dirty.into_iter().for_each(sink);
+        let cached: Vec<BlockNum> = self.shared.state.lock().entries.keys().copied().collect();
+        for n in cached {
+            sink(n);
+        }
         self.shared.inner.survey_non_zero(sink).await
     }
 
     async fn shutdown(&self) -> Result<()> {
         self.flush(None).await?;
-        self.shared.stop.store(true, SeqCst);
-        self.shared.work.notify_one();
-        let handle = self.dispatcher.lock().take();
-        if let Some(h) = handle {
-            let _ = h.await;
+        self.shared.state.lock().stopped = true;
+        self.shared.wake.notify_one();
+        if let Some(f) = &self.shared.file {
+            f.sync()?;
         }
         self.shared.inner.shutdown().await
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        self.shared.state.lock().stopped = true;
+        self.shared.wake.notify_one();
     }
 }
 

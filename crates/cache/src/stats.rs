@@ -1,73 +1,93 @@
-//! Counters of the block cache and its `block_cache_*` stats lines, in upstream's order.
+//! The `block_cache_*` lines of the stats file, with upstream's names, order and formats.
 
-use s3b_store::StatsWriter;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use crate::Shared;
+use parking_lot::Mutex;
+use s3b_store::{StatsSection, StatsSource, StatsWriter};
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The cache's counters.
+/// Counters of the block cache.
 #[derive(Default)]
-pub(crate) struct CacheStats {
-    pub read_hits: AtomicU64,
-    pub read_misses: AtomicU64,
-    pub write_hits: AtomicU64,
-    pub write_misses: AtomicU64,
-    pub write_errors: AtomicU64,
-    pub read_ahead: AtomicU64,
-}
-
-fn ratio(a: u64, b: u64) -> f64 {
-    if a + b == 0 { 0.0 } else { a as f64 / (a + b) as f64 }
+pub struct CacheStats {
+    pub(crate) initial_size: AtomicU64,
+    pub(crate) read_hits: AtomicU64,
+    pub(crate) read_misses: AtomicU64,
+    pub(crate) write_hits: AtomicU64,
+    pub(crate) write_misses: AtomicU64,
+    pub(crate) verified: AtomicU64,
+    pub(crate) mismatch: AtomicU64,
+    cache: Mutex<Option<Weak<Shared>>>,
 }
 
 impl CacheStats {
-    /// Writes the lines; `current` and `dirty` are block counts, `capacity` the cache size.
-    pub fn write(&self, w: &mut StatsWriter, current: u64, dirty: u64, capacity: u64) {
-        let v = |c: &AtomicU64| c.load(SeqCst);
-        w.blocks("block_cache_current_size", current);
-        w.blocks("block_cache_initial_size", 0);
-        w.ratio(
-            "block_cache_dirty_ratio",
-            if capacity == 0 {
-                0.0
-            } else {
-                dirty as f64 / capacity as f64
-            },
-            8,
-        );
-        w.count("block_cache_read_hits", v(&self.read_hits));
-        w.count("block_cache_read_misses", v(&self.read_misses));
-        w.ratio(
-            "block_cache_read_hit_ratio",
-            ratio(v(&self.read_hits), v(&self.read_misses)),
-            8,
-        );
-        w.count("block_cache_write_hits", v(&self.write_hits));
-        w.count("block_cache_write_misses", v(&self.write_misses));
-        w.ratio(
-            "block_cache_write_hit_ratio",
-            ratio(v(&self.write_hits), v(&self.write_misses)),
-            8,
-        );
-        w.count("block_cache_verified", 0);
-        w.count("block_cache_mismatch", 0);
+    pub(crate) fn attach(&self, sh: Weak<Shared>) {
+        *self.cache.lock() = Some(sh);
     }
 
-    /// Our own lines, after upstream's sections.
-    pub fn write_extra(&self, w: &mut StatsWriter) {
-        w.count("block_cache_write_errors", self.write_errors.load(SeqCst));
-        w.count("block_cache_read_ahead_blocks", self.read_ahead.load(SeqCst));
+    /// Read hits and misses so far.
+    pub fn reads(&self) -> (u64, u64) {
+        (
+            self.read_hits.load(Ordering::Relaxed),
+            self.read_misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn ratio(hits: u64, misses: u64) -> f64 {
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
+}
+
+impl StatsSource for CacheStats {
+    fn section(&self) -> StatsSection {
+        StatsSection::BlockCache
     }
 
-    /// Zeroes the counters.
-    pub fn reset(&self) {
+    fn write_stats(&self, w: &mut StatsWriter) {
+        let (size, dirty, cap) = match self.cache.lock().as_ref().and_then(Weak::upgrade) {
+            Some(sh) => {
+                let st = sh.state.lock();
+                (
+                    st.entries.len() as u64,
+                    st.dirty_count as f64,
+                    sh.cfg.size as f64,
+                )
+            }
+            None => (0, 0.0, 1.0),
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (rh, rm, wh, wm) = (
+            get(&self.read_hits),
+            get(&self.read_misses),
+            get(&self.write_hits),
+            get(&self.write_misses),
+        );
+        w.blocks("block_cache_current_size", size);
+        w.blocks("block_cache_initial_size", get(&self.initial_size));
+        w.ratio("block_cache_dirty_ratio", dirty / cap, 8);
+        w.count("block_cache_read_hits", rh);
+        w.count("block_cache_read_misses", rm);
+        w.ratio("block_cache_read_hit_ratio", ratio(rh, rm), 8);
+        w.count("block_cache_write_hits", wh);
+        w.count("block_cache_write_misses", wm);
+        w.ratio("block_cache_write_hit_ratio", ratio(wh, wm), 8);
+        w.count("block_cache_verified", get(&self.verified));
+        w.count("block_cache_mismatch", get(&self.mismatch));
+    }
+
+    fn reset_stats(&self) {
         for c in [
             &self.read_hits,
             &self.read_misses,
             &self.write_hits,
             &self.write_misses,
-            &self.write_errors,
-            &self.read_ahead,
+            &self.verified,
+            &self.mismatch,
         ] {
-            c.store(0, SeqCst);
+            c.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -243,6 +243,7 @@ pub fn validate(cli: Cli) -> Result<Config> {
     }
 
     crate::unsupported::check(&cli)?;
+    crate::caching::block_cache_settings(&cli)?;
 
     Ok(Config {
         mode,

@@ -173,7 +173,7 @@ fn serve(
     };
     let setup = rt.block_on(async {
         let stack = stack::build(cfg, codec).await?;
-        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref()).await?;
+        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     });
     let (stack, token) = match setup {
@@ -188,7 +188,7 @@ fn serve(
         Ok(s) => s,
         Err(e) => {
             // Undo the token we just set: nothing was mounted.
-            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token));
+            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
             return Err((anyhow!("can't mount on {}: {e}", mountpoint.display()), pipe));
         }
     };
@@ -248,7 +248,7 @@ fn serve(
     let shutdown = rt.block_on(async {
         in_flight.wait_idle().await;
         stack.top.shutdown().await.context("flushing the volume failed")?;
-        stack::release_mount_token(stack.objects.as_ref(), token).await?;
+        stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>(())
     });
     match shutdown {

@@ -11,6 +11,7 @@
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
+use s3b_cache::CacheFile;
 use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
 use s3b_zero::ZeroCache;
@@ -34,6 +35,8 @@ pub struct Stack {
     pub block_size: u32,
     /// Number of blocks.
     pub num_blocks: u64,
+    /// The block cache file, if any: it remembers the mount token of its last mount.
+    pub cache_file: Option<Arc<CacheFile>>,
 }
 
 /// Opens the transport named by the configuration and registers its counters.
@@ -118,19 +121,31 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
-    let cached = crate::caching::wrap(cfg, coded, &stats)?;
+    let caching = crate::caching::wrap(cfg, coded, &stats)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
-    let zero = ZeroCache::new(cached, cfg.cli.s3.list_blocks);
+    let zero = ZeroCache::new(caching.top, cfg.cli.s3.list_blocks);
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
-    Ok(Stack { top, objects: transport, stats, block_size, num_blocks })
+    Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })
 }
 
-/// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us.
-/// Returns our token (0 when nothing was written).
-pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore) -> Result<u32> {
+/// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us
+/// (in the store and in the block cache file, if any). Returns our token (0 when nothing was
+/// written).
+///
+/// A crashed mount leaves its token both in the store and in its cache file. When they match
+/// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
+/// volume was last mounted by this cache, whose dirty blocks are about to be recovered.
+pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option<&CacheFile>) -> Result<u32> {
     let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
-    if old != 0 {
+    let cached = cache_file.map_or(0, |f| f.stored_token());
+    let recovering = old != 0 && cached == old && cfg.cli.cache.block_cache_recover_dirty_blocks;
+    if cached != 0 && cached != old {
+        log::warn!("block cache file was last used by mount token {cached:08x}, but the volume has {old:08x}");
+    }
+    if recovering {
+        log::info!("volume was last mounted with this cache file (token {old:08x}): recovering after a crash");
+    } else if old != 0 {
         let msg = format!("volume appears to be already mounted (mount token {old:08x})");
         if !cfg.force {
             bail!("{msg}; if it is not, use --reset-mounted-flag, or --force to override");
@@ -147,13 +162,98 @@ pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore) -> Res
         }
     };
     objects.mount_token(TokenOp::Set(token)).await.context("can't set the mount token")?;
+    if let Some(f) = cache_file {
+        f.set_token(token).map_err(|e| anyhow::anyhow!("{e}"))?;
+        f.allow_uploads();
+    }
     Ok(token)
 }
 
-/// Clears the mount token on clean unmount (if we set one).
-pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32) -> Result<()> {
+/// Clears the mount token on clean unmount (if we set one), in the store and the cache file.
+pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32, cache_file: Option<&CacheFile>) -> Result<()> {
     if token != 0 {
         objects.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+        if let Some(f) = cache_file {
+            f.set_token(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use s3b_cache::FileOptions;
+    use s3b_store::{BlockNum, Etag, GetOutcome, ObjectBody, ReadCondition, StoreError, VolumeMeta};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// An object store that only keeps a mount token.
+    #[derive(Default)]
+    struct Tokens(AtomicU32);
+
+    #[async_trait]
+    impl ObjectStore for Tokens {
+        async fn get_object(&self, _: BlockNum, _: ReadCondition) -> s3b_store::Result<GetOutcome> {
+            Ok(GetOutcome::NotFound)
+        }
+        async fn put_object(&self, _: BlockNum, _: ObjectBody, _: Option<VolumeMeta>) -> s3b_store::Result<Option<Etag>> {
+            Err(StoreError::ReadOnly)
+        }
+        async fn delete_object(&self, _: BlockNum) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn list_objects(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
+            Ok(None)
+        }
+        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
+            Ok(match op {
+                TokenOp::Read => self.0.load(Ordering::SeqCst),
+                TokenOp::Clear => self.0.swap(0, Ordering::SeqCst),
+                TokenOp::Set(t) => self.0.swap(t, Ordering::SeqCst),
+            })
+        }
+        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cfg(extra: &[&str]) -> Config {
+        let mut a = vec!["--test", "--size=1m", "--blockCacheFile=/unused", "dir", "mnt"];
+        a.extend_from_slice(extra);
+        let a: Vec<String> = a.into_iter().map(String::from).collect();
+        crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn crashed_mount_with_its_cache_file_recovers_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let objects = Tokens::default();
+        let file = CacheFile::open(&path, 4096, 8, FileOptions::default()).unwrap();
+        // First mount: token set in both places; then a "crash" (no release).
+        let t1 = acquire_mount_token(&cfg(&[]), &objects, Some(&file)).await.unwrap();
+        assert_eq!(file.stored_token(), t1);
+        assert_eq!(objects.0.load(Ordering::SeqCst), t1);
+        drop(file);
+
+        let file = CacheFile::open(&path, 4096, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap();
+        // Without the recovery flag: the usual "already mounted" refusal.
+        let err = acquire_mount_token(&cfg(&[]), &objects, Some(&file)).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted"), "{err}");
+        // With it, and the same token in the cache file: allowed.
+        let t2 = acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap();
+        assert_ne!(t2, t1);
+        assert!(file.uploads_allowed());
+        release_mount_token(&objects, t2, Some(&file)).await.unwrap();
+        assert_eq!((file.stored_token(), objects.0.load(Ordering::SeqCst)), (0, 0));
+
+        // Another mount's token (not ours): still refused.
+        objects.0.store(0x55, Ordering::SeqCst);
+        let err = acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
+        assert!(err.to_string().contains("already mounted"));
+    }
 }

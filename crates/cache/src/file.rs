@@ -1,0 +1,671 @@
+//! The persistent cache file (`--blockCacheFile`): cached blocks kept in a local file so clean
+//! data survives a restart and dirty data survives a crash.
+//!
+//! The format is our own (not upstream's `dcache` format); all integers are little-endian.
+//!
+//! ```text
+//! offset 0      header, 64 bytes:
+//!               magic "S3BRSCF1" (8) | version u32 = 1 | block size u32 | slots u32 |
+//!               mount token u32 | checksum u64 (FNV-1a of bytes 0..24) | zero padding
+//! offset 64     directory: `slots` entries of 48 bytes:
+//!               block u32 | flags u32 (1 = used, 2 = dirty, 4 = zero data, 8 = ETag known) |
+//!               ETag [16] (of the stored object) | data checksum u64 (FNV-1a of the block) |
+//!               entry checksum u64 (FNV-1a of bytes 0..40 of the entry) | zero padding (u64)
+//!               An all-zero entry is a free slot.
+//! data offset   round_up(64 + 48 × slots, 4096); slot i at data offset + i × block size.
+//! ```
+//!
+//! Crash safety comes from ordering: a slot's data is written and `fdatasync`ed before the
+//! entry that points to it is written, and an entry is erased and `fdatasync`ed before its slot
+//! gets new data (erased slots wait in a pending list until the next `fdatasync`, which the
+//! next data write does anyway, so a cached write costs one `fdatasync`). So after a crash every used entry points at the complete data it describes,
+//! which the data checksum double-checks (a mismatch drops the entry, never returns it).
+//!
+//! On open: a missing file is created; a file with a bad magic, version or header checksum, a
+//! different block size, or a different slot count is refused with a one-line error (delete
+//! it, or pass the matching `--blockCacheSize`; a cache file is only a cache, but it may hold
+//! the only copy of dirty blocks, so it is never rebuilt silently). Entries whose checksums fail
+//! are dropped. Clean entries are loaded as "to verify" (checked against the store with
+//! `If-None-Match` on first read; entries without a known ETag are dropped) unless
+//! `no_verify`. Dirty entries are dropped, or with `recover_dirty` loaded as dirty and uploaded.
+//!
+//! All block data is also kept in memory, so the file adds durability, not capacity.
+
+use crate::state::State;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use s3b_store::{BlockNum, Etag, Result, StoreError, is_zero};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const MAGIC: &[u8; 8] = b"S3BRSCF1";
+const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 64;
+const ENTRY_LEN: u64 = 48;
+const ALIGN: u64 = 4096;
+
+const F_USED: u32 = 1;
+const F_DIRTY: u32 = 2;
+const F_ZERO: u32 = 4;
+const F_ETAG: u32 = 8;
+
+/// How to open the cache file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileOptions {
+    /// Trust reloaded clean blocks without checking them against the store.
+    pub no_verify: bool,
+    /// Load dirty blocks (to upload them) instead of discarding them.
+    pub recover_dirty: bool,
+    /// `posix_fadvise(DONTNEED)` after file I/O.
+    pub advise: bool,
+}
+
+/// A block found in the file at open.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Block number.
+    pub block: BlockNum,
+    /// Slot index.
+    pub slot: u32,
+    /// Data (`None` = zeros).
+    pub data: Option<Bytes>,
+    /// ETag of the stored version.
+    pub etag: Option<Etag>,
+    /// Dirty (to upload).
+    pub dirty: bool,
+    /// Clean, to check against the store on first read.
+    pub verify: bool,
+}
+
+/// An open cache file.
+pub struct CacheFile {
+    path: PathBuf,
+    file: File,
+    block_size: u32,
+    slots: u32,
+    data_off: u64,
+    opts: FileOptions,
+    free: Mutex<Vec<u32>>,
+    /// Slots whose entry was erased but not yet synced: free after the next `fdatasync`.
+    pending: Mutex<Vec<u32>>,
+    loaded: Mutex<Vec<Loaded>>,
+    token: Mutex<u32>,
+    dirty_found: usize,
+    uploads_allowed: AtomicBool,
+}
+
+/// 64-bit FNV-1a.
+fn fnv(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+impl CacheFile {
+    /// Opens or creates the cache file for `slots` blocks of `block_size` bytes and reads its
+    /// directory. Errors are one line naming the file and the problem.
+    pub fn open(path: &Path, block_size: u32, slots: u32, opts: FileOptions) -> Result<CacheFile> {
+        let err =
+            |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
+        let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io("can't open", e))?;
+        let len = file.metadata().map_err(|e| io("can't stat", e))?.len();
+        let data_off = (HEADER_LEN + ENTRY_LEN * slots as u64).div_ceil(ALIGN) * ALIGN;
+        let full_len = data_off + slots as u64 * block_size as u64;
+        let mut cf = CacheFile {
+            path: path.to_owned(),
+            file,
+            block_size,
+            slots,
+            data_off,
+            opts,
+            free: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            loaded: Mutex::new(Vec::new()),
+            token: Mutex::new(0),
+            dirty_found: 0,
+            uploads_allowed: AtomicBool::new(true),
+        };
+        if len == 0 {
+            cf.file.set_len(full_len).map_err(|e| io("can't size", e))?;
+            cf.write_header(0)
+                .map_err(|e| io("can't write header", e))?;
+            cf.file.sync_all().map_err(|e| io("can't sync", e))?;
+            *cf.free.lock() = (0..slots).rev().collect();
+            return Ok(cf);
+        }
+        let mut h = [0u8; HEADER_LEN as usize];
+        cf.file
+            .read_exact_at(&mut h, 0)
+            .map_err(|_| err("is corrupt (short header); delete it".into()))?;
+        if &h[0..8] != MAGIC || fnv(&h[0..24]) != u64_at(&h, 24) {
+            return Err(err(
+                "is not an s3backer-rs cache file or is corrupt (bad header); delete it".into(),
+            ));
+        }
+        if u32_at(&h, 8) != VERSION {
+            return Err(err(format!(
+                "has unsupported format version {}",
+                u32_at(&h, 8)
+            )));
+        }
+        let (fbs, fslots) = (u32_at(&h, 12), u32_at(&h, 16));
+        if fbs != block_size {
+            return Err(err(format!(
+                "was made for block size {fbs}, not {block_size}; delete it or use another file"
+            )));
+        }
+        if fslots != slots {
+            return Err(err(format!(
+                "holds {fslots} blocks but the cache size is {slots}; use --blockCacheSize={fslots} or delete it"
+            )));
+        }
+        if len < full_len {
+            return Err(err(format!(
+                "is truncated ({len} bytes, expected {full_len}); delete it"
+            )));
+        }
+        *cf.token.lock() = u32_at(&h, 20);
+        let mut dir = vec![0u8; (ENTRY_LEN * slots as u64) as usize];
+        cf.file
+            .read_exact_at(&mut dir, HEADER_LEN)
+            .map_err(|e| io("can't read directory", e))?;
+        let mut free = Vec::new();
+        let mut loaded = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut dropped = 0usize;
+        for slot in (0..slots).rev() {
+            let raw =
+                &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
+            if raw.iter().all(|&b| b == 0) {
+                free.push(slot);
+                continue;
+            }
+            let keep = cf
+                .load_entry(slot, raw, &mut seen)
+                .map_err(|e| io("can't read", e))?;
+            match keep {
+                Some(l) => {
+                    if l.dirty {
+                        cf.dirty_found += 1;
+                    }
+                    loaded.push(l)
+                }
+                None => {
+                    dropped += 1;
+                    cf.erase(slot).map_err(|e| io("can't erase entry", e))?;
+                    free.push(slot);
+                }
+            }
+        }
+        if dropped > 0 {
+            cf.file.sync_data().map_err(|e| io("can't sync", e))?;
+            log::info!(
+                "cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)",
+                path.display()
+            );
+        }
+        *cf.free.lock() = free;
+        *cf.loaded.lock() = loaded;
+        // Recovered dirty blocks wait until the caller has checked the mount token.
+        cf.uploads_allowed
+            .store(cf.dirty_found == 0, Ordering::SeqCst);
+        Ok(cf)
+    }
+
+    /// Decodes and checks one used entry; `None` means drop it.
+    fn load_entry(
+        &self,
+        slot: u32,
+        raw: &[u8],
+        seen: &mut std::collections::HashSet<BlockNum>,
+    ) -> std::io::Result<Option<Loaded>> {
+        let (block, flags) = (u32_at(raw, 0), u32_at(raw, 4));
+        if fnv(&raw[0..40]) != u64_at(raw, 40) || flags & F_USED == 0 || !seen.insert(block) {
+            log::warn!(
+                "cache file {}: damaged entry in slot {slot} dropped",
+                self.path.display()
+            );
+            return Ok(None);
+        }
+        let dirty = flags & F_DIRTY != 0;
+        if dirty && !self.opts.recover_dirty {
+            return Ok(None);
+        }
+        let etag = (flags & F_ETAG != 0).then(|| Etag(raw[8..24].try_into().unwrap()));
+        let verify = !dirty && !self.opts.no_verify;
+        if verify && etag.is_none() {
+            return Ok(None);
+        }
+        let data = if flags & F_ZERO != 0 {
+            None
+        } else {
+            let mut buf = vec![0u8; self.block_size as usize];
+            self.file.read_exact_at(&mut buf, self.slot_off(slot))?;
+            self.advise(slot);
+            if fnv(&buf) != u64_at(raw, 32) {
+                log::warn!(
+                    "cache file {}: data of block {block:#010x} fails its checksum; dropped",
+                    self.path.display()
+                );
+                return Ok(None);
+            }
+            Some(Bytes::from(buf))
+        };
+        Ok(Some(Loaded {
+            block,
+            slot,
+            data,
+            etag,
+            dirty,
+            verify,
+        }))
+    }
+
+    fn slot_off(&self, slot: u32) -> u64 {
+        self.data_off + slot as u64 * self.block_size as u64
+    }
+
+    fn advise(&self, slot: u32) {
+        if self.opts.advise {
+            // SAFETY: plain syscall on our own open descriptor.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    self.slot_off(slot) as libc::off_t,
+                    self.block_size as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    fn write_header(&self, token: u32) -> std::io::Result<()> {
+        let mut h = [0u8; HEADER_LEN as usize];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.block_size.to_le_bytes());
+        h[16..20].copy_from_slice(&self.slots.to_le_bytes());
+        h[20..24].copy_from_slice(&token.to_le_bytes());
+        let sum = fnv(&h[0..24]);
+        h[24..32].copy_from_slice(&sum.to_le_bytes());
+        self.file.write_all_at(&h, 0)
+    }
+
+    fn erase(&self, slot: u32) -> std::io::Result<()> {
+        self.file.write_all_at(
+            &[0u8; ENTRY_LEN as usize],
+            HEADER_LEN + slot as u64 * ENTRY_LEN,
+        )
+    }
+
+    fn write_entry(
+        &self,
+        slot: u32,
+        block: BlockNum,
+        dirty: bool,
+        data: Option<&Bytes>,
+        etag: Option<Etag>,
+    ) -> std::io::Result<()> {
+        let mut e = [0u8; ENTRY_LEN as usize];
+        let mut flags = F_USED;
+        if dirty {
+            flags |= F_DIRTY;
+        }
+        if data.is_none() {
+            flags |= F_ZERO;
+        }
+        if let Some(t) = etag {
+            flags |= F_ETAG;
+            e[8..24].copy_from_slice(&t.0);
+        }
+        e[0..4].copy_from_slice(&block.to_le_bytes());
+        e[4..8].copy_from_slice(&flags.to_le_bytes());
+        e[24..32].fill(0);
+        if let Some(d) = data {
+            e[32..40].copy_from_slice(&fnv(d).to_le_bytes());
+        }
+        let sum = fnv(&e[0..40]);
+        e[40..48].copy_from_slice(&sum.to_le_bytes());
+        self.file
+            .write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
+    }
+
+    /// Writes data for `slot` and syncs it (the entry pointing at it comes after). The same
+    /// sync makes earlier erasures durable, so their slots become free.
+    fn write_data(&self, slot: u32, data: Option<&Bytes>) -> std::io::Result<()> {
+        if let Some(d) = data {
+            self.file.write_all_at(d, self.slot_off(slot))?;
+        }
+        if data.is_some() || !self.pending.lock().is_empty() {
+            self.synced()?;
+        }
+        if data.is_some() {
+            self.advise(slot);
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`, then the slots erased before it are free for reuse.
+    fn synced(&self) -> std::io::Result<()> {
+        let erased: Vec<u32> = self.pending.lock().clone();
+        self.file.sync_data()?;
+        self.pending.lock().retain(|s| !erased.contains(s));
+        self.free.lock().extend(erased);
+        Ok(())
+    }
+
+    /// A free slot (its entry erased durably), syncing pending erasures if that is needed.
+    fn alloc(&self) -> std::io::Result<Option<u32>> {
+        if let Some(s) = self.free.lock().pop() {
+            return Ok(Some(s));
+        }
+        if self.pending.lock().is_empty() {
+            return Ok(None);
+        }
+        self.synced()?;
+        Ok(self.free.lock().pop())
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Number of dirty blocks found at open and kept for recovery.
+    pub fn dirty_found(&self) -> usize {
+        self.dirty_found
+    }
+
+    /// Lets the cache upload. When the file held dirty blocks to recover, uploads wait for
+    /// this call, so that nothing is written to a volume before its mount token is checked.
+    pub fn allow_uploads(&self) {
+        self.uploads_allowed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether uploads may start (see [`CacheFile::allow_uploads`]).
+    pub fn uploads_allowed(&self) -> bool {
+        self.uploads_allowed.load(Ordering::SeqCst)
+    }
+
+    /// The mount token stored in the header: that of the mount that last used the file
+    /// (0 = it was unmounted cleanly).
+    pub fn stored_token(&self) -> u32 {
+        *self.token.lock()
+    }
+
+    /// Stores a mount token in the header (0 on clean unmount) and syncs it.
+    pub fn set_token(&self, token: u32) -> Result<()> {
+        let mut t = self.token.lock();
+        self.write_header(token)
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| {
+                StoreError::io(
+                    format!("cache file {}: can't write header", self.path.display()),
+                    e,
+                )
+            })?;
+        *t = token;
+        Ok(())
+    }
+
+    /// The blocks found at open (handed over once).
+    pub(crate) fn take_loaded(&self) -> Vec<Loaded> {
+        std::mem::take(&mut *self.loaded.lock())
+    }
+
+    /// Makes sure everything written so far is on disk.
+    pub fn sync(&self) -> Result<()> {
+        self.synced().map_err(|e| {
+            StoreError::io(
+                format!("cache file {}: sync failed", self.path.display()),
+                e,
+            )
+        })
+    }
+
+    /// Frees a slot: its entry is erased now; the slot is reused only after a later
+    /// `fdatasync` has made the erasure durable.
+    pub(crate) fn release(&self, _st: &mut State, slot: u32) {
+        match self.erase(slot) {
+            Ok(()) => self.pending.lock().push(slot),
+            // Leave the slot unused: its entry may still point at it.
+            Err(e) => log::error!(
+                "cache file {}: can't erase slot {slot}: {e}",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Records block `n` as dirty with `data` (before the cache entry changes). The slot it
+    /// had is erased first; data goes into a slot, is synced, and only then is the entry written.
+    pub(crate) fn write_dirty(
+        &self,
+        st: &mut State,
+        n: BlockNum,
+        data: Option<&Bytes>,
+        _bs: u32,
+    ) -> Result<()> {
+        let e = |x: std::io::Error| {
+            StoreError::io(
+                format!(
+                    "cache file {}: write of block {n:#010x}",
+                    self.path.display()
+                ),
+                x,
+            )
+        };
+        let old = st.entries.get_mut(&n).and_then(|en| en.slot.take());
+        if let Some(slot) = old {
+            self.release(st, slot);
+        }
+        let Some(slot) = self.alloc().map_err(e)? else {
+            // No slot (damaged slots leaked): keep the block in memory only.
+            return Ok(());
+        };
+        let data = data.filter(|d| !is_zero(d));
+        let res = self
+            .write_data(slot, data)
+            .and_then(|_| self.write_entry(slot, n, true, data, None));
+        if let Err(x) = res {
+            if self.erase(slot).is_ok() {
+                self.pending.lock().push(slot);
+            }
+            return Err(e(x));
+        }
+        if let Some(en) = st.entries.get_mut(&n) {
+            en.slot = Some(slot);
+        } else {
+            // The caller inserts the entry right after; park the slot in a fresh one.
+            let mut en = crate::state::Entry::new(std::time::Instant::now());
+            en.slot = Some(slot);
+            st.entries.insert(n, en);
+        }
+        Ok(())
+    }
+
+    /// Records block `n` (now clean in the cache) in the file: its existing slot is re-labelled
+    /// clean, or a new slot gets the data. Failures only cost the file copy.
+    pub(crate) fn note_clean(&self, st: &mut State, n: BlockNum) {
+        let Some(en) = st.entries.get_mut(&n) else {
+            return;
+        };
+        let (data, etag) = (en.data.clone(), en.etag);
+        if let Some(slot) = en.slot {
+            if let Err(x) = self.write_entry(slot, n, false, data.as_ref(), etag) {
+                log::error!(
+                    "cache file {}: can't update block {n:#010x}: {x}",
+                    self.path.display()
+                );
+            }
+            return;
+        }
+        if etag.is_none() && !self.opts.no_verify {
+            // Could not be verified after a restart: not worth a slot.
+            return;
+        }
+        let Ok(Some(slot)) = self.alloc() else {
+            return;
+        };
+        match self
+            .write_data(slot, data.as_ref())
+            .and_then(|_| self.write_entry(slot, n, false, data.as_ref(), etag))
+        {
+            Ok(()) => en.slot = Some(slot),
+            Err(x) => {
+                log::error!(
+                    "cache file {}: can't store block {n:#010x}: {x}",
+                    self.path.display()
+                );
+                if self.erase(slot).is_ok() {
+                    self.pending.lock().push(slot);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Entry;
+    use std::time::Instant;
+
+    const BS: u32 = 32;
+
+    fn data(b: u8) -> Bytes {
+        Bytes::from(vec![b; BS as usize])
+    }
+
+    /// Writes block `n` dirty into the file the way the cache does.
+    fn dirty(f: &CacheFile, st: &mut State, n: BlockNum, b: u8) {
+        f.write_dirty(st, n, Some(&data(b)), BS).unwrap();
+    }
+
+    fn clean(f: &CacheFile, st: &mut State, n: BlockNum, b: u8, etag: u8) {
+        let mut e = Entry::new(Instant::now());
+        e.data = Some(data(b));
+        e.etag = Some(Etag([etag; 16]));
+        st.entries.insert(n, e);
+        f.note_clean(st, n);
+    }
+
+    #[test]
+    fn round_trip_dirty_clean_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        {
+            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+            let mut st = State::new(0);
+            dirty(&f, &mut st, 7, 1);
+            dirty(&f, &mut st, 7, 2); // rewrite: old slot erased first
+            clean(&f, &mut st, 9, 3, 0xab);
+            f.set_token(0x1234).unwrap();
+        }
+        let opts = FileOptions {
+            recover_dirty: true,
+            ..Default::default()
+        };
+        let f = CacheFile::open(&p, BS, 4, opts).unwrap();
+        assert_eq!(f.stored_token(), 0x1234);
+        assert_eq!(f.dirty_found(), 1);
+        assert!(
+            !f.uploads_allowed(),
+            "recovered dirty blocks wait for the token check"
+        );
+        let mut l = f.take_loaded();
+        l.sort_by_key(|l| l.block);
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].block, l[0].dirty, l[0].data.clone()),
+            (7, true, Some(data(2)))
+        );
+        assert_eq!(
+            (l[1].block, l[1].dirty, l[1].verify, l[1].etag),
+            (9, false, true, Some(Etag([0xab; 16])))
+        );
+        drop(f);
+        // Without recovery the dirty block is discarded (and erased from the file).
+        let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+        assert_eq!(f.take_loaded().len(), 1);
+        drop(f);
+        let f = CacheFile::open(&p, BS, 4, opts).unwrap();
+        assert_eq!(f.dirty_found(), 0);
+    }
+
+    #[test]
+    fn damaged_data_or_entry_is_dropped_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        let data_off;
+        {
+            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+            let mut st = State::new(0);
+            clean(&f, &mut st, 1, 5, 1);
+            clean(&f, &mut st, 2, 6, 2);
+            data_off = f.data_off;
+        }
+        let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        // Flip a data byte of one slot and an entry byte of the other.
+        raw.write_all_at(&[0xee], data_off + 3).unwrap();
+        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10)
+            .unwrap();
+        let f = CacheFile::open(
+            &p,
+            BS,
+            4,
+            FileOptions {
+                no_verify: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(f.take_loaded().is_empty());
+        // Both slots were freed.
+        assert_eq!(f.free.lock().len(), 4);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        drop(CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap());
+        let msg = |bs, slots| {
+            CacheFile::open(&p, bs, slots, FileOptions::default())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            msg(64, 4).contains("was made for block size 32, not 64"),
+            "{}",
+            msg(64, 4)
+        );
+        assert!(msg(BS, 8).contains("holds 4 blocks but the cache size is 8"));
+        std::fs::write(&p, b"garbage").unwrap();
+        assert!(msg(BS, 4).contains("is corrupt (short header)"));
+        std::fs::write(&p, vec![1u8; 8192]).unwrap();
+        assert!(msg(BS, 4).contains("is not an s3backer-rs cache file or is corrupt"));
+        assert!(!msg(BS, 4).contains('\n'));
+    }
+}

@@ -1,0 +1,201 @@
+//! The cache's bookkeeping: one [`Entry`] per cached block, the LRU order of clean blocks
+//! (two lists, so that protected blocks go last) and the queue of dirty blocks.
+
+use bytes::Bytes;
+use s3b_store::{BlockNum, Etag};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+/// Where a cached block is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// One inner read is in flight; other readers wait for it.
+    Loading,
+    /// Same as the stored version.
+    Clean,
+    /// Newer than the stored version.
+    Dirty,
+}
+
+/// One cached block.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) phase: Phase,
+    /// The data; `None` means all zeros.
+    pub(crate) data: Option<Bytes>,
+    /// ETag of the stored version, when clean and known.
+    pub(crate) etag: Option<Etag>,
+    /// Clean but reloaded from the cache file: to be checked against the store on first read.
+    pub(crate) verify: bool,
+    /// Bumped by every write.
+    pub(crate) ver: u64,
+    /// Generation of the last successful upload.
+    pub(crate) uploaded_gen: u64,
+    /// Generation being uploaded now, if any.
+    pub(crate) uploading: Option<u64>,
+    /// When the block last went from clean to dirty.
+    pub(crate) dirty_at: Instant,
+    /// Failed upload attempts in a row.
+    pub(crate) retries: u32,
+    /// No new upload attempt before this.
+    pub(crate) retry_at: Option<Instant>,
+    /// Last read or write.
+    pub(crate) last_access: Instant,
+    /// Slot in the cache file, if any.
+    pub(crate) slot: Option<u32>,
+    /// Key in the LRU map while the entry is evictable.
+    pub(crate) lru_key: Option<u64>,
+}
+
+impl Entry {
+    /// A fresh entry (the caller sets its phase and data).
+    pub(crate) fn new(now: Instant) -> Entry {
+        Entry {
+            phase: Phase::Clean,
+            data: None,
+            etag: None,
+            verify: false,
+            ver: 0,
+            uploaded_gen: 0,
+            uploading: None,
+            dirty_at: now,
+            retries: 0,
+            retry_at: None,
+            last_access: now,
+            slot: None,
+            lru_key: None,
+        }
+    }
+
+    /// An entry whose first read is in flight.
+    pub(crate) fn loading(now: Instant) -> Entry {
+        Entry {
+            phase: Phase::Loading,
+            ..Entry::new(now)
+        }
+    }
+}
+
+/// All bookkeeping, under one mutex.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) entries: HashMap<BlockNum, Entry>,
+    /// Evictable (clean, idle) unprotected blocks by last use.
+    lru_lo: BTreeMap<u64, BlockNum>,
+    /// Evictable protected blocks (numbers below `num_protected`) by last use.
+    lru_hi: BTreeMap<u64, BlockNum>,
+    tick: u64,
+    num_protected: u32,
+    /// Dirty blocks waiting for an upload, oldest first.
+    pub(crate) dirty_queue: VecDeque<BlockNum>,
+    /// Dirty blocks someone waits for (flush, sync write): uploaded without delay.
+    pub(crate) urgent: HashSet<BlockNum>,
+    pub(crate) dirty_count: usize,
+    /// Uploads in flight.
+    pub(crate) uploading: usize,
+    /// Writers waiting for room.
+    pub(crate) space_waiters: usize,
+    /// `flush(None)` calls in progress.
+    pub(crate) flush_all: usize,
+    /// Set by shutdown: the scheduler exits.
+    pub(crate) stopped: bool,
+}
+
+impl State {
+    pub(crate) fn new(num_protected: u32) -> State {
+        State {
+            entries: HashMap::new(),
+            lru_lo: BTreeMap::new(),
+            lru_hi: BTreeMap::new(),
+            tick: 0,
+            num_protected,
+            dirty_queue: VecDeque::new(),
+            urgent: HashSet::new(),
+            dirty_count: 0,
+            uploading: 0,
+            space_waiters: 0,
+            flush_all: 0,
+            stopped: false,
+        }
+    }
+
+    /// Makes block `n` (a clean entry) evictable, as the most recently used.
+    pub(crate) fn lru_insert(&mut self, n: BlockNum) {
+        self.lru_remove(n);
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(e) = self.entries.get_mut(&n) {
+            e.lru_key = Some(tick);
+            if n < self.num_protected {
+                &mut self.lru_hi
+            } else {
+                &mut self.lru_lo
+            }
+            .insert(tick, n);
+        }
+    }
+
+    /// Marks an evictable block as just used.
+    pub(crate) fn lru_touch(&mut self, n: BlockNum) {
+        if self.entries.get(&n).is_some_and(|e| e.lru_key.is_some()) {
+            self.lru_insert(n);
+        }
+    }
+
+    /// Makes block `n` not evictable.
+    pub(crate) fn lru_remove(&mut self, n: BlockNum) {
+        if let Some(key) = self.entries.get_mut(&n).and_then(|e| e.lru_key.take()) {
+            self.lru_lo.remove(&key);
+            self.lru_hi.remove(&key);
+        }
+    }
+
+    /// The block to evict next: the least recently used unprotected one, else protected one.
+    pub(crate) fn lru_oldest(&self) -> Option<BlockNum> {
+        self.lru_lo
+            .values()
+            .next()
+            .or_else(|| self.lru_hi.values().next())
+            .copied()
+    }
+
+    /// Number of evictable blocks.
+    #[cfg(test)]
+    pub(crate) fn lru_len(&self) -> usize {
+        self.lru_lo.len() + self.lru_hi.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(st: &mut State, n: BlockNum) {
+        st.entries.insert(n, Entry::new(Instant::now()));
+        st.lru_insert(n);
+    }
+
+    #[test]
+    fn lru_order_touch_and_protection() {
+        let mut st = State::new(2);
+        for n in [5, 1, 6, 0, 7] {
+            clean(&mut st, n);
+        }
+        assert_eq!(st.lru_oldest(), Some(5));
+        st.lru_touch(5);
+        assert_eq!(st.lru_oldest(), Some(6));
+        st.lru_remove(6);
+        st.lru_remove(7);
+        assert_eq!(st.lru_oldest(), Some(5));
+        st.lru_remove(5);
+        // Only protected blocks left: oldest of them.
+        assert_eq!(st.lru_oldest(), Some(1));
+        assert_eq!(st.lru_len(), 2);
+        st.lru_remove(1);
+        st.lru_remove(0);
+        assert_eq!(st.lru_oldest(), None);
+        // Touching a non-evictable entry does not make it evictable.
+        st.lru_touch(5);
+        assert_eq!(st.lru_oldest(), None);
+    }
+}

@@ -1,0 +1,297 @@
+//! Property test: the block cache over a slow, failing store behaves like a flat array of
+//! blocks, across flushes, clean restarts and crashes, with and without a cache file.
+//!
+//! Random operations run against a [`BlockCache`] and a model (`Vec` of block values). Reads
+//! must return the model's value (or fail: the store injects read errors, which are reported,
+//! not retried). After a clean restart everything must be there; after a crash with
+//! `recover_dirty` too (every accepted write is in the cache file); after a crash without it,
+//! every block must hold a value written since its last flush or the value it had then —
+//! flushed data is never lost, and no block ever holds data nobody wrote.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use rand::Rng;
+use s3b_cache::{BlockCache, CacheConfig, CacheFile, FileOptions};
+use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const BS: u32 = 64;
+const BLOCKS: u32 = 12;
+
+/// Blocks as (value, version); ETag derived from the version.
+#[derive(Default)]
+struct Flaky {
+    blocks: Mutex<HashMap<BlockNum, (u8, u64)>>,
+    version: AtomicU64,
+    fail_percent: u32,
+}
+
+fn etag(v: u64) -> Etag {
+    let mut e = [0u8; 16];
+    e[..8].copy_from_slice(&v.to_le_bytes());
+    Etag(e)
+}
+
+impl Flaky {
+    async fn chaos(&self) -> Result<()> {
+        let (delay, fail) = {
+            let mut r = rand::thread_rng();
+            (
+                r.gen_range(0..3u64),
+                r.gen_range(0..100) < self.fail_percent,
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if fail {
+            Err(StoreError::Injected)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl BlockStore for Flaky {
+    fn block_size(&self) -> u32 {
+        BS
+    }
+    fn num_blocks(&self) -> u64 {
+        BLOCKS as u64
+    }
+    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+        self.chaos().await?;
+        let b = self.blocks.lock().get(&n).copied();
+        Ok(match (b, cond) {
+            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => {
+                ReadOutcome::NotModified
+            }
+            (Some((x, v)), _) => ReadOutcome::Data {
+                data: Bytes::from(vec![x; BS as usize]),
+                etag: Some(etag(v)),
+            },
+            (None, _) => ReadOutcome::Zero,
+        })
+    }
+    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+        self.chaos().await?;
+        let v = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        match data {
+            Some(d) => {
+                assert!(d.iter().all(|&b| b == d[0]), "a block is uploaded whole");
+                self.blocks.lock().insert(n, (d[0], v));
+                Ok(Some(etag(v)))
+            }
+            None => {
+                self.blocks.lock().remove(&n);
+                Ok(None)
+            }
+        }
+    }
+    async fn flush(&self, _: Option<&[BlockNum]>) -> Result<()> {
+        Ok(())
+    }
+    async fn survey_non_zero(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        Ok(())
+    }
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(BlockNum, u8),
+    Read(BlockNum),
+    Flush,
+    FlushOne(BlockNum),
+    Restart,
+    Crash { recover: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..BLOCKS, 0..4u8).prop_map(|(n, v)| Op::Write(n, v)),
+        6 => (0..BLOCKS).prop_map(Op::Read),
+        1 => Just(Op::Flush),
+        1 => (0..BLOCKS).prop_map(Op::FlushOne),
+        1 => Just(Op::Restart),
+        1 => any::<bool>().prop_map(|recover| Op::Crash { recover }),
+    ]
+}
+
+struct Session {
+    rt: tokio::runtime::Runtime,
+    cache: Arc<BlockCache>,
+}
+
+fn open(
+    store: &Arc<Flaky>,
+    path: Option<&std::path::Path>,
+    recover: bool,
+    delay_ms: u64,
+) -> Session {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = CacheConfig {
+        size: 4,
+        threads: 2,
+        write_delay: Duration::from_millis(delay_ms),
+        read_ahead: 2,
+        read_ahead_trigger: 1,
+        max_dirty: 3,
+        ..CacheConfig::default()
+    };
+    let inner: Arc<dyn BlockStore> = store.clone();
+    let cache = rt.block_on(async {
+        match path {
+            Some(p) => {
+                let f = Arc::new(
+                    CacheFile::open(
+                        p,
+                        BS,
+                        4,
+                        FileOptions {
+                            recover_dirty: recover,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                );
+                f.allow_uploads();
+                BlockCache::with_file(inner, cfg, f)
+            }
+            None => BlockCache::new(inner, cfg),
+        }
+    });
+    Session {
+        rt,
+        cache: Arc::new(cache),
+    }
+}
+
+fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_file.then(|| dir.path().join("cache"));
+    let store = Arc::new(Flaky {
+        fail_percent: 15,
+        ..Default::default()
+    });
+    // For each block: values it may hold after a crash that loses unflushed writes.
+    let mut possible: Vec<BTreeSet<u8>> = vec![BTreeSet::from([0]); BLOCKS as usize];
+    let mut model = vec![0u8; BLOCKS as usize];
+    let mut s = open(&store, path.as_deref(), false, delay_ms);
+    for op in ops {
+        match op {
+            Op::Write(n, v) => {
+                let data = Bytes::from(vec![v; BS as usize]);
+                s.rt.block_on(s.cache.write_block(n, Some(data))).unwrap();
+                model[n as usize] = v;
+                possible[n as usize].insert(v);
+            }
+            Op::Read(n) => {
+                if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
+                    let got = out.into_data(BS).unwrap();
+                    prop_assert!(
+                        got.iter().all(|&b| b == model[n as usize]),
+                        "block {} read {} want {}",
+                        n,
+                        got[0],
+                        model[n as usize]
+                    );
+                }
+            }
+            Op::Flush => {
+                s.rt.block_on(s.cache.flush(None)).unwrap();
+                for (p, &m) in possible.iter_mut().zip(&model) {
+                    *p = BTreeSet::from([m]);
+                }
+                for n in 0..BLOCKS {
+                    let stored = store.blocks.lock().get(&n).map_or(0, |b| b.0);
+                    prop_assert_eq!(
+                        stored,
+                        model[n as usize],
+                        "flushed block {} is in the store",
+                        n
+                    );
+                }
+            }
+            Op::FlushOne(n) => {
+                s.rt.block_on(s.cache.flush(Some(&[n]))).unwrap();
+                possible[n as usize] = BTreeSet::from([model[n as usize]]);
+                let stored = store.blocks.lock().get(&n).map_or(0, |b| b.0);
+                prop_assert_eq!(stored, model[n as usize]);
+            }
+            Op::Restart => {
+                s.rt.block_on(s.cache.shutdown()).unwrap();
+                drop(s);
+                s = open(&store, path.as_deref(), false, delay_ms);
+                for (p, &m) in possible.iter_mut().zip(&model) {
+                    *p = BTreeSet::from([m]);
+                }
+            }
+            Op::Crash { recover } => {
+                let Session { rt, cache } = s;
+                drop(cache);
+                // Wait until the old runtime's threads are gone: a killed process writes nothing more.
+                rt.shutdown_timeout(Duration::from_secs(10));
+                s = open(&store, path.as_deref(), recover, delay_ms);
+                let keeps_all = recover && with_file;
+                for n in 0..BLOCKS {
+                    let got = loop {
+                        if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
+                            break out.into_data(BS).unwrap()[0];
+                        }
+                    };
+                    if keeps_all {
+                        // Recovered blocks are dirty again, not flushed: a later crash without
+                        // recovery may still lose them, so what was possible stays possible.
+                        prop_assert_eq!(got, model[n as usize], "recovered block {}", n);
+                    } else {
+                        prop_assert!(
+                            possible[n as usize].contains(&got),
+                            "block {} holds {} after crash, allowed {:?}",
+                            n,
+                            got,
+                            possible[n as usize]
+                        );
+                        model[n as usize] = got;
+                        possible[n as usize] = BTreeSet::from([got]);
+                    }
+                }
+            }
+        }
+    }
+    s.rt.block_on(s.cache.shutdown()).unwrap();
+    for n in 0..BLOCKS {
+        let stored = store.blocks.lock().get(&n).map_or(0, |b| b.0);
+        prop_assert_eq!(
+            stored,
+            model[n as usize],
+            "block {} after final shutdown",
+            n
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn memory_cache_matches_model(ops in proptest::collection::vec(op(), 1..60), delay in 0..6u64) {
+        run(ops, false, delay)?;
+    }
+
+    #[test]
+    fn file_cache_matches_model(ops in proptest::collection::vec(op(), 1..60), delay in 0..6u64) {
+        run(ops, true, delay)?;
+    }
+}

@@ -1,0 +1,244 @@
+//! End to end tests of the block cache through the real binary over a `--test` directory:
+//! a persistent cache file across a clean restart and across kill -9 (with dirty-block
+//! recovery), read-ahead seen in the stats file, and a corrupt cache file refused clearly.
+
+mod common;
+use common::*;
+use std::os::unix::fs::FileExt;
+
+fn stat(stats: &str, name: &str) -> f64 {
+    let line = stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} in {stats}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn blocks_in_store(store: &std::path::Path) -> usize {
+    std::fs::read_dir(store).map(|d| d.count()).unwrap_or(0)
+}
+
+/// ext4 over a cache file: clean round trip (reloaded blocks are verified against the store),
+/// then kill -9 after sync and a restart with --blockCacheRecoverDirtyBlocks: data present and
+/// e2fsck clean.
+#[test]
+fn cache_file_ext4_round_trip_and_kill9_recovery() {
+    let s = Scratch::new();
+    let store = s.store();
+    let cache = s.path("cache");
+    let args = [
+        "--test",
+        "--size=64m",
+        "--blockSize=64k",
+        "--blockCacheSize=200",
+        &format!("--blockCacheFile={}", cache.display()),
+        "--blockCacheRecoverDirtyBlocks",
+        store.to_str().unwrap(),
+    ];
+    let m = Mount::start(&args, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), 100, 1);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+
+    // Clean restart: the cache file's blocks come back and are checked with If-None-Match.
+    let m = Mount::start(&args, &s.mnt());
+    assert!(
+        stat(&m.stats(), "block_cache_initial_size") > 0.0,
+        "{}",
+        m.stats()
+    );
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    drop_caches();
+    check_tree(&s.ext4(), &tree);
+    let tree2 = write_tree(&s.ext4(), 50, 2);
+    sh(&format!("sync -f {}", s.ext4().display()));
+    let stats = m.stats();
+    assert!(stat(&stats, "block_cache_verified") > 0.0, "{stats}");
+    assert_eq!(stat(&stats, "block_cache_mismatch"), 0.0, "{stats}");
+    // Crash after the sync.
+    let pid = m.child.as_ref().unwrap().id();
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    e.unmount();
+    m.kill9();
+
+    let m = Mount::start(&args, &s.mnt());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    // The second tree rewrote the first 50 files of the first.
+    check_tree(&s.ext4(), &tree[50..]);
+    check_tree(&s.ext4(), &tree2);
+    e.unmount();
+    fsck_clean(&m.file());
+    assert_eq!(m.unmount(), 0);
+}
+
+/// Writes that were never fsynced, still dirty in the cache file when the daemon is killed,
+/// are uploaded by the next mount with --blockCacheRecoverDirtyBlocks, and are discarded
+/// without it (the fsynced ones are always there).
+#[test]
+fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
+    use rand::{RngCore, SeedableRng};
+    for recover in [true, false] {
+        let s = Scratch::new();
+        let store = s.store();
+        let cache = s.path("cache");
+        let file_arg = format!("--blockCacheFile={}", cache.display());
+        let mut args = vec![
+            "--test",
+            "--size=4m",
+            "--blockSize=64k",
+            "--directIO",
+            "--blockCacheSize=32",
+            &file_arg,
+        ];
+        args.push("--blockCacheWriteDelay=600000");
+        args.push(store.to_str().unwrap());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut synced = vec![0u8; 512 << 10];
+        rng.fill_bytes(&mut synced);
+        let mut unsynced = vec![0u8; 512 << 10];
+        rng.fill_bytes(&mut unsynced);
+
+        let m = Mount::start(&args, &s.mnt());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.file())
+            .unwrap();
+        f.write_all_at(&synced, 0).unwrap();
+        f.sync_all().unwrap();
+        f.write_all_at(&unsynced, 1 << 20).unwrap();
+        assert_eq!(
+            blocks_in_store(&store),
+            8,
+            "only the fsynced blocks were uploaded"
+        );
+        // Crash with the file still open (closing it would flush).
+        m.kill9();
+        drop(f);
+        assert_eq!(blocks_in_store(&store), 8);
+
+        let mut restart = args.clone();
+        restart.retain(|a| !a.starts_with("--blockCacheWriteDelay"));
+        if recover {
+            restart.insert(0, "--blockCacheRecoverDirtyBlocks");
+        }
+        let m = Mount::start(&restart, &s.mnt());
+        let all = std::fs::read(m.file()).unwrap();
+        assert!(all[..512 << 10] == synced[..], "fsynced data present");
+        let want_unsynced = if recover {
+            unsynced.clone()
+        } else {
+            vec![0u8; 512 << 10]
+        };
+        assert!(
+            all[1 << 20..(1 << 20) + (512 << 10)] == want_unsynced[..],
+            "recover={recover}"
+        );
+        if recover {
+            assert!(
+                m.stderr().contains("recovering 8 dirty blocks"),
+                "{}",
+                m.stderr()
+            );
+        }
+        assert_eq!(m.unmount(), 0);
+        assert_eq!(blocks_in_store(&store), if recover { 16 } else { 8 });
+    }
+}
+
+/// Sequential reads cause fewer block cache misses with read-ahead than without.
+#[test]
+fn read_ahead_reduces_misses() {
+    let mut misses = Vec::new();
+    for ra in ["--readAhead=0", "--readAhead=4"] {
+        let s = Scratch::new();
+        let store = s.store();
+        let m = Mount::start(
+            &[
+                "--test",
+                "--size=8m",
+                "--blockSize=4k",
+                "--directIO",
+                ra,
+                store.to_str().unwrap(),
+            ],
+            &s.mnt(),
+        );
+        let f = std::fs::File::open(m.file()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for i in 0..1024u64 {
+            f.read_exact_at(&mut buf, i * 4096).unwrap();
+        }
+        drop(f);
+        let stats = m.stats();
+        misses.push(stat(&stats, "block_cache_read_misses"));
+        assert_eq!(
+            stat(&stats, "block_cache_read_hits") + stat(&stats, "block_cache_read_misses"),
+            1024.0,
+            "{stats}"
+        );
+        assert_eq!(m.unmount(), 0);
+    }
+    eprintln!("block_cache_read_misses for 1024 sequential 4k reads, readAhead 0 vs 4: {misses:?}");
+    assert_eq!(misses[0], 1024.0);
+    assert!(
+        misses[1] < misses[0] / 4.0,
+        "misses without/with read-ahead: {misses:?}"
+    );
+}
+
+/// A damaged cache file, or one made for another block size, is refused with one clear line.
+#[test]
+fn bad_cache_file_is_refused_clearly() {
+    let s = Scratch::new();
+    let store = s.store();
+    std::fs::create_dir_all(s.mnt()).unwrap();
+    let cache = s.path("cache");
+    let file_arg = format!("--blockCacheFile={}", cache.display());
+    let mnt = s.mnt();
+    let run_with = |bs: &str| {
+        run(&[
+            "--test",
+            "--size=1m",
+            bs,
+            &file_arg,
+            "-f",
+            store.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ])
+    };
+
+    std::fs::write(&cache, vec![0x5au8; 100_000]).unwrap();
+    let out = run_with("--blockSize=4k");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not an s3backer-rs cache file or is corrupt"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    std::fs::remove_file(&cache).unwrap();
+    let m = Mount::start(
+        &[
+            "--test",
+            "--size=1m",
+            "--blockSize=4k",
+            &file_arg,
+            store.to_str().unwrap(),
+        ],
+        &s.mnt(),
+    );
+    assert_eq!(m.unmount(), 0);
+    let out = run_with("--blockSize=8k");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("was made for block size 4096, not 8192"),
+        "{err}"
+    );
+    assert!(!is_mounted(&s.mnt()));
+}
