@@ -518,3 +518,60 @@ fn ec2_iam_credentials_v1_and_v2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("metadata") && err.lines().count() == 1, "{err}");
 }
+
+/// One ext4 round trip (mkfs + 200 files written, unmount; fresh mount, read them back) with
+/// each program on its own bucket, behind a request-counting proxy. Prints the counts for the
+/// release notes and checks that we never need notably more requests than C 1.5.4 for the same
+/// work (10 % slack: how many writes the ext4 mount itself makes varies with timing).
+#[test]
+fn request_counts_of_an_ext4_round_trip_vs_c() {
+    use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+    let g = Garage::start();
+    g.create_bucket("bucket-c");
+    let mut results = Vec::new();
+    for (name, bucket) in [("ours", BUCKET), ("C 1.5.4", "bucket-c")] {
+        let s = Scratch::new();
+        let proxy = FaultProxy::start(
+            g.port,
+            FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: std::time::Duration::ZERO },
+        );
+        proxy.set_faults(false);
+        let mut flags = g.s3backer_flags();
+        flags[0] = format!("--baseURL={}", proxy.base_url());
+        let start = |geometry: &[&str]| -> Mount {
+            let mut a = flags.clone();
+            a.extend(geometry.iter().map(|s| s.to_string()));
+            if name == "ours" {
+                a.push(bucket.into());
+                a.push(s.mnt().to_string_lossy().into_owned());
+                Mount::start_program(bin(), &a, &s.mnt())
+            } else {
+                a.extend(["-f", "--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0"].map(String::from));
+                a.push(bucket.into());
+                a.push(s.mnt().to_string_lossy().into_owned());
+                Mount::start_program(C_S3BACKER, &a, &s.mnt())
+            }
+        };
+        let m = start(&["--size=256m", "--blockSize=64k"]);
+        Ext4::mkfs(&m.file());
+        let e = Ext4::mount(&m.file(), &s.ext4());
+        let tree = write_tree(&s.ext4(), 200, 21);
+        e.unmount();
+        assert_eq!(m.unmount(), 0);
+        let written = proxy.method_counts();
+        drop_caches();
+        let m = start(&[]);
+        let e = Ext4::mount(&m.file(), &s.ext4());
+        check_tree(&s.ext4(), &tree);
+        e.unmount();
+        assert_eq!(m.unmount(), 0);
+        let total = proxy.method_counts();
+        let read: std::collections::BTreeMap<String, u64> =
+            total.iter().map(|(k, v)| (k.clone(), v - written.get(k).copied().unwrap_or(0))).collect();
+        eprintln!("{name}: write phase {written:?}, read phase {read:?}");
+        results.push((written.values().sum::<u64>(), read.values().sum::<u64>()));
+    }
+    let ((ow, or), (cw, cr)) = (results[0], results[1]);
+    eprintln!("requests ours/C: write {ow}/{cw}, read {or}/{cr}");
+    assert!(ow * 10 <= cw * 11 && or * 10 <= cr * 11, "we need more requests than C: write {ow} vs {cw}, read {or} vs {cr}");
+}

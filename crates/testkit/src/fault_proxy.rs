@@ -11,7 +11,8 @@
 //! whole and re-sent to the client with a `Content-Length`, so client connections stay usable
 //! (keep-alive) whatever framing the server used. `Expect: 100-continue` is answered by the proxy.
 //! Faults can be switched off and on while running ([`FaultProxy::set_faults`]), and what was
-//! injected is counted ([`FaultProxy::counts`]).
+//! injected is counted ([`FaultProxy::counts`]), as are requests by method
+//! ([`FaultProxy::method_counts`]; with faults off the proxy is a request counter).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -61,6 +62,7 @@ struct Shared {
     resets: AtomicU64,
     stalls: AtomicU64,
     seq: AtomicU64,
+    methods: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A running proxy; stops accepting on drop.
@@ -99,6 +101,11 @@ impl FaultProxy {
     /// Turns fault injection on or off (requests are always forwarded when off).
     pub fn set_faults(&self, on: bool) {
         self.shared.enabled.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests received so far, by HTTP method (`GET`, `PUT`, ...).
+    pub fn method_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.methods.lock().clone()
     }
 
     /// What was done so far.
@@ -191,6 +198,8 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
     loop {
         let Ok(Some(head)) = read_head(&mut reader) else { return };
         sh.requests.fetch_add(1, Ordering::SeqCst);
+        let method = head.first.split(' ').next().unwrap_or("").to_string();
+        *sh.methods.lock().entry(method).or_default() += 1;
         if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
             && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
         {
