@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what s3backer-rs needs to build, demo and test, on Debian as root. Idempotent: a
-# second run installs nothing. Usage: scripts/setup.sh [--with-s3]   (--with-s3: also the Garage
-# S3 server used by the tests; its first build takes about 10 minutes and is reused afterwards).
+# second run installs nothing. Usage: scripts/setup.sh [--with-s3]   (--with-s3: also the S3
+# servers the tests use, Garage and s3s-fs; their first builds take about 13 minutes, then reused).
 set -euo pipefail
 need=()
 for pair in fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fio:fio losetup:mount \
@@ -22,6 +22,10 @@ if [ "${1:-}" = "--with-s3" ]; then
     if ! command -v garage >/dev/null 2>&1; then
         echo "setup: building the Garage S3 server (once, about 10 minutes)" >&2
         cargo install garage@2.5.0 --locked --quiet
+    fi
+    if ! command -v s3s-fs >/dev/null 2>&1; then
+        echo "setup: building the s3s-fs S3 server (once, about 3 minutes)" >&2
+        cargo install s3s-fs@0.14.1 --features binary --locked --quiet
     fi
 fi
 # Loop devices and FUSE must be usable (CI and a root shell on Debian have both).

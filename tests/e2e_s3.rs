@@ -190,7 +190,7 @@ fn bad_s3_invocations_fail_cleanly_and_write_nothing() {
         (vec![format!("--baseURL={base}"), "--storageClass=FAST".into(), BUCKET.into(), mnt.into()], "--storageClass"),
         (vec![format!("--baseURL={base}"), "--accessEC2IAM-IMDSv2".into(), BUCKET.into(), mnt.into()], "requires --accessEC2IAM"),
         (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), format!("{BUCKET}/a//b"), mnt.into()], "slashes"),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "--ipTOS=8".into(), BUCKET.into(), mnt.into()], "--ipTOS is not supported yet"),
+        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "--ipTOS=300".into(), BUCKET.into(), mnt.into()], "invalid --ipTOS value \"300\""),
         (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), BUCKET.into(), format!("{mnt}/missing")], "missing"),
     ];
     for (a, want) in &cases {
@@ -574,4 +574,112 @@ fn request_counts_of_an_ext4_round_trip_vs_c() {
     let ((ow, or), (cw, cr)) = (results[0], results[1]);
     eprintln!("requests ours/C: write {ow}/{cw}, read {or}/{cr}");
     assert!(ow * 10 <= cw * 11 && or * 10 <= cr * 11, "we need more requests than C: write {ow} vs {cw}, read {or} vs {cr}");
+}
+
+/// `--ipTOS` sets the type-of-service byte on every connection to the server (seen with `ss`).
+#[test]
+fn ip_tos_is_set_on_connections() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let m = mount(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--ipTOS=0xb8", "--blockCacheSize=0"], &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&pattern(3, 1 << 20, 64 << 10), 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let ss = sh(&format!("ss -tnp --tos 'dport = :{}'", g.port));
+    let ours: Vec<&str> = ss.lines().filter(|l| l.contains("\"s3backer\"")).collect();
+    assert!(!ours.is_empty(), "no connection of ours to the server:\n{ss}");
+    assert!(ours.iter().all(|l| l.contains("tos:0xb8")), "{ss}");
+    assert_eq!(m.unmount(), 0);
+}
+
+/// A TLS front for the server: a CA and a certificate for 127.0.0.1 made with openssl, and a
+/// small Python TLS terminator forwarding to `port`. Returns (https port, CA file, process).
+fn tls_front(s: &Scratch, port: u16) -> (u16, std::path::PathBuf, std::process::Child) {
+    let d = s.path("tls");
+    std::fs::create_dir_all(&d).unwrap();
+    let d = d.display();
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr 2>/dev/null \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf \
+         && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null"
+    ));
+    let script = r#"
+import socket, ssl, sys, threading
+cert, key, upstream = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+def pump(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+    except (OSError, ssl.SSLError):
+        c.close(); return
+    u = socket.create_connection(("127.0.0.1", upstream))
+    threading.Thread(target=pump, args=(t, u), daemon=True).start()
+    pump(u, t)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, &format!("{d}/srv.pem"), &format!("{d}/srv.key"), &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    (line.trim().parse().unwrap(), s.path("tls/ca.pem"), child)
+}
+
+/// TLS: the server's certificate is verified by default (an unknown CA is refused with one line
+/// and nothing written), `--cacert` adds a trusted CA, `--insecure` skips verification.
+#[test]
+fn tls_verification_cacert_and_insecure() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let (port, ca, mut front) = tls_front(&s, g.port);
+    let https = format!("--baseURL=https://127.0.0.1:{port}/");
+    let flags = |extra: &[&str]| {
+        let mut a = g.s3backer_flags();
+        a[0] = https.clone();
+        a.extend(["--size=4m", "--blockSize=64k", "--timeout=5"].map(String::from));
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.push(BUCKET.into());
+        a
+    };
+    let out = run_ours(&with_mnt(flags(&["--maxRetryPause=1000"]), &s.mnt()));
+    let err = errors(&out);
+    assert!(!out.status.success() && err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(g.list_keys(BUCKET).is_empty(), "{:?}", g.list_keys(BUCKET));
+
+    let data = pattern(9, 1 << 20, 64 << 10);
+    let cacert = format!("--cacert={}", ca.display());
+    let a = flags(&[&cacert]);
+    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+    assert!(!block_keys(&g, BUCKET).is_empty());
+
+    drop_caches();
+    let a = flags(&["--insecure"]);
+    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    assert!(read_head(&m.file(), data.len()) == data, "different bytes over TLS");
+    assert_eq!(m.unmount(), 0);
+    let _ = front.kill();
+    let _ = front.wait();
 }

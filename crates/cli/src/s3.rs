@@ -7,7 +7,6 @@
 //! `~/.s3backer_passwd`), then — beyond upstream — `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
 //! `AWS_SESSION_TOKEN` and `~/.aws/credentials` (`AWS_PROFILE`); with none, requests go unsigned.
 
-use crate::args::Cli;
 use crate::config::{Config, Location};
 use crate::size::{parse_num, parse_size};
 use anyhow::{Context, Result, anyhow, bail};
@@ -37,15 +36,29 @@ const STORAGE_CLASSES: &[&str] = &[
 /// Region used when `--region` is not given.
 const DEFAULT_REGION: &str = "us-east-1";
 
-/// Nothing to refuse any more: buckets are supported.
-pub(crate) fn check_supported(_cli: &Cli) -> Result<()> {
-    Ok(())
-}
-
-/// Flags of the S3 transport that are not handled yet (see [`crate::unsupported`]).
-pub(crate) fn unsupported_flags(cli: &Cli) -> Vec<(&'static str, bool)> {
-    let s = &cli.s3;
-    vec![("--ipTOS", s.ip_tos.is_some())]
+/// Parses `--ipTOS` as upstream: a name (`lowdelay`, `throughput`, `reliability`, `lowcost`,
+/// `mincost`) or a number 0..=255 in C notation (decimal, `0x` hex, leading-`0` octal).
+pub(crate) fn parse_ip_tos(v: &str) -> Result<u8> {
+    let named = match v {
+        "lowdelay" => Some(0x10),
+        "throughput" => Some(0x08),
+        "reliability" => Some(0x04),
+        "lowcost" | "mincost" => Some(0x02),
+        _ => None,
+    };
+    let num = || {
+        let (digits, radix) = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+            (h, 16)
+        } else if v.len() > 1 && v.starts_with('0') {
+            (&v[1..], 8)
+        } else {
+            (v, 10)
+        };
+        u8::from_str_radix(digits, radix).ok().filter(|_| !digits.starts_with(['+', '-']))
+    };
+    named.or_else(num).ok_or_else(|| {
+        anyhow!("invalid --ipTOS value \"{v}\": expected 0..255 or lowdelay, throughput, reliability, lowcost, mincost")
+    })
 }
 
 fn millis(v: &Option<String>, what: &str, default: u64) -> Result<Duration> {
@@ -195,6 +208,7 @@ pub fn s3_config(cfg: &Config) -> Result<S3Config> {
         http11: s.http11,
         insecure: s.insecure,
         cacert,
+        ip_tos: s.ip_tos.as_deref().map(parse_ip_tos).transpose()?,
         debug_http: s.debug_http,
         list_threads,
     })
@@ -419,6 +433,20 @@ mod tests {
         a.extend_from_slice(args);
         a.extend_from_slice(&["bkt", "/mnt"]);
         s3_config(&cfg(&a)?)
+    }
+
+    #[test]
+    fn ip_tos_values_as_upstream() {
+        for (v, want) in [("lowdelay", 0x10), ("throughput", 8), ("reliability", 4), ("lowcost", 2), ("mincost", 2), ("0", 0), ("184", 184), ("0xb8", 0xb8), ("0XFF", 255), ("070", 0o70)] {
+            assert_eq!(parse_ip_tos(v).unwrap(), want, "{v}");
+        }
+        for v in ["256", "-1", "+5", "", "0x", "09", "low", "1.5", "0x100"] {
+            let e = parse_ip_tos(v).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --ipTOS value"), "{v}: {e}");
+        }
+        assert_eq!(s3(&["--ipTOS=lowdelay"]).unwrap().ip_tos, Some(0x10));
+        assert_eq!(s3(&[]).unwrap().ip_tos, None);
+        assert!(s3(&["--ipTOS=300"]).is_err());
     }
 
     #[test]

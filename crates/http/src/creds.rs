@@ -59,7 +59,7 @@ impl Provider {
     }
 
     /// Current keys, or `None` for unsigned requests.
-    pub(crate) async fn keys(&self, client: &reqwest::Client) -> Result<Option<Keys>> {
+    pub(crate) async fn keys(&self, client: &crate::client::HttpClient) -> Result<Option<Keys>> {
         match &self.source {
             Credentials::Anonymous => Ok(None),
             Credentials::Static(k) => Ok(Some(k.clone())),
@@ -86,28 +86,35 @@ fn metadata_base() -> String {
 }
 
 /// Fetches the role's credentials from instance metadata; returns them with how long to use them.
-async fn fetch_iam(client: &reqwest::Client, role: &str, imdsv2: bool) -> Result<(Keys, Duration)> {
+async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool) -> Result<(Keys, Duration)> {
     let base = metadata_base();
     let fail = |what: String| StoreError::Unauthorized(format!("EC2 instance metadata: {what}"));
-    let mut req = client.get(format!("{base}latest/meta-data/iam/security-credentials/{role}"));
+    let mut headers = Vec::new();
     if imdsv2 {
         let tok = client
-            .put(format!("{base}latest/api/token"))
-            .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-            .send()
+            .send(
+                http::Method::PUT,
+                &format!("{base}latest/api/token"),
+                &[("X-aws-ec2-metadata-token-ttl-seconds".into(), "21600".into())],
+                bytes::Bytes::new(),
+            )
             .await
             .map_err(|e| fail(format!("token request failed: {e}")))?;
-        if !tok.status().is_success() {
-            return Err(fail(format!("token request answered HTTP {}", tok.status().as_u16())));
+        if !(200..300).contains(&tok.status) {
+            return Err(fail(format!("token request answered HTTP {}", tok.status)));
         }
-        let token = tok.text().await.map_err(|e| fail(e.to_string()))?;
-        req = req.header("X-aws-ec2-metadata-token", token.trim());
+        let token = String::from_utf8_lossy(&tok.body).trim().to_string();
+        headers.push(("X-aws-ec2-metadata-token".to_string(), token));
     }
-    let resp = req.send().await.map_err(|e| fail(format!("request failed: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(fail(format!("role \"{role}\" answered HTTP {}", resp.status().as_u16())));
+    let url = format!("{base}latest/meta-data/iam/security-credentials/{role}");
+    let resp = client
+        .send(http::Method::GET, &url, &headers, bytes::Bytes::new())
+        .await
+        .map_err(|e| fail(format!("request failed: {e}")))?;
+    if !(200..300).contains(&resp.status) {
+        return Err(fail(format!("role \"{role}\" answered HTTP {}", resp.status)));
     }
-    let doc = resp.text().await.map_err(|e| fail(e.to_string()))?;
+    let doc = String::from_utf8_lossy(&resp.body).into_owned();
     let keys = Keys {
         id: json_string(&doc, "AccessKeyId").ok_or_else(|| fail("no AccessKeyId in the answer".into()))?,
         secret: json_string(&doc, "SecretAccessKey").ok_or_else(|| fail("no SecretAccessKey in the answer".into()))?,

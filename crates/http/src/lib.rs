@@ -1,7 +1,8 @@
 //! The S3 transport: an [`ObjectStore`] that keeps each block as one object in an S3 bucket,
 //! byte-for-byte as C s3backer does, so volumes move between the two implementations.
 //!
-//! Requests go over reqwest (rustls, HTTP/1.1 or HTTP/2) and are signed with AWS Signature V4 by
+//! Requests go over hyper ([`client`]: rustls, HTTP/1.1 or HTTP/2, our own sockets for
+//! `--ipTOS`) and are signed with AWS Signature V4 by
 //! the `aws-sigv4` crate — signing is not hand-rolled. Every attempt recomputes the date and the
 //! signature and resends the whole body. Failures are retried as upstream does (see [`retry`]):
 //! everything but 404 and 304, with a doubling pause whose total is capped by `--maxRetryPause`.
@@ -15,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod creds;
 pub mod retry;
 pub mod stats;
@@ -33,8 +35,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::Method;
-use reqwest::header::HeaderMap;
+use client::{ClientOptions, HttpClient, TransportError};
+use http::{HeaderMap, Method};
 use retry::Backoff;
 use s3b_store::keys::BlockKeys;
 use s3b_store::{
@@ -103,6 +105,8 @@ pub struct S3Config {
     pub insecure: bool,
     /// Extra CA certificates (PEM) to trust.
     pub cacert: Option<PathBuf>,
+    /// IP type-of-service byte of every connection (`--ipTOS`).
+    pub ip_tos: Option<u8>,
     /// Log every request and error body.
     pub debug_http: bool,
     /// Parallel LIST streams.
@@ -131,6 +135,7 @@ impl S3Config {
             http11: false,
             insecure: false,
             cacert: None,
+            ip_tos: None,
             debug_http: false,
             list_threads: 16,
         }
@@ -171,7 +176,7 @@ impl Resp {
 /// The S3 transport.
 pub struct S3Store {
     cfg: S3Config,
-    client: reqwest::Client,
+    client: HttpClient,
     creds: creds::Provider,
     stats: Arc<HttpStats>,
     /// `scheme://` of the endpoint.
@@ -195,32 +200,15 @@ impl S3Store {
             .split_once("://")
             .map(|(s, r)| (format!("{s}://"), r.to_string()))
             .ok_or_else(|| StoreError::Other(format!("invalid base URL \"{}\"", cfg.base_url)))?;
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(15)))
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_keepalive(Duration::from_secs(200))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(50));
-        if cfg.http11 {
-            b = b.http1_only();
-        }
-        if cfg.insecure {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &cfg.cacert {
-            let pem = std::fs::read(path).map_err(|e| StoreError::io(format!("can't read {}", path.display()), e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                StoreError::Other(format!("{}: not a PEM certificate file: {e}", path.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(StoreError::Other(format!("{}: no certificates found", path.display())));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let client = b.build().map_err(|e| StoreError::Other(format!("can't set up the HTTP client: {e}")))?;
+        let client = HttpClient::new(&ClientOptions {
+            timeout: cfg.timeout,
+            connect_timeout: cfg.timeout.min(Duration::from_secs(15)),
+            http11: cfg.http11,
+            insecure: cfg.insecure,
+            cacert: cfg.cacert.clone(),
+            ip_tos: cfg.ip_tos,
+        })
+        .map_err(StoreError::Other)?;
         Ok(S3Store {
             creds: creds::Provider::new(cfg.credentials.clone()),
             cfg,
@@ -311,19 +299,13 @@ impl S3Store {
                 headers.push((name.to_string(), value.to_string()));
             }
         }
-        let mut rb = self
-            .client
-            .request(req.method.clone(), &url)
-            .header("user-agent", &self.user_agent)
-            .body(req.body.clone());
-        for (n, v) in &headers {
-            rb = rb.header(n.as_str(), v.as_str());
-        }
+        headers.push(("user-agent".into(), self.user_agent.clone()));
         let started = Instant::now();
-        let resp = rb.send().await.map_err(|e| transport_error(&e, &url))?;
-        let status = resp.status().as_u16();
-        let resp_headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| transport_error(&e, &url))?;
+        let client::Response { status, headers: resp_headers, body } = self
+            .client
+            .send(req.method.clone(), &url, &headers, req.body.clone())
+            .await
+            .map_err(transport_error)?;
         let elapsed = started.elapsed();
         if self.cfg.debug_http {
             log::info!("HTTP {} {url} -> {status} ({} ms)", req.method, elapsed.as_millis());
@@ -447,20 +429,11 @@ fn error_code(body: &[u8]) -> Option<String> {
 }
 
 /// Turns a failed transport-level attempt into the error upstream would count it as.
-fn transport_error(e: &reqwest::Error, url: &str) -> StoreError {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    if e.is_timeout() {
-        StoreError::Timeout(format!("{url}: {msg}"))
-    } else if e.is_connect() {
-        StoreError::Connect(format!("{url}: {msg}"))
-    } else {
-        StoreError::Other(format!("{url}: {msg}"))
+fn transport_error(e: TransportError) -> StoreError {
+    match e {
+        TransportError::Timeout(m) => StoreError::Timeout(m),
+        TransportError::Connect(m) => StoreError::Connect(m),
+        TransportError::Other(m) => StoreError::Other(m),
     }
 }
 

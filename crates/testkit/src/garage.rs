@@ -50,7 +50,7 @@ pub fn binary() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
@@ -114,50 +114,12 @@ impl Garage {
 
     /// Like [`Garage::curl`], but connecting to `port` on 127.0.0.1 (e.g. a proxy in front).
     pub fn curl_port(&self, port: u16, extra: &[&str], path: &str) -> (u16, Vec<u8>) {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
-            .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{ACCESS_KEY_ID}:{SECRET_KEY}")])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .args(extra)
-            .arg(format!("http://127.0.0.1:{port}/{path}"))
-            .output()
-            .expect("run curl");
-        let mut body = out.stdout;
-        let pos = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-        let code = String::from_utf8_lossy(&body[pos..]).trim().parse().unwrap_or(0);
-        body.truncate(pos);
-        (code, body)
+        signed_curl(port, extra, path)
     }
 
     /// Keys of every object in `bucket`, in key order (ListObjects v1, following markers).
     pub fn list_keys(&self, bucket: &str) -> Vec<String> {
-        let mut keys: Vec<String> = Vec::new();
-        loop {
-            // Parameters in sorted order: curl signs the query as written.
-            let mut path = format!("{bucket}?");
-            if let Some(last) = keys.last() {
-                path.push_str("marker=");
-                for b in last.bytes() {
-                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                        path.push(b as char);
-                    } else {
-                        path.push_str(&format!("%{b:02X}"));
-                    }
-                }
-                path.push('&');
-            }
-            path.push_str("max-keys=1000");
-            let (code, body) = self.curl(&[], &path);
-            assert_eq!(code, 200, "list {bucket}: {}", String::from_utf8_lossy(&body));
-            let text = String::from_utf8_lossy(&body).into_owned();
-            let page = tag_values(&text, "Key");
-            let truncated = tag_values(&text, "IsTruncated").first().is_some_and(|t| t == "true");
-            let empty = page.is_empty();
-            keys.extend(page);
-            if !truncated || empty {
-                return keys;
-            }
-        }
+        list_keys_at(self.port, bucket)
     }
 
     /// Creates another bucket owned by the test key.
@@ -203,6 +165,56 @@ impl Garage {
         self.stop();
         self.child = Some(spawn(&binary().unwrap(), self.dir.path()));
         assert!(self.wait_ready(Duration::from_secs(20)), "garage did not come back:\n{}", self.log());
+    }
+}
+
+/// Runs `curl` against 127.0.0.1:`port`, signed with the test credentials (`extra` are more curl
+/// arguments, `path` is after the host); returns (HTTP status, body).
+pub fn signed_curl(port: u16, extra: &[&str], path: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{ACCESS_KEY_ID}:{SECRET_KEY}")])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{port}/{path}"))
+        .output()
+        .expect("run curl");
+    let mut body = out.stdout;
+    let pos = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[pos..]).trim().parse().unwrap_or(0);
+    body.truncate(pos);
+    (code, body)
+}
+
+/// Keys of every object in `bucket` of the server on 127.0.0.1:`port`, in key order
+/// (ListObjects v1, following markers).
+pub fn list_keys_at(port: u16, bucket: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    loop {
+        // Parameters in sorted order: curl signs the query as written.
+        let mut path = format!("{bucket}?");
+        if let Some(last) = keys.last() {
+            path.push_str("marker=");
+            for b in last.bytes() {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    path.push(b as char);
+                } else {
+                    path.push_str(&format!("%{b:02X}"));
+                }
+            }
+            path.push('&');
+        }
+        path.push_str("max-keys=1000");
+        let (code, body) = signed_curl(port, &[], &path);
+        assert_eq!(code, 200, "list {bucket}: {}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let page = tag_values(&text, "Key");
+        let truncated = tag_values(&text, "IsTruncated").first().is_some_and(|t| t == "true");
+        let empty = page.is_empty();
+        keys.extend(page);
+        if !truncated || empty {
+            return keys;
+        }
     }
 }
 

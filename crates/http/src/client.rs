@@ -1,0 +1,286 @@
+//! The HTTP client under the S3 transport: hyper over rustls, with our own TCP connector.
+//!
+//! We open the sockets ourselves (rather than through a higher-level client) because upstream's
+//! `--ipTOS` sets the IP type-of-service byte on every connection, which needs the socket before
+//! it connects. The connector also sets TCP_NODELAY and keep-alive and bounds the connect time.
+//! TLS: the system's root certificates, plus `--cacert` ones; `--insecure` turns verification
+//! off. HTTP/2 is offered by ALPN unless `--http11`.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// How to build the client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Limit for a whole request, from connecting to the last byte of the answer.
+    pub timeout: Duration,
+    /// Limit for opening a connection.
+    pub connect_timeout: Duration,
+    /// HTTP/1.1 only (no HTTP/2 by ALPN).
+    pub http11: bool,
+    /// Do not verify the server's certificate.
+    pub insecure: bool,
+    /// Extra trusted root certificates (a PEM file).
+    pub cacert: Option<PathBuf>,
+    /// IP type-of-service byte for every connection (IPv4 TOS, IPv6 traffic class).
+    pub ip_tos: Option<u8>,
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body, read to its end.
+    pub body: Bytes,
+}
+
+/// Why an exchange did not produce an answer.
+#[derive(Debug)]
+pub enum TransportError {
+    /// The request ran past its time limit.
+    Timeout(String),
+    /// No connection could be opened.
+    Connect(String),
+    /// Anything else (reset connection, TLS failure, malformed answer).
+    Other(String),
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportError::Timeout(m) | TransportError::Connect(m) | TransportError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// An HTTP(S) client with a connection pool.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<TcpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("timeout", &self.timeout).finish()
+    }
+}
+
+impl HttpClient {
+    /// Builds the client; errors name the problem (unreadable or empty `--cacert`, …).
+    pub fn new(opts: &ClientOptions) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("can't set up TLS: {e}"))?;
+        let tls = if opts.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        } else {
+            builder.with_root_certificates(root_store(opts.cacert.as_deref())?).with_no_client_auth()
+        };
+        let tcp = TcpConnector {
+            connect_timeout: opts.connect_timeout,
+            ip_tos: opts.ip_tos,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let https = if opts.http11 {
+            https.enable_http1().wrap_connector(tcp)
+        } else {
+            https.enable_http1().enable_http2().wrap_connector(tcp)
+        };
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Ok(HttpClient { inner, timeout: opts.timeout })
+    }
+
+    /// Sends one request and reads the whole answer, within the time limit.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Response, TransportError> {
+        let mut rb = Request::builder().method(method).uri(url);
+        for (n, v) in headers {
+            rb = rb.header(n.as_str(), v.as_str());
+        }
+        let req = rb.body(Full::new(body)).map_err(|e| TransportError::Other(format!("{url}: bad request: {e}")))?;
+        let exchange = async {
+            let resp = self.inner.request(req).await.map_err(|e| {
+                let msg = chain(&e);
+                if e.is_connect() { TransportError::Connect(format!("{url}: {msg}")) } else { TransportError::Other(format!("{url}: {msg}")) }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| TransportError::Other(format!("{url}: reading the answer: {}", chain(&e))))?
+                .to_bytes();
+            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(format!("{url}: no complete answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+}
+
+/// An error and its sources, joined with ": ".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// The system's trusted roots plus those in `cacert`.
+fn root_store(cacert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls can't parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = cacert {
+        let pem = std::fs::read(path).map_err(|e| format!("can't read {}: {e}", path.display()))?;
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!("{}: no certificates found", path.display()));
+        }
+    }
+    Ok(roots)
+}
+
+/// `--insecure`: accepts any server certificate (signatures are still checked for form).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Opens TCP connections: resolves the host, then tries its addresses in order, each socket
+/// set up (TOS, no delay, keep-alive) before it connects.
+#[derive(Clone, Debug)]
+pub struct TcpConnector {
+    connect_timeout: Duration,
+    ip_tos: Option<u8>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for TcpConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("URL without a host")?.trim_matches(|c| c == '[' || c == ']').to_string();
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| format!("can't resolve \"{host}\": {e}"))?
+                .collect();
+            let mut last = format!("\"{host}\" has no address");
+            for addr in addrs {
+                match tokio::time::timeout(me.connect_timeout, me.connect(addr)).await {
+                    Ok(Ok(s)) => return Ok(TokioIo::new(s)),
+                    Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
+                    Err(_) => last = format!("connect to {addr}: timed out"),
+                }
+            }
+            Err(last.into())
+        })
+    }
+}
+
+impl TcpConnector {
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(200)))?;
+        if let Some(tos) = self.ip_tos {
+            if addr.is_ipv4() {
+                sock.set_tos_v4(u32::from(tos))?;
+            } else {
+                sock.set_tclass_v6(u32::from(tos))?;
+            }
+        }
+        let std_stream: std::net::TcpStream = sock.into();
+        tokio::net::TcpSocket::from_std_stream(std_stream).connect(addr).await
+    }
+}
