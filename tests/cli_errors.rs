@@ -57,6 +57,12 @@ const CASES: &[(&[&str], &str)] = &[
     (&["--test", "--size=1m", "-o", "readOnly,blockSize=3k", "{store}", "{mnt}"], "block size must be a power of 2"),
     (&["--test", "--size=1m", "", "{mnt}"], "empty directory name"),
     (&["--test", "--size=1m", "--blockSize=4k", "--size=3k", "{store}", "{mnt}"], "file size 3072 must be a multiple"),
+    (&["--test", "--size=1m", "--sharedDiskMode", "--blockCacheSize=10", "{store}", "{mnt}"], "--blockCacheSize cannot be used with --sharedDiskMode"),
+    (&["--test", "--size=1m", "--sharedDiskMode", "--listBlocks", "{store}", "{mnt}"], "--listBlocks cannot be used with --sharedDiskMode"),
+    (&["--test", "--size=1m", "--statsFileMirrorInterval=10", "{store}", "{mnt}"], "--statsFileMirrorInterval requires --statsFileMirror"),
+    (&["--test", "--size=1m", "--statsFileMirror={store}/no/dir/m", "{store}", "{mnt}"], "does not exist"),
+    (&["--test", "--size=1m", "--statsFileMirror={store}", "{store}", "{mnt}"], "is a directory"),
+    (&["--test", "--size=1m", "--statsFileMirror={store}/m", "--statsFileMirrorInterval=0", "{store}", "{mnt}"], "invalid --statsFileMirrorInterval \"0\""),
 ];
 
 #[test]

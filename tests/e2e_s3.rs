@@ -683,3 +683,51 @@ fn tls_verification_cacert_and_insecure() {
     let _ = front.kill();
     let _ = front.wait();
 }
+
+/// `--sharedDiskMode`: two mounts of one bucket at once, each seeing the other's writes at once
+/// (nothing cached); the shared token stays after unmount and keeps plain mounts out until
+/// `--reset-mounted-flag`.
+#[test]
+fn shared_disk_mode_two_mounts_see_each_other() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let mnt2 = s.path("mnt2");
+    std::fs::create_dir(&mnt2).unwrap();
+    let flags = ["--size=8m", "--blockSize=32k", "--sharedDiskMode"];
+    let a = mount(&g, BUCKET, &flags, &s.mnt());
+    let b = mount(&g, BUCKET, &flags, &mnt2);
+    let stats = a.stats();
+    assert!(!stats.contains("block_cache_") && !stats.contains("zero_block_cache_"), "{stats}");
+
+    let one = pattern(1, 256 << 10, 32 << 10);
+    let fa = std::fs::OpenOptions::new().read(true).write(true).open(a.file()).unwrap();
+    let fb = std::fs::OpenOptions::new().read(true).write(true).open(b.file()).unwrap();
+    fa.write_all_at(&one, 64 << 10).unwrap();
+    fa.sync_all().unwrap();
+    let mut back = vec![0u8; one.len()];
+    fb.read_exact_at(&mut back, 64 << 10).unwrap();
+    assert!(back == one, "B does not see A's write");
+    let two = pattern(2, 256 << 10, 32 << 10);
+    fb.write_all_at(&two, 64 << 10).unwrap();
+    fb.sync_all().unwrap();
+    fa.read_exact_at(&mut back, 64 << 10).unwrap();
+    assert!(back == two, "A still sees its own old data after B's write");
+    drop((fa, fb));
+
+    // A plain mount is refused while the volume is in shared mode, and stays refused after the
+    // shared mounts are gone.
+    let mnt3 = s.path("mnt3");
+    std::fs::create_dir(&mnt3).unwrap();
+    let out = run_ours(&with_mnt(args(&g, BUCKET, &["--size=8m", "--blockSize=32k"]), &mnt3));
+    assert!(!out.status.success() && errors(&out).contains("--sharedDiskMode"), "{}", errors(&out));
+    assert_eq!(a.unmount(), 0);
+    assert_eq!(b.unmount(), 0);
+    assert!(g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"), "shared token cleared at unmount");
+    let out = run_ours(&with_mnt(args(&g, BUCKET, &["--size=8m", "--blockSize=32k"]), &mnt3));
+    assert!(!out.status.success() && errors(&out).contains("--sharedDiskMode"), "{}", errors(&out));
+    let out = run_ours(&args(&g, BUCKET, &["--reset-mounted-flag"]));
+    assert!(out.status.success(), "{}", errors(&out));
+    let m = mount(&g, BUCKET, &["--size=8m", "--blockSize=32k"], &s.mnt());
+    assert!(read_head(&m.file(), (64 << 10) + two.len())[64 << 10..] == two[..]);
+    assert_eq!(m.unmount(), 0);
+}

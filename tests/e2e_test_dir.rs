@@ -301,3 +301,34 @@ fn sigterm_during_heavy_writing_loses_nothing_and_exits_zero() {
     assert!(back[..data.len()] == data[..], "data written before and after SIGTERM differs");
     assert_eq!(m.unmount(), 0);
 }
+
+/// `--statsFileMirror`: the stats also appear in a regular file, updated every interval;
+/// deleting it resets the stats; the last update is written at unmount.
+#[test]
+fn stats_file_mirror_updates_and_resets() {
+    let s = Scratch::new();
+    let mirror = s.path("mirror.txt");
+    let flag = format!("--statsFileMirror={}", mirror.display());
+    let m = Mount::start(
+        &["--test", "--size=1m", "--blockSize=4k", "--test-delays", &flag, "--statsFileMirrorInterval=50", s.store().to_str().unwrap()],
+        &s.mnt(),
+    );
+    let delays = |text: &str| -> u64 {
+        text.lines().find(|l| l.starts_with("test_injected_delays")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
+    f.write_all_at(&[7u8; 20000], 0).unwrap();
+    f.sync_all().unwrap();
+    wait_for(10, "the mirror to show the writes", || std::fs::read_to_string(&mirror).is_ok_and(|t| delays(&t) > 0));
+    let names = |t: &str| t.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&std::fs::read_to_string(&mirror).unwrap()), names(&m.stats()));
+    std::fs::remove_file(&mirror).unwrap();
+    wait_for(10, "the mirror to come back reset", || std::fs::read_to_string(&mirror).is_ok_and(|t| t.contains("test_injected_delays") && delays(&t) == 0));
+    assert_eq!(delays(&m.stats()), 0, "deleting the mirror did not reset the stats");
+    f.write_all_at(&[9u8; 20000], 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+    assert!(delays(&std::fs::read_to_string(&mirror).unwrap()) > 0, "no final update at unmount");
+    assert!(!s.path("mirror.txt.new").exists());
+}

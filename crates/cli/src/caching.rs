@@ -188,12 +188,6 @@ pub(crate) fn unsupported_flags(cli: &Cli) -> Vec<(&'static str, bool)> {
                 .as_deref()
                 .is_some_and(|v| v.trim() != "0"),
         ),
-        ("--sharedDiskMode", k.shared_disk_mode),
-        ("--statsFileMirror", k.stats_file_mirror.is_some()),
-        (
-            "--statsFileMirrorInterval",
-            k.stats_file_mirror_interval.is_some(),
-        ),
     ]
 }
 

@@ -70,8 +70,12 @@ pub struct Config {
     pub stats_filename: String,
     /// Exported file permissions.
     pub file_mode: u16,
-    /// `--directIO`.
+    /// `--directIO` (forced on by `--sharedDiskMode`).
     pub direct_io: bool,
+    /// `--sharedDiskMode`: no caching layers, the shared mount token.
+    pub shared_disk: bool,
+    /// `--statsFileMirror` / `--statsFileMirrorInterval`.
+    pub stats_mirror: Option<crate::stats_mirror::MirrorConfig>,
     /// Fault injection.
     pub faults: Faults,
     /// Stay in the foreground, log to stderr.
@@ -242,7 +246,13 @@ pub fn validate(cli: Cli) -> Result<Config> {
         foreground = true;
     }
 
+    crate::shared::check(&cli)?;
     crate::unsupported::check(&cli)?;
+    let shared_disk = cli.cache.shared_disk_mode;
+    let stats_mirror = crate::stats_mirror::settings(
+        cli.cache.stats_file_mirror.as_deref(),
+        cli.cache.stats_file_mirror_interval.as_deref(),
+    )?;
     crate::caching::block_cache_settings(&cli)?;
 
     Ok(Config {
@@ -258,7 +268,9 @@ pub fn validate(cli: Cli) -> Result<Config> {
         filename,
         stats_filename,
         file_mode,
-        direct_io,
+        direct_io: direct_io || shared_disk,
+        shared_disk,
+        stats_mirror,
         faults: Faults { delays: c.test_delays, discard: c.test_discard, errors: c.test_errors },
         foreground,
         debug,

@@ -12,8 +12,10 @@ pub mod encoding;
 pub mod logging;
 pub mod mount;
 pub mod s3;
+mod shared;
 pub mod size;
 pub mod stack;
+pub mod stats_mirror;
 mod unsupported;
 
 use config::Mode;

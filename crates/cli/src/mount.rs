@@ -237,6 +237,7 @@ fn serve(
         crate::logging::stop_stderr();
     }
 
+    let mirror = cfg.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
     let run_result = session.run();
     sig_handle.close();
     if let Err(e) = &run_result {
@@ -251,6 +252,9 @@ fn serve(
         stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>(())
     });
+    if let Some(m) = mirror {
+        m.stop();
+    }
     match shutdown {
         Ok(()) => {
             if !cfg.quiet {

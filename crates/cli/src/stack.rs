@@ -121,6 +121,10 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
+    if cfg.shared_disk {
+        // Other hosts write the volume too: nothing may be cached here.
+        return Ok(Stack { top: coded, objects: transport, stats, block_size, num_blocks, cache_file: None });
+    }
     let caching = crate::caching::wrap(cfg, coded, &stats)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
     let zero = ZeroCache::new(caching.top, cfg.cli.s3.list_blocks);
@@ -130,8 +134,9 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
 }
 
 /// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us
-/// (in the store and in the block cache file, if any). Returns our token (0 when nothing was
-/// written).
+/// (in the store and in the block cache file, if any). Returns our token, 0 when there is
+/// nothing to clear at unmount (read-only, or `--sharedDiskMode`, whose shared token 0x7fffffff
+/// other hosts' mounts accept and which stays set).
 ///
 /// A crashed mount leaves its token both in the store and in its cache file. When they match
 /// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
@@ -143,16 +148,29 @@ pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_
     if cached != 0 && cached != old {
         log::warn!("block cache file was last used by mount token {cached:08x}, but the volume has {old:08x}");
     }
+    let shared_set = cfg.shared_disk && old == SHARED_DISK_TOKEN;
     if recovering {
         log::info!("volume was last mounted with this cache file (token {old:08x}): recovering after a crash");
-    } else if old != 0 {
-        let msg = format!("volume appears to be already mounted (mount token {old:08x})");
+    } else if old != 0 && !shared_set {
+        let msg = if old == SHARED_DISK_TOKEN {
+            "volume appears to be configured for --sharedDiskMode (mount token 7fffffff)".to_string()
+        } else {
+            format!("volume appears to be already mounted (mount token {old:08x})")
+        };
         if !cfg.force {
             bail!("{msg}; if it is not, use --reset-mounted-flag, or --force to override");
         }
         log::warn!("{msg}; proceeding because of --force");
     }
     if cfg.read_only {
+        return Ok(0);
+    }
+    if cfg.shared_disk {
+        if !shared_set {
+            objects.mount_token(TokenOp::Set(SHARED_DISK_TOKEN)).await.context("can't set the mount token")?;
+            log::info!("established the mount token for shared disk mode");
+        }
+        // Never cleared by us: other hosts may still have the volume mounted.
         return Ok(0);
     }
     let token = loop {
