@@ -1,6 +1,7 @@
 //! Crash matrix: kill -9 at several points of an ext4 write workload, in each cache
 //! configuration. After a restart, every file whose fsync returned before the kill is intact
-//! and ext4 recovers clean (journal replay on mount, then `e2fsck -fn`).
+//! and ext4 recovers clean (journal replay on mount, then `e2fsck -fn`). Most cells use a
+//! `--test` directory; one runs over a real S3 server (Garage on 127.0.0.1).
 //!
 //! The workload writes files of random content into ext4 on the exported file and fsyncs each;
 //! a file is recorded as durable only once its fsync (and the directory's) returned. The kill
@@ -47,14 +48,34 @@ fn workload(root: &Path, seed: u64, durable: Durable, stop: Arc<AtomicBool>) {
     }
 }
 
-/// One cell of the matrix: start with `args`, mkfs, write, kill -9 after `kill_ms`, restart,
-/// check. Returns how many fsynced files were verified.
-fn crash_case(args: &[String], kill_ms: u64, seed: u64) -> usize {
+/// Where a cell keeps its blocks.
+#[derive(Clone, Copy)]
+enum Store {
+    /// A `--test` directory.
+    Dir,
+    /// A bucket on a Garage server of the cell's own.
+    S3,
+}
+
+/// One cell of the matrix: start with `args`, mkfs, write, kill -9 after `kill_ms`, restart
+/// (without `--force`), check. Returns how many fsynced files were verified.
+fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64) -> usize {
     let s = Scratch::new();
     // "{scratch}" in an argument names this cell's scratch directory (for cache files).
     let scratch = s.path("").to_string_lossy().into_owned();
     let mut full: Vec<String> = args.iter().map(|a| a.replace("{scratch}", &scratch)).collect();
-    full.push(s.store().to_string_lossy().into_owned());
+    let _server = match store {
+        Store::Dir => {
+            full.push(s.store().to_string_lossy().into_owned());
+            None
+        }
+        Store::S3 => {
+            let g = s3b_testkit::garage::Garage::start();
+            full.extend(g.s3backer_flags());
+            full.push(s3b_testkit::garage::BUCKET.into());
+            Some(g)
+        }
+    };
     let a: Vec<&str> = full.iter().map(String::as_str).collect();
     let m = Mount::start(&a, &s.mnt());
     Ext4::mkfs(&m.file());
@@ -87,6 +108,10 @@ fn crash_case(args: &[String], kill_ms: u64, seed: u64) -> usize {
 }
 
 fn matrix(name: &str, args: &[&str]) {
+    matrix_on(name, Store::Dir, args)
+}
+
+fn matrix_on(name: &str, store: Store, args: &[&str]) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     // The cells are independent (own store, own mounts): run them side by side.
     let cells: Vec<_> = [200u64, 700, 2000]
@@ -94,7 +119,7 @@ fn matrix(name: &str, args: &[&str]) {
         .enumerate()
         .map(|(i, kill_ms)| {
             let args = args.clone();
-            std::thread::spawn(move || (kill_ms, crash_case(&args, kill_ms, i as u64 + 1)))
+            std::thread::spawn(move || (kill_ms, crash_case(&args, store, kill_ms, i as u64 + 1)))
         })
         .collect();
     for c in cells {
@@ -146,4 +171,15 @@ fn crash_matrix_test_dir_cache_file_recovering() {
 #[test]
 fn crash_matrix_test_dir_cache_file_no_recovery() {
     matrix("test dir, cache file, dirty blocks discarded", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheFile={scratch}/cache"]);
+}
+
+#[test]
+fn crash_matrix_s3_cache_file_recovering() {
+    // Over a real S3 server: the restart after kill -9 needs no --force (the cache file holds the
+    // crashed mount's token) and re-uploads the dirty blocks it finds.
+    matrix_on(
+        "S3, cache file, recovering dirty blocks",
+        Store::S3,
+        &["--size=32m", "--blockSize=16k", "--blockCacheSize=100", "--blockCacheFile={scratch}/cache", "--blockCacheRecoverDirtyBlocks"],
+    );
 }

@@ -242,3 +242,36 @@ fn bad_cache_file_is_refused_clearly() {
     );
     assert!(!is_mounted(&s.mnt()));
 }
+
+/// A cache file on a file system too small for it is refused at startup with one line (its
+/// space is reserved when it is made), nothing is written to the store, and no half-made file
+/// is left behind.
+#[test]
+fn cache_file_on_a_full_file_system_is_refused_at_startup() {
+    let s = Scratch::new();
+    let store = s.store();
+    std::fs::create_dir_all(s.mnt()).unwrap();
+    let small = s.path("small");
+    std::fs::create_dir_all(&small).unwrap();
+    sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", small.display()));
+    let cache = small.join("cache");
+    let out = run(&[
+        "--test",
+        "--size=16m",
+        "--blockSize=64k",
+        "--blockCacheSize=100",
+        &format!("--blockCacheFile={}", cache.display()),
+        "-f",
+        store.to_str().unwrap(),
+        s.mnt().to_str().unwrap(),
+    ]);
+    let exists = cache.exists();
+    sh(&format!("umount {}", small.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("can't reserve 7 MiB for 100 blocks") && err.contains("No space left"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!exists, "half-made cache file left behind");
+    assert_eq!(blocks_in_store(&store), 0);
+    assert!(!is_mounted(&s.mnt()));
+}

@@ -731,3 +731,57 @@ fn shared_disk_mode_two_mounts_see_each_other() {
     assert!(read_head(&m.file(), (64 << 10) + two.len())[64 << 10..] == two[..]);
     assert_eq!(m.unmount(), 0);
 }
+
+/// A block changed in the bucket behind the cache's back while unmounted: a restart on the cache
+/// file verifies its clean blocks (If-None-Match) and serves the fresh data; with
+/// `--blockCacheNoVerify` the stale cached copy is served (the documented trade-off).
+#[test]
+fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let flags = ["--size=4m", "--blockSize=64k", "--blockCacheSize=16", cache.as_str()];
+    let at = 5u64 << 16;
+    let read5 = |m: &Mount| {
+        let mut b = vec![0u8; 64 << 10];
+        std::fs::File::open(m.file()).unwrap().read_exact_at(&mut b, at).unwrap();
+        b
+    };
+    let put5 = |data: &[u8]| {
+        let p = s.path("obj");
+        std::fs::write(&p, data).unwrap();
+        let (code, body) = g.curl(
+            &["-X", "PUT", "--data-binary", &format!("@{}", p.display()), "-H", "Content-Type: application/x-s3backer-block"],
+            &format!("{BUCKET}/00000005"),
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    };
+    let (a, b, c) = (pattern(1, 64 << 10, 64 << 10), pattern(2, 64 << 10, 64 << 10), pattern(3, 64 << 10, 64 << 10));
+
+    let m = mount(&g, BUCKET, &flags, &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&a, at).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    drop_caches();
+    assert!(read5(&m) == a);
+    assert_eq!(m.unmount(), 0);
+
+    // Changed behind the cache: detected on restart.
+    put5(&b);
+    drop_caches();
+    let m = mount(&g, BUCKET, &flags, &s.mnt());
+    assert!(read5(&m) == b, "stale cached block served after the object changed");
+    let stats = m.stats();
+    assert!(stat_value(&stats, "block_cache_mismatch") >= 1, "{stats}");
+    assert_eq!(m.unmount(), 0);
+
+    // With --blockCacheNoVerify the cached copy is trusted, as documented.
+    put5(&c);
+    drop_caches();
+    let mut nv = flags.to_vec();
+    nv.push("--blockCacheNoVerify");
+    let m = mount(&g, BUCKET, &nv, &s.mnt());
+    assert!(read5(&m) == b, "--blockCacheNoVerify did not serve the cached copy");
+    assert_eq!(m.unmount(), 0);
+}

@@ -97,6 +97,29 @@ pub struct CacheFile {
     uploads_allowed: AtomicBool,
 }
 
+/// Gives a new cache file its full length with the space reserved (`fallocate`), so that a file
+/// system too small for it is an error at startup, not failed writes later. Where the file
+/// system cannot reserve space, the file is made sparse after checking there is room for it.
+fn reserve(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off = libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fallocate on a file descriptor we own, no pointers involved.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    // SAFETY: an all-zero statvfs is a valid value for fstatvfs to fill in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs writes only into `st`, which lives for the call.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 && (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < len {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    file.set_len(len)
+}
+
 /// 64-bit FNV-1a.
 fn fnv(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -147,7 +170,14 @@ impl CacheFile {
             uploads_allowed: AtomicBool::new(true),
         };
         if len == 0 {
-            cf.file.set_len(full_len).map_err(|e| io("can't size", e))?;
+            if let Err(e) = reserve(&cf.file, full_len) {
+                // Leave nothing half-made behind: the next start creates it afresh.
+                let _ = std::fs::remove_file(path);
+                return Err(err(format!(
+                    "can't reserve {} MiB for {slots} blocks of {block_size} bytes: {e}",
+                    full_len.div_ceil(1 << 20)
+                )));
+            }
             cf.write_header(0)
                 .map_err(|e| io("can't write header", e))?;
             cf.file.sync_all().map_err(|e| io("can't sync", e))?;
@@ -667,5 +697,58 @@ mod tests {
         std::fs::write(&p, vec![1u8; 8192]).unwrap();
         assert!(msg(BS, 4).contains("is not an s3backer-rs cache file or is corrupt"));
         assert!(!msg(BS, 4).contains('\n'));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// Hostile cache files: a valid file with random bytes overwritten, truncated or extended,
+        /// or plain random bytes. Opening never panics; it is refused with one line, or loads
+        /// only blocks holding exactly what was written to them (never other data).
+        #[test]
+        fn hostile_cache_files_never_yield_wrong_data(
+            edits in proptest::collection::vec((0u64..2000, proptest::prelude::any::<u8>()), 0..12),
+            cut in proptest::option::of(0u64..2000),
+            random in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)),
+            recover in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c");
+            {
+                let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+                let mut st = State::new(0);
+                dirty(&f, &mut st, 7, 1);
+                clean(&f, &mut st, 9, 3, 0xab);
+                dirty(&f, &mut st, 11, 4);
+                f.set_token(0x55).unwrap();
+            }
+            match random {
+                Some(bytes) => std::fs::write(&p, bytes).unwrap(),
+                None => {
+                    let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+                    for (off, b) in &edits {
+                        raw.write_all_at(&[*b], *off).unwrap();
+                    }
+                    if let Some(len) = cut {
+                        raw.set_len(len).unwrap();
+                    }
+                }
+            }
+            let opts = FileOptions { recover_dirty: recover, no_verify: true, ..Default::default() };
+            match CacheFile::open(&p, BS, 4, opts) {
+                Err(e) => proptest::prop_assert!(!e.to_string().contains('\n'), "{}", e),
+                Ok(f) => {
+                    for l in f.take_loaded() {
+                        let want = match l.block {
+                            7 => data(1),
+                            9 => data(3),
+                            11 => data(4),
+                            other => return Err(proptest::test_runner::TestCaseError::fail(format!("block {other} appeared"))),
+                        };
+                        proptest::prop_assert_eq!(l.data.clone().unwrap_or_else(|| Bytes::from(vec![0u8; BS as usize])), want, "block {}", l.block);
+                    }
+                }
+            }
+        }
     }
 }
