@@ -785,3 +785,43 @@ fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
     assert!(read5(&m) == b, "--blockCacheNoVerify did not serve the cached copy");
     assert_eq!(m.unmount(), 0);
 }
+
+/// S3 credentials never appear in `--debug` / `--debug-http` output, the stats file or error
+/// messages; an access file readable by other users is used but warned about.
+#[test]
+fn s3_secrets_never_leak_and_open_access_file_warns() {
+    use s3b_testkit::garage::{ACCESS_KEY_ID, SECRET_KEY};
+    use std::os::unix::fs::PermissionsExt;
+    let g = Garage::start();
+    let s = Scratch::new();
+    let access = s.path("passwd");
+    std::fs::write(&access, format!("{ACCESS_KEY_ID}:{SECRET_KEY}\n")).unwrap();
+    std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let base = format!("--baseURL={}", g.base_url());
+    let file = format!("--accessFile={}", access.display());
+    let m = Mount::start(&[&base, &file, "--debug", "--debug-http", "--size=4m", "--blockSize=64k", BUCKET], &s.mnt());
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&pattern(4, 1 << 20, 64 << 10), 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    drop_caches();
+    let _ = read_head(&m.file(), 1 << 20);
+    let stats = m.stats();
+    let log = m.stderr();
+    assert_eq!(m.unmount(), 0);
+    assert!(log.contains("HTTP PUT"), "no --debug-http output to check:\n{log}");
+    assert!(log.contains("is readable by other users"), "no warning for a 0644 access file:\n{log}");
+    for (what, text) in [("log", &log), ("stats", &stats)] {
+        assert!(!text.contains(SECRET_KEY), "secret key in the {what}");
+    }
+
+    // A wrong secret: the error names the problem, and neither secret shows.
+    let wrong = "wrong-secret-key-00000000000000000000";
+    std::fs::write(&access, format!("{ACCESS_KEY_ID}:{wrong}\n")).unwrap();
+    std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_ours(&[base, file, "--debug".into(), "--debug-http".into(), "-f".into(), BUCKET.into(), s.mnt().to_string_lossy().into_owned()]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(!all.contains(wrong) && !all.contains(SECRET_KEY), "a secret in the output:\n{all}");
+    assert!(!all.contains("readable by other users"), "warned about a 0600 access file:\n{all}");
+}
