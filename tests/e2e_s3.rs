@@ -825,3 +825,28 @@ fn s3_secrets_never_leak_and_open_access_file_warns() {
     assert!(!all.contains(wrong) && !all.contains(SECRET_KEY), "a secret in the output:\n{all}");
     assert!(!all.contains("readable by other users"), "warned about a 0600 access file:\n{all}");
 }
+
+/// Regression: a relative `--accessFile` in daemon mode. The transport is set up after the
+/// daemon changes to `/`, so the file used to be looked for there and the mount failed.
+#[test]
+fn regression_relative_access_file_in_daemon_mode() {
+    use s3b_testkit::garage::{ACCESS_KEY_ID, SECRET_KEY};
+    use std::os::unix::fs::PermissionsExt;
+    let g = Garage::start();
+    let s = Scratch::new();
+    let cwd = s.path("");
+    std::fs::write(cwd.join("rel-passwd"), format!("{ACCESS_KEY_ID}:{SECRET_KEY}\n")).unwrap();
+    std::fs::set_permissions(cwd.join("rel-passwd"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(bin())
+        .current_dir(&cwd)
+        .args([format!("--baseURL={}", g.base_url()), "--accessFile=rel-passwd".into(), "--size=4m".into()])
+        .args([BUCKET, s.mnt().to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(&s.mnt()));
+    sh(&format!("umount {}", s.mnt().display()));
+    wait_for(30, "daemon exit", || daemon_pids(&s.mnt().to_string_lossy()).is_empty());
+    assert!(!g.list_keys(BUCKET).iter().any(|k| k == "s3backer-mounted"), "mount token left: unclean exit");
+}

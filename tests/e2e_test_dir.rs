@@ -332,3 +332,30 @@ fn stats_file_mirror_updates_and_resets() {
     assert!(delays(&std::fs::read_to_string(&mirror).unwrap()) > 0, "no final update at unmount");
     assert!(!s.path("mirror.txt.new").exists());
 }
+
+/// Regression: relative `--blockCacheFile` and `--statsFileMirror` paths in daemon mode. The
+/// daemon changes to `/`, so a relative path used to land there (or fail); both must resolve
+/// against the directory the command was run from.
+#[test]
+fn regression_relative_cache_and_mirror_paths_in_daemon_mode() {
+    let s = Scratch::new();
+    let store = s.store();
+    let cwd = s.path("");
+    let out = std::process::Command::new(bin())
+        .current_dir(&cwd)
+        .args(["--test", "--size=1m", "--blockSize=4k", "--blockCacheFile=rel-cache", "--statsFileMirror=rel-mirror"])
+        .args(["--statsFileMirrorInterval=50", store.to_str().unwrap(), s.mnt().to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cwd.join("rel-cache").is_file(), "cache file not in the working directory");
+    wait_for(10, "the stats mirror in the working directory", || cwd.join("rel-mirror").is_file());
+    assert!(!std::path::Path::new("/rel-cache").exists() && !std::path::Path::new("/rel-mirror").exists());
+    let pids = daemon_pids(store.to_str().unwrap());
+    assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
+    // SAFETY: sending a signal to a process we started.
+    unsafe { libc::kill(pids[0], libc::SIGTERM) };
+    wait_for(30, "unmount after SIGTERM", || !is_mounted(&s.mnt()));
+    wait_for(30, "daemon exit", || daemon_pids(store.to_str().unwrap()).is_empty());
+}

@@ -149,7 +149,25 @@ fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
 }
 
 /// Validates the parsed command line.
-pub fn validate(cli: Cli) -> Result<Config> {
+pub fn validate(mut cli: Cli) -> Result<Config> {
+    // Files named relative to where the command runs: the daemon changes to `/` before the
+    // layers that open them are built.
+    for f in [
+        &mut cli.cache.block_cache_file,
+        &mut cli.cache.stats_file_mirror,
+        &mut cli.codec.password_file,
+        &mut cli.s3.cacert,
+        &mut cli.s3.access_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !f.is_empty()
+            && let Ok(abs) = std::path::absolute(&*f)
+        {
+            *f = abs.to_string_lossy().into_owned();
+        }
+    }
     let c = &cli.core;
     let mode = match (c.erase, c.reset_mounted_flag) {
         (true, true) => bail!("--erase and --reset-mounted-flag cannot be used together"),
