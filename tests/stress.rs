@@ -8,7 +8,9 @@
 //! The CI run is bounded (`S3B_STRESS_SECS`, default 20 s per configuration). A long run:
 //! `S3B_STRESS_SECS=600 cargo test --release --test stress -- --nocapture`.
 
+mod common;
 use bytes::Bytes;
+use common::build_stack as build;
 use rand::{Rng, RngCore, SeedableRng};
 use s3b_store::{BlockStore, ReadCondition, ReadOutcome, StoreError};
 use std::sync::Arc;
@@ -29,10 +31,6 @@ fn content(seed: u64) -> Bytes {
     Bytes::from(v)
 }
 
-fn build(args: &[String], rt: &tokio::runtime::Runtime) -> Arc<dyn BlockStore> {
-    let cfg = s3b_cli::config::validate(s3b_cli::args::parse(args).unwrap()).unwrap();
-    rt.block_on(s3b_cli::stack::build(&cfg, s3b_cli::encoding::codec_config(&cfg).unwrap())).unwrap().top
-}
 
 #[derive(Default)]
 struct Counts {

@@ -296,3 +296,10 @@ pub fn daemon_pids(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// The block store stack the binary would build for `args` (a full command line, mount point
+/// included), without mounting: for tests that drive the layers directly.
+pub fn build_stack(args: &[String], rt: &tokio::runtime::Runtime) -> std::sync::Arc<dyn s3b_store::BlockStore> {
+    let cfg = s3b_cli::config::validate(s3b_cli::args::parse(args).unwrap()).unwrap();
+    rt.block_on(s3b_cli::stack::build(&cfg, s3b_cli::encoding::codec_config(&cfg).unwrap())).unwrap().top
+}

@@ -3,13 +3,16 @@
 //!
 //! The block cache ([`s3b_cache`]) is built here from the `--blockCache*` and `--readAhead*`
 //! flags, validated as upstream does (one-line errors). It is on by default with 1000 blocks;
-//! `--blockCacheSize=0` leaves it out. The zero cache and the consistency layer are not built yet.
+//! `--blockCacheSize=0` leaves it out. Below it sits the MD5/ETag consistency layer
+//! ([`s3b_ec`], `--md5CacheSize` and friends; off by default as in upstream 2.x, and on
+//! read-only mounts). The zero cache goes on top (see `stack.rs`).
 
 use crate::args::Cli;
 use crate::config::Config;
 use crate::size::parse_num;
 use anyhow::{Result, anyhow, bail};
 use s3b_cache::{BlockCache, CacheConfig, CacheFile, FileOptions};
+use s3b_ec::{EcConfig, EcProtect};
 use s3b_store::{BlockStore, StatsRegistry};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,9 +112,28 @@ pub struct Caching {
     pub cache_file: Option<Arc<CacheFile>>,
 }
 
+/// Checks the consistency-layer flags; `num_blocks` once the geometry is known. `None` when
+/// the layer is off (the default, and always on read-only mounts, as upstream).
+pub fn ec_settings(cli: &Cli, num_blocks: Option<u64>) -> Result<Option<EcConfig>> {
+    let k = &cli.cache;
+    let size: u64 = num(&k.md5_cache_size, "--md5CacheSize", 0)?;
+    let time: u64 = num(&k.md5_cache_time, "--md5CacheTime", 0)?;
+    let delay: u64 = num(&k.min_write_delay, "--minWriteDelay", 0)?;
+    let ec = EcConfig::from_flags(size, time, delay, num_blocks).map_err(|e| anyhow!(e))?;
+    Ok(ec.filter(|_| !cli.core.read_only))
+}
+
 /// Puts the caching layers the configuration asks for on top of `inner` (the codec's store)
 /// and registers their counters.
 pub fn wrap(cfg: &Config, inner: Arc<dyn BlockStore>, stats: &StatsRegistry) -> Result<Caching> {
+    let inner: Arc<dyn BlockStore> = match ec_settings(&cfg.cli, Some(inner.num_blocks()))? {
+        Some(ec) => {
+            let layer = EcProtect::new(inner, ec);
+            stats.register(layer.stats());
+            Arc::new(layer)
+        }
+        None => inner,
+    };
     let Some(s) = block_cache_settings(&cfg.cli)? else {
         return Ok(Caching {
             top: inner,
@@ -170,26 +192,6 @@ pub fn wrap(cfg: &Config, inner: Arc<dyn BlockStore>, stats: &StatsRegistry) -> 
     })
 }
 
-/// Flags of the caching layers that are not handled yet (see [`crate::unsupported`]).
-pub(crate) fn unsupported_flags(cli: &Cli) -> Vec<(&'static str, bool)> {
-    let k = &cli.cache;
-    vec![
-        (
-            "--md5CacheSize",
-            k.md5_cache_size.as_deref().is_some_and(|v| v.trim() != "0"),
-        ),
-        (
-            "--md5CacheTime",
-            k.md5_cache_time.as_deref().is_some_and(|v| v.trim() != "0"),
-        ),
-        (
-            "--minWriteDelay",
-            k.min_write_delay
-                .as_deref()
-                .is_some_and(|v| v.trim() != "0"),
-        ),
-    ]
-}
 
 #[cfg(test)]
 mod tests {

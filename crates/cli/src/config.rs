@@ -265,13 +265,13 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
     }
 
     crate::shared::check(&cli)?;
-    crate::unsupported::check(&cli)?;
     let shared_disk = cli.cache.shared_disk_mode;
     let stats_mirror = crate::stats_mirror::settings(
         cli.cache.stats_file_mirror.as_deref(),
         cli.cache.stats_file_mirror_interval.as_deref(),
     )?;
     crate::caching::block_cache_settings(&cli)?;
+    crate::caching::ec_settings(&cli, None)?;
 
     Ok(Config {
         mode,

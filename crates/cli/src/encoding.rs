@@ -2,7 +2,6 @@
 //! password: `--password`, the first line of `--passwordFile`, or a prompt on the terminal.
 //! Resolved before the process daemonizes, so the prompt reaches the user.
 
-use crate::args::Cli;
 use crate::config::{Config, Location};
 use anyhow::{Result, anyhow, bail};
 use s3b_codec::{Cipher, CodecConfig, Compression, Encryption};
@@ -130,11 +129,6 @@ fn check_deflate_level(l: i32) -> Result<u32> {
         0..=9 => Ok(l as u32),
         _ => bail!("invalid deflate level {l}: must be between 0 and 9 (or -1 for the default)"),
     }
-}
-
-/// Flags of the codec that are not handled yet (see [`crate::unsupported`]): none.
-pub(crate) fn unsupported_flags(_cli: &Cli) -> Vec<(&'static str, bool)> {
-    Vec::new()
 }
 
 #[cfg(test)]

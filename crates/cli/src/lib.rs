@@ -16,7 +16,6 @@ mod shared;
 pub mod size;
 pub mod stack;
 pub mod stats_mirror;
-mod unsupported;
 
 use config::Mode;
 

@@ -1,0 +1,404 @@
+//! The MD5/ETag consistency layer (upstream's `ec_protect`), for stores that are only
+//! eventually consistent: a read soon after a write may return the old version.
+//!
+//! It remembers, for up to `--md5CacheSize` blocks and for `--md5CacheTime`, the ETag of each
+//! block it wrote, and
+//! - spaces writes of one block at least `--minWriteDelay` apart (a second write waits; writes
+//!   of one block never overlap);
+//! - answers reads of a block whose write is still in flight from the data being written;
+//! - answers reads of a block it deleted (wrote as zeros) with zeros;
+//! - reads other recently written blocks with `If-Match` on the ETag it expects, and retries,
+//!   with a doubling pause, an answer that is stale (`412` or another ETag);
+//! - after a failed write (which may or may not have reached the store) waits
+//!   `--minWriteDelay` before reading the block again.
+//!
+//! When the table is full, a write of a block not in it waits until the oldest entry expires.
+//! The layer is off by default (as in upstream 2.x) and sits between the block cache and the
+//! codec. Stats lines `md5_cache_*` as upstream.
+
+#![deny(missing_docs)]
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use s3b_store::{
+    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter, StoreError,
+    is_zero,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Settings of the layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EcConfig {
+    /// Most blocks remembered at once (`--md5CacheSize`, > 0).
+    pub cache_size: usize,
+    /// How long a written block's ETag is remembered (`--md5CacheTime`); `None` = forever.
+    pub cache_time: Option<Duration>,
+    /// Least time between the end of one write of a block and the start of the next.
+    pub min_write_delay: Duration,
+    /// Stale answers tolerated per read before it fails.
+    pub stale_retries: u32,
+    /// First pause after a stale answer (doubles each time).
+    pub stale_pause: Duration,
+}
+
+impl EcConfig {
+    /// Upstream's checks of `--md5CacheSize`, `--md5CacheTime` (ms, 0 = forever) and
+    /// `--minWriteDelay` (ms) for a volume of `num_blocks` (`None` while the geometry is not
+    /// known yet: the checks that need it are skipped). `Ok(None)` means the layer is off. A
+    /// cache larger than the volume is reduced to its size.
+    pub fn from_flags(
+        size: u64,
+        time_ms: u64,
+        min_write_delay_ms: u64,
+        num_blocks: Option<u64>,
+    ) -> std::result::Result<Option<EcConfig>, String> {
+        if size == 0 {
+            if time_ms > 0 {
+                return Err("--md5CacheTime must be 0 when the MD5 cache is disabled (--md5CacheSize=0)".into());
+            }
+            if min_write_delay_ms > 0 {
+                return Err("--minWriteDelay must be 0 when the MD5 cache is disabled (--md5CacheSize=0)".into());
+            }
+            return Ok(None);
+        }
+        if time_ms > 0 && time_ms < min_write_delay_ms {
+            return Err(format!("--md5CacheTime ({time_ms} ms) must be at least --minWriteDelay ({min_write_delay_ms} ms)"));
+        }
+        let blocks = num_blocks.unwrap_or(u64::MAX);
+        if time_ms == 0 && size < blocks && num_blocks.is_some() {
+            return Err(format!(
+                "--md5CacheTime=0 remembers blocks forever, so --md5CacheSize ({size}) must be at least the number of blocks ({blocks}), or writes would deadlock"
+            ));
+        }
+        Ok(Some(EcConfig {
+            cache_size: size.min(blocks).min(usize::MAX as u64).max(1) as usize,
+            cache_time: (time_ms > 0).then(|| Duration::from_millis(time_ms)),
+            min_write_delay: Duration::from_millis(min_write_delay_ms),
+            stale_retries: 6,
+            stale_pause: Duration::from_millis(200),
+        }))
+    }
+}
+
+/// What the layer knows of a written block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// The stored object has this ETag.
+    Etag(Etag),
+    /// The block was deleted (written as zeros).
+    Zero,
+    /// Written, but the store reported no ETag: only write spacing applies.
+    NoEtag,
+    /// The write failed: it may or may not have reached the store.
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+enum Info {
+    /// A write is in flight with this data (`None` = zeros).
+    Writing(Option<Bytes>),
+    /// Written at `at`.
+    Written { at: Instant, known: Known },
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<BlockNum, Info>,
+    /// Written entries by completion time, oldest first (for expiry).
+    order: BTreeSet<(Instant, BlockNum)>,
+}
+
+impl State {
+    /// Forgets written entries older than `cache_time`; returns whether any went.
+    fn scrub(&mut self, cache_time: Option<Duration>, now: Instant) -> bool {
+        let Some(t) = cache_time else { return false };
+        let mut removed = false;
+        while let Some(&(at, n)) = self.order.first() {
+            if now < at + t {
+                break;
+            }
+            self.order.pop_first();
+            self.map.remove(&n);
+            removed = true;
+        }
+        removed
+    }
+
+    fn remove_written(&mut self, n: BlockNum) {
+        if let Some(Info::Written { at, .. }) = self.map.remove(&n) {
+            self.order.remove(&(at, n));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    data_hits: AtomicU64,
+    full_delay_us: AtomicU64,
+    write_delay_us: AtomicU64,
+}
+
+/// The layer's counters, printed as upstream's `md5_cache_*` lines.
+pub struct EcStats {
+    counters: Counters,
+    state: Arc<Mutex<State>>,
+}
+
+impl StatsSource for EcStats {
+    fn section(&self) -> StatsSection {
+        StatsSection::Md5Cache
+    }
+
+    fn write_stats(&self, w: &mut StatsWriter) {
+        let c = &self.counters;
+        w.blocks("md5_cache_current_size", self.state.lock().map.len() as u64);
+        w.count("md5_cache_data_hits", c.data_hits.load(Relaxed));
+        w.seconds("md5_cache_full_delays", c.full_delay_us.load(Relaxed) as f64 / 1e6);
+        w.seconds("md5_cache_write_delays", c.write_delay_us.load(Relaxed) as f64 / 1e6);
+    }
+
+    fn reset_stats(&self) {
+        let c = &self.counters;
+        for a in [&c.data_hits, &c.full_delay_us, &c.write_delay_us] {
+            a.store(0, Relaxed);
+        }
+    }
+}
+
+/// The consistency layer over an inner block store.
+pub struct EcProtect {
+    inner: Arc<dyn BlockStore>,
+    cfg: EcConfig,
+    state: Arc<Mutex<State>>,
+    changed: Notify,
+    stats: Arc<EcStats>,
+}
+
+/// What a reader or writer must do after looking at the table.
+enum Step<T> {
+    Done(T),
+    /// Wait until `deadline` (or any change when `None`), adding the time to `counter`.
+    Wait(Option<Instant>, Option<fn(&Counters) -> &AtomicU64>),
+}
+
+impl EcProtect {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn BlockStore>, cfg: EcConfig) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let stats = Arc::new(EcStats { counters: Counters::default(), state: state.clone() });
+        EcProtect { inner, cfg, state, changed: Notify::new(), stats }
+    }
+
+    /// The layer's counters, to register in the stats registry.
+    pub fn stats(&self) -> Arc<EcStats> {
+        self.stats.clone()
+    }
+
+    /// Runs `look` on the table until it is done, waiting as it asks in between.
+    async fn settle<T>(&self, mut look: impl FnMut(&mut State, Instant) -> Step<T>) -> T {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let step = {
+                let mut st = self.state.lock();
+                if st.scrub(self.cfg.cache_time, now) {
+                    self.changed.notify_waiters();
+                }
+                look(&mut st, now)
+            };
+            match step {
+                Step::Done(t) => return t,
+                Step::Wait(deadline, counter) => {
+                    match deadline {
+                        Some(d) => {
+                            let _ = tokio::time::timeout_at(d.into(), notified).await;
+                        }
+                        None => notified.await,
+                    }
+                    if let Some(c) = counter {
+                        c(&self.stats.counters).fetch_add(now.elapsed().as_micros() as u64, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the end of a write of `n`.
+    fn finish_write(&self, n: BlockNum, known: Known) {
+        let at = Instant::now();
+        let mut st = self.state.lock();
+        st.map.insert(n, Info::Written { at, known });
+        st.order.insert((at, n));
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Reserves block `n` for a write of `data`: waits for write spacing and for room.
+    async fn begin_write(&self, n: BlockNum, data: &Option<Bytes>) {
+        let (cap, mwd, cache_time) = (self.cfg.cache_size, self.cfg.min_write_delay, self.cfg.cache_time);
+        self.settle(|st, now| match st.map.get(&n) {
+            None if st.map.len() >= cap => {
+                // Full: wait for the oldest written entry to expire (or any change).
+                let deadline = cache_time.and_then(|t| st.order.first().map(|&(at, _)| at + t));
+                Step::Wait(deadline, Some(|c| &c.full_delay_us))
+            }
+            None => {
+                st.map.insert(n, Info::Writing(data.clone()));
+                Step::Done(())
+            }
+            // Another write of this block is in flight: wait for it.
+            Some(Info::Writing(_)) => Step::Wait(None, Some(|c| &c.write_delay_us)),
+            Some(Info::Written { at, .. }) if now < *at + mwd => Step::Wait(Some(*at + mwd), Some(|c| &c.write_delay_us)),
+            Some(Info::Written { .. }) => {
+                st.remove_written(n);
+                st.map.insert(n, Info::Writing(data.clone()));
+                Step::Done(())
+            }
+        })
+        .await
+    }
+}
+
+/// What a read should do, decided from the table.
+enum ReadPlan {
+    /// Answer without the store.
+    Answer(ReadOutcome),
+    /// Read from the store with this condition, expecting this ETag (if any).
+    Fetch(ReadCondition, Option<Etag>),
+}
+
+#[async_trait]
+impl BlockStore for EcProtect {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+
+    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+        let mwd = self.cfg.min_write_delay;
+        let plan = self
+            .settle(|st, now| match st.map.get(&n).cloned() {
+                None => Step::Done(ReadPlan::Fetch(cond, None)),
+                Some(Info::Writing(data)) => {
+                    self.stats.counters.data_hits.fetch_add(1, Relaxed);
+                    Step::Done(ReadPlan::Answer(match data {
+                        Some(d) => ReadOutcome::Data { data: d, etag: None },
+                        None => ReadOutcome::Zero,
+                    }))
+                }
+                Some(Info::Written { at, known }) => match known {
+                    Known::Unknown if now < at + mwd => Step::Wait(Some(at + mwd), None),
+                    Known::Unknown => {
+                        // Long enough for the failed write to have settled either way.
+                        st.remove_written(n);
+                        Step::Done(ReadPlan::Fetch(cond, None))
+                    }
+                    Known::Zero => {
+                        self.stats.counters.data_hits.fetch_add(1, Relaxed);
+                        Step::Done(ReadPlan::Answer(ReadOutcome::Zero))
+                    }
+                    Known::NoEtag => Step::Done(ReadPlan::Fetch(cond, None)),
+                    // The caller's copy is the version we wrote: still current.
+                    Known::Etag(e) if cond == ReadCondition::IfNoneMatch(e) => Step::Done(ReadPlan::Answer(ReadOutcome::NotModified)),
+                    Known::Etag(e) => Step::Done(ReadPlan::Fetch(ReadCondition::IfMatch(e), Some(e))),
+                },
+            })
+            .await;
+        let (cond, expect) = match plan {
+            ReadPlan::Answer(a) => return Ok(a),
+            ReadPlan::Fetch(c, e) => (c, e),
+        };
+        let mut pause = self.cfg.stale_pause;
+        let mut attempt = 0;
+        loop {
+            let stale = match self.inner.read_block(n, cond).await {
+                Err(StoreError::Stale(_)) => "the store answered with an older version (If-Match failed)".to_string(),
+                Ok(ReadOutcome::Data { etag: Some(got), .. }) if expect.is_some_and(|e| e != got) => {
+                    format!("the store answered with ETag {got}, expected {}", expect.unwrap_or_default())
+                }
+                Ok(ReadOutcome::Zero) if expect.is_some() => "the store has no object for a block just written".to_string(),
+                other => return other,
+            };
+            attempt += 1;
+            if attempt > self.cfg.stale_retries {
+                log::error!("block {n:#010x}: {stale}; giving up after {attempt} attempts");
+                return Err(StoreError::Stale(n));
+            }
+            log::debug!("block {n:#010x}: {stale}; retrying in {} ms", pause.as_millis());
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+
+    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+        let data = data.filter(|d| !is_zero(d));
+        self.begin_write(n, &data).await;
+        let r = self.inner.write_block(n, data.clone()).await;
+        let known = match (&r, &data) {
+            (Err(_), _) => Known::Unknown,
+            (Ok(_), None) => Known::Zero,
+            (Ok(Some(e)), Some(_)) => Known::Etag(*e),
+            (Ok(None), Some(_)) => Known::NoEtag,
+        };
+        self.finish_write(n, known);
+        r
+    }
+
+    async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
+        // Blocks the table does not know go down together (one multi-object DELETE) while there
+        // is room to track them; the others take the ordinary, spaced, path.
+        let mut batch = Vec::new();
+        let mut single = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for &n in blocks {
+                if !st.map.contains_key(&n) && st.map.len() < self.cfg.cache_size {
+                    st.map.insert(n, Info::Writing(None));
+                    batch.push(n);
+                } else {
+                    single.push(n);
+                }
+            }
+        }
+        let r = if batch.is_empty() { Ok(()) } else { self.inner.bulk_zero(&batch).await };
+        let known = if r.is_ok() { Known::Zero } else { Known::Unknown };
+        for &n in &batch {
+            self.finish_write(n, known);
+        }
+        r?;
+        for n in single {
+            self.write_block(n, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
+        // Writes complete before they return: nothing is held here.
+        self.inner.flush(blocks).await
+    }
+
+    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        let known: Vec<BlockNum> = self.state.lock().map.keys().copied().collect();
+        for n in known {
+            sink(n);
+        }
+        self.inner.survey_non_zero(sink).await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests;
