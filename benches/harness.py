@@ -14,6 +14,9 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
   metadata   copy a generated tree of small files in, unmount, remount, read it back
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl)
 
+With --cache-effect it instead compares ours with the block cache and read-ahead, with the cache
+but no read-ahead, and with no cache at all, on seqwrite and seqread at 20 ms (benches/CACHE.md).
+
 For each it records MB/s or IOPS, the daemon's CPU seconds and peak RSS, and HTTP requests from
 the stats file, and writes a Markdown table (ratios ours/C, % of the ceiling) and a JSON file.
 Everything talks to 127.0.0.1 only.
@@ -125,18 +128,28 @@ class Netsim:
         self.proc.wait()
 
 
+# The systems a run can compare: program and the flags that set it apart.
+SYSTEMS = {
+    # 1.5.4 turns its MD5 cache on by default; 2.x and ours have it off.
+    "c": (C_S3BACKER, ["--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0"]),
+    "ours": (OURS, []),
+    # For the cache benchmark (--cache-effect): ours without read-ahead, and without any cache.
+    "ours-noreadahead": (OURS, ["--readAhead=0"]),
+    "ours-nocache": (OURS, ["--blockCacheSize=0"]),
+}
+
+
 class Daemon:
     """One s3backer process (either implementation) in the foreground, with /proc sampling."""
 
     def __init__(self, system, port, mnt, cfg, logdir):
+        program, extra = SYSTEMS[system]
         common = [f"--baseURL=http://127.0.0.1:{port}/", f"--accessId={ACCESS}", f"--accessKey={SECRET}",
                   f"--blockSize={cfg.block_size}", f"--size={cfg.size}",
                   f"--blockCacheSize={cfg.cache_blocks}", f"--blockCacheThreads={cfg.threads}"]
-        if system == "c":
-            # 1.5.4 turns its MD5 cache on by default; 2.x and ours have it off.
-            args = [C_S3BACKER] + common + ["--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0"]
-        else:
-            args = [OURS] + common
+        # A system's own flags replace the common ones of the same name.
+        names = {e.split("=")[0] for e in extra}
+        args = [program] + [c for c in common if c.split("=")[0] not in names] + extra
         args += ["-f", BUCKET, mnt]
         self.mnt = mnt
         self.err = open(os.path.join(logdir, f"{system}-{time.time_ns()}.log"), "w")
@@ -368,18 +381,56 @@ def table(results, cfg):
     return "\n".join(lines) + "\n"
 
 
+def cache_table(results, cfg):
+    """The --cache-effect report: ours with the block cache and read-ahead, without read-ahead,
+    and without any cache, as ratios to the cacheless run."""
+    lines = ["# s3backer-rs: what the block cache and read-ahead are worth", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+             f"({os.cpu_count()} cores), one run each, side by side. Garage on 127.0.0.1 behind s3b-netsim.",
+             f"ext4 on `losetup --direct-io=on`; {cfg.data_mb} MiB; --blockSize={cfg.block_size} "
+             f"--blockCacheSize={cfg.cache_blocks} --blockCacheThreads={cfg.threads}; reads are cold (fresh mount, "
+             "caches dropped); writes end in fsync.", "",
+             "| latency | workload | no cache | cache, no read-ahead | cache + read-ahead | cache+RA / no cache | HTTP GET+PUT no cache / cache+RA |",
+             "|---|---|---|---|---|---|---|"]
+    by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
+    for lat in cfg.latencies:
+        for w in cfg.workloads:
+            row = [by.get((lat, w, s), {}) for s in ("ours-nocache", "ours-noreadahead", "ours")]
+            def val(r):
+                return f"error: {r['error']}" if "error" in r else (f"{r['value']:.1f} {r['unit']}" if "value" in r else "–")
+            base, best = row[0], row[2]
+            ratio = f"{best['value'] / base['value']:.2f}" if "value" in best and base.get("value") else "–"
+            def req(r):
+                return str(r.get("http_gets", 0) + r.get("http_puts", 0)) if "cpu_s" in r else "–"
+            lines.append(f"| {lat} ms | {w} | {val(row[0])} | {val(row[1])} | {val(row[2])} | {ratio} | {req(base)} / {req(best)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--latency", default="0,20", help="round-trip latencies in ms, comma separated")
     p.add_argument("--workloads", default="seqwrite,seqread,randread,randwrite,metadata")
-    p.add_argument("--systems", default="c,ours")
+    p.add_argument("--systems", default="c,ours", help=f"comma separated, of: {', '.join(SYSTEMS)}")
+    p.add_argument("--cache-effect", action="store_true",
+                   help="instead of C vs ours: ours with and without the cache and read-ahead, "
+                        "sequential write and cold read at 20 ms; writes benches/CACHE.md")
     p.add_argument("--block-size", default="256k")
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--out", default=os.path.join(ROOT, "benches/RESULTS.md"))
     p.add_argument("--json", default=os.path.join(ROOT, "benches/results.json"))
     cfg = p.parse_args()
+    if cfg.cache_effect:
+        cfg.systems = "ours-nocache,ours-noreadahead,ours"
+        if cfg.workloads == p.get_default("workloads"):
+            cfg.workloads = "seqwrite,seqread"
+        if cfg.latency == p.get_default("latency"):
+            cfg.latency = "20"
+        if cfg.out == p.get_default("out"):
+            cfg.out = os.path.join(ROOT, "benches/CACHE.md")
+        if cfg.json == p.get_default("json"):
+            cfg.json = os.path.join(ROOT, "benches/cache.json")
     cfg.latencies = [int(x) for x in cfg.latency.split(",")]
     cfg.workloads = cfg.workloads.split(",")
     cfg.data_mb = 64 if cfg.quick else 512
@@ -392,9 +443,10 @@ def main():
     results = []
     try:
         for lat in cfg.latencies:
-            r = run_ceiling(cfg, lat, work)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+            if not cfg.cache_effect:
+                r = run_ceiling(cfg, lat, work)
+                print(json.dumps(r), flush=True)
+                results.append(r)
             for w in cfg.workloads:
                 for system in cfg.systems.split(","):
                     r = run_workload(system, w, cfg, lat, work)
@@ -405,7 +457,7 @@ def main():
     with open(cfg.json, "w") as f:
         json.dump({"config": {k: v for k, v in vars(cfg).items()}, "results": results}, f, indent=1)
     with open(cfg.out, "w") as f:
-        f.write(table(results, cfg))
+        f.write(cache_table(results, cfg) if cfg.cache_effect else table(results, cfg))
     print(open(cfg.out).read())
 
 
