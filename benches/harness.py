@@ -36,8 +36,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OURS = os.path.join(ROOT, "target/release/s3backer")
-NETSIM = os.path.join(ROOT, "target/release/s3b-netsim")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+OURS = os.path.join(TARGET, "release/s3backer")
+NETSIM = os.path.join(TARGET, "release/s3b-netsim")
 C_S3BACKER = "/usr/bin/s3backer"
 ACCESS = "GKbench0000000000000000000"
 SECRET = "bench-secret-key-0123456789abcdef"

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-s3
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet --bin s3backer --bin s3b-netsim
+cargo build --release --quiet --bin s3backer
+cargo build --release --quiet -p s3b-netsim
 exec python3 benches/harness.py "$@"

@@ -879,3 +879,44 @@ fn consistency_layer_ext4_round_trip_over_s3() {
     fsck_clean(&m.file());
     assert_eq!(m.unmount(), 0);
 }
+
+/// A bucket in another region (S3 answers 301 PermanentRedirect with the bucket's region): one
+/// line naming the region to use, no retries, nothing written.
+#[test]
+fn redirect_to_another_region_names_the_region() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = c.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Region>eu-west-1</Region></Error>";
+            let _ = write!(
+                c,
+                "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let s = Scratch::new();
+    let out = run_ours(&[
+        format!("--baseURL=http://127.0.0.1:{port}/"),
+        "--accessId=AKIDEXAMPLE".into(),
+        "--accessKey=secret-example-key".into(),
+        "--size=1m".into(),
+        "-f".into(),
+        BUCKET.into(),
+        s.mnt().to_string_lossy().into_owned(),
+    ]);
+    let err = errors(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--region=eu-west-1"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) <= 2, "a redirect was retried");
+    assert!(!is_mounted(&s.mnt()));
+}
