@@ -474,10 +474,12 @@ impl ObjectStore for S3Store {
             ReadCondition::IfNoneMatch(e) => req.headers.push(("if-none-match", e.quoted())),
         }
         let started = Instant::now();
-        let result = self.send(&req, true).await;
-        bump(&self.stats.http_gets);
-        add_time(&self.stats.get_micros, started.elapsed());
-        let resp = result?;
+        let resp = self.send(&req, true).await?;
+        // As upstream, only successful transfers count (not 304 or 404 answers).
+        if (200..300).contains(&resp.status) {
+            bump(&self.stats.http_gets);
+            add_time(&self.stats.get_micros, started.elapsed());
+        }
         match resp.status {
             304 => {
                 bump(&self.stats.http_verified);
@@ -521,10 +523,11 @@ impl ObjectStore for S3Store {
             req.headers.push((HMAC_HEADER, h));
         }
         let started = Instant::now();
-        let result = self.send(&req, true).await;
-        bump(&self.stats.http_puts);
-        add_time(&self.stats.put_micros, started.elapsed());
-        let resp = result?;
+        let resp = self.send(&req, true).await?;
+        if (200..300).contains(&resp.status) {
+            bump(&self.stats.http_puts);
+            add_time(&self.stats.put_micros, started.elapsed());
+        }
         if resp.status == 404 {
             return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
         }
@@ -535,13 +538,13 @@ impl ObjectStore for S3Store {
     async fn delete_object(&self, n: BlockNum) -> Result<()> {
         let req = Req::new(Method::DELETE, Some(self.cfg.keys.block_key(n)));
         let started = Instant::now();
-        let result = self.send(&req, true).await;
-        bump(&self.stats.http_deletes);
-        add_time(&self.stats.delete_micros, started.elapsed());
-        let resp = result?;
+        let resp = self.send(&req, true).await?;
         if resp.status == 404 && error_code(&resp.body).as_deref() == Some("NoSuchBucket") {
             return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
         }
+        // A DELETE of a missing object counts as a success, as upstream.
+        bump(&self.stats.http_deletes);
+        add_time(&self.stats.delete_micros, started.elapsed());
         bump(&self.stats.http_zero_blocks_written);
         Ok(())
     }
@@ -566,8 +569,10 @@ impl ObjectStore for S3Store {
             req.headers.push(("content-md5", base64::engine::general_purpose::STANDARD.encode(Md5::digest(&req.body))));
             let started = Instant::now();
             let result = self.send(&req, true).await;
-            bump(&self.stats.http_deletes);
-            add_time(&self.stats.delete_micros, started.elapsed());
+            if result.as_ref().is_ok_and(|r| (200..300).contains(&r.status)) {
+                bump(&self.stats.http_deletes);
+                add_time(&self.stats.delete_micros, started.elapsed());
+            }
             match result {
                 Ok(resp) if resp.status == 404 => {
                     return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
