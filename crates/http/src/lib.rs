@@ -19,6 +19,7 @@
 pub mod client;
 pub mod creds;
 pub mod retry;
+pub mod sign;
 pub mod stats;
 pub mod xml;
 
@@ -26,11 +27,6 @@ pub use creds::{Credentials, Keys};
 pub use stats::HttpStats;
 
 use async_trait::async_trait;
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
-    sign,
-};
-use aws_sigv4::sign::v4;
 use base64::Engine as _;
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
@@ -264,40 +260,16 @@ impl S3Store {
         let mut headers: Vec<(String, String)> =
             req.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         if let Some(keys) = self.creds.keys(&self.client).await? {
-            let identity = aws_credential_types::Credentials::new(
-                keys.id.clone(),
-                keys.secret.clone(),
-                keys.token.clone(),
-                None,
-                "s3backer",
-            )
-            .into();
-            let mut settings = SigningSettings::default();
-            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-            settings.percent_encoding_mode = PercentEncodingMode::Single;
-            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-            let params = v4::SigningParams::builder()
-                .identity(&identity)
-                .region(&self.cfg.region)
-                .name("s3")
-                .time(SystemTime::now())
-                .settings(settings)
-                .build()
-                .map_err(|e| StoreError::Other(format!("can't sign the request: {e}")))?
-                .into();
-            let signable = SignableRequest::new(
+            let signed = sign::sigv4_headers(
+                &keys,
+                &self.cfg.region,
                 req.method.as_str(),
-                url.as_str(),
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                SignableBody::Bytes(&req.body),
-            )
-            .map_err(|e| StoreError::Other(format!("can't sign the request: {e}")))?;
-            let (instructions, _) = sign(signable, &params)
-                .map_err(|e| StoreError::Other(format!("can't sign the request: {e}")))?
-                .into_parts();
-            for (name, value) in instructions.headers() {
-                headers.push((name.to_string(), value.to_string()));
-            }
+                &url,
+                &headers,
+                &req.body,
+                SystemTime::now(),
+            )?;
+            headers.extend(signed);
         }
         headers.push(("user-agent".into(), self.user_agent.clone()));
         let started = Instant::now();
