@@ -11,6 +11,12 @@ use s3b_store::BlockNum;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How far behind the last read block a read may be and still belong to the same run (the
+/// pieces of one request complete out of order).
+const REORDER_SLACK: BlockNum = 4;
+/// Largest forward step, in blocks, that continues a sequential run.
+const MAX_STEP: BlockNum = 2;
+
 /// Sequential-read detector and window.
 #[derive(Debug)]
 pub struct ReadAhead {
@@ -43,8 +49,19 @@ impl ReadAhead {
     }
 
     /// Records a read of block `n` and returns the range of blocks to fetch now, if any.
+    ///
+    /// Reads arrive as the kernel sends them: a block is often read in several pieces, and the
+    /// pieces of one large request are read in parallel, so they finish slightly out of order.
+    /// Neither breaks a sequential run: another read of the last block, or of one just before
+    /// it, is ignored, and a step of up to [`MAX_STEP`] blocks forward counts as sequential.
     pub fn on_read(&mut self, n: BlockNum, num_blocks: u64) -> Option<std::ops::Range<u64>> {
-        let sequential = self.last.is_some_and(|l| l as u64 + 1 == n as u64);
+        if let Some(l) = self.last
+            && n <= l
+            && l - n <= REORDER_SLACK
+        {
+            return None;
+        }
+        let sequential = self.last.is_some_and(|l| n > l && n - l <= MAX_STEP);
         self.last = Some(n);
         if !sequential {
             self.run = 0;
@@ -115,6 +132,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pieces_of_a_block_and_reordered_reads_keep_the_run() {
+        let mut ra = ReadAhead::new(4, 2, 64);
+        // Each block read in two pieces, as with 128 KiB requests on 256 KiB blocks.
+        assert_eq!(ra.on_read(10, 1000), None);
+        assert_eq!(ra.on_read(10, 1000), None);
+        assert_eq!(ra.on_read(11, 1000), None);
+        assert_eq!(ra.on_read(11, 1000), None);
+        assert_eq!(ra.on_read(12, 1000), Some(13..17));
+        // Parallel pieces finishing out of order: 14 before 13.
+        assert_eq!(ra.on_read(14, 1000), Some(17..23));
+        assert_eq!(ra.on_read(13, 1000), None);
+        assert_eq!(ra.on_read(15, 1000).map(|r| r.start), Some(23));
+        assert!(ra.window() >= 8, "the run went on: window {}", ra.window());
+    }
+
+    #[test]
     fn triggers_grows_and_resets() {
         let mut ra = ReadAhead::new(4, 2, 64);
         assert_eq!(ra.on_read(10, 1000), None);
@@ -133,6 +166,15 @@ mod tests {
             grew = grew.max(ra.window());
         }
         assert_eq!(grew, 64, "window capped");
+        // A jump resets.
+        assert_eq!(ra.on_read(500, 1000), None);
+        assert_eq!(ra.window(), 4);
+        assert_eq!(ra.on_read(501, 1000), None);
+        assert_eq!(ra.on_read(502, 1000), Some(503..507));
+        // Backwards beyond the slack resets too.
+        assert_eq!(ra.on_read(400, 1000), None);
+        assert_eq!(ra.on_read(401, 1000), None);
+        assert_eq!(ra.on_read(402, 1000), Some(403..407));
         // A jump resets.
         assert_eq!(ra.on_read(500, 1000), None);
         assert_eq!(ra.window(), 4);
