@@ -12,7 +12,8 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
   randread   fio 4 KiB random read, iodepth 16, time-bounded
   randwrite  fio 4 KiB random write, iodepth 16, time-bounded, ending in fsync
   metadata   copy a generated tree of small files in, unmount, remount, read it back
-  ceiling    the raw server: parallel PUT then GET of objects of the block size (curl)
+  ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
+             signed with the body's SHA-256 like the uploads of both s3backers)
 
 With --cache-effect it instead compares ours with the block cache and read-ahead, with the cache
 but no read-ahead, and with no cache at all, on seqwrite and seqread at 20 ms (benches/CACHE.md).
@@ -23,6 +24,7 @@ Everything talks to 127.0.0.1 only.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -67,6 +69,16 @@ def wait_port(port, secs=15):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"port {port} never opened")
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 class Garage:
@@ -166,11 +178,8 @@ class Daemon:
             time.sleep(0.05)
 
     def sample(self):
+        self.cpu = max(self.cpu, proc_cpu(self.proc.pid))
         try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            tick = os.sysconf("SC_CLK_TCK")
-            self.cpu = (int(fields[11]) + int(fields[12])) / tick
             with open(f"/proc/{self.proc.pid}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
@@ -265,6 +274,7 @@ def run_workload(system, workload, cfg, latency, work):
             sh("echo 3 > /proc/sys/vm/drop_caches")
             ext4 = Ext4(os.path.join(mnt, "file"), disk, mkfs=False)
         t0 = time.time()
+        server_cpu0 = proc_cpu(garage.proc.pid)
         if workload == "seqwrite":
             job = fio("seqwrite", f"--rw=write --bs=1M --size={data} --filename={path} --end_fsync=1")
             secs = time.time() - t0
@@ -285,11 +295,16 @@ def run_workload(system, workload, cfg, latency, work):
             out = sh(f"find {disk}/tree -type f | xargs cat | wc -c")
             read_secs = time.time() - t0
             result.update(value=cfg.meta_files / (write_secs + read_secs), unit="files/s",
-                          bytes_read=int(out.strip()))
+                          bytes_read=int(out.strip()), write_secs=round(write_secs, 2),
+                          read_secs=round(read_secs, 2))
         ext4.stop()
         ext4 = None
         cpu, rss, st = daemon.stop()
         daemon = None
+        # What the server spent on the measured part (and the flush at unmount): with the
+        # daemon's CPU it shows whether a run was bound by the machine's two cores.
+        result.update(server_cpu_s=round(proc_cpu(garage.proc.pid) - server_cpu0, 2),
+                      wall_s=round(time.time() - t0, 2))
         if workload == "seqwrite":
             # C 1.5.4's fsync is a no-op: also report the rate until the data is really in S3,
             # i.e. including the flush at unmount.
@@ -311,7 +326,8 @@ def run_workload(system, workload, cfg, latency, work):
 
 
 def run_ceiling(cfg, latency, work):
-    """The raw server: PUT then GET objects of the block size with 16 parallel curl transfers."""
+    """The raw server: PUT then GET objects of the block size with 16 parallel curl transfers
+    (PUTs with a signed payload hash, as both s3backers send)."""
     garage = Garage(work)
     proxy = Netsim(garage.port, latency // 2) if latency > 0 else None
     port = proxy.port if proxy else garage.port
@@ -322,19 +338,25 @@ def run_ceiling(cfg, latency, work):
         body = os.path.join(work, "obj")
         with open(body, "wb") as f:
             f.write(os.urandom(bs))
-        auth = f"--aws-sigv4 aws:amz:us-east-1:s3 --user {ACCESS}:{SECRET} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'"
+        # Signed like the uploads of both s3backers (the body's SHA-256 in the signature, which
+        # the server verifies), so the ceiling is for the same requests.
+
+        with open(body, "rb") as f:
+            body_sha = hashlib.sha256(f.read()).hexdigest()
+        auth = f"--aws-sigv4 aws:amz:us-east-1:s3 --user {ACCESS}:{SECRET} -H 'x-amz-content-sha256: {body_sha}'"
+        get_auth = f"--aws-sigv4 aws:amz:us-east-1:s3 --user {ACCESS}:{SECRET} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'"
         cfgfile = os.path.join(work, "curl.cfg")
         with open(cfgfile, "w") as f:
             for i in range(n):
                 f.write(f'url = "http://127.0.0.1:{port}/{BUCKET}/ceil{i:06d}"\nupload-file = "{body}"\noutput = "/dev/null"\n')
         t0 = time.time()
-        sh(f"curl -s --parallel --parallel-max 16 {auth} -K {cfgfile}")
+        sh(f"curl -s --fail --parallel --parallel-max 16 {auth} -K {cfgfile}")
         put = n * bs / (time.time() - t0) / 1e6
         with open(cfgfile, "w") as f:
             for i in range(n):
                 f.write(f'url = "http://127.0.0.1:{port}/{BUCKET}/ceil{i:06d}"\noutput = "/dev/null"\n')
         t0 = time.time()
-        sh(f"curl -s --parallel --parallel-max 16 {auth} -K {cfgfile}")
+        sh(f"curl -s --parallel --parallel-max 16 {get_auth} -K {cfgfile}")
         get = n * bs / (time.time() - t0) / 1e6
         res.update(put_mbs=round(put, 1), get_mbs=round(get, 1))
     except Exception as e:
@@ -346,16 +368,28 @@ def run_ceiling(cfg, latency, work):
     return res
 
 
+def median_run(runs):
+    """The median of repeated runs (by value; a failed run counts as the worst), with every
+    run's value kept beside it."""
+    ordered = sorted(runs, key=lambda r: r.get("value", float("-inf")))
+    best = dict(ordered[(len(ordered) - 1) // 2 if len(ordered) % 2 else len(ordered) // 2])
+    if len(runs) > 1:
+        best["runs"] = [r.get("value") for r in runs]
+    return best
+
+
 def table(results, cfg):
     lines = [f"# s3backer-rs vs C s3backer 1.5.4 — benchmark results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-             f"({os.cpu_count()} cores, {platform.platform()}), one run each, side by side.",
+             f"({os.cpu_count()} cores, {platform.platform()}), "
+             + ("one run each" if cfg.repeat == 1 else f"median of {cfg.repeat} runs each, systems alternating")
+             + ", side by side.",
              f"Server: Garage on 127.0.0.1 (fresh per run); latency added by s3b-netsim (round trip).",
              f"Flags for both: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
              f"--blockCacheThreads={cfg.threads}; C also --md5CacheSize=0 (1.5.4 enables it by default).",
              f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s.", "",
-             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | peak RSS MiB C / ours | HTTP GET+PUT+DEL C / ours |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | server CPU s C / ours | peak RSS MiB C / ours | HTTP GET+PUT+DEL C / ours |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
     for lat in cfg.latencies:
         ceil = by.get((lat, "ceiling", "raw"), {})
@@ -366,7 +400,7 @@ def table(results, cfg):
             if w == "seqwrite" and "durable_mbs" in c and "durable_mbs" in o:
                 lines.append(f"| {lat} ms | seqwrite until in S3 (incl. unmount flush) | {c['durable_mbs']} MB/s "
                              f"| {o['durable_mbs']} MB/s | {o['durable_mbs'] / c['durable_mbs']:.2f} "
-                             f"| {100 * o['durable_mbs'] / ceil['put_mbs']:.0f} % | | | |" if ceil.get("put_mbs") else "")
+                             f"| {100 * o['durable_mbs'] / ceil['put_mbs']:.0f} % | | | | |" if ceil.get("put_mbs") else "")
             def val(r):
                 return f"error: {r['error']}" if "error" in r else f"{r['value']:.1f} {r['unit']}"
             ratio = f"{o['value'] / c['value']:.2f}" if "value" in o and "value" in c and c["value"] > 0 else "–"
@@ -376,9 +410,10 @@ def table(results, cfg):
             def req(r):
                 return str(r.get("http_gets", 0) + r.get("http_puts", 0) + r.get("http_deletes", 0)) if "cpu_s" in r else "–"
             lines.append(f"| {lat} ms | {w} | {val(c)} | {val(o)} | {ratio} | {pct} | {c.get('cpu_s', '–')} / {o.get('cpu_s', '–')} "
+                         f"| {c.get('server_cpu_s', '–')} / {o.get('server_cpu_s', '–')} "
                          f"| {c.get('peak_rss_mib', '–')} / {o.get('peak_rss_mib', '–')} | {req(c)} / {req(o)} |")
         if ceil:
-            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s | GET {ceil.get('get_mbs', '–')} MB/s | | | | | |")
+            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s | GET {ceil.get('get_mbs', '–')} MB/s | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -416,6 +451,9 @@ def main():
     p.add_argument("--cache-effect", action="store_true",
                    help="instead of C vs ours: ours with and without the cache and read-ahead, "
                         "sequential write and cold read at 20 ms; writes benches/CACHE.md")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each workload this many times per system (systems alternating) and "
+                        "report the median run")
     p.add_argument("--block-size", default="256k")
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
@@ -449,10 +487,14 @@ def main():
                 print(json.dumps(r), flush=True)
                 results.append(r)
             for w in cfg.workloads:
-                for system in cfg.systems.split(","):
-                    r = run_workload(system, w, cfg, lat, work)
-                    print(json.dumps(r), flush=True)
-                    results.append(r)
+                runs = {s: [] for s in cfg.systems.split(",")}
+                for _ in range(cfg.repeat):
+                    for system in runs:
+                        r = run_workload(system, w, cfg, lat, work)
+                        print(json.dumps(r), flush=True)
+                        runs[system].append(r)
+                for system, rs in runs.items():
+                    results.append(median_run(rs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with open(cfg.json, "w") as f:

@@ -106,7 +106,10 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     if cfg.read_only && !opts.contains(&MountOption::RO) {
         opts.push(MountOption::RO);
     }
-    let threads = if cfg.single_thread { 1 } else { 2 };
+    // Requests that hit the cache are answered on these threads (see s3b_fuse), so there is
+    // one per core, at least two and at most eight; `-s` keeps upstream's single thread.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = if cfg.single_thread { 1 } else { cores.clamp(2, 8) };
     let mut fc = fuser::Config::default();
     fc.mount_options = opts;
     fc.acl = acl;

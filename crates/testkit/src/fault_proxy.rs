@@ -5,6 +5,8 @@
 //! - forwarded, and then the client connection is reset before any answer (the server did
 //!   the work but the client cannot know), or reset without forwarding,
 //! - stalled: held for [`FaultConfig::stall`] (longer than the client's timeout), then dropped,
+//! - corrupted: forwarded with one byte of its body changed (requests with a body only), as a
+//!   bad link would, to show the server refuses what the client did not send,
 //! - or forwarded normally.
 //!
 //! Requests are forwarded one per upstream connection (`Connection: close`); the answer is read
@@ -31,6 +33,8 @@ pub struct FaultConfig {
     pub stall_percent: u32,
     /// How long a stall lasts.
     pub stall: Duration,
+    /// Forward requests that have a body with one byte of it flipped.
+    pub corrupt_percent: u32,
 }
 
 /// What the proxy has done so far.
@@ -44,12 +48,14 @@ pub struct FaultCounts {
     pub resets: u64,
     /// Requests stalled.
     pub stalls: u64,
+    /// Request bodies corrupted on the way.
+    pub corrupts: u64,
 }
 
 impl FaultCounts {
     /// All injected faults.
     pub fn faults(&self) -> u64 {
-        self.errors + self.resets + self.stalls
+        self.errors + self.resets + self.stalls + self.corrupts
     }
 }
 
@@ -61,6 +67,7 @@ struct Shared {
     errors: AtomicU64,
     resets: AtomicU64,
     stalls: AtomicU64,
+    corrupts: AtomicU64,
     seq: AtomicU64,
     methods: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -116,6 +123,7 @@ impl FaultProxy {
             errors: s.errors.load(Ordering::SeqCst),
             resets: s.resets.load(Ordering::SeqCst),
             stalls: s.stalls.load(Ordering::SeqCst),
+            corrupts: s.corrupts.load(Ordering::SeqCst),
         }
     }
 }
@@ -234,6 +242,11 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
             std::thread::sleep(cfg.stall);
             let _ = conn.shutdown(Shutdown::Both);
             return;
+        }
+        if r < e + rs + st + cfg.corrupt_percent && !body.is_empty() {
+            sh.corrupts.fetch_add(1, Ordering::SeqCst);
+            let i = body.len() / 2;
+            body[i] ^= 0x5a;
         }
         match forward(&head, &body, upstream) {
             Ok(answer) => {
