@@ -87,6 +87,7 @@ class Garage:
     def __init__(self, work):
         self.dir = tempfile.mkdtemp(prefix="garage-", dir=work)
         self.port = free_port()
+        self.admin = free_port()
         rpc = free_port()
         with open(os.path.join(self.dir, "garage.toml"), "w") as f:
             f.write(f"""metadata_dir = "{self.dir}/meta"
@@ -100,6 +101,8 @@ rpc_secret = "{os.urandom(32).hex()}"
 s3_region = "us-east-1"
 api_bind_addr = "127.0.0.1:{self.port}"
 root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{self.admin}"
 """)
         env = dict(os.environ, GARAGE_DEFAULT_ACCESS_KEY=ACCESS, GARAGE_DEFAULT_SECRET_KEY=SECRET,
                    GARAGE_DEFAULT_BUCKET=BUCKET)
@@ -119,6 +122,17 @@ root_domain = ".s3.garage.localhost"
                 return
             time.sleep(0.05)
         raise RuntimeError("garage bucket not ready")
+
+    def requests(self):
+        """S3 requests the server has received, by API endpoint (its own metrics: every request,
+        whatever its answer, which the clients' stats files do not all count)."""
+        out = sh(f"curl -s http://127.0.0.1:{self.admin}/metrics", check=False)
+        counts = {}
+        for line in out.splitlines():
+            if line.startswith("api_s3_request_counter{"):
+                name = line.split('api_endpoint="', 1)[1].split('"', 1)[0]
+                counts[name] = counts.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+        return counts
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -275,6 +289,7 @@ def run_workload(system, workload, cfg, latency, work):
             ext4 = Ext4(os.path.join(mnt, "file"), disk, mkfs=False)
         t0 = time.time()
         server_cpu0 = proc_cpu(garage.proc.pid)
+        server_req0 = garage.requests()
         if workload == "seqwrite":
             job = fio("seqwrite", f"--rw=write --bs=1M --size={data} --filename={path} --end_fsync=1")
             secs = time.time() - t0
@@ -305,6 +320,10 @@ def run_workload(system, workload, cfg, latency, work):
         # daemon's CPU it shows whether a run was bound by the machine's two cores.
         result.update(server_cpu_s=round(proc_cpu(garage.proc.pid) - server_cpu0, 2),
                       wall_s=round(time.time() - t0, 2))
+        # Requests of the measured part including the flush at unmount, counted by the server.
+        req = garage.requests()
+        result.update(server_requests={k: v - server_req0.get(k, 0) for k, v in req.items()
+                                       if v - server_req0.get(k, 0) > 0})
         if workload == "seqwrite":
             # C 1.5.4's fsync is a no-op: also report the rate until the data is really in S3,
             # i.e. including the flush at unmount.
@@ -387,8 +406,11 @@ def table(results, cfg):
              f"Server: Garage on 127.0.0.1 (fresh per run); latency added by s3b-netsim (round trip).",
              f"Flags for both: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
              f"--blockCacheThreads={cfg.threads}; C also --md5CacheSize=0 (1.5.4 enables it by default).",
-             f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s.", "",
-             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | server CPU s C / ours | peak RSS MiB C / ours | HTTP GET+PUT+DEL C / ours |",
+             f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s.",
+             "CPU s: the daemon's whole life; server CPU s and S3 requests (counted by the server, every "
+             "answer) cover the measured part and the flush at unmount. Ceiling PUTs are signed with the "
+             "body's SHA-256, as both s3backers sign theirs.", "",
+             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | server CPU s C / ours | peak RSS MiB C / ours | S3 requests C / ours |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
     for lat in cfg.latencies:
@@ -408,7 +430,7 @@ def table(results, cfg):
             if "value" in o and w in ("seqwrite", "seqread") and ceil.get("put_mbs"):
                 pct = f"{100 * o['value'] / ceil['put_mbs' if w == 'seqwrite' else 'get_mbs']:.0f} %"
             def req(r):
-                return str(r.get("http_gets", 0) + r.get("http_puts", 0) + r.get("http_deletes", 0)) if "cpu_s" in r else "–"
+                return str(sum(r["server_requests"].values())) if "server_requests" in r else "–"
             lines.append(f"| {lat} ms | {w} | {val(c)} | {val(o)} | {ratio} | {pct} | {c.get('cpu_s', '–')} / {o.get('cpu_s', '–')} "
                          f"| {c.get('server_cpu_s', '–')} / {o.get('server_cpu_s', '–')} "
                          f"| {c.get('peak_rss_mib', '–')} / {o.get('peak_rss_mib', '–')} | {req(c)} / {req(o)} |")

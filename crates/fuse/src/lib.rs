@@ -399,15 +399,16 @@ impl Filesystem for VolumeFs {
             return reply.error(Errno::EROFS);
         }
         let s = self.shared.clone();
-        let data = data.to_vec();
+        let data = bytes::Bytes::copy_from_slice(data);
         self.spawn(async move {
-            match s.volume.write(offset, &data).await {
+            let len = data.len();
+            match s.volume.write(offset, data).await {
                 Ok(n) => {
                     s.times.lock().file_mtime = SystemTime::now();
                     reply.written(n as u32)
                 }
                 Err(e) => {
-                    log::error!("write of {} bytes at offset {offset} failed: {e}", data.len());
+                    log::error!("write of {len} bytes at offset {offset} failed: {e}");
                     reply.error(errno(&e))
                 }
             }

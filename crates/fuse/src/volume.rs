@@ -131,14 +131,15 @@ impl Volume {
         Ok(out.freeze())
     }
 
-    /// Writes `data` at `offset`; returns how many bytes were written (cut at the end).
-    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<usize> {
+    /// Writes `data` at `offset`; returns how many bytes were written (cut at the end). Whole
+    /// blocks are handed down as slices of `data`, without copying.
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<usize> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
         let len = self.clip(offset, data.len() as u64)?;
         let ps = pieces(self.block_size, offset, len);
-        try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(&data[p.buf_off..p.buf_off + p.len])))).await?;
+        try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(data.slice(p.buf_off..p.buf_off + p.len))))).await?;
         Ok(len as usize)
     }
 
@@ -196,24 +197,24 @@ impl Volume {
     }
 
     /// Writes one piece: `data = None` means zeros.
-    async fn write_piece(&self, p: Piece, data: Option<&[u8]>) -> Result<()> {
+    async fn write_piece(&self, p: Piece, data: Option<Bytes>) -> Result<()> {
         let _guard = self.lock(p.block).lock().await;
         if p.len as u64 == self.block_size {
-            let block = data.filter(|d| !is_zero(d)).map(Bytes::copy_from_slice);
+            let block = data.filter(|d| !is_zero(d));
             self.store.write_block(p.block, block).await?;
             return Ok(());
         }
         // Read-modify-write of a partial block.
         let old = self.read_whole(p.block).await?;
-        let unchanged = match data {
-            Some(d) => old[p.start..p.start + p.len] == *d,
+        let unchanged = match &data {
+            Some(d) => old[p.start..p.start + p.len] == d[..],
             None => is_zero(&old[p.start..p.start + p.len]),
         };
         if unchanged {
             return Ok(());
         }
         let mut buf = BytesMut::from(&old[..]);
-        match data {
+        match &data {
             Some(d) => buf[p.start..p.start + p.len].copy_from_slice(d),
             None => buf[p.start..p.start + p.len].fill(0),
         }
@@ -293,7 +294,7 @@ mod model_tests {
                     match op {
                         Op::Write { off, len, fill } => {
                             let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
-                            let n = v.write(off, &data).await.unwrap();
+                            let n = v.write(off, Bytes::copy_from_slice(&data)).await.unwrap();
                             let end = (off as usize + len).min(SIZE as usize);
                             prop_assert_eq!(n, end - off as usize);
                             model[off as usize..end].copy_from_slice(&data[..n]);
@@ -314,7 +315,7 @@ mod model_tests {
                 // Concurrent writes to disjoint halves of every block, then one full read.
                 let halves: Vec<_> = (0..BLOCKS * 2).map(|h| {
                     let v = &v;
-                    async move { v.write(h * BS / 2, &vec![h as u8 + 1; (BS / 2) as usize]).await }
+                    async move { v.write(h * BS / 2, Bytes::from(vec![h as u8 + 1; (BS / 2) as usize])).await }
                 }).collect();
                 futures::future::try_join_all(halves).await.unwrap();
                 for h in 0..BLOCKS * 2 {
@@ -324,7 +325,7 @@ mod model_tests {
                 prop_assert_eq!(&v.read(0, SIZE).await.unwrap()[..], &model[..]);
                 // Beyond the end.
                 prop_assert!(v.read(SIZE + 1, 1).await.is_err());
-                prop_assert_eq!(v.write(SIZE, b"x").await.unwrap(), 0);
+                prop_assert_eq!(v.write(SIZE, Bytes::from_static(b"x")).await.unwrap(), 0);
                 Ok(())
             })?;
         }
@@ -336,7 +337,7 @@ mod model_tests {
         let dir = Arc::new(DirStore::open(d.path(), BlockKeys::default()).unwrap());
         let store = Arc::new(CodecStore::new(dir, Codec::new(BS as u32, CodecConfig::default()), BLOCKS));
         let v = Volume::new(store, true);
-        assert!(matches!(v.write(0, b"x").await, Err(StoreError::ReadOnly)));
+        assert!(matches!(v.write(0, Bytes::from_static(b"x")).await, Err(StoreError::ReadOnly)));
         assert!(matches!(v.punch_hole(0, 1).await, Err(StoreError::ReadOnly)));
         assert_eq!(v.read(0, 4).await.unwrap(), Bytes::from_static(&[0, 0, 0, 0]));
     }
