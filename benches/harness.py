@@ -401,7 +401,8 @@ def table(results, cfg):
     lines = [f"# s3backer-rs vs C s3backer 1.5.4 — benchmark results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
              f"({os.cpu_count()} cores, {platform.platform()}), "
-             + ("one run each" if cfg.repeat == 1 else f"median of {cfg.repeat} runs each, systems alternating")
+             + ", ".join(f"{lat} ms: " + ("one run each" if n == 1 else f"median of {n} runs each, systems alternating")
+                         for lat, n in cfg.repeats.items())
              + ", side by side.",
              f"Server: Garage on 127.0.0.1 (fresh per run); latency added by s3b-netsim (round trip).",
              f"Flags for both: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
@@ -473,9 +474,9 @@ def main():
     p.add_argument("--cache-effect", action="store_true",
                    help="instead of C vs ours: ours with and without the cache and read-ahead, "
                         "sequential write and cold read at 20 ms; writes benches/CACHE.md")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--repeat", default="3,1",
                    help="run each workload this many times per system (systems alternating) and "
-                        "report the median run")
+                        "report the median run; one number, or one per latency (e.g. 3,1)")
     p.add_argument("--block-size", default="256k")
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
@@ -493,6 +494,8 @@ def main():
         if cfg.json == p.get_default("json"):
             cfg.json = os.path.join(ROOT, "benches/cache.json")
     cfg.latencies = [int(x) for x in cfg.latency.split(",")]
+    reps = [int(x) for x in cfg.repeat.split(",")]
+    cfg.repeats = {lat: reps[min(i, len(reps) - 1)] for i, lat in enumerate(cfg.latencies)}
     cfg.workloads = cfg.workloads.split(",")
     cfg.data_mb = 64 if cfg.quick else 512
     cfg.size = "1g" if cfg.quick else "4g"
@@ -510,7 +513,7 @@ def main():
                 results.append(r)
             for w in cfg.workloads:
                 runs = {s: [] for s in cfg.systems.split(",")}
-                for _ in range(cfg.repeat):
+                for _ in range(cfg.repeats[lat]):
                     for system in runs:
                         r = run_workload(system, w, cfg, lat, work)
                         print(json.dumps(r), flush=True)

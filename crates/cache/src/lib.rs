@@ -658,6 +658,12 @@ impl BlockStore for BlockCache {
         Ok(out)
     }
 
+    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
+        // Cached like any read, but no read-ahead: a writer filling blocks in order would
+        // otherwise fetch the blocks it is about to overwrite.
+        self.shared.get(n, true).await
+    }
+
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
         if let Some(d) = &data
             && d.len() != self.shared.block_size as usize

@@ -398,3 +398,35 @@ async fn read_ahead_fetches_in_parallel_and_counts_as_hits() {
         ]
     );
 }
+
+/// Reads for a read-modify-write are cached but start no read-ahead: a writer filling blocks in
+/// order would otherwise fetch every block it is about to overwrite. The same reads as plain
+/// reads do start it.
+#[tokio::test]
+async fn reads_for_update_start_no_read_ahead() {
+    let mem = Arc::new(Mem::default());
+    let c = BlockCache::new(
+        mem.clone(),
+        CacheConfig {
+            read_ahead: 4,
+            read_ahead_trigger: 2,
+            ..cfg(64)
+        },
+    );
+    for n in 0..20 {
+        c.read_for_update(n).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 20, "read-ahead ran for reads for update");
+    // Cached: reading them again costs nothing.
+    for n in 0..20 {
+        read(&c, n).await;
+    }
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 20);
+    // Plain sequential reads of new blocks do fetch ahead.
+    for n in 30..40 {
+        read(&c, n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(mem.reads.load(Ordering::SeqCst) > 30, "no read-ahead for plain reads either");
+}

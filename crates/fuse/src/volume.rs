@@ -104,9 +104,13 @@ impl Volume {
     }
 
     async fn read_whole(&self, n: BlockNum) -> Result<Bytes> {
-        let outcome = self.store.read_block(n, ReadCondition::None).await?;
+        Self::whole(n, self.store.read_block(n, ReadCondition::None).await?, self.block_size)
+    }
+
+    /// The data of a plain or read-for-update answer.
+    fn whole(n: BlockNum, outcome: s3b_store::ReadOutcome, block_size: u64) -> Result<Bytes> {
         outcome
-            .into_data(self.block_size as u32)
+            .into_data(block_size as u32)
             .ok_or_else(|| StoreError::Other(format!("block {n:#x}: unexpected not-modified answer")))
     }
 
@@ -205,7 +209,7 @@ impl Volume {
             return Ok(());
         }
         // Read-modify-write of a partial block.
-        let old = self.read_whole(p.block).await?;
+        let old = Self::whole(p.block, self.store.read_for_update(p.block).await?, self.block_size)?;
         let unchanged = match &data {
             Some(d) => old[p.start..p.start + p.len] == d[..],
             None => is_zero(&old[p.start..p.start + p.len]),

@@ -45,6 +45,14 @@ pub trait BlockStore: Send + Sync + 'static {
     /// answer [`ReadOutcome::NotModified`] when the stored version still has that ETag.
     async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome>;
 
+    /// Reads block `n` to change part of it (a read-modify-write). The same as a plain
+    /// [`read_block`](Self::read_block), except that caches do not take it as a reader's
+    /// interest: a sequential writer's partial blocks must not start read-ahead of blocks it is
+    /// about to overwrite (each such fetch a wasted request).
+    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
+        self.read_block(n, ReadCondition::None).await
+    }
+
     /// Writes block `n`. `None`, or data that is all zeros, deletes it. The data must be exactly
     /// one block long. Returns the ETag of the stored object when the store knows it.
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>>;

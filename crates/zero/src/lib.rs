@@ -132,6 +132,26 @@ impl StatsSource for ZeroStats {
 }
 
 impl ZeroCache {
+    /// A read through the bitmap: known-zero blocks are answered here, others asked below
+    /// (`update`: for a read-modify-write) and remembered when they turn out to be zero.
+    async fn read(&self, n: BlockNum, cond: ReadCondition, update: bool) -> Result<ReadOutcome> {
+        let s = &self.shared;
+        if s.zero.get(n as u64) && cond == ReadCondition::None {
+            s.counters.read_hits.fetch_add(1, SeqCst);
+            return Ok(ReadOutcome::Zero);
+        }
+        let e = s.epoch(n).load(SeqCst);
+        let out = if update { self.inner.read_for_update(n).await? } else { self.inner.read_block(n, cond).await? };
+        if out == ReadOutcome::Zero && s.epoch(n).load(SeqCst) == e {
+            s.zero.set(n as u64, true);
+            // A write that began after the check above wins: undo.
+            if s.epoch(n).load(SeqCst) != e {
+                s.zero.set(n as u64, false);
+            }
+        }
+        Ok(out)
+    }
+
     /// Wraps `inner`. With `survey`, a background task (on the current tokio runtime) lists the
     /// store and marks every block it does not report as zero.
     pub fn new(inner: Arc<dyn BlockStore>, survey: bool) -> Self {
@@ -200,21 +220,11 @@ impl BlockStore for ZeroCache {
     }
 
     async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
-        let s = &self.shared;
-        if s.zero.get(n as u64) && cond == ReadCondition::None {
-            s.counters.read_hits.fetch_add(1, SeqCst);
-            return Ok(ReadOutcome::Zero);
-        }
-        let e = s.epoch(n).load(SeqCst);
-        let out = self.inner.read_block(n, cond).await?;
-        if out == ReadOutcome::Zero && s.epoch(n).load(SeqCst) == e {
-            s.zero.set(n as u64, true);
-            // A write that began after the check above wins: undo.
-            if s.epoch(n).load(SeqCst) != e {
-                s.zero.set(n as u64, false);
-            }
-        }
-        Ok(out)
+        self.read(n, cond, false).await
+    }
+
+    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
+        self.read(n, ReadCondition::None, true).await
     }
 
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
