@@ -135,15 +135,23 @@ impl Volume {
         Ok(out.freeze())
     }
 
-    /// Writes `data` at `offset`; returns how many bytes were written (cut at the end). Whole
-    /// blocks are handed down as slices of `data`, without copying.
+    /// Writes `data` at `offset`; returns how many bytes were written (cut at the end). A write
+    /// of exactly one block is handed down without copying; the blocks of a larger write are
+    /// copied out, so a cached block never keeps a bigger request buffer alive.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<usize> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
         let len = self.clip(offset, data.len() as u64)?;
         let ps = pieces(self.block_size, offset, len);
-        try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(data.slice(p.buf_off..p.buf_off + p.len))))).await?;
+        let piece = |p: &Piece| {
+            if p.buf_off == 0 && p.len == data.len() {
+                data.clone()
+            } else {
+                Bytes::copy_from_slice(&data[p.buf_off..p.buf_off + p.len])
+            }
+        };
+        try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(piece(p))))).await?;
         Ok(len as usize)
     }
 

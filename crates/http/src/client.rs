@@ -135,13 +135,23 @@ impl HttpClient {
                 let msg = chain(&e);
                 if e.is_connect() { TransportError::Connect(format!("{url}: {msg}")) } else { TransportError::Other(format!("{url}: {msg}")) }
             })?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| TransportError::Other(format!("{url}: reading the answer: {}", chain(&e))))?
-                .to_bytes();
-            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
+            let (parts, mut body) = resp.into_parts();
+            // Gathered into one buffer sized from Content-Length (bounded, in case the server
+            // lies), so a block is copied once rather than through a growing buffer.
+            let expected = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut buf = bytes::BytesMut::with_capacity(expected.min(MAX_PRESIZE));
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|e| TransportError::Other(format!("{url}: reading the answer: {}", chain(&e))))?;
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body: buf.freeze() })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
@@ -149,6 +159,9 @@ impl HttpClient {
         }
     }
 }
+
+/// Largest answer buffer reserved up front from `Content-Length` (blocks are at most a few MiB).
+const MAX_PRESIZE: usize = 64 << 20;
 
 /// An error and its sources, joined with ": ".
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
