@@ -453,7 +453,10 @@ def cache_table(results, cfg):
     and without any cache, as ratios to the cacheless run."""
     lines = ["# s3backer-rs: what the block cache and read-ahead are worth", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-             f"({os.cpu_count()} cores), one run each, side by side. Garage on 127.0.0.1 behind s3b-netsim.",
+             f"({os.cpu_count()} cores), "
+             + ", ".join(f"{lat} ms: " + ("one run each" if n == 1 else f"median of {n} runs each")
+                         for lat, n in cfg.repeats.items())
+             + ", side by side. Garage on 127.0.0.1 behind s3b-netsim.",
              f"ext4 on `losetup --direct-io=on`; {cfg.data_mb} MiB; --blockSize={cfg.block_size} "
              f"--blockCacheSize={cfg.cache_blocks} --blockCacheThreads={cfg.threads}; reads are cold (fresh mount, "
              "caches dropped); writes end in fsync.", "",
