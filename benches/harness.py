@@ -363,7 +363,6 @@ def run_ceiling(cfg, latency, work):
             f.write(os.urandom(bs))
         # Signed like the uploads of both s3backers (the body's SHA-256 in the signature, which
         # the server verifies), so the ceiling is for the same requests.
-
         with open(body, "rb") as f:
             body_sha = hashlib.sha256(f.read()).hexdigest()
         auth = f"--aws-sigv4 aws:amz:us-east-1:s3 --user {ACCESS}:{SECRET} -H 'x-amz-content-sha256: {body_sha}'"
@@ -395,7 +394,7 @@ def median_run(runs):
     """The median of repeated runs (by value; a failed run counts as the worst), with every
     run's value kept beside it."""
     ordered = sorted(runs, key=lambda r: r.get("value", float("-inf")))
-    best = dict(ordered[(len(ordered) - 1) // 2 if len(ordered) % 2 else len(ordered) // 2])
+    best = dict(ordered[len(ordered) // 2])  # the middle run; the upper middle of an even count
     if len(runs) > 1:
         best["runs"] = [r.get("value") for r in runs]
     return best

@@ -423,10 +423,13 @@ async fn reads_for_update_start_no_read_ahead() {
         read(&c, n).await;
     }
     assert_eq!(mem.reads.load(Ordering::SeqCst), 20);
-    // Plain sequential reads of new blocks do fetch ahead.
+    // Plain sequential reads of new blocks do fetch ahead (in the background: wait for it).
     for n in 30..40 {
         read(&c, n).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let end = Instant::now() + Duration::from_secs(5);
+    while mem.reads.load(Ordering::SeqCst) <= 30 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(mem.reads.load(Ordering::SeqCst) > 30, "no read-ahead for plain reads either");
 }

@@ -163,6 +163,12 @@ impl VolumeFs {
 /// profile of the small-file benchmark showed to dominate the daemon's CPU. A future
 /// that returned `Pending` is polled again by the runtime with the runtime's waker (futures
 /// register the newest waker on every poll), so no wake-up is lost.
+///
+/// The first poll never waits for the network: it may start a request (name lookups run on the
+/// blocking pool, sockets are non-blocking), and it does the work a layer does before its first
+/// await, on this thread instead of a runtime worker — the cache file's write and sync, and with
+/// no block cache the encoding and signing of an upload. That is the same work C s3backer does
+/// on its FUSE threads, and there is one session thread per core.
 fn serve<F: std::future::Future<Output = ()> + Send + 'static>(rt: &tokio::runtime::Handle, fut: F) {
     let mut task = Box::pin(fut);
     // Inside the runtime's context, so the first poll may spawn tasks and use timers and sockets

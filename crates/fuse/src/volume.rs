@@ -104,13 +104,13 @@ impl Volume {
     }
 
     async fn read_whole(&self, n: BlockNum) -> Result<Bytes> {
-        Self::whole(n, self.store.read_block(n, ReadCondition::None).await?, self.block_size)
+        self.whole(n, self.store.read_block(n, ReadCondition::None).await?)
     }
 
     /// The data of a plain or read-for-update answer.
-    fn whole(n: BlockNum, outcome: s3b_store::ReadOutcome, block_size: u64) -> Result<Bytes> {
+    fn whole(&self, n: BlockNum, outcome: s3b_store::ReadOutcome) -> Result<Bytes> {
         outcome
-            .into_data(block_size as u32)
+            .into_data(self.block_size as u32)
             .ok_or_else(|| StoreError::Other(format!("block {n:#x}: unexpected not-modified answer")))
     }
 
@@ -217,7 +217,7 @@ impl Volume {
             return Ok(());
         }
         // Read-modify-write of a partial block.
-        let old = Self::whole(p.block, self.store.read_for_update(p.block).await?, self.block_size)?;
+        let old = self.whole(p.block, self.store.read_for_update(p.block).await?)?;
         let unchanged = match &data {
             Some(d) => old[p.start..p.start + p.len] == d[..],
             None => is_zero(&old[p.start..p.start + p.len]),
