@@ -86,15 +86,17 @@ impl Mount {
     /// Starts `program` with `args` (which must include `-f` and the mount point last) and
     /// waits for the mount to appear.
     pub fn start_program(program: &str, args: &[String], mnt: &Path) -> Mount {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Mount::start_command(cmd, mnt)
+    }
+
+    /// Like [`Mount::start_program`], for a command prepared by the caller (environment, …).
+    pub fn start_command(mut cmd: Command, mnt: &Path) -> Mount {
+        let program = cmd.get_program().to_string_lossy().into_owned();
         let stderr_path = mnt.with_extension(format!("stderr.{}", std::process::id()));
         let errf = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(errf)
-            .spawn()
-            .expect("spawn");
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().expect("spawn");
         let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf(), stderr_path };
         let end = Instant::now() + Duration::from_secs(30);
         while !is_mounted(mnt) {

@@ -81,3 +81,24 @@ pub fn detach_stdio() {
         }
     }
 }
+
+/// `PR_SET_IO_FLUSHER` (Linux 5.6): not in every libc crate release, so spelled out here.
+const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// Marks this process as an I/O flusher, as upstream 2.1 does: the kernel then never makes its
+/// allocations wait for I/O (`PF_MEMALLOC_NOIO`) and throttles its writes on its own backing
+/// device only (`PF_LOCAL_THROTTLE`). Without that, memory reclaim started by the loop device
+/// and file system on top of our file could wait for pages that only we can clean: a deadlock,
+/// or at least a stall. Call it before any thread is started — threads inherit the flag when
+/// they are created. The kernel refuses it without `CAP_SYS_RESOURCE`; that is a warning, not a
+/// failure (the mount still works, only not under memory pressure from its own users).
+pub fn set_io_flusher() {
+    // SAFETY: prctl with integer arguments only; it changes this task's flags and nothing else.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        log::warn!(
+            "can't mark the process as an I/O flusher ({}): under memory pressure from the file system \
+             on top, writes may stall",
+            crate::io_msg(&std::io::Error::last_os_error())
+        );
+    }
+}

@@ -11,13 +11,38 @@ use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{MountOption, SessionACL};
 use s3b_fuse::volume::Volume;
-use s3b_fuse::{FuseConfig, VolumeFs};
+use s3b_fuse::{FuseConfig, FuseTuning, VolumeFs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// FUSE options accepted for compatibility that need nothing from us.
-const NO_EFFECT_OPTIONS: &[&str] =
-    &["kernel_cache", "use_ino", "max_readahead", "max_read", "entry_timeout", "negative_timeout", "attr_timeout", "nonempty"];
+/// FUSE options (libfuse 3, and libfuse 2 for command lines and fstab entries written for
+/// s3backer 1.x) that are already what we do, so they need nothing: `kernel_cache` and
+/// `auto_cache` (the page cache is kept across opens and stays valid, since the volume changes
+/// only through this mount; `--directIO` bypasses it), `use_ino` (our inode numbers are fixed),
+/// `nonempty` (FUSE 3 mounts over non-empty directories anyway), `big_writes` and `large_read`
+/// (always on in FUSE 3).
+const ALREADY_SO_OPTIONS: &[&str] = &["kernel_cache", "auto_cache", "use_ino", "nonempty", "big_writes", "large_read"];
+
+/// FUSE options accepted so that existing command lines and fstab entries keep working, but
+/// that this implementation cannot honour: each gives a one-line warning.
+const NO_EFFECT_OPTIONS: &[&str] = &["sync_read", "negative_timeout", "max_read", "max_write"];
+
+/// Every FUSE option name the `-o` lists accept (with or without `=value`); the command-line
+/// expansion and [`fuse_settings`] use this one list.
+pub const FUSE_OPTION_NAMES: &[&str] = &[
+    "allow_other", "allow_root", "default_permissions", "uid", "gid", "ro", "rw", "dev", "nodev", "suid",
+    "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync", "fsname", "subtype",
+    "auto_unmount", "direct_io", "debug", "entry_timeout", "attr_timeout", "max_background",
+    "congestion_threshold", "max_readahead", "kernel_cache", "auto_cache", "use_ino", "nonempty",
+    "big_writes", "large_read", "sync_read", "negative_timeout", "max_read", "max_write",
+];
+
+/// Parses a FUSE timeout in seconds (`entry_timeout=1.5`).
+fn parse_timeout(o: &str, v: Option<&str>) -> Result<std::time::Duration> {
+    v.and_then(|v| v.parse::<f64>().ok())
+        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number of seconds"))
+}
 
 /// Checks the mount point before anything else happens.
 fn check_mountpoint(p: &Path) -> Result<PathBuf> {
@@ -66,10 +91,15 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     ];
     // Upstream mounts with allow_other by default.
     let mut acl = SessionACL::All;
+    let mut tuning = FuseTuning::default();
     for o in &cfg.fuse_options {
         let (name, value) = o.split_once('=').map_or((o.as_str(), None), |(n, v)| (n, Some(v)));
         let num = |v: Option<&str>| -> Result<u32> {
             v.and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number"))
+        };
+        let small = |v: Option<&str>| -> Result<u16> {
+            v.and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number up to 65535"))
         };
         match name {
             "allow_other" => acl = SessionACL::All,
@@ -99,7 +129,13 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
                 opts.retain(|m| !matches!(m, MountOption::Subtype(_)));
                 opts.push(MountOption::Subtype(value.unwrap_or_default().to_string()));
             }
-            n if NO_EFFECT_OPTIONS.contains(&n) => log::debug!("mount option {o} has no effect"),
+            "entry_timeout" => tuning.entry_ttl = parse_timeout(o, value)?,
+            "attr_timeout" => tuning.attr_ttl = parse_timeout(o, value)?,
+            "max_background" => tuning.max_background = small(value)?,
+            "congestion_threshold" => tuning.congestion_threshold = small(value)?,
+            "max_readahead" => tuning.max_readahead = Some(num(value)?),
+            n if ALREADY_SO_OPTIONS.contains(&n) => log::debug!("mount option {o}: already the behaviour"),
+            n if NO_EFFECT_OPTIONS.contains(&n) => log::warn!("mount option {o} has no effect here; ignored"),
             _ => bail!("unknown mount option \"{o}\""),
         }
     }
@@ -123,6 +159,7 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
         direct_io: cfg.direct_io,
         uid,
         gid,
+        tuning,
     };
     Ok((fc, fs))
 }
@@ -147,6 +184,8 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let _ = std::env::set_current_dir("/");
         Some(p)
     };
+    // Before the runtime and the FUSE threads exist, so that they all carry the flag.
+    daemon::set_io_flusher();
     match serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
@@ -283,6 +322,50 @@ fn lazy_unmount(path: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(o: &str) -> Result<(fuser::Config, FuseConfig)> {
+        let a: Vec<String> = ["--test", "--size=1m", "-o", o, "dir", "mnt"].iter().map(|s| s.to_string()).collect();
+        fuse_settings(&crate::config::validate(crate::args::parse(&a)?)?)
+    }
+
+    #[test]
+    fn fstab_options_from_libfuse_2_and_3_are_accepted() {
+        // Every option the -o lists accept is understood here too.
+        for name in FUSE_OPTION_NAMES.iter().filter(|n| !["debug", "direct_io", "fsname", "subtype"].contains(n)) {
+            let o = match *name {
+                "uid" | "gid" | "max_background" | "congestion_threshold" | "max_readahead" | "max_read" | "max_write" => {
+                    format!("{name}=7")
+                }
+                "entry_timeout" | "attr_timeout" | "negative_timeout" => format!("{name}=0.5"),
+                n => n.to_string(),
+            };
+            settings(&o).unwrap_or_else(|e| panic!("{o}: {e:#}"));
+        }
+        let (_, fs) = settings("entry_timeout=2.5,attr_timeout=1,max_background=100,congestion_threshold=75,max_readahead=131072").unwrap();
+        let t = fs.tuning;
+        assert_eq!(t.entry_ttl, std::time::Duration::from_millis(2500));
+        assert_eq!(t.attr_ttl, std::time::Duration::from_secs(1));
+        assert_eq!((t.max_background, t.congestion_threshold, t.max_readahead), (100, 75, Some(131072)));
+        let (_, fs) = settings("kernel_cache,auto_cache,sync_read").unwrap();
+        assert_eq!(fs.tuning.entry_ttl, FuseTuning::default().entry_ttl);
+    }
+
+    #[test]
+    fn bad_fuse_option_values_are_named() {
+        for (o, want) in [
+            ("entry_timeout=soon", "invalid mount option \"entry_timeout=soon\": expected a number of seconds"),
+            ("attr_timeout=-1", "invalid mount option \"attr_timeout=-1\""),
+            ("max_background=70000", "invalid mount option \"max_background=70000\": expected a number up to 65535"),
+            ("congestion_threshold", "invalid mount option \"congestion_threshold\""),
+            ("max_readahead=lots", "invalid mount option \"max_readahead=lots\": expected a number"),
+        ] {
+            let e = format!("{:#}", settings(o).unwrap_err());
+            assert!(e.starts_with(want), "{o}: {e}");
+        }
+        // A misspelt word that is no option at all stays an error.
+        let e = format!("{:#}", settings("auto_cach").unwrap_err());
+        assert_eq!(e, "unknown mount option \"auto_cach\"");
+    }
 
     #[test]
     fn mountinfo_unescape() {

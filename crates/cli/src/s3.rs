@@ -336,11 +336,11 @@ fn read_aws_credentials(path: &Path, profile: &str) -> Result<Option<Keys>> {
     })
 }
 
-/// Opens the bucket as the transport: checks it exists and our credentials work, then
-/// registers the transport's counters.
+/// Opens the bucket as the transport and registers its counters. Nothing is sent yet: the
+/// first request of the mount (size detection or the mount token) reports a missing bucket or
+/// refused keys.
 pub async fn open_bucket(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     let store = S3Store::new(s3_config(cfg)?).map_err(|e| anyhow!("{e}"))?;
-    store.probe().await.map_err(|e| anyhow!("{e}"))?;
     stats.register(store.stats());
     Ok(Arc::new(store))
 }
@@ -356,7 +356,6 @@ pub fn erase(cfg: Config) -> Result<i32> {
         bail!("--erase cannot be used with --readOnly");
     }
     runtime()?.block_on(async {
-        store.probe().await.map_err(|e| anyhow!("{e}"))?;
         let token = store.mount_token(TokenOp::Read).await.map_err(|e| anyhow!("can't read the mount token: {e}"))?;
         if token != 0 && !cfg.force {
             bail!("volume appears to be mounted (mount token {token:08x}); unmount it first, or use --force");
@@ -400,7 +399,6 @@ pub fn erase(cfg: Config) -> Result<i32> {
 pub fn reset_mounted_flag(cfg: Config) -> Result<i32> {
     let store = S3Store::new(s3_config(&cfg)?).map_err(|e| anyhow!("{e}"))?;
     runtime()?.block_on(async {
-        store.probe().await.map_err(|e| anyhow!("{e}"))?;
         let old = store.mount_token(TokenOp::Read).await.map_err(|e| anyhow!("{e}"))?;
         if old == 0 {
             if !cfg.quiet {

@@ -31,10 +31,35 @@ use volume::Volume;
 const ROOT_INO: INodeNo = INodeNo::ROOT;
 const FILE_INO: INodeNo = INodeNo(2);
 const STATS_INO: INodeNo = INodeNo(3);
-/// Directory entries never change while mounted (upstream: entry_timeout of a year).
-const ENTRY_TTL: Duration = Duration::from_secs(31_536_000);
-/// Attributes are not cached (upstream: attr_timeout=0), so times and the stats size stay fresh.
-const ATTR_TTL: Duration = Duration::ZERO;
+/// Kernel-side tuning of the FUSE session: what the `-o` mount options `entry_timeout=`,
+/// `attr_timeout=`, `max_background=`, `congestion_threshold=` and `max_readahead=` set.
+#[derive(Clone, Debug)]
+pub struct FuseTuning {
+    /// How long the kernel may cache a name lookup. Directory entries never change while
+    /// mounted, so upstream's default is a year.
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache attributes. Upstream's default is 0, so times and the
+    /// stats file's size stay fresh.
+    pub attr_ttl: Duration,
+    /// Requests the kernel may keep in flight (the store below is concurrent).
+    pub max_background: u16,
+    /// In-flight requests at which the kernel marks the file system congested.
+    pub congestion_threshold: u16,
+    /// Largest kernel read-ahead in bytes, or the kernel's choice.
+    pub max_readahead: Option<u32>,
+}
+
+impl Default for FuseTuning {
+    fn default() -> Self {
+        FuseTuning {
+            entry_ttl: Duration::from_secs(31_536_000),
+            attr_ttl: Duration::ZERO,
+            max_background: 64,
+            congestion_threshold: 48,
+            max_readahead: None,
+        }
+    }
+}
 
 /// Settings of the FUSE file system.
 #[derive(Clone, Debug)]
@@ -53,6 +78,8 @@ pub struct FuseConfig {
     pub uid: u32,
     /// Group reported for the files.
     pub gid: u32,
+    /// Kernel-side tuning from the mount options.
+    pub tuning: FuseTuning,
 }
 
 /// The FUSE file system. Cheap to clone: all state is shared.
@@ -226,8 +253,18 @@ impl Shared {
 impl Filesystem for VolumeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Let the kernel keep many requests in flight: the store below is concurrent.
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        let t = &self.shared.config.tuning;
+        if let Err(max) = config.set_max_background(t.max_background) {
+            log::warn!("max_background={} is above the kernel's limit {max}", t.max_background);
+        }
+        if let Err(max) = config.set_congestion_threshold(t.congestion_threshold) {
+            log::warn!("congestion_threshold={} is above the kernel's limit {max}", t.congestion_threshold);
+        }
+        if let Some(ra) = t.max_readahead
+            && let Err(max) = config.set_max_readahead(ra)
+        {
+            log::warn!("max_readahead={ra} is above the kernel's limit {max}");
+        }
         // Asynchronous direct I/O: the kernel sends the requests of an asynchronous O_DIRECT
         // submission (a loop device with --direct-io=on, fio with libaio) concurrently instead
         // of one after the other. Without it, a direct-I/O loop device waits a full round trip
@@ -250,14 +287,14 @@ impl Filesystem for VolumeFs {
             None
         };
         match ino.and_then(|i| s.attr(i)) {
-            Some(attr) => reply.entry(&ENTRY_TTL, &attr, Generation(0)),
+            Some(attr) => reply.entry(&s.config.tuning.entry_ttl, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.shared.attr(ino) {
-            Some(attr) => reply.attr(&ATTR_TTL, &attr),
+            Some(attr) => reply.attr(&self.shared.config.tuning.attr_ttl, &attr),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -296,7 +333,7 @@ impl Filesystem for VolumeFs {
             }
         }
         match self.shared.attr(ino) {
-            Some(attr) => reply.attr(&ATTR_TTL, &attr),
+            Some(attr) => reply.attr(&self.shared.config.tuning.attr_ttl, &attr),
             None => reply.error(Errno::ENOENT),
         }
     }

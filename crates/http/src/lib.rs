@@ -12,7 +12,9 @@
 //! HMAC headers, and for block 0 the volume geometry headers that size auto-detection reads back;
 //! an all-zero block is a DELETE and a missing object reads as zeros. The mount token is the
 //! object `<prefix>s3backer-mounted`. Listing (for `--listBlocks` and `--erase`) runs one LIST
-//! stream per leading hex digit of the key, in parallel.
+//! stream per leading hex digit of the key, in parallel. Nothing else lists the bucket: a mount
+//! sends only HEAD, GET, PUT and DELETE (as upstream), so least-privilege keys without
+//! `s3:ListBucket` and read-only public images served by a plain web server work.
 //!
 //! Integrity of uploads: a signed request carries the SHA-256 of its body in the signature
 //! (`x-amz-content-sha256`), which the server checks before storing anything, so a body damaged
@@ -49,6 +51,7 @@ use s3b_store::{
 use stats::{add_time, bump};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -188,6 +191,10 @@ pub struct S3Store {
     /// `host[:port]/path/` of the endpoint (after the scheme).
     rest: String,
     user_agent: String,
+    /// Set once the server has answered any request. Until then a refusal that asking again
+    /// will not change (wrong keys, a redirect, a closed port) fails at once, so a mistyped
+    /// command line gets its one-line error without waiting out the retry budget.
+    contacted: AtomicBool,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -197,7 +204,10 @@ impl std::fmt::Debug for S3Store {
 }
 
 impl S3Store {
-    /// Builds the transport (no request is sent; see [`S3Store::probe`]).
+    /// Builds the transport. No request is sent: as upstream, a mount sends only the requests it
+    /// needs (HEAD of block 0 to detect the size, the mount token, then block GETs and PUTs), so
+    /// keys that may not list the bucket, and public read-only images, work. A missing bucket or
+    /// refused keys surface as the first of those requests' errors.
     pub fn new(cfg: S3Config) -> Result<Self> {
         let (scheme, rest) = cfg
             .base_url
@@ -221,6 +231,7 @@ impl S3Store {
             scheme,
             rest,
             user_agent: format!("s3backer-rs/{}", env!("CARGO_PKG_VERSION")),
+            contacted: AtomicBool::new(false),
         })
     }
 
@@ -305,6 +316,9 @@ impl S3Store {
         }
         let resp = Resp { status, headers: resp_headers, body };
         match status {
+            // A 404 is an answer about the key, unless the bucket itself is missing (only an
+            // answer with a body can say so; a HEAD's cannot).
+            404 if error_code(&resp.body).as_deref() == Some("NoSuchBucket") => Err(self.no_such_bucket()),
             200..=299 | 304 | 404 => Ok(resp),
             _ => {
                 let err = status_error(&resp, &self.cfg, req.key.as_deref());
@@ -326,10 +340,15 @@ impl S3Store {
         let mut backoff = Backoff::new(self.cfg.initial_retry_pause, self.cfg.max_retry_pause);
         loop {
             match self.attempt(req).await {
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    self.contacted.store(true, Relaxed);
+                    return Ok(r);
+                }
                 Err(e) => {
                     self.stats.count_error(&e);
-                    let pause = if retry_if(&e) { backoff.next_pause() } else { None };
+                    let first_contact = !self.contacted.load(Relaxed);
+                    let retry = retry_if(&e) && (!first_contact || retry::is_transient(&e));
+                    let pause = if retry { backoff.next_pause() } else { None };
                     let Some(pause) = pause else { return Err(e) };
                     log::warn!("{} {}: {e}; retrying in {} ms", req.method, req.key.as_deref().unwrap_or("bucket"), pause.as_millis());
                     bump(&self.stats.http_num_retries);
@@ -355,23 +374,9 @@ impl S3Store {
         }
     }
 
-    /// Checks at startup that the bucket exists and our credentials may list it: one LIST of
-    /// at most one key, with an error that says what to fix. Answers that will not change by
-    /// asking again (refused credentials, redirects, a closed port) fail at once; passing trouble
-    /// (5xx, resets, timeouts) is retried as usual.
-    pub async fn probe(&self) -> Result<()> {
-        let mut req = Req::new(Method::GET, None);
-        req.query = vec![("max-keys", "1".into()), ("prefix", self.cfg.keys.prefix.clone())];
-        let resp = self.send_with(&req, retry::is_transient).await?;
-        if resp.status == 404 {
-            return Err(StoreError::Other(format!(
-                "bucket \"{}\" does not exist at {} ({})",
-                self.cfg.bucket,
-                self.cfg.base_url,
-                error_code(&resp.body).unwrap_or_else(|| "HTTP 404".into())
-            )));
-        }
-        Ok(())
+    /// The error for a bucket the server says does not exist.
+    fn no_such_bucket(&self) -> StoreError {
+        StoreError::NoSuchBucket { bucket: self.cfg.bucket.clone(), endpoint: self.cfg.base_url.clone() }
     }
 
     /// Lists the keys under `prefix`, calling `each` with every key, one page at a time.
@@ -381,9 +386,9 @@ impl S3Store {
             let mut req = Req::new(Method::GET, None);
             req.query = vec![("marker", marker.clone()), ("max-keys", "1000".into()), ("prefix", prefix.to_string())];
             bump(&self.stats.http_lists);
-            let resp = self.send(&req, true).await?;
+            let resp = self.send_with(&req, retry::is_retryable_listing).await?;
             if resp.status == 404 {
-                return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
+                return Err(self.no_such_bucket());
             }
             let doc = String::from_utf8_lossy(&resp.body);
             let keys = xml::elements(&doc, "Key");
@@ -475,9 +480,6 @@ impl ObjectStore for S3Store {
                 Ok(GetOutcome::NotModified)
             }
             404 => {
-                if error_code(&resp.body).as_deref() == Some("NoSuchBucket") {
-                    return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
-                }
                 bump(&self.stats.http_zero_blocks_read);
                 Ok(GetOutcome::NotFound)
             }
@@ -518,7 +520,8 @@ impl ObjectStore for S3Store {
             add_time(&self.stats.put_micros, started.elapsed());
         }
         if resp.status == 404 {
-            return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
+            // Only a missing bucket makes a PUT answer 404.
+            return Err(self.no_such_bucket());
         }
         bump(&self.stats.http_normal_blocks_written);
         Ok(resp.header("etag").and_then(Etag::parse))
@@ -527,10 +530,7 @@ impl ObjectStore for S3Store {
     async fn delete_object(&self, n: BlockNum) -> Result<()> {
         let req = Req::new(Method::DELETE, Some(self.cfg.keys.block_key(n)));
         let started = Instant::now();
-        let resp = self.send(&req, true).await?;
-        if resp.status == 404 && error_code(&resp.body).as_deref() == Some("NoSuchBucket") {
-            return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
-        }
+        self.send(&req, true).await?;
         // A DELETE of a missing object counts as a success, as upstream.
         bump(&self.stats.http_deletes);
         add_time(&self.stats.delete_micros, started.elapsed());
@@ -563,9 +563,7 @@ impl ObjectStore for S3Store {
                 add_time(&self.stats.delete_micros, started.elapsed());
             }
             match result {
-                Ok(resp) if resp.status == 404 => {
-                    return Err(StoreError::Other(format!("bucket \"{}\" does not exist", self.cfg.bucket)));
-                }
+                Ok(resp) if resp.status == 404 => return Err(self.no_such_bucket()),
                 Ok(resp) => {
                     let text = String::from_utf8_lossy(&resp.body);
                     let errors = xml::elements(&text, "Error");

@@ -39,6 +39,13 @@ pub fn is_retryable(e: &StoreError) -> bool {
     !matches!(e, StoreError::Stale(_)) && e.is_retryable()
 }
 
+/// Whether a failed listing (`--listBlocks`, `--erase`) is worth another attempt: as
+/// [`is_retryable`], except that a refusal (401, 403, a redirect) is final — keys that may read
+/// and write objects but not list the bucket are common, and asking again will not change that.
+pub fn is_retryable_listing(e: &StoreError) -> bool {
+    is_retryable(e) && !matches!(e, StoreError::Unauthorized(_) | StoreError::Forbidden(_) | StoreError::Redirect(_))
+}
+
 /// Whether an error looks like passing trouble rather than a wrong setting: server errors,
 /// timeouts and broken connections, but not refused credentials, redirects or a closed port.
 pub fn is_transient(e: &StoreError) -> bool {
@@ -78,5 +85,10 @@ mod tests {
         assert!(!is_transient(&StoreError::Http { status: 404, message: String::new() }));
         assert!(!is_transient(&StoreError::Forbidden("x".into())));
         assert!(!is_transient(&StoreError::Connect("refused".into())));
+        assert!(is_retryable_listing(&StoreError::Http { status: 503, message: String::new() }));
+        assert!(!is_retryable_listing(&StoreError::Forbidden("x".into())));
+        assert!(!is_retryable_listing(&StoreError::Unauthorized("x".into())));
+        let missing = StoreError::NoSuchBucket { bucket: "b".into(), endpoint: "http://h/".into() };
+        assert!(!is_retryable(&missing) && !is_transient(&missing));
     }
 }

@@ -57,6 +57,14 @@ pub enum StoreError {
     /// An injected failure (`--test-errors`, fault-injection wrappers).
     #[error("injected error")]
     Injected,
+    /// The bucket does not exist (an S3 `NoSuchBucket` answer).
+    #[error("bucket \"{bucket}\" does not exist at {endpoint}")]
+    NoSuchBucket {
+        /// The bucket's name.
+        bucket: String,
+        /// The endpoint that said so.
+        endpoint: String,
+    },
     /// The store is shutting down or not started.
     #[error("store is not running")]
     NotRunning,
@@ -86,13 +94,18 @@ impl StoreError {
             StoreError::ReadOnly => libc::EROFS,
             StoreError::Injected => libc::EIO,
             StoreError::NotRunning => libc::ENOTCONN,
+            StoreError::NoSuchBucket { .. } => libc::EIO,
             StoreError::Other(_) => libc::EIO,
         }
     }
 
-    /// True for errors worth retrying: everything but corrupt data, read-only and shutdown
-    /// (upstream retries all HTTP failures except 404; a corrupt object stays corrupt).
+    /// True for errors worth retrying: everything but corrupt data, read-only, shutdown and a
+    /// missing bucket (upstream retries all HTTP failures except 404; a corrupt object stays
+    /// corrupt).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, StoreError::Corrupt { .. } | StoreError::ReadOnly | StoreError::NotRunning)
+        !matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::ReadOnly | StoreError::NotRunning | StoreError::NoSuchBucket { .. }
+        )
     }
 }

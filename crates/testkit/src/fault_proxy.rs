@@ -15,6 +15,8 @@
 //! Faults can be switched off and on while running ([`FaultProxy::set_faults`]), and what was
 //! injected is counted ([`FaultProxy::counts`]), as are requests by method
 //! ([`FaultProxy::method_counts`]; with faults off the proxy is a request counter).
+//! [`FaultProxy::set_deny_listing`] makes it answer every bucket listing with `403
+//! AccessDenied` and forward the rest, as S3 does for a key without `s3:ListBucket`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -68,6 +70,8 @@ struct Shared {
     resets: AtomicU64,
     stalls: AtomicU64,
     corrupts: AtomicU64,
+    deny_listing: AtomicBool,
+    listings_denied: AtomicU64,
     seq: AtomicU64,
     methods: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -110,6 +114,17 @@ impl FaultProxy {
         self.shared.enabled.store(on, Ordering::SeqCst);
     }
 
+    /// Refuses (or, with `false`, forwards again) every listing of a bucket with `403
+    /// AccessDenied`, whatever the fault settings.
+    pub fn set_deny_listing(&self, on: bool) {
+        self.shared.deny_listing.store(on, Ordering::SeqCst);
+    }
+
+    /// Listings refused so far.
+    pub fn listings_denied(&self) -> u64 {
+        self.shared.listings_denied.load(Ordering::SeqCst)
+    }
+
     /// Requests received so far, by HTTP method (`GET`, `PUT`, ...).
     pub fn method_counts(&self) -> std::collections::BTreeMap<String, u64> {
         self.shared.methods.lock().clone()
@@ -136,19 +151,21 @@ impl Drop for FaultProxy {
     }
 }
 
-/// A parsed request or response head: the first line, the header lines, and the raw bytes.
-struct Head {
-    first: String,
-    headers: Vec<(String, String)>,
+/// A parsed request or response head: the first line and the header lines.
+pub(crate) struct Head {
+    pub(crate) first: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
+    /// The value of header `name` (case-insensitive).
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+/// Reads one request or response head; `None` at a clean end of the stream.
+pub(crate) fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);
@@ -218,6 +235,15 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if sh.deny_listing.load(Ordering::SeqCst) && is_listing(&head.first) {
+            sh.listings_denied.fetch_add(1, Ordering::SeqCst);
+            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            let h = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+                return;
+            }
+            continue;
+        }
         let r = if sh.enabled.load(Ordering::SeqCst) { roll(sh) } else { 100 };
         let (e, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
         if r < e {
@@ -261,6 +287,15 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
             }
         }
     }
+}
+
+/// Whether a request line is a listing of a bucket: a GET of the bucket itself (path style,
+/// `/bucket` or `/bucket/`, with any query) other than a multi-object operation.
+fn is_listing(first: &str) -> bool {
+    let mut parts = first.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    method == "GET" && path.trim_matches('/').split('/').filter(|s| !s.is_empty()).count() <= 1
 }
 
 /// Sends one request to the server and returns the answer re-framed with a Content-Length.

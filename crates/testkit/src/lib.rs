@@ -3,9 +3,12 @@
 //! - [`garage`]: a throw-away single-node Garage S3 server on 127.0.0.1, the real S3 server
 //!   the S3 tests run against (never a mock of our own).
 //! - [`s3s_fs`]: a throw-away s3s-fs, a second S3 implementation with other quirks.
-//! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it.
+//! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it,
+//!   which can also refuse every listing, as a least-privilege key's bucket policy does.
+//! - [`public_http`]: a plain web server publishing a read-only image's block objects.
 #![deny(missing_docs)]
 
 pub mod fault_proxy;
 pub mod garage;
+pub mod public_http;
 pub mod s3s_fs;

@@ -70,14 +70,6 @@ pub fn short_flags() -> Vec<char> {
     Cli::command().get_arguments().filter_map(|a| a.get_short()).collect()
 }
 
-/// FUSE mount options we understand in `-o` lists (with or without `=value`).
-const FUSE_OPTIONS: &[&str] = &[
-    "allow_other", "allow_root", "default_permissions", "uid", "gid", "ro", "rw", "dev", "nodev", "suid",
-    "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync", "fsname", "subtype",
-    "auto_unmount", "kernel_cache", "use_ino", "max_readahead", "max_read", "entry_timeout",
-    "negative_timeout", "attr_timeout", "direct_io", "debug", "nonempty",
-];
-
 /// Words mount(8) and fstab add that are not for the file system; dropped silently.
 const MOUNT_HELPER_WORDS: &[&str] = &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "comment"];
 
@@ -147,7 +139,7 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
                     expand_into(&words, ours, out, subs)?;
                 } else if ours.contains(name) {
                     out.push(format!("--{opt}"));
-                } else if FUSE_OPTIONS.contains(&name) {
+                } else if crate::mount::FUSE_OPTION_NAMES.contains(&name) {
                     out.push("-o".into());
                     out.push(opt.to_string());
                 } else if MOUNT_HELPER_WORDS.contains(&name) || name.starts_with("x-") {
