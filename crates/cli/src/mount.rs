@@ -37,6 +37,12 @@ pub const FUSE_OPTION_NAMES: &[&str] = &[
     "big_writes", "large_read", "sync_read", "negative_timeout", "max_read", "max_write",
 ];
 
+/// Sets mount flag `on`, dropping its opposite `off` (and any earlier `on`).
+fn either(opts: &mut Vec<MountOption>, on: MountOption, off: MountOption) {
+    opts.retain(|o| *o != on && *o != off);
+    opts.push(on);
+}
+
 /// Parses a FUSE timeout in seconds (`entry_timeout=1.5`).
 fn parse_timeout(o: &str, v: Option<&str>) -> Result<std::time::Duration> {
     v.and_then(|v| v.parse::<f64>().ok())
@@ -106,18 +112,20 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
             "allow_root" => acl = SessionACL::RootAndOwner,
             "uid" => uid = num(value)?,
             "gid" => gid = num(value)?,
-            "ro" => opts.push(MountOption::RO),
-            "rw" => opts.push(MountOption::RW),
-            "dev" => opts.push(MountOption::Dev),
-            "nodev" => {}
-            "suid" => opts.push(MountOption::Suid),
-            "nosuid" => {}
-            "exec" => opts.push(MountOption::Exec),
-            "noexec" => opts.push(MountOption::NoExec),
-            "atime" => opts.push(MountOption::Atime),
-            "noatime" => opts.push(MountOption::NoAtime),
-            "sync" => opts.push(MountOption::Sync),
-            "async" => opts.push(MountOption::Async),
+            // Of two opposite words the last one counts, as with mount(8) (which puts `rw`,
+            // `dev` and `suid` in front of what an fstab entry says).
+            "ro" => either(&mut opts, MountOption::RO, MountOption::RW),
+            "rw" => either(&mut opts, MountOption::RW, MountOption::RO),
+            "dev" => either(&mut opts, MountOption::Dev, MountOption::NoDev),
+            "nodev" => either(&mut opts, MountOption::NoDev, MountOption::Dev),
+            "suid" => either(&mut opts, MountOption::Suid, MountOption::NoSuid),
+            "nosuid" => either(&mut opts, MountOption::NoSuid, MountOption::Suid),
+            "exec" => either(&mut opts, MountOption::Exec, MountOption::NoExec),
+            "noexec" => either(&mut opts, MountOption::NoExec, MountOption::Exec),
+            "atime" => either(&mut opts, MountOption::Atime, MountOption::NoAtime),
+            "noatime" => either(&mut opts, MountOption::NoAtime, MountOption::Atime),
+            "sync" => either(&mut opts, MountOption::Sync, MountOption::Async),
+            "async" => either(&mut opts, MountOption::Async, MountOption::Sync),
             "dirsync" => opts.push(MountOption::DirSync),
             "default_permissions" => {}
             "auto_unmount" => opts.push(MountOption::AutoUnmount),
@@ -139,8 +147,8 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
             _ => bail!("unknown mount option \"{o}\""),
         }
     }
-    if cfg.read_only && !opts.contains(&MountOption::RO) {
-        opts.push(MountOption::RO);
+    if cfg.read_only {
+        either(&mut opts, MountOption::RO, MountOption::RW);
     }
     // Requests that hit the cache are answered on these threads (see s3b_fuse), so there is
     // one per core, at least two and at most eight; `-s` keeps upstream's single thread.
@@ -348,6 +356,19 @@ mod tests {
         assert_eq!((t.max_background, t.congestion_threshold, t.max_readahead), (100, 75, Some(131072)));
         let (_, fs) = settings("kernel_cache,auto_cache,sync_read").unwrap();
         assert_eq!(fs.tuning.entry_ttl, FuseTuning::default().entry_ttl);
+    }
+
+    #[test]
+    fn opposite_mount_words_last_one_counts() {
+        // What mount.fuse3 passes for an fstab entry: its own words first.
+        let (fc, _) = settings("rw,dev,suid,nodev,noexec,exec").unwrap();
+        let o = &fc.mount_options;
+        assert!(o.contains(&MountOption::NoDev) && !o.contains(&MountOption::Dev), "{o:?}");
+        assert!(o.contains(&MountOption::Suid) && !o.contains(&MountOption::NoSuid), "{o:?}");
+        assert!(o.contains(&MountOption::Exec) && !o.contains(&MountOption::NoExec), "{o:?}");
+        assert!(o.contains(&MountOption::RW) && !o.contains(&MountOption::RO), "{o:?}");
+        let (fc, _) = settings("rw,ro").unwrap();
+        assert!(fc.mount_options.contains(&MountOption::RO) && !fc.mount_options.contains(&MountOption::RW));
     }
 
     #[test]
