@@ -90,15 +90,23 @@ const PR_SET_IO_FLUSHER: libc::c_int = 57;
 /// device only (`PF_LOCAL_THROTTLE`). Without that, memory reclaim started by the loop device
 /// and file system on top of our file could wait for pages that only we can clean: a deadlock,
 /// or at least a stall. Call it before any thread is started — threads inherit the flag when
-/// they are created. The kernel refuses it without `CAP_SYS_RESOURCE`; that is a warning, not a
-/// failure (the mount still works, only not under memory pressure from its own users).
-pub fn set_io_flusher() {
+/// they are created. The kernel refuses it without `CAP_SYS_RESOURCE` (some containers drop
+/// it); the caller reports that as a warning once mounted ([`io_flusher_warning`]), not as a
+/// failure: the mount still works, only not under memory pressure from its own users.
+pub fn set_io_flusher() -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments only; it changes this task's flags and nothing else.
-    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
-        log::warn!(
-            "can't mark the process as an I/O flusher ({}): under memory pressure from the file system \
-             on top, writes may stall",
-            crate::io_msg(&std::io::Error::last_os_error())
-        );
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
+}
+
+/// Logs the one-line warning for a refused [`set_io_flusher`].
+pub fn io_flusher_warning(e: &std::io::Error) {
+    log::warn!(
+        "can't mark the process as an I/O flusher ({}): under memory pressure from the file system \
+         on top, writes may stall",
+        crate::io_msg(e)
+    );
 }

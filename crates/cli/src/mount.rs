@@ -192,9 +192,10 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let _ = std::env::set_current_dir("/");
         Some(p)
     };
-    // Before the runtime and the FUSE threads exist, so that they all carry the flag.
-    daemon::set_io_flusher();
-    match serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe) {
+    // Before the runtime and the FUSE threads exist, so that they all carry the flag; a refusal
+    // is reported once mounted, so that a failed start still prints exactly one line.
+    let flusher = daemon::set_io_flusher();
+    match serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe, flusher) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
             // The parent prints the error on the terminal; the daemon only logs it to syslog.
@@ -216,6 +217,7 @@ fn serve(
     fuse_cfg: fuser::Config,
     fs_cfg: FuseConfig,
     pipe: Option<ReadyPipe>,
+    flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
         Ok(rt) => rt,
@@ -250,6 +252,10 @@ fn serve(
             stack.num_blocks,
             stack.block_size
         );
+    }
+
+    if let Err(e) = &flusher {
+        daemon::io_flusher_warning(e);
     }
 
     // Signals end the session the way umount does.
