@@ -186,11 +186,11 @@ fn least_privilege_keys_that_may_not_list_work_and_list_blocks_degrades() {
     let mut a = flags(&g, &p, &[&geometry[..], &["--prefix=ours/", "--listBlocks"]].concat());
     a.extend(["-f".to_string(), s.mnt().to_string_lossy().into_owned()]);
     let m = Mount::start_program(bin(), &a, &s.mnt());
-    wait_for(30, "the refused survey's warning", || m.stderr().contains("block survey failed"));
+    wait_for(30, "the refused survey's warning", || m.stderr().contains("block survey failed (--listBlocks"));
     assert!(p.listings_denied() > 0);
     fsck_clean(&m.file());
     let stderr = m.stderr();
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("block survey failed")).collect();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("block survey failed (--listBlocks")).collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("access denied"), "{stderr}");
     assert_eq!(m.unmount(), 0);

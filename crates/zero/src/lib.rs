@@ -9,8 +9,17 @@
 //! Races are settled conservatively, so the bitmap never claims zero for a block that may hold
 //! data: a non-zero write clears the bit before it starts; a bit is only set when no write of
 //! the same block shard began while the read or zero write was in flight; and the survey's
-//! result is not applied to blocks written while it ran. The bitmap is allocated in chunks on
-//! first use, so a huge sparse volume costs memory only where it is used.
+//! result is not applied to blocks written while it ran, nor to blocks whose writes were already
+//! under way when it started. The bitmap is allocated in chunks on first use, so a huge sparse
+//! volume costs memory only where it is used.
+//!
+//! Discarding a large range whose blocks are not known to be zero (`mkfs.ext4` discards the whole
+//! device; on a new 1 TiB volume of 256 KiB blocks that was 4.2 million deletes of objects that
+//! never existed) first runs the same survey, once per mount, without `--listBlocks`: a listing
+//! costs one request per 1000 objects that exist, so a new volume is surveyed in a few requests
+//! and its discards cost none. The survey's answer is authoritative, not a guess; where the keys
+//! may not list the bucket it is refused, and the discard deletes every block as before. Nothing
+//! is listed at startup unless `--listBlocks` asks for it.
 
 #![deny(missing_docs)]
 
@@ -26,6 +35,12 @@ use std::sync::{Arc, OnceLock};
 const CHUNK_BITS: u64 = 1 << 16;
 /// Number of write-epoch shards (blocks map to shards by number).
 const SHARDS: usize = 1024;
+/// Discards of blocks not known to be zero run the survey (once) when, over the mount, they add
+/// up to this many blocks or to 1/64 of the volume, whichever is more. A survey costs at most
+/// one request per 1000 blocks of the volume, what discarding all of them costs, so this bounds
+/// what it can waste, while a whole-device discard (mkfs) of a new volume saves nearly all of
+/// its requests.
+pub const DISCARD_SURVEY_MIN_BLOCKS: u64 = 1000;
 
 /// A bitmap over up to 2^32 blocks, allocated in chunks on first set.
 pub struct Bitmap {
@@ -88,7 +103,15 @@ struct Shared {
     epochs: Vec<AtomicU64>,
     /// Blocks written while the survey runs (its answer may predate them).
     touched: Bitmap,
+    /// Writes under way, per shard.
+    in_flight: Vec<AtomicU64>,
+    /// Shards that had writes under way when the survey started (its answer may predate them).
+    busy_at_start: Vec<AtomicBool>,
     surveying: AtomicBool,
+    /// The survey of this mount, run at most once: `true` once it completed.
+    survey: tokio::sync::OnceCell<bool>,
+    /// Blocks not known to be zero that discards have asked to zero so far.
+    discarded_unknown: AtomicU64,
     counters: Counters,
 }
 
@@ -97,12 +120,53 @@ impl Shared {
         &self.epochs[n as usize % SHARDS]
     }
 
-    /// Marks the start of a write of block `n`; returns the epoch it started in.
+    /// Marks the start of a write of block `n`; returns the epoch it started in. Every call is
+    /// paired with [`Shared::end_write`].
     fn begin_write(&self, n: BlockNum) -> u64 {
+        self.in_flight[n as usize % SHARDS].fetch_add(1, SeqCst);
         if self.surveying.load(SeqCst) {
             self.touched.set(n as u64, true);
         }
         self.epoch(n).fetch_add(1, SeqCst) + 1
+    }
+
+    /// Marks the end of a write of block `n`.
+    fn end_write(&self, n: BlockNum) {
+        self.in_flight[n as usize % SHARDS].fetch_sub(1, SeqCst);
+    }
+
+    /// Lists the store and marks every block it does not report, and that nothing wrote
+    /// meanwhile, as zero. Returns whether the survey completed.
+    async fn survey(&self, inner: &dyn BlockStore, why: &str) -> bool {
+        let n = inner.num_blocks();
+        let started = std::time::Instant::now();
+        self.surveying.store(true, SeqCst);
+        // Writes already under way may land after the listing looked: their shards sit out.
+        for (busy, count) in self.busy_at_start.iter().zip(&self.in_flight) {
+            busy.store(count.load(SeqCst) > 0, SeqCst);
+        }
+        let non_zero = Bitmap::new(n);
+        let result = inner.survey_non_zero(&|b| non_zero.set(b as u64, true)).await;
+        self.surveying.store(false, SeqCst);
+        match result {
+            Ok(()) => {
+                for b in 0..n {
+                    if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst) {
+                        self.zero.set(b, true);
+                    }
+                }
+                log::info!(
+                    "block survey done in {:.1} s ({why}): {} of {n} blocks are non-zero",
+                    started.elapsed().as_secs_f64(),
+                    non_zero.count()
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("block survey failed ({why}: {e}); zero blocks are learned from use only");
+                false
+            }
+        }
     }
 }
 
@@ -160,34 +224,18 @@ impl ZeroCache {
             zero: Bitmap::new(n),
             epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             touched: Bitmap::new(n),
+            in_flight: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            busy_at_start: (0..SHARDS).map(|_| AtomicBool::new(false)).collect(),
             surveying: AtomicBool::new(survey),
+            survey: tokio::sync::OnceCell::new(),
+            discarded_unknown: AtomicU64::new(0),
             counters: Counters::default(),
         });
         let me = ZeroCache { inner, shared };
         if survey {
             let (inner, shared) = (me.inner.clone(), me.shared.clone());
             tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let non_zero = Bitmap::new(n);
-                match inner.survey_non_zero(&|b| non_zero.set(b as u64, true)).await {
-                    Ok(()) => {
-                        shared.surveying.store(false, SeqCst);
-                        for b in 0..n {
-                            if !non_zero.get(b) && !shared.touched.get(b) {
-                                shared.zero.set(b, true);
-                            }
-                        }
-                        log::info!(
-                            "block survey done in {:.1} s: {} of {n} blocks are non-zero",
-                            started.elapsed().as_secs_f64(),
-                            non_zero.count()
-                        );
-                    }
-                    Err(e) => {
-                        shared.surveying.store(false, SeqCst);
-                        log::warn!("block survey failed ({e}); zero blocks are learned from use only");
-                    }
-                }
+                shared.survey.get_or_init(|| shared.survey(inner.as_ref(), "--listBlocks")).await;
             });
         }
         me
@@ -237,6 +285,7 @@ impl BlockStore for ZeroCache {
         let e = s.begin_write(n);
         s.zero.set(n as u64, false);
         let r = self.inner.write_block(n, if zero { None } else { data }).await;
+        s.end_write(n);
         if zero && r.is_ok() && s.epoch(n).load(SeqCst) == e {
             s.zero.set(n as u64, true);
             if s.epoch(n).load(SeqCst) != e {
@@ -248,6 +297,12 @@ impl BlockStore for ZeroCache {
 
     async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
         let s = &self.shared;
+        let unknown = blocks.iter().filter(|&&n| !s.zero.get(n as u64)).count() as u64;
+        let so_far = s.discarded_unknown.fetch_add(unknown, SeqCst) + unknown;
+        if unknown > 0 && so_far >= DISCARD_SURVEY_MIN_BLOCKS.max(self.inner.num_blocks() / 64) {
+            // Once per mount (and not again after --listBlocks): learn which blocks exist.
+            s.survey.get_or_init(|| s.survey(self.inner.as_ref(), "for a large discard")).await;
+        }
         let mut todo = Vec::with_capacity(blocks.len());
         for &n in blocks {
             if s.zero.get(n as u64) {
@@ -260,7 +315,11 @@ impl BlockStore for ZeroCache {
             return Ok(());
         }
         let list: Vec<BlockNum> = todo.iter().map(|&(n, _)| n).collect();
-        self.inner.bulk_zero(&list).await?;
+        let r = self.inner.bulk_zero(&list).await;
+        for &n in &list {
+            s.end_write(n);
+        }
+        r?;
         for (n, e) in todo {
             if s.epoch(n).load(SeqCst) == e {
                 s.zero.set(n as u64, true);
@@ -300,11 +359,26 @@ mod tests {
         writes: AtomicUsize,
         n: u64,
         delay_ms: u64,
+        surveys: AtomicUsize,
+        refuse_survey: AtomicBool,
+        /// Writes of this block wait for `release` (u32::MAX: none do).
+        hold: std::sync::atomic::AtomicU32,
+        release: tokio::sync::Notify,
     }
 
     impl Mem {
         fn new(n: u64, delay_ms: u64) -> Arc<Mem> {
-            Arc::new(Mem { blocks: Mutex::default(), reads: AtomicUsize::new(0), writes: AtomicUsize::new(0), n, delay_ms })
+            Arc::new(Mem {
+                blocks: Mutex::default(),
+                reads: AtomicUsize::new(0),
+                writes: AtomicUsize::new(0),
+                n,
+                delay_ms,
+                surveys: AtomicUsize::new(0),
+                refuse_survey: AtomicBool::new(false),
+                hold: std::sync::atomic::AtomicU32::new(u32::MAX),
+                release: tokio::sync::Notify::new(),
+            })
         }
     }
 
@@ -327,6 +401,9 @@ mod tests {
             })
         }
         async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+            if self.hold.load(SeqCst) == n {
+                self.release.notified().await;
+            }
             self.writes.fetch_add(1, SeqCst);
             if self.delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(rand_ms(self.delay_ms))).await;
@@ -341,6 +418,10 @@ mod tests {
             Ok(())
         }
         async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+            self.surveys.fetch_add(1, SeqCst);
+            if self.refuse_survey.load(SeqCst) {
+                return Err(StoreError::Forbidden("bucket \"b\"".into()));
+            }
             if self.delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
             }
@@ -392,6 +473,62 @@ mod tests {
         z.stats().write_stats(&mut w);
         let text = w.into_string();
         assert!(text.contains("zero_block_cache_read_hits   1\n") && text.contains("zero_block_cache_write_hits  1\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_large_discard_surveys_once_and_deletes_only_blocks_that_exist() {
+        let mem = Mem::new(10_000, 0);
+        for n in [5, 2000, 9000] {
+            mem.blocks.lock().insert(n, Bytes::from_static(b"data"));
+        }
+        let z = ZeroCache::new(mem.clone(), false);
+        // A small discard: no survey, each block deleted.
+        z.bulk_zero(&(100..110).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (0, 10));
+        // A large one: one survey, then only the blocks that exist are deleted.
+        let all: Vec<BlockNum> = (0..5000).collect();
+        z.bulk_zero(&all).await.unwrap();
+        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 12));
+        assert!(!mem.blocks.lock().contains_key(&5) && !mem.blocks.lock().contains_key(&2000));
+        // The rest of the volume is known zero too; no second survey.
+        z.bulk_zero(&(5000..10_000).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 13));
+        assert!(mem.blocks.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_survey_falls_back_to_deleting_every_block() {
+        let mem = Mem::new(4000, 0);
+        mem.refuse_survey.store(true, SeqCst);
+        let z = ZeroCache::new(mem.clone(), false);
+        z.bulk_zero(&(0..2000).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 2000));
+        // Not tried again.
+        z.bulk_zero(&(2000..4000).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 4000));
+    }
+
+    #[tokio::test]
+    async fn a_write_under_way_when_the_survey_starts_is_never_taken_for_zero() {
+        let mem = Mem::new(4000, 0);
+        mem.hold.store(7, SeqCst);
+        let z = Arc::new(ZeroCache::new(mem.clone(), false));
+        // Block 7's write has begun but not reached the store when the survey lists it.
+        let w = {
+            let z = z.clone();
+            tokio::spawn(async move { z.write_block(7, Some(Bytes::from_static(b"late"))).await.unwrap() })
+        };
+        while z.shared.in_flight[7].load(SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        z.bulk_zero(&(100..3000).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(mem.surveys.load(SeqCst), 1);
+        mem.release.notify_one();
+        w.await.unwrap();
+        assert!(!z.is_known_zero(7));
+        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"late"));
+        // Blocks of other shards that nothing wrote are known zero.
+        assert!(z.is_known_zero(8) && z.is_known_zero(3999));
     }
 
     proptest::proptest! {
