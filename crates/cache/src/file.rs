@@ -21,15 +21,36 @@
 //! next data write does anyway, so a cached write costs one `fdatasync`). So after a crash every used entry points at the complete data it describes,
 //! which the data checksum double-checks (a mismatch drops the entry, never returns it).
 //!
-//! On open: a missing file is created; a file with a bad magic, version or header checksum, a
-//! different block size, or a different slot count is refused with a one-line error (delete
-//! it, or pass the matching `--blockCacheSize`; a cache file is only a cache, but it may hold
-//! the only copy of dirty blocks, so it is never rebuilt silently). Entries whose checksums fail
-//! are dropped. Clean entries are loaded as "to verify" (checked against the store with
+//! On open: a missing file is created; a file with a bad magic, version or header checksum, or a
+//! different block size is refused with a one-line error (a cache file is only a cache, but it
+//! may hold the only copy of dirty blocks, so it is never rebuilt silently). A file with a
+//! different slot count is resized (see below). Entries whose checksums fail are dropped. Clean entries are loaded as "to verify" (checked against the store with
 //! `If-None-Match` on first read; entries without a known ETag are dropped) unless
 //! `no_verify`. Dirty entries are dropped, or with `recover_dirty` loaded as dirty and uploaded.
 //!
 //! All block data is also kept in memory, so the file adds durability, not capacity.
+//!
+//! # Resizing
+//!
+//! A file made for another number of slots (`--blockCacheSize` changed) is resized at open:
+//! every entry the open would load is kept (each dirty block when dirty blocks are recovered;
+//! clean blocks, in slot order, while slots are left), the rest is dropped exactly as the open
+//! would drop it. When the dirty blocks alone need more slots than the new size, the open is
+//! refused with one line and the file is left untouched. The mount token in the header is kept.
+//!
+//! The resize never changes the old file. Its steps, each safe to be interrupted by a crash:
+//! 1. a stale `<file>.resize` (left by an interrupted resize) is deleted;
+//! 2. `<file>.resize` is created with its full length reserved, and receives the header, the
+//!    kept blocks' data and then their entries (the old file is still the cache file);
+//! 3. `<file>.resize` is `fsync`ed, so its whole content is durable;
+//! 4. it is renamed over `<file>` (atomic: the name points at the old or the new file, both
+//!    complete), and the directory is `fsync`ed;
+//! 5. the new file is opened as usual.
+//!
+//! A crash before step 4 leaves the old file, and the next open deletes the half-made
+//! `<file>.resize` and resizes again; a crash after it leaves the new file. Either way no dirty
+//! block is lost, and every entry still points at data its checksum vouches for. The resize
+//! needs room for both files while it runs.
 
 use crate::state::State;
 use bytes::Bytes;
@@ -138,6 +159,165 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
 
+/// The fields of a used directory entry that decide whether the open keeps it.
+struct EntryMeta {
+    block: BlockNum,
+    dirty: bool,
+    zero: bool,
+    data_sum: u64,
+}
+
+/// Decodes a used entry; `None` when it is damaged (the open drops it).
+fn decode_entry(raw: &[u8]) -> Option<EntryMeta> {
+    let flags = u32_at(raw, 4);
+    if fnv(&raw[0..40]) != u64_at(raw, 40) || flags & F_USED == 0 {
+        return None;
+    }
+    Some(EntryMeta {
+        block: u32_at(raw, 0),
+        dirty: flags & F_DIRTY != 0,
+        zero: flags & F_ZERO != 0,
+        data_sum: u64_at(raw, 32),
+    })
+}
+
+/// Whether an open with `opts` keeps an undamaged entry (before its data is checked).
+fn wanted(raw: &[u8], meta: &EntryMeta, opts: &FileOptions) -> bool {
+    if meta.dirty {
+        return opts.recover_dirty;
+    }
+    opts.no_verify || u32_at(raw, 4) & F_ETAG != 0
+}
+
+/// The temporary file a resize writes before renaming it over the cache file.
+fn resize_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".resize");
+    PathBuf::from(p)
+}
+
+/// Why a resize failed.
+#[derive(Debug)]
+enum ResizeError {
+    /// The dirty blocks to keep need more slots than the new size.
+    TooManyDirty(usize),
+    /// An I/O step failed (or, in tests, a crash was injected before it).
+    Io(&'static str, std::io::Error),
+}
+
+/// Counts the steps of a resize that change a file, and (in tests) stops before step
+/// `crash_at` as a kill -9 would: files are left exactly as they are.
+struct Steps {
+    done: usize,
+    crash_at: Option<usize>,
+}
+
+impl Steps {
+    fn step<T>(&mut self, what: &'static str, f: impl FnOnce() -> std::io::Result<T>) -> std::result::Result<T, ResizeError> {
+        if self.crash_at == Some(self.done) {
+            return Err(ResizeError::Io(what, std::io::Error::other("crash injected")));
+        }
+        self.done += 1;
+        f().map_err(|e| ResizeError::Io(what, e))
+    }
+}
+
+/// Rewrites the cache file at `path` (made for `old_slots` slots) for `new_slots` slots, as the
+/// module docs describe. Returns the number of steps that changed a file (for the crash test).
+fn resize(
+    path: &Path,
+    block_size: u32,
+    old_slots: u32,
+    new_slots: u32,
+    token: u32,
+    opts: FileOptions,
+    crash_at: Option<usize>,
+) -> std::result::Result<usize, ResizeError> {
+    let io = |what: &'static str| move |e: std::io::Error| ResizeError::Io(what, e);
+    let old = File::open(path).map_err(io("can't open"))?;
+    let old_off = (HEADER_LEN + ENTRY_LEN * old_slots as u64).div_ceil(ALIGN) * ALIGN;
+    let mut dir = vec![0u8; (ENTRY_LEN * old_slots as u64) as usize];
+    old.read_exact_at(&mut dir, HEADER_LEN)
+        .map_err(io("can't read directory"))?;
+    // What the open would keep: dirty entries first (all must fit), then clean ones.
+    let mut seen = std::collections::HashSet::new();
+    let (mut dirty, mut clean) = (Vec::new(), Vec::new());
+    // From the last slot down, as the open goes (which matters only for duplicates).
+    for slot in (0..old_slots).rev() {
+        let raw = &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
+        if raw.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let Some(meta) = decode_entry(raw) else { continue };
+        if !seen.insert(meta.block) || !wanted(raw, &meta, &opts) {
+            continue;
+        }
+        if meta.dirty { &mut dirty } else { &mut clean }.push((slot, meta));
+    }
+    dirty.reverse();
+    clean.reverse();
+    if dirty.len() > new_slots as usize {
+        return Err(ResizeError::TooManyDirty(dirty.len()));
+    }
+    let tmp_path = resize_path(path);
+    let mut steps = Steps { done: 0, crash_at };
+    let tmp = steps.step("can't create the new file", || {
+        OpenOptions::new().read(true).write(true).create_new(true).open(&tmp_path)
+    })?;
+    let new_off = (HEADER_LEN + ENTRY_LEN * new_slots as u64).div_ceil(ALIGN) * ALIGN;
+    let new_len = new_off + new_slots as u64 * block_size as u64;
+    steps.step("can't reserve space for the new file", || reserve(&tmp, new_len))?;
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&block_size.to_le_bytes());
+    h[16..20].copy_from_slice(&new_slots.to_le_bytes());
+    h[20..24].copy_from_slice(&token.to_le_bytes());
+    let sum = fnv(&h[0..24]);
+    h[24..32].copy_from_slice(&sum.to_le_bytes());
+    steps.step("can't write the header", || tmp.write_all_at(&h, 0))?;
+    let mut new_dir = vec![0u8; (ENTRY_LEN * new_slots as u64) as usize];
+    let mut next = 0u32;
+    let (mut kept_dirty, mut kept_clean) = (0usize, 0usize);
+    let mut buf = vec![0u8; block_size as usize];
+    for (slot, meta) in dirty.iter().chain(clean.iter()) {
+        if next == new_slots {
+            break;
+        }
+        if !meta.zero {
+            old.read_exact_at(&mut buf, old_off + *slot as u64 * block_size as u64)
+                .map_err(io("can't read a block"))?;
+            if fnv(&buf) != meta.data_sum {
+                // The open would drop it too.
+                continue;
+            }
+            let at = new_off + next as u64 * block_size as u64;
+            steps.step("can't write a block", || tmp.write_all_at(&buf, at))?;
+        }
+        let raw = &dir[(*slot as u64 * ENTRY_LEN) as usize..((*slot as u64 + 1) * ENTRY_LEN) as usize];
+        new_dir[(next as u64 * ENTRY_LEN) as usize..((next as u64 + 1) * ENTRY_LEN) as usize].copy_from_slice(raw);
+        next += 1;
+        if meta.dirty {
+            kept_dirty += 1;
+        } else {
+            kept_clean += 1;
+        }
+    }
+    steps.step("can't write the directory", || tmp.write_all_at(&new_dir, HEADER_LEN))?;
+    steps.step("can't sync the new file", || tmp.sync_all())?;
+    steps.step("can't rename the new file", || std::fs::rename(&tmp_path, path))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    steps.step("can't sync the directory", || File::open(&parent)?.sync_all())?;
+    log::info!(
+        "cache file {}: resized from {old_slots} to {new_slots} blocks, keeping {kept_dirty} dirty and {kept_clean} clean blocks",
+        path.display()
+    );
+    Ok(steps.done)
+}
+
 impl CacheFile {
     /// Opens or creates the cache file for `slots` blocks of `block_size` bytes and reads its
     /// directory. Errors are one line naming the file and the problem.
@@ -145,6 +325,16 @@ impl CacheFile {
         let err =
             |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
         let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        let tmp = resize_path(path);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => log::info!(
+                "cache file {}: removed {} left by an interrupted resize",
+                path.display(),
+                tmp.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&format!("can't remove {}", tmp.display()), e)),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -206,9 +396,25 @@ impl CacheFile {
             )));
         }
         if fslots != slots {
-            return Err(err(format!(
-                "holds {fslots} blocks but the cache size is {slots}; use --blockCacheSize={fslots} or delete it"
-            )));
+            let old_full = (HEADER_LEN + ENTRY_LEN * fslots as u64).div_ceil(ALIGN) * ALIGN
+                + fslots as u64 * block_size as u64;
+            if len < old_full {
+                return Err(err(format!(
+                    "is truncated ({len} bytes, expected {old_full}); delete it"
+                )));
+            }
+            drop(cf);
+            resize(path, block_size, fslots, slots, u32_at(&h, 20), opts, None)
+                .map_err(|e| match e {
+                    ResizeError::TooManyDirty(d) => err(format!(
+                        "holds {d} dirty blocks not yet uploaded, more than the new cache size of {slots} blocks; \
+                         use --blockCacheSize={d} or more until they are uploaded"
+                    )),
+                    ResizeError::Io(what, e) => {
+                        err(format!("can't resize from {fslots} to {slots} blocks: {what}: {e}"))
+                    }
+                })?;
+            return CacheFile::open(path, block_size, slots, opts);
         }
         if len < full_len {
             return Err(err(format!(
@@ -691,12 +897,175 @@ mod tests {
             "{}",
             msg(64, 4)
         );
-        assert!(msg(BS, 8).contains("holds 4 blocks but the cache size is 8"));
+        // Another slot count is a resize, not an error.
+        assert_eq!(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap().slots(), 8);
+        assert!(msg(64, 8).contains("was made for block size 32, not 64"));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(msg(BS, 4).contains("is corrupt (short header)"));
         std::fs::write(&p, vec![1u8; 8192]).unwrap();
         assert!(msg(BS, 4).contains("is not an s3backer-rs cache file or is corrupt"));
         assert!(!msg(BS, 4).contains('\n'));
+    }
+
+    const RECOVER: FileOptions = FileOptions { recover_dirty: true, no_verify: false, advise: false };
+
+    /// A 6-slot file holding dirty blocks 10 (data) and 11 (zeros), clean blocks 20, 21, 22,
+    /// and the mount token 0x77.
+    fn six_slot_file(p: &Path) {
+        let f = CacheFile::open(p, BS, 6, FileOptions::default()).unwrap();
+        let mut st = State::new(0);
+        dirty(&f, &mut st, 10, 1);
+        f.write_dirty(&mut st, 11, None, BS).unwrap();
+        for (n, b) in [(20, 2), (21, 3), (22, 4)] {
+            clean(&f, &mut st, n, b, b);
+        }
+        f.set_token(0x77).unwrap();
+    }
+
+    /// What [`six_slot_file`] put in block `n`.
+    fn six_slot_data(n: BlockNum) -> Option<Bytes> {
+        match n {
+            10 => Some(data(1)),
+            11 => None,
+            20 => Some(data(2)),
+            21 => Some(data(3)),
+            22 => Some(data(4)),
+            other => panic!("block {other} appeared"),
+        }
+    }
+
+    /// Opens `p` with `slots` (recovering dirty blocks) and checks what it loads: both dirty
+    /// blocks, `clean` clean ones (all when `None`), each with its own data, and the token.
+    fn check_six(p: &Path, slots: u32, clean: Option<usize>) -> CacheFile {
+        let f = CacheFile::open(p, BS, slots, RECOVER).unwrap();
+        assert_eq!(f.stored_token(), 0x77);
+        assert_eq!(f.dirty_found(), 2);
+        assert!(!resize_path(p).exists(), "temporary file left behind");
+        let l = f.take_loaded();
+        for x in &l {
+            assert_eq!(x.data, six_slot_data(x.block), "block {}", x.block);
+            assert_eq!(x.dirty, x.block < 20, "block {}", x.block);
+            assert!((x.slot as usize) < slots as usize);
+        }
+        let n_clean = l.iter().filter(|x| !x.dirty).count();
+        assert_eq!(n_clean, clean.unwrap_or(3), "{l:?}");
+        *f.loaded.lock() = l;
+        f
+    }
+
+    #[test]
+    fn resize_grows_and_shrinks_keeping_every_dirty_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        six_slot_file(&p);
+        // Grow: everything kept, the file has its new length, free slots are usable.
+        let f = check_six(&p, 10, None);
+        assert_eq!(f.slots(), 10);
+        assert_eq!(f.free.lock().len(), 5);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096 + 10 * BS as u64);
+        let mut st = State::new(0);
+        dirty(&f, &mut st, 30, 9);
+        drop(f);
+        let f = CacheFile::open(&p, BS, 10, RECOVER).unwrap();
+        assert_eq!(f.take_loaded().len(), 6);
+        drop(f);
+        // Shrink to 4: block 30 (dirty) and the other two dirty blocks stay, one clean one.
+        let f = CacheFile::open(&p, BS, 4, RECOVER).unwrap();
+        let l = f.take_loaded();
+        assert_eq!(l.iter().filter(|x| x.dirty).count(), 3);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l.iter().find(|x| x.block == 30).unwrap().data, Some(data(9)));
+        drop(f);
+        // Shrinking below the dirty blocks is refused with one line; the file is untouched.
+        let before = std::fs::read(&p).unwrap();
+        let e = CacheFile::open(&p, BS, 2, RECOVER).err().unwrap().to_string();
+        assert!(e.contains("holds 3 dirty blocks not yet uploaded, more than the new cache size of 2 blocks"), "{e}");
+        assert!(e.contains("--blockCacheSize=3"), "{e}");
+        assert!(!e.contains('\n'));
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        assert!(!resize_path(&p).exists());
+        // Without recovery the dirty blocks are dropped (as an open of the same size would):
+        // they do not count, and the clean block fits.
+        let f = CacheFile::open(&p, BS, 1, FileOptions::default()).unwrap();
+        let l = f.take_loaded();
+        assert_eq!(l.len(), 1);
+        assert!(!l[0].dirty);
+        assert_eq!(l[0].data, six_slot_data(l[0].block));
+        assert_eq!(f.stored_token(), 0x77);
+    }
+
+    #[test]
+    fn resize_keeps_clean_blocks_without_etag_only_with_no_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        {
+            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
+            let mut st = State::new(0);
+            let mut e = Entry::new(Instant::now());
+            e.data = Some(data(5));
+            st.entries.insert(3, e);
+            let nv = CacheFile { opts: FileOptions { no_verify: true, ..Default::default() }, ..f };
+            nv.note_clean(&mut st, 3);
+        }
+        let no_verify = FileOptions { no_verify: true, ..Default::default() };
+        let f = CacheFile::open(&p, BS, 8, no_verify).unwrap();
+        assert_eq!(f.take_loaded()[0].data, Some(data(5)));
+        drop(f);
+        let f = CacheFile::open(&p, BS, 2, FileOptions::default()).unwrap();
+        assert!(f.take_loaded().is_empty());
+    }
+
+    /// A crash (the resize stopped before each of its steps, files left as they are) never
+    /// loses a dirty block or serves wrong data, whichever size the next open asks for.
+    #[test]
+    fn crash_at_every_step_of_a_resize() {
+        for (new, clean_kept) in [(10u32, None), (4, Some(2))] {
+            let mut k = 0;
+            loop {
+                let mut completed = false;
+                for reopen_with in [new, 6] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let p = dir.path().join("c");
+                    six_slot_file(&p);
+                    match resize(&p, BS, 6, new, 0x77, RECOVER, Some(k)) {
+                        Ok(_) => completed = true,
+                        Err(ResizeError::Io(_, e)) => assert_eq!(e.to_string(), "crash injected"),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    // Reopening with the old size after a completed resize shrinks again.
+                    let clean = if reopen_with == 6 && new == 4 && completed_or_renamed(&p, new) {
+                        clean_kept
+                    } else if reopen_with == 6 {
+                        None
+                    } else {
+                        clean_kept
+                    };
+                    drop(check_six(&p, reopen_with, clean));
+                }
+                if completed {
+                    break;
+                }
+                k += 1;
+            }
+            // create, reserve, header, 4 or 3 data blocks, directory, sync, rename, dir sync.
+            assert!(k >= 10, "only {k} steps");
+        }
+    }
+
+    /// Whether the file at `p` already has `slots` slots (the resize got past its rename).
+    fn completed_or_renamed(p: &Path, slots: u32) -> bool {
+        let mut h = [0u8; 24];
+        File::open(p).unwrap().read_exact_at(&mut h, 0).unwrap();
+        u32_at(&h, 16) == slots
+    }
+
+    #[test]
+    fn stale_resize_file_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        six_slot_file(&p);
+        std::fs::write(resize_path(&p), b"half made").unwrap();
+        drop(check_six(&p, 6, None));
     }
 
     proptest::proptest! {
