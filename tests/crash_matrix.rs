@@ -58,8 +58,9 @@ enum Store {
 }
 
 /// One cell of the matrix: start with `args`, mkfs, write, kill -9 after `kill_ms`, restart
-/// (without `--force`), check. Returns how many fsynced files were verified.
-fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64) -> usize {
+/// (without `--force`; with `resize_to`, as `--blockCacheSize=<resize_to>`, so the cache file
+/// is resized on the way), check. Returns how many fsynced files were verified.
+fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64, resize_to: Option<u32>) -> usize {
     let s = Scratch::new();
     // "{scratch}" in an argument names this cell's scratch directory (for cache files).
     let scratch = s.path("").to_string_lossy().into_owned();
@@ -97,6 +98,12 @@ fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64) -> usize {
     m.kill9();
     let durable = durable.lock().unwrap().clone();
 
+    let mut again = full.clone();
+    if let Some(size) = resize_to {
+        again.retain(|x| !x.starts_with("--blockCacheSize="));
+        again.insert(0, format!("--blockCacheSize={size}"));
+    }
+    let a: Vec<&str> = again.iter().map(String::as_str).collect();
     let m = Mount::start(&a, &s.mnt());
     // Mounting replays the journal; then the file system must check clean.
     let e = Ext4::mount(&m.file(), &s.ext4());
@@ -112,6 +119,10 @@ fn matrix(name: &str, args: &[&str]) {
 }
 
 fn matrix_on(name: &str, store: Store, args: &[&str]) {
+    matrix_resizing(name, store, args, None)
+}
+
+fn matrix_resizing(name: &str, store: Store, args: &[&str], resize_to: Option<u32>) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     // The cells are independent (own store, own mounts): run them side by side.
     let cells: Vec<_> = [200u64, 700, 2000]
@@ -119,7 +130,7 @@ fn matrix_on(name: &str, store: Store, args: &[&str]) {
         .enumerate()
         .map(|(i, kill_ms)| {
             let args = args.clone();
-            std::thread::spawn(move || (kill_ms, crash_case(&args, store, kill_ms, i as u64 + 1)))
+            std::thread::spawn(move || (kill_ms, crash_case(&args, store, kill_ms, i as u64 + 1, resize_to)))
         })
         .collect();
     for c in cells {
@@ -165,6 +176,27 @@ fn crash_matrix_test_dir_cache_file_recovering() {
             "--blockCacheFile={scratch}/cache",
             "--blockCacheRecoverDirtyBlocks",
         ],
+    );
+}
+
+#[test]
+fn crash_matrix_test_dir_cache_file_resized_after_crash() {
+    // The restart after kill -9 shrinks the cache file (100 -> 40 blocks) while recovering its
+    // dirty blocks: at most 40 can be dirty then (--blockCacheMaxDirty), so the resize keeps
+    // them all.
+    matrix_resizing(
+        "test dir, cache file shrunk on recovery",
+        Store::Dir,
+        &[
+            "--test",
+            "--size=32m",
+            "--blockSize=16k",
+            "--blockCacheSize=100",
+            "--blockCacheMaxDirty=40",
+            "--blockCacheFile={scratch}/cache",
+            "--blockCacheRecoverDirtyBlocks",
+        ],
+        Some(40),
     );
 }
 

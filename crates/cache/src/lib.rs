@@ -25,6 +25,13 @@
 //! * Read-ahead ([`readahead`]) fetches in parallel on its own bounded pool.
 //! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
 //!   uploaded, then flushes the inner store.
+//! * A write of part of a block ([`BlockStore::write_block_part`]) that is not cached is
+//!   accepted without reading the block: the entry remembers which byte ranges it holds
+//!   ([`ranges`]). The missing bytes are fetched only when needed: by a read of them, or when
+//!   the block is due for upload while still partial. Then one read of the stored version is
+//!   merged under the cache's lock, taking only the bytes nobody has written (so no newer byte
+//!   is overwritten); readers and the uploader of one block share that read. A partial block
+//!   stays dirty, so it is never evicted; in the cache file it is recorded as partial.
 //! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
 //!   clean data survives restarts and dirty data survives crashes. The file is written (and
 //!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
@@ -32,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod file;
+pub mod ranges;
 pub mod readahead;
 mod state;
 mod stats;
@@ -40,8 +48,9 @@ pub use file::{CacheFile, FileOptions};
 pub use stats::CacheStats;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
 use s3b_store::{
     BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero,
@@ -160,6 +169,7 @@ impl BlockCache {
             e.data = l.data;
             e.etag = l.etag;
             e.slot = Some(l.slot);
+            e.valid = l.valid;
             if l.dirty {
                 e.phase = Phase::Dirty;
                 e.ver = 1;
@@ -230,6 +240,7 @@ impl Shared {
                 Done(ReadOutcome),
                 Through,
                 Load(Option<Etag>),
+                Fill,
             }
             let step = {
                 let mut st = self.state.lock();
@@ -242,6 +253,14 @@ impl Shared {
                             counted = true;
                         }
                         Step::Wait
+                    }
+                    Some(e) if e.valid.is_some() => {
+                        // Written only in part: the rest comes from the store first.
+                        if !counted {
+                            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                        Step::Fill
                     }
                     Some(e) if e.phase == Phase::Clean && e.verify => {
                         // Reloaded from the cache file: check it against the store first.
@@ -280,24 +299,37 @@ impl Shared {
                 Step::Wait => notified.await,
                 Step::Done(out) => return Ok(out),
                 Step::Through => return self.inner.read_block(n, ReadCondition::None).await,
-                Step::Load(etag) => return self.load(n, etag).await,
+                Step::Load(etag) => {
+                    if let Some(r) = self.load(n, etag).await {
+                        return r;
+                    }
+                }
+                Step::Fill => self.fill(n).await?,
             }
         }
     }
 
-    /// Performs the inner read for an entry this task put in the loading phase.
+    /// Performs the inner read for an entry this task put in the loading phase. `None` when
+    /// the entry became a partially written block meanwhile: ask again with [`Shared::get`].
     pub(crate) async fn load(
         self: &Arc<Self>,
         n: BlockNum,
         verify: Option<Etag>,
-    ) -> Result<ReadOutcome> {
+    ) -> Option<Result<ReadOutcome>> {
         let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
         let res = self.inner.read_block(n, cond).await;
         let mut st = self.state.lock();
         let Some(e) = st.entries.get_mut(&n) else {
             unreachable_entry(n);
-            return res;
+            return Some(res);
         };
+        if e.phase != Phase::Loading && e.valid.is_some() {
+            // Replaced (and since evicted and written in part) while we read: what we read may
+            // predate the block's last upload, so it must not complete the partial block.
+            drop(st);
+            self.changed.notify_waiters();
+            return None;
+        }
         let result = if e.phase != Phase::Loading {
             // A write replaced the block while we were reading: its data wins.
             Ok(outcome(&e.data, e.etag))
@@ -350,7 +382,7 @@ impl Shared {
         };
         drop(st);
         self.changed.notify_waiters();
-        result
+        Some(result)
     }
 
     /// Removes a clean or loading entry and frees its file slot.
@@ -375,15 +407,77 @@ impl Shared {
         true
     }
 
-    /// Accepts a write into the cache, waiting for room when needed.
+    /// Accepts a write of a whole block into the cache, waiting for room when needed.
     async fn write(self: &Arc<Self>, n: BlockNum, data: Option<Bytes>) -> Result<()> {
         let data = data.filter(|d| !is_zero(d));
+        self.write_with(n, |_| Prepared::Data(data.clone(), None)).await
+    }
+
+    /// Accepts `part` at byte `off` of block `n` (not the whole block) without reading the
+    /// block when it is not cached.
+    async fn write_part(self: &Arc<Self>, n: BlockNum, off: u32, part: Bytes) -> Result<()> {
+        let bs = self.block_size;
+        let end = off + part.len() as u32;
+        self.write_with(n, |e| {
+            // What is known of the block: all of it, some ranges, or nothing (not cached, or
+            // reloaded from the cache file and not verified yet: its data may be stale).
+            let (base, valid) = match e {
+                Some(e) if e.phase == Phase::Loading => return Prepared::Wait,
+                Some(e) if !(e.phase == Phase::Clean && e.verify) => (e.data.clone(), e.valid.clone()),
+                _ => (None, Some(ByteRanges::default())),
+            };
+            if let Some(v) = &valid
+                && v.len_after(off, end) > MAX_RANGES
+            {
+                return Prepared::Fill;
+            }
+            if let Some(e) = e
+                && e.phase == Phase::Clean
+                && !e.verify
+            {
+                let same = base
+                    .as_deref()
+                    .map_or_else(|| is_zero(&part), |d| d[off as usize..end as usize] == part[..]);
+                if same {
+                    return Prepared::Unchanged;
+                }
+            }
+            let mut buf = match &base {
+                Some(d) => BytesMut::from(&d[..]),
+                None => BytesMut::zeroed(bs as usize),
+            };
+            buf[off as usize..end as usize].copy_from_slice(&part);
+            let valid = valid
+                .map(|mut v| {
+                    v.insert(off, end);
+                    v
+                })
+                .filter(|v| !v.is_full(bs));
+            let data = (!is_zero(&buf)).then(|| buf.freeze());
+            Prepared::Data(data, valid)
+        })
+        .await
+    }
+
+    /// Accepts a write into the cache, waiting for room when needed. `prepare` sees the
+    /// block's entry (under the lock) and says what the block becomes.
+    async fn write_with(
+        self: &Arc<Self>,
+        n: BlockNum,
+        prepare: impl Fn(Option<&Entry>) -> Prepared,
+    ) -> Result<()> {
         let mut counted = false;
         let ver = loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            enum Next {
+                Changed,
+                Room,
+                Fill,
+                Done(u64),
+            }
+            let next = {
                 let mut st = self.state.lock();
                 let now = Instant::now();
                 let present = st.entries.contains_key(&n);
@@ -396,53 +490,165 @@ impl Shared {
                     c.fetch_add(1, Ordering::Relaxed);
                     counted = true;
                 }
-                let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
-                let over_dirty_limit =
-                    self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
-                if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
-                    st.space_waiters += 1;
-                } else {
-                    if let Some(f) = &self.file {
-                        f.write_dirty(&mut st, n, data.as_ref(), self.block_size)?;
-                    }
-                    st.lru_remove(n);
-                    let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
-                    if e.phase != Phase::Dirty {
-                        e.dirty_at = now;
-                    }
-                    let became_dirty = e.phase != Phase::Dirty;
-                    e.phase = Phase::Dirty;
-                    e.verify = false;
-                    e.data = data.clone();
-                    e.etag = None;
-                    e.ver += 1;
-                    e.last_access = now;
-                    let ver = e.ver;
-                    if became_dirty {
-                        st.dirty_count += 1;
-                        if !st.dirty_queue.contains(&n) {
-                            st.dirty_queue.push_back(n);
+                match prepare(st.entries.get(&n)) {
+                    Prepared::Unchanged => return Ok(()),
+                    Prepared::Wait => Next::Changed,
+                    Prepared::Fill => Next::Fill,
+                    Prepared::Data(data, valid) => {
+                        let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
+                        let over_dirty_limit =
+                            self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                        if (!already_dirty && over_dirty_limit)
+                            || (!present && !self.make_room(&mut st))
+                        {
+                            st.space_waiters += 1;
+                            Next::Room
+                        } else {
+                            Next::Done(self.apply_write(&mut st, n, data, valid, now)?)
                         }
                     }
-                    if self.cfg.sync {
-                        st.urgent.insert(n);
-                    }
-                    drop(st);
+                }
+            };
+            match next {
+                Next::Done(ver) => {
                     self.changed.notify_waiters();
                     if self.cfg.sync || self.cfg.write_delay.is_zero() {
                         self.wake.notify_one();
                     }
                     break ver;
                 }
+                Next::Changed => notified.await,
+                Next::Fill => self.fill(n).await?,
+                Next::Room => {
+                    self.wake.notify_one();
+                    notified.await;
+                    self.state.lock().space_waiters -= 1;
+                }
             }
-            self.wake.notify_one();
-            notified.await;
-            self.state.lock().space_waiters -= 1;
         };
         if self.cfg.sync {
             self.wait_uploaded(&[(n, ver)]).await;
         }
         Ok(())
+    }
+
+    /// Makes block `n` dirty with `data` (partial when `valid` is given): in the cache file
+    /// first, then in the entry. Returns the block's new generation.
+    fn apply_write(
+        &self,
+        st: &mut State,
+        n: BlockNum,
+        data: Option<Bytes>,
+        valid: Option<ByteRanges>,
+        now: Instant,
+    ) -> Result<u64> {
+        if let Some(f) = &self.file {
+            f.write_dirty(st, n, data.as_ref(), valid.as_ref())?;
+        }
+        st.lru_remove(n);
+        let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
+        if e.phase != Phase::Dirty {
+            e.dirty_at = now;
+        }
+        let became_dirty = e.phase != Phase::Dirty;
+        e.phase = Phase::Dirty;
+        e.verify = false;
+        e.data = data;
+        e.valid = valid;
+        e.etag = None;
+        e.ver += 1;
+        e.last_access = now;
+        let ver = e.ver;
+        if became_dirty {
+            st.dirty_count += 1;
+            if !st.dirty_queue.contains(&n) {
+                st.dirty_queue.push_back(n);
+            }
+        }
+        if self.cfg.sync {
+            st.urgent.insert(n);
+        }
+        Ok(ver)
+    }
+
+    /// Completes a partially written block: reads the stored version once and merges it under
+    /// the lock, taking only the bytes outside the block's ranges as they are at merge time, so
+    /// a byte written during the read is never overwritten. Several callers share one read.
+    /// Returns once the block is whole (at once when it already is).
+    pub(crate) async fn fill(self: &Arc<Self>, n: BlockNum) -> Result<()> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                match st.entries.get_mut(&n) {
+                    Some(e) if e.valid.is_some() => {
+                        if !e.filling {
+                            e.filling = true;
+                            break;
+                        }
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            notified.await;
+        }
+        let res = self.inner.read_block(n, ReadCondition::None).await;
+        let bs = self.block_size;
+        let result = {
+            let mut st = self.state.lock();
+            let merged = match st.entries.get_mut(&n) {
+                None => {
+                    unreachable_entry(n);
+                    Ok(None)
+                }
+                Some(e) => {
+                    e.filling = false;
+                    match res {
+                        Err(err) => Err(err),
+                        Ok(out) => match (out.into_data(bs), e.valid.take()) {
+                            (None, valid) => {
+                                e.valid = valid;
+                                Err(StoreError::Other(format!(
+                                    "block {n:#010x}: unexpected \"not modified\" answer"
+                                )))
+                            }
+                            // Completed meanwhile by a whole-block write.
+                            (Some(_), None) => Ok(None),
+                            (Some(stored), Some(valid)) => {
+                                let mut buf = BytesMut::from(&stored[..]);
+                                for &(a, b) in valid.ranges() {
+                                    let (a, b) = (a as usize, b as usize);
+                                    match &e.data {
+                                        Some(d) => buf[a..b].copy_from_slice(&d[a..b]),
+                                        None => buf[a..b].fill(0),
+                                    }
+                                }
+                                let data = (!is_zero(&buf)).then(|| buf.freeze());
+                                e.data = data.clone();
+                                Ok(Some(data))
+                            }
+                        },
+                    }
+                }
+            };
+            match merged {
+                Ok(Some(data)) => {
+                    self.stats.fills.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = &self.file
+                        && let Err(x) = f.write_dirty(&mut st, n, data.as_ref(), None)
+                    {
+                        log::error!("block cache: can't record completed block {n:#010x}: {x}");
+                    }
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        self.changed.notify_waiters();
+        result
     }
 
     /// Waits until each block's upload has reached the given generation (or the block left the
@@ -493,6 +699,18 @@ impl Shared {
 
 fn unreachable_entry(n: BlockNum) {
     log::error!("block cache: loading entry for block {n:#010x} vanished");
+}
+
+/// What a write makes of a block, decided under the lock from its current entry.
+enum Prepared {
+    /// The block is loading: wait for it.
+    Wait,
+    /// The block must be completed from the store first (too many ranges).
+    Fill,
+    /// The write changes nothing (clean block already holding these bytes).
+    Unchanged,
+    /// New content, and for a partial block the ranges it holds.
+    Data(Option<Bytes>, Option<ByteRanges>),
 }
 
 /// A cached block as a read result.
@@ -558,11 +776,11 @@ async fn writeback_loop(sh: Arc<Shared>) {
                     i += 1;
                     continue;
                 }
-                let (ver, data) = (e.ver, e.data.clone());
+                let (ver, data, partial) = (e.ver, e.data.clone(), e.valid.is_some());
                 st.entries.get_mut(&n).unwrap().uploading = Some(ver);
                 st.uploading += 1;
                 st.dirty_queue.remove(i);
-                jobs.push((n, ver, data));
+                jobs.push((n, ver, data, partial));
             }
             if let Some(t) = sh.cfg.timeout {
                 while let Some(victim) = st.lru_oldest() {
@@ -575,8 +793,8 @@ async fn writeback_loop(sh: Arc<Shared>) {
                 }
             }
         }
-        for (n, ver, data) in jobs {
-            tokio::spawn(upload(sh.clone(), n, ver, data));
+        for (n, ver, data, partial) in jobs {
+            tokio::spawn(upload(sh.clone(), n, ver, data, partial));
         }
         tokio::select! {
             _ = notified => {}
@@ -585,9 +803,29 @@ async fn writeback_loop(sh: Arc<Shared>) {
     }
 }
 
-/// Uploads one block version and settles the entry afterwards.
-async fn upload(sh: Arc<Shared>, n: BlockNum, ver: u64, data: Option<Bytes>) {
-    let res = sh.inner.write_block(n, data).await;
+/// Uploads one block version and settles the entry afterwards. A block still `partial` is
+/// completed first, and then its version at that moment is uploaded.
+async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>, partial: bool) {
+    let res = if partial {
+        match sh.fill(n).await {
+            Ok(()) => {
+                let data = {
+                    let mut st = sh.state.lock();
+                    let e = st
+                        .entries
+                        .get_mut(&n)
+                        .expect("dirty entries are never evicted");
+                    ver = e.ver;
+                    e.uploading = Some(ver);
+                    e.data.clone()
+                };
+                sh.inner.write_block(n, data).await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        sh.inner.write_block(n, data).await
+    };
     {
         let mut st = sh.state.lock();
         st.uploading -= 1;
@@ -675,6 +913,42 @@ impl BlockStore for BlockCache {
         }
         self.shared.write(n, data).await?;
         Ok(None)
+    }
+
+    async fn write_block_part(&self, n: BlockNum, offset: u32, data: Bytes) -> Result<()> {
+        let bs = self.shared.block_size;
+        let (off, end) = s3b_store::part_bounds(n, offset, data.len(), bs)?;
+        if off == 0 && end == bs as usize {
+            return self.shared.write(n, Some(data)).await;
+        }
+        if off == end {
+            return Ok(());
+        }
+        self.shared.write_part(n, offset, data).await
+    }
+
+    async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
+        let sh = &self.shared;
+        let (off, end) = s3b_store::part_bounds(n, offset, len as usize, sh.block_size)?;
+        {
+            // Written in part, and the bytes asked for are among those written: no read.
+            let mut st = sh.state.lock();
+            if let Some(e) = st.entries.get_mut(&n)
+                && e.valid.as_ref().is_some_and(|v| v.covers(off as u32, end as u32))
+            {
+                e.last_access = Instant::now();
+                sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(match &e.data {
+                    Some(d) => d.slice(off..end),
+                    None => Bytes::from(vec![0u8; end - off]),
+                });
+            }
+        }
+        let out = self.read_block(n, ReadCondition::None).await?;
+        let data = out.into_data(sh.block_size).ok_or_else(|| {
+            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
+        })?;
+        Ok(data.slice(off..end))
     }
 
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The cache's bookkeeping: one [`Entry`] per cached block, the LRU order of clean blocks
 //! (two lists, so that protected blocks go last) and the queue of dirty blocks.
 
+use crate::ranges::ByteRanges;
 use bytes::Bytes;
 use s3b_store::{BlockNum, Etag};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -43,6 +44,11 @@ pub(crate) struct Entry {
     pub(crate) last_access: Instant,
     /// Slot in the cache file, if any.
     pub(crate) slot: Option<u32>,
+    /// A block written only in part (always dirty): the byte ranges `data` holds; the other
+    /// bytes are placeholders until the store's version is merged in. `None` = all of it.
+    pub(crate) valid: Option<ByteRanges>,
+    /// A read of the store's version to complete this partial block is in flight.
+    pub(crate) filling: bool,
     /// Key in the LRU map while the entry is evictable.
     pub(crate) lru_key: Option<u64>,
 }
@@ -63,6 +69,8 @@ impl Entry {
             retry_at: None,
             last_access: now,
             slot: None,
+            valid: None,
+            filling: false,
             lru_key: None,
         }
     }

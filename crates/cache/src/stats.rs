@@ -16,12 +16,20 @@ pub struct CacheStats {
     pub(crate) write_misses: AtomicU64,
     pub(crate) verified: AtomicU64,
     pub(crate) mismatch: AtomicU64,
+    /// Partially written blocks completed with a read of the store (not in the stats file,
+    /// whose fields are upstream's).
+    pub(crate) fills: AtomicU64,
     cache: Mutex<Option<Weak<Shared>>>,
 }
 
 impl CacheStats {
     pub(crate) fn attach(&self, sh: Weak<Shared>) {
         *self.cache.lock() = Some(sh);
+    }
+
+    /// Partially written blocks completed with a read of the store so far.
+    pub fn partial_fills(&self) -> u64 {
+        self.fills.load(Ordering::Relaxed)
     }
 
     /// Read hits and misses so far.

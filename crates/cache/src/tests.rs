@@ -433,3 +433,162 @@ async fn reads_for_update_start_no_read_ahead() {
     }
     assert!(mem.reads.load(Ordering::SeqCst) > 30, "no read-ahead for plain reads either");
 }
+
+fn bytes(b: u8, len: usize) -> Bytes {
+    Bytes::from(vec![b; len])
+}
+
+/// Block `base` with `part` written at `off`.
+fn merged(base: u8, parts: &[(usize, u8, usize)]) -> Bytes {
+    let mut v = vec![base; BS as usize];
+    for &(off, b, len) in parts {
+        v[off..off + len].fill(b);
+    }
+    Bytes::from(v)
+}
+
+#[tokio::test]
+async fn partial_writes_covering_a_block_need_no_read() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    let c = BlockCache::new(mem.clone(), cfg(10));
+    c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
+    c.write_block_part(5, 4, bytes(2, 12)).await.unwrap();
+    assert_eq!(read(&c, 5).await, merged(0, &[(0, 1, 4), (4, 2, 12)]));
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.blocks.lock()[&5], merged(0, &[(0, 1, 4), (4, 2, 12)]));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 0, "nothing was read");
+    assert_eq!(c.stats().partial_fills(), 0);
+}
+
+#[tokio::test]
+async fn a_partial_block_is_completed_by_one_read_when_read_or_uploaded() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    mem.blocks.lock().insert(6, block(8));
+    let c = BlockCache::new(mem.clone(), cfg(10));
+    c.write_block_part(5, 2, bytes(1, 3)).await.unwrap();
+    // The written bytes are served without a read.
+    assert_eq!(c.read_block_part(5, 2, 3).await.unwrap(), bytes(1, 3));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+    // Others need the stored version: one read, merged under the written bytes.
+    assert_eq!(c.read_block_part(5, 0, 4).await.unwrap(), Bytes::from(vec![9, 9, 1, 1]));
+    assert_eq!(read(&c, 5).await, merged(9, &[(2, 1, 3)]));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    // Write-back of a block still partial: one read, then the whole block goes up.
+    c.write_block_part(6, 10, Bytes::from(vec![0u8; 6])).await.unwrap();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(2, 1, 3)]));
+    assert_eq!(mem.blocks.lock()[&6], merged(8, &[(10, 0, 6)]));
+    assert_eq!(c.stats().partial_fills(), 2);
+    // A partial write of a block never written before: the rest is zeros.
+    c.write_block_part(40, 3, bytes(7, 2)).await.unwrap();
+    assert_eq!(read(&c, 40).await, merged(0, &[(3, 7, 2)]));
+}
+
+#[tokio::test]
+async fn bytes_written_while_the_block_is_being_completed_are_kept() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    mem.read_delay_ms.store(100, Ordering::SeqCst);
+    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move { read(&c, 5).await })
+    };
+    // Wait until the completing read is in flight, then write more of the block.
+    while mem.reads.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    c.write_block_part(5, 8, bytes(2, 4)).await.unwrap();
+    let first = reader.await.unwrap();
+    assert!(first == merged(9, &[(0, 1, 4)]) || first == merged(9, &[(0, 1, 4), (8, 2, 4)]), "{first:?}");
+    assert_eq!(read(&c, 5).await, merged(9, &[(0, 1, 4), (8, 2, 4)]));
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(0, 1, 4), (8, 2, 4)]));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn scattered_partial_writes_that_end_up_covering_the_block_need_no_read() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    let c = BlockCache::new(mem.clone(), cfg(10));
+    // Bytes 0, 2, ..., 14 (8 ranges, the most a block holds), then the gaps.
+    for i in 0..8u32 {
+        c.write_block_part(5, 2 * i, bytes(1, 1)).await.unwrap();
+    }
+    for i in 0..8u32 {
+        c.write_block_part(5, 2 * i + 1, bytes(2, 1)).await.unwrap();
+    }
+    let want: Vec<u8> = (0..BS).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
+    assert_eq!(read(&c, 5).await, Bytes::from(want));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_partial_write_over_an_unverified_reloaded_block_does_not_trust_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = Arc::new(Mem::default());
+    {
+        let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions { no_verify: true, ..Default::default() }).unwrap());
+        let c = BlockCache::with_file(mem.clone(), cfg(8), f);
+        c.write_block(5, Some(block(4))).await.unwrap();
+        c.shutdown().await.unwrap();
+    }
+    // The block changed in the store behind the cache's back.
+    mem.blocks.lock().insert(5, block(6));
+    let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
+    let c = BlockCache::with_file(mem.clone(), cfg(8), f);
+    c.write_block_part(5, 0, bytes(1, 2)).await.unwrap();
+    assert_eq!(read(&c, 5).await, merged(6, &[(0, 1, 2)]), "stale cached bytes were used");
+}
+
+/// A partial block in the cache file survives a crash as partial: after recovery, its missing
+/// bytes come from the store, never zeros.
+#[tokio::test]
+async fn a_partial_block_is_recovered_as_partial_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    let slow = CacheConfig { write_delay: Duration::from_secs(600), ..cfg(8) };
+    {
+        let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
+        let c = BlockCache::with_file(mem.clone(), slow.clone(), f);
+        c.write_block_part(5, 4, bytes(1, 4)).await.unwrap();
+        c.write_block_part(6, 0, Bytes::from(vec![0u8; 3])).await.unwrap();
+        // Crash: dropped without flushing.
+    }
+    let opts = FileOptions { recover_dirty: true, ..Default::default() };
+    let f = Arc::new(CacheFile::open(&p, BS, 8, opts).unwrap());
+    assert_eq!(f.dirty_found(), 2);
+    f.allow_uploads();
+    let c = BlockCache::with_file(mem.clone(), slow, f);
+    assert_eq!(c.read_block_part(5, 4, 4).await.unwrap(), bytes(1, 4));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(read(&c, 5).await, merged(9, &[(4, 1, 4)]));
+    c.shutdown().await.unwrap();
+    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(4, 1, 4)]));
+    assert!(!mem.blocks.lock().contains_key(&6), "block 6 is zeros (deleted)");
+}
+
+/// The default `write_block_part` of a store without a cache is a read-modify-write.
+#[tokio::test]
+async fn default_write_block_part_is_read_modify_write() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(9));
+    mem.write_block_part(5, 3, bytes(1, 2)).await.unwrap();
+    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(3, 1, 2)]));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    // Unchanged bytes: nothing written.
+    let writes = mem.writes.load(Ordering::SeqCst);
+    mem.write_block_part(5, 3, bytes(1, 2)).await.unwrap();
+    assert_eq!(mem.writes.load(Ordering::SeqCst), writes);
+    let e = mem.write_block_part(5, 15, bytes(1, 2)).await.err().unwrap().to_string();
+    assert!(e.contains("pass the end of the block"), "{e}");
+    assert_eq!(mem.read_block_part(5, 2, 3).await.unwrap(), Bytes::from(vec![9, 1, 1]));
+}

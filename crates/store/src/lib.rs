@@ -57,6 +57,46 @@ pub trait BlockStore: Send + Sync + 'static {
     /// one block long. Returns the ETag of the stored object when the store knows it.
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>>;
 
+    /// Writes `data` into block `n` at byte `offset`, leaving its other bytes as they are (a
+    /// partial-block write; `offset + data.len()` must not pass the block's end). Zeros in
+    /// `data` are written as zeros. Callers serialise writes of one block (the byte-range
+    /// engine holds the block's lock).
+    ///
+    /// The default is a read-modify-write: [`read_for_update`](Self::read_for_update), merge,
+    /// [`write_block`](Self::write_block) (nothing is written when the bytes are already
+    /// there). The block cache overrides it: it accepts the bytes without reading the block,
+    /// and fetches the rest only when it is needed (a read of it, or the upload).
+    async fn write_block_part(&self, n: BlockNum, offset: u32, data: Bytes) -> Result<()> {
+        let bs = self.block_size();
+        let (off, end) = part_bounds(n, offset, data.len(), bs)?;
+        if off == 0 && end == bs as usize {
+            let whole = (!is_zero(&data)).then_some(data);
+            return self.write_block(n, whole).await.map(|_| ());
+        }
+        let old = self.read_for_update(n).await?.into_data(bs).ok_or_else(|| {
+            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
+        })?;
+        if old[off..end] == data[..] {
+            return Ok(());
+        }
+        let mut buf = bytes::BytesMut::from(&old[..]);
+        buf[off..end].copy_from_slice(&data);
+        let whole = (!is_zero(&buf)).then(|| buf.freeze());
+        self.write_block(n, whole).await.map(|_| ())
+    }
+
+    /// Reads `len` bytes of block `n` from byte `offset`. The default reads the whole block;
+    /// the block cache answers from a partially written block without reading the store when
+    /// the bytes asked for are all there.
+    async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
+        let bs = self.block_size();
+        let (off, end) = part_bounds(n, offset, len as usize, bs)?;
+        let data = self.read_block(n, ReadCondition::None).await?.into_data(bs).ok_or_else(|| {
+            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
+        })?;
+        Ok(data.slice(off..end))
+    }
+
     /// Zeroes many blocks at once (missing ones are fine). The default writes each as zeros.
     async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
         for &n in blocks {
@@ -112,6 +152,18 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+}
+
+/// Checks that `len` bytes from `offset` lie inside one block of `block_size` bytes; returns
+/// the range as indexes.
+pub fn part_bounds(n: BlockNum, offset: u32, len: usize, block_size: u32) -> Result<(usize, usize)> {
+    let off = offset as usize;
+    match off.checked_add(len) {
+        Some(end) if end <= block_size as usize => Ok((off, end)),
+        _ => Err(StoreError::Other(format!(
+            "{len} bytes at offset {offset} of block {n:#010x} pass the end of the block ({block_size} bytes)"
+        ))),
+    }
 }
 
 /// A byte buffer of `len` zeros, shared so that zero blocks cost no allocation per read.

@@ -295,6 +295,35 @@ impl BlockStore for ZeroCache {
         r
     }
 
+    async fn write_block_part(&self, n: BlockNum, offset: u32, data: Bytes) -> Result<()> {
+        let s = &self.shared;
+        let bs = self.inner.block_size();
+        let (off, end) = s3b_store::part_bounds(n, offset, data.len(), bs)?;
+        if s.zero.get(n as u64) {
+            // Known zero: the rest of the block is zeros, so build it here, no read below.
+            if is_zero(&data) {
+                s.counters.write_hits.fetch_add(1, SeqCst);
+                return Ok(());
+            }
+            let mut buf = vec![0u8; bs as usize];
+            buf[off..end].copy_from_slice(&data);
+            return self.write_block(n, Some(Bytes::from(buf))).await.map(|_| ());
+        }
+        s.begin_write(n);
+        s.zero.set(n as u64, false);
+        self.inner.write_block_part(n, offset, data).await
+    }
+
+    async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
+        let s = &self.shared;
+        let (off, end) = s3b_store::part_bounds(n, offset, len as usize, self.inner.block_size())?;
+        if s.zero.get(n as u64) {
+            s.counters.read_hits.fetch_add(1, SeqCst);
+            return Ok(Bytes::from(vec![0u8; end - off]));
+        }
+        self.inner.read_block_part(n, offset, len).await
+    }
+
     async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
         let s = &self.shared;
         let unknown = blocks.iter().filter(|&&n| !s.zero.get(n as u64)).count() as u64;
