@@ -120,6 +120,9 @@ impl Volume {
         let ps = pieces(self.block_size, offset, len);
         if let [p] = ps[..] {
             // One block: hand out a slice of it without copying.
+            if p.len as u64 != self.block_size {
+                return self.store.read_block_part(p.block, p.start as u32, p.len as u32).await;
+            }
             let data = self.read_whole(p.block).await?;
             return Ok(data.slice(p.start..p.start + p.len));
         }
@@ -216,23 +219,9 @@ impl Volume {
             self.store.write_block(p.block, block).await?;
             return Ok(());
         }
-        // Read-modify-write of a partial block.
-        let old = self.whole(p.block, self.store.read_for_update(p.block).await?)?;
-        let unchanged = match &data {
-            Some(d) => old[p.start..p.start + p.len] == d[..],
-            None => is_zero(&old[p.start..p.start + p.len]),
-        };
-        if unchanged {
-            return Ok(());
-        }
-        let mut buf = BytesMut::from(&old[..]);
-        match &data {
-            Some(d) => buf[p.start..p.start + p.len].copy_from_slice(d),
-            None => buf[p.start..p.start + p.len].fill(0),
-        }
-        let block = if is_zero(&buf) { None } else { Some(buf.freeze()) };
-        self.store.write_block(p.block, block).await?;
-        Ok(())
+        // A partial block: the store merges it (the block cache without reading the block).
+        let part = data.unwrap_or_else(|| Bytes::from(vec![0u8; p.len]));
+        self.store.write_block_part(p.block, p.start as u32, part).await
     }
 
     /// Returns once every byte written so far is durable in the store.

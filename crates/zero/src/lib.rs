@@ -311,7 +311,9 @@ impl BlockStore for ZeroCache {
         }
         s.begin_write(n);
         s.zero.set(n as u64, false);
-        self.inner.write_block_part(n, offset, data).await
+        let r = self.inner.write_block_part(n, offset, data).await;
+        s.end_write(n);
+        r
     }
 
     async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
