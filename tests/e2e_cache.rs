@@ -368,10 +368,9 @@ fn cache_file_resize_keeps_dirty_blocks() {
     };
     let data = pattern(21, 20 * 65536);
     let m = start(&["--blockCacheSize=32", "--blockCacheWriteDelay=600000"]);
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 65536).unwrap();
+    let writer = write_and_hold(&m.file(), 65536, &data);
     m.kill9();
-    drop(f);
+    drop(writer);
     assert_eq!(blocks_in_store(&store), 0);
 
     // Shrinking below the 20 dirty blocks: refused, nothing changes.

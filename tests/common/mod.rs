@@ -305,3 +305,44 @@ pub fn build_stack(args: &[String], rt: &tokio::runtime::Runtime) -> std::sync::
     let cfg = s3b_cli::config::validate(s3b_cli::args::parse(args).unwrap()).unwrap();
     rt.block_on(s3b_cli::stack::build(&cfg, s3b_cli::encoding::codec_config(&cfg).unwrap())).unwrap().top
 }
+
+/// A child process that wrote to a file and keeps it open until dropped (then SIGKILLed).
+pub struct HeldWrite(Child);
+
+impl Drop for HeldWrite {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `data` at `offset` of `file` from a child process that keeps the file open until the
+/// returned guard is dropped. For crash tests that need dirty data still unflushed when the
+/// daemon is killed: every close(2) of the file flushes it, and a descriptor opened by the test
+/// process itself is inherited, and closed at exec, by any test thread that forks meanwhile.
+pub fn write_and_hold(file: &Path, offset: u64, data: &[u8]) -> HeldWrite {
+    use std::io::{BufRead, Write};
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), data).unwrap();
+    let script = "import os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_WRONLY)\n\
+                  data = open(sys.argv[2], 'rb').read()\n\
+                  assert os.pwrite(fd, data, int(sys.argv[3])) == len(data)\n\
+                  print('written', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(file)
+        .arg(src.path())
+        .arg(offset.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "written\n", "the writer failed");
+    // Keep stdin open (the writer waits on it) by leaking it into the guard's child.
+    let _ = child.stdin.as_mut().map(|s| s.flush());
+    HeldWrite(child)
+}
