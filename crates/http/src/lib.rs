@@ -29,6 +29,8 @@ pub mod creds;
 pub mod retry;
 pub mod sign;
 pub mod stats;
+mod token;
+pub use token::{SETTLE_BOUND, SETTLE_WAIT};
 pub mod xml;
 
 pub use creds::{Credentials, Keys};
@@ -44,7 +46,8 @@ use http::{HeaderMap, Method};
 use retry::Backoff;
 use s3b_store::keys::BlockKeys;
 use s3b_store::{
-    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, VolumeMeta,
+    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, TokenSwap,
+    VolumeMeta,
 };
 use stats::{add_time, bump};
 use std::path::PathBuf;
@@ -188,6 +191,8 @@ pub struct S3Store {
     /// `host[:port]/path/` of the endpoint (after the scheme).
     rest: String,
     user_agent: String,
+    /// Whether mount-token writes carry preconditions (until the server refuses them with 501).
+    cond: token::CondWrites,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -221,6 +226,7 @@ impl S3Store {
             scheme,
             rest,
             user_agent: format!("s3backer-rs/{}", env!("CARGO_PKG_VERSION")),
+            cond: token::CondWrites::default(),
         })
     }
 
@@ -650,16 +656,14 @@ impl ObjectStore for S3Store {
                 self.send(&Req::new(Method::DELETE, Some(key)), true).await?;
             }
             TokenOp::Set(token) => {
-                let host = hostname();
-                let now = httpdate_compact(SystemTime::now());
-                let mut req = Req::new(Method::PUT, Some(key));
-                req.body = Bytes::from(format!("{host}\n{now}\n"));
-                self.put_headers(&mut req, "text/plain");
-                req.headers.push((MOUNT_TOKEN_HEADER, format!("{token:08x}")));
-                self.send(&req, true).await?;
+                self.send(&self.token_put(token), true).await?;
             }
         }
         Ok(old)
+    }
+
+    async fn swap_mount_token(&self, expected: u32, new: u32) -> Result<TokenSwap> {
+        self.swap_token(expected, new).await
     }
 
     async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {

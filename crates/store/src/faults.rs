@@ -131,6 +131,10 @@ impl ObjectStore for FaultyObjects {
         self.inner.mount_token(op).await
     }
 
+    async fn swap_mount_token(&self, expected: u32, new: u32) -> Result<crate::TokenSwap> {
+        self.inner.swap_mount_token(expected, new).await
+    }
+
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
         self.inner.flush(blocks).await
     }
