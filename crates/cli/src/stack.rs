@@ -108,6 +108,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
     let transport = open_transport(cfg, &stats).await?;
     let (block_size, num_blocks) = resolve_geometry(cfg, transport.as_ref()).await?;
+    transport.set_block_size(block_size);
 
     let mut objects = transport.clone();
     let f = cfg.faults;

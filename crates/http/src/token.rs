@@ -174,6 +174,7 @@ impl S3Store {
             query: req.query.clone(),
             headers: req.headers.clone(),
             body: req.body.clone(),
+            max_body: req.max_body,
         };
         match pre {
             Precondition::None => {}

@@ -138,4 +138,8 @@ impl ObjectStore for FaultyObjects {
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
         self.inner.flush(blocks).await
     }
+
+    fn set_block_size(&self, block_size: u32) {
+        self.inner.set_block_size(block_size)
+    }
 }

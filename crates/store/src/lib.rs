@@ -127,6 +127,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+
+    /// Tells the transport the volume's block size once it is settled, so that it can refuse an
+    /// answer longer than any object of the volume can be. The default ignores it.
+    fn set_block_size(&self, _block_size: u32) {}
 }
 
 /// A byte buffer of `len` zeros, shared so that zero blocks cost no allocation per read.

@@ -137,18 +137,18 @@ impl Drop for FaultProxy {
 }
 
 /// A parsed request or response head: the first line, the header lines, and the raw bytes.
-struct Head {
-    first: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct Head {
+    pub(crate) first: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+pub(crate) fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);
@@ -264,7 +264,7 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
 }
 
 /// Sends one request to the server and returns the answer re-framed with a Content-Length.
-fn forward(head: &Head, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
+pub(crate) fn forward(head: &Head, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{}\r\n", head.first);

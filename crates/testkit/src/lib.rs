@@ -4,8 +4,11 @@
 //!   the S3 tests run against (never a mock of our own).
 //! - [`s3s_fs`]: a throw-away s3s-fs, a second S3 implementation with other quirks.
 //! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it.
+//! - [`hostile`]: a proxy that answers chosen requests as a hostile server would (endless or
+//!   oversized bodies, header floods, trickled answers).
 #![deny(missing_docs)]
 
 pub mod fault_proxy;
 pub mod garage;
+pub mod hostile;
 pub mod s3s_fs;
