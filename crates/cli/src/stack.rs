@@ -6,7 +6,9 @@
 //! Layers that are disabled are left out, as upstream does. This module also settles the
 //! volume geometry (given, or auto-detected from block 0) and owns the mount-token protocol:
 //! refuse a volume that appears mounted unless `--force`, set our token while mounted, clear it
-//! on clean unmount; read-only mounts write nothing at all.
+//! on clean unmount; read-only mounts write nothing at all. Setting and clearing are
+//! compare-and-swaps ([`ObjectStore::swap_mount_token`]), so two mounts that start at the same
+//! instant cannot both come up.
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
 use crate::size::unparse_size;
@@ -17,7 +19,7 @@ use s3b_dir::DirStore;
 use s3b_zero::ZeroCache;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
-use s3b_store::{BlockStore, ObjectStore, SHARED_DISK_TOKEN, StatsRegistry, TokenOp};
+use s3b_store::{BlockStore, ObjectStore, SHARED_DISK_TOKEN, StatsRegistry, TokenOp, TokenSwap};
 use std::sync::Arc;
 
 /// Percentage of operations failed by `--test-errors`.
@@ -106,6 +108,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
     let transport = open_transport(cfg, &stats).await?;
     let (block_size, num_blocks) = resolve_geometry(cfg, transport.as_ref()).await?;
+    transport.set_block_size(block_size);
 
     let mut objects = transport.clone();
     let f = cfg.faults;
@@ -179,7 +182,15 @@ pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_
             break t;
         }
     };
-    objects.mount_token(TokenOp::Set(token)).await.context("can't set the mount token")?;
+    // A compare-and-swap from the token read above: of mounts starting at the same instant, at
+    // most one gets past this line.
+    match objects.swap_mount_token(old, token).await.context("can't set the mount token")? {
+        TokenSwap::Done => {}
+        TokenSwap::Changed(now) => bail!(
+            "volume appears to be already mounted (mount token {now:08x}, set by another mount while this one was starting); \
+             if it is not, use --reset-mounted-flag, or --force to override"
+        ),
+    }
     if let Some(f) = cache_file {
         f.set_token(token).map_err(|e| anyhow::anyhow!("{e}"))?;
         f.allow_uploads();
@@ -190,7 +201,13 @@ pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_
 /// Clears the mount token on clean unmount (if we set one), in the store and the cache file.
 pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32, cache_file: Option<&CacheFile>) -> Result<()> {
     if token != 0 {
-        objects.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+        match objects.swap_mount_token(token, 0).await.context("can't clear the mount token")? {
+            TokenSwap::Done => {}
+            // Someone replaced ours (--force, or --reset-mounted-flag and a new mount): theirs stays.
+            TokenSwap::Changed(now) => log::warn!(
+                "the volume's mount token is {now:08x}, not ours ({token:08x}): another mount took the volume over; left it in place"
+            ),
+        }
         if let Some(f) = cache_file {
             f.set_token(0).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -244,6 +261,56 @@ mod tests {
         a.extend_from_slice(extra);
         let a: Vec<String> = a.into_iter().map(String::from).collect();
         crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
+    }
+
+    /// A store whose token another mount sets between our read and our write.
+    #[derive(Default)]
+    struct Raced(Tokens);
+
+    #[async_trait]
+    impl ObjectStore for Raced {
+        async fn get_object(&self, n: BlockNum, c: ReadCondition) -> s3b_store::Result<GetOutcome> {
+            self.0.get_object(n, c).await
+        }
+        async fn put_object(&self, n: BlockNum, b: ObjectBody, v: Option<VolumeMeta>) -> s3b_store::Result<Option<Etag>> {
+            self.0.put_object(n, b, v).await
+        }
+        async fn delete_object(&self, n: BlockNum) -> s3b_store::Result<()> {
+            self.0.delete_object(n).await
+        }
+        async fn list_objects(&self, s: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
+            self.0.list_objects(s).await
+        }
+        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
+            Ok(None)
+        }
+        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
+            self.0.mount_token(op).await
+        }
+        async fn swap_mount_token(&self, expected: u32, new: u32) -> s3b_store::Result<TokenSwap> {
+            // The other mount wins the race.
+            self.0.0.store(0x1234, Ordering::SeqCst);
+            self.0.swap_mount_token(expected, new).await
+        }
+        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mount_that_loses_the_race_is_refused_and_leaves_the_winner_alone() {
+        let objects = Raced::default();
+        let err = acquire_mount_token(&cfg(&[]), &objects, None).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted (mount token 00001234"), "{err}");
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        // Same with --force: the token it was told to override is not the one there now.
+        objects.0.0.store(0x77, Ordering::SeqCst);
+        let err = acquire_mount_token(&cfg(&["--force"]), &objects, None).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted"), "{err}");
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        // Unmounting after someone else took the volume over leaves their token.
+        release_mount_token(&objects.0, 0x99, None).await.unwrap();
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
     }
 
     #[tokio::test]

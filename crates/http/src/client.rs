@@ -60,6 +60,8 @@ pub enum TransportError {
     Timeout(String),
     /// No connection could be opened.
     Connect(String),
+    /// The answer's body is longer than any answer to the request can be.
+    TooLarge(String),
     /// Anything else (reset connection, TLS failure, malformed answer).
     Other(String),
 }
@@ -67,7 +69,10 @@ pub enum TransportError {
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TransportError::Timeout(m) | TransportError::Connect(m) | TransportError::Other(m) => f.write_str(m),
+            TransportError::Timeout(m)
+            | TransportError::Connect(m)
+            | TransportError::TooLarge(m)
+            | TransportError::Other(m) => f.write_str(m),
         }
     }
 }
@@ -117,13 +122,32 @@ impl HttpClient {
         Ok(HttpClient { inner, timeout: opts.timeout })
     }
 
-    /// Sends one request and reads the whole answer, within the time limit.
+    /// Sends one request and reads the whole answer, within the time limit, refusing a
+    /// successful answer's body over [`SMALL_ANSWER_LIMIT`] (see [`HttpClient::send_limited`]).
     pub async fn send(
         &self,
         method: Method,
         url: &str,
         headers: &[(String, String)],
         body: Bytes,
+    ) -> Result<Response, TransportError> {
+        self.send_limited(method, url, headers, body, SMALL_ANSWER_LIMIT).await
+    }
+
+    /// Sends one request and reads the whole answer, within the time limit. The body of a
+    /// successful (2xx) answer may be at most `max_body` bytes: a longer one, announced or
+    /// streamed, is [`TransportError::TooLarge`] as soon as it is known, and the connection is
+    /// dropped. Error answers keep at most [`ERROR_BODY_LIMIT`] bytes (enough for the S3 error
+    /// document) and the rest is not read. Headers are bounded by hyper (at most 100 of them,
+    /// about 400 KiB in all), and the whole exchange by the client's timeout, so a server that
+    /// sends forever, or trickles, costs bounded memory and time.
+    pub async fn send_limited(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        max_body: usize,
     ) -> Result<Response, TransportError> {
         let mut rb = Request::builder().method(method).uri(url);
         for (n, v) in headers {
@@ -136,18 +160,37 @@ impl HttpClient {
                 if e.is_connect() { TransportError::Connect(format!("{url}: {msg}")) } else { TransportError::Other(format!("{url}: {msg}")) }
             })?;
             let (parts, mut body) = resp.into_parts();
-            // Gathered into one buffer sized from Content-Length (bounded, in case the server
-            // lies), so a block is copied once rather than through a growing buffer.
+            let success = parts.status.is_success();
+            let limit = if success { max_body } else { max_body.min(ERROR_BODY_LIMIT) };
+            let too_large = |n: &dyn std::fmt::Display| {
+                TransportError::TooLarge(format!(
+                    "{url}: HTTP {} answer body {n} bytes, more than the {limit} bytes any answer to this request can have",
+                    parts.status.as_u16()
+                ))
+            };
+            // Gathered into one buffer sized from Content-Length (bounded by the limit, in case
+            // the server lies), so a block is copied once rather than through a growing buffer.
             let expected = parts
                 .headers
                 .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            let mut buf = bytes::BytesMut::with_capacity(expected.min(MAX_PRESIZE));
+            if success && expected > limit as u64 {
+                return Err(too_large(&expected));
+            }
+            let mut buf = bytes::BytesMut::with_capacity((expected as usize).min(limit));
             while let Some(frame) = body.frame().await {
                 let frame =
                     frame.map_err(|e| TransportError::Other(format!("{url}: reading the answer: {}", chain(&e))))?;
                 if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        if success {
+                            return Err(too_large(&format!("over {}", buf.len() + data.len())));
+                        }
+                        // An error answer: keep its start, which names the error; drop the rest.
+                        buf.extend_from_slice(&data[..limit - buf.len()]);
+                        break;
+                    }
                     buf.extend_from_slice(&data);
                 }
             }
@@ -160,8 +203,11 @@ impl HttpClient {
     }
 }
 
-/// Largest answer buffer reserved up front from `Content-Length` (blocks are at most a few MiB).
-const MAX_PRESIZE: usize = 64 << 20;
+/// Body limit of [`HttpClient::send`]: answers that carry no data (PUT, DELETE, HEAD, the
+/// instance metadata service's small documents).
+pub const SMALL_ANSWER_LIMIT: usize = 64 << 10;
+/// Most bytes kept of an error answer's body.
+pub const ERROR_BODY_LIMIT: usize = 64 << 10;
 
 /// An error and its sources, joined with ": ".
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -295,5 +341,124 @@ impl TcpConnector {
         }
         let std_stream: std::net::TcpStream = sock.into();
         tokio::net::TcpSocket::from_std_stream(std_stream).connect(addr).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A one-shot server on 127.0.0.1 that reads a request head and answers with `answer`
+    /// (head and body as given), then, if `endless`, zeros until the client hangs up.
+    fn server(answer: Vec<u8>, endless: Option<Vec<u8>>) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            if c.write_all(&answer).is_err() {
+                return;
+            }
+            if let Some(more) = endless {
+                while c.write_all(&more).is_ok() {}
+            }
+        });
+        port
+    }
+
+    fn client() -> HttpClient {
+        HttpClient::new(&ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            http11: true,
+            insecure: false,
+            cacert: None,
+            ip_tos: None,
+        })
+        .unwrap()
+    }
+
+    async fn get(port: u16, limit: usize) -> Result<Response, TransportError> {
+        client().send_limited(Method::GET, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), limit).await
+    }
+
+    #[tokio::test]
+    async fn bodies_up_to_the_limit_pass() {
+        let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+        a.extend(std::iter::repeat_n(7u8, 1000));
+        let r = get(server(a, None), 1000).await.unwrap();
+        assert_eq!(r.body.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn an_announced_body_over_the_limit_is_refused_before_reading_it() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n".to_vec();
+        let e = get(server(a, Some(vec![0u8; 65536])), 1 << 20).await.unwrap_err();
+        assert!(matches!(e, TransportError::TooLarge(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_refused_at_the_limit() {
+        let a = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend(vec![0u8; 0x10000]);
+        chunk.extend_from_slice(b"\r\n");
+        let e = get(server(a, Some(chunk)), 1 << 20).await.unwrap_err();
+        assert!(matches!(e, TransportError::TooLarge(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_header_flood_is_an_error() {
+        let flood = format!("x-flood: {}\r\n", "a".repeat(1000)).into_bytes();
+        let e = get(server(b"HTTP/1.1 200 OK\r\n".to_vec(), Some(flood)), 1 << 20).await.unwrap_err();
+        assert!(matches!(e, TransportError::Other(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_keeps_only_the_start_of_its_body() {
+        let mut a = b"HTTP/1.1 503 Slow Down\r\nContent-Length: 1073741824\r\n\r\n<Error><Code>SlowDown</Code></Error>".to_vec();
+        a.extend(vec![b' '; 1000]);
+        let r = get(server(a, Some(vec![b' '; 65536])), 1 << 30).await.unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body.len(), ERROR_BODY_LIMIT);
+        assert!(r.body.starts_with(b"<Error><Code>SlowDown"));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_answer_times_out() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(100));
+                if c.write_all(b"x").is_err() {
+                    return;
+                }
+            }
+        });
+        let c = HttpClient::new(&ClientOptions {
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(5),
+            http11: true,
+            insecure: false,
+            cacert: None,
+            ip_tos: None,
+        })
+        .unwrap();
+        let e = c.send_limited(Method::GET, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000).await.unwrap_err();
+        assert!(matches!(e, TransportError::Timeout(_)), "{e}");
     }
 }

@@ -23,6 +23,12 @@
 //! SHA-256 does — 43 % of the daemon's CPU on a sequential write. So `Content-MD5` is sent only
 //! on unsigned (anonymous) uploads, where it is the only check, and on multi-object DELETE,
 //! which S3 requires it for.
+//!
+//! Bounded answers: every request knows how long a successful answer's body can be
+//! ([`object_size_limit`] for an object GET once the block size is known, [`LIST_PAGE_LIMIT`] for
+//! a LIST page or a multi-object DELETE, 64 KiB otherwise), and [`client`] refuses a longer one
+//! as soon as it is announced or received; so a broken or hostile server costs bounded memory,
+//! and (with the whole-exchange `--timeout`) bounded time, on every attempt.
 
 #![deny(missing_docs)]
 
@@ -31,6 +37,8 @@ pub mod creds;
 pub mod retry;
 pub mod sign;
 pub mod stats;
+mod token;
+pub use token::{SETTLE_BOUND, SETTLE_WAIT};
 pub mod xml;
 
 pub use creds::{Credentials, Keys};
@@ -46,7 +54,8 @@ use http::{HeaderMap, Method};
 use retry::Backoff;
 use s3b_store::keys::BlockKeys;
 use s3b_store::{
-    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, VolumeMeta,
+    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, TokenSwap,
+    VolumeMeta,
 };
 use stats::{add_time, bump};
 use std::path::PathBuf;
@@ -159,13 +168,32 @@ struct Req {
     /// Headers to send and sign.
     headers: Vec<(&'static str, String)>,
     body: Bytes,
+    /// Most bytes a successful answer's body may have; `None`: decided by [`S3Store::body_limit`].
+    max_body: Option<usize>,
 }
 
 impl Req {
     fn new(method: Method, key: Option<String>) -> Self {
-        Req { method, key, query: Vec::new(), headers: Vec::new(), body: Bytes::new() }
+        Req { method, key, query: Vec::new(), headers: Vec::new(), body: Bytes::new(), max_body: None }
     }
 }
+
+/// Keys in one LIST page we ask for (`max-keys`).
+const LIST_PAGE_KEYS: usize = 1000;
+
+/// Most bytes of one LIST page, or of a multi-object DELETE answer: per key at most 1024 bytes
+/// of key, as much again of escaping, and the entry's other fields, plus the document around.
+pub const LIST_PAGE_LIMIT: usize = LIST_PAGE_KEYS * 4096 + (64 << 10);
+
+/// Most bytes a stored object of a volume with `block_size`-byte blocks can have: the block,
+/// plus what compression can add to incompressible data (deflate and zstd add well under 1/64),
+/// plus encryption's padding, IV, nonce and tag (under 4 KiB with everything).
+pub fn object_size_limit(block_size: u32) -> usize {
+    block_size as usize + block_size as usize / 64 + 4096
+}
+
+/// Object answers accepted before the block size is known ([`ObjectStore::set_block_size`]).
+const DEFAULT_OBJECT_LIMIT: usize = 64 << 20;
 
 /// A response whose body has been read in full.
 struct Resp {
@@ -195,6 +223,10 @@ pub struct S3Store {
     /// will not change (wrong keys, a redirect, a closed port) fails at once, so a mistyped
     /// command line gets its one-line error without waiting out the retry budget.
     contacted: AtomicBool,
+    /// Whether mount-token writes carry preconditions (until the server refuses them with 501).
+    cond: token::CondWrites,
+    /// Most bytes of an object's body (from the block size, once known).
+    object_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -232,6 +264,8 @@ impl S3Store {
             rest,
             user_agent: format!("s3backer-rs/{}", env!("CARGO_PKG_VERSION")),
             contacted: AtomicBool::new(false),
+            cond: token::CondWrites::default(),
+            object_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_OBJECT_LIMIT),
         })
     }
 
@@ -243,6 +277,19 @@ impl S3Store {
     /// The configuration.
     pub fn config(&self) -> &S3Config {
         &self.cfg
+    }
+
+    /// Most bytes the body of a successful answer to `req` may have: an object's size for an
+    /// object GET, a page for a LIST or a multi-object DELETE, a small document otherwise.
+    fn body_limit(&self, req: &Req) -> usize {
+        if let Some(n) = req.max_body {
+            return n;
+        }
+        match (&req.method, &req.key) {
+            (&Method::GET, Some(_)) => self.object_limit.load(Relaxed),
+            (&Method::GET | &Method::POST, None) => LIST_PAGE_LIMIT,
+            _ => client::SMALL_ANSWER_LIMIT,
+        }
     }
 
     /// URL of the bucket (`key = None`) or of an object.
@@ -299,7 +346,7 @@ impl S3Store {
         let started = Instant::now();
         let client::Response { status, headers: resp_headers, body } = self
             .client
-            .send(req.method.clone(), &url, &headers, req.body.clone())
+            .send_limited(req.method.clone(), &url, &headers, req.body.clone(), self.body_limit(req))
             .await
             .map_err(transport_error)?;
         let elapsed = started.elapsed();
@@ -384,7 +431,8 @@ impl S3Store {
         let mut marker = String::new();
         loop {
             let mut req = Req::new(Method::GET, None);
-            req.query = vec![("marker", marker.clone()), ("max-keys", "1000".into()), ("prefix", prefix.to_string())];
+            req.query =
+                vec![("marker", marker.clone()), ("max-keys", LIST_PAGE_KEYS.to_string()), ("prefix", prefix.to_string())];
             bump(&self.stats.http_lists);
             let resp = self.send_with(&req, retry::is_retryable_listing).await?;
             if resp.status == 404 {
@@ -427,7 +475,7 @@ fn transport_error(e: TransportError) -> StoreError {
     match e {
         TransportError::Timeout(m) => StoreError::Timeout(m),
         TransportError::Connect(m) => StoreError::Connect(m),
-        TransportError::Other(m) => StoreError::Other(m),
+        TransportError::TooLarge(m) | TransportError::Other(m) => StoreError::Other(m),
     }
 }
 
@@ -648,16 +696,18 @@ impl ObjectStore for S3Store {
                 self.send(&Req::new(Method::DELETE, Some(key)), true).await?;
             }
             TokenOp::Set(token) => {
-                let host = hostname();
-                let now = httpdate_compact(SystemTime::now());
-                let mut req = Req::new(Method::PUT, Some(key));
-                req.body = Bytes::from(format!("{host}\n{now}\n"));
-                self.put_headers(&mut req, "text/plain");
-                req.headers.push((MOUNT_TOKEN_HEADER, format!("{token:08x}")));
-                self.send(&req, true).await?;
+                self.send(&self.token_put(token), true).await?;
             }
         }
         Ok(old)
+    }
+
+    async fn swap_mount_token(&self, expected: u32, new: u32) -> Result<TokenSwap> {
+        self.swap_token(expected, new).await
+    }
+
+    fn set_block_size(&self, block_size: u32) {
+        self.object_limit.store(object_size_limit(block_size), Relaxed);
     }
 
     async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {

@@ -131,7 +131,15 @@ impl ObjectStore for FaultyObjects {
         self.inner.mount_token(op).await
     }
 
+    async fn swap_mount_token(&self, expected: u32, new: u32) -> Result<crate::TokenSwap> {
+        self.inner.swap_mount_token(expected, new).await
+    }
+
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
         self.inner.flush(blocks).await
+    }
+
+    fn set_block_size(&self, block_size: u32) {
+        self.inner.set_block_size(block_size)
     }
 }

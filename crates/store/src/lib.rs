@@ -150,8 +150,27 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads and optionally changes the mount token; returns the previous value (0 = none).
     async fn mount_token(&self, op: TokenOp) -> Result<u32>;
 
+    /// Changes the mount token from `expected` to `new` (0 clears it), but only if it is still
+    /// `expected`: of several mounts that start at once, at most one may succeed. Returns
+    /// [`TokenSwap::Changed`] with the token found when another mount got there first.
+    ///
+    /// The default reads, compares and writes, which is only atomic for a store no other
+    /// process uses at the same time; transports shared between hosts override it.
+    async fn swap_mount_token(&self, expected: u32, new: u32) -> Result<TokenSwap> {
+        let current = self.mount_token(TokenOp::Read).await?;
+        if current != expected {
+            return Ok(TokenSwap::Changed(current));
+        }
+        self.mount_token(if new == 0 { TokenOp::Clear } else { TokenOp::Set(new) }).await?;
+        Ok(TokenSwap::Done)
+    }
+
     /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+
+    /// Tells the transport the volume's block size once it is settled, so that it can refuse an
+    /// answer longer than any object of the volume can be. The default ignores it.
+    fn set_block_size(&self, _block_size: u32) {}
 }
 
 /// Checks that `len` bytes from `offset` lie inside one block of `block_size` bytes; returns

@@ -136,6 +136,15 @@ pub enum TokenOp {
     Set(u32),
 }
 
+/// Outcome of [`crate::ObjectStore::swap_mount_token`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSwap {
+    /// The token was `expected` and is now the new value.
+    Done,
+    /// The token was not (or no longer) `expected`: it is this value now, left as it is.
+    Changed(u32),
+}
+
 /// The mount token value upstream uses for `--sharedDiskMode`.
 pub const SHARED_DISK_TOKEN: u32 = 0x7fff_ffff;
 

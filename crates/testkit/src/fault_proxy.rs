@@ -299,7 +299,7 @@ fn is_listing(first: &str) -> bool {
 }
 
 /// Sends one request to the server and returns the answer re-framed with a Content-Length.
-fn forward(head: &Head, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
+pub(crate) fn forward(head: &Head, body: &[u8], upstream: u16) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{}\r\n", head.first);

@@ -6,9 +6,12 @@
 //! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it,
 //!   which can also refuse every listing, as a least-privilege key's bucket policy does.
 //! - [`public_http`]: a plain web server publishing a read-only image's block objects.
+//! - [`hostile`]: a proxy that answers chosen requests as a hostile server would (endless or
+//!   oversized bodies, header floods, trickled answers).
 #![deny(missing_docs)]
 
 pub mod fault_proxy;
 pub mod garage;
 pub mod public_http;
+pub mod hostile;
 pub mod s3s_fs;
