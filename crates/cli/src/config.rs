@@ -21,6 +21,8 @@ pub enum Mode {
     Erase,
     /// `--reset-mounted-flag`.
     ResetMountedFlag,
+    /// `--nbd`: serve the volume over NBD.
+    Nbd,
 }
 
 /// Where the blocks live.
@@ -50,7 +52,7 @@ pub struct Config {
     pub mode: Mode,
     /// Where the blocks live.
     pub location: Location,
-    /// Mount point (mount mode only).
+    /// Mount point (mount mode), or the NBD device of `--nbd BUCKET /dev/nbdN`.
     pub mountpoint: Option<PathBuf>,
     /// Object name prefix (from `--prefix` or `bucket/subdir`).
     pub prefix: String,
@@ -175,13 +177,13 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         (false, true) => Mode::ResetMountedFlag,
         (false, false) => Mode::Mount,
     };
-    if c.nbd || !c.nbd_flag.is_empty() || !c.nbd_param.is_empty() {
-        bail!("--nbd is not supported yet");
-    }
+    let mode = crate::nbd::check_mode(&cli.nbd, mode)?;
     let pos = &cli.positional;
     let what = if c.test { "directory" } else { "bucket" };
     let (target, mountpoint) = match (mode, pos.len()) {
         (_, 0) => bail!("no {what} specified (see --help)"),
+        (Mode::Nbd, 1 | 2) => (&pos[0], pos.get(1).map(PathBuf::from)),
+        (Mode::Nbd, _) => bail!("too many arguments: \"{}\"", pos[2..].join(" ")),
         (Mode::Mount, 1) => bail!("no mount point specified"),
         (Mode::Mount, 2) => (&pos[0], Some(PathBuf::from(&pos[1]))),
         (Mode::Mount, _) => bail!("too many arguments: \"{}\"", pos[2..].join(" ")),
@@ -238,7 +240,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         },
     };
 
-    if mode != Mode::Mount && c.test {
+    if matches!(mode, Mode::Erase | Mode::ResetMountedFlag) && c.test {
         bail!(
             "--{} needs a bucket; a --test directory can simply be emptied",
             if mode == Mode::Erase { "erase" } else { "reset-mounted-flag" }
@@ -264,6 +266,9 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         foreground = true;
     }
 
+    if mode == Mode::Nbd {
+        crate::nbd::check_target(&cli.nbd, mountpoint.as_deref())?;
+    }
     crate::shared::check(&cli)?;
     let shared_disk = cli.cache.shared_disk_mode;
     let stats_mirror = crate::stats_mirror::settings(

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod encoding;
 pub mod logging;
 pub mod mount;
+pub mod nbd;
 pub mod s3;
 mod shared;
 pub mod size;
@@ -50,6 +51,7 @@ pub fn run(args: &[String]) -> i32 {
     logging::init(cfg.debug);
     let result = match cfg.mode {
         Mode::Mount => mount::run(cfg),
+        Mode::Nbd => nbd::run(cfg),
         Mode::Erase => s3::erase(cfg),
         Mode::ResetMountedFlag => s3::reset_mounted_flag(cfg),
     };

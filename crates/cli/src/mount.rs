@@ -10,7 +10,7 @@ use crate::daemon::{self, ReadyPipe};
 use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{MountOption, SessionACL};
-use s3b_fuse::volume::Volume;
+use s3b_volume::Volume;
 use s3b_fuse::{FuseConfig, FuseTuning, VolumeFs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,15 +4,13 @@
 //! store: every data operation (read, write, flush, fsync, fallocate) is handed to the tokio
 //! runtime and answered from the task when it finishes, so many requests are in flight at once
 //! and a slow upload never blocks an unrelated read. The byte-range logic (head/tail
-//! read-modify-write, per-block locks, end-of-volume rules) lives in [`volume`], shared with other
+//! read-modify-write, per-block locks, end-of-volume rules) lives in [`s3b_volume`], shared with other
 //! front ends.
 //!
 //! `flush` (every `close`) and `fsync` return only once every byte written so far is durable in
 //! the store below — stronger than upstream 1.5.4, where both are no-ops. The `stats` file is
 //! rendered afresh on each open; unlinking it resets the counters, as upstream.
 #![deny(missing_docs)]
-
-pub mod volume;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -26,7 +24,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use volume::Volume;
+use s3b_volume::Volume;
 
 const ROOT_INO: INodeNo = INodeNo::ROOT;
 const FILE_INO: INodeNo = INodeNo(2);

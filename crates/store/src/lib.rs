@@ -105,6 +105,13 @@ pub trait BlockStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// True only when block `n` is certainly all zeros right now, known without asking the
+    /// store (a front end reports such blocks as holes). The default knows nothing.
+    fn known_zero(&self, n: BlockNum) -> bool {
+        let _ = n;
+        false
+    }
+
     /// Returns once the given blocks (all dirty blocks for `None`) are durable in the backing
     /// store. Layers that hold dirty data must write it down first, then call the inner flush.
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;

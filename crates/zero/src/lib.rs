@@ -362,6 +362,10 @@ impl BlockStore for ZeroCache {
         Ok(())
     }
 
+    fn known_zero(&self, n: BlockNum) -> bool {
+        self.is_known_zero(n)
+    }
+
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
         self.inner.flush(blocks).await
     }

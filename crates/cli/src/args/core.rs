@@ -14,15 +14,6 @@ pub struct CoreArgs {
     /// Clear the "already mounted" flag of the volume, then exit.
     #[arg(long = "reset-mounted-flag", help_heading = "Modes")]
     pub reset_mounted_flag: bool,
-    /// Export the volume as a network block device (not supported yet).
-    #[arg(long = "nbd", help_heading = "Modes")]
-    pub nbd: bool,
-    /// Extra nbdkit flag (with --nbd; not supported yet).
-    #[arg(long = "nbd-flag", value_name = "FLAG", help_heading = "Modes")]
-    pub nbd_flag: Vec<String>,
-    /// Extra nbdkit parameter (with --nbd; not supported yet).
-    #[arg(long = "nbd-param", value_name = "PARAM", help_heading = "Modes")]
-    pub nbd_param: Vec<String>,
 
     /// Total size of the exported file, with an optional k/m/g/t/p/e suffix (powers of 2).
     #[arg(long = "size", value_name = "SIZE", help_heading = "Volume")]

@@ -9,11 +9,12 @@
 //! are dropped. Anything else is an error that names the option.
 //!
 //! The flag definitions are split by the layer that owns them ([`core`], [`s3`], [`cache`],
-//! [`codec`]), so each layer's flags sit in one file.
+//! [`codec`], [`nbd`]), so each layer's flags sit in one file.
 
 pub mod cache;
 pub mod codec;
 pub mod core;
+pub mod nbd;
 pub mod s3;
 
 use anyhow::{Context, Result, bail};
@@ -29,7 +30,9 @@ use std::collections::HashSet;
     override_usage = "s3backer [options] bucket[/subdir] /mount/point\n       \
                       s3backer --test [options] directory /mount/point\n       \
                       s3backer --erase [options] bucket[/subdir]\n       \
-                      s3backer --reset-mounted-flag [options] bucket[/subdir]",
+                      s3backer --reset-mounted-flag [options] bucket[/subdir]\n       \
+                      s3backer --nbd --nbdListen=ADDR [options] bucket[/subdir]\n       \
+                      s3backer --nbd [options] bucket[/subdir] /dev/nbdN",
     disable_version_flag = true,
     disable_help_flag = true,
     // As with upstream's libfuse option parser, a later flag overrides an earlier one (fstab
@@ -52,6 +55,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub codec: codec::CodecArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub nbd: nbd::NbdArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,

@@ -1,4 +1,4 @@
-//! Byte-range I/O over a [`BlockStore`]: what a front end (FUSE today, NBD later) needs.
+//! Byte-range I/O over a [`BlockStore`]: what a front end (FUSE or NBD) needs.
 //!
 //! The kernel asks for arbitrary offsets and lengths; the store only knows whole blocks. A range
 //! is split into a partial head block, whole middle blocks and a partial tail block. Whole blocks
@@ -10,6 +10,7 @@
 //!
 //! Out-of-range behaviour is upstream's: an offset past the end is `ESPIPE`, a range running
 //! past the end is cut at the end.
+#![deny(missing_docs)]
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
@@ -227,6 +228,60 @@ impl Volume {
     /// Returns once every byte written so far is durable in the store.
     pub async fn flush(&self) -> Result<()> {
         self.store.flush(None).await
+    }
+
+    /// Returns once the blocks overlapping `[offset, offset + len)` (clipped to the volume) are
+    /// durable in the store: what a forced-unit-access write needs.
+    pub async fn flush_range(&self, offset: u64, len: u64) -> Result<()> {
+        let len = self.clip(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / self.block_size;
+        let last = (offset + len - 1) / self.block_size;
+        let blocks: Vec<BlockNum> = (first..=last).map(|n| n as BlockNum).collect();
+        self.store.flush(Some(&blocks)).await
+    }
+
+    /// True when zeroing `[offset, offset + len)` needs no read-modify-write: the range starts
+    /// and ends on block boundaries (or at the end of the volume), so [`Volume::punch_hole`]
+    /// only deletes whole blocks.
+    pub fn zeroing_is_whole_blocks(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len).min(self.size);
+        offset.is_multiple_of(self.block_size) && (end.is_multiple_of(self.block_size) || end == self.size)
+    }
+
+    /// True when block `n` is known to be all zeros without asking the store (never written,
+    /// deleted or read back as zeros, as far as the layers below know). `false` means "may
+    /// hold data", never "holds data".
+    pub fn known_zero(&self, n: BlockNum) -> bool {
+        self.store.known_zero(n)
+    }
+
+    /// Splits `[offset, offset + len)` (clipped to the volume) into runs of the same
+    /// [`Volume::known_zero`] answer: `(length, known_zero)` pairs in order, at most
+    /// `max_runs` of them (the last run may then end before the range does).
+    pub fn zero_runs(&self, offset: u64, len: u64, max_runs: usize) -> Result<Vec<(u64, bool)>> {
+        let len = self.clip(offset, len)?;
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / self.block_size;
+            let stop = ((block + 1) * self.block_size).min(end);
+            let z = self.known_zero(block as BlockNum);
+            match out.last_mut() {
+                Some((l, lz)) if *lz == z => *l += stop - pos,
+                _ => {
+                    if out.len() == max_runs {
+                        break;
+                    }
+                    out.push((stop - pos, z));
+                }
+            }
+            pos = stop;
+        }
+        Ok(out)
     }
 }
 

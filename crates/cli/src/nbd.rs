@@ -1,0 +1,443 @@
+//! NBD mode: serves the volume with the built-in NBD server (crate `s3b-nbd`) instead of FUSE.
+//!
+//! `--nbd --nbdListen=ADDR BUCKET` listens on a Unix socket (created mode 0600, removed at exit)
+//! or on `HOST:PORT`; TCP on anything but loopback needs `--nbdAllowRemote`, since NBD has no
+//! authentication. Upstream's form `--nbd BUCKET /dev/nbdN` serves on a private Unix socket and
+//! attaches the device with `nbd-client -unix SOCK /dev/nbdN -b 4096`, detaching it at exit.
+//!
+//! The life cycle is the mount mode's: checks first, then (without `-f`) daemonize, build the
+//! stack, take the mount token, listen, and only then report success (exit 0 in the parent).
+//! SIGTERM, SIGINT or SIGHUP stop accepting, answer outstanding requests, close connections,
+//! flush every dirty block, clear the mount token and exit 0 (1 if the flush failed).
+
+use crate::args::nbd::NbdArgs;
+use crate::config::{Config, Location, Mode};
+use crate::daemon::{self, ReadyPipe};
+use crate::stack;
+use anyhow::{Context, Result, anyhow, bail};
+use s3b_nbd::{ExportConfig, Listener, Server};
+use s3b_volume::Volume;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Logical block size given to the kernel by `nbd-client` (upstream's choice).
+const DEVICE_BLOCK_SIZE: &str = "4096";
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix-domain socket at this path.
+    Unix(PathBuf),
+    /// TCP.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Unix(p) => write!(f, "{}", p.display()),
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Settles the mode with `--nbd`: NBD flags without `--nbd`, or `--nbd` with a maintenance
+/// mode, are errors.
+pub fn check_mode(a: &NbdArgs, mode: Mode) -> Result<Mode> {
+    if !a.nbd {
+        for (given, flag) in [
+            (a.nbd_listen.is_some(), "--nbdListen"),
+            (a.nbd_allow_remote, "--nbdAllowRemote"),
+            (!a.nbd_flag.is_empty(), "--nbd-flag"),
+            (!a.nbd_param.is_empty(), "--nbd-param"),
+        ] {
+            if given {
+                bail!("{flag} requires --nbd");
+            }
+        }
+        return Ok(mode);
+    }
+    match mode {
+        Mode::Mount | Mode::Nbd => Ok(Mode::Nbd),
+        Mode::Erase => bail!("--nbd cannot be used with --erase"),
+        Mode::ResetMountedFlag => bail!("--nbd cannot be used with --reset-mounted-flag"),
+    }
+}
+
+/// Checks that `--nbd` has exactly one place to serve: `--nbdListen` or a device.
+pub fn check_target(a: &NbdArgs, device: Option<&Path>) -> Result<()> {
+    match (&a.nbd_listen, device) {
+        (None, None) => bail!("--nbd needs --nbdListen=ADDR (a socket path or HOST:PORT) or an NBD device such as /dev/nbd0"),
+        (Some(_), Some(d)) => bail!("--nbdListen and an NBD device ({}) cannot be given together", d.display()),
+        (Some(l), None) => parse_listen(l, a.nbd_allow_remote).map(|_| ()),
+        (None, Some(_)) => {
+            if a.nbd_allow_remote {
+                bail!("--nbdAllowRemote only applies to --nbdListen=HOST:PORT");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses `--nbdListen`: `HOST:PORT` (an IP address or a name that resolves) is TCP, anything
+/// else a Unix socket path. A TCP address other than loopback needs `allow_remote`.
+pub fn parse_listen(s: &str, allow_remote: bool) -> Result<ListenAddr> {
+    if s.is_empty() {
+        bail!("invalid --nbdListen \"\": expected a socket path or HOST:PORT");
+    }
+    let tcp = if s.contains('/') {
+        None
+    } else if let Ok(a) = s.parse::<SocketAddr>() {
+        Some(a)
+    } else if let Some((host, port)) = s.rsplit_once(':') {
+        let port: u16 = port.parse().map_err(|_| anyhow!("invalid --nbdListen \"{s}\": bad port \"{port}\""))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let a = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| anyhow!("invalid --nbdListen \"{s}\": can't resolve \"{host}\": {}", crate::io_msg(&e)))?
+            .next()
+            .ok_or_else(|| anyhow!("invalid --nbdListen \"{s}\": \"{host}\" has no address"))?;
+        Some(a)
+    } else {
+        None
+    };
+    match tcp {
+        Some(a) => {
+            if !a.ip().is_loopback() && !allow_remote {
+                bail!(
+                    "--nbdListen={s} is not a loopback address and NBD has no authentication: anyone who can reach it can read and write the volume; add --nbdAllowRemote to listen there anyway"
+                );
+            }
+            Ok(ListenAddr::Tcp(a))
+        }
+        None => Ok(ListenAddr::Unix(std::path::absolute(s).unwrap_or_else(|_| PathBuf::from(s)))),
+    }
+}
+
+/// Checks a Unix socket path before anything else happens: its directory must exist, and an
+/// existing file there must be a stale socket (removed at bind), not a live server or a file.
+fn check_socket_path(p: &Path) -> Result<()> {
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        bail!("--nbdListen {}: directory {} does not exist", p.display(), dir.display());
+    }
+    match std::fs::symlink_metadata(p) {
+        Err(_) => Ok(()),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_socket() {
+                bail!("--nbdListen {}: exists and is not a socket", p.display());
+            }
+            if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                bail!("--nbdListen {}: another server is listening there", p.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where to serve, settled before daemonizing.
+enum Target {
+    Listen(ListenAddr),
+    /// Serve on `socket`, attach `device` with nbd-client.
+    Device { device: PathBuf, socket: PathBuf },
+}
+
+/// Finds `prog` in PATH.
+fn in_path(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// Runs NBD mode to completion. Returns the process exit code.
+pub fn run(mut cfg: Config) -> Result<i32> {
+    let a = cfg.cli.nbd.clone();
+    if !a.nbd_flag.is_empty() || !a.nbd_param.is_empty() {
+        log::warn!("--nbd-flag and --nbd-param are ignored: the built-in NBD server does not run nbdkit");
+    }
+    let target = match (&a.nbd_listen, cfg.mountpoint.clone()) {
+        (Some(l), _) => {
+            let addr = parse_listen(l, a.nbd_allow_remote)?;
+            match &addr {
+                ListenAddr::Unix(p) => check_socket_path(p)?,
+                ListenAddr::Tcp(t) if !t.ip().is_loopback() => {
+                    log::warn!("listening on {t}: NBD has no authentication, anyone who can reach it can read and write the volume")
+                }
+                ListenAddr::Tcp(_) => {}
+            }
+            Target::Listen(addr)
+        }
+        (None, Some(device)) => {
+            if !device.exists() {
+                bail!(
+                    "NBD device {} does not exist (is the nbd kernel module loaded? try modprobe nbd), or serve with --nbdListen=ADDR instead",
+                    device.display()
+                );
+            }
+            if in_path("nbd-client").is_none() {
+                bail!("nbd-client not found in PATH (Debian: apt-get install nbd-client), or serve with --nbdListen=ADDR instead");
+            }
+            let device = std::path::absolute(&device).unwrap_or(device);
+            let socket = std::env::temp_dir().join(format!("s3backer-nbd-{}.sock", std::process::id()));
+            Target::Device { device, socket }
+        }
+        (None, None) => bail!("--nbd needs --nbdListen=ADDR or an NBD device"),
+    };
+    if let Location::Dir(d) = &cfg.location {
+        let abs = d.canonicalize().map_err(|e| anyhow!("test directory {}: {}", d.display(), crate::io_msg(&e)))?;
+        cfg.location = Location::Dir(abs);
+    }
+    let codec = crate::encoding::codec_config(&cfg)?;
+    let pipe = if cfg.foreground {
+        None
+    } else {
+        let p = daemon::daemonize()?;
+        crate::logging::start_syslog();
+        let _ = std::env::set_current_dir("/");
+        Some(p)
+    };
+    match serve(&cfg, codec, target, pipe) {
+        Ok(code) => Ok(code),
+        Err((e, Some(pipe))) => {
+            crate::logging::stop_stderr();
+            log::error!("{e:#}");
+            pipe.failed(&format!("{e:#}"));
+            Ok(1)
+        }
+        Err((e, None)) => Err(e),
+    }
+}
+
+/// Binds the listening socket; a Unix socket is created mode 0600 (a stale one is replaced).
+fn bind(addr: &ListenAddr) -> Result<Listener> {
+    match addr {
+        ListenAddr::Unix(p) => {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(p);
+            }
+            // SAFETY: umask only changes the process's file-creation mask; restored below.
+            let old = unsafe { libc::umask(0o177) };
+            let l = tokio::net::UnixListener::bind(p);
+            // SAFETY: as above.
+            unsafe { libc::umask(old) };
+            let l = l.map_err(|e| anyhow!("can't listen on {}: {}", p.display(), crate::io_msg(&e)))?;
+            Ok(Listener::Unix(l))
+        }
+        ListenAddr::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(|e| anyhow!("can't listen on {a}: {}", crate::io_msg(&e)))?;
+            l.set_nonblocking(true)?;
+            Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?))
+        }
+    }
+}
+
+/// Runs `nbd-client` with `args`; an error carries its own message.
+fn nbd_client(args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = std::process::Command::new("nbd-client")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow!("can't run nbd-client: {}", crate::io_msg(&e)))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let why = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string();
+    bail!("nbd-client failed ({}): {why}", out.status)
+}
+
+type ServeError = (anyhow::Error, Option<ReadyPipe>);
+
+fn serve(cfg: &Config, codec: s3b_codec::CodecConfig, target: Target, pipe: Option<ReadyPipe>) -> std::result::Result<i32, ServeError> {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
+        Ok(rt) => rt,
+        Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
+    };
+    let addr = match &target {
+        Target::Listen(a) => a.clone(),
+        Target::Device { socket, .. } => ListenAddr::Unix(socket.clone()),
+    };
+    let setup = rt.block_on(async {
+        let stack = stack::build(cfg, codec).await?;
+        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
+        match bind(&addr) {
+            Ok(l) => Ok((stack, token, l)),
+            Err(e) => {
+                let _ = stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await;
+                Err(e)
+            }
+        }
+    });
+    let (stack, token, listener) = match setup {
+        Ok(v) => v,
+        Err(e) => return Err((e, pipe)),
+    };
+    let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    let description = format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
+    let server = Server::new(volume, ExportConfig::new(cfg.describe(), description, cfg.read_only));
+    let serving = rt.spawn(server.clone().run(listener));
+    if !cfg.quiet {
+        log::info!(
+            "serving {} over NBD on {addr} ({} blocks of {} bytes{})",
+            cfg.describe(),
+            stack.num_blocks,
+            stack.block_size,
+            if cfg.read_only { ", read-only" } else { "" }
+        );
+    }
+
+    let device = match &target {
+        Target::Device { device, .. } => Some(device.clone()),
+        Target::Listen(_) => None,
+    };
+    let attach = device.as_ref().map(|dev| {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["-unix".as_ref(), addr_path(&addr).as_os_str(), dev.as_os_str(), "-b".as_ref(), DEVICE_BLOCK_SIZE.as_ref()];
+        if cfg.read_only {
+            args.push("-readonly".as_ref());
+        }
+        nbd_client(&args)
+    });
+    let startup_error = match attach {
+        Some(Err(e)) => Some(e.context(format!("can't attach {}", device.as_ref().unwrap().display()))),
+        _ => None,
+    };
+    if let Some(dev) = &device
+        && startup_error.is_none()
+        && !cfg.quiet
+    {
+        log::info!("attached {}", dev.display());
+    }
+
+    // Signals: detach the device (the kernel flushes through us), then stop serving.
+    // Installed here, before success is reported, so an early SIGTERM is never fatal.
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _ctx = rt.enter();
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    };
+    let (mut int, mut term, mut hup) = match handlers {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => {
+            server.shutdown();
+            let _ = rt.block_on(serving);
+            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
+            remove_socket(&addr);
+            return Err((anyhow!("can't install signal handlers"), pipe));
+        }
+    };
+    let signals = {
+        let server = server.clone();
+        let device = device.clone();
+        rt.spawn(async move {
+            tokio::select! {
+                _ = int.recv() => log::info!("caught SIGINT, shutting down"),
+                _ = term.recv() => log::info!("caught SIGTERM, shutting down"),
+                _ = hup.recv() => log::info!("caught SIGHUP, shutting down"),
+            }
+            if let Some(dev) = device {
+                let r = tokio::task::spawn_blocking(move || nbd_client(&[std::ffi::OsStr::new("-d"), dev.as_os_str()])).await;
+                if let Ok(Err(e)) = r {
+                    log::warn!("detaching the NBD device: {e:#}");
+                }
+            }
+            server.shutdown();
+        })
+    };
+
+    let pipe = match (startup_error, pipe) {
+        (Some(e), pipe) => {
+            server.shutdown();
+            let _ = rt.block_on(serving);
+            let _ = rt.block_on(async {
+                stack.top.shutdown().await?;
+                stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await
+            });
+            remove_socket(&addr);
+            return Err((e, pipe));
+        }
+        (None, pipe) => pipe,
+    };
+    if let Some(p) = pipe {
+        p.ready();
+        daemon::detach_stdio();
+        crate::logging::stop_stderr();
+    }
+
+    let mirror = cfg.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
+    let _ = rt.block_on(serving);
+    signals.abort();
+    remove_socket(&addr);
+    if !cfg.quiet {
+        log::info!("NBD server stopped; flushing dirty data");
+    }
+    let shutdown = rt.block_on(async {
+        stack.top.shutdown().await.context("flushing the volume failed")?;
+        stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await?;
+        Ok::<_, anyhow::Error>(())
+    });
+    if let Some(m) = mirror {
+        m.stop();
+    }
+    match shutdown {
+        Ok(()) => {
+            if !cfg.quiet {
+                log::info!("shutdown complete");
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            Ok(1)
+        }
+    }
+}
+
+fn addr_path(a: &ListenAddr) -> &Path {
+    match a {
+        ListenAddr::Unix(p) => p,
+        ListenAddr::Tcp(_) => Path::new(""),
+    }
+}
+
+fn remove_socket(a: &ListenAddr) {
+    if let ListenAddr::Unix(p) = a {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(listen: Option<&str>, remote: bool) -> NbdArgs {
+        NbdArgs { nbd: true, nbd_listen: listen.map(String::from), nbd_allow_remote: remote, ..Default::default() }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("127.0.0.1:10809", false).unwrap(), ListenAddr::Tcp("127.0.0.1:10809".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:10809", false).unwrap(), ListenAddr::Tcp("[::1]:10809".parse().unwrap()));
+        assert!(matches!(parse_listen("localhost:10809", false).unwrap(), ListenAddr::Tcp(a) if a.ip().is_loopback()));
+        assert_eq!(parse_listen("/run/x.sock", false).unwrap(), ListenAddr::Unix("/run/x.sock".into()));
+        assert!(matches!(parse_listen("x.sock", false).unwrap(), ListenAddr::Unix(p) if p.is_absolute()));
+        let e = parse_listen("0.0.0.0:10809", false).unwrap_err().to_string();
+        assert!(e.contains("--nbdAllowRemote") && e.contains("no authentication"), "{e}");
+        assert!(parse_listen("0.0.0.0:10809", true).is_ok());
+        assert!(parse_listen("127.0.0.1:notaport", false).unwrap_err().to_string().contains("bad port"));
+        assert!(parse_listen("", false).is_err());
+    }
+
+    #[test]
+    fn modes_and_targets() {
+        assert_eq!(check_mode(&args(None, false), Mode::Mount).unwrap(), Mode::Nbd);
+        assert!(check_mode(&args(None, false), Mode::Erase).unwrap_err().to_string().contains("--erase"));
+        let no = NbdArgs { nbd_listen: Some("/x".into()), ..Default::default() };
+        assert_eq!(check_mode(&no, Mode::Mount).unwrap_err().to_string(), "--nbdListen requires --nbd");
+        assert!(check_target(&args(None, false), None).unwrap_err().to_string().contains("needs --nbdListen"));
+        assert!(check_target(&args(Some("/s"), false), Some(Path::new("/dev/nbd0"))).is_err());
+        assert!(check_target(&args(None, false), Some(Path::new("/dev/nbd0"))).is_ok());
+    }
+}

@@ -1,0 +1,651 @@
+//! NBD front end: a Network Block Device protocol server exporting the volume as one export.
+//!
+//! Written from the protocol specification (NetworkBlockDevice/nbd `doc/proto.md`): fixed
+//! newstyle negotiation (`OPT_GO`/`OPT_INFO` with export, name, description and block sizes,
+//! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, the `base:allocation`
+//! metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
+//! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC.
+//!
+//! Each connection has one reader, which decodes and checks requests, a task per request
+//! running it against the shared [`Volume`], and one writer, which sends the replies in the
+//! order they finish. Requests and payload bytes in flight per connection are bounded by
+//! semaphores, whose permits are only returned once the reply has been written, so a client
+//! that stops reading its replies stalls only itself. All connections share one volume and one
+//! stack below it, so a FLUSH on any connection covers writes completed on every connection
+//! (`CAN_MULTI_CONN`).
+//!
+//! Block status is answered from what the layers below know without asking the store
+//! ([`Volume::known_zero`]): blocks known to be zero are `HOLE|ZERO`, everything else is
+//! reported as data, which is always safe. Reads skip known-zero block runs the same way: a
+//! block-aligned run of zeros goes out as an `OFFSET_HOLE` chunk.
+//!
+//! A broken or hostile client gets the specification's error, or its connection closed (bad
+//! magic, an unknown flag in the handshake, a write payload larger than the maximum); never a
+//! panic and never a stall of other connections.
+#![deny(missing_docs)]
+
+pub mod proto;
+
+use bytes::{Bytes, BytesMut};
+use proto::{Command, Limits, Request, err, info, opt, rep, tflags};
+use s3b_store::StoreError;
+use s3b_volume::Volume;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Largest option payload accepted during negotiation; a longer one closes the connection.
+const MAX_OPTION_LEN: u32 = 64 * 1024;
+/// Most descriptors in one block-status reply (the specification's limit is 2^20).
+const MAX_EXTENTS: usize = 1 << 16;
+/// How long replies may take to drain once the server is shutting down.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(10);
+/// The specification's "never treat as abuse" payload size: 32 MiB.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+
+/// What the export looks like and how much one connection may have in flight.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// Canonical export name (the empty name, the default export, is accepted too).
+    pub name: String,
+    /// Human-readable description (`NBD_INFO_DESCRIPTION`, `OPT_LIST`).
+    pub description: String,
+    /// Export read-only.
+    pub read_only: bool,
+    /// Largest read or write payload (at least 32 MiB by default).
+    pub max_payload: u32,
+    /// Requests in flight per connection.
+    pub max_requests: usize,
+    /// Payload bytes in flight per connection (at least `max_payload`).
+    pub max_bytes: usize,
+}
+
+impl ExportConfig {
+    /// Defaults for an export called `name`.
+    pub fn new(name: impl Into<String>, description: impl Into<String>, read_only: bool) -> Self {
+        ExportConfig {
+            name: name.into(),
+            description: description.into(),
+            read_only,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_requests: 64,
+            max_bytes: 2 * DEFAULT_MAX_PAYLOAD as usize,
+        }
+    }
+}
+
+/// A byte stream a client connected on.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+/// A listening socket: a Unix socket or TCP.
+pub enum Listener {
+    /// A Unix-domain socket.
+    Unix(tokio::net::UnixListener),
+    /// A TCP socket.
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Box<dyn Conn>, String)> {
+        match self {
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), "unix socket".to_string()))
+            }
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Box::new(s), a.to_string()))
+            }
+        }
+    }
+}
+
+/// The NBD server: one export over one volume, any number of connections.
+pub struct Server {
+    volume: Arc<Volume>,
+    cfg: ExportConfig,
+    shutdown: watch::Sender<bool>,
+}
+
+/// What one connection negotiated.
+#[derive(Debug, Clone, Copy, Default)]
+struct Session {
+    structured: bool,
+    block_status: bool,
+}
+
+/// One reply on its way to the writer, with the permits it holds until written.
+struct Outgoing {
+    frames: Vec<Bytes>,
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl Server {
+    /// A server exporting `volume`.
+    pub fn new(volume: Arc<Volume>, mut cfg: ExportConfig) -> Arc<Server> {
+        cfg.max_bytes = cfg.max_bytes.max(cfg.max_payload as usize);
+        cfg.max_requests = cfg.max_requests.max(1);
+        Arc::new(Server { volume, cfg, shutdown: watch::channel(false).0 })
+    }
+
+    /// Asks every connection and the accept loop to finish: outstanding requests are
+    /// answered, then connections close. [`Server::run`] returns once all are gone.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Accepts connections until [`Server::shutdown`], then waits for every connection to end.
+    pub async fn run(self: Arc<Self>, listener: Listener) {
+        let mut conns = JoinSet::new();
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            while conns.try_join_next().is_some() {}
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                r = listener.accept() => match r {
+                    Ok((conn, peer)) => {
+                        log::debug!("NBD connection from {peer}");
+                        let me = self.clone();
+                        conns.spawn(async move {
+                            if let Err(e) = me.serve(conn).await {
+                                log::debug!("NBD connection from {peer} ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        log::warn!("accepting an NBD connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        while conns.join_next().await.is_some() {}
+    }
+
+    /// Serves one client connection from the handshake to the end.
+    pub async fn serve(self: Arc<Self>, conn: Box<dyn Conn>) -> std::io::Result<()> {
+        let (mut r, mut w) = tokio::io::split(conn);
+        let Some(session) = self.handshake(&mut r, &mut w).await? else {
+            return Ok(());
+        };
+        self.transmission(r, w, session).await
+    }
+
+    fn limits(&self, s: &Session) -> Limits {
+        Limits {
+            size: self.volume.size(),
+            max_payload: self.cfg.max_payload,
+            read_only: self.cfg.read_only,
+            structured: s.structured,
+            block_status: s.block_status,
+        }
+    }
+
+    /// Transmission flags for a session.
+    fn transmission_flags(&self, s: &Session) -> u16 {
+        let mut f = tflags::HAS_FLAGS | tflags::SEND_FLUSH | tflags::SEND_FUA | tflags::CAN_MULTI_CONN | tflags::SEND_CACHE;
+        if self.cfg.read_only {
+            f |= tflags::READ_ONLY;
+        } else {
+            f |= tflags::SEND_TRIM | tflags::SEND_WRITE_ZEROES | tflags::SEND_FAST_ZERO;
+        }
+        if s.structured {
+            f |= tflags::SEND_DF;
+        }
+        f
+    }
+
+    fn known_name(&self, name: &str) -> bool {
+        name.is_empty() || name == self.cfg.name
+    }
+
+    /// Block sizes: any alignment works (the volume does read-modify-write), whole blocks are
+    /// preferred, payloads up to the configured maximum.
+    fn block_sizes(&self) -> (u32, u32, u32) {
+        let preferred = self.volume.block_size().clamp(512, self.cfg.max_payload.max(512));
+        (1, preferred, self.cfg.max_payload.max(preferred))
+    }
+
+    /// Fixed newstyle negotiation. `None`: the client ended it without transmission.
+    async fn handshake<R, W>(&self, r: &mut R, w: &mut W) -> std::io::Result<Option<Session>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut hello = Vec::with_capacity(18);
+        hello.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
+        hello.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
+        w.write_all(&hello).await?;
+        w.flush().await?;
+        let client_flags = r.read_u32().await?;
+        if client_flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
+            return Err(protocol_error(format!("unknown client flags {client_flags:#x}")));
+        }
+        let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
+        let mut s = Session::default();
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            let magic = tokio::select! {
+                _ = stopped(&mut stop) => return Ok(None),
+                m = r.read_u64() => m?,
+            };
+            if magic != proto::IHAVEOPT {
+                return Err(protocol_error(format!("bad option magic {magic:#x}")));
+            }
+            let option = r.read_u32().await?;
+            let len = r.read_u32().await?;
+            if len > MAX_OPTION_LEN {
+                return Err(protocol_error(format!("option {option} with {len} bytes of data")));
+            }
+            let mut data = vec![0u8; len as usize];
+            r.read_exact(&mut data).await?;
+            let reply = |kind: u32, d: &[u8]| proto::option_reply(option, kind, d);
+            if self.shutting_down() && option != opt::ABORT {
+                w.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
+                w.flush().await?;
+                return Ok(None);
+            }
+            match option {
+                opt::EXPORT_NAME => {
+                    let name = String::from_utf8_lossy(&data);
+                    if !self.known_name(&name) {
+                        // The specification leaves no way to refuse but closing.
+                        return Err(protocol_error(format!("unknown export \"{name}\"")));
+                    }
+                    let mut b = Vec::with_capacity(134);
+                    b.extend_from_slice(&self.volume.size().to_be_bytes());
+                    b.extend_from_slice(&self.transmission_flags(&s).to_be_bytes());
+                    if !no_zeroes {
+                        b.extend_from_slice(&[0u8; 124]);
+                    }
+                    w.write_all(&b).await?;
+                    w.flush().await?;
+                    return Ok(Some(s));
+                }
+                opt::ABORT => {
+                    // The client may already be gone: a failed ACK is fine.
+                    let _ = w.write_all(&reply(rep::ACK, &[])).await;
+                    let _ = w.flush().await;
+                    return Ok(None);
+                }
+                opt::LIST => {
+                    if !data.is_empty() {
+                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
+                    } else {
+                        w.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
+                        w.write_all(&reply(rep::ACK, &[])).await?;
+                    }
+                }
+                opt::STARTTLS => {
+                    w.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?;
+                }
+                opt::INFO | opt::GO => match proto::parse_info(&data) {
+                    Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
+                    Ok(req) if !self.known_name(&req.name) => {
+                        let msg = format!("no export named \"{}\"", req.name);
+                        w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                    }
+                    Ok(req) => {
+                        let mut out = Vec::new();
+                        out.extend_from_slice(&reply(rep::INFO, &proto::info_export(self.volume.size(), self.transmission_flags(&s))));
+                        if req.requests.contains(&info::NAME) {
+                            out.extend_from_slice(&reply(rep::INFO, &proto::info_string(info::NAME, &self.cfg.name)));
+                        }
+                        if req.requests.contains(&info::DESCRIPTION) {
+                            out.extend_from_slice(&reply(rep::INFO, &proto::info_string(info::DESCRIPTION, &self.cfg.description)));
+                        }
+                        let (min, pref, max) = self.block_sizes();
+                        out.extend_from_slice(&reply(rep::INFO, &proto::info_block_size(min, pref, max)));
+                        out.extend_from_slice(&reply(rep::ACK, &[]));
+                        w.write_all(&out).await?;
+                        if option == opt::GO {
+                            w.flush().await?;
+                            return Ok(Some(s));
+                        }
+                    }
+                },
+                opt::STRUCTURED_REPLY => {
+                    if !data.is_empty() {
+                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
+                    } else if s.structured {
+                        w.write_all(&reply(rep::ERR_INVALID, b"structured replies are already on")).await?;
+                    } else {
+                        s.structured = true;
+                        w.write_all(&reply(rep::ACK, &[])).await?;
+                    }
+                }
+                opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                    let list = option == opt::LIST_META_CONTEXT;
+                    if !list {
+                        // Replaces the selection, even when it fails.
+                        s.block_status = false;
+                    }
+                    match proto::parse_meta(&data) {
+                        _ if !s.structured => {
+                            w.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
+                        }
+                        Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
+                        Ok(m) if !self.known_name(&m.name) => {
+                            let msg = format!("no export named \"{}\"", m.name);
+                            w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                        }
+                        Ok(m) => {
+                            let selected = if list && m.queries.is_empty() {
+                                true
+                            } else {
+                                m.queries.iter().any(|q| proto::query_matches(q, list))
+                            };
+                            let mut out = Vec::new();
+                            if selected {
+                                let id = if list { 0 } else { proto::BASE_ALLOCATION_ID };
+                                out.extend_from_slice(&reply(rep::META_CONTEXT, &proto::meta_context(id, proto::BASE_ALLOCATION)));
+                                if !list {
+                                    s.block_status = true;
+                                }
+                            }
+                            out.extend_from_slice(&reply(rep::ACK, &[]));
+                            w.write_all(&out).await?;
+                        }
+                    }
+                }
+                _ => {
+                    let msg = format!("option {option} is not supported");
+                    w.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
+                }
+            }
+            w.flush().await?;
+        }
+    }
+
+    /// The transmission phase: reader here, handlers spawned, writer spawned.
+    async fn transmission<R, W>(self: Arc<Self>, mut r: R, w: W, s: Session) -> std::io::Result<()>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.limits(&s);
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let writer = tokio::spawn(write_loop(w, rx, self.shutdown.subscribe()));
+        let requests = Arc::new(Semaphore::new(self.cfg.max_requests));
+        let bytes = Arc::new(Semaphore::new(self.cfg.max_bytes));
+        let mut handlers = JoinSet::new();
+        let mut stop = self.shutdown.subscribe();
+        let mut result = Ok(());
+        loop {
+            while handlers.try_join_next().is_some() {}
+            let mut hdr = [0u8; proto::REQUEST_LEN];
+            // Everything that may wait on the client also ends at shutdown; requests not read
+            // by then were never acknowledged.
+            let step = async {
+                r.read_exact(&mut hdr).await?;
+                let req = Request::decode(&hdr).map_err(|e| protocol_error(e.to_string()))?;
+                if proto::has_payload(&req) && req.length > self.cfg.max_payload {
+                    return Err(protocol_error(format!(
+                        "write of {} bytes exceeds the maximum payload of {}",
+                        req.length, self.cfg.max_payload
+                    )));
+                }
+                let p1 = requests.clone().acquire_owned().await.expect("never closed");
+                let cost = match req.kind {
+                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload),
+                    _ => 1,
+                };
+                let p2 = bytes.clone().acquire_many_owned(cost).await.expect("never closed");
+                let payload = if proto::has_payload(&req) {
+                    let mut buf = BytesMut::zeroed(req.length as usize);
+                    r.read_exact(&mut buf).await?;
+                    Some(buf.freeze())
+                } else {
+                    None
+                };
+                Ok::<_, std::io::Error>((req, payload, (p1, p2)))
+            };
+            let (req, payload, permits) = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                step = step => match step {
+                    Ok(v) => v,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => {
+                        log::warn!("NBD client dropped: {e}");
+                        result = Err(e);
+                        break;
+                    }
+                },
+            };
+            let cookie = req.cookie;
+            match proto::check(&req, &limits) {
+                Err(code) => {
+                    log::debug!("refusing NBD request {req:?}: error {code}");
+                    let frames = error_reply(cookie, code, &format!("invalid request (error {code})"), &s, req.kind);
+                    let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
+                }
+                Ok(Command::Disconnect) => break,
+                Ok(cmd) => {
+                    let me = self.clone();
+                    let tx = tx.clone();
+                    handlers.spawn(async move {
+                        let frames = me.execute(cmd, cookie, payload, &s).await;
+                        let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
+                    });
+                }
+            }
+        }
+        // Finish what was accepted, then let the writer drain and close.
+        while handlers.join_next().await.is_some() {}
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+
+    /// Runs one checked command; returns the reply frames.
+    async fn execute(&self, cmd: Command, cookie: u64, payload: Option<Bytes>, s: &Session) -> Vec<Bytes> {
+        let v = &self.volume;
+        let ok = || vec![proto::simple_reply(cookie, 0)];
+        let fail = |e: StoreError, what: &str, kind: u16| {
+            let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) { err::ESHUTDOWN } else { nbd_error(&e) };
+            log::error!("NBD {what} failed: {e}");
+            error_reply(cookie, code, &format!("{what} failed: {e}"), s, kind)
+        };
+        match cmd {
+            Command::Read { offset, len, df } => match v.read(offset, len as u64).await {
+                Ok(data) => read_reply(cookie, offset, data, s.structured, df, v.block_size()),
+                Err(e) => fail(e, &format!("read of {len} bytes at {offset}"), proto::cmd::READ),
+            },
+            Command::Write { offset, len, fua } => {
+                let data = payload.unwrap_or_default();
+                let r = async {
+                    v.write(offset, data).await?;
+                    if fua {
+                        v.flush_range(offset, len as u64).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => ok(),
+                    Err(e) => fail(e, &format!("write of {len} bytes at {offset}"), proto::cmd::WRITE),
+                }
+            }
+            Command::Flush => match v.flush().await {
+                Ok(()) => ok(),
+                Err(e) => fail(e, "flush", proto::cmd::FLUSH),
+            },
+            Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, fast: false } => {
+                let r = async {
+                    v.punch_hole(offset, len as u64).await?;
+                    if fua {
+                        v.flush_range(offset, len as u64).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => ok(),
+                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::TRIM),
+                }
+            }
+            Command::WriteZeroes { offset, len, fua, fast: true } => {
+                if !v.zeroing_is_whole_blocks(offset, len as u64) {
+                    // A partial block is a read-modify-write: no faster than writing zeros.
+                    return error_reply(cookie, err::ENOTSUP, "fast zero needs whole blocks", s, proto::cmd::WRITE_ZEROES);
+                }
+                let r = async {
+                    v.punch_hole(offset, len as u64).await?;
+                    if fua {
+                        v.flush_range(offset, len as u64).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => ok(),
+                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::WRITE_ZEROES),
+                }
+            }
+            // A hint only; the block cache (if any) fills on the reads that follow.
+            Command::Cache { .. } => ok(),
+            Command::BlockStatus { offset, len, req_one } => {
+                let max = if req_one { 1 } else { MAX_EXTENTS };
+                match v.zero_runs(offset, len as u64, max) {
+                    Ok(runs) => {
+                        let extents: Vec<(u32, u32)> = runs
+                            .into_iter()
+                            .map(|(l, z)| (l as u32, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
+                            .collect();
+                        vec![proto::block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &extents)]
+                    }
+                    Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
+                }
+            }
+            Command::Disconnect => Vec::new(),
+        }
+    }
+}
+
+/// Returns once the server is shutting down (never holds the watch's lock across an await).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// An I/O error for a protocol violation (the connection closes).
+fn protocol_error(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// The NBD error value for a store error.
+fn nbd_error(e: &StoreError) -> u32 {
+    match e.errno() {
+        libc::EPERM | libc::EROFS | libc::EACCES => err::EPERM,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => err::ENOSPC,
+        libc::EINVAL | libc::ESPIPE => err::EINVAL,
+        libc::ENOMEM => err::ENOMEM,
+        _ => err::EIO,
+    }
+}
+
+/// An error reply: an error chunk with a message when structured replies are on (a read must
+/// get one), a simple reply otherwise.
+fn error_reply(cookie: u64, code: u32, msg: &str, s: &Session, _kind: u16) -> Vec<Bytes> {
+    if s.structured {
+        vec![proto::error_chunk(cookie, code, msg)]
+    } else {
+        vec![proto::simple_reply(cookie, code)]
+    }
+}
+
+/// The reply to a successful read. Structured: block-aligned runs of zeros become hole chunks
+/// and the rest data chunks (one data chunk with `df`).
+fn read_reply(cookie: u64, offset: u64, data: Bytes, structured: bool, df: bool, block_size: u32) -> Vec<Bytes> {
+    if !structured {
+        return vec![proto::simple_reply(cookie, 0), data];
+    }
+    if data.is_empty() {
+        return vec![proto::none_chunk(cookie)];
+    }
+    if df {
+        return vec![proto::data_chunk_header(cookie, true, offset, data.len() as u32), data];
+    }
+    // Runs of (is_zero, start, end) within `data`, split at block boundaries of the volume.
+    let bs = block_size as u64;
+    let mut runs: Vec<(bool, usize, usize)> = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let abs = offset + pos as u64;
+        let next = (((abs / bs) + 1) * bs - offset).min(data.len() as u64) as usize;
+        // Only whole blocks count as holes; partial ones at the edges go out as data.
+        let whole = abs.is_multiple_of(bs) && (next - pos) as u64 == bs;
+        let zero = whole && s3b_store::is_zero(&data[pos..next]);
+        match runs.last_mut() {
+            Some((z, _, end)) if *z == zero => *end = next,
+            _ => runs.push((zero, pos, next)),
+        }
+        pos = next;
+    }
+    let last = runs.len() - 1;
+    let mut frames = Vec::with_capacity(runs.len() * 2);
+    for (i, (zero, start, end)) in runs.into_iter().enumerate() {
+        let at = offset + start as u64;
+        let n = (end - start) as u32;
+        if zero {
+            frames.push(proto::hole_chunk(cookie, i == last, at, n));
+        } else {
+            frames.push(proto::data_chunk_header(cookie, i == last, at, n));
+            frames.push(data.slice(start..end));
+        }
+    }
+    frames
+}
+
+/// Writes replies as they come; once the server shuts down, a client that does not read them
+/// within [`SHUTDOWN_WRITE_GRACE`] is dropped. After a write error, replies are discarded (the
+/// permits they hold must still be returned).
+async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Outgoing>, mut stop: watch::Receiver<bool>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    let mut dead = false;
+    let deadline = async move {
+        stopped(&mut stop).await;
+        tokio::time::sleep(SHUTDOWN_WRITE_GRACE).await;
+    };
+    tokio::pin!(deadline);
+    while let Some(out) = rx.recv().await {
+        if dead {
+            continue;
+        }
+        let send = async {
+            for f in &out.frames {
+                w.write_all(f).await?;
+            }
+            if rx.is_empty() {
+                w.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let r = tokio::select! {
+            r = send => r,
+            _ = &mut deadline => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading at shutdown")),
+        };
+        if let Err(e) = r {
+            log::debug!("NBD reply not delivered: {e}");
+            dead = true;
+        }
+    }
+    if !dead {
+        let _ = w.flush().await;
+        let _ = w.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
