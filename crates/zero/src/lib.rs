@@ -8,7 +8,8 @@
 //!
 //! Races are settled conservatively, so the bitmap never claims zero for a block that may hold
 //! data: a non-zero write clears the bit before it starts; a bit is only set when no write of
-//! the same block shard began while the read or zero write was in flight; and the survey's
+//! the same block shard was in flight when the read or zero write began, nor began while it
+//! was in flight (a write still landing could make the read's answer stale); and the survey's
 //! result is not applied to blocks written while it ran. The bitmap is allocated in chunks on
 //! first use, so a huge sparse volume costs memory only where it is used.
 
@@ -86,6 +87,8 @@ struct Shared {
     zero: Bitmap,
     /// Incremented when a write of a block in the shard begins.
     epochs: Vec<AtomicU64>,
+    /// Writes of blocks in the shard in flight right now.
+    writing: Vec<AtomicU64>,
     /// Blocks written while the survey runs (its answer may predate them).
     touched: Bitmap,
     surveying: AtomicBool,
@@ -97,12 +100,48 @@ impl Shared {
         &self.epochs[n as usize % SHARDS]
     }
 
-    /// Marks the start of a write of block `n`; returns the epoch it started in.
-    fn begin_write(&self, n: BlockNum) -> u64 {
+    fn writing(&self, n: BlockNum) -> &AtomicU64 {
+        &self.writing[n as usize % SHARDS]
+    }
+
+    /// Marks the start of a write of block `n`; the guard marks its end when dropped.
+    fn begin_write(&self, n: BlockNum) -> WriteGuard<'_> {
         if self.surveying.load(SeqCst) {
             self.touched.set(n as u64, true);
         }
-        self.epoch(n).fetch_add(1, SeqCst) + 1
+        let alone = self.writing(n).fetch_add(1, SeqCst) == 0;
+        let epoch = self.epoch(n).fetch_add(1, SeqCst) + 1;
+        WriteGuard { shared: self, n, epoch, alone }
+    }
+
+    /// Whether the block may be marked zero after an operation that saw it zero: only when no
+    /// write of its shard was in flight when the operation began (`alone`) and none began
+    /// since (`epoch` unchanged). A write in flight when a read starts may land after the read
+    /// looked, so the read's "zero" would be stale.
+    fn settle_zero(&self, n: BlockNum, alone: bool, epoch: u64) {
+        if alone && self.epoch(n).load(SeqCst) == epoch {
+            self.zero.set(n as u64, true);
+            // A write that began after the check above wins: undo.
+            if self.epoch(n).load(SeqCst) != epoch {
+                self.zero.set(n as u64, false);
+            }
+        }
+    }
+}
+
+/// A write in flight (see [`Shared::begin_write`]).
+struct WriteGuard<'a> {
+    shared: &'a Shared,
+    n: BlockNum,
+    /// The epoch the write started in.
+    epoch: u64,
+    /// No other write of the shard was in flight when it began.
+    alone: bool,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.writing(self.n).fetch_sub(1, SeqCst);
     }
 }
 
@@ -141,13 +180,10 @@ impl ZeroCache {
             return Ok(ReadOutcome::Zero);
         }
         let e = s.epoch(n).load(SeqCst);
+        let idle = s.writing(n).load(SeqCst) == 0;
         let out = if update { self.inner.read_for_update(n).await? } else { self.inner.read_block(n, cond).await? };
-        if out == ReadOutcome::Zero && s.epoch(n).load(SeqCst) == e {
-            s.zero.set(n as u64, true);
-            // A write that began after the check above wins: undo.
-            if s.epoch(n).load(SeqCst) != e {
-                s.zero.set(n as u64, false);
-            }
+        if out == ReadOutcome::Zero {
+            s.settle_zero(n, idle, e);
         }
         Ok(out)
     }
@@ -159,6 +195,7 @@ impl ZeroCache {
         let shared = Arc::new(Shared {
             zero: Bitmap::new(n),
             epochs: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            writing: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             touched: Bitmap::new(n),
             surveying: AtomicBool::new(survey),
             counters: Counters::default(),
@@ -234,14 +271,11 @@ impl BlockStore for ZeroCache {
             s.counters.write_hits.fetch_add(1, SeqCst);
             return Ok(None);
         }
-        let e = s.begin_write(n);
+        let w = s.begin_write(n);
         s.zero.set(n as u64, false);
         let r = self.inner.write_block(n, if zero { None } else { data }).await;
-        if zero && r.is_ok() && s.epoch(n).load(SeqCst) == e {
-            s.zero.set(n as u64, true);
-            if s.epoch(n).load(SeqCst) != e {
-                s.zero.set(n as u64, false);
-            }
+        if zero && r.is_ok() {
+            s.settle_zero(n, w.alone, w.epoch);
         }
         r
     }
@@ -261,13 +295,8 @@ impl BlockStore for ZeroCache {
         }
         let list: Vec<BlockNum> = todo.iter().map(|&(n, _)| n).collect();
         self.inner.bulk_zero(&list).await?;
-        for (n, e) in todo {
-            if s.epoch(n).load(SeqCst) == e {
-                s.zero.set(n as u64, true);
-                if s.epoch(n).load(SeqCst) != e {
-                    s.zero.set(n as u64, false);
-                }
-            }
+        for (n, w) in todo {
+            s.settle_zero(n, w.alone, w.epoch);
         }
         Ok(())
     }
@@ -359,6 +388,61 @@ mod tests {
 
     fn rand_ms(max: u64) -> u64 {
         (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64) % max
+    }
+
+    /// A store whose writes wait for a go-ahead, to hold one in flight.
+    struct Gate {
+        inner: Arc<Mem>,
+        started: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl BlockStore for Gate {
+        fn block_size(&self) -> u32 {
+            4
+        }
+        fn num_blocks(&self) -> u64 {
+            self.inner.n
+        }
+        async fn read_block(&self, n: BlockNum, c: ReadCondition) -> Result<ReadOutcome> {
+            self.inner.read_block(n, c).await
+        }
+        async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+            self.started.notify_one();
+            self.go.notified().await;
+            self.inner.write_block(n, data).await
+        }
+        async fn flush(&self, _b: Option<&[BlockNum]>) -> Result<()> {
+            Ok(())
+        }
+        async fn survey_non_zero(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+            Ok(())
+        }
+        async fn shutdown(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression: a read that finds no object while a write of the block is still landing must
+    /// not mark the block zero (it did, and the next read-modify-write then wrote zeros over
+    /// the landed data).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_during_a_write_in_flight_does_not_mark_the_block_zero() {
+        let gate = Arc::new(Gate { inner: Mem::new(16, 0), started: Default::default(), go: Default::default() });
+        let z = Arc::new(ZeroCache::new(gate.clone(), false));
+        let z2 = z.clone();
+        let w = tokio::spawn(async move { z2.write_block(7, Some(Bytes::from_static(b"abcd"))).await });
+        gate.started.notified().await;
+        // The object is not there yet: the store answers zero.
+        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert!(!z.is_known_zero(7), "marked zero while a write was in flight");
+        gate.go.notify_one();
+        w.await.unwrap().unwrap();
+        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"abcd"));
+        // Once nothing is in flight, a zero answer is remembered again.
+        assert_eq!(z.read_block(8, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert!(z.is_known_zero(8));
     }
 
     #[test]
