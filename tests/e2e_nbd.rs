@@ -159,6 +159,14 @@ fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
         ],
     );
     assert!(!out.contains("failed"), "{out}");
+    // qemu negotiated extended headers (32-byte requests, extended replies) and used them.
+    let o = Command::new("qemu-io")
+        .args(["-T", "nbd_receive_option_reply", "-T", "nbd_receive_reply_chunk_header", "-f", "raw", "-c", "write -P 0x42 5M 8k", "-c", "read -P 0x42 5M 8k", &uri])
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && trace.contains("(extended headers), type 1 (ack)"), "{trace}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("failed"));
     // A fast zero of a partial block fails quickly and changes nothing.
     let o = Command::new("qemu-io").args(["-f", "raw", "-c", "write -z -n 4096 100", &uri]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
@@ -178,6 +186,7 @@ fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
             "-c", "read -P 0x11 2101249 1044479",
             "-c", "read -P 0 3M 1M",
             "-c", "read -P 0x77 4M 512k",
+            "-c", "read -P 0x42 5M 8k",
             &srv.uri(),
         ],
     );

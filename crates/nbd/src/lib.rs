@@ -2,8 +2,9 @@
 //!
 //! Written from the protocol specification (NetworkBlockDevice/nbd `doc/proto.md`): fixed
 //! newstyle negotiation (`OPT_GO`/`OPT_INFO` with export, name, description and block sizes,
-//! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, the `base:allocation`
-//! metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
+//! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, extended headers (from the
+//! specification's `extension-ext-header` branch, as qemu and libnbd use them), the
+//! `base:allocation` metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
 //! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC.
 //!
 //! Each connection has one reader, which decodes and checks requests, a task per request
@@ -40,6 +41,8 @@ use tokio::task::JoinSet;
 const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// Most descriptors in one block-status reply (the specification's limit is 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
+/// Most blocks looked at for one block-status request.
+const MAX_STATUS_BLOCKS: u64 = 1 << 20;
 /// How long replies may take to drain once the server is shutting down.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(10);
 /// The specification's "never treat as abuse" payload size: 32 MiB.
@@ -114,7 +117,10 @@ pub struct Server {
 /// What one connection negotiated.
 #[derive(Debug, Clone, Copy, Default)]
 struct Session {
+    /// Structured replies (also on with extended headers).
     structured: bool,
+    /// Extended headers: 32-byte requests, extended reply chunks.
+    extended: bool,
     block_status: bool,
 }
 
@@ -187,6 +193,7 @@ impl Server {
             max_payload: self.cfg.max_payload,
             read_only: self.cfg.read_only,
             structured: s.structured,
+            extended: s.extended,
             block_status: s.block_status,
         }
     }
@@ -258,6 +265,9 @@ impl Server {
             }
             match option {
                 opt::EXPORT_NAME => {
+                    if s.extended {
+                        return Err(protocol_error("OPT_EXPORT_NAME after extended headers".into()));
+                    }
                     let name = String::from_utf8_lossy(&data);
                     if !self.known_name(&name) {
                         // The specification leaves no way to refuse but closing.
@@ -319,8 +329,19 @@ impl Server {
                     if !data.is_empty() {
                         w.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
                     } else if s.structured {
-                        w.write_all(&reply(rep::ERR_INVALID, b"structured replies are already on")).await?;
+                        w.write_all(&reply(rep::ERR_INVALID, b"structured replies (or extended headers) are already on")).await?;
                     } else {
+                        s.structured = true;
+                        w.write_all(&reply(rep::ACK, &[])).await?;
+                    }
+                }
+                opt::EXTENDED_HEADERS => {
+                    if !data.is_empty() {
+                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_EXTENDED_HEADERS takes no data")).await?;
+                    } else if s.extended {
+                        w.write_all(&reply(rep::ERR_INVALID, b"extended headers are already on")).await?;
+                    } else {
+                        s.extended = true;
                         s.structured = true;
                         w.write_all(&reply(rep::ACK, &[])).await?;
                     }
@@ -384,13 +405,21 @@ impl Server {
         let mut result = Ok(());
         loop {
             while handlers.try_join_next().is_some() {}
-            let mut hdr = [0u8; proto::REQUEST_LEN];
+            let mut hdr = [0u8; proto::EXT_REQUEST_LEN];
             // Everything that may wait on the client also ends at shutdown; requests not read
             // by then were never acknowledged.
             let step = async {
-                r.read_exact(&mut hdr).await?;
-                let req = Request::decode(&hdr).map_err(|e| protocol_error(e.to_string()))?;
-                if proto::has_payload(&req) && req.length > self.cfg.max_payload {
+                let req = if s.extended {
+                    r.read_exact(&mut hdr).await?;
+                    Request::decode_extended(&hdr)
+                } else {
+                    let h: &mut [u8; proto::REQUEST_LEN] = (&mut hdr[..proto::REQUEST_LEN]).try_into().expect("28 bytes");
+                    r.read_exact(h).await?;
+                    Request::decode(h)
+                };
+                let req = req.map_err(|e| protocol_error(e.to_string()))?;
+                let payload_len = proto::has_payload(&req, s.extended);
+                if payload_len && req.length > self.cfg.max_payload as u64 {
                     return Err(protocol_error(format!(
                         "write of {} bytes exceeds the maximum payload of {}",
                         req.length, self.cfg.max_payload
@@ -398,11 +427,11 @@ impl Server {
                 }
                 let p1 = requests.clone().acquire_owned().await.expect("never closed");
                 let cost = match req.kind {
-                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload),
+                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload as u64) as u32,
                     _ => 1,
                 };
                 let p2 = bytes.clone().acquire_many_owned(cost).await.expect("never closed");
-                let payload = if proto::has_payload(&req) {
+                let payload = if payload_len {
                     let mut buf = BytesMut::zeroed(req.length as usize);
                     r.read_exact(&mut buf).await?;
                     Some(buf.freeze())
@@ -424,11 +453,11 @@ impl Server {
                     }
                 },
             };
-            let cookie = req.cookie;
+            let f = proto::Framer { structured: s.structured, extended: s.extended, cookie: req.cookie, offset: req.offset };
             match proto::check(&req, &limits) {
                 Err(code) => {
                     log::debug!("refusing NBD request {req:?}: error {code}");
-                    let frames = error_reply(cookie, code, &format!("invalid request (error {code})"), &s, req.kind);
+                    let frames = vec![f.error(code, &format!("invalid request (error {code})"))];
                     let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                 }
                 Ok(Command::Disconnect) => break,
@@ -436,7 +465,7 @@ impl Server {
                     let me = self.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
-                        let frames = me.execute(cmd, cookie, payload, &s).await;
+                        let frames = me.execute(cmd, f, payload).await;
                         let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                     });
                 }
@@ -450,17 +479,17 @@ impl Server {
     }
 
     /// Runs one checked command; returns the reply frames.
-    async fn execute(&self, cmd: Command, cookie: u64, payload: Option<Bytes>, s: &Session) -> Vec<Bytes> {
+    async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
         let v = &self.volume;
-        let ok = || vec![proto::simple_reply(cookie, 0)];
-        let fail = |e: StoreError, what: &str, kind: u16| {
+        let ok = || vec![f.ok()];
+        let fail = |e: StoreError, what: &str, _kind: u16| {
             let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) { err::ESHUTDOWN } else { nbd_error(&e) };
             log::error!("NBD {what} failed: {e}");
-            error_reply(cookie, code, &format!("{what} failed: {e}"), s, kind)
+            vec![f.error(code, &format!("{what} failed: {e}"))]
         };
         match cmd {
-            Command::Read { offset, len, df } => match v.read(offset, len as u64).await {
-                Ok(data) => read_reply(cookie, offset, data, s.structured, df, v.block_size()),
+            Command::Read { offset, len, df } => match v.read(offset, len).await {
+                Ok(data) => read_reply(&f, offset, data, df, v.block_size()),
                 Err(e) => fail(e, &format!("read of {len} bytes at {offset}"), proto::cmd::READ),
             },
             Command::Write { offset, len, fua } => {
@@ -468,7 +497,7 @@ impl Server {
                 let r = async {
                     v.write(offset, data).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -484,9 +513,9 @@ impl Server {
             },
             Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, fast: false } => {
                 let r = async {
-                    v.punch_hole(offset, len as u64).await?;
+                    v.punch_hole(offset, len).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -497,14 +526,14 @@ impl Server {
                 }
             }
             Command::WriteZeroes { offset, len, fua, fast: true } => {
-                if !v.zeroing_is_whole_blocks(offset, len as u64) {
+                if !v.zeroing_is_whole_blocks(offset, len) {
                     // A partial block is a read-modify-write: no faster than writing zeros.
-                    return error_reply(cookie, err::ENOTSUP, "fast zero needs whole blocks", s, proto::cmd::WRITE_ZEROES);
+                    return vec![f.error(err::ENOTSUP, "fast zero needs whole blocks")];
                 }
                 let r = async {
-                    v.punch_hole(offset, len as u64).await?;
+                    v.punch_hole(offset, len).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -518,13 +547,14 @@ impl Server {
             Command::Cache { .. } => ok(),
             Command::BlockStatus { offset, len, req_one } => {
                 let max = if req_one { 1 } else { MAX_EXTENTS };
-                match v.zero_runs(offset, len as u64, max) {
+                // Look at most MAX_STATUS_BLOCKS blocks per request (a shorter answer is fine;
+                // in compact mode this also keeps every extent within 32 bits).
+                let len = len.min(MAX_STATUS_BLOCKS * v.block_size() as u64).min(u32::MAX as u64);
+                match v.zero_runs(offset, len.max(1), max) {
                     Ok(runs) => {
-                        let extents: Vec<(u32, u32)> = runs
-                            .into_iter()
-                            .map(|(l, z)| (l as u32, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
-                            .collect();
-                        vec![proto::block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &extents)]
+                        let extents: Vec<(u64, u32)> =
+                            runs.into_iter().map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 })).collect();
+                        vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
                     }
                     Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
                 }
@@ -555,27 +585,17 @@ fn nbd_error(e: &StoreError) -> u32 {
     }
 }
 
-/// An error reply: an error chunk with a message when structured replies are on (a read must
-/// get one), a simple reply otherwise.
-fn error_reply(cookie: u64, code: u32, msg: &str, s: &Session, _kind: u16) -> Vec<Bytes> {
-    if s.structured {
-        vec![proto::error_chunk(cookie, code, msg)]
-    } else {
-        vec![proto::simple_reply(cookie, code)]
-    }
-}
-
 /// The reply to a successful read. Structured: block-aligned runs of zeros become hole chunks
 /// and the rest data chunks (one data chunk with `df`).
-fn read_reply(cookie: u64, offset: u64, data: Bytes, structured: bool, df: bool, block_size: u32) -> Vec<Bytes> {
-    if !structured {
-        return vec![proto::simple_reply(cookie, 0), data];
+fn read_reply(f: &proto::Framer, offset: u64, data: Bytes, df: bool, block_size: u32) -> Vec<Bytes> {
+    if !f.structured {
+        return vec![f.simple(0), data];
     }
     if data.is_empty() {
-        return vec![proto::none_chunk(cookie)];
+        return vec![f.none()];
     }
     if df {
-        return vec![proto::data_chunk_header(cookie, true, offset, data.len() as u32), data];
+        return vec![f.data_header(true, offset, data.len() as u32), data];
     }
     // Runs of (is_zero, start, end) within `data`, split at block boundaries of the volume.
     let bs = block_size as u64;
@@ -599,9 +619,9 @@ fn read_reply(cookie: u64, offset: u64, data: Bytes, structured: bool, df: bool,
         let at = offset + start as u64;
         let n = (end - start) as u32;
         if zero {
-            frames.push(proto::hole_chunk(cookie, i == last, at, n));
+            frames.push(f.hole(i == last, at, n));
         } else {
-            frames.push(proto::data_chunk_header(cookie, i == last, at, n));
+            frames.push(f.data_header(i == last, at, n));
             frames.push(data.slice(start..end));
         }
     }
