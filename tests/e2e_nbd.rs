@@ -651,3 +651,45 @@ fn upstream_device_form_runs_nbd_client_or_says_why_not() {
     assert_eq!(text.lines().last(), Some(format!("-d {}", dev.display()).as_str()), "detached at exit:\n{text}");
     assert!(!Path::new(first[1]).exists(), "private socket removed");
 }
+
+#[test]
+fn tls_is_required_when_configured_and_carries_the_data() {
+    let s = Scratch::new();
+    let sock = s.path("sock");
+    let tls = s.path("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let (cert, key) = (tls.join("server-cert.pem"), tls.join("server-key.pem"));
+    cmd(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost",
+            "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+        ],
+    );
+    // libnbd verifies the server against ca-cert.pem in its certificates directory.
+    std::fs::copy(&cert, tls.join("ca-cert.pem")).unwrap();
+    let args = test_args(
+        &s,
+        &["--size=8m", "--blockSize=64k", &format!("--nbdTlsCert={}", cert.display()), &format!("--nbdTlsKey={}", key.display())],
+    );
+    let srv = NbdServer::spawn(
+        [vec!["--nbd".to_string(), "-f".into(), format!("--nbdListen={}", sock.display())], args].concat(),
+        sock.clone(),
+        Some(String::new()),
+    );
+    let uri = format!("nbds+unix:///?socket={}&tls-certificates={}", sock.display(), tls.display());
+    let info = cmd("nbdinfo", &[&uri]);
+    assert!(info.contains("with TLS"), "{info}");
+    let img = s.path("img");
+    let data = random_image(&img, 8 << 20, 5);
+    cmd("nbdcopy", &["-C", "2", "--flush", img.to_str().unwrap(), &uri]);
+    let back = s.path("back");
+    cmd("nbdcopy", &[&uri, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    // Without TLS: refused before anything about the export is said.
+    let plain = Command::new("nbdinfo").arg(unix_uri(&sock)).output().unwrap();
+    assert!(!plain.status.success());
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("export-size"));
+    assert_eq!(srv.stop(), 0);
+}

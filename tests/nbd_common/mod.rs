@@ -44,8 +44,10 @@ impl NbdServer {
         s
     }
 
+    /// The URI to reach it; `tcp` empty means "only probe with a TLS URI" (see `spawn`).
     pub fn uri(&self) -> String {
-        match &self.tcp {
+        match self.tcp.as_deref() {
+            Some("") => format!("nbds+unix:///?socket={}&tls-verify-peer=false", self.sock.display()),
             Some(a) => format!("nbd://{a}/"),
             None => unix_uri(&self.sock),
         }

@@ -5,7 +5,9 @@
 //! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, extended headers (from the
 //! specification's `extension-ext-header` branch, as qemu and libnbd use them), the
 //! `base:allocation` metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
-//! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC.
+//! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC. With a TLS
+//! configuration the server is TLS-only: `OPT_STARTTLS` upgrades the connection (rustls), and
+//! every other option before it gets `ERR_TLS_REQD`; without one, STARTTLS gets `ERR_POLICY`.
 //!
 //! Each connection has one reader, which decodes and checks requests, a task per request
 //! running it against the shared [`Volume`], and one writer, which sends the replies in the
@@ -63,6 +65,8 @@ pub struct ExportConfig {
     pub max_requests: usize,
     /// Payload bytes in flight per connection (at least `max_payload`).
     pub max_bytes: usize,
+    /// TLS: when set, clients must upgrade with `OPT_STARTTLS` before anything else.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ExportConfig {
@@ -75,6 +79,7 @@ impl ExportConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_requests: 64,
             max_bytes: 2 * DEFAULT_MAX_PAYLOAD as usize,
+            tls: None,
         }
     }
 }
@@ -180,10 +185,10 @@ impl Server {
 
     /// Serves one client connection from the handshake to the end.
     pub async fn serve(self: Arc<Self>, conn: Box<dyn Conn>) -> std::io::Result<()> {
-        let (mut r, mut w) = tokio::io::split(conn);
-        let Some(session) = self.handshake(&mut r, &mut w).await? else {
+        let Some((conn, session)) = self.handshake(conn).await? else {
             return Ok(());
         };
+        let (r, w) = tokio::io::split(conn);
         self.transmission(r, w, session).await
     }
 
@@ -224,44 +229,50 @@ impl Server {
     }
 
     /// Fixed newstyle negotiation. `None`: the client ended it without transmission.
-    async fn handshake<R, W>(&self, r: &mut R, w: &mut W) -> std::io::Result<Option<Session>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    async fn handshake(&self, mut conn: Box<dyn Conn>) -> std::io::Result<Option<(Box<dyn Conn>, Session)>> {
         let mut hello = Vec::with_capacity(18);
         hello.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
         hello.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
         hello.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
-        w.write_all(&hello).await?;
-        w.flush().await?;
-        let client_flags = r.read_u32().await?;
+        conn.write_all(&hello).await?;
+        conn.flush().await?;
+        let client_flags = conn.read_u32().await?;
         if client_flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
             return Err(protocol_error(format!("unknown client flags {client_flags:#x}")));
         }
         let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
         let mut s = Session::default();
+        let mut tls_on = false;
         let mut stop = self.shutdown.subscribe();
         loop {
             let magic = tokio::select! {
                 _ = stopped(&mut stop) => return Ok(None),
-                m = r.read_u64() => m?,
+                m = conn.read_u64() => m?,
             };
             if magic != proto::IHAVEOPT {
                 return Err(protocol_error(format!("bad option magic {magic:#x}")));
             }
-            let option = r.read_u32().await?;
-            let len = r.read_u32().await?;
+            let option = conn.read_u32().await?;
+            let len = conn.read_u32().await?;
             if len > MAX_OPTION_LEN {
                 return Err(protocol_error(format!("option {option} with {len} bytes of data")));
             }
             let mut data = vec![0u8; len as usize];
-            r.read_exact(&mut data).await?;
+            conn.read_exact(&mut data).await?;
             let reply = |kind: u32, d: &[u8]| proto::option_reply(option, kind, d);
             if self.shutting_down() && option != opt::ABORT {
-                w.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
-                w.flush().await?;
+                conn.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
+                conn.flush().await?;
                 return Ok(None);
+            }
+            // With TLS configured, nothing but STARTTLS (or ABORT) before TLS is on.
+            if self.cfg.tls.is_some() && !tls_on && option != opt::STARTTLS && option != opt::ABORT {
+                if option == opt::EXPORT_NAME {
+                    return Err(protocol_error("OPT_EXPORT_NAME without TLS on a TLS-only server".into()));
+                }
+                conn.write_all(&reply(rep::ERR_TLS_REQD, b"this server requires TLS: send OPT_STARTTLS first")).await?;
+                conn.flush().await?;
+                continue;
             }
             match option {
                 opt::EXPORT_NAME => {
@@ -279,32 +290,44 @@ impl Server {
                     if !no_zeroes {
                         b.extend_from_slice(&[0u8; 124]);
                     }
-                    w.write_all(&b).await?;
-                    w.flush().await?;
-                    return Ok(Some(s));
+                    conn.write_all(&b).await?;
+                    conn.flush().await?;
+                    return Ok(Some((conn, s)));
                 }
                 opt::ABORT => {
                     // The client may already be gone: a failed ACK is fine.
-                    let _ = w.write_all(&reply(rep::ACK, &[])).await;
-                    let _ = w.flush().await;
+                    let _ = conn.write_all(&reply(rep::ACK, &[])).await;
+                    let _ = conn.flush().await;
                     return Ok(None);
                 }
                 opt::LIST => {
                     if !data.is_empty() {
-                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
                     } else {
-                        w.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
-                        w.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
-                opt::STARTTLS => {
-                    w.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?;
-                }
+                opt::STARTTLS => match &self.cfg.tls {
+                    None => conn.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?,
+                    Some(_) if tls_on => conn.write_all(&reply(rep::ERR_INVALID, b"TLS is already on")).await?,
+                    Some(_) if !data.is_empty() => conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STARTTLS takes no data")).await?,
+                    Some(cfg) => {
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.flush().await?;
+                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(conn).await?;
+                        conn = Box::new(tls);
+                        tls_on = true;
+                        // Nothing negotiated before TLS survives it.
+                        s = Session::default();
+                        continue;
+                    }
+                },
                 opt::INFO | opt::GO => match proto::parse_info(&data) {
-                    Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
+                    Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
                     Ok(req) if !self.known_name(&req.name) => {
                         let msg = format!("no export named \"{}\"", req.name);
-                        w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                        conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
                     }
                     Ok(req) => {
                         let mut out = Vec::new();
@@ -318,32 +341,32 @@ impl Server {
                         let (min, pref, max) = self.block_sizes();
                         out.extend_from_slice(&reply(rep::INFO, &proto::info_block_size(min, pref, max)));
                         out.extend_from_slice(&reply(rep::ACK, &[]));
-                        w.write_all(&out).await?;
+                        conn.write_all(&out).await?;
                         if option == opt::GO {
-                            w.flush().await?;
-                            return Ok(Some(s));
+                            conn.flush().await?;
+                            return Ok(Some((conn, s)));
                         }
                     }
                 },
                 opt::STRUCTURED_REPLY => {
                     if !data.is_empty() {
-                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
                     } else if s.structured {
-                        w.write_all(&reply(rep::ERR_INVALID, b"structured replies (or extended headers) are already on")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"structured replies (or extended headers) are already on")).await?;
                     } else {
                         s.structured = true;
-                        w.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
                 opt::EXTENDED_HEADERS => {
                     if !data.is_empty() {
-                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_EXTENDED_HEADERS takes no data")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_EXTENDED_HEADERS takes no data")).await?;
                     } else if s.extended {
-                        w.write_all(&reply(rep::ERR_INVALID, b"extended headers are already on")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"extended headers are already on")).await?;
                     } else {
                         s.extended = true;
                         s.structured = true;
-                        w.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
                 opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
@@ -354,12 +377,12 @@ impl Server {
                     }
                     match proto::parse_meta(&data) {
                         _ if !s.structured => {
-                            w.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
+                            conn.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
                         }
-                        Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
+                        Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
                         Ok(m) if !self.known_name(&m.name) => {
                             let msg = format!("no export named \"{}\"", m.name);
-                            w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                            conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
                         }
                         Ok(m) => {
                             let selected = if list && m.queries.is_empty() {
@@ -376,16 +399,16 @@ impl Server {
                                 }
                             }
                             out.extend_from_slice(&reply(rep::ACK, &[]));
-                            w.write_all(&out).await?;
+                            conn.write_all(&out).await?;
                         }
                     }
                 }
                 _ => {
                     let msg = format!("option {option} is not supported");
-                    w.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
+                    conn.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
                 }
             }
-            w.flush().await?;
+            conn.flush().await?;
         }
     }
 
