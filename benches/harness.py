@@ -18,6 +18,9 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
 With --cache-effect it instead compares ours with the block cache and read-ahead, with the cache
 but no read-ahead, and with no cache at all, on seqwrite and seqread at 20 ms (benches/CACHE.md).
 
+`--systems=ours,ours-nbd` compares ours over FUSE with ours over NBD (the built-in server on a
+Unix socket, the file exposed by nbdfuse, then the same ext4 on a direct-I/O loop device).
+
 For each it records MB/s or IOPS, the daemon's CPU seconds and peak RSS, and HTTP requests from
 the stats file, and writes a Markdown table (ratios ours/C, % of the ceiling) and a JSON file.
 Everything talks to 127.0.0.1 only.
@@ -163,6 +166,9 @@ SYSTEMS = {
     # For the cache benchmark (--cache-effect): ours without read-ahead, and without any cache.
     "ours-noreadahead": (OURS, ["--readAhead=0"]),
     "ours-nocache": (OURS, ["--blockCacheSize=0"]),
+    # Ours over NBD: the built-in server on a Unix socket, the volume file exposed by nbdfuse
+    # (several connections, as a kernel NBD client would use), the same ext4 on a loop device.
+    "ours-nbd": (OURS, ["--nbd"]),
 }
 
 
@@ -177,13 +183,28 @@ class Daemon:
         # A system's own flags replace the common ones of the same name.
         names = {e.split("=")[0] for e in extra}
         args = [program] + [c for c in common if c.split("=")[0] not in names] + extra
-        args += ["-f", BUCKET, mnt]
+        self.nbd = "--nbd" in extra
+        self.nbdfuse = None
+        if self.nbd:
+            self.sock, self.stats_file = mnt + ".sock", mnt + ".stats"
+            args += [f"--nbdListen={self.sock}", f"--statsFileMirror={self.stats_file}",
+                     "--statsFileMirrorInterval=100", "-f", BUCKET]
+        else:
+            args += ["-f", BUCKET, mnt]
         self.mnt = mnt
         self.err = open(os.path.join(logdir, f"{system}-{time.time_ns()}.log"), "w")
         self.proc = subprocess.Popen(args, stdout=self.err, stderr=subprocess.STDOUT)
         self.cpu = 0.0
         self.rss_kb = 0
         end = time.time() + 60
+        if self.nbd:
+            uri = f"nbd+unix:///?socket={self.sock}"
+            while subprocess.run(["nbdinfo", "--size", uri], capture_output=True).returncode != 0:
+                if self.proc.poll() is not None or time.time() > end:
+                    raise RuntimeError(f"{system} did not serve: {open(self.err.name).read()[-2000:]}")
+                time.sleep(0.05)
+            self.nbdfuse = subprocess.Popen(["nbdfuse", os.path.join(mnt, "file"), "--unix", self.sock],
+                                            stdout=self.err, stderr=subprocess.STDOUT)
         while not os.path.ismount(mnt):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{system} exited: {open(self.err.name).read()[-2000:]}")
@@ -203,7 +224,7 @@ class Daemon:
 
     def stats(self):
         try:
-            with open(os.path.join(self.mnt, "stats")) as f:
+            with open(self.stats_file if self.nbd else os.path.join(self.mnt, "stats")) as f:
                 text = f.read()
         except OSError:
             return {}
@@ -220,8 +241,20 @@ class Daemon:
     def stop(self):
         """Unmounts (which flushes) and returns (cpu seconds, peak RSS MiB, http stats)."""
         self.sample()
+        if self.nbd:
+            time.sleep(0.2)  # one more stats mirror update
         st = self.stats()
-        sh(f"umount {self.mnt}", check=False)
+        if self.nbd:
+            # Detach nbdfuse (retrying while the loop device lets go), then stop the server.
+            for _ in range(100):
+                if not os.path.ismount(self.mnt):
+                    break
+                sh(f"fusermount3 -u {self.mnt}", check=False)
+                time.sleep(0.1)
+            self.nbdfuse.wait()
+            self.proc.send_signal(signal.SIGTERM)
+        else:
+            sh(f"umount {self.mnt}", check=False)
         # Sample while the daemon flushes until it exits.
         end = time.time() + 600
         while self.proc.poll() is None and time.time() < end:

@@ -9,6 +9,12 @@ for pair in fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fio:fio loset
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -x /usr/bin/s3backer ] || need+=(s3backer)
+# NBD tests: libnbd's tools and Python module, qemu's NBD clients, nbd-client.
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin qemu-io:qemu-utils \
+            qemu-storage-daemon:qemu-utils nbd-client:nbd-client; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[ -f /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

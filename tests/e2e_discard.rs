@@ -1,5 +1,5 @@
 //! `mkfs.ext4` with its default discard on a new, large volume over S3: once discards reach
-//! 1/64 of the volume, the bucket is listed once (a new volume: a handful of LIST requests) and
+//! 1/1024 of the volume, the bucket is listed once (a new volume: a handful of LIST requests) and
 //! from then on only blocks that exist are deleted — none — instead of every block.
 //! Where the keys may not list the bucket, the discard deletes every block as before, and the
 //! file system is just as good. Requests are counted at the server's side of a proxy.
@@ -52,11 +52,11 @@ fn mkfs_discard_of_a_new_volume_deletes_almost_nothing() {
     let sent = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     eprintln!("mkfs.ext4 of a new 64 GiB volume: {secs:.1} s; requests: {after:?} (before: {before:?})");
     assert!(stderr.contains("block survey done"), "{stderr}");
-    // Deletes (single, or multi-object of up to 1000 keys) until the discards reach 1/64 of the
-    // volume (16384 blocks), then one LIST per leading hex digit of the keys, and no more
+    // Deletes (single, or multi-object of up to 1000 keys) until the discards reach 1/1024 of
+    // the volume (1024 blocks), then one LIST per leading hex digit of the keys, and no more
     // deletes: a full discard would delete all 1048576 blocks.
     let blocks_deleted = sent("DELETE") + 1000 * sent("POST");
-    assert!(blocks_deleted <= 17_000, "{after:?}");
+    assert!(blocks_deleted <= 2048, "{after:?}");
     assert!(sent("GET") <= 16 + 10, "{after:?}");
     let m = mount_via(&g, &p, &["--prefix=new/"], &s);
     fsck_clean(&m.file());

@@ -160,6 +160,8 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         &mut cli.codec.password_file,
         &mut cli.s3.cacert,
         &mut cli.s3.access_file,
+        &mut cli.nbd.nbd_tls_cert,
+        &mut cli.nbd.nbd_tls_key,
     ]
     .into_iter()
     .flatten()

@@ -49,6 +49,8 @@ pub fn check_mode(a: &NbdArgs, mode: Mode) -> Result<Mode> {
         for (given, flag) in [
             (a.nbd_listen.is_some(), "--nbdListen"),
             (a.nbd_allow_remote, "--nbdAllowRemote"),
+            (a.nbd_tls_cert.is_some(), "--nbdTlsCert"),
+            (a.nbd_tls_key.is_some(), "--nbdTlsKey"),
             (!a.nbd_flag.is_empty(), "--nbd-flag"),
             (!a.nbd_param.is_empty(), "--nbd-param"),
         ] {
@@ -65,8 +67,15 @@ pub fn check_mode(a: &NbdArgs, mode: Mode) -> Result<Mode> {
     }
 }
 
-/// Checks that `--nbd` has exactly one place to serve: `--nbdListen` or a device.
+/// Checks that `--nbd` has exactly one place to serve: `--nbdListen` or a device; and that
+/// the TLS flags come in pairs (and not with a device: the kernel client has no TLS here).
 pub fn check_target(a: &NbdArgs, device: Option<&Path>) -> Result<()> {
+    match (&a.nbd_tls_cert, &a.nbd_tls_key) {
+        (Some(_), None) => bail!("--nbdTlsCert requires --nbdTlsKey"),
+        (None, Some(_)) => bail!("--nbdTlsKey requires --nbdTlsCert"),
+        (Some(_), Some(_)) if device.is_some() => bail!("--nbdTlsCert cannot be used with an NBD device (nbd-client is started without TLS)"),
+        _ => {}
+    }
     match (&a.nbd_listen, device) {
         (None, None) => bail!("--nbd needs --nbdListen=ADDR (a socket path or HOST:PORT) or an NBD device such as /dev/nbd0"),
         (Some(_), Some(d)) => bail!("--nbdListen and an NBD device ({}) cannot be given together", d.display()),
@@ -137,6 +146,27 @@ fn check_socket_path(p: &Path) -> Result<()> {
     }
 }
 
+/// Loads the TLS certificate chain and key (PEM) into a server configuration.
+pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("--nbdTlsCert {cert}: {e}"))?;
+    if certs.is_empty() {
+        bail!("--nbdTlsCert {cert}: no certificate in the file");
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("--nbdTlsKey {key}: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow!("--nbdTlsCert/--nbdTlsKey: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
 /// Where to serve, settled before daemonizing.
 enum Target {
     Listen(ListenAddr),
@@ -188,6 +218,11 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let abs = d.canonicalize().map_err(|e| anyhow!("test directory {}: {}", d.display(), crate::io_msg(&e)))?;
         cfg.location = Location::Dir(abs);
     }
+    // Read before daemonizing: relative paths, and errors on the terminal.
+    let tls = match (&a.nbd_tls_cert, &a.nbd_tls_key) {
+        (Some(c), Some(k)) => Some(tls_config(c, k)?),
+        _ => None,
+    };
     let codec = crate::encoding::codec_config(&cfg)?;
     let pipe = if cfg.foreground {
         None
@@ -197,7 +232,7 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let _ = std::env::set_current_dir("/");
         Some(p)
     };
-    match serve(&cfg, codec, target, pipe) {
+    match serve(&cfg, codec, target, tls, pipe) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
             crate::logging::stop_stderr();
@@ -250,7 +285,13 @@ fn nbd_client(args: &[&std::ffi::OsStr]) -> Result<()> {
 
 type ServeError = (anyhow::Error, Option<ReadyPipe>);
 
-fn serve(cfg: &Config, codec: s3b_codec::CodecConfig, target: Target, pipe: Option<ReadyPipe>) -> std::result::Result<i32, ServeError> {
+fn serve(
+    cfg: &Config,
+    codec: s3b_codec::CodecConfig,
+    target: Target,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pipe: Option<ReadyPipe>,
+) -> std::result::Result<i32, ServeError> {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
         Ok(rt) => rt,
         Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
@@ -276,15 +317,19 @@ fn serve(cfg: &Config, codec: s3b_codec::CodecConfig, target: Target, pipe: Opti
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
     let description = format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
-    let server = Server::new(volume, ExportConfig::new(cfg.describe(), description, cfg.read_only));
+    let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);
+    export.tls = tls;
+    let server = Server::new(volume, export);
+    let server_tls = cfg.cli.nbd.nbd_tls_cert.is_some();
     let serving = rt.spawn(server.clone().run(listener));
     if !cfg.quiet {
         log::info!(
-            "serving {} over NBD on {addr} ({} blocks of {} bytes{})",
+            "serving {} over NBD on {addr} ({} blocks of {} bytes{}{})",
             cfg.describe(),
             stack.num_blocks,
             stack.block_size,
-            if cfg.read_only { ", read-only" } else { "" }
+            if cfg.read_only { ", read-only" } else { "" },
+            if server_tls { ", TLS required" } else { "" }
         );
     }
 

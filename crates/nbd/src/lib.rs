@@ -2,9 +2,12 @@
 //!
 //! Written from the protocol specification (NetworkBlockDevice/nbd `doc/proto.md`): fixed
 //! newstyle negotiation (`OPT_GO`/`OPT_INFO` with export, name, description and block sizes,
-//! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, the `base:allocation`
-//! metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
-//! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC.
+//! `OPT_LIST`, `OPT_ABORT`, `OPT_EXPORT_NAME`, structured replies, extended headers (from the
+//! specification's `extension-ext-header` branch, as qemu and libnbd use them), the
+//! `base:allocation` metadata context), then the transmission phase with READ, WRITE, FLUSH, FUA, TRIM,
+//! WRITE_ZEROES (`NO_HOLE`, `FAST_ZERO`), CACHE, BLOCK_STATUS and DISC. With a TLS
+//! configuration the server is TLS-only: `OPT_STARTTLS` upgrades the connection (rustls), and
+//! every other option before it gets `ERR_TLS_REQD`; without one, STARTTLS gets `ERR_POLICY`.
 //!
 //! Each connection has one reader, which decodes and checks requests, a task per request
 //! running it against the shared [`Volume`], and one writer, which sends the replies in the
@@ -40,6 +43,8 @@ use tokio::task::JoinSet;
 const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// Most descriptors in one block-status reply (the specification's limit is 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
+/// Most blocks looked at for one block-status request.
+const MAX_STATUS_BLOCKS: u64 = 1 << 20;
 /// How long replies may take to drain once the server is shutting down.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(10);
 /// The specification's "never treat as abuse" payload size: 32 MiB.
@@ -60,6 +65,8 @@ pub struct ExportConfig {
     pub max_requests: usize,
     /// Payload bytes in flight per connection (at least `max_payload`).
     pub max_bytes: usize,
+    /// TLS: when set, clients must upgrade with `OPT_STARTTLS` before anything else.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ExportConfig {
@@ -72,6 +79,7 @@ impl ExportConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_requests: 64,
             max_bytes: 2 * DEFAULT_MAX_PAYLOAD as usize,
+            tls: None,
         }
     }
 }
@@ -114,7 +122,10 @@ pub struct Server {
 /// What one connection negotiated.
 #[derive(Debug, Clone, Copy, Default)]
 struct Session {
+    /// Structured replies (also on with extended headers).
     structured: bool,
+    /// Extended headers: 32-byte requests, extended reply chunks.
+    extended: bool,
     block_status: bool,
 }
 
@@ -174,10 +185,10 @@ impl Server {
 
     /// Serves one client connection from the handshake to the end.
     pub async fn serve(self: Arc<Self>, conn: Box<dyn Conn>) -> std::io::Result<()> {
-        let (mut r, mut w) = tokio::io::split(conn);
-        let Some(session) = self.handshake(&mut r, &mut w).await? else {
+        let Some((conn, session)) = self.handshake(conn).await? else {
             return Ok(());
         };
+        let (r, w) = tokio::io::split(conn);
         self.transmission(r, w, session).await
     }
 
@@ -187,6 +198,7 @@ impl Server {
             max_payload: self.cfg.max_payload,
             read_only: self.cfg.read_only,
             structured: s.structured,
+            extended: s.extended,
             block_status: s.block_status,
         }
     }
@@ -217,47 +229,56 @@ impl Server {
     }
 
     /// Fixed newstyle negotiation. `None`: the client ended it without transmission.
-    async fn handshake<R, W>(&self, r: &mut R, w: &mut W) -> std::io::Result<Option<Session>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    async fn handshake(&self, mut conn: Box<dyn Conn>) -> std::io::Result<Option<(Box<dyn Conn>, Session)>> {
         let mut hello = Vec::with_capacity(18);
         hello.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
         hello.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
         hello.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
-        w.write_all(&hello).await?;
-        w.flush().await?;
-        let client_flags = r.read_u32().await?;
+        conn.write_all(&hello).await?;
+        conn.flush().await?;
+        let client_flags = conn.read_u32().await?;
         if client_flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
             return Err(protocol_error(format!("unknown client flags {client_flags:#x}")));
         }
         let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
         let mut s = Session::default();
+        let mut tls_on = false;
         let mut stop = self.shutdown.subscribe();
         loop {
             let magic = tokio::select! {
                 _ = stopped(&mut stop) => return Ok(None),
-                m = r.read_u64() => m?,
+                m = conn.read_u64() => m?,
             };
             if magic != proto::IHAVEOPT {
                 return Err(protocol_error(format!("bad option magic {magic:#x}")));
             }
-            let option = r.read_u32().await?;
-            let len = r.read_u32().await?;
+            let option = conn.read_u32().await?;
+            let len = conn.read_u32().await?;
             if len > MAX_OPTION_LEN {
                 return Err(protocol_error(format!("option {option} with {len} bytes of data")));
             }
             let mut data = vec![0u8; len as usize];
-            r.read_exact(&mut data).await?;
+            conn.read_exact(&mut data).await?;
             let reply = |kind: u32, d: &[u8]| proto::option_reply(option, kind, d);
             if self.shutting_down() && option != opt::ABORT {
-                w.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
-                w.flush().await?;
+                conn.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
+                conn.flush().await?;
                 return Ok(None);
+            }
+            // With TLS configured, nothing but STARTTLS (or ABORT) before TLS is on.
+            if self.cfg.tls.is_some() && !tls_on && option != opt::STARTTLS && option != opt::ABORT {
+                if option == opt::EXPORT_NAME {
+                    return Err(protocol_error("OPT_EXPORT_NAME without TLS on a TLS-only server".into()));
+                }
+                conn.write_all(&reply(rep::ERR_TLS_REQD, b"this server requires TLS: send OPT_STARTTLS first")).await?;
+                conn.flush().await?;
+                continue;
             }
             match option {
                 opt::EXPORT_NAME => {
+                    if s.extended {
+                        return Err(protocol_error("OPT_EXPORT_NAME after extended headers".into()));
+                    }
                     let name = String::from_utf8_lossy(&data);
                     if !self.known_name(&name) {
                         // The specification leaves no way to refuse but closing.
@@ -269,32 +290,44 @@ impl Server {
                     if !no_zeroes {
                         b.extend_from_slice(&[0u8; 124]);
                     }
-                    w.write_all(&b).await?;
-                    w.flush().await?;
-                    return Ok(Some(s));
+                    conn.write_all(&b).await?;
+                    conn.flush().await?;
+                    return Ok(Some((conn, s)));
                 }
                 opt::ABORT => {
                     // The client may already be gone: a failed ACK is fine.
-                    let _ = w.write_all(&reply(rep::ACK, &[])).await;
-                    let _ = w.flush().await;
+                    let _ = conn.write_all(&reply(rep::ACK, &[])).await;
+                    let _ = conn.flush().await;
                     return Ok(None);
                 }
                 opt::LIST => {
                     if !data.is_empty() {
-                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
                     } else {
-                        w.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
-                        w.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
-                opt::STARTTLS => {
-                    w.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?;
-                }
+                opt::STARTTLS => match &self.cfg.tls {
+                    None => conn.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?,
+                    Some(_) if tls_on => conn.write_all(&reply(rep::ERR_INVALID, b"TLS is already on")).await?,
+                    Some(_) if !data.is_empty() => conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STARTTLS takes no data")).await?,
+                    Some(cfg) => {
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.flush().await?;
+                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(conn).await?;
+                        conn = Box::new(tls);
+                        tls_on = true;
+                        // Nothing negotiated before TLS survives it.
+                        s = Session::default();
+                        continue;
+                    }
+                },
                 opt::INFO | opt::GO => match proto::parse_info(&data) {
-                    Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
+                    Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
                     Ok(req) if !self.known_name(&req.name) => {
                         let msg = format!("no export named \"{}\"", req.name);
-                        w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                        conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
                     }
                     Ok(req) => {
                         let mut out = Vec::new();
@@ -308,21 +341,32 @@ impl Server {
                         let (min, pref, max) = self.block_sizes();
                         out.extend_from_slice(&reply(rep::INFO, &proto::info_block_size(min, pref, max)));
                         out.extend_from_slice(&reply(rep::ACK, &[]));
-                        w.write_all(&out).await?;
+                        conn.write_all(&out).await?;
                         if option == opt::GO {
-                            w.flush().await?;
-                            return Ok(Some(s));
+                            conn.flush().await?;
+                            return Ok(Some((conn, s)));
                         }
                     }
                 },
                 opt::STRUCTURED_REPLY => {
                     if !data.is_empty() {
-                        w.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
                     } else if s.structured {
-                        w.write_all(&reply(rep::ERR_INVALID, b"structured replies are already on")).await?;
+                        conn.write_all(&reply(rep::ERR_INVALID, b"structured replies (or extended headers) are already on")).await?;
                     } else {
                         s.structured = true;
-                        w.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                    }
+                }
+                opt::EXTENDED_HEADERS => {
+                    if !data.is_empty() {
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_EXTENDED_HEADERS takes no data")).await?;
+                    } else if s.extended {
+                        conn.write_all(&reply(rep::ERR_INVALID, b"extended headers are already on")).await?;
+                    } else {
+                        s.extended = true;
+                        s.structured = true;
+                        conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
                 opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
@@ -333,12 +377,12 @@ impl Server {
                     }
                     match proto::parse_meta(&data) {
                         _ if !s.structured => {
-                            w.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
+                            conn.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
                         }
-                        Err(_) => w.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
+                        Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
                         Ok(m) if !self.known_name(&m.name) => {
                             let msg = format!("no export named \"{}\"", m.name);
-                            w.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                            conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
                         }
                         Ok(m) => {
                             let selected = if list && m.queries.is_empty() {
@@ -355,16 +399,16 @@ impl Server {
                                 }
                             }
                             out.extend_from_slice(&reply(rep::ACK, &[]));
-                            w.write_all(&out).await?;
+                            conn.write_all(&out).await?;
                         }
                     }
                 }
                 _ => {
                     let msg = format!("option {option} is not supported");
-                    w.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
+                    conn.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
                 }
             }
-            w.flush().await?;
+            conn.flush().await?;
         }
     }
 
@@ -384,13 +428,21 @@ impl Server {
         let mut result = Ok(());
         loop {
             while handlers.try_join_next().is_some() {}
-            let mut hdr = [0u8; proto::REQUEST_LEN];
+            let mut hdr = [0u8; proto::EXT_REQUEST_LEN];
             // Everything that may wait on the client also ends at shutdown; requests not read
             // by then were never acknowledged.
             let step = async {
-                r.read_exact(&mut hdr).await?;
-                let req = Request::decode(&hdr).map_err(|e| protocol_error(e.to_string()))?;
-                if proto::has_payload(&req) && req.length > self.cfg.max_payload {
+                let req = if s.extended {
+                    r.read_exact(&mut hdr).await?;
+                    Request::decode_extended(&hdr)
+                } else {
+                    let h: &mut [u8; proto::REQUEST_LEN] = (&mut hdr[..proto::REQUEST_LEN]).try_into().expect("28 bytes");
+                    r.read_exact(h).await?;
+                    Request::decode(h)
+                };
+                let req = req.map_err(|e| protocol_error(e.to_string()))?;
+                let payload_len = proto::has_payload(&req, s.extended);
+                if payload_len && req.length > self.cfg.max_payload as u64 {
                     return Err(protocol_error(format!(
                         "write of {} bytes exceeds the maximum payload of {}",
                         req.length, self.cfg.max_payload
@@ -398,11 +450,11 @@ impl Server {
                 }
                 let p1 = requests.clone().acquire_owned().await.expect("never closed");
                 let cost = match req.kind {
-                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload),
+                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload as u64) as u32,
                     _ => 1,
                 };
                 let p2 = bytes.clone().acquire_many_owned(cost).await.expect("never closed");
-                let payload = if proto::has_payload(&req) {
+                let payload = if payload_len {
                     let mut buf = BytesMut::zeroed(req.length as usize);
                     r.read_exact(&mut buf).await?;
                     Some(buf.freeze())
@@ -424,11 +476,11 @@ impl Server {
                     }
                 },
             };
-            let cookie = req.cookie;
+            let f = proto::Framer { structured: s.structured, extended: s.extended, cookie: req.cookie, offset: req.offset };
             match proto::check(&req, &limits) {
                 Err(code) => {
                     log::debug!("refusing NBD request {req:?}: error {code}");
-                    let frames = error_reply(cookie, code, &format!("invalid request (error {code})"), &s, req.kind);
+                    let frames = vec![f.error(code, &format!("invalid request (error {code})"))];
                     let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                 }
                 Ok(Command::Disconnect) => break,
@@ -436,7 +488,7 @@ impl Server {
                     let me = self.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
-                        let frames = me.execute(cmd, cookie, payload, &s).await;
+                        let frames = me.execute(cmd, f, payload).await;
                         let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                     });
                 }
@@ -450,17 +502,17 @@ impl Server {
     }
 
     /// Runs one checked command; returns the reply frames.
-    async fn execute(&self, cmd: Command, cookie: u64, payload: Option<Bytes>, s: &Session) -> Vec<Bytes> {
+    async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
         let v = &self.volume;
-        let ok = || vec![proto::simple_reply(cookie, 0)];
-        let fail = |e: StoreError, what: &str, kind: u16| {
+        let ok = || vec![f.ok()];
+        let fail = |e: StoreError, what: &str, _kind: u16| {
             let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) { err::ESHUTDOWN } else { nbd_error(&e) };
             log::error!("NBD {what} failed: {e}");
-            error_reply(cookie, code, &format!("{what} failed: {e}"), s, kind)
+            vec![f.error(code, &format!("{what} failed: {e}"))]
         };
         match cmd {
-            Command::Read { offset, len, df } => match v.read(offset, len as u64).await {
-                Ok(data) => read_reply(cookie, offset, data, s.structured, df, v.block_size()),
+            Command::Read { offset, len, df } => match v.read(offset, len).await {
+                Ok(data) => read_reply(&f, offset, data, df, v.block_size()),
                 Err(e) => fail(e, &format!("read of {len} bytes at {offset}"), proto::cmd::READ),
             },
             Command::Write { offset, len, fua } => {
@@ -468,7 +520,7 @@ impl Server {
                 let r = async {
                     v.write(offset, data).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -484,9 +536,9 @@ impl Server {
             },
             Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, fast: false } => {
                 let r = async {
-                    v.punch_hole(offset, len as u64).await?;
+                    v.punch_hole(offset, len).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -497,14 +549,14 @@ impl Server {
                 }
             }
             Command::WriteZeroes { offset, len, fua, fast: true } => {
-                if !v.zeroing_is_whole_blocks(offset, len as u64) {
+                if !v.zeroing_is_whole_blocks(offset, len) {
                     // A partial block is a read-modify-write: no faster than writing zeros.
-                    return error_reply(cookie, err::ENOTSUP, "fast zero needs whole blocks", s, proto::cmd::WRITE_ZEROES);
+                    return vec![f.error(err::ENOTSUP, "fast zero needs whole blocks")];
                 }
                 let r = async {
-                    v.punch_hole(offset, len as u64).await?;
+                    v.punch_hole(offset, len).await?;
                     if fua {
-                        v.flush_range(offset, len as u64).await?;
+                        v.flush_range(offset, len).await?;
                     }
                     Ok::<_, StoreError>(())
                 }
@@ -518,13 +570,14 @@ impl Server {
             Command::Cache { .. } => ok(),
             Command::BlockStatus { offset, len, req_one } => {
                 let max = if req_one { 1 } else { MAX_EXTENTS };
-                match v.zero_runs(offset, len as u64, max) {
+                // Look at most MAX_STATUS_BLOCKS blocks per request (a shorter answer is fine;
+                // in compact mode this also keeps every extent within 32 bits).
+                let len = len.min(MAX_STATUS_BLOCKS * v.block_size() as u64).min(u32::MAX as u64);
+                match v.zero_runs(offset, len.max(1), max) {
                     Ok(runs) => {
-                        let extents: Vec<(u32, u32)> = runs
-                            .into_iter()
-                            .map(|(l, z)| (l as u32, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
-                            .collect();
-                        vec![proto::block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &extents)]
+                        let extents: Vec<(u64, u32)> =
+                            runs.into_iter().map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 })).collect();
+                        vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
                     }
                     Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
                 }
@@ -555,27 +608,17 @@ fn nbd_error(e: &StoreError) -> u32 {
     }
 }
 
-/// An error reply: an error chunk with a message when structured replies are on (a read must
-/// get one), a simple reply otherwise.
-fn error_reply(cookie: u64, code: u32, msg: &str, s: &Session, _kind: u16) -> Vec<Bytes> {
-    if s.structured {
-        vec![proto::error_chunk(cookie, code, msg)]
-    } else {
-        vec![proto::simple_reply(cookie, code)]
-    }
-}
-
 /// The reply to a successful read. Structured: block-aligned runs of zeros become hole chunks
 /// and the rest data chunks (one data chunk with `df`).
-fn read_reply(cookie: u64, offset: u64, data: Bytes, structured: bool, df: bool, block_size: u32) -> Vec<Bytes> {
-    if !structured {
-        return vec![proto::simple_reply(cookie, 0), data];
+fn read_reply(f: &proto::Framer, offset: u64, data: Bytes, df: bool, block_size: u32) -> Vec<Bytes> {
+    if !f.structured {
+        return vec![f.simple(0), data];
     }
     if data.is_empty() {
-        return vec![proto::none_chunk(cookie)];
+        return vec![f.none()];
     }
     if df {
-        return vec![proto::data_chunk_header(cookie, true, offset, data.len() as u32), data];
+        return vec![f.data_header(true, offset, data.len() as u32), data];
     }
     // Runs of (is_zero, start, end) within `data`, split at block boundaries of the volume.
     let bs = block_size as u64;
@@ -599,9 +642,9 @@ fn read_reply(cookie: u64, offset: u64, data: Bytes, structured: bool, df: bool,
         let at = offset + start as u64;
         let n = (end - start) as u32;
         if zero {
-            frames.push(proto::hole_chunk(cookie, i == last, at, n));
+            frames.push(f.hole(i == last, at, n));
         } else {
-            frames.push(proto::data_chunk_header(cookie, i == last, at, n));
+            frames.push(f.data_header(i == last, at, n));
             frames.push(data.slice(start..end));
         }
     }

@@ -19,6 +19,10 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Magic of a structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// Magic of an extended request (extended headers).
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+/// Magic of an extended reply chunk (extended headers).
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 
 /// Handshake flag: fixed newstyle.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -73,6 +77,8 @@ pub mod opt {
     pub const LIST_META_CONTEXT: u32 = 9;
     /// Select metadata contexts.
     pub const SET_META_CONTEXT: u32 = 10;
+    /// Use extended (32-byte) headers.
+    pub const EXTENDED_HEADERS: u32 = 11;
 }
 
 /// Option reply types.
@@ -91,6 +97,8 @@ pub mod rep {
     pub const ERR_POLICY: u32 = (1 << 31) + 2;
     /// Malformed option.
     pub const ERR_INVALID: u32 = (1 << 31) + 3;
+    /// TLS is required first.
+    pub const ERR_TLS_REQD: u32 = (1 << 31) + 5;
     /// No such export.
     pub const ERR_UNKNOWN: u32 = (1 << 31) + 6;
     /// The server is shutting down.
@@ -143,6 +151,8 @@ pub mod cflags {
     pub const REQ_ONE: u16 = 1 << 3;
     /// Write zeroes only if fast.
     pub const FAST_ZERO: u16 = 1 << 4;
+    /// Extended headers: the length is a payload length and the payload follows.
+    pub const PAYLOAD_LEN: u16 = 1 << 5;
 }
 
 /// Structured reply chunk types.
@@ -155,6 +165,8 @@ pub mod chunk {
     pub const OFFSET_HOLE: u16 = 2;
     /// Block-status descriptors.
     pub const BLOCK_STATUS: u16 = 5;
+    /// Block-status descriptors with 64-bit lengths (extended headers).
+    pub const BLOCK_STATUS_EXT: u16 = 6;
     /// An error.
     pub const ERROR: u16 = (1 << 15) + 1;
 }
@@ -192,8 +204,10 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// The id we give it when selected.
 pub const BASE_ALLOCATION_ID: u32 = 1;
 
-/// Size of a request header.
+/// Size of a compact request header.
 pub const REQUEST_LEN: usize = 28;
+/// Size of an extended request header.
+pub const EXT_REQUEST_LEN: usize = 32;
 
 /// A decoded request header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +220,9 @@ pub struct Request {
     pub cookie: u64,
     /// Offset in the export.
     pub offset: u64,
-    /// Length (payload length for writes).
-    pub length: u32,
+    /// Length: the payload length of a write (or any request with `PAYLOAD_LEN`), else the
+    /// effect length. 32 bits on the wire unless extended headers are in use.
+    pub length: u64,
 }
 
 /// A request header that cannot be decoded: the connection must end.
@@ -227,8 +242,35 @@ impl Request {
             kind: u16::from_be_bytes(b[6..8].try_into().unwrap()),
             cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
             offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            length: u32::from_be_bytes(b[24..28].try_into().unwrap()),
+            length: u32::from_be_bytes(b[24..28].try_into().unwrap()) as u64,
         })
+    }
+
+    /// Decodes an extended request header.
+    pub fn decode_extended(b: &[u8; EXT_REQUEST_LEN]) -> Result<Request, BadMagic> {
+        let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+        if magic != EXTENDED_REQUEST_MAGIC {
+            return Err(BadMagic(magic));
+        }
+        Ok(Request {
+            flags: u16::from_be_bytes(b[4..6].try_into().unwrap()),
+            kind: u16::from_be_bytes(b[6..8].try_into().unwrap()),
+            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
+            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
+            length: u64::from_be_bytes(b[24..32].try_into().unwrap()),
+        })
+    }
+
+    /// Encodes an extended request header (the client side; used by tests).
+    pub fn encode_extended(&self) -> [u8; EXT_REQUEST_LEN] {
+        let mut b = [0u8; EXT_REQUEST_LEN];
+        b[0..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
+        b[6..8].copy_from_slice(&self.kind.to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..32].copy_from_slice(&self.length.to_be_bytes());
+        b
     }
 
     /// Encodes a request header (the client side; used by tests).
@@ -239,7 +281,7 @@ impl Request {
         b[6..8].copy_from_slice(&self.kind.to_be_bytes());
         b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
         b[16..24].copy_from_slice(&self.offset.to_be_bytes());
-        b[24..28].copy_from_slice(&self.length.to_be_bytes());
+        b[24..28].copy_from_slice(&(self.length as u32).to_be_bytes());
         b
     }
 }
@@ -253,8 +295,10 @@ pub struct Limits {
     pub max_payload: u32,
     /// The export is read-only.
     pub read_only: bool,
-    /// Structured replies were negotiated.
+    /// Structured replies (or extended headers) were negotiated.
     pub structured: bool,
+    /// Extended headers were negotiated.
+    pub extended: bool,
     /// `base:allocation` was selected.
     pub block_status: bool,
 }
@@ -267,7 +311,7 @@ pub enum Command {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
         /// Don't fragment.
         df: bool,
     },
@@ -276,7 +320,7 @@ pub enum Command {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
         /// Forced unit access.
         fua: bool,
     },
@@ -287,7 +331,7 @@ pub enum Command {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
         /// Forced unit access.
         fua: bool,
     },
@@ -296,14 +340,14 @@ pub enum Command {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
     },
     /// Zero a range.
     WriteZeroes {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
         /// Forced unit access.
         fua: bool,
         /// Fail with `ENOTSUP` unless fast.
@@ -314,7 +358,7 @@ pub enum Command {
         /// Start.
         offset: u64,
         /// Length.
-        len: u32,
+        len: u64,
         /// One extent only.
         req_one: bool,
     },
@@ -326,9 +370,11 @@ pub enum Command {
 /// read (or the connection closed) by the caller.
 pub type Refusal = u32;
 
-/// True when the request carries a payload of `length` bytes after its header.
-pub fn has_payload(r: &Request) -> bool {
-    r.kind == cmd::WRITE
+/// True when the request carries a payload of `length` bytes after its header: a write, or
+/// with extended headers any request flagged `PAYLOAD_LEN`. (The extension says a write must
+/// carry the flag, but qemu 10's client leaves it off, so a write always has its payload.)
+pub fn has_payload(r: &Request, extended: bool) -> bool {
+    r.kind == cmd::WRITE || (extended && r.flags & cflags::PAYLOAD_LEN != 0)
 }
 
 /// Checks a request against what was negotiated. Never panics, whatever the fields.
@@ -338,22 +384,27 @@ pub fn check(r: &Request, l: &Limits) -> Result<Command, Refusal> {
     let in_range = end <= l.size as u128;
     let (offset, len) = (r.offset, r.length);
     let fua = r.flags & cflags::FUA != 0;
+    if l.extended && r.kind != cmd::WRITE && r.flags & cflags::PAYLOAD_LEN != 0 {
+        // No other command takes a payload here (it has been read and is discarded).
+        return Err(err::EINVAL);
+    }
     match r.kind {
         cmd::READ => {
             let mask = cflags::FUA | if l.structured { cflags::DF } else { 0 };
             if !allowed(mask) || !in_range {
                 return Err(err::EINVAL);
             }
-            if len > l.max_payload {
+            if len > l.max_payload as u64 {
                 return Err(if l.structured { err::EOVERFLOW } else { err::EINVAL });
             }
             Ok(Command::Read { offset, len, df: r.flags & cflags::DF != 0 })
         }
         cmd::WRITE => {
-            if !allowed(cflags::FUA) {
+            let payload = if l.extended { cflags::PAYLOAD_LEN } else { 0 };
+            if !allowed(cflags::FUA | payload) {
                 return Err(err::EINVAL);
             }
-            if len > l.max_payload {
+            if len > l.max_payload as u64 {
                 return Err(err::EINVAL);
             }
             if l.read_only {
@@ -422,72 +473,121 @@ pub fn option_reply(option: u32, kind: u32, data: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// A simple reply header (data, if any, follows separately).
-pub fn simple_reply(cookie: u64, error: u32) -> Bytes {
-    let mut b = BytesMut::with_capacity(16);
-    b.put_u32(SIMPLE_REPLY_MAGIC);
-    b.put_u32(error);
-    b.put_u64(cookie);
-    b.freeze()
+/// Builds the reply messages of one request, in the format the connection negotiated: simple
+/// replies, structured reply chunks, or extended reply chunks (which also carry the request's
+/// offset and a 64-bit length).
+#[derive(Debug, Clone, Copy)]
+pub struct Framer {
+    /// Structured replies (or extended headers) are on.
+    pub structured: bool,
+    /// Extended headers are on.
+    pub extended: bool,
+    /// The request's cookie.
+    pub cookie: u64,
+    /// The request's offset (echoed in extended replies).
+    pub offset: u64,
 }
 
-/// A structured chunk header for a payload of `len` bytes (which follows separately).
-pub fn chunk_header(cookie: u64, flags: u16, kind: u16, len: u32) -> BytesMut {
-    let mut b = BytesMut::with_capacity(20 + 16);
-    b.put_u32(STRUCTURED_REPLY_MAGIC);
-    b.put_u16(flags);
-    b.put_u16(kind);
-    b.put_u64(cookie);
-    b.put_u32(len);
-    b
-}
-
-/// An `OFFSET_DATA` chunk header (header and offset; `len` data bytes follow).
-pub fn data_chunk_header(cookie: u64, done: bool, offset: u64, len: u32) -> Bytes {
-    let mut b = chunk_header(cookie, if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_DATA, len + 8);
-    b.put_u64(offset);
-    b.freeze()
-}
-
-/// An `OFFSET_HOLE` chunk.
-pub fn hole_chunk(cookie: u64, done: bool, offset: u64, len: u32) -> Bytes {
-    let mut b = chunk_header(cookie, if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_HOLE, 12);
-    b.put_u64(offset);
-    b.put_u32(len);
-    b.freeze()
-}
-
-/// The final empty chunk.
-pub fn none_chunk(cookie: u64) -> Bytes {
-    chunk_header(cookie, REPLY_FLAG_DONE, chunk::NONE, 0).freeze()
-}
-
-/// A final `ERROR` chunk with a message (cut to 4096 bytes).
-pub fn error_chunk(cookie: u64, error: u32, msg: &str) -> Bytes {
-    let mut m = msg.as_bytes();
-    if m.len() > 4096 {
-        let mut cut = 4096;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
+impl Framer {
+    /// A chunk header for a payload of `len` bytes (which follows separately).
+    fn header(&self, flags: u16, kind: u16, len: u64, extra: usize) -> BytesMut {
+        let mut b = BytesMut::with_capacity(32 + extra);
+        if self.extended {
+            b.put_u32(EXTENDED_REPLY_MAGIC);
+            b.put_u16(flags);
+            b.put_u16(kind);
+            b.put_u64(self.cookie);
+            b.put_u64(self.offset);
+            b.put_u64(len);
+        } else {
+            b.put_u32(STRUCTURED_REPLY_MAGIC);
+            b.put_u16(flags);
+            b.put_u16(kind);
+            b.put_u64(self.cookie);
+            b.put_u32(len as u32);
         }
-        m = &m[..cut];
+        b
     }
-    let mut b = chunk_header(cookie, REPLY_FLAG_DONE, chunk::ERROR, 6 + m.len() as u32);
-    b.put_u32(error);
-    b.put_u16(m.len() as u16);
-    b.put_slice(m);
-    b.freeze()
-}
 
-/// A final `BLOCK_STATUS` chunk for context `id` with `(length, flags)` descriptors.
-pub fn block_status_chunk(cookie: u64, id: u32, extents: &[(u32, u32)]) -> Bytes {
-    let mut b = chunk_header(cookie, REPLY_FLAG_DONE, chunk::BLOCK_STATUS, 4 + 8 * extents.len() as u32);
-    b.put_u32(id);
-    for &(len, flags) in extents {
-        b.put_u32(len);
-        b.put_u32(flags);
+    /// Success without data: a simple reply, or a final `NONE` chunk with extended headers.
+    pub fn ok(&self) -> Bytes {
+        if self.extended { self.none() } else { self.simple(0) }
     }
-    b.freeze()
+
+    /// A simple reply header (read data, if any, follows separately).
+    pub fn simple(&self, error: u32) -> Bytes {
+        let mut b = BytesMut::with_capacity(16);
+        b.put_u32(SIMPLE_REPLY_MAGIC);
+        b.put_u32(error);
+        b.put_u64(self.cookie);
+        b.freeze()
+    }
+
+    /// A failure: a final `ERROR` chunk with a message (cut to 4096 bytes), or a simple reply
+    /// with the error when structured replies are off.
+    pub fn error(&self, error: u32, msg: &str) -> Bytes {
+        if !self.structured {
+            return self.simple(error);
+        }
+        let mut m = msg.as_bytes();
+        if m.len() > 4096 {
+            let mut cut = 4096;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m = &m[..cut];
+        }
+        let mut b = self.header(REPLY_FLAG_DONE, chunk::ERROR, 6 + m.len() as u64, 6 + m.len());
+        b.put_u32(error);
+        b.put_u16(m.len() as u16);
+        b.put_slice(m);
+        b.freeze()
+    }
+
+    /// An `OFFSET_DATA` chunk header (header and offset; `len` data bytes follow).
+    pub fn data_header(&self, done: bool, offset: u64, len: u32) -> Bytes {
+        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_DATA, len as u64 + 8, 8);
+        b.put_u64(offset);
+        b.freeze()
+    }
+
+    /// An `OFFSET_HOLE` chunk.
+    pub fn hole(&self, done: bool, offset: u64, len: u32) -> Bytes {
+        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_HOLE, 12, 12);
+        b.put_u64(offset);
+        b.put_u32(len);
+        b.freeze()
+    }
+
+    /// The final empty chunk.
+    pub fn none(&self) -> Bytes {
+        self.header(REPLY_FLAG_DONE, chunk::NONE, 0, 0).freeze()
+    }
+
+    /// A final block-status chunk for context `id` with `(length, flags)` descriptors:
+    /// `BLOCK_STATUS` (lengths must fit 32 bits), or `BLOCK_STATUS_EXT` with extended headers.
+    pub fn block_status(&self, id: u32, extents: &[(u64, u32)]) -> Bytes {
+        if self.extended {
+            let len = 8 + 16 * extents.len();
+            let mut b = self.header(REPLY_FLAG_DONE, chunk::BLOCK_STATUS_EXT, len as u64, len);
+            b.put_u32(id);
+            b.put_u32(extents.len() as u32);
+            for &(l, f) in extents {
+                b.put_u64(l);
+                b.put_u64(f as u64);
+            }
+            b.freeze()
+        } else {
+            let len = 4 + 8 * extents.len();
+            let mut b = self.header(REPLY_FLAG_DONE, chunk::BLOCK_STATUS, len as u64, len);
+            b.put_u32(id);
+            for &(l, f) in extents {
+                b.put_u32(l as u32);
+                b.put_u32(f);
+            }
+            b.freeze()
+        }
+    }
 }
 
 /// A malformed option payload.
@@ -620,13 +720,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn limits() -> Limits {
-        Limits { size: 1 << 20, max_payload: 1 << 16, read_only: false, structured: true, block_status: true }
+        Limits { size: 1 << 20, max_payload: 1 << 16, read_only: false, structured: true, extended: false, block_status: true }
     }
 
     #[test]
     fn request_round_trip_and_bad_magic() {
         let r = Request { flags: 1, kind: cmd::WRITE, cookie: 0xdead_beef, offset: 4096, length: 512 };
         assert_eq!(Request::decode(&r.encode()), Ok(r));
+        let big = Request { length: 1 << 40, ..r };
+        assert_eq!(Request::decode_extended(&big.encode_extended()), Ok(big));
+        assert!(Request::decode_extended(&[0; EXT_REQUEST_LEN]).is_err());
         let mut b = r.encode();
         b[0] = 0;
         assert_eq!(Request::decode(&b), Err(BadMagic(0x0060_9513)));
@@ -653,6 +756,17 @@ mod tests {
         );
         assert_eq!(check(&req(99, 0, 0, 0), &l), Err(err::EINVAL));
         assert_eq!(check(&req(cmd::CACHE, cflags::DF, 0, 1), &l), Err(err::EINVAL));
+        // Extended headers: writes may say PAYLOAD_LEN, other commands must not.
+        let x = Limits { extended: true, ..l };
+        assert_eq!(check(&req(cmd::WRITE, 0, 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
+        assert_eq!(check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
+        assert_eq!(check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &l), Err(err::EINVAL));
+        assert_eq!(check(&req(cmd::READ, cflags::PAYLOAD_LEN, 0, 4), &x), Err(err::EINVAL));
+        assert_eq!(check(&req(cmd::TRIM, 0, 0, 1 << 20), &x), Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false }));
+        assert!(has_payload(&req(cmd::BLOCK_STATUS, cflags::PAYLOAD_LEN, 0, 4), true));
+        assert!(has_payload(&req(cmd::WRITE, 0, 0, 4), true));
+        assert!(!has_payload(&req(cmd::TRIM, 0, 0, 4), true));
+        assert!(has_payload(&req(cmd::WRITE, 0, 0, 4), false));
     }
 
     #[test]
@@ -685,7 +799,7 @@ mod tests {
     #[test]
     fn error_chunk_cuts_long_messages_on_a_char_boundary() {
         let msg = "é".repeat(3000);
-        let c = error_chunk(7, err::EIO, &msg);
+        let c = Framer { structured: true, extended: false, cookie: 7, offset: 0 }.error(err::EIO, &msg);
         let mlen = u16::from_be_bytes([c[24], c[25]]) as usize;
         assert!(mlen <= 4096);
         assert!(std::str::from_utf8(&c[26..26 + mlen]).is_ok());
@@ -697,24 +811,34 @@ mod tests {
         /// same bytes; checking any decoded header never panics, and an accepted data command
         /// always lies inside the export and within the payload limit.
         #[test]
-        fn decoder_and_checker_never_panic(bytes in prop::array::uniform28(any::<u8>()),
+        fn decoder_and_checker_never_panic(bytes in prop::array::uniform32(any::<u8>()),
                                            force_magic in any::<bool>(),
                                            size in 0u64..(1 << 40),
-                                           ro in any::<bool>(), st in any::<bool>(), bs in any::<bool>()) {
+                                           ro in any::<bool>(), st in any::<bool>(), bs in any::<bool>(), ext in any::<bool>()) {
             let mut b = bytes;
             if force_magic {
-                b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+                let m = if ext { EXTENDED_REQUEST_MAGIC } else { REQUEST_MAGIC };
+                b[0..4].copy_from_slice(&m.to_be_bytes());
             }
-            match Request::decode(&b) {
-                Err(BadMagic(m)) => prop_assert_ne!(m, REQUEST_MAGIC),
-                Ok(r) => {
-                    prop_assert_eq!(r.encode(), b);
-                    let l = Limits { size, max_payload: 1 << 25, read_only: ro, structured: st, block_status: bs };
+            let decoded = if ext {
+                Request::decode_extended(&b).map(|r| (r, r.encode_extended().to_vec()))
+            } else {
+                Request::decode(b[..REQUEST_LEN].try_into().unwrap()).map(|r| (r, r.encode().to_vec()))
+            };
+            match decoded {
+                Err(BadMagic(m)) => prop_assert_ne!(m, if ext { EXTENDED_REQUEST_MAGIC } else { REQUEST_MAGIC }),
+                Ok((r, re)) => {
+                    prop_assert_eq!(&re[..], &b[..re.len()]);
+                    let l = Limits { size, max_payload: 1 << 25, read_only: ro, structured: st || ext, extended: ext, block_status: bs };
                     if let Ok(c) = check(&r, &l) {
                         let range = match c {
-                            Command::Read { offset, len, .. } => { prop_assert!(len <= l.max_payload); Some((offset, len)) }
+                            Command::Read { offset, len, .. } => { prop_assert!(len <= l.max_payload as u64); Some((offset, len)) }
                             Command::Write { offset, len, .. } | Command::Trim { offset, len, .. } | Command::WriteZeroes { offset, len, .. } => {
                                 prop_assert!(!ro);
+                                if matches!(c, Command::Write { .. }) {
+                                    prop_assert!(len <= l.max_payload as u64);
+                                    prop_assert!(has_payload(&r, ext));
+                                }
                                 Some((offset, len))
                             }
                             Command::Cache { offset, len } | Command::BlockStatus { offset, len, .. } => Some((offset, len)),

@@ -161,7 +161,7 @@ impl Client {
     }
 
     async fn request(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, length: u32, payload: &[u8]) {
-        let r = Request { flags, kind, cookie, offset, length };
+        let r = Request { flags, kind, cookie, offset, length: length as u64 };
         self.s.write_all(&r.encode()).await.unwrap();
         self.s.write_all(payload).await.unwrap();
     }
@@ -451,7 +451,7 @@ async fn hostile_clients_do_not_disturb_others() {
 
 impl Client {
     async fn request_nowait(&mut self, kind: u16, cookie: u64, offset: u64, length: u32) -> std::io::Result<()> {
-        let r = Request { flags: 0, kind, cookie, offset, length };
+        let r = Request { flags: 0, kind, cookie, offset, length: length as u64 };
         self.s.write_all(&r.encode()).await
     }
 }
@@ -473,4 +473,74 @@ async fn shutdown_answers_outstanding_requests_then_closes() {
     let mut rest = Vec::new();
     let _ = c.s.read_to_end(&mut rest).await;
     assert!(rest.is_empty() || u32::from_be_bytes(rest[12..16].try_into().unwrap()) == rep::ERR_SHUTDOWN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_headers() {
+    let f = fixture(false);
+    let (mut c, _h) = connect(&f);
+    c.greet().await;
+    c.option(opt::EXTENDED_HEADERS, &[]).await;
+    assert_eq!(c.option_reply(opt::EXTENDED_HEADERS).await.0, rep::ACK);
+    c.option(opt::EXTENDED_HEADERS, &[]).await;
+    assert_eq!(c.option_reply(opt::EXTENDED_HEADERS).await.0, rep::ERR_INVALID);
+    let mut m = Vec::new();
+    m.extend_from_slice(&0u32.to_be_bytes());
+    m.extend_from_slice(&1u32.to_be_bytes());
+    m.extend_from_slice(&(proto::BASE_ALLOCATION.len() as u32).to_be_bytes());
+    m.extend_from_slice(proto::BASE_ALLOCATION.as_bytes());
+    c.option(opt::SET_META_CONTEXT, &m).await;
+    assert_eq!(c.option_reply(opt::SET_META_CONTEXT).await.0, rep::META_CONTEXT);
+    assert_eq!(c.option_reply(opt::SET_META_CONTEXT).await.0, rep::ACK);
+    let flags = c.go().await;
+    assert!(flags & tflags::SEND_DF != 0);
+
+    /// Reads one extended chunk: (flags, type, cookie, offset, payload).
+    async fn ext_chunk(c: &mut Client) -> (u16, u16, u64, u64, Vec<u8>) {
+        assert_eq!(c.s.read_u32().await.unwrap(), proto::EXTENDED_REPLY_MAGIC);
+        let flags = c.s.read_u16().await.unwrap();
+        let kind = c.s.read_u16().await.unwrap();
+        let cookie = c.s.read_u64().await.unwrap();
+        let offset = c.s.read_u64().await.unwrap();
+        let len = c.s.read_u64().await.unwrap();
+        let mut d = vec![0; len as usize];
+        c.s.read_exact(&mut d).await.unwrap();
+        (flags, kind, cookie, offset, d)
+    }
+    let send = |flags: u16, kind: u16, cookie: u64, offset: u64, length: u64| {
+        Request { flags, kind, cookie, offset, length }.encode_extended()
+    };
+    // A write with PAYLOAD_LEN: answered with a NONE chunk echoing the offset.
+    c.s.write_all(&send(cflags::PAYLOAD_LEN, cmd::WRITE, 1, 5000, 3)).await.unwrap();
+    c.s.write_all(b"xyz").await.unwrap();
+    assert_eq!(ext_chunk(&mut c).await, (proto::REPLY_FLAG_DONE, chunk::NONE, 1, 5000, vec![]));
+    // A write without it (as qemu 10 sends them): the payload still follows.
+    c.s.write_all(&send(0, cmd::WRITE, 2, 9000, 3)).await.unwrap();
+    c.s.write_all(b"abc").await.unwrap();
+    assert_eq!(ext_chunk(&mut c).await.1, chunk::NONE);
+    // A read with an unexpected payload: the payload is consumed, EINVAL, the stream goes on.
+    c.s.write_all(&send(cflags::PAYLOAD_LEN, cmd::READ, 3, 0, 4)).await.unwrap();
+    c.s.write_all(b"junk").await.unwrap();
+    let (_, kind, cookie, _, _) = ext_chunk(&mut c).await;
+    assert_eq!((kind, cookie), (chunk::ERROR, 3));
+    // Read it back: one data chunk.
+    c.s.write_all(&send(cflags::DF, cmd::READ, 4, 5000, 3)).await.unwrap();
+    let (fl, kind, cookie, off, d) = ext_chunk(&mut c).await;
+    assert_eq!((fl, kind, cookie, off), (proto::REPLY_FLAG_DONE, chunk::OFFSET_DATA, 4, 5000));
+    assert_eq!(&d[8..], b"xyz");
+    // A trim with a 64-bit effect length over the whole export (and past 4 GiB is refused).
+    c.s.write_all(&send(0, cmd::TRIM, 5, 0, BS as u64 * BLOCKS)).await.unwrap();
+    assert_eq!(ext_chunk(&mut c).await.1, chunk::NONE);
+    c.s.write_all(&send(0, cmd::TRIM, 6, 0, 1 << 33)).await.unwrap();
+    assert_eq!(ext_chunk(&mut c).await.1, chunk::ERROR);
+    // Block status: BLOCK_STATUS_EXT with 64-bit descriptors; all of it is known zero now.
+    c.s.write_all(&send(0, cmd::BLOCK_STATUS, 7, 0, BS as u64 * BLOCKS)).await.unwrap();
+    let (_, kind, _, _, d) = ext_chunk(&mut c).await;
+    assert_eq!(kind, chunk::BLOCK_STATUS_EXT);
+    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 1);
+    assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), BS as u64 * BLOCKS);
+    assert_eq!(u64::from_be_bytes(d[16..24].try_into().unwrap()), 3);
+    // Flush: a NONE chunk, never a simple reply.
+    c.s.write_all(&send(0, cmd::FLUSH, 8, 0, 0)).await.unwrap();
+    assert_eq!(ext_chunk(&mut c).await.1, chunk::NONE);
 }

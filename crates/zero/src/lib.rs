@@ -8,7 +8,8 @@
 //!
 //! Races are settled conservatively, so the bitmap never claims zero for a block that may hold
 //! data: a non-zero write clears the bit before it starts; a bit is only set when no write of
-//! the same block shard began while the read or zero write was in flight; and the survey's
+//! the same block shard was in flight when the read or zero write began, nor began while it
+//! was in flight (a write still landing could make the read's answer stale); and the survey's
 //! result is not applied to blocks written while it ran, nor to blocks whose writes were already
 //! under way when it started. The bitmap is allocated in chunks on first use, so a huge sparse
 //! volume costs memory only where it is used.
@@ -36,10 +37,10 @@ const CHUNK_BITS: u64 = 1 << 16;
 /// Number of write-epoch shards (blocks map to shards by number).
 const SHARDS: usize = 1024;
 /// Discards of blocks not known to be zero run the survey (once) when, over the mount, they add
-/// up to this many blocks or to 1/64 of the volume, whichever is more. A survey costs at most
-/// one request per 1000 blocks of the volume, what discarding all of them costs, so this bounds
-/// what it can waste, while a whole-device discard (mkfs) of a new volume saves nearly all of
-/// its requests.
+/// up to this many blocks or to 1/1024 of the volume, whichever is more. A survey costs at most
+/// one request per 1000 blocks of the volume — about what the discards before it already cost
+/// (up to one delete per block) — so it can at most double what they cost, while a
+/// whole-device discard (mkfs) of a new volume saves nearly all of its requests.
 pub const DISCARD_SURVEY_MIN_BLOCKS: u64 = 1000;
 
 /// A bitmap over up to 2^32 blocks, allocated in chunks on first set.
@@ -205,8 +206,10 @@ impl ZeroCache {
             return Ok(ReadOutcome::Zero);
         }
         let e = s.epoch(n).load(SeqCst);
+        // A write of the shard still landing may store the block after the read looked.
+        let idle = s.in_flight[n as usize % SHARDS].load(SeqCst) == 0;
         let out = if update { self.inner.read_for_update(n).await? } else { self.inner.read_block(n, cond).await? };
-        if out == ReadOutcome::Zero && s.epoch(n).load(SeqCst) == e {
+        if out == ReadOutcome::Zero && idle && s.epoch(n).load(SeqCst) == e {
             s.zero.set(n as u64, true);
             // A write that began after the check above wins: undo.
             if s.epoch(n).load(SeqCst) != e {
@@ -330,7 +333,7 @@ impl BlockStore for ZeroCache {
         let s = &self.shared;
         let unknown = blocks.iter().filter(|&&n| !s.zero.get(n as u64)).count() as u64;
         let so_far = s.discarded_unknown.fetch_add(unknown, SeqCst) + unknown;
-        if unknown > 0 && so_far >= DISCARD_SURVEY_MIN_BLOCKS.max(self.inner.num_blocks() / 64) {
+        if unknown > 0 && so_far >= DISCARD_SURVEY_MIN_BLOCKS.max(self.inner.num_blocks() / 1024) {
             // Once per mount (and not again after --listBlocks): learn which blocks exist.
             s.survey.get_or_init(|| s.survey(self.inner.as_ref(), "for a large discard")).await;
         }
@@ -508,6 +511,30 @@ mod tests {
         z.stats().write_stats(&mut w);
         let text = w.into_string();
         assert!(text.contains("zero_block_cache_read_hits   1\n") && text.contains("zero_block_cache_write_hits  1\n"), "{text}");
+    }
+
+    /// A read that finds no object while a write of the same block is still landing must not
+    /// mark the block zero (it did, and the next partial write then wrote zeros over the landed
+    /// data).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_during_a_write_in_flight_does_not_mark_the_block_zero() {
+        let mem = Mem::new(16, 0);
+        mem.hold.store(7, SeqCst);
+        let z = Arc::new(ZeroCache::new(mem.clone(), false));
+        let z2 = z.clone();
+        let w = tokio::spawn(async move { z2.write_block(7, Some(Bytes::from_static(b"abcd"))).await });
+        while z.shared.in_flight[7].load(SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The object is not there yet: the store answers zero.
+        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert!(!z.is_known_zero(7), "marked zero while a write was in flight");
+        mem.release.notify_one();
+        w.await.unwrap().unwrap();
+        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"abcd"));
+        // Once nothing is in flight, a zero answer is remembered again.
+        assert_eq!(z.read_block(8, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert!(z.is_known_zero(8));
     }
 
     #[tokio::test]

@@ -14,6 +14,12 @@ pub struct NbdArgs {
     /// Allow --nbdListen on a TCP address other than loopback (NBD has no authentication).
     #[arg(long = "nbdAllowRemote", help_heading = "NBD")]
     pub nbd_allow_remote: bool,
+    /// TLS certificate chain (PEM) for the NBD server: clients must then use TLS (STARTTLS).
+    #[arg(long = "nbdTlsCert", value_name = "FILE", help_heading = "NBD")]
+    pub nbd_tls_cert: Option<String>,
+    /// Private key (PEM) of --nbdTlsCert.
+    #[arg(long = "nbdTlsKey", value_name = "FILE", help_heading = "NBD")]
+    pub nbd_tls_key: Option<String>,
     /// nbdkit flag (upstream passes it to nbdkit); accepted and ignored, with a warning.
     #[arg(long = "nbd-flag", value_name = "FLAG", help_heading = "NBD")]
     pub nbd_flag: Vec<String>,
