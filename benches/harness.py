@@ -19,9 +19,11 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
              a block, whatever a file system would have done
   readlat    read latency under write-back, on the loop device: 4 KiB O_DIRECT reads, one at a
              time, each of a different block not in the cache, first with nothing else going on,
-             then while a fio sequential write of the data size keeps the cache full of dirty
-             blocks; reports the loaded median and p90 as ratios to the idle median, and the
-             writer's throughput with the reader as a ratio to a run of the same write alone
+             then while a fio sequential write of the data size elsewhere on the device drains
+             through the cache (counted once the cache is half full of dirty blocks, or 2 s into
+             the write for a program whose cache never gets that full); reports the loaded
+             median and p90 as ratios to the idle median, and the writer's throughput with the
+             reader as a ratio to a run of the same write alone
   mkfs       mkfs.ext4 with its defaults (so it discards the whole device first) on a new volume
              of --mkfs-size (1 TiB), through the loop device: seconds and requests
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
