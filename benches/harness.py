@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark harness: C s3backer 1.5.4 against s3backer-rs.
+"""Side-by-side benchmark harness: C s3backer 1.5.4 (and optionally a second C build, such as a
+newer upstream, picked with --c-binary) against s3backer-rs.
 
 Both systems run with equivalent flags against one real S3 server (Garage on 127.0.0.1, started
 fresh for every run so each run has a fresh bucket), optionally behind s3b-netsim, which adds
@@ -12,6 +13,19 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
   randread   fio 4 KiB random read, iodepth 16, time-bounded
   randwrite  fio 4 KiB random write, iodepth 16, time-bounded, ending in fsync
   metadata   copy a generated tree of small files in, unmount, remount, read it back
+  seqwrite-unaligned
+             fio 1 MiB sequential write of the data size straight to the loop device, starting
+             68 KiB past a block boundary, ending in fsync: every request starts and ends inside
+             a block, whatever a file system would have done
+  readlat    read latency under write-back, on the loop device: 4 KiB O_DIRECT reads, one at a
+             time, each of a different block not in the cache, first with nothing else going on,
+             then while a fio sequential write of the data size elsewhere on the device drains
+             through the cache (counted once the cache is half full of dirty blocks, or 2 s into
+             the write for a program whose cache never gets that full); reports the loaded
+             median and p90 as ratios to the idle median, and the writer's throughput with the
+             reader as a ratio to a run of the same write alone
+  mkfs       mkfs.ext4 with its defaults (so it discards the whole device first) on a new volume
+             of --mkfs-size (1 TiB), through the loop device: seconds and requests
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
              signed with the body's SHA-256 like the uploads of both s3backers)
 
@@ -23,12 +37,15 @@ Unix socket, the file exposed by nbdfuse, then the same ext4 on a direct-I/O loo
 
 For each it records MB/s or IOPS, the daemon's CPU seconds and peak RSS, and HTTP requests from
 the stats file, and writes a Markdown table (ratios ours/C, % of the ceiling) and a JSON file.
+With --c-binary the table gains a column for that build ("C other") and the ratio ours/C other.
 Everything talks to 127.0.0.1 only.
 """
 
 import argparse
 import hashlib
 import json
+import math
+import mmap
 import os
 import platform
 import random
@@ -175,10 +192,10 @@ SYSTEMS = {
 class Daemon:
     """One s3backer process (either implementation) in the foreground, with /proc sampling."""
 
-    def __init__(self, system, port, mnt, cfg, logdir):
+    def __init__(self, system, port, mnt, cfg, logdir, size=None):
         program, extra = SYSTEMS[system]
         common = [f"--baseURL=http://127.0.0.1:{port}/", f"--accessId={ACCESS}", f"--accessKey={SECRET}",
-                  f"--blockSize={cfg.block_size}", f"--size={cfg.size}",
+                  f"--blockSize={cfg.block_size}", f"--size={size or cfg.size}",
                   f"--blockCacheSize={cfg.cache_blocks}", f"--blockCacheThreads={cfg.threads}"]
         # A system's own flags replace the common ones of the same name.
         names = {e.split("=")[0] for e in extra}
@@ -277,6 +294,199 @@ class Ext4:
     def stop(self):
         sh(f"umount {self.mnt}", check=False)
         sh(f"losetup -d {self.loop}", check=False)
+
+
+class Loop:
+    """The volume file as a loop device opened with --direct-io=on, without a file system."""
+
+    def __init__(self, file):
+        self.dev = sh(f"losetup --direct-io=on --show -f {file}").strip()
+
+    def stop(self):
+        sh(f"losetup -d {self.dev}", check=False)
+
+
+def block_bytes(cfg):
+    bs = cfg.block_size.lower()
+    return int(bs[:-1]) * 1024 if bs.endswith("k") else int(bs[:-1]) << 20 if bs.endswith("m") else int(bs)
+
+
+def percentile(xs, q):
+    """The q-quantile of xs (nearest rank)."""
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class DirectReader:
+    """4 KiB O_DIRECT reads of a device, one at a time, each timed."""
+
+    def __init__(self, dev):
+        self.fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
+        self.buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+
+    def read(self, offset):
+        t = time.perf_counter()
+        n = os.preadv(self.fd, [self.buf], offset)
+        dt = time.perf_counter() - t
+        if n != 4096:
+            raise RuntimeError(f"short read at {offset}: {n} bytes")
+        return dt
+
+    def close(self):
+        os.close(self.fd)
+
+
+def dirty_ratio(daemon):
+    return daemon.stats().get("block_cache_dirty_ratio", 0.0)
+
+
+def readlat(daemon, dev, cfg, result):
+    """Read latency under write-back, on a loop device of a fresh mount whose first cfg.read_mb
+    MiB hold data in the store and nothing in the cache. Fills `result`."""
+    bs = block_bytes(cfg)
+    nblocks = cfg.read_mb * 1048576 // bs
+    rnd = random.Random(7)
+    blocks = list(range(nblocks))
+    rnd.shuffle(blocks)
+    todo = iter(blocks)
+
+    def offset():
+        # A block not read before (so not in the cache), a random 4 KiB inside it.
+        return next(todo) * bs + rnd.randrange(bs // 4096) * 4096
+
+    writer_off = cfg.writer_offset_mb * 1048576
+    write = (f"fio --name=writer --output-format=json --ioengine=libaio --direct=1 --refill_buffers "
+             f"--rw=write --bs=1M --size={cfg.data_mb}m --offset={writer_off} --filename={dev} --end_fsync=1")
+    # The writer alone.
+    t0 = time.time()
+    sh(write)
+    alone = cfg.data_mb * 1048576 / (time.time() - t0) / 1e6
+    reader = DirectReader(dev)
+    try:
+        idle = [reader.read(offset()) for _ in range(cfg.idle_reads)]
+        # The same write with the reader: reads are counted once the cache is at least half
+        # full of dirty blocks (the backlog is there) until the writer has finished (its fsync
+        # included, when the write-back drains).
+        st0 = daemon.stats()
+        t0 = time.time()
+        proc = subprocess.Popen(write, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        loaded, backlog, skipped, dirty_seen = [], False, 0, 0.0
+        try:
+            while proc.poll() is None:
+                if not backlog:
+                    dirty_seen = max(dirty_seen, dirty_ratio(daemon))
+                    # A program whose writes are slower than its uploads never builds a backlog
+                    # (C 1.5.4 at 20 ms): its reads count from 2 s into the write.
+                    backlog = dirty_seen >= 0.5 or time.time() - t0 >= 2
+                try:
+                    dt = reader.read(offset())
+                except StopIteration:
+                    break
+                if backlog and proc.poll() is None:
+                    loaded.append(dt)
+                else:
+                    skipped += 1
+            if proc.wait() != 0:
+                raise RuntimeError(f"writer failed: {proc.stderr.read()[-300:]}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        with_reader = cfg.data_mb * 1048576 / (time.time() - t0) / 1e6
+        st1 = daemon.stats()
+    finally:
+        reader.close()
+    if len(loaded) < 10:
+        raise RuntimeError(f"only {len(loaded)} reads while the writer ran (dirty ratio seen {dirty_seen:.2f})")
+    med = percentile(idle, 0.5)
+    ms = lambda x: round(1000 * x, 1)  # noqa: E731
+    result.update(
+        value=percentile(loaded, 0.5) / med, unit="x idle median",
+        idle_median_ms=ms(med), idle_p90_ms=ms(percentile(idle, 0.9)),
+        loaded_median_ms=ms(percentile(loaded, 0.5)), loaded_p90_ms=ms(percentile(loaded, 0.9)),
+        loaded_max_ms=ms(max(loaded)),
+        median_ratio=round(percentile(loaded, 0.5) / med, 2), p90_ratio=round(percentile(loaded, 0.9) / med, 2),
+        reads_idle=len(idle), reads_loaded=len(loaded), reads_skipped=skipped,
+        dirty_ratio_when_counting=round(dirty_seen, 2),
+        writer_alone_mbs=round(alone, 1), writer_with_reader_mbs=round(with_reader, 1),
+        writer_ratio=round(with_reader / alone, 2),
+        idle_ms=[ms(x) for x in idle], loaded_ms=[ms(x) for x in loaded])
+    # The transport's own view of GETs during the loaded phase (ours: average GET time).
+    # (The stats file gives averages since mount, so the loaded phase's average is worked out
+    # from the averages and counts before and after.)
+    for kind in ("get", "put"):
+        n0, n1 = st0.get(f"http_{kind}s", 0), st1.get(f"http_{kind}s", 0)
+        a0, a1 = st0.get(f"http_avg_{kind}_time", 0), st1.get(f"http_avg_{kind}_time", 0)
+        if n1 > n0 and a1 > 0:
+            result[f"loaded_avg_{kind}_ms"] = round(1000 * (a1 * n1 - a0 * n0) / (n1 - n0), 1)
+
+
+def run_device_workload(system, workload, cfg, latency, work):
+    """Workloads on the loop device itself, without ext4: seqwrite-unaligned, readlat, mkfs."""
+    garage = Garage(work)
+    proxy = Netsim(garage.port, latency // 2) if latency > 0 else None
+    port = proxy.port if proxy else garage.port
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    daemon = loop = None
+    result = {"system": system, "workload": workload, "latency_ms": latency}
+    try:
+        size = cfg.mkfs_size if workload == "mkfs" else None
+        daemon = Daemon(system, port, mnt, cfg, work, size=size)
+        loop = Loop(os.path.join(mnt, "file"))
+        if workload == "readlat":
+            # Data for the reader, in the store, then a fresh mount with nothing cached.
+            fio("prep", f"--rw=write --bs=1M --size={cfg.read_mb}m --filename={loop.dev} --end_fsync=1")
+            loop.stop()
+            daemon.stop()
+            daemon = Daemon(system, port, mnt, cfg, work)
+            sh("echo 3 > /proc/sys/vm/drop_caches")
+            loop = Loop(os.path.join(mnt, "file"))
+        t0 = time.time()
+        server_cpu0 = proc_cpu(garage.proc.pid)
+        server_req0 = garage.requests()
+        if workload == "seqwrite-unaligned":
+            off = cfg.unaligned_offset
+            fio("seqwrite-unaligned", f"--rw=write --bs=1M --size={cfg.data_mb}m --offset={off} "
+                                      f"--filename={loop.dev} --end_fsync=1")
+            secs = time.time() - t0
+            result.update(value=cfg.data_mb * 1048576 / secs / 1e6, unit="MB/s", offset=off)
+        elif workload == "readlat":
+            readlat(daemon, loop.dev, cfg, result)
+        elif workload == "mkfs":
+            try:
+                r = subprocess.run(["mkfs.ext4", "-q", "-F", loop.dev], capture_output=True, text=True,
+                                   timeout=cfg.mkfs_timeout)
+                if r.returncode != 0:
+                    raise RuntimeError(f"mkfs.ext4 failed: {r.stderr.strip()[-200:]}")
+                secs = time.time() - t0
+                result.update(value=secs, unit="s", size=cfg.mkfs_size)
+            except subprocess.TimeoutExpired:
+                result.update(error=f"mkfs.ext4 not finished after {cfg.mkfs_timeout} s", size=cfg.mkfs_size,
+                              requests_so_far={k: v - server_req0.get(k, 0) for k, v in garage.requests().items()
+                                               if v - server_req0.get(k, 0) > 0})
+        loop.stop()
+        loop = None
+        cpu, rss, st = daemon.stop()
+        daemon = None
+        result.update(server_cpu_s=round(proc_cpu(garage.proc.pid) - server_cpu0, 2),
+                      wall_s=round(time.time() - t0, 2))
+        req = garage.requests()
+        result.update(server_requests={k: v - server_req0.get(k, 0) for k, v in req.items()
+                                       if v - server_req0.get(k, 0) > 0})
+        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(rss, 1),
+                      http_gets=int(st.get("http_gets", 0)), http_puts=int(st.get("http_puts", 0)),
+                      http_deletes=int(st.get("http_deletes", 0)))
+    except Exception as e:  # a failed run is reported, not hidden
+        result.update(error=str(e).splitlines()[0][:200])
+    finally:
+        if loop:
+            loop.stop()
+        if daemon:
+            daemon.stop()
+        if proxy:
+            proxy.stop()
+        garage.stop()
+    return result
 
 
 def fio(name, args):
@@ -434,49 +644,109 @@ def median_run(runs):
 
 
 def table(results, cfg):
-    lines = [f"# s3backer-rs vs C s3backer 1.5.4 — benchmark results", "",
+    cs = [c for c in ("c", "c2") if c in cfg.system_list]
+    name = {"c": "C 1.5.4", "c2": "C other"}
+    sys_list = cs + ["ours"]
+    lines = [f"# s3backer-rs vs C s3backer — benchmark results", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
              f"({os.cpu_count()} cores, {platform.platform()}), "
              + ", ".join(f"{lat} ms: " + ("one run each" if n == 1 else f"median of {n} runs each, systems alternating")
                          for lat, n in cfg.repeats.items())
              + ", side by side.",
              f"Server: Garage on 127.0.0.1 (fresh per run); latency added by s3b-netsim (round trip).",
-             f"Flags for both: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
+             f"Flags for all: --blockSize={cfg.block_size} --size={cfg.size} --blockCacheSize={cfg.cache_blocks} "
              f"--blockCacheThreads={cfg.threads}; C also --md5CacheSize=0 (1.5.4 enables it by default).",
-             f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s.",
+             f"ext4 on `losetup --direct-io=on`; data size {cfg.data_mb} MiB; random I/O {cfg.rand_secs} s; "
+             f"seqwrite-unaligned: the loop device itself from byte {cfg.unaligned_offset}.",
              "CPU s: the daemon's whole life; server CPU s and S3 requests (counted by the server, every "
              "answer) cover the measured part and the flush at unmount. Ceiling PUTs are signed with the "
-             "body's SHA-256, as both s3backers sign theirs.", "",
-             "| latency | workload | C 1.5.4 | ours | ours/C | ours % of ceiling | CPU s C / ours | server CPU s C / ours | peak RSS MiB C / ours | S3 requests C / ours |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "body's SHA-256, as both s3backers sign theirs."]
+    if "c2" in cs:
+        lines.append(f"C other: `{cfg.c_binary}` ({cfg.c_version}).")
+    head = " | ".join(name[c] for c in cs)
+    ratios = " | ".join(f"ours/{name[c]}" for c in cs)
+    per = " / ".join(name[c] for c in cs) + " / ours"
+    lines += ["", f"| latency | workload | {head} | ours | {ratios} | ours % of ceiling | CPU s {per} "
+              f"| server CPU s {per} | peak RSS MiB {per} | S3 requests {per} |",
+              "|---|---|" + "---|" * (2 * len(cs) + 6)]
+    blank = " |" * (len(cs) + 4)
     by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
+
+    def val(r):
+        return f"error: {r['error']}" if "error" in r else f"{r['value']:.1f} {r['unit']}"
+
+    def req(r):
+        return str(sum(r["server_requests"].values())) if "server_requests" in r else "–"
+
+    def each(rows, f):
+        return " / ".join(str(f(r)) for r in rows)
+
     for lat in cfg.latencies:
         ceil = by.get((lat, "ceiling", "raw"), {})
         for w in cfg.workloads:
-            c, o = by.get((lat, w, "c")), by.get((lat, w, "ours"))
-            if not c or not o:
+            if w in ("readlat", "mkfs"):
                 continue
-            if w == "seqwrite" and "durable_mbs" in c and "durable_mbs" in o:
-                lines.append(f"| {lat} ms | seqwrite until in S3 (incl. unmount flush) | {c['durable_mbs']} MB/s "
-                             f"| {o['durable_mbs']} MB/s | {o['durable_mbs'] / c['durable_mbs']:.2f} "
-                             f"| {100 * o['durable_mbs'] / ceil['put_mbs']:.0f} % | | | | |" if ceil.get("put_mbs") else "")
-            if w == "metadata" and "durable_files_per_s" in c and "durable_files_per_s" in o:
-                lines.append(f"| {lat} ms | metadata, writes until in S3 (incl. unmount flush) | {c['durable_files_per_s']} files/s "
-                             f"| {o['durable_files_per_s']} files/s | {o['durable_files_per_s'] / c['durable_files_per_s']:.2f} "
-                             f"| – | | | | |")
-            def val(r):
-                return f"error: {r['error']}" if "error" in r else f"{r['value']:.1f} {r['unit']}"
-            ratio = f"{o['value'] / c['value']:.2f}" if "value" in o and "value" in c and c["value"] > 0 else "–"
+            rows = [by.get((lat, w, x)) for x in sys_list]
+            if not all(rows):
+                continue
+            o = rows[-1]
+            for key, label, unit in (("durable_mbs", "seqwrite until in S3 (incl. unmount flush)", "MB/s"),
+                                     ("durable_files_per_s", "metadata, writes until in S3 (incl. unmount flush)",
+                                      "files/s")):
+                if all(key in r for r in rows) and w in ("seqwrite", "seqwrite-unaligned", "metadata"):
+                    label = label.replace("seqwrite", w)
+                    pct = (f"{100 * o[key] / ceil['put_mbs']:.0f} %" if unit == "MB/s" and ceil.get("put_mbs")
+                           else "–")
+                    lines.append(f"| {lat} ms | {label} | " + " | ".join(f"{r[key]} {unit}" for r in rows)
+                                 + " | " + " | ".join(f"{o[key] / r[key]:.2f}" if r[key] else "–" for r in rows[:-1])
+                                 + f" | {pct} |" + " |" * 4)
+            ratio = " | ".join(f"{o['value'] / r['value']:.2f}" if "value" in o and r.get("value") else "–"
+                               for r in rows[:-1])
             pct = "–"
-            if "value" in o and w in ("seqwrite", "seqread") and ceil.get("put_mbs"):
-                pct = f"{100 * o['value'] / ceil['put_mbs' if w == 'seqwrite' else 'get_mbs']:.0f} %"
-            def req(r):
-                return str(sum(r["server_requests"].values())) if "server_requests" in r else "–"
-            lines.append(f"| {lat} ms | {w} | {val(c)} | {val(o)} | {ratio} | {pct} | {c.get('cpu_s', '–')} / {o.get('cpu_s', '–')} "
-                         f"| {c.get('server_cpu_s', '–')} / {o.get('server_cpu_s', '–')} "
-                         f"| {c.get('peak_rss_mib', '–')} / {o.get('peak_rss_mib', '–')} | {req(c)} / {req(o)} |")
+            if "value" in o and w in ("seqwrite", "seqwrite-unaligned", "seqread") and ceil.get("put_mbs"):
+                pct = f"{100 * o['value'] / ceil['get_mbs' if w == 'seqread' else 'put_mbs']:.0f} %"
+            lines.append(f"| {lat} ms | {w} | " + " | ".join(val(r) for r in rows) + f" | {ratio} | {pct} "
+                         f"| {each(rows, lambda r: r.get('cpu_s', '–'))} | {each(rows, lambda r: r.get('server_cpu_s', '–'))} "
+                         f"| {each(rows, lambda r: r.get('peak_rss_mib', '–'))} | {each(rows, req)} |")
         if ceil:
-            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s | GET {ceil.get('get_mbs', '–')} MB/s | | | | | | |")
+            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s "
+                         f"| GET {ceil.get('get_mbs', '–')} MB/s |" + " |" * (len(cs) + 5))
+    # Read latency under write-back.
+    rl = [(lat, x, by[(lat, "readlat", x)]) for lat in cfg.latencies for x in sys_list if (lat, "readlat", x) in by]
+    if rl:
+        lines += ["", "## Read latency under write-back", "",
+                  f"4 KiB O_DIRECT reads of the loop device, one at a time, each of a block not in the cache: "
+                  f"{cfg.idle_reads} with nothing else going on, then as many as fit while fio writes {cfg.data_mb} MiB "
+                  "(1 MiB requests, ending in fsync) elsewhere on the device, counted from when the cache is half "
+                  "full of dirty blocks, or 2 s into the write for a program whose cache never gets that full "
+                  "(the dirty column: the dirty ratio when counting began). Ratios are to the idle median "
+                  "(targets: median ≤ 1.2, p90 ≤ 1.5); the "
+                  "writer's rate with the reader is compared with the same write alone (target ≥ 0.90).", "",
+                  "| latency | system | idle median ms | loaded median ms | loaded p90 ms | median ratio | p90 ratio "
+                  "| reads idle / loaded | dirty | writer alone MB/s | writer with reader MB/s | writer ratio | avg GET / PUT ms (loaded) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for lat, x, r in rl:
+            label = name.get(x, x)
+            if "error" in r:
+                lines.append(f"| {lat} ms | {label} | error: {r['error']} |" + " |" * 11)
+                continue
+            lines.append(f"| {lat} ms | {label} | {r['idle_median_ms']} | {r['loaded_median_ms']} | {r['loaded_p90_ms']} "
+                         f"| {r['median_ratio']} | {r['p90_ratio']} | {r['reads_idle']} / {r['reads_loaded']} "
+                         f"| {r.get('dirty_ratio_when_counting', '–')} "
+                         f"| {r['writer_alone_mbs']} | {r['writer_with_reader_mbs']} | {r['writer_ratio']} "
+                         f"| {r.get('loaded_avg_get_ms', '–')} / {r.get('loaded_avg_put_ms', '–')} |")
+    mk = [(lat, x, by[(lat, "mkfs", x)]) for lat in cfg.latencies for x in sys_list if (lat, "mkfs", x) in by]
+    if mk:
+        lines += ["", f"## mkfs.ext4 of a new {cfg.mkfs_size} volume", "",
+                  "`mkfs.ext4 -q -F` with its defaults (it discards the whole device first) on the loop device of "
+                  "a volume never written before; S3 requests counted by the server (target: ≤ 20 s at 20 ms).", "",
+                  "| latency | system | seconds | S3 requests | daemon CPU s | server CPU s |", "|---|---|---|---|---|---|"]
+        for lat, x, r in mk:
+            reqs = r.get("server_requests") or r.get("requests_so_far") or {}
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())) or "–"
+            secs = f"error: {r['error']}" if "error" in r else f"{r['value']:.1f}"
+            lines.append(f"| {lat} ms | {name.get(x, x)} | {secs} | {detail} | {r.get('cpu_s', '–')} "
+                         f"| {r.get('server_cpu_s', '–')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -512,7 +782,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--latency", default="0,20", help="round-trip latencies in ms, comma separated")
-    p.add_argument("--workloads", default="seqwrite,seqread,randread,randwrite,metadata")
+    p.add_argument("--workloads", default="seqwrite,seqwrite-unaligned,seqread,randread,randwrite,metadata,"
+                                          "readlat,mkfs")
     p.add_argument("--systems", default="c,ours", help=f"comma separated, of: {', '.join(SYSTEMS)}")
     p.add_argument("--cache-effect", action="store_true",
                    help="instead of C vs ours: ours with and without the cache and read-ahead, "
@@ -520,6 +791,11 @@ def main():
     p.add_argument("--repeat", default="3,1",
                    help="run each workload this many times per system (systems alternating) and "
                         "report the median run; one number, or one per latency (e.g. 3,1)")
+    p.add_argument("--c-binary", metavar="PATH",
+                   help="a second C s3backer build (e.g. a newer upstream) to run beside C 1.5.4 and ours; "
+                        "adds the system c2")
+    p.add_argument("--mkfs-size", default=None, help="volume size for the mkfs workload (default 1t, 64g with --quick)")
+    p.add_argument("--mkfs-timeout", type=int, default=600, help="seconds before a mkfs run is given up")
     p.add_argument("--block-size", default="256k")
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
@@ -536,6 +812,21 @@ def main():
             cfg.out = os.path.join(ROOT, "benches/CACHE.md")
         if cfg.json == p.get_default("json"):
             cfg.json = os.path.join(ROOT, "benches/cache.json")
+    if cfg.c_binary:
+        if not os.access(cfg.c_binary, os.X_OK):
+            sys.exit(f"--c-binary {cfg.c_binary}: not an executable file")
+        # Flags as for 1.5.4 (all exist in 2.x too, where they are already the defaults).
+        SYSTEMS["c2"] = (cfg.c_binary, SYSTEMS["c"][1])
+        listed = cfg.systems.split(",")
+        if "c2" not in listed and not cfg.cache_effect:
+            listed.insert(listed.index("ours") if "ours" in listed else len(listed), "c2")
+            cfg.systems = ",".join(listed)
+        v = subprocess.run([cfg.c_binary, "--version"], capture_output=True, text=True)
+        cfg.c_version = ((v.stdout + v.stderr).strip().splitlines() or ["version unknown"])[0]
+    unknown = [x for x in cfg.systems.split(",") if x not in SYSTEMS]
+    if unknown:
+        sys.exit(f"unknown system(s) {', '.join(unknown)} (c2 needs --c-binary)")
+    cfg.system_list = cfg.systems.split(",")
     cfg.latencies = [int(x) for x in cfg.latency.split(",")]
     reps = [int(x) for x in cfg.repeat.split(",")]
     cfg.repeats = {lat: reps[min(i, len(reps) - 1)] for i, lat in enumerate(cfg.latencies)}
@@ -544,6 +835,14 @@ def main():
     cfg.size = "1g" if cfg.quick else "4g"
     cfg.rand_secs = 5 if cfg.quick else 20
     cfg.meta_files = 1000 if cfg.quick else 10000
+    cfg.mkfs_size = cfg.mkfs_size or ("64g" if cfg.quick else "1t")
+    # Where the unaligned write starts: 68 KiB past a block boundary (256 KiB blocks: inside
+    # block 4), so every 1 MiB request starts and ends inside a block.
+    cfg.unaligned_offset = 4 * block_bytes(cfg) + 68 * 1024
+    # readlat: the reader's data at the start of the device, the writer's 1 GiB (quick: 256 MiB) on.
+    cfg.read_mb = 64 if cfg.quick else 256
+    cfg.writer_offset_mb = 256 if cfg.quick else 1024
+    cfg.idle_reads = 30 if cfg.quick else 100
     if os.geteuid() != 0:
         sys.exit("benchmarks need root (FUSE, loop devices)")
     work = tempfile.mkdtemp(prefix="s3b-bench-", dir="/tmp")
@@ -558,7 +857,10 @@ def main():
                 runs = {s: [] for s in cfg.systems.split(",")}
                 for _ in range(cfg.repeats[lat]):
                     for system in runs:
-                        r = run_workload(system, w, cfg, lat, work)
+                        if w in ("seqwrite-unaligned", "readlat", "mkfs"):
+                            r = run_device_workload(system, w, cfg, lat, work)
+                        else:
+                            r = run_workload(system, w, cfg, lat, work)
                         print(json.dumps(r), flush=True)
                         runs[system].append(r)
                 for system, rs in runs.items():

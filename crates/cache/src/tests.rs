@@ -18,6 +18,13 @@ pub(crate) struct Mem {
     pub hold_writes: AtomicBool,
     pub read_delay_ms: AtomicU64,
     pub released: Notify,
+    /// Reads wait at the store while set (released by `reads_released`).
+    pub hold_reads: AtomicBool,
+    pub reads_released: Notify,
+    /// Uploads inside `write_block` now, the most at once, and a signal for each change.
+    pub writes_in_flight: AtomicUsize,
+    pub max_writes_in_flight: AtomicUsize,
+    pub in_flight_changed: Notify,
 }
 
 #[async_trait]
@@ -30,6 +37,13 @@ impl BlockStore for Mem {
     }
     async fn read_block(&self, n: BlockNum, _cond: ReadCondition) -> Result<ReadOutcome> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        while self.hold_reads.load(Ordering::SeqCst) {
+            let w = self.reads_released.notified();
+            if !self.hold_reads.load(Ordering::SeqCst) {
+                break;
+            }
+            w.await;
+        }
         let d = self.read_delay_ms.load(Ordering::SeqCst);
         if d > 0 {
             tokio::time::sleep(Duration::from_millis(d)).await;
@@ -43,6 +57,30 @@ impl BlockStore for Mem {
         })
     }
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+        let now = self.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.in_flight_changed.notify_waiters();
+        let r = self.write_block_inner(n, data).await;
+        self.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight_changed.notify_waiters();
+        r
+    }
+    async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
+        Ok(())
+    }
+    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        for n in self.blocks.lock().keys() {
+            sink(*n);
+        }
+        Ok(())
+    }
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Mem {
+    async fn write_block_inner(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
         while self.hold_writes.load(Ordering::SeqCst) {
             let w = self.released.notified();
             if !self.hold_writes.load(Ordering::SeqCst) {
@@ -66,17 +104,30 @@ impl BlockStore for Mem {
         }
         Ok(None)
     }
-    async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
-        Ok(())
-    }
-    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        for n in self.blocks.lock().keys() {
-            sink(*n);
+
+    /// Waits until exactly `n` uploads are inside the store (a guard turns a hang into a
+    /// failure).
+    async fn until_in_flight(&self, n: usize) {
+        let wait = async {
+            loop {
+                let changed = self.in_flight_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.writes_in_flight.load(Ordering::SeqCst) == n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .is_err()
+        {
+            panic!(
+                "never {n} uploads in flight (now {})",
+                self.writes_in_flight.load(Ordering::SeqCst)
+            );
         }
-        Ok(())
-    }
-    async fn shutdown(&self) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -591,4 +642,111 @@ async fn default_write_block_part_is_read_modify_write() {
     let e = mem.write_block_part(5, 15, bytes(1, 2)).await.err().unwrap().to_string();
     assert!(e.contains("pass the end of the block"), "{e}");
     assert_eq!(mem.read_block_part(5, 2, 3).await.unwrap(), Bytes::from(vec![9, 1, 1]));
+}
+
+/// The cache full of dirty blocks, every upload slot taken by an upload that does not finish
+/// and a writer waiting for room: a read of a block that is not cached still goes to the store
+/// at once and comes back, while not one upload has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(50, block(50));
+    mem.hold_writes.store(true, Ordering::SeqCst);
+    let c = Arc::new(BlockCache::new(
+        mem.clone(),
+        CacheConfig {
+            threads: 4,
+            write_delay: Duration::ZERO,
+            ..cfg(8)
+        },
+    ));
+    for n in 0..8 {
+        c.write_block(n, Some(block(n as u8 + 1))).await.unwrap();
+    }
+    mem.until_in_flight(4).await;
+    // A ninth block: its writer waits for room.
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move { c.write_block(9, Some(block(9))).await })
+    };
+    let waiting = async {
+        while c.shared.state.lock().space_waiters == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the ninth writer waits for room");
+    assert_eq!(c.dirty_count(), 8);
+
+    let got = tokio::time::timeout(Duration::from_secs(20), read(&c, 50))
+        .await
+        .expect("a read miss waited for the upload backlog");
+    assert_eq!(got, block(50));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "one read of the store");
+    assert_eq!(
+        mem.writes.load(Ordering::SeqCst),
+        0,
+        "no upload had finished"
+    );
+    assert!(!writer.is_finished(), "the writer still waits for room");
+
+    mem.hold_writes.store(false, Ordering::SeqCst);
+    mem.released.notify_waiters();
+    writer.await.unwrap().unwrap();
+    c.flush(None).await.unwrap();
+    for n in 0..8u32 {
+        assert_eq!(mem.blocks.lock().get(&n), Some(&block(n as u8 + 1)));
+    }
+    assert_eq!(mem.blocks.lock().get(&9), Some(&block(9)));
+}
+
+/// With no reads, uploads fill every one of `threads` slots; a read waiting at the store takes
+/// none of them, and uploads go on (and finish) while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_use_every_thread_and_waiting_reads_take_none() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(60, block(60));
+    mem.hold_writes.store(true, Ordering::SeqCst);
+    let c = Arc::new(BlockCache::new(
+        mem.clone(),
+        CacheConfig {
+            threads: 8,
+            write_delay: Duration::ZERO,
+            ..cfg(40)
+        },
+    ));
+    for n in 0..12 {
+        c.write_block(n, Some(block(1))).await.unwrap();
+    }
+    mem.until_in_flight(8).await;
+    assert_eq!(c.shared.state.lock().uploading, 8);
+
+    // A read held at the store: the uploads keep their eight slots and stay in flight.
+    mem.hold_reads.store(true, Ordering::SeqCst);
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move { read(&c, 60).await })
+    };
+    let at_store = async {
+        while mem.reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), at_store)
+        .await
+        .expect("the read reaches the store");
+    assert_eq!(c.shared.state.lock().uploading, 8);
+    assert_eq!(mem.writes_in_flight.load(Ordering::SeqCst), 8);
+
+    // Uploads finish while the read is still held, and the next ones start at full width.
+    mem.hold_writes.store(false, Ordering::SeqCst);
+    mem.released.notify_waiters();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.writes.load(Ordering::SeqCst), 12);
+    assert_eq!(mem.max_writes_in_flight.load(Ordering::SeqCst), 8);
+    assert!(!reader.is_finished());
+    mem.hold_reads.store(false, Ordering::SeqCst);
+    mem.reads_released.notify_waiters();
+    assert_eq!(reader.await.unwrap(), block(60));
 }
