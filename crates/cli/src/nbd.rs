@@ -232,7 +232,9 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         let _ = std::env::set_current_dir("/");
         Some(p)
     };
-    match serve(&cfg, codec, target, tls, pipe) {
+    // Before any thread exists, as for a mount (see daemon::set_io_flusher).
+    let flusher = daemon::set_io_flusher();
+    match serve(&cfg, codec, target, tls, pipe, flusher) {
         Ok(code) => Ok(code),
         Err((e, Some(pipe))) => {
             crate::logging::stop_stderr();
@@ -291,6 +293,7 @@ fn serve(
     target: Target,
     tls: Option<Arc<rustls::ServerConfig>>,
     pipe: Option<ReadyPipe>,
+    flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
         Ok(rt) => rt,
@@ -322,6 +325,9 @@ fn serve(
     let server = Server::new(volume, export);
     let server_tls = cfg.cli.nbd.nbd_tls_cert.is_some();
     let serving = rt.spawn(server.clone().run(listener));
+    if let Err(e) = &flusher {
+        daemon::io_flusher_warning(e);
+    }
     if !cfg.quiet {
         log::info!(
             "serving {} over NBD on {addr} ({} blocks of {} bytes{}{})",
