@@ -35,12 +35,18 @@ impl NbdServer {
         let child = Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().unwrap();
         let mut s = NbdServer { child: Some(child), sock, stderr_path, tcp };
         let uri = s.uri();
-        wait_for(30, "the NBD server to answer", || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("s3backer exited with {st} before serving: {}", s.stderr());
             }
-            Command::new("nbdinfo").arg("--size").arg(&uri).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success()
-        });
+            let up = Command::new("nbdinfo").arg("--size").arg(&uri).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            if up.unwrap().success() {
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "timed out waiting for the NBD server to answer: {}", s.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         s
     }
 

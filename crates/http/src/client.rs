@@ -149,6 +149,8 @@ impl HttpClient {
         body: Bytes,
         max_body: usize,
     ) -> Result<Response, TransportError> {
+        // A HEAD answer's Content-Length is the object's size; it has no body.
+        let is_head = method == Method::HEAD;
         let mut rb = Request::builder().method(method).uri(url);
         for (n, v) in headers {
             rb = rb.header(n.as_str(), v.as_str());
@@ -170,11 +172,11 @@ impl HttpClient {
             };
             // Gathered into one buffer sized from Content-Length (bounded by the limit, in case
             // the server lies), so a block is copied once rather than through a growing buffer.
-            let expected = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let expected = if is_head {
+                0
+            } else {
+                parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0)
+            };
             if success && expected > limit as u64 {
                 return Err(too_large(&expected));
             }
@@ -397,6 +399,16 @@ mod tests {
         a.extend(std::iter::repeat_n(7u8, 1000));
         let r = get(server(a, None), 1000).await.unwrap();
         assert_eq!(r.body.len(), 1000);
+    }
+
+    /// A HEAD answer announces the object's size and has no body: never "too large".
+    #[tokio::test]
+    async fn a_head_answer_announcing_a_large_object_passes() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nx-amz-meta-s3backer-blocksize: 1048576\r\n\r\n".to_vec();
+        let port = server(a, None);
+        let r = client().send_limited(Method::HEAD, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000).await.unwrap();
+        assert_eq!((r.status, r.body.len()), (200, 0));
+        assert_eq!(r.headers.get("x-amz-meta-s3backer-blocksize").unwrap(), "1048576");
     }
 
     #[tokio::test]
