@@ -110,3 +110,38 @@ pub fn io_flusher_warning(e: &std::io::Error) {
         crate::io_msg(e)
     );
 }
+
+/// A serving mode's failure before it was ready, with the pipe to report it through (daemon
+/// mode) if there is one.
+pub type ServeError = (anyhow::Error, Option<ReadyPipe>);
+
+/// Runs a serving mode (a FUSE mount, an NBD server) the one way both need: daemonizes unless
+/// `foreground` (logging to syslog, working directory `/`), marks the process an I/O flusher
+/// before any thread exists ([`set_io_flusher`]; `serve` reports a refusal once it is ready),
+/// then runs `serve` with the ready pipe. A failure before ready in daemon mode is logged and
+/// handed to the waiting parent, which prints it (exit 1); in the foreground it is returned.
+pub fn run_serving(
+    foreground: bool,
+    serve: impl FnOnce(Option<ReadyPipe>, std::io::Result<()>) -> std::result::Result<i32, ServeError>,
+) -> Result<i32> {
+    let pipe = if foreground {
+        None
+    } else {
+        let p = daemonize()?;
+        crate::logging::start_syslog();
+        let _ = std::env::set_current_dir("/");
+        Some(p)
+    };
+    let flusher = set_io_flusher();
+    match serve(pipe, flusher) {
+        Ok(code) => Ok(code),
+        Err((e, Some(pipe))) => {
+            // The parent prints the error on the terminal; the daemon only logs it to syslog.
+            crate::logging::stop_stderr();
+            log::error!("{e:#}");
+            pipe.failed(&format!("{e:#}"));
+            Ok(1)
+        }
+        Err((e, None)) => Err(e),
+    }
+}

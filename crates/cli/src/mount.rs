@@ -6,7 +6,7 @@
 //! failed flush is reported and the exit code is 1, so data loss is never silent.
 
 use crate::config::Config;
-use crate::daemon::{self, ReadyPipe};
+use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{MountOption, SessionACL};
@@ -184,31 +184,9 @@ pub fn run(mut cfg: Config) -> Result<i32> {
     let (fuse_cfg, fs_cfg) = fuse_settings(&cfg)?;
     let codec = crate::encoding::codec_config(&cfg)?;
 
-    let pipe = if cfg.foreground {
-        None
-    } else {
-        let p = daemon::daemonize()?;
-        crate::logging::start_syslog();
-        let _ = std::env::set_current_dir("/");
-        Some(p)
-    };
-    // Before the runtime and the FUSE threads exist, so that they all carry the flag; a refusal
-    // is reported once mounted, so that a failed start still prints exactly one line.
-    let flusher = daemon::set_io_flusher();
-    match serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe, flusher) {
-        Ok(code) => Ok(code),
-        Err((e, Some(pipe))) => {
-            // The parent prints the error on the terminal; the daemon only logs it to syslog.
-            crate::logging::stop_stderr();
-            log::error!("{e:#}");
-            pipe.failed(&format!("{e:#}"));
-            Ok(1)
-        }
-        Err((e, None)) => Err(e),
-    }
+    daemon::run_serving(cfg.foreground, |pipe, flusher| serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe, flusher))
 }
 
-type ServeError = (anyhow::Error, Option<ReadyPipe>);
 
 fn serve(
     cfg: &Config,

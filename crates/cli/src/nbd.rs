@@ -12,7 +12,7 @@
 
 use crate::args::nbd::NbdArgs;
 use crate::config::{Config, Location, Mode};
-use crate::daemon::{self, ReadyPipe};
+use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use s3b_nbd::{ExportConfig, Listener, Server};
@@ -224,26 +224,7 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         _ => None,
     };
     let codec = crate::encoding::codec_config(&cfg)?;
-    let pipe = if cfg.foreground {
-        None
-    } else {
-        let p = daemon::daemonize()?;
-        crate::logging::start_syslog();
-        let _ = std::env::set_current_dir("/");
-        Some(p)
-    };
-    // Before any thread exists, as for a mount (see daemon::set_io_flusher).
-    let flusher = daemon::set_io_flusher();
-    match serve(&cfg, codec, target, tls, pipe, flusher) {
-        Ok(code) => Ok(code),
-        Err((e, Some(pipe))) => {
-            crate::logging::stop_stderr();
-            log::error!("{e:#}");
-            pipe.failed(&format!("{e:#}"));
-            Ok(1)
-        }
-        Err((e, None)) => Err(e),
-    }
+    daemon::run_serving(cfg.foreground, |pipe, flusher| serve(&cfg, codec, target, tls, pipe, flusher))
 }
 
 /// Binds the listening socket; a Unix socket is created mode 0600 (a stale one is replaced).
@@ -285,7 +266,6 @@ fn nbd_client(args: &[&std::ffi::OsStr]) -> Result<()> {
     bail!("nbd-client failed ({}): {why}", out.status)
 }
 
-type ServeError = (anyhow::Error, Option<ReadyPipe>);
 
 fn serve(
     cfg: &Config,
