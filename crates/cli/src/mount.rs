@@ -282,9 +282,7 @@ fn serve(
     }
     let shutdown = rt.block_on(async {
         in_flight.wait_idle().await;
-        stack.top.shutdown().await.context("flushing the volume failed")?;
-        stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await?;
-        Ok::<_, anyhow::Error>(())
+        stack.shutdown(token).await
     });
     if let Some(m) = mirror {
         m.stop();

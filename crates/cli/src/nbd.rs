@@ -14,7 +14,7 @@ use crate::args::nbd::NbdArgs;
 use crate::config::{Config, Location, Mode};
 use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use s3b_nbd::{ExportConfig, Listener, Server};
 use s3b_volume::Volume;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -404,11 +404,7 @@ fn serve(
     if !cfg.quiet {
         log::info!("NBD server stopped; flushing dirty data");
     }
-    let shutdown = rt.block_on(async {
-        stack.top.shutdown().await.context("flushing the volume failed")?;
-        stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await?;
-        Ok::<_, anyhow::Error>(())
-    });
+    let shutdown = rt.block_on(stack.shutdown(token));
     if let Some(m) = mirror {
         m.stop();
     }

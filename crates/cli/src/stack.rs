@@ -41,6 +41,15 @@ pub struct Stack {
     pub cache_file: Option<Arc<CacheFile>>,
 }
 
+impl Stack {
+    /// Ends a mount or an NBD server after its last request: writes every dirty block down, then
+    /// clears our mount token (`token`, from [`acquire_mount_token`]; 0: nothing to clear).
+    pub async fn shutdown(&self, token: u32) -> Result<()> {
+        self.top.shutdown().await.context("flushing the volume failed")?;
+        release_mount_token(self.objects.as_ref(), token, self.cache_file.as_deref()).await
+    }
+}
+
 /// Opens the transport named by the configuration and registers its counters.
 pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     match &cfg.location {
