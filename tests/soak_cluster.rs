@@ -143,7 +143,7 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
          {} proxy requests with {} faults injected ({counts:?}), {} retries, {kills} nodes killed, \
          daemon RSS {rss_start} KiB after the second job, {rss_end} KiB at the end (peak {hwm} KiB)",
         started.elapsed().as_secs(),
-        seed * JOB_BYTES >> 20,
+        (seed * JOB_BYTES) >> 20,
         counts.requests,
         counts.faults(),
         stat_value(&stats, "http_num_retries"),
