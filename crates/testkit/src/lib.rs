@@ -2,6 +2,7 @@
 //!
 //! - [`garage`]: a throw-away single-node Garage S3 server on 127.0.0.1, the real S3 server
 //!   the S3 tests run against (never a mock of our own).
+//! - [`garage_cluster`]: a 3-node Garage cluster (replication factor 3) whose nodes tests kill.
 //! - [`s3s_fs`]: a throw-away s3s-fs, a second S3 implementation with other quirks.
 //! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it,
 //!   which can also refuse every listing, as a least-privilege key's bucket policy does.
@@ -13,5 +14,6 @@
 pub mod fault_proxy;
 pub mod garage;
 pub mod public_http;
+pub mod garage_cluster;
 pub mod hostile;
 pub mod s3s_fs;

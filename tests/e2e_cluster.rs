@@ -1,0 +1,307 @@
+//! A replicated store losing members: s3b-testkit's 3-node Garage cluster (replication factor 3,
+//! quorum 2 of 3), nodes killed with SIGKILL and started again while the volume is in use.
+//!
+//! - One node down at a time (a storage node, then the node we talk to): ext4 and fio with data
+//!   verification keep working, retries show in the stats, e2fsck is clean, and a remount reads
+//!   everything back, the last time with another node down (so from a node that missed writes).
+//! - Two nodes down (no quorum): reads and writes fail with EIO once the retry budget is spent,
+//!   with a log line that says why; nothing fsync'd is lost; after the nodes return the volume
+//!   remounts without `--force` and every fsync'd byte is there.
+//! - The same with a block cache file: writes are accepted into the cache; an fsync during the
+//!   outage does not return (the uploads fail after their retry budget, are logged and retried)
+//!   until the cluster is back, then the dirty blocks go up and it returns.
+
+mod common;
+use common::*;
+use s3b_testkit::garage::BUCKET;
+use s3b_testkit::garage_cluster::GarageCluster;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
+
+/// The tests of this file run one at a time. During an outage a mount's flush waits for the
+/// cluster, and every process a test forks (a Garage node, fio, dd) inherits the open files of
+/// the other tests' mounts and closes them at exec, which is a flush: a test restarting its
+/// nodes could wait for another test's outage, and two outages could wait for each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`ONE_AT_A_TIME`] for a test (a failed test does not block the others).
+fn serialized() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
+fn args(c: &GarageCluster, extra: &[&str]) -> Vec<String> {
+    let mut a = c.s3backer_flags();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.push(BUCKET.into());
+    a
+}
+
+fn mount(c: &GarageCluster, extra: &[&str], mnt: &Path) -> Mount {
+    let a = args(c, extra);
+    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+}
+
+/// One fio job with data verification in `dir`: random writes with an fsync every 8, then a
+/// read-back of everything it wrote (or only the read-back, with `verify_only`).
+fn fio(dir: &Path, seed: u32, verify_only: bool) {
+    let mut c = Command::new("fio");
+    c.args([
+        &format!("--name=cluster{seed}"),
+        "--ioengine=psync",
+        "--rw=randwrite",
+        "--bs=16k",
+        "--size=1m",
+        "--fsync=8",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        &format!("--randseed={seed}"),
+    ]);
+    c.arg(format!("--directory={}", dir.display()));
+    c.current_dir(dir.parent().unwrap());
+    if verify_only {
+        c.arg("--verify_only");
+    }
+    let out = c.output().expect("run fio (apt-get install fio)");
+    assert!(
+        out.status.success(),
+        "fio seed {seed} {} failed:\n{}\n{}",
+        if verify_only { "verify" } else { "write+verify" },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `stat` in the mount's stats has grown by `by` from `from`.
+fn wait_stat(m: &Mount, stat: &str, from: u64, by: u64, what: &str) -> u64 {
+    let mut now = from;
+    wait_for(120, what, || {
+        now = stat_value(&m.stats(), stat);
+        now >= from + by
+    });
+    now
+}
+
+#[test]
+fn fio_verify_while_nodes_crash_and_return() {
+    let _one = serialized();
+    let mut c = GarageCluster::start();
+    let s = Scratch::new();
+    let flags = ["--size=64m", "--blockSize=16k", "--timeout=3", "--initialRetryPause=100", "--maxRetryPause=30000"];
+    let m = mount(&c, &flags, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), 40, 5);
+
+    // fio runs job after job (each verifies what it wrote) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicU32::new(0));
+    let worker = {
+        let (stop, last, dir) = (stop.clone(), last.clone(), s.ext4());
+        std::thread::spawn(move || {
+            let mut seed = 1;
+            while !stop.load(Ordering::SeqCst) {
+                fio(&dir, seed, false);
+                last.store(seed, Ordering::SeqCst);
+                seed += 1;
+            }
+        })
+    };
+    let puts = stat_value(&m.stats(), "http_puts");
+    let puts = wait_stat(&m, "http_puts", puts, 20, "writes before the first crash");
+    // A storage node crashes: the other two are a quorum.
+    c.kill(1);
+    let puts = wait_stat(&m, "http_puts", puts, 40, "writes with node 1 down");
+    c.restart(1);
+    let puts = wait_stat(&m, "http_puts", puts, 20, "writes after node 1 returned");
+    // The node we talk to crashes: every request fails until it is back.
+    let retries = stat_value(&m.stats(), "http_num_retries");
+    c.kill(0);
+    wait_stat(&m, "http_num_retries", retries, 2, "retries while node 0 is down");
+    c.restart(0);
+    wait_stat(&m, "http_puts", puts, 20, "writes after node 0 returned");
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("fio failed while nodes crashed");
+    let jobs = last.load(Ordering::SeqCst);
+    assert!(jobs >= 1);
+    e.unmount();
+    let stats = m.stats();
+    eprintln!("fio jobs verified: {jobs}\n{stats}");
+    assert!(stat_value(&stats, "http_num_retries") >= 2, "{stats}");
+    assert_eq!(m.unmount(), 0);
+
+    // Remount with node 2 down: the data comes from node 0 and node 1, which missed writes.
+    c.kill(2);
+    drop_caches();
+    let m = mount(&c, &flags, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    check_tree(&s.ext4(), &tree);
+    fio(&s.ext4(), jobs, true);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An O_DIRECT handle on the exported file, with an aligned buffer helper.
+fn direct(file: &Path, write: bool) -> std::fs::File {
+    std::fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_DIRECT).open(file).unwrap()
+}
+
+/// A 4096-aligned copy of `data` (O_DIRECT buffers must be aligned).
+struct Aligned {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + 4096];
+        let off = buf.as_ptr().align_offset(4096);
+        Aligned { buf, off, len }
+    }
+    fn from(data: &[u8]) -> Self {
+        let mut a = Aligned::new(data.len());
+        a.as_mut().copy_from_slice(data);
+        a
+    }
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+const BS: usize = 64 << 10;
+const OUTAGE_FLAGS: [&str; 5] = ["--size=16m", "--blockSize=64k", "--timeout=2", "--initialRetryPause=100", "--maxRetryPause=2000"];
+
+#[test]
+fn two_nodes_down_fails_with_eio_and_loses_nothing_fsynced() {
+    let _one = serialized();
+    let mut c = GarageCluster::start();
+    let s = Scratch::new();
+    let mut flags = OUTAGE_FLAGS.to_vec();
+    flags.push("--blockCacheSize=0");
+    let m = mount(&c, &flags, &s.mnt());
+    let p1 = pattern(16 * BS, 1);
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&p1, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    c.kill(1);
+    c.kill(2);
+    let f = direct(&m.file(), true);
+    let started = Instant::now();
+    let err = f.write_all_at(Aligned::from(&pattern(BS, 2)).as_ref(), 32 * BS as u64).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "write without quorum: {err}");
+    let mut back = Aligned::new(BS);
+    let err = f.read_exact_at(back.as_mut(), 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "read without quorum: {err}");
+    eprintln!("write without quorum failed after {} ms", took.as_millis());
+    let log = m.stderr();
+    assert!(log.contains("retrying"), "no retry logged:\n{log}");
+    assert!(
+        log.contains("error: write of 65536 bytes at offset 2097152 failed: HTTP 503")
+            && log.contains("error: read of 65536 bytes at offset 0 failed: HTTP 503"),
+        "no clear error line for the failed requests:\n{log}"
+    );
+    let stats = m.stats();
+    assert!(stat_value(&stats, "http_num_retries") >= 4, "{stats}");
+
+    c.restart(1);
+    c.restart(2);
+    // The same mount works again, and what was fsync'd is there.
+    f.read_exact_at(back.as_mut(), 0).unwrap();
+    assert!(back.as_ref() == &p1[..BS]);
+    drop(f);
+    assert_eq!(m.unmount(), 0);
+    drop_caches();
+    let m = mount(&c, &flags, &s.mnt());
+    let mut all = vec![0u8; p1.len()];
+    std::fs::File::open(m.file()).unwrap().read_exact_at(&mut all, 0).unwrap();
+    assert!(all == p1, "fsync'd data lost in the outage");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn with_a_cache_file_dirty_blocks_wait_for_the_cluster() {
+    let _one = serialized();
+    let mut c = GarageCluster::start();
+    let s = Scratch::new();
+    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let mut flags = OUTAGE_FLAGS.to_vec();
+    flags.push(&cache);
+    let m = mount(&c, &flags, &s.mnt());
+    let p1 = pattern(16 * BS, 3);
+    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+    f.write_all_at(&p1, 0).unwrap();
+    f.sync_all().unwrap();
+
+    drop(f);
+
+    c.kill(1);
+    c.kill(2);
+    // Accepted into the cache; the fsync cannot put it in S3, so it does not return while the
+    // cluster is down (the uploads fail after their retry budget, are logged and retried). The
+    // writer is another process: this one must hold no descriptor of the file while it forks
+    // (the child's exec would close it, and that close waits for the same uploads).
+    let p2 = pattern(4 * BS, 4);
+    std::fs::write(s.path("p2"), &p2).unwrap();
+    let mut writer = Command::new("dd")
+        .arg(format!("if={}", s.path("p2").display()))
+        .arg(format!("of={}", m.file().display()))
+        .args(["bs=64k", "seek=32", "conv=notrunc,fsync", "status=none"])
+        .spawn()
+        .unwrap();
+    wait_for(60, "a failed upload in the log", || m.stderr().contains("block cache: upload of block"));
+    wait_for(60, "a second failed attempt", || m.stderr().contains("(attempt 2)"));
+    assert!(writer.try_wait().unwrap().is_none(), "fsync returned while the cluster had no quorum");
+
+    c.restart(1);
+    c.restart(2);
+    let st = writer.wait().unwrap();
+    assert!(st.success(), "write + fsync failed once the cluster was back: {st}");
+    assert!(stat_value(&m.stats(), "http_num_retries") >= 4);
+    assert_eq!(m.unmount(), 0);
+    // Straight from S3, without the cache: both writes are there.
+    drop_caches();
+    let mut flags = OUTAGE_FLAGS.to_vec();
+    flags.push("--blockCacheSize=0");
+    let m = mount(&c, &flags, &s.mnt());
+    let file = std::fs::File::open(m.file()).unwrap();
+    let mut back = vec![0u8; p1.len()];
+    file.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == p1);
+    let mut back = vec![0u8; p2.len()];
+    file.read_exact_at(&mut back, 32 * BS as u64).unwrap();
+    assert!(back == p2, "the blocks dirty during the outage did not reach S3");
+    drop(file);
+    assert_eq!(m.unmount(), 0);
+}

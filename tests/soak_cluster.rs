@@ -1,0 +1,153 @@
+//! A long soak outside CI (ignored by default; the README gives the command): fio jobs with data
+//! verification on ext4 on our file, against s3b-testkit's 3-node Garage cluster behind the
+//! fault-injecting proxy (a few percent of 503s, resets and stalls), with a storage node
+//! SIGKILLed and restarted every `S3B_SOAK_KILL_SECS` (default 120) for `S3B_SOAK_SECS`
+//! (default 1800). At the end: e2fsck clean, the last job verified again after a remount, and
+//! the figures — requests, faults injected, retries, nodes killed, bytes verified, the daemon's
+//! resident memory after the second job (its 64-block cache full) and at the end.
+
+mod common;
+use common::*;
+use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, SECRET_KEY};
+use s3b_testkit::garage_cluster::GarageCluster;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const JOB_BYTES: u64 = 4 << 20;
+
+fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn fio(dir: &Path, seed: u64, verify_only: bool) {
+    let mut c = Command::new("fio");
+    c.args([
+        &format!("--name=soak{seed}"),
+        "--ioengine=psync",
+        "--rw=randwrite",
+        "--bs=16k",
+        &format!("--size={JOB_BYTES}"),
+        "--numjobs=1",
+        "--fsync=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        &format!("--randseed={seed}"),
+    ]);
+    c.arg(format!("--directory={}", dir.display()));
+    c.current_dir(dir.parent().unwrap());
+    if verify_only {
+        c.arg("--verify_only");
+    }
+    let out = c.output().expect("run fio");
+    assert!(out.status.success(), "fio job {seed} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+}
+
+#[test]
+#[ignore = "a long soak: S3B_SOAK_SECS=1800 cargo test --release --test soak_cluster -- --ignored --nocapture"]
+fn soak_fio_verify_on_a_cluster_losing_nodes() {
+    let total = env_secs("S3B_SOAK_SECS", 1800);
+    let kill_every = env_secs("S3B_SOAK_KILL_SECS", 120);
+    let mut c = GarageCluster::start();
+    let proxy = FaultProxy::start(
+        c.port(),
+        FaultConfig { error_percent: 2, reset_percent: 1, stall_percent: 1, stall: Duration::from_secs(4), corrupt_percent: 1 },
+    );
+    let s = Scratch::new();
+    let mut a = vec![
+        format!("--baseURL={}", proxy.base_url()),
+        format!("--accessId={ACCESS_KEY_ID}"),
+        format!("--accessKey={SECRET_KEY}"),
+        "--size=256m".into(),
+        "--blockSize=64k".into(),
+        "--blockCacheSize=64".into(),
+        "--timeout=3".into(),
+        "--initialRetryPause=100".into(),
+        "--maxRetryPause=60000".into(),
+    ];
+    a.push(BUCKET.into());
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    proxy.set_faults(false);
+    let m = Mount::start(&args, &s.mnt());
+    let pid = m.child.as_ref().unwrap().id();
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    proxy.set_faults(true);
+
+    let started = Instant::now();
+    let mut next_kill = started + kill_every;
+    let (mut seed, mut kills, mut rss_start) = (0u64, 0u32, 0u64);
+    let mut victim = 1;
+    while started.elapsed() < total {
+        seed += 1;
+        fio(&s.ext4(), seed, false);
+        if seed == 2 {
+            // The cache (64 blocks) is full by now: what is resident from here on should stay.
+            rss_start = rss_kib(pid, "VmRSS:");
+        }
+        if Instant::now() >= next_kill {
+            // A storage node crashes; the next job runs on two of three; then it returns.
+            c.kill(victim);
+            kills += 1;
+            seed += 1;
+            fio(&s.ext4(), seed, false);
+            c.restart(victim);
+            victim = if victim == 1 { 2 } else { 1 };
+            next_kill = Instant::now() + kill_every;
+        }
+        // Keep the file system from filling up: each job's file is rewritten by its next run.
+        if seed % 8 == 0 {
+            for f in std::fs::read_dir(s.ext4()).unwrap().flatten() {
+                if f.file_name().to_string_lossy().starts_with("soak") && !f.file_name().to_string_lossy().contains(&format!("soak{seed}.")) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+    e.unmount();
+    proxy.set_faults(false);
+    let stats = m.stats();
+    let rss_end = rss_kib(pid, "VmRSS:");
+    let hwm = rss_kib(pid, "VmHWM:");
+    let counts = proxy.counts();
+    assert_eq!(m.unmount(), 0, "unclean exit after the soak");
+    drop_caches();
+    let m = Mount::start(&args, &s.mnt());
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    fio(&s.ext4(), seed, true);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+    let requests = stat_value(&stats, "http_gets") + stat_value(&stats, "http_puts") + stat_value(&stats, "http_deletes");
+    eprintln!(
+        "soak: {} s, {seed} fio jobs verified ({} MiB written and read back), {requests} successful requests, \
+         {} proxy requests with {} faults injected ({counts:?}), {} retries, {kills} nodes killed, \
+         daemon RSS {rss_start} KiB after the second job, {rss_end} KiB at the end (peak {hwm} KiB)",
+        started.elapsed().as_secs(),
+        (seed * JOB_BYTES) >> 20,
+        counts.requests,
+        counts.faults(),
+        stat_value(&stats, "http_num_retries"),
+    );
+    assert!(kills >= 1 || total < kill_every, "no node was killed");
+    assert!(rss_end < rss_start + 64 * 1024, "resident memory grew from {rss_start} to {rss_end} KiB");
+}
