@@ -11,15 +11,6 @@ use s3b_testkit::garage::{BUCKET, Garage};
 use std::process::Command;
 use std::time::Duration;
 
-fn stat_value(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
-}
-
 fn fio(dir: &std::path::Path, verify_only: bool) {
     let mut c = Command::new("fio");
     c.args([

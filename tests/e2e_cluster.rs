@@ -33,15 +33,6 @@ fn serialized() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn stat_value(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
-}
-
 fn args(c: &GarageCluster, extra: &[&str]) -> Vec<String> {
     let mut a = c.s3backer_flags();
     a.extend(extra.iter().map(|s| s.to_string()));

@@ -6,22 +6,12 @@
 
 mod common;
 use common::*;
-use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{BUCKET, Garage};
-use std::time::{Duration, Instant};
-
-fn counting_proxy(g: &Garage) -> FaultProxy {
-    let p = FaultProxy::start(
-        g.port,
-        FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 },
-    );
-    p.set_faults(false);
-    p
-}
+use std::time::Instant;
 
 fn mount_via(g: &Garage, p: &FaultProxy, extra: &[&str], s: &Scratch) -> Mount {
-    let mut a: Vec<String> = g.s3backer_flags().into_iter().filter(|f| !f.starts_with("--baseURL=")).collect();
-    a.push(format!("--baseURL={}", p.base_url()));
+    let mut a = g.s3backer_flags_at(&p.base_url());
     a.extend(extra.iter().map(|x| x.to_string()));
     a.push(BUCKET.into());
     Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt())
@@ -37,7 +27,7 @@ fn mkfs_with_discard(m: &Mount) -> f64 {
 #[test]
 fn mkfs_discard_of_a_new_volume_deletes_almost_nothing() {
     let g = Garage::start();
-    let p = counting_proxy(&g);
+    let p = FaultProxy::counting(g.port);
     let s = Scratch::new();
     // 64 GiB of 64 KiB blocks: 1 Mi blocks, 1049 multi-object deletes if each were sent.
     let m = mount_via(&g, &p, &["--size=64g", "--blockSize=64k", "--prefix=new/"], &s);
@@ -84,7 +74,7 @@ fn fresh_fs(g: &Garage, p: &FaultProxy, geometry: &[&str], s: &Scratch) -> Strin
 #[test]
 fn discard_over_existing_data_deletes_what_exists_with_or_without_list_permission() {
     let g = Garage::start();
-    let p = counting_proxy(&g);
+    let p = FaultProxy::counting(g.port);
     let s = Scratch::new();
     // What a new file system of this geometry leaves in the bucket.
     fresh_fs(&g, &p, &["--size=1g", "--blockSize=64k", "--prefix=fresh/"], &s);

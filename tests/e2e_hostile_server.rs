@@ -26,15 +26,6 @@ fn flags(g: &Garage, proxy: &HostileProxy) -> Vec<String> {
     a
 }
 
-fn stat_value(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
-}
-
 /// Peak resident set of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

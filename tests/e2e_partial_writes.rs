@@ -6,9 +6,8 @@
 
 mod common;
 use common::*;
-use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{BUCKET, Garage};
-use std::time::Duration;
 
 const BLOCK: u64 = 256 << 10;
 const LEN: u64 = 512 << 20;
@@ -18,14 +17,9 @@ const OFFSET: u64 = 2 * BLOCK + 12345;
 #[test]
 fn unaligned_sequential_write_sends_almost_no_gets() {
     let g = Garage::start();
-    let p = FaultProxy::start(
-        g.port,
-        FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 },
-    );
-    p.set_faults(false);
+    let p = FaultProxy::counting(g.port);
     let s = Scratch::new();
-    let mut a: Vec<String> = g.s3backer_flags().into_iter().filter(|f| !f.starts_with("--baseURL=")).collect();
-    a.push(format!("--baseURL={}", p.base_url()));
+    let mut a = g.s3backer_flags_at(&p.base_url());
     a.extend(["--size=1g".to_string(), "--blockSize=256k".to_string(), BUCKET.to_string()]);
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
 

@@ -7,13 +7,12 @@
 
 mod common;
 use common::*;
-use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{BUCKET, Garage};
 use s3b_testkit::public_http::{Object, PublicServer, objects_from_dir};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
 const PUBLIC_BUCKET: &str = "pubvol";
@@ -106,19 +105,13 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
 /// Garage behind a proxy that refuses every listing with 403 AccessDenied, as a bucket policy
 /// granting only s3:GetObject, s3:PutObject and s3:DeleteObject does.
 fn no_list_proxy(g: &Garage) -> FaultProxy {
-    let p = FaultProxy::start(
-        g.port,
-        FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 },
-    );
-    p.set_faults(false);
+    let p = FaultProxy::counting(g.port);
     p.set_deny_listing(true);
     p
 }
 
 fn flags(g: &Garage, p: &FaultProxy, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> =
-        g.s3backer_flags().into_iter().filter(|f| !f.starts_with("--baseURL=")).collect();
-    a.push(format!("--baseURL={}", p.base_url()));
+    let mut a = g.s3backer_flags_at(&p.base_url());
     a.extend(extra.iter().map(|s| s.to_string()));
     a.push(BUCKET.into());
     a

@@ -46,15 +46,6 @@ fn block_keys(g: &Garage, bucket: &str) -> Vec<String> {
     g.list_keys(bucket).into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
 }
 
-fn stat_value(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
-}
-
 #[test]
 fn ext4_round_trip_over_s3_with_auto_detect() {
     let g = Garage::start();

@@ -13,10 +13,9 @@
 mod common;
 use bytes::Bytes;
 use s3b_store::{BlockStore, ReadCondition};
-use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
 use std::sync::Arc;
-use std::time::Duration;
 
 const BS: u64 = 256 << 10;
 /// Length of the sequential run: 256 MiB, 1024 blocks.
@@ -147,11 +146,7 @@ fn run(g: &Garage, proxy: &FaultProxy, prefix: &str, how: Partial) -> u64 {
 #[test]
 fn unaligned_sequential_write_sends_almost_no_gets() {
     let g = Garage::start();
-    let proxy = FaultProxy::start(
-        g.port,
-        FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 },
-    );
-    proxy.set_faults(false);
+    let proxy = FaultProxy::counting(g.port);
     let blocks = RUN / BS;
     let combined = run(&g, &proxy, "c/", Partial::Combine);
     let rmw = run(&g, &proxy, "r/", Partial::ReadModifyWrite);

@@ -17,15 +17,6 @@ use std::time::{Duration, Instant};
 
 const JOB_BYTES: u64 = 4 << 20;
 
-fn stat_value(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
-}
-
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()

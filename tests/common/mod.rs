@@ -273,6 +273,16 @@ pub fn check_tree(root: &Path, tree: &[(String, String)]) {
     }
 }
 
+/// The integer value of line `name` of a stats file's text.
+pub fn stat_value(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -104,6 +104,15 @@ impl FaultProxy {
         FaultProxy { port, shared }
     }
 
+    /// A proxy that injects no faults: it forwards and counts (see [`FaultProxy::method_counts`]).
+    pub fn counting(upstream: u16) -> FaultProxy {
+        let none =
+            FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 };
+        let p = FaultProxy::start(upstream, none);
+        p.set_faults(false);
+        p
+    }
+
     /// Base URL of the proxy, ending in `/`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)

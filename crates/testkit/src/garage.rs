@@ -99,11 +99,12 @@ impl Garage {
 
     /// Command-line flags that point s3backer (ours or C 1.5.4) at this server with its credentials.
     pub fn s3backer_flags(&self) -> Vec<String> {
-        vec![
-            format!("--baseURL={}", self.base_url()),
-            format!("--accessId={ACCESS_KEY_ID}"),
-            format!("--accessKey={SECRET_KEY}"),
-        ]
+        self.s3backer_flags_at(&self.base_url())
+    }
+
+    /// Like [`Garage::s3backer_flags`], with requests sent to `base_url` (a proxy in front).
+    pub fn s3backer_flags_at(&self, base_url: &str) -> Vec<String> {
+        vec![format!("--baseURL={base_url}"), format!("--accessId={ACCESS_KEY_ID}"), format!("--accessKey={SECRET_KEY}")]
     }
 
     /// Runs `curl` signed for this server (`extra` are more curl arguments, `path` is after the
