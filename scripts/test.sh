@@ -10,4 +10,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 for m in $(tac /proc/mounts | awk '$2 ~ /^\/tmp\/s3b-test-/ {print $2}'); do
     umount -l "$m" 2>/dev/null || true
 done
+# Style first: the tree is formatted with rustfmt.toml.
+cargo fmt --all -- --check
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/s3backer-test.log

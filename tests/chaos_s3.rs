@@ -47,7 +47,13 @@ fn fio_verify_survives_faults_and_a_server_restart() {
     let mut g = Garage::start();
     let proxy = FaultProxy::start(
         g.port,
-        FaultConfig { error_percent: 4, reset_percent: 3, stall_percent: 3, stall: Duration::from_secs(4), corrupt_percent: 0 },
+        FaultConfig {
+            error_percent: 4,
+            reset_percent: 3,
+            stall_percent: 3,
+            stall: Duration::from_secs(4),
+            corrupt_percent: 0,
+        },
     );
     let s = Scratch::new();
     let mut a = vec![

@@ -155,7 +155,14 @@ fn crash_matrix_test_dir_small_cache_many_workers() {
     // A cache smaller than the workload: writers wait for uploads, eviction runs all the time.
     matrix(
         "test dir, 64-block cache, max 16 dirty",
-        &["--test", "--size=32m", "--blockSize=16k", "--blockCacheSize=64", "--blockCacheMaxDirty=16", "--blockCacheThreads=8"],
+        &[
+            "--test",
+            "--size=32m",
+            "--blockSize=16k",
+            "--blockCacheSize=64",
+            "--blockCacheMaxDirty=16",
+            "--blockCacheThreads=8",
+        ],
     );
 }
 
@@ -202,7 +209,10 @@ fn crash_matrix_test_dir_cache_file_resized_after_crash() {
 
 #[test]
 fn crash_matrix_test_dir_cache_file_no_recovery() {
-    matrix("test dir, cache file, dirty blocks discarded", &["--test", "--size=32m", "--blockSize=16k", "--blockCacheFile={scratch}/cache"]);
+    matrix(
+        "test dir, cache file, dirty blocks discarded",
+        &["--test", "--size=32m", "--blockSize=16k", "--blockCacheFile={scratch}/cache"],
+    );
 }
 
 #[test]
@@ -212,6 +222,12 @@ fn crash_matrix_s3_cache_file_recovering() {
     matrix_on(
         "S3, cache file, recovering dirty blocks",
         Store::S3,
-        &["--size=32m", "--blockSize=16k", "--blockCacheSize=100", "--blockCacheFile={scratch}/cache", "--blockCacheRecoverDirtyBlocks"],
+        &[
+            "--size=32m",
+            "--blockSize=16k",
+            "--blockCacheSize=100",
+            "--blockCacheFile={scratch}/cache",
+            "--blockCacheRecoverDirtyBlocks",
+        ],
     );
 }

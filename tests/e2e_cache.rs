@@ -45,11 +45,7 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
 
     // Clean restart: the cache file's blocks come back and are checked with If-None-Match.
     let m = Mount::start(&args, &s.mnt());
-    assert!(
-        stat(&m.stats(), "block_cache_initial_size") > 0.0,
-        "{}",
-        m.stats()
-    );
+    assert!(stat(&m.stats(), "block_cache_initial_size") > 0.0, "{}", m.stats());
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     check_tree(&s.ext4(), &tree);
@@ -86,14 +82,7 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         let store = s.store();
         let cache = s.path("cache");
         let file_arg = format!("--blockCacheFile={}", cache.display());
-        let mut args = vec![
-            "--test",
-            "--size=4m",
-            "--blockSize=64k",
-            "--directIO",
-            "--blockCacheSize=32",
-            &file_arg,
-        ];
+        let mut args = vec!["--test", "--size=4m", "--blockSize=64k", "--directIO", "--blockCacheSize=32", &file_arg];
         args.push("--blockCacheWriteDelay=600000");
         args.push(store.to_str().unwrap());
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -103,19 +92,11 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         rng.fill_bytes(&mut unsynced);
 
         let m = Mount::start(&args, &s.mnt());
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(m.file())
-            .unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
         f.write_all_at(&synced, 0).unwrap();
         f.sync_all().unwrap();
         f.write_all_at(&unsynced, 1 << 20).unwrap();
-        assert_eq!(
-            blocks_in_store(&store),
-            8,
-            "only the fsynced blocks were uploaded"
-        );
+        assert_eq!(blocks_in_store(&store), 8, "only the fsynced blocks were uploaded");
         // Crash with the file still open (closing it would flush).
         m.kill9();
         drop(f);
@@ -129,21 +110,10 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         let m = Mount::start(&restart, &s.mnt());
         let all = std::fs::read(m.file()).unwrap();
         assert!(all[..512 << 10] == synced[..], "fsynced data present");
-        let want_unsynced = if recover {
-            unsynced.clone()
-        } else {
-            vec![0u8; 512 << 10]
-        };
-        assert!(
-            all[1 << 20..(1 << 20) + (512 << 10)] == want_unsynced[..],
-            "recover={recover}"
-        );
+        let want_unsynced = if recover { unsynced.clone() } else { vec![0u8; 512 << 10] };
+        assert!(all[1 << 20..(1 << 20) + (512 << 10)] == want_unsynced[..], "recover={recover}");
         if recover {
-            assert!(
-                m.stderr().contains("recovering 8 dirty blocks"),
-                "{}",
-                m.stderr()
-            );
+            assert!(m.stderr().contains("recovering 8 dirty blocks"), "{}", m.stderr());
         }
         assert_eq!(m.unmount(), 0);
         assert_eq!(blocks_in_store(&store), if recover { 16 } else { 8 });
@@ -158,14 +128,7 @@ fn read_ahead_reduces_misses() {
         let s = Scratch::new();
         let store = s.store();
         let m = Mount::start(
-            &[
-                "--test",
-                "--size=8m",
-                "--blockSize=4k",
-                "--directIO",
-                ra,
-                store.to_str().unwrap(),
-            ],
+            &["--test", "--size=8m", "--blockSize=4k", "--directIO", ra, store.to_str().unwrap()],
             &s.mnt(),
         );
         let f = std::fs::File::open(m.file()).unwrap();
@@ -176,19 +139,12 @@ fn read_ahead_reduces_misses() {
         drop(f);
         let stats = m.stats();
         misses.push(stat(&stats, "block_cache_read_misses"));
-        assert_eq!(
-            stat(&stats, "block_cache_read_hits") + stat(&stats, "block_cache_read_misses"),
-            1024.0,
-            "{stats}"
-        );
+        assert_eq!(stat(&stats, "block_cache_read_hits") + stat(&stats, "block_cache_read_misses"), 1024.0, "{stats}");
         assert_eq!(m.unmount(), 0);
     }
     eprintln!("block_cache_read_misses for 1024 sequential 4k reads, readAhead 0 vs 4: {misses:?}");
     assert_eq!(misses[0], 1024.0);
-    assert!(
-        misses[1] < misses[0] / 4.0,
-        "misses without/with read-ahead: {misses:?}"
-    );
+    assert!(misses[1] < misses[0] / 4.0, "misses without/with read-ahead: {misses:?}");
 }
 
 /// A damaged cache file, or one made for another block size, is refused with one clear line.
@@ -200,47 +156,23 @@ fn bad_cache_file_is_refused_clearly() {
     let cache = s.path("cache");
     let file_arg = format!("--blockCacheFile={}", cache.display());
     let mnt = s.mnt();
-    let run_with = |bs: &str| {
-        run(&[
-            "--test",
-            "--size=1m",
-            bs,
-            &file_arg,
-            "-f",
-            store.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-        ])
-    };
+    let run_with =
+        |bs: &str| run(&["--test", "--size=1m", bs, &file_arg, "-f", store.to_str().unwrap(), mnt.to_str().unwrap()]);
 
     std::fs::write(&cache, vec![0x5au8; 100_000]).unwrap();
     let out = run_with("--blockSize=4k");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("is not an s3backer-rs cache file or is corrupt"),
-        "{err}"
-    );
+    assert!(err.contains("is not an s3backer-rs cache file or is corrupt"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     std::fs::remove_file(&cache).unwrap();
-    let m = Mount::start(
-        &[
-            "--test",
-            "--size=1m",
-            "--blockSize=4k",
-            &file_arg,
-            store.to_str().unwrap(),
-        ],
-        &s.mnt(),
-    );
+    let m = Mount::start(&["--test", "--size=1m", "--blockSize=4k", &file_arg, store.to_str().unwrap()], &s.mnt());
     assert_eq!(m.unmount(), 0);
     let out = run_with("--blockSize=8k");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("was made for block size 4096, not 8192"),
-        "{err}"
-    );
+    assert!(err.contains("was made for block size 4096, not 8192"), "{err}");
     assert!(!is_mounted(&s.mnt()));
 }
 
@@ -469,7 +401,10 @@ fn kill9_during_cache_file_resize() {
     assert_eq!(m.unmount(), 0);
     assert!(!tmp.exists());
     // All of it reached the store: read it back without any cache.
-    let m = Mount::start(&["--test", "--size=128m", "--blockSize=64k", "--blockCacheSize=0", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::start(
+        &["--test", "--size=128m", "--blockSize=64k", "--blockCacheSize=0", store.to_str().unwrap()],
+        &s.mnt(),
+    );
     let all = std::fs::read(m.file()).unwrap();
     assert!(all[..data.len()] == data[..], "stored data differs");
     assert_eq!(m.unmount(), 0);

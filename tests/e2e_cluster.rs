@@ -189,7 +189,8 @@ impl Aligned {
 }
 
 const BS: usize = 64 << 10;
-const OUTAGE_FLAGS: [&str; 5] = ["--size=16m", "--blockSize=64k", "--timeout=2", "--initialRetryPause=100", "--maxRetryPause=2000"];
+const OUTAGE_FLAGS: [&str; 5] =
+    ["--size=16m", "--blockSize=64k", "--timeout=2", "--initialRetryPause=100", "--maxRetryPause=2000"];
 
 #[test]
 fn two_nodes_down_fails_with_eio_and_loses_nothing_fsynced() {

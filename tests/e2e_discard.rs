@@ -84,7 +84,10 @@ fn discard_over_existing_data_deletes_what_exists_with_or_without_list_permissio
     let fill = |s: &Scratch| {
         // Data everywhere in the first 64 MiB of the volume (written without discard).
         let m = mount_via(&g, &p, &geometry, s);
-        sh(&format!("head -c 67108864 /dev/urandom | dd of={} bs=1M conv=notrunc,fsync status=none", m.file().display()));
+        sh(&format!(
+            "head -c 67108864 /dev/urandom | dd of={} bs=1M conv=notrunc,fsync status=none",
+            m.file().display()
+        ));
         assert_eq!(m.unmount(), 0);
         assert!(blocks_under(&g, "old/") >= 1024);
     };
@@ -93,7 +96,10 @@ fn discard_over_existing_data_deletes_what_exists_with_or_without_list_permissio
     fill(&s);
     p.set_deny_listing(true);
     let stderr = fresh_fs(&g, &p, &geometry, &s);
-    assert!(stderr.contains("block survey failed (for a large discard") && stderr.contains("access denied"), "{stderr}");
+    assert!(
+        stderr.contains("block survey failed (for a large discard") && stderr.contains("access denied"),
+        "{stderr}"
+    );
     assert!(p.listings_denied() > 0);
     assert_eq!(blocks_under(&g, "old/"), fresh);
     p.set_deny_listing(false);

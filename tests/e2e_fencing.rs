@@ -74,7 +74,8 @@ fn start_together(mounts: &[(Vec<String>, PathBuf)]) -> Vec<Racer> {
                 let stderr = mnt.with_extension("stderr");
                 let f = std::fs::File::create(&stderr).unwrap();
                 barrier.wait();
-                let child = Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).spawn().unwrap();
+                let child =
+                    Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).spawn().unwrap();
                 Racer { child, mnt, stderr }
             })
         })
@@ -139,11 +140,17 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
             }
             for o in pair {
                 if let Outcome::Refused(code, err) = o {
-                    assert!(*code != 0 && err.contains("already mounted"), "pair {i}: the loser failed otherwise ({code}): {err}");
+                    assert!(
+                        *code != 0 && err.contains("already mounted"),
+                        "pair {i}: the loser failed otherwise ({code}): {err}"
+                    );
                 }
             }
             if up > 0 {
-                assert!(list_keys().contains(&format!("{tag}{i}/s3backer-mounted")), "pair {i}: no token while mounted");
+                assert!(
+                    list_keys().contains(&format!("{tag}{i}/s3backer-mounted")),
+                    "pair {i}: no token while mounted"
+                );
             }
         }
         for (r, o) in racers.into_iter().zip(&outcomes) {
@@ -152,7 +159,10 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
             }
         }
         for &i in &ids {
-            assert!(!list_keys().contains(&format!("{tag}{i}/s3backer-mounted")), "pair {i}: token left after the winner's clean unmount");
+            assert!(
+                !list_keys().contains(&format!("{tag}{i}/s3backer-mounted")),
+                "pair {i}: token left after the winner's clean unmount"
+            );
         }
     }
     tally
@@ -250,7 +260,11 @@ fn c_s3backer_and_we_see_each_others_token() {
     std::fs::create_dir(&m2p).unwrap();
     let c_args = |mnt: &Path| -> Vec<String> {
         let mut a = g.s3backer_flags();
-        a.extend(["-f", "--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0", "--size=1m", "--blockSize=4k"].iter().map(|x| x.to_string()));
+        a.extend(
+            ["-f", "--md5CacheSize=0", "--md5CacheTime=0", "--minWriteDelay=0", "--size=1m", "--blockSize=4k"]
+                .iter()
+                .map(|x| x.to_string()),
+        );
         a.push(BUCKET.into());
         a.push(mnt.to_string_lossy().into_owned());
         a

@@ -18,9 +18,16 @@ fn flags(g: &Garage, proxy: &HostileProxy) -> Vec<String> {
     let mut a = g.s3backer_flags();
     a[0] = format!("--baseURL={}", proxy.base_url());
     a.extend(
-        ["--size=16m", "--blockSize=64k", "--blockCacheSize=0", "--timeout=2", "--initialRetryPause=50", "--maxRetryPause=3000"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--size=16m",
+            "--blockSize=64k",
+            "--blockCacheSize=0",
+            "--timeout=2",
+            "--initialRetryPause=50",
+            "--maxRetryPause=3000",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     a.push(BUCKET.into());
     a

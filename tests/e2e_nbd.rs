@@ -140,28 +140,55 @@ fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
     let out = cmd(
         "qemu-io",
         &[
-            "-f", "raw",
-            "-c", "write -f -P 0xcd 0 1M",
-            "-c", "read -P 0xcd 0 1M",
-            "-c", "write -P 0x5a 1000 3000",
-            "-c", "read -P 0x5a 1000 3000",
-            "-c", "write -z -n 1M 1M",
-            "-c", "read -P 0 1M 1M",
-            "-c", "write -P 0x11 2M 1M",
-            "-c", "write -z 2M 4097",
-            "-c", "read -P 0 2M 4097",
-            "-c", "read -P 0x11 2101249 1044479",
-            "-c", "discard 3M 1M",
-            "-c", "read -P 0 3M 1M",
-            "-c", "write -P 0x77 4M 512k",
-            "-c", "flush",
+            "-f",
+            "raw",
+            "-c",
+            "write -f -P 0xcd 0 1M",
+            "-c",
+            "read -P 0xcd 0 1M",
+            "-c",
+            "write -P 0x5a 1000 3000",
+            "-c",
+            "read -P 0x5a 1000 3000",
+            "-c",
+            "write -z -n 1M 1M",
+            "-c",
+            "read -P 0 1M 1M",
+            "-c",
+            "write -P 0x11 2M 1M",
+            "-c",
+            "write -z 2M 4097",
+            "-c",
+            "read -P 0 2M 4097",
+            "-c",
+            "read -P 0x11 2101249 1044479",
+            "-c",
+            "discard 3M 1M",
+            "-c",
+            "read -P 0 3M 1M",
+            "-c",
+            "write -P 0x77 4M 512k",
+            "-c",
+            "flush",
             &uri,
         ],
     );
     assert!(!out.contains("failed"), "{out}");
     // qemu negotiated extended headers (32-byte requests, extended replies) and used them.
     let o = Command::new("qemu-io")
-        .args(["-T", "nbd_receive_option_reply", "-T", "nbd_receive_reply_chunk_header", "-f", "raw", "-c", "write -P 0x42 5M 8k", "-c", "read -P 0x42 5M 8k", &uri])
+        .args([
+            "-T",
+            "nbd_receive_option_reply",
+            "-T",
+            "nbd_receive_reply_chunk_header",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x42 5M 8k",
+            "-c",
+            "read -P 0x42 5M 8k",
+            &uri,
+        ])
         .output()
         .unwrap();
     let trace = String::from_utf8_lossy(&o.stderr);
@@ -177,16 +204,27 @@ fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
     let out = cmd(
         "qemu-io",
         &[
-            "-f", "raw", "-r",
-            "-c", "read -P 0xcd 0 1000",
-            "-c", "read -P 0x5a 1000 3000",
-            "-c", "read -P 0xcd 4000 1044576",
-            "-c", "read -P 0 1M 1M",
-            "-c", "read -P 0 2M 4097",
-            "-c", "read -P 0x11 2101249 1044479",
-            "-c", "read -P 0 3M 1M",
-            "-c", "read -P 0x77 4M 512k",
-            "-c", "read -P 0x42 5M 8k",
+            "-f",
+            "raw",
+            "-r",
+            "-c",
+            "read -P 0xcd 0 1000",
+            "-c",
+            "read -P 0x5a 1000 3000",
+            "-c",
+            "read -P 0xcd 4000 1044576",
+            "-c",
+            "read -P 0 1M 1M",
+            "-c",
+            "read -P 0 2M 4097",
+            "-c",
+            "read -P 0x11 2101249 1044479",
+            "-c",
+            "read -P 0 3M 1M",
+            "-c",
+            "read -P 0x77 4M 512k",
+            "-c",
+            "read -P 0x42 5M 8k",
             &srv.uri(),
         ],
     );
@@ -425,14 +463,20 @@ fn aio_parallel_style_concurrency_checked_against_a_shadow_copy() {
         let shadow = s.path("shadow");
         let out = python(AIO_PARALLEL, &[&srv.uri(), img.to_str().unwrap(), shadow.to_str().unwrap(), "2", "8", "64"]);
         let nums: Vec<u64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
-        eprintln!("aio-parallel {cache}: {} requests, fewest on one connection {}, {} per second", nums[0], nums[1], nums[2]);
+        eprintln!(
+            "aio-parallel {cache}: {} requests, fewest on one connection {}, {} per second",
+            nums[0], nums[1], nums[2]
+        );
         assert!(nums[1] >= 64, "a connection made too little progress: {out}");
         assert_eq!(srv.stop(), 0);
         // The whole export equals the shadow after a restart.
         let srv = NbdServer::start(&args, &sock);
         let back = s.path("back");
         cmd("nbdcopy", &[&srv.uri(), back.to_str().unwrap()]);
-        assert!(std::fs::read(&back).unwrap() == std::fs::read(&shadow).unwrap(), "export differs from the shadow copy");
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(&shadow).unwrap(),
+            "export differs from the shadow copy"
+        );
         assert_eq!(srv.stop(), 0);
     }
 }
@@ -537,7 +581,12 @@ good.shutdown()
 "#,
         &[sock.to_str().unwrap()],
     );
-    for want in ["read past the end -> EINVAL", "write past the end -> ENOSPC", "trim past the end -> EINVAL", "unknown flag -> EINVAL"] {
+    for want in [
+        "read past the end -> EINVAL",
+        "write past the end -> ENOSPC",
+        "trim past the end -> EINVAL",
+        "unknown flag -> EINVAL",
+    ] {
         assert!(out.contains(want), "{want}: {out}");
     }
     eprintln!("{out}");
@@ -662,16 +711,33 @@ fn tls_is_required_when_configured_and_carries_the_data() {
     cmd(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost",
-            "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap(),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
         ],
     );
     // libnbd verifies the server against ca-cert.pem in its certificates directory.
     std::fs::copy(&cert, tls.join("ca-cert.pem")).unwrap();
     let args = test_args(
         &s,
-        &["--size=8m", "--blockSize=64k", &format!("--nbdTlsCert={}", cert.display()), &format!("--nbdTlsKey={}", key.display())],
+        &[
+            "--size=8m",
+            "--blockSize=64k",
+            &format!("--nbdTlsCert={}", cert.display()),
+            &format!("--nbdTlsKey={}", key.display()),
+        ],
     );
     let srv = NbdServer::spawn(
         [vec!["--nbd".to_string(), "-f".into(), format!("--nbdListen={}", sock.display())], args].concat(),

@@ -45,7 +45,10 @@ fn nbdcopy_over_garage_through_several_connections_across_a_restart() {
     // A read-only export of the same volume: readable, writes refused, nothing written.
     let before = g.list_keys(BUCKET);
     let srv = NbdServer::start(&s3_args(&g, &["--readOnly"]), &sock);
-    let out = std::process::Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 1 0 4k", &srv.uri()]).output().unwrap();
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4k", &srv.uri()])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("wrote"), "{out:?}");
     cmd("qemu-io", &["-f", "raw", "-r", "-c", &format!("read -P {} 0 1", data[0]), &srv.uri()]);
     assert_eq!(srv.stop(), 0);

@@ -90,7 +90,13 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
     let server = PublicServer::start(PUBLIC_BUCKET, BTreeMap::new());
     let home = s.path("empty-home");
     let out = anonymous(bin(), &home)
-        .args(["-f", "--readOnly", &format!("--baseURL={}", server.base_url()), PUBLIC_BUCKET, s.mnt().to_str().unwrap()])
+        .args([
+            "-f",
+            "--readOnly",
+            &format!("--baseURL={}", server.base_url()),
+            PUBLIC_BUCKET,
+            s.mnt().to_str().unwrap(),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -119,7 +125,14 @@ fn flags(g: &Garage, p: &FaultProxy, extra: &[&str]) -> Vec<String> {
 
 /// An ext4 round trip (mkfs, files written, unmount, remount, files read back) by `program`
 /// through `p`; returns the methods the server saw for the whole round trip.
-fn round_trip(program: &str, g: &Garage, p: &FaultProxy, extra: &[&str], s: &Scratch, seed: u64) -> BTreeMap<String, u64> {
+fn round_trip(
+    program: &str,
+    g: &Garage,
+    p: &FaultProxy,
+    extra: &[&str],
+    s: &Scratch,
+    seed: u64,
+) -> BTreeMap<String, u64> {
     let before = p.method_counts();
     let a = flags(g, p, extra);
     let mut with_mnt = a.clone();

@@ -34,7 +34,11 @@ fn with_mnt(mut a: Vec<String>, mnt: &std::path::Path) -> Vec<String> {
 
 /// Stderr without warning lines (every test run passes --accessKey, which warns).
 fn errors(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains(": warning: ")).map(|l| format!("{l}\n")).collect()
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains(": warning: "))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Runs our binary to completion (stdin not a terminal).
@@ -165,24 +169,133 @@ fn bad_s3_invocations_fail_cleanly_and_write_nothing() {
     let pwfile = s.path("pw");
     std::fs::write(&pwfile, "someid:somekey\n").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec![format!("--baseURL={base}"), good_id.clone(), "--accessKey=wrong".into(), "--size=1m".into(), BUCKET.into(), mnt.into()], "access denied"),
-        (vec![format!("--baseURL={base}"), "--accessId=GKnobody".into(), "--accessKey=x".into(), "--size=1m".into(), BUCKET.into(), mnt.into()], "bucket \"blocks\""),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "nosuchbucket".into(), mnt.into()], "nosuchbucket"),
-        (vec!["--baseURL=http://127.0.0.1:1/".into(), good_id.clone(), good_key.clone(), "--size=1m".into(), BUCKET.into(), mnt.into()], "cannot connect"),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), BUCKET.into(), mnt.into()], "--size is required"),
-        (vec![format!("--baseURL={}", base.trim_end_matches('/')), "--size=1m".into(), BUCKET.into(), mnt.into()], "must end with '/'"),
-        (vec![format!("--baseURL={base}"), "--authVersion=aws2".into(), BUCKET.into(), mnt.into()], "aws2 is not supported"),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                good_id.clone(),
+                "--accessKey=wrong".into(),
+                "--size=1m".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "access denied",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                "--accessId=GKnobody".into(),
+                "--accessKey=x".into(),
+                "--size=1m".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "bucket \"blocks\"",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                good_id.clone(),
+                good_key.clone(),
+                "--size=1m".into(),
+                "nosuchbucket".into(),
+                mnt.into(),
+            ],
+            "nosuchbucket",
+        ),
+        (
+            vec![
+                "--baseURL=http://127.0.0.1:1/".into(),
+                good_id.clone(),
+                good_key.clone(),
+                "--size=1m".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "cannot connect",
+        ),
+        (
+            vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), BUCKET.into(), mnt.into()],
+            "--size is required",
+        ),
+        (
+            vec![format!("--baseURL={}", base.trim_end_matches('/')), "--size=1m".into(), BUCKET.into(), mnt.into()],
+            "must end with '/'",
+        ),
+        (
+            vec![format!("--baseURL={base}"), "--authVersion=aws2".into(), BUCKET.into(), mnt.into()],
+            "aws2 is not supported",
+        ),
         (vec![format!("--baseURL={base}"), "--accessId=x".into(), BUCKET.into(), mnt.into()], "no secret key"),
         (vec![format!("--baseURL={base}"), "--accessKey=x".into(), BUCKET.into(), mnt.into()], "requires --accessId"),
-        (vec![format!("--baseURL={base}"), format!("--accessFile={}", s.path("missing").display()), BUCKET.into(), mnt.into()], "can't read access file"),
-        (vec![format!("--baseURL={base}"), format!("--accessFile={}", pwfile.display()), "--accessId=other".into(), BUCKET.into(), mnt.into()], "no secret key for access id \"other\""),
-        (vec![format!("--baseURL={base}"), "--accessKeyEnv=S3B_NO_SUCH_VAR".into(), "--accessId=x".into(), BUCKET.into(), mnt.into()], "S3B_NO_SUCH_VAR"),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                format!("--accessFile={}", s.path("missing").display()),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "can't read access file",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                format!("--accessFile={}", pwfile.display()),
+                "--accessId=other".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "no secret key for access id \"other\"",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                "--accessKeyEnv=S3B_NO_SUCH_VAR".into(),
+                "--accessId=x".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "S3B_NO_SUCH_VAR",
+        ),
         (vec![format!("--baseURL={base}"), "--sse=aws:kms".into(), BUCKET.into(), mnt.into()], "--sse-key-id"),
         (vec![format!("--baseURL={base}"), "--storageClass=FAST".into(), BUCKET.into(), mnt.into()], "--storageClass"),
-        (vec![format!("--baseURL={base}"), "--accessEC2IAM-IMDSv2".into(), BUCKET.into(), mnt.into()], "requires --accessEC2IAM"),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), format!("{BUCKET}/a//b"), mnt.into()], "slashes"),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), "--ipTOS=300".into(), BUCKET.into(), mnt.into()], "invalid --ipTOS value \"300\""),
-        (vec![format!("--baseURL={base}"), good_id.clone(), good_key.clone(), "--size=1m".into(), BUCKET.into(), format!("{mnt}/missing")], "missing"),
+        (
+            vec![format!("--baseURL={base}"), "--accessEC2IAM-IMDSv2".into(), BUCKET.into(), mnt.into()],
+            "requires --accessEC2IAM",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                good_id.clone(),
+                good_key.clone(),
+                "--size=1m".into(),
+                format!("{BUCKET}/a//b"),
+                mnt.into(),
+            ],
+            "slashes",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                good_id.clone(),
+                good_key.clone(),
+                "--size=1m".into(),
+                "--ipTOS=300".into(),
+                BUCKET.into(),
+                mnt.into(),
+            ],
+            "invalid --ipTOS value \"300\"",
+        ),
+        (
+            vec![
+                format!("--baseURL={base}"),
+                good_id.clone(),
+                good_key.clone(),
+                "--size=1m".into(),
+                BUCKET.into(),
+                format!("{mnt}/missing"),
+            ],
+            "missing",
+        ),
     ];
     for (a, want) in &cases {
         let mut full = a.clone();
@@ -323,7 +436,11 @@ fn interop_with_c_s3backer_aes128_cbc() {
 fn interop_with_c_s3backer_aes256_cbc_subdir() {
     let s = Scratch::new();
     let pw = pw_flag(&s);
-    interop(&["--encrypt=AES-256-CBC", &pw, "--prefix=enc/"], &format!("{BUCKET}/enc"), &["--encrypt=aes-256-cbc", &pw]);
+    interop(
+        &["--encrypt=AES-256-CBC", &pw, "--prefix=enc/"],
+        &format!("{BUCKET}/enc"),
+        &["--encrypt=aes-256-cbc", &pw],
+    );
 }
 
 /// Known answer from the real C s3backer: an object it encrypted decodes with our codec alone
@@ -345,9 +462,8 @@ fn c_encrypted_object_decodes_with_our_codec() {
     let (code, body) = g.curl(&["-D", hdr.to_str().unwrap()], &format!("{BUCKET}/00000003"));
     assert_eq!(code, 200);
     let headers = std::fs::read_to_string(&hdr).unwrap().to_ascii_lowercase();
-    let get = |name: &str| {
-        headers.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).map(|v| v.trim().to_string())
-    };
+    let get =
+        |name: &str| headers.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).map(|v| v.trim().to_string());
     let encoding = get("content-encoding").expect("Content-Encoding");
     assert_eq!(encoding, "deflate, encrypt-aes-128-cbc");
     let hmac = get("x-amz-meta-s3backer-hmac").expect("HMAC header");
@@ -363,7 +479,11 @@ fn c_encrypted_object_decodes_with_our_codec() {
             ..Default::default()
         },
     );
-    let obj = s3b_store::ObjectBody { data: body.clone().into(), content_encoding: Some(encoding.clone()), hmac: Some(hmac.clone()) };
+    let obj = s3b_store::ObjectBody {
+        data: body.clone().into(),
+        content_encoding: Some(encoding.clone()),
+        hmac: Some(hmac.clone()),
+    };
     assert_eq!(&codec.decode(3, obj).expect("C's object decodes")[..], &block[..]);
     // Our encryption of C's compressed stream gives C's exact bytes and HMAC (CBC with
     // upstream's per-block IV is deterministic; deflate output itself differs between zlib
@@ -449,7 +569,8 @@ fn metadata_server(v2: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
             }
             let (status, body) = if line.starts_with("PUT /latest/api/token") {
                 ("200 OK", "tok-123".to_string())
-            } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2) {
+            } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2)
+            {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 (
                     "200 OK",
@@ -462,7 +583,8 @@ fn metadata_server(v2: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
             } else {
                 ("401 Unauthorized", String::new())
             };
-            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ =
+                write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     });
     (port, served)
@@ -474,7 +596,12 @@ fn ec2_iam_credentials_v1_and_v2() {
     for v2 in [false, true] {
         let (port, served) = metadata_server(v2);
         let s = Scratch::new();
-        let mut a = vec![format!("--baseURL={}", g.base_url()), "--accessEC2IAM=s3b-role".into(), "--size=1m".into(), "-f".into()];
+        let mut a = vec![
+            format!("--baseURL={}", g.base_url()),
+            "--accessEC2IAM=s3b-role".into(),
+            "--size=1m".into(),
+            "-f".into(),
+        ];
         if v2 {
             a.push("--accessEC2IAM-IMDSv2".into());
         }
@@ -525,7 +652,13 @@ fn request_counts_of_an_ext4_round_trip_vs_c() {
         let s = Scratch::new();
         let proxy = FaultProxy::start(
             g.port,
-            FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: std::time::Duration::ZERO, corrupt_percent: 0 },
+            FaultConfig {
+                error_percent: 0,
+                reset_percent: 0,
+                stall_percent: 0,
+                stall: std::time::Duration::ZERO,
+                corrupt_percent: 0,
+            },
         );
         proxy.set_faults(false);
         let mut flags = g.s3backer_flags();
@@ -746,7 +879,14 @@ fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
         let p = s.path("obj");
         std::fs::write(&p, data).unwrap();
         let (code, body) = g.curl(
-            &["-X", "PUT", "--data-binary", &format!("@{}", p.display()), "-H", "Content-Type: application/x-s3backer-block"],
+            &[
+                "-X",
+                "PUT",
+                "--data-binary",
+                &format!("@{}", p.display()),
+                "-H",
+                "Content-Type: application/x-s3backer-block",
+            ],
             &format!("{BUCKET}/00000005"),
         );
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
@@ -814,7 +954,15 @@ fn s3_secrets_never_leak_and_open_access_file_warns() {
     let wrong = "wrong-secret-key-00000000000000000000";
     std::fs::write(&access, format!("{ACCESS_KEY_ID}:{wrong}\n")).unwrap();
     std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run_ours(&[base, file, "--debug".into(), "--debug-http".into(), "-f".into(), BUCKET.into(), s.mnt().to_string_lossy().into_owned()]);
+    let out = run_ours(&[
+        base,
+        file,
+        "--debug".into(),
+        "--debug-http".into(),
+        "-f".into(),
+        BUCKET.into(),
+        s.mnt().to_string_lossy().into_owned(),
+    ]);
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success());
     assert!(!all.contains(wrong) && !all.contains(SECRET_KEY), "a secret in the output:\n{all}");
@@ -853,8 +1001,14 @@ fn regression_relative_access_file_in_daemon_mode() {
 fn consistency_layer_ext4_round_trip_over_s3() {
     let g = Garage::start();
     let s = Scratch::new();
-    let flags =
-        ["--size=32m", "--blockSize=32k", "--blockCacheSize=0", "--md5CacheSize=1024", "--md5CacheTime=5000", "--minWriteDelay=20"];
+    let flags = [
+        "--size=32m",
+        "--blockSize=32k",
+        "--blockCacheSize=0",
+        "--md5CacheSize=1024",
+        "--md5CacheTime=5000",
+        "--minWriteDelay=20",
+    ];
     let m = mount(&g, BUCKET, &flags, &s.mnt());
     Ext4::mkfs(&m.file());
     let e = Ext4::mount(&m.file(), &s.ext4());
@@ -926,7 +1080,13 @@ fn upload_bodies_damaged_in_transit_are_refused_and_sent_again() {
     let s = Scratch::new();
     let proxy = FaultProxy::start(
         g.port,
-        FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: std::time::Duration::ZERO, corrupt_percent: 25 },
+        FaultConfig {
+            error_percent: 0,
+            reset_percent: 0,
+            stall_percent: 0,
+            stall: std::time::Duration::ZERO,
+            corrupt_percent: 25,
+        },
     );
     let mut a = args(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--blockCacheSize=0", "--initialRetryPause=20"]);
     a[0] = format!("--baseURL={}", proxy.base_url());

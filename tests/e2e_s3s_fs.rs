@@ -68,7 +68,9 @@ fn cache_file_encryption_and_compression_on_s3s_fs() {
     let pw = format!("--passwordFile={}", s.path("pw").display());
     let cache = format!("--blockCacheFile={}", s.path("cache").display());
     let flags = ["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, &cache];
-    let data: Vec<u8> = (0..4u32 << 20).map(|i| if (i >> 15) % 3 == 0 { 0 } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 }).collect();
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| if (i >> 15) % 3 == 0 { 0 } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 })
+        .collect();
     let m = mount(&srv, &flags, &s.mnt());
     let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
     f.write_all_at(&data, 1 << 20).unwrap();
@@ -85,7 +87,8 @@ fn cache_file_encryption_and_compression_on_s3s_fs() {
     assert_eq!(m.unmount(), 0);
     // Without the cache, straight from the server.
     drop_caches();
-    let m = mount(&srv, &["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, "--blockCacheSize=0"], &s.mnt());
+    let m =
+        mount(&srv, &["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, "--blockCacheSize=0"], &s.mnt());
     std::fs::File::open(m.file()).unwrap().read_exact_at(&mut back, 1 << 20).unwrap();
     assert!(back == data, "different bytes read from s3s-fs");
     assert_eq!(m.unmount(), 0);

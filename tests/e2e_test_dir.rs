@@ -39,7 +39,16 @@ fn exported_files_modes_sizes_and_stats_reset() {
     let s = Scratch::new();
     let store = s.store();
     let m = Mount::start(
-        &["--test", "--size=1m", "--blockSize=4k", "--test-delays", "--filename=disk", "--statsFilename=st", "--fileMode=0640", store.to_str().unwrap()],
+        &[
+            "--test",
+            "--size=1m",
+            "--blockSize=4k",
+            "--test-delays",
+            "--filename=disk",
+            "--statsFilename=st",
+            "--fileMode=0640",
+            store.to_str().unwrap(),
+        ],
         &s.mnt(),
     );
     let md = std::fs::metadata(s.mnt().join("disk")).unwrap();
@@ -58,7 +67,15 @@ fn exported_files_modes_sizes_and_stats_reset() {
     f.write_all_at(&[7u8; 5000], 100).unwrap();
     f.sync_all().unwrap();
     let stats = std::fs::read_to_string(s.mnt().join("st")).unwrap();
-    let delays: u64 = stats.lines().find(|l| l.starts_with("test_injected_delays")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let delays: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("test_injected_delays"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(delays > 0, "{stats}");
     std::fs::remove_file(s.mnt().join("st")).unwrap();
     let stats = std::fs::read_to_string(s.mnt().join("st")).unwrap();
@@ -107,7 +124,11 @@ fn punch_hole_deletes_whole_blocks_and_zeroes_edges() {
     assert!(!store.join("00000001").exists() && !store.join("00000002").exists());
     assert!(store.join("00000000").exists() && store.join("00000003").exists());
     // Past the end: ENOSPC, as upstream.
-    let out = std::process::Command::new("fallocate").args(["-p", "-o", "60000", "-l", "10000"]).arg(m.file()).output().unwrap();
+    let out = std::process::Command::new("fallocate")
+        .args(["-p", "-o", "60000", "-l", "10000"])
+        .arg(m.file())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     drop(f);
     assert_eq!(m.unmount(), 0);
@@ -160,7 +181,15 @@ fn test_errors_really_injects_errors() {
     let store = s.store();
     // Without the block cache the injected errors reach the writer.
     let m = Mount::start(
-        &["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", "--blockCacheSize=0", store.to_str().unwrap()],
+        &[
+            "--test",
+            "--size=4m",
+            "--blockSize=4k",
+            "--directIO",
+            "--test-errors",
+            "--blockCacheSize=0",
+            store.to_str().unwrap(),
+        ],
         &s.mnt(),
     );
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
@@ -173,14 +202,24 @@ fn test_errors_really_injects_errors() {
     }
     drop(f);
     let stats = m.stats();
-    let injected: u64 =
-        stats.lines().find(|l| l.starts_with("test_injected_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let injected: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("test_injected_errors"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
     assert_eq!(m.unmount(), 0);
 
     // With the write-back cache they are retried: every write and the fsync succeed, and all
     // the data is in the store afterwards.
-    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::start(
+        &["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()],
+        &s.mnt(),
+    );
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     for i in 0..1024u64 {
         f.write_all_at(&[(i % 200) as u8 + 2; 4096], i * 4096).unwrap();
@@ -188,8 +227,15 @@ fn test_errors_really_injects_errors() {
     f.sync_all().unwrap();
     drop(f);
     let stats = m.stats();
-    let injected: u64 =
-        stats.lines().find(|l| l.starts_with("test_injected_errors")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let injected: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("test_injected_errors"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(injected > 0, "no upload failed and was retried:\n{stats}");
     assert_eq!(m.unmount(), 0);
     let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
@@ -312,11 +358,23 @@ fn stats_file_mirror_updates_and_resets() {
     let mirror = s.path("mirror.txt");
     let flag = format!("--statsFileMirror={}", mirror.display());
     let m = Mount::start(
-        &["--test", "--size=1m", "--blockSize=4k", "--test-delays", &flag, "--statsFileMirrorInterval=50", s.store().to_str().unwrap()],
+        &[
+            "--test",
+            "--size=1m",
+            "--blockSize=4k",
+            "--test-delays",
+            &flag,
+            "--statsFileMirrorInterval=50",
+            s.store().to_str().unwrap(),
+        ],
         &s.mnt(),
     );
     let delays = |text: &str| -> u64 {
-        text.lines().find(|l| l.starts_with("test_injected_delays")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        text.lines()
+            .find(|l| l.starts_with("test_injected_delays"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     f.write_all_at(&[7u8; 20000], 0).unwrap();
@@ -325,7 +383,9 @@ fn stats_file_mirror_updates_and_resets() {
     let names = |t: &str| t.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect::<Vec<_>>();
     assert_eq!(names(&std::fs::read_to_string(&mirror).unwrap()), names(&m.stats()));
     std::fs::remove_file(&mirror).unwrap();
-    wait_for(10, "the mirror to come back reset", || std::fs::read_to_string(&mirror).is_ok_and(|t| t.contains("test_injected_delays") && delays(&t) == 0));
+    wait_for(10, "the mirror to come back reset", || {
+        std::fs::read_to_string(&mirror).is_ok_and(|t| t.contains("test_injected_delays") && delays(&t) == 0)
+    });
     assert_eq!(delays(&m.stats()), 0, "deleting the mirror did not reset the stats");
     f.write_all_at(&[9u8; 20000], 0).unwrap();
     f.sync_all().unwrap();

@@ -38,8 +38,18 @@ fn daemon_asks_to_be_an_io_flusher_before_any_thread_exists() {
     let store = s.store();
     let mnt = s.mnt();
     let args: Vec<String> = [
-        "-f", "-qq", "-e", "trace=prctl,clone,clone3", "-o", trace.to_str().unwrap(), bin(), "--test", "--size=16m",
-        "-f", store.to_str().unwrap(), mnt.to_str().unwrap(),
+        "-f",
+        "-qq",
+        "-e",
+        "trace=prctl,clone,clone3",
+        "-o",
+        trace.to_str().unwrap(),
+        bin(),
+        "--test",
+        "--size=16m",
+        "-f",
+        store.to_str().unwrap(),
+        mnt.to_str().unwrap(),
     ]
     .iter()
     .map(|a| a.to_string())
@@ -57,7 +67,8 @@ fn daemon_asks_to_be_an_io_flusher_before_any_thread_exists() {
     } else {
         // Refused (no CAP_SYS_RESOURCE, as in some containers): one warning, the mount works.
         let stderr = m.stderr();
-        let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("can't mark the process as an I/O flusher")).collect();
+        let warnings: Vec<&str> =
+            stderr.lines().filter(|l| l.contains("can't mark the process as an I/O flusher")).collect();
         assert_eq!(warnings.len(), 1, "{stderr}");
         assert!(warnings[0].starts_with("s3backer: warning: "), "{stderr}");
     }
@@ -85,7 +96,9 @@ impl MemCgroup {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let name = format!("s3b-test-{}", std::process::id());
         // cgroup v1: "N:memory:/path"; v2: "0::/path".
-        let (dir, limit_file) = if let Some(p) = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())) {
+        let (dir, limit_file) = if let Some(p) =
+            own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        {
             (Path::new("/sys/fs/cgroup/memory").join(p.trim_start_matches('/')).join(&name), "memory.limit_in_bytes")
         } else {
             let p = own.lines().find_map(|l| l.strip_prefix("0::")).expect("no memory cgroup").to_string();

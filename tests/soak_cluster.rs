@@ -46,7 +46,12 @@ fn fio(dir: &Path, seed: u64, verify_only: bool) {
         c.arg("--verify_only");
     }
     let out = c.output().expect("run fio");
-    assert!(out.status.success(), "fio job {seed} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fio job {seed} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn env_secs(name: &str, default: u64) -> Duration {
@@ -61,7 +66,13 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
     let mut c = GarageCluster::start();
     let proxy = FaultProxy::start(
         c.port(),
-        FaultConfig { error_percent: 2, reset_percent: 1, stall_percent: 1, stall: Duration::from_secs(4), corrupt_percent: 1 },
+        FaultConfig {
+            error_percent: 2,
+            reset_percent: 1,
+            stall_percent: 1,
+            stall: Duration::from_secs(4),
+            corrupt_percent: 1,
+        },
     );
     let s = Scratch::new();
     let mut a = vec![
@@ -108,7 +119,9 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
         // Keep the file system from filling up: each job's file is rewritten by its next run.
         if seed % 8 == 0 {
             for f in std::fs::read_dir(s.ext4()).unwrap().flatten() {
-                if f.file_name().to_string_lossy().starts_with("soak") && !f.file_name().to_string_lossy().contains(&format!("soak{seed}.")) {
+                if f.file_name().to_string_lossy().starts_with("soak")
+                    && !f.file_name().to_string_lossy().contains(&format!("soak{seed}."))
+                {
                     let _ = std::fs::remove_file(f.path());
                 }
             }
@@ -128,7 +141,8 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
     fio(&s.ext4(), seed, true);
     e.unmount();
     assert_eq!(m.unmount(), 0);
-    let requests = stat_value(&stats, "http_gets") + stat_value(&stats, "http_puts") + stat_value(&stats, "http_deletes");
+    let requests =
+        stat_value(&stats, "http_gets") + stat_value(&stats, "http_puts") + stat_value(&stats, "http_deletes");
     eprintln!(
         "soak: {} s, {seed} fio jobs verified ({} MiB written and read back), {requests} successful requests, \
          {} proxy requests with {} faults injected ({counts:?}), {} retries, {kills} nodes killed, \

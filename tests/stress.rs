@@ -31,7 +31,6 @@ fn content(seed: u64) -> Bytes {
     Bytes::from(v)
 }
 
-
 #[derive(Default)]
 struct Counts {
     reads: AtomicU64,
@@ -83,8 +82,7 @@ async fn worker(store: Arc<dyn BlockStore>, model: Arc<Model>, seed: u64, until:
 fn stress(extra: &[&str]) {
     let secs: u64 = std::env::var("S3B_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> =
-        ["--test", "--blockSize=4k", "--size=1m"].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = ["--test", "--blockSize=4k", "--size=1m"].iter().map(|s| s.to_string()).collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(dir.path().to_string_lossy().into_owned());
     args.push("/unused-mountpoint".into());
@@ -109,7 +107,8 @@ fn stress(extra: &[&str]) {
     let store = build(&clean, &rt);
     rt.block_on(async {
         for n in 0..BLOCKS {
-            let got = store.read_block(n as u32, ReadCondition::None).await.unwrap().into_data(BLOCK_SIZE as u32).unwrap();
+            let got =
+                store.read_block(n as u32, ReadCondition::None).await.unwrap().into_data(BLOCK_SIZE as u32).unwrap();
             let want = model[n].read().await.map(content).unwrap_or_else(|| Bytes::from(vec![0u8; BLOCK_SIZE]));
             assert!(got == want, "block {n} differs after restart");
         }
@@ -136,7 +135,13 @@ fn stress_with_delays_and_errors() {
 #[test]
 fn stress_block_cache_with_delays_and_errors() {
     // A cache smaller than the volume: evictions, read misses that fail, retried uploads.
-    stress(&["--test-delays", "--test-errors", "--blockCacheSize=64", "--blockCacheWriteDelay=10", "--blockCacheMaxDirty=32"]);
+    stress(&[
+        "--test-delays",
+        "--test-errors",
+        "--blockCacheSize=64",
+        "--blockCacheWriteDelay=10",
+        "--blockCacheMaxDirty=32",
+    ]);
 }
 
 #[test]

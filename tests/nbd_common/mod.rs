@@ -32,7 +32,8 @@ impl NbdServer {
     pub fn spawn(a: Vec<String>, sock: PathBuf, tcp: Option<String>) -> NbdServer {
         let stderr_path = sock.with_extension(format!("stderr.{}", rand::random::<u32>()));
         let errf = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().unwrap();
+        let child =
+            Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().unwrap();
         let mut s = NbdServer { child: Some(child), sock, stderr_path, tcp };
         let uri = s.uri();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -40,7 +41,8 @@ impl NbdServer {
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("s3backer exited with {st} before serving: {}", s.stderr());
             }
-            let up = Command::new("nbdinfo").arg("--size").arg(&uri).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let up =
+                Command::new("nbdinfo").arg("--size").arg(&uri).stdout(Stdio::null()).stderr(Stdio::null()).status();
             if up.unwrap().success() {
                 break;
             }
@@ -160,4 +162,3 @@ pub fn random_image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     std::fs::write(path, &data).unwrap();
     data
 }
-

@@ -40,11 +40,7 @@ impl BlockStore for Null {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cache = rt.block_on(async {
         BlockCache::new(
             Arc::new(Null),
@@ -57,11 +53,9 @@ fn bench(c: &mut Criterion) {
         )
     });
     let data = Bytes::from(vec![7u8; BS as usize]);
-    rt.block_on(cache.write_block(1, Some(data.clone())))
-        .unwrap();
+    rt.block_on(cache.write_block(1, Some(data.clone()))).unwrap();
     c.bench_function("cache hit read 64k", |b| {
-        b.to_async(&rt)
-            .iter(|| async { cache.read_block(1, ReadCondition::None).await.unwrap() })
+        b.to_async(&rt).iter(|| async { cache.read_block(1, ReadCondition::None).await.unwrap() })
     });
     let mut n = 0u32;
     c.bench_function("write 64k into cache", |b| {

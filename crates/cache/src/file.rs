@@ -167,7 +167,9 @@ fn reserve(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     // SAFETY: an all-zero statvfs is a valid value for fstatvfs to fill in.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatvfs writes only into `st`, which lives for the call.
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 && (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < len {
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0
+        && (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < len
+    {
         return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
     }
     file.set_len(len)
@@ -223,8 +225,7 @@ fn decode_entry(raw: &[u8], version: u32, block_size: u32) -> Option<EntryMeta> 
         if !dirty || count == 0 || count > MAX_RANGES {
             return None;
         }
-        let list: Vec<(u32, u32)> =
-            (0..count).map(|i| (u32_at(raw, 40 + 8 * i), u32_at(raw, 44 + 8 * i))).collect();
+        let list: Vec<(u32, u32)> = (0..count).map(|i| (u32_at(raw, 40 + 8 * i), u32_at(raw, 44 + 8 * i))).collect();
         let r = ByteRanges::from_stored(&list, block_size)?;
         (!r.is_full(block_size)).then_some(r)
     } else {
@@ -302,7 +303,11 @@ struct Steps {
 }
 
 impl Steps {
-    fn step<T>(&mut self, what: &'static str, f: impl FnOnce() -> std::io::Result<T>) -> std::result::Result<T, ResizeError> {
+    fn step<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::result::Result<T, ResizeError> {
         if self.crash_at == Some(self.done) {
             return Err(ResizeError::Io(what, std::io::Error::other("crash injected")));
         }
@@ -330,8 +335,7 @@ fn resize(
     let old_off = data_offset(old_version, old_slots);
     let old_elen = entry_len(old_version);
     let mut dir = vec![0u8; (old_elen * old_slots as u64) as usize];
-    old.read_exact_at(&mut dir, HEADER_LEN)
-        .map_err(io("can't read directory"))?;
+    old.read_exact_at(&mut dir, HEADER_LEN).map_err(io("can't read directory"))?;
     // What the open would keep: dirty entries first (all must fit), then clean ones.
     let mut seen = std::collections::HashSet::new();
     let (mut dirty, mut clean) = (Vec::new(), Vec::new());
@@ -404,11 +408,8 @@ fn resize(
         _ => PathBuf::from("."),
     };
     steps.step("can't sync the directory", || File::open(&parent)?.sync_all())?;
-    let from = if old_version == VERSION {
-        String::new()
-    } else {
-        format!(" (converted from format version {old_version})")
-    };
+    let from =
+        if old_version == VERSION { String::new() } else { format!(" (converted from format version {old_version})") };
     log::info!(
         "cache file {}: rewritten from {old_slots} to {new_slots} blocks{from}, keeping {kept_dirty} dirty and {kept_clean} clean blocks",
         path.display()
@@ -420,16 +421,13 @@ impl CacheFile {
     /// Opens or creates the cache file for `slots` blocks of `block_size` bytes and reads its
     /// directory. Errors are one line naming the file and the problem.
     pub fn open(path: &Path, block_size: u32, slots: u32, opts: FileOptions) -> Result<CacheFile> {
-        let err =
-            |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
+        let err = |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
         let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
         let tmp = resize_path(path);
         match std::fs::remove_file(&tmp) {
-            Ok(()) => log::info!(
-                "cache file {}: removed {} left by an interrupted resize",
-                path.display(),
-                tmp.display()
-            ),
+            Ok(()) => {
+                log::info!("cache file {}: removed {} left by an interrupted resize", path.display(), tmp.display())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&format!("can't remove {}", tmp.display()), e)),
         }
@@ -466,20 +464,15 @@ impl CacheFile {
                     full_len.div_ceil(1 << 20)
                 )));
             }
-            cf.write_header(0)
-                .map_err(|e| io("can't write header", e))?;
+            cf.write_header(0).map_err(|e| io("can't write header", e))?;
             cf.file.sync_all().map_err(|e| io("can't sync", e))?;
             *cf.free.lock() = (0..slots).rev().collect();
             return Ok(cf);
         }
         let mut h = [0u8; HEADER_LEN as usize];
-        cf.file
-            .read_exact_at(&mut h, 0)
-            .map_err(|_| err("is corrupt (short header); delete it".into()))?;
+        cf.file.read_exact_at(&mut h, 0).map_err(|_| err("is corrupt (short header); delete it".into()))?;
         if &h[0..8] != MAGIC || fnv(&h[0..24]) != u64_at(&h, 24) {
-            return Err(err(
-                "is not an s3backer-rs cache file or is corrupt (bad header); delete it".into(),
-            ));
+            return Err(err("is not an s3backer-rs cache file or is corrupt (bad header); delete it".into()));
         }
         let fversion = u32_at(&h, 8);
         if fversion != VERSION && fversion != 1 {
@@ -490,54 +483,40 @@ impl CacheFile {
         }
         let (fbs, fslots) = (u32_at(&h, 12), u32_at(&h, 16));
         if fbs != block_size {
-            return Err(err(format!(
-                "was made for block size {fbs}, not {block_size}; delete it or use another file"
-            )));
+            return Err(err(format!("was made for block size {fbs}, not {block_size}; delete it or use another file")));
         }
         if fslots != slots || fversion != VERSION {
             let old_full = data_offset(fversion, fslots) + fslots as u64 * block_size as u64;
             if len < old_full {
-                return Err(err(format!(
-                    "is truncated ({len} bytes, expected {old_full}); delete it"
-                )));
+                return Err(err(format!("is truncated ({len} bytes, expected {old_full}); delete it")));
             }
             drop(cf);
-            resize(path, block_size, fversion, fslots, slots, u32_at(&h, 20), opts, None)
-                .map_err(|e| match e {
-                    ResizeError::TooManyDirty(d) => err(format!(
-                        "holds {d} dirty blocks not yet uploaded, more than the new cache size of {slots} blocks; \
+            resize(path, block_size, fversion, fslots, slots, u32_at(&h, 20), opts, None).map_err(|e| match e {
+                ResizeError::TooManyDirty(d) => err(format!(
+                    "holds {d} dirty blocks not yet uploaded, more than the new cache size of {slots} blocks; \
                          use --blockCacheSize={d} or more until they are uploaded"
-                    )),
-                    ResizeError::Io(what, e) => {
-                        err(format!("can't rewrite it for {slots} blocks: {what}: {e}"))
-                    }
-                })?;
+                )),
+                ResizeError::Io(what, e) => err(format!("can't rewrite it for {slots} blocks: {what}: {e}")),
+            })?;
             return CacheFile::open(path, block_size, slots, opts);
         }
         if len < full_len {
-            return Err(err(format!(
-                "is truncated ({len} bytes, expected {full_len}); delete it"
-            )));
+            return Err(err(format!("is truncated ({len} bytes, expected {full_len}); delete it")));
         }
         *cf.token.lock() = u32_at(&h, 20);
         let mut dir = vec![0u8; (ENTRY_LEN * slots as u64) as usize];
-        cf.file
-            .read_exact_at(&mut dir, HEADER_LEN)
-            .map_err(|e| io("can't read directory", e))?;
+        cf.file.read_exact_at(&mut dir, HEADER_LEN).map_err(|e| io("can't read directory", e))?;
         let mut free = Vec::new();
         let mut loaded = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut dropped = 0usize;
         for slot in (0..slots).rev() {
-            let raw =
-                &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
+            let raw = &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
             if raw.iter().all(|&b| b == 0) {
                 free.push(slot);
                 continue;
             }
-            let keep = cf
-                .load_entry(slot, raw, &mut seen)
-                .map_err(|e| io("can't read", e))?;
+            let keep = cf.load_entry(slot, raw, &mut seen).map_err(|e| io("can't read", e))?;
             match keep {
                 Some(l) => {
                     if l.dirty {
@@ -554,16 +533,12 @@ impl CacheFile {
         }
         if dropped > 0 {
             cf.file.sync_data().map_err(|e| io("can't sync", e))?;
-            log::info!(
-                "cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)",
-                path.display()
-            );
+            log::info!("cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)", path.display());
         }
         *cf.free.lock() = free;
         *cf.loaded.lock() = loaded;
         // Recovered dirty blocks wait until the caller has checked the mount token.
-        cf.uploads_allowed
-            .store(cf.dirty_found == 0, Ordering::SeqCst);
+        cf.uploads_allowed.store(cf.dirty_found == 0, Ordering::SeqCst);
         Ok(cf)
     }
 
@@ -576,10 +551,7 @@ impl CacheFile {
     ) -> std::io::Result<Option<Loaded>> {
         let meta = decode_entry(raw, VERSION, self.block_size);
         let Some(meta) = meta.filter(|m| seen.insert(m.block)) else {
-            log::warn!(
-                "cache file {}: damaged entry in slot {slot} dropped",
-                self.path.display()
-            );
+            log::warn!("cache file {}: damaged entry in slot {slot} dropped", self.path.display());
             return Ok(None);
         };
         if !wanted(&meta, &self.opts) {
@@ -602,15 +574,7 @@ impl CacheFile {
             }
             Some(Bytes::from(buf))
         };
-        Ok(Some(Loaded {
-            block,
-            slot,
-            data,
-            etag,
-            dirty,
-            verify,
-            valid,
-        }))
+        Ok(Some(Loaded { block, slot, data, etag, dirty, verify, valid }))
     }
 
     fn slot_off(&self, slot: u32) -> u64 {
@@ -644,10 +608,7 @@ impl CacheFile {
     }
 
     fn erase(&self, slot: u32) -> std::io::Result<()> {
-        self.file.write_all_at(
-            &[0u8; ENTRY_LEN as usize],
-            HEADER_LEN + slot as u64 * ENTRY_LEN,
-        )
+        self.file.write_all_at(&[0u8; ENTRY_LEN as usize], HEADER_LEN + slot as u64 * ENTRY_LEN)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -668,8 +629,7 @@ impl CacheFile {
             data_sum: data.map_or(0, |d| fnv(d)),
             valid: valid.cloned(),
         });
-        self.file
-            .write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
+        self.file.write_all_at(&e, HEADER_LEN + slot as u64 * ENTRY_LEN)
     }
 
     /// Writes data for `slot` and syncs it (the entry pointing at it comes after). The same
@@ -740,12 +700,7 @@ impl CacheFile {
         let mut t = self.token.lock();
         self.write_header(token)
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| {
-                StoreError::io(
-                    format!("cache file {}: can't write header", self.path.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| StoreError::io(format!("cache file {}: can't write header", self.path.display()), e))?;
         *t = token;
         Ok(())
     }
@@ -757,12 +712,7 @@ impl CacheFile {
 
     /// Makes sure everything written so far is on disk.
     pub fn sync(&self) -> Result<()> {
-        self.synced().map_err(|e| {
-            StoreError::io(
-                format!("cache file {}: sync failed", self.path.display()),
-                e,
-            )
-        })
+        self.synced().map_err(|e| StoreError::io(format!("cache file {}: sync failed", self.path.display()), e))
     }
 
     /// Frees a slot: its entry is erased now; the slot is reused only after a later
@@ -771,10 +721,7 @@ impl CacheFile {
         match self.erase(slot) {
             Ok(()) => self.pending.lock().push(slot),
             // Leave the slot unused: its entry may still point at it.
-            Err(e) => log::error!(
-                "cache file {}: can't erase slot {slot}: {e}",
-                self.path.display()
-            ),
+            Err(e) => log::error!("cache file {}: can't erase slot {slot}: {e}", self.path.display()),
         }
     }
 
@@ -789,13 +736,7 @@ impl CacheFile {
         valid: Option<&ByteRanges>,
     ) -> Result<()> {
         let e = |x: std::io::Error| {
-            StoreError::io(
-                format!(
-                    "cache file {}: write of block {n:#010x}",
-                    self.path.display()
-                ),
-                x,
-            )
+            StoreError::io(format!("cache file {}: write of block {n:#010x}", self.path.display()), x)
         };
         let old = st.entries.get_mut(&n).and_then(|en| en.slot.take());
         if let Some(slot) = old {
@@ -806,9 +747,7 @@ impl CacheFile {
             return Ok(());
         };
         let data = data.filter(|d| !is_zero(d));
-        let res = self
-            .write_data(slot, data)
-            .and_then(|_| self.write_entry(slot, n, true, data, None, valid));
+        let res = self.write_data(slot, data).and_then(|_| self.write_entry(slot, n, true, data, None, valid));
         if let Err(x) = res {
             if self.erase(slot).is_ok() {
                 self.pending.lock().push(slot);
@@ -835,10 +774,7 @@ impl CacheFile {
         let (data, etag) = (en.data.clone(), en.etag);
         if let Some(slot) = en.slot {
             if let Err(x) = self.write_entry(slot, n, false, data.as_ref(), etag, None) {
-                log::error!(
-                    "cache file {}: can't update block {n:#010x}: {x}",
-                    self.path.display()
-                );
+                log::error!("cache file {}: can't update block {n:#010x}: {x}", self.path.display());
             }
             return;
         }
@@ -855,10 +791,7 @@ impl CacheFile {
         {
             Ok(()) => en.slot = Some(slot),
             Err(x) => {
-                log::error!(
-                    "cache file {}: can't store block {n:#010x}: {x}",
-                    self.path.display()
-                );
+                log::error!("cache file {}: can't store block {n:#010x}: {x}", self.path.display());
                 if self.erase(slot).is_ok() {
                     self.pending.lock().push(slot);
                 }
@@ -904,28 +837,16 @@ mod tests {
             clean(&f, &mut st, 9, 3, 0xab);
             f.set_token(0x1234).unwrap();
         }
-        let opts = FileOptions {
-            recover_dirty: true,
-            ..Default::default()
-        };
+        let opts = FileOptions { recover_dirty: true, ..Default::default() };
         let f = CacheFile::open(&p, BS, 4, opts).unwrap();
         assert_eq!(f.stored_token(), 0x1234);
         assert_eq!(f.dirty_found(), 1);
-        assert!(
-            !f.uploads_allowed(),
-            "recovered dirty blocks wait for the token check"
-        );
+        assert!(!f.uploads_allowed(), "recovered dirty blocks wait for the token check");
         let mut l = f.take_loaded();
         l.sort_by_key(|l| l.block);
         assert_eq!(l.len(), 2);
-        assert_eq!(
-            (l[0].block, l[0].dirty, l[0].data.clone()),
-            (7, true, Some(data(2)))
-        );
-        assert_eq!(
-            (l[1].block, l[1].dirty, l[1].verify, l[1].etag),
-            (9, false, true, Some(Etag([0xab; 16])))
-        );
+        assert_eq!((l[0].block, l[0].dirty, l[0].data.clone()), (7, true, Some(data(2))));
+        assert_eq!((l[1].block, l[1].dirty, l[1].verify, l[1].etag), (9, false, true, Some(Etag([0xab; 16]))));
         drop(f);
         // Without recovery the dirty block is discarded (and erased from the file).
         let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
@@ -950,18 +871,8 @@ mod tests {
         let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         // Flip a data byte of one slot and an entry byte of the other.
         raw.write_all_at(&[0xee], data_off + 3).unwrap();
-        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10)
-            .unwrap();
-        let f = CacheFile::open(
-            &p,
-            BS,
-            4,
-            FileOptions {
-                no_verify: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        raw.write_all_at(&[0xee], HEADER_LEN + ENTRY_LEN + 10).unwrap();
+        let f = CacheFile::open(&p, BS, 4, FileOptions { no_verify: true, ..Default::default() }).unwrap();
         assert!(f.take_loaded().is_empty());
         // Both slots were freed.
         assert_eq!(f.free.lock().len(), 4);
@@ -972,17 +883,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         drop(CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap());
-        let msg = |bs, slots| {
-            CacheFile::open(&p, bs, slots, FileOptions::default())
-                .err()
-                .unwrap()
-                .to_string()
-        };
-        assert!(
-            msg(64, 4).contains("was made for block size 32, not 64"),
-            "{}",
-            msg(64, 4)
-        );
+        let msg = |bs, slots| CacheFile::open(&p, bs, slots, FileOptions::default()).err().unwrap().to_string();
+        assert!(msg(64, 4).contains("was made for block size 32, not 64"), "{}", msg(64, 4));
         // Another slot count is a resize, not an error.
         assert_eq!(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap().slots(), 8);
         assert!(msg(64, 8).contains("was made for block size 32, not 64"));

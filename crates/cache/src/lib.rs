@@ -59,9 +59,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
-use s3b_store::{
-    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero,
-};
+use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero};
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -145,11 +143,7 @@ impl BlockCache {
     /// file held are loaded: clean ones (checked against the store on first read unless the file
     /// was opened with `no_verify`), and dirty ones when recovery was asked for, which are then
     /// uploaded.
-    pub fn with_file(
-        inner: Arc<dyn BlockStore>,
-        cfg: CacheConfig,
-        file: Arc<CacheFile>,
-    ) -> BlockCache {
+    pub fn with_file(inner: Arc<dyn BlockStore>, cfg: CacheConfig, file: Arc<CacheFile>) -> BlockCache {
         let loaded = file.take_loaded();
         Self::build(inner, cfg, Some(file), loaded)
     }
@@ -161,9 +155,7 @@ impl BlockCache {
         loaded: Vec<file::Loaded>,
     ) -> BlockCache {
         let num_blocks = inner.num_blocks();
-        cfg.size = cfg
-            .size
-            .clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
+        cfg.size = cfg.size.clamp(1, num_blocks.clamp(1, usize::MAX as u64) as usize);
         if let Some(f) = &file {
             cfg.size = cfg.size.min(f.slots() as usize);
         }
@@ -192,18 +184,12 @@ impl BlockCache {
                 state.lru_insert(l.block);
             }
         }
-        stats
-            .initial_size
-            .store(state.entries.len() as u64, Ordering::Relaxed);
+        stats.initial_size.store(state.entries.len() as u64, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             block_size: inner.block_size(),
             inner,
             ra_pool: Arc::new(Semaphore::new(cfg.threads)),
-            ra: Mutex::new(ReadAhead::new(
-                cfg.read_ahead,
-                cfg.read_ahead_trigger,
-                (cfg.size / 2) as u32,
-            )),
+            ra: Mutex::new(ReadAhead::new(cfg.read_ahead, cfg.read_ahead_trigger, (cfg.size / 2) as u32)),
             cfg,
             state: Mutex::new(state),
             changed: Notify::new(),
@@ -318,11 +304,7 @@ impl Shared {
 
     /// Performs the inner read for an entry this task put in the loading phase. `None` when
     /// the entry became a partially written block meanwhile: ask again with [`Shared::get`].
-    pub(crate) async fn load(
-        self: &Arc<Self>,
-        n: BlockNum,
-        verify: Option<Etag>,
-    ) -> Option<Result<ReadOutcome>> {
+    pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Option<Result<ReadOutcome>> {
         let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
         let res = self.inner.read_block(n, cond).await;
         let mut st = self.state.lock();
@@ -353,9 +335,7 @@ impl Shared {
                 }
                 Ok(ReadOutcome::NotModified) => {
                     self.drop_entry(&mut st, n);
-                    Err(StoreError::Other(format!(
-                        "block {n:#010x}: unexpected \"not modified\" answer"
-                    )))
+                    Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
                 }
                 Ok(out) => {
                     if verify.is_some() {
@@ -442,9 +422,8 @@ impl Shared {
                 && e.phase == Phase::Clean
                 && !e.verify
             {
-                let same = base
-                    .as_deref()
-                    .map_or_else(|| is_zero(&part), |d| d[off as usize..end as usize] == part[..]);
+                let same =
+                    base.as_deref().map_or_else(|| is_zero(&part), |d| d[off as usize..end as usize] == part[..]);
                 if same {
                     return Prepared::Unchanged;
                 }
@@ -468,11 +447,7 @@ impl Shared {
 
     /// Accepts a write into the cache, waiting for room when needed. `prepare` sees the
     /// block's entry (under the lock) and says what the block becomes.
-    async fn write_with(
-        self: &Arc<Self>,
-        n: BlockNum,
-        prepare: impl Fn(Option<&Entry>) -> Prepared,
-    ) -> Result<()> {
+    async fn write_with(self: &Arc<Self>, n: BlockNum, prepare: impl Fn(Option<&Entry>) -> Prepared) -> Result<()> {
         let mut counted = false;
         let ver = loop {
             let notified = self.changed.notified();
@@ -489,11 +464,7 @@ impl Shared {
                 let now = Instant::now();
                 let present = st.entries.contains_key(&n);
                 if !counted {
-                    let c = if present {
-                        &self.stats.write_hits
-                    } else {
-                        &self.stats.write_misses
-                    };
+                    let c = if present { &self.stats.write_hits } else { &self.stats.write_misses };
                     c.fetch_add(1, Ordering::Relaxed);
                     counted = true;
                 }
@@ -503,11 +474,8 @@ impl Shared {
                     Prepared::Fill => Next::Fill,
                     Prepared::Data(data, valid) => {
                         let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
-                        let over_dirty_limit =
-                            self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
-                        if (!already_dirty && over_dirty_limit)
-                            || (!present && !self.make_room(&mut st))
-                        {
+                        let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                        if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
                             st.space_waiters += 1;
                             Next::Room
                         } else {
@@ -617,9 +585,7 @@ impl Shared {
                         Ok(out) => match (out.into_data(bs), e.valid.take()) {
                             (None, valid) => {
                                 e.valid = valid;
-                                Err(StoreError::Other(format!(
-                                    "block {n:#010x}: unexpected \"not modified\" answer"
-                                )))
+                                Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
                             }
                             // Completed meanwhile by a whole-block write.
                             (Some(_), None) => Ok(None),
@@ -687,19 +653,9 @@ impl Shared {
         match blocks {
             Some(list) => list
                 .iter()
-                .filter_map(|n| {
-                    st.entries
-                        .get(n)
-                        .filter(|e| e.phase == Phase::Dirty)
-                        .map(|e| (*n, e.ver))
-                })
+                .filter_map(|n| st.entries.get(n).filter(|e| e.phase == Phase::Dirty).map(|e| (*n, e.ver)))
                 .collect(),
-            None => st
-                .entries
-                .iter()
-                .filter(|(_, e)| e.phase == Phase::Dirty)
-                .map(|(n, e)| (*n, e.ver))
-                .collect(),
+            None => st.entries.iter().filter(|(_, e)| e.phase == Phase::Dirty).map(|(n, e)| (*n, e.ver)).collect(),
         }
     }
 }
@@ -723,10 +679,7 @@ enum Prepared {
 /// A cached block as a read result.
 fn outcome(data: &Option<Bytes>, etag: Option<Etag>) -> ReadOutcome {
     match data {
-        Some(d) => ReadOutcome::Data {
-            data: d.clone(),
-            etag,
-        },
+        Some(d) => ReadOutcome::Data { data: d.clone(), etag },
         None => ReadOutcome::Zero,
     }
 }
@@ -747,11 +700,7 @@ async fn writeback_loop(sh: Arc<Shared>) {
                 return;
             }
             // Upload early when writers wait, a flush asks, or dirty blocks pile up.
-            let limit = if sh.cfg.max_dirty > 0 {
-                sh.cfg.max_dirty.min(sh.cfg.size)
-            } else {
-                sh.cfg.size
-            };
+            let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
             let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
             let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
             let mut i = 0;
@@ -770,11 +719,7 @@ async fn writeback_loop(sh: Arc<Shared>) {
                     i += 1;
                     continue;
                 }
-                let mut due = if urgent {
-                    now
-                } else {
-                    e.dirty_at + sh.cfg.write_delay
-                };
+                let mut due = if urgent { now } else { e.dirty_at + sh.cfg.write_delay };
                 if let Some(r) = e.retry_at {
                     due = due.max(r);
                 }
@@ -818,10 +763,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
             Ok(()) => {
                 let data = {
                     let mut st = sh.state.lock();
-                    let e = st
-                        .entries
-                        .get_mut(&n)
-                        .expect("dirty entries are never evicted");
+                    let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
                     ver = e.ver;
                     e.uploading = Some(ver);
                     e.data.clone()
@@ -836,10 +778,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
     {
         let mut st = sh.state.lock();
         st.uploading -= 1;
-        let e = st
-            .entries
-            .get_mut(&n)
-            .expect("dirty entries are never evicted");
+        let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
         e.uploading = None;
         match res {
             Ok(etag) => {
@@ -863,9 +802,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
             }
             Err(err) => {
                 e.retries += 1;
-                let delay = FIRST_RETRY_DELAY
-                    .saturating_mul(1 << e.retries.min(10))
-                    .min(MAX_RETRY_DELAY);
+                let delay = FIRST_RETRY_DELAY.saturating_mul(1 << e.retries.min(10)).min(MAX_RETRY_DELAY);
                 e.retry_at = Some(Instant::now() + delay);
                 let tries = e.retries;
                 log::warn!(
@@ -913,10 +850,7 @@ impl BlockStore for BlockCache {
         if let Some(d) = &data
             && d.len() != self.shared.block_size as usize
         {
-            return Err(StoreError::Other(format!(
-                "write of {} bytes to block {n:#010x}: not one block",
-                d.len()
-            )));
+            return Err(StoreError::Other(format!("write of {} bytes to block {n:#010x}: not one block", d.len())));
         }
         self.shared.write(n, data).await?;
         Ok(None)
@@ -952,9 +886,9 @@ impl BlockStore for BlockCache {
             }
         }
         let out = self.read_block(n, ReadCondition::None).await?;
-        let data = out.into_data(sh.block_size).ok_or_else(|| {
-            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
-        })?;
+        let data = out
+            .into_data(sh.block_size)
+            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
         Ok(data.slice(off..end))
     }
 

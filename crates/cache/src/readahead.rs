@@ -151,11 +151,7 @@ mod tests {
     fn triggers_grows_and_resets() {
         let mut ra = ReadAhead::new(4, 2, 64);
         assert_eq!(ra.on_read(10, 1000), None);
-        assert_eq!(
-            ra.on_read(11, 1000),
-            None,
-            "one sequential read is below the trigger"
-        );
+        assert_eq!(ra.on_read(11, 1000), None, "one sequential read is below the trigger");
         assert_eq!(ra.on_read(12, 1000), Some(13..17));
         // Reader inside the first batch: the window doubles and the next batch is requested.
         assert_eq!(ra.on_read(13, 1000), Some(17..22));

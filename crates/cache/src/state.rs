@@ -77,10 +77,7 @@ impl Entry {
 
     /// An entry whose first read is in flight.
     pub(crate) fn loading(now: Instant) -> Entry {
-        Entry {
-            phase: Phase::Loading,
-            ..Entry::new(now)
-        }
+        Entry { phase: Phase::Loading, ..Entry::new(now) }
     }
 }
 
@@ -134,12 +131,7 @@ impl State {
         let tick = self.tick;
         if let Some(e) = self.entries.get_mut(&n) {
             e.lru_key = Some(tick);
-            if n < self.num_protected {
-                &mut self.lru_hi
-            } else {
-                &mut self.lru_lo
-            }
-            .insert(tick, n);
+            if n < self.num_protected { &mut self.lru_hi } else { &mut self.lru_lo }.insert(tick, n);
         }
     }
 
@@ -160,11 +152,7 @@ impl State {
 
     /// The block to evict next: the least recently used unprotected one, else protected one.
     pub(crate) fn lru_oldest(&self) -> Option<BlockNum> {
-        self.lru_lo
-            .values()
-            .next()
-            .or_else(|| self.lru_hi.values().next())
-            .copied()
+        self.lru_lo.values().next().or_else(|| self.lru_hi.values().next()).copied()
     }
 
     /// Number of evictable blocks.

@@ -34,19 +34,12 @@ impl CacheStats {
 
     /// Read hits and misses so far.
     pub fn reads(&self) -> (u64, u64) {
-        (
-            self.read_hits.load(Ordering::Relaxed),
-            self.read_misses.load(Ordering::Relaxed),
-        )
+        (self.read_hits.load(Ordering::Relaxed), self.read_misses.load(Ordering::Relaxed))
     }
 }
 
 fn ratio(hits: u64, misses: u64) -> f64 {
-    if hits + misses == 0 {
-        0.0
-    } else {
-        hits as f64 / (hits + misses) as f64
-    }
+    if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 }
 }
 
 impl StatsSource for CacheStats {
@@ -58,21 +51,13 @@ impl StatsSource for CacheStats {
         let (size, dirty, cap) = match self.cache.lock().as_ref().and_then(Weak::upgrade) {
             Some(sh) => {
                 let st = sh.state.lock();
-                (
-                    st.entries.len() as u64,
-                    st.dirty_count as f64,
-                    sh.cfg.size as f64,
-                )
+                (st.entries.len() as u64, st.dirty_count as f64, sh.cfg.size as f64)
             }
             None => (0, 0.0, 1.0),
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (rh, rm, wh, wm) = (
-            get(&self.read_hits),
-            get(&self.read_misses),
-            get(&self.write_hits),
-            get(&self.write_misses),
-        );
+        let (rh, rm, wh, wm) =
+            (get(&self.read_hits), get(&self.read_misses), get(&self.write_hits), get(&self.write_misses));
         w.blocks("block_cache_current_size", size);
         w.blocks("block_cache_initial_size", get(&self.initial_size));
         w.ratio("block_cache_dirty_ratio", dirty / cap, 8);
@@ -87,14 +72,9 @@ impl StatsSource for CacheStats {
     }
 
     fn reset_stats(&self) {
-        for c in [
-            &self.read_hits,
-            &self.read_misses,
-            &self.write_hits,
-            &self.write_misses,
-            &self.verified,
-            &self.mismatch,
-        ] {
+        for c in
+            [&self.read_hits, &self.read_misses, &self.write_hits, &self.write_misses, &self.verified, &self.mismatch]
+        {
             c.store(0, Ordering::Relaxed);
         }
     }

@@ -49,10 +49,7 @@ impl BlockStore for Mem {
             tokio::time::sleep(Duration::from_millis(d)).await;
         }
         Ok(match self.blocks.lock().get(&n) {
-            Some(d) => ReadOutcome::Data {
-                data: d.clone(),
-                etag: None,
-            },
+            Some(d) => ReadOutcome::Data { data: d.clone(), etag: None },
             None => ReadOutcome::Zero,
         })
     }
@@ -119,14 +116,8 @@ impl Mem {
                 changed.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .is_err()
-        {
-            panic!(
-                "never {n} uploads in flight (now {})",
-                self.writes_in_flight.load(Ordering::SeqCst)
-            );
+        if tokio::time::timeout(Duration::from_secs(20), wait).await.is_err() {
+            panic!("never {n} uploads in flight (now {})", self.writes_in_flight.load(Ordering::SeqCst));
         }
     }
 }
@@ -136,20 +127,11 @@ fn block(b: u8) -> Bytes {
 }
 
 fn cfg(size: usize) -> CacheConfig {
-    CacheConfig {
-        size,
-        write_delay: Duration::from_millis(20),
-        read_ahead: 0,
-        ..CacheConfig::default()
-    }
+    CacheConfig { size, write_delay: Duration::from_millis(20), read_ahead: 0, ..CacheConfig::default() }
 }
 
 async fn read(c: &BlockCache, n: BlockNum) -> Bytes {
-    c.read_block(n, ReadCondition::None)
-        .await
-        .unwrap()
-        .into_data(BS)
-        .unwrap()
+    c.read_block(n, ReadCondition::None).await.unwrap().into_data(BS).unwrap()
 }
 
 #[tokio::test]
@@ -167,11 +149,7 @@ async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), block(3));
     }
-    assert_eq!(
-        mem.reads.load(Ordering::SeqCst),
-        1,
-        "concurrent misses share one inner read"
-    );
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "concurrent misses share one inner read");
     assert_eq!(read(&c, 3).await, block(3));
     assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
     let (hits, misses) = c.stats().reads();
@@ -181,51 +159,27 @@ async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
 #[tokio::test]
 async fn write_back_after_delay_and_flush() {
     let mem = Arc::new(Mem::default());
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            write_delay: Duration::from_secs(3600),
-            ..cfg(10)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(10) });
     c.write_block(1, Some(block(1))).await.unwrap();
     c.write_block(1, Some(block(2))).await.unwrap();
     assert_eq!(read(&c, 1).await, block(2), "reads see the cached write");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        mem.writes.load(Ordering::SeqCst),
-        0,
-        "not uploaded before the delay"
-    );
+    assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "not uploaded before the delay");
     c.flush(Some(&[1])).await.unwrap();
     assert_eq!(mem.blocks.lock().get(&1), Some(&block(2)));
-    assert_eq!(
-        mem.writes.load(Ordering::SeqCst),
-        1,
-        "two writes, one upload"
-    );
+    assert_eq!(mem.writes.load(Ordering::SeqCst), 1, "two writes, one upload");
     assert_eq!(c.dirty_count(), 0);
 
     let c2 = BlockCache::new(mem.clone(), cfg(10));
     c2.write_block(5, Some(block(5))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        mem.blocks.lock().get(&5),
-        Some(&block(5)),
-        "uploaded after the write delay by itself"
-    );
+    assert_eq!(mem.blocks.lock().get(&5), Some(&block(5)), "uploaded after the write delay by itself");
 }
 
 #[tokio::test]
 async fn redirty_during_upload_keeps_newer_data() {
     let mem = Arc::new(Mem::default());
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            write_delay: Duration::ZERO,
-            ..cfg(10)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
     mem.hold_writes.store(true, Ordering::SeqCst);
     c.write_block(7, Some(block(1))).await.unwrap();
     // Wait for the upload of version 1 to be in flight.
@@ -240,11 +194,7 @@ async fn redirty_during_upload_keeps_newer_data() {
     mem.hold_writes.store(false, Ordering::SeqCst);
     mem.released.notify_waiters();
     c.flush(None).await.unwrap();
-    assert_eq!(
-        mem.blocks.lock().get(&7),
-        Some(&block(2)),
-        "the newer version is what is stored"
-    );
+    assert_eq!(mem.blocks.lock().get(&7), Some(&block(2)), "the newer version is what is stored");
     assert_eq!(read(&c, 7).await, block(2));
     assert_eq!(mem.writes.load(Ordering::SeqCst), 2);
 }
@@ -253,18 +203,9 @@ async fn redirty_during_upload_keeps_newer_data() {
 async fn failed_uploads_are_retried() {
     let mem = Arc::new(Mem::default());
     mem.fail_writes.store(3, Ordering::SeqCst);
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            write_delay: Duration::ZERO,
-            ..cfg(10)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
     c.write_block(2, Some(block(9))).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), c.flush(None))
-        .await
-        .expect("flush finishes")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.flush(None)).await.expect("flush finishes").unwrap();
     assert_eq!(mem.blocks.lock().get(&2), Some(&block(9)));
     assert_eq!(mem.fail_writes.load(Ordering::SeqCst), 0);
 }
@@ -275,11 +216,7 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
         let mem = Arc::new(Mem::default());
         let c = Arc::new(BlockCache::new(
             mem.clone(),
-            CacheConfig {
-                write_delay: Duration::from_secs(3600),
-                max_dirty,
-                ..cfg(size)
-            },
+            CacheConfig { write_delay: Duration::from_secs(3600), max_dirty, ..cfg(size) },
         ));
         mem.hold_writes.store(true, Ordering::SeqCst);
         c.write_block(0, Some(block(1))).await.unwrap();
@@ -287,10 +224,7 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
         let c2 = c.clone();
         let third = tokio::spawn(async move { c2.write_block(2, Some(block(3))).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            !third.is_finished(),
-            "size {size} max_dirty {max_dirty}: the third writer waits"
-        );
+        assert!(!third.is_finished(), "size {size} max_dirty {max_dirty}: the third writer waits");
         mem.hold_writes.store(false, Ordering::SeqCst);
         mem.released.notify_waiters();
         third.await.unwrap().unwrap();
@@ -308,13 +242,7 @@ async fn only_clean_blocks_are_evicted_lru_first() {
     for n in 0..5 {
         mem.blocks.lock().insert(n, block(n as u8 + 1));
     }
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            write_delay: Duration::from_secs(3600),
-            ..cfg(3)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(3) });
     c.write_block(0, Some(block(0xaa))).await.unwrap();
     read(&c, 1).await;
     read(&c, 2).await;
@@ -325,30 +253,16 @@ async fn only_clean_blocks_are_evicted_lru_first() {
     assert_eq!(mem.reads.load(Ordering::SeqCst), reads, "1 still cached");
     read(&c, 2).await;
     assert_eq!(mem.reads.load(Ordering::SeqCst), reads + 1, "2 was evicted");
-    assert_eq!(
-        read(&c, 0).await,
-        block(0xaa),
-        "the dirty block was never evicted"
-    );
+    assert_eq!(read(&c, 0).await, block(0xaa), "the dirty block was never evicted");
     assert!(mem.blocks.lock().get(&0) == Some(&block(1)));
     c.shutdown().await.unwrap();
-    assert_eq!(
-        mem.blocks.lock().get(&0),
-        Some(&block(0xaa)),
-        "shutdown uploads"
-    );
+    assert_eq!(mem.blocks.lock().get(&0), Some(&block(0xaa)), "shutdown uploads");
 }
 
 #[tokio::test]
 async fn protected_blocks_go_last() {
     let mem = Arc::new(Mem::default());
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            num_protected: 1,
-            ..cfg(2)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { num_protected: 1, ..cfg(2) });
     read(&c, 0).await;
     read(&c, 5).await;
     read(&c, 6).await; // must evict 5, not the older but protected 0
@@ -361,44 +275,21 @@ async fn protected_blocks_go_last() {
 async fn zero_writes_delete_and_sync_mode_waits() {
     let mem = Arc::new(Mem::default());
     mem.blocks.lock().insert(4, block(4));
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            sync: true,
-            write_delay: Duration::ZERO,
-            ..cfg(10)
-        },
-    );
-    c.write_block(4, Some(Bytes::from(vec![0u8; BS as usize])))
-        .await
-        .unwrap();
+    let c = BlockCache::new(mem.clone(), CacheConfig { sync: true, write_delay: Duration::ZERO, ..cfg(10) });
+    c.write_block(4, Some(Bytes::from(vec![0u8; BS as usize]))).await.unwrap();
     // Sync: the upload is done when the write returns.
     assert_eq!(mem.zero_writes.load(Ordering::SeqCst), 1);
     assert!(!mem.blocks.lock().contains_key(&4));
-    assert_eq!(
-        c.read_block(4, ReadCondition::None).await.unwrap(),
-        ReadOutcome::Zero
-    );
+    assert_eq!(c.read_block(4, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
     c.write_block(8, Some(block(8))).await.unwrap();
     assert_eq!(mem.blocks.lock().get(&8), Some(&block(8)));
-    assert!(
-        c.write_block(9, Some(Bytes::from_static(b"short")))
-            .await
-            .is_err(),
-        "partial block refused"
-    );
+    assert!(c.write_block(9, Some(Bytes::from_static(b"short"))).await.is_err(), "partial block refused");
 }
 
 #[tokio::test]
 async fn idle_clean_blocks_time_out() {
     let mem = Arc::new(Mem::default());
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            timeout: Some(Duration::from_millis(50)),
-            ..cfg(10)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { timeout: Some(Duration::from_millis(50)), ..cfg(10) });
     read(&c, 1).await;
     assert_eq!(c.shared.state.lock().entries.len(), 1);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -409,29 +300,16 @@ async fn idle_clean_blocks_time_out() {
 async fn read_ahead_fetches_in_parallel_and_counts_as_hits() {
     let mem = Arc::new(Mem::default());
     mem.read_delay_ms.store(20, Ordering::SeqCst);
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            read_ahead: 4,
-            read_ahead_trigger: 2,
-            ..cfg(64)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { read_ahead: 4, read_ahead_trigger: 2, ..cfg(64) });
     for n in 0..40 {
         read(&c, n).await;
     }
     let (hits, misses) = c.stats().reads();
-    assert!(
-        misses <= 6,
-        "read-ahead kept ahead of the reader: {hits} hits, {misses} misses"
-    );
+    assert!(misses <= 6, "read-ahead kept ahead of the reader: {hits} hits, {misses} misses");
     let mut w = s3b_store::StatsWriter::default();
     c.stats().write_stats(&mut w);
     let text = w.into_string();
-    let names: Vec<&str> = text
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
+    let names: Vec<&str> = text.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(
         names,
         [
@@ -456,14 +334,7 @@ async fn read_ahead_fetches_in_parallel_and_counts_as_hits() {
 #[tokio::test]
 async fn reads_for_update_start_no_read_ahead() {
     let mem = Arc::new(Mem::default());
-    let c = BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            read_ahead: 4,
-            read_ahead_trigger: 2,
-            ..cfg(64)
-        },
-    );
+    let c = BlockCache::new(mem.clone(), CacheConfig { read_ahead: 4, read_ahead_trigger: 2, ..cfg(64) });
     for n in 0..20 {
         c.read_for_update(n).await.unwrap();
     }
@@ -652,14 +523,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
     let mem = Arc::new(Mem::default());
     mem.blocks.lock().insert(50, block(50));
     mem.hold_writes.store(true, Ordering::SeqCst);
-    let c = Arc::new(BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            threads: 4,
-            write_delay: Duration::ZERO,
-            ..cfg(8)
-        },
-    ));
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(8) }));
     for n in 0..8 {
         c.write_block(n, Some(block(n as u8 + 1))).await.unwrap();
     }
@@ -674,9 +538,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), waiting)
-        .await
-        .expect("the ninth writer waits for room");
+    tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("the ninth writer waits for room");
     assert_eq!(c.dirty_count(), 8);
 
     let got = tokio::time::timeout(Duration::from_secs(20), read(&c, 50))
@@ -684,11 +546,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
         .expect("a read miss waited for the upload backlog");
     assert_eq!(got, block(50));
     assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "one read of the store");
-    assert_eq!(
-        mem.writes.load(Ordering::SeqCst),
-        0,
-        "no upload had finished"
-    );
+    assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "no upload had finished");
     assert!(!writer.is_finished(), "the writer still waits for room");
 
     mem.hold_writes.store(false, Ordering::SeqCst);
@@ -708,14 +566,7 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
     let mem = Arc::new(Mem::default());
     mem.blocks.lock().insert(60, block(60));
     mem.hold_writes.store(true, Ordering::SeqCst);
-    let c = Arc::new(BlockCache::new(
-        mem.clone(),
-        CacheConfig {
-            threads: 8,
-            write_delay: Duration::ZERO,
-            ..cfg(40)
-        },
-    ));
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 8, write_delay: Duration::ZERO, ..cfg(40) }));
     for n in 0..12 {
         c.write_block(n, Some(block(1))).await.unwrap();
     }
@@ -733,9 +584,7 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), at_store)
-        .await
-        .expect("the read reaches the store");
+    tokio::time::timeout(Duration::from_secs(20), at_store).await.expect("the read reaches the store");
     assert_eq!(c.shared.state.lock().uploading, 8);
     assert_eq!(mem.writes_in_flight.load(Ordering::SeqCst), 8);
 

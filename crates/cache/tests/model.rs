@@ -42,17 +42,10 @@ impl Flaky {
     async fn chaos(&self) -> Result<()> {
         let (delay, fail) = {
             let mut r = rand::thread_rng();
-            (
-                r.gen_range(0..3u64),
-                r.gen_range(0..100) < self.fail_percent,
-            )
+            (r.gen_range(0..3u64), r.gen_range(0..100) < self.fail_percent)
         };
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        if fail {
-            Err(StoreError::Injected)
-        } else {
-            Ok(())
-        }
+        if fail { Err(StoreError::Injected) } else { Ok(()) }
     }
 }
 
@@ -68,13 +61,8 @@ impl BlockStore for Flaky {
         self.chaos().await?;
         let b = self.blocks.lock().get(&n).cloned();
         Ok(match (b, cond) {
-            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => {
-                ReadOutcome::NotModified
-            }
-            (Some((x, v)), _) => ReadOutcome::Data {
-                data: x,
-                etag: Some(etag(v)),
-            },
+            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => ReadOutcome::NotModified,
+            (Some((x, v)), _) => ReadOutcome::Data { data: x, etag: Some(etag(v)) },
             (None, _) => ReadOutcome::Zero,
         })
     }
@@ -114,7 +102,9 @@ enum Op {
     Flush,
     FlushOne(BlockNum),
     Restart,
-    Crash { recover: bool },
+    Crash {
+        recover: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -135,17 +125,8 @@ struct Session {
     cache: Arc<BlockCache>,
 }
 
-fn open(
-    store: &Arc<Flaky>,
-    path: Option<&std::path::Path>,
-    recover: bool,
-    delay_ms: u64,
-) -> Session {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+fn open(store: &Arc<Flaky>, path: Option<&std::path::Path>, recover: bool, delay_ms: u64) -> Session {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cfg = CacheConfig {
         size: 4,
         threads: 2,
@@ -160,16 +141,7 @@ fn open(
         match path {
             Some(p) => {
                 let f = Arc::new(
-                    CacheFile::open(
-                        p,
-                        BS,
-                        4,
-                        FileOptions {
-                            recover_dirty: recover,
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap(),
+                    CacheFile::open(p, BS, 4, FileOptions { recover_dirty: recover, ..Default::default() }).unwrap(),
                 );
                 f.allow_uploads();
                 BlockCache::with_file(inner, cfg, f)
@@ -177,19 +149,13 @@ fn open(
             None => BlockCache::new(inner, cfg),
         }
     });
-    Session {
-        rt,
-        cache: Arc::new(cache),
-    }
+    Session { rt, cache: Arc::new(cache) }
 }
 
 fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = with_file.then(|| dir.path().join("cache"));
-    let store = Arc::new(Flaky {
-        fail_percent: 15,
-        ..Default::default()
-    });
+    let store = Arc::new(Flaky { fail_percent: 15, ..Default::default() });
     let zeros = vec![0u8; BS as usize];
     let stored = |n: BlockNum| store.blocks.lock().get(&n).map_or_else(|| zeros.clone(), |b| b.0.to_vec());
     // For each block: contents it may hold after a crash that loses unflushed writes.
@@ -221,7 +187,13 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
             Op::Read(n) => {
                 if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
                     let got = out.into_data(BS).unwrap();
-                    prop_assert!(got[..] == model[n as usize][..], "block {} read {:?} want {:?}", n, got, model[n as usize]);
+                    prop_assert!(
+                        got[..] == model[n as usize][..],
+                        "block {} read {:?} want {:?}",
+                        n,
+                        got,
+                        model[n as usize]
+                    );
                 }
             }
             Op::ReadPart(n, off, len) => {
@@ -269,7 +241,13 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
                     if keeps_all {
                         // Recovered blocks are dirty again, not flushed: a later crash without
                         // recovery may still lose them, so what was possible stays possible.
-                        prop_assert!(got == model[n as usize], "recovered block {}: {:?} want {:?}", n, got, model[n as usize]);
+                        prop_assert!(
+                            got == model[n as usize],
+                            "recovered block {}: {:?} want {:?}",
+                            n,
+                            got,
+                            model[n as usize]
+                        );
                     } else {
                         prop_assert!(
                             possible[n as usize].contains(&got),
@@ -370,7 +348,11 @@ fn concurrent_partial_writes_lose_no_byte() {
                 }
             };
             for (t, last) in lasts.iter().enumerate() {
-                assert!(got[t * 8..t * 8 + 8].iter().all(|&b| b == last[n as usize]), "block {n} writer {t}: {:?}", &got[t * 8..t * 8 + 8]);
+                assert!(
+                    got[t * 8..t * 8 + 8].iter().all(|&b| b == last[n as usize]),
+                    "block {n} writer {t}: {:?}",
+                    &got[t * 8..t * 8 + 8]
+                );
             }
         }
         s.rt.block_on(s.cache.shutdown()).unwrap();

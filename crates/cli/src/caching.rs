@@ -43,26 +43,14 @@ fn num<T: std::str::FromStr>(v: &Option<String>, flag: &str, default: T) -> Resu
 pub fn block_cache_settings(cli: &Cli) -> Result<Option<BlockCacheSettings>> {
     let k = &cli.cache;
     let d = CacheConfig::default();
-    let size: usize = num(
-        &k.block_cache_size,
-        "--blockCacheSize",
-        DEFAULT_BLOCK_CACHE_SIZE,
-    )?;
+    let size: usize = num(&k.block_cache_size, "--blockCacheSize", DEFAULT_BLOCK_CACHE_SIZE)?;
     let threads: usize = num(&k.block_cache_threads, "--blockCacheThreads", d.threads)?;
-    let write_delay: u64 = num(
-        &k.block_cache_write_delay,
-        "--blockCacheWriteDelay",
-        d.write_delay.as_millis() as u64,
-    )?;
+    let write_delay: u64 = num(&k.block_cache_write_delay, "--blockCacheWriteDelay", d.write_delay.as_millis() as u64)?;
     let timeout: u64 = num(&k.block_cache_timeout, "--blockCacheTimeout", 0)?;
     let max_dirty: usize = num(&k.block_cache_max_dirty, "--blockCacheMaxDirty", 0)?;
     let num_protected: u32 = num(&k.block_cache_num_protected, "--blockCacheNumProtected", 0)?;
     let read_ahead: u32 = num(&k.read_ahead, "--readAhead", d.read_ahead)?;
-    let read_ahead_trigger: u32 = num(
-        &k.read_ahead_trigger,
-        "--readAheadTrigger",
-        d.read_ahead_trigger,
-    )?;
+    let read_ahead_trigger: u32 = num(&k.read_ahead_trigger, "--readAheadTrigger", d.read_ahead_trigger)?;
     if k.block_cache_file.is_none() && k.block_cache_recover_dirty_blocks {
         bail!("--blockCacheRecoverDirtyBlocks requires specifying --blockCacheFile");
     }
@@ -75,10 +63,7 @@ pub fn block_cache_settings(cli: &Cli) -> Result<Option<BlockCacheSettings>> {
     if write_delay > 0 && k.block_cache_sync {
         bail!("--blockCacheSync requires setting --blockCacheWriteDelay=0");
     }
-    if k.block_cache_file
-        .as_deref()
-        .is_some_and(|f| f.trim().is_empty())
-    {
+    if k.block_cache_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
         bail!("--blockCacheFile needs a file name");
     }
     let cache = CacheConfig {
@@ -135,36 +120,26 @@ pub fn wrap(cfg: &Config, inner: Arc<dyn BlockStore>, stats: &StatsRegistry) -> 
         None => inner,
     };
     let Some(s) = block_cache_settings(&cfg.cli)? else {
-        return Ok(Caching {
-            top: inner,
-            cache_file: None,
-        });
+        return Ok(Caching { top: inner, cache_file: None });
     };
     let mut cache_cfg = s.cache;
-    cache_cfg.size = cache_cfg
-        .size
-        .min(inner.num_blocks().min(usize::MAX as u64) as usize);
+    cache_cfg.size = cache_cfg.size.min(inner.num_blocks().min(usize::MAX as u64) as usize);
     if cfg.read_only {
         // Nothing is ever dirty on a read-only mount.
         cache_cfg.max_dirty = 0;
     }
     let (cache, file) = match &s.file {
         Some(path) => {
-            let slots = u32::try_from(cache_cfg.size)
-                .map_err(|_| anyhow!("--blockCacheSize is too big for a cache file"))?;
-            if (slots as u64)
-                .checked_mul(inner.block_size() as u64)
-                .is_none_or(|b| b > i64::MAX as u64 / 2)
-            {
+            let slots =
+                u32::try_from(cache_cfg.size).map_err(|_| anyhow!("--blockCacheSize is too big for a cache file"))?;
+            if (slots as u64).checked_mul(inner.block_size() as u64).is_none_or(|b| b > i64::MAX as u64 / 2) {
                 bail!(
                     "the block cache is too big to fit within a single file ({slots} blocks x {} bytes)",
                     inner.block_size()
                 );
             }
-            let file = Arc::new(
-                CacheFile::open(path, inner.block_size(), slots, s.file_options)
-                    .map_err(|e| anyhow!("{e}"))?,
-            );
+            let file =
+                Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options).map_err(|e| anyhow!("{e}"))?);
             if file.dirty_found() > 0 && cfg.read_only {
                 bail!(
                     "block cache file {} holds {} dirty blocks to recover; mount read-write to upload them",
@@ -173,25 +148,15 @@ pub fn wrap(cfg: &Config, inner: Arc<dyn BlockStore>, stats: &StatsRegistry) -> 
                 );
             }
             if file.dirty_found() > 0 {
-                log::info!(
-                    "block cache file: recovering {} dirty blocks",
-                    file.dirty_found()
-                );
+                log::info!("block cache file: recovering {} dirty blocks", file.dirty_found());
             }
-            (
-                BlockCache::with_file(inner, cache_cfg, file.clone()),
-                Some(file),
-            )
+            (BlockCache::with_file(inner, cache_cfg, file.clone()), Some(file))
         }
         None => (BlockCache::new(inner, cache_cfg), None),
     };
     stats.register(cache.stats());
-    Ok(Caching {
-        top: Arc::new(cache),
-        cache_file: file,
-    })
+    Ok(Caching { top: Arc::new(cache), cache_file: file })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -218,37 +183,17 @@ mod tests {
     #[test]
     fn validation_errors() {
         let err = |a: &[&str]| settings(a).unwrap_err().to_string();
-        assert_eq!(
-            err(&["--blockCacheSync"]),
-            "--blockCacheSync requires setting --blockCacheWriteDelay=0"
-        );
-        assert!(
-            settings(&["--blockCacheSync", "--blockCacheWriteDelay=0"])
-                .unwrap()
-                .unwrap()
-                .cache
-                .sync
-        );
+        assert_eq!(err(&["--blockCacheSync"]), "--blockCacheSync requires setting --blockCacheWriteDelay=0");
+        assert!(settings(&["--blockCacheSync", "--blockCacheWriteDelay=0"]).unwrap().unwrap().cache.sync);
         assert_eq!(
             err(&["--blockCacheRecoverDirtyBlocks"]),
             "--blockCacheRecoverDirtyBlocks requires specifying --blockCacheFile"
         );
-        assert_eq!(
-            err(&["--blockCacheThreads=0"]),
-            "invalid block cache thread pool size 0"
-        );
-        assert_eq!(
-            err(&["--blockCacheSize=lots"]),
-            "invalid --blockCacheSize \"lots\""
-        );
+        assert_eq!(err(&["--blockCacheThreads=0"]), "invalid block cache thread pool size 0");
+        assert_eq!(err(&["--blockCacheSize=lots"]), "invalid --blockCacheSize \"lots\"");
         assert_eq!(err(&["--readAhead=-1"]), "invalid --readAhead \"-1\"");
-        let s = settings(&[
-            "--blockCacheFile=/tmp/x",
-            "--blockCacheNoVerify",
-            "--blockCacheTimeout=5",
-        ])
-        .unwrap()
-        .unwrap();
+        let s =
+            settings(&["--blockCacheFile=/tmp/x", "--blockCacheNoVerify", "--blockCacheTimeout=5"]).unwrap().unwrap();
         assert!(s.file_options.no_verify && s.file.is_some());
         assert_eq!(s.cache.timeout, Some(Duration::from_millis(5)));
         let s = settings(&["--blockCacheFile=rel/cache"]).unwrap().unwrap();

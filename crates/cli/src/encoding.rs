@@ -146,11 +146,17 @@ mod tests {
     fn parses_upstream_spellings() {
         assert_eq!(cc(&["--compress"]).unwrap().compress, Some(Compression::Deflate(None)));
         assert_eq!(cc(&["--compress=9"]).unwrap().compress, Some(Compression::Deflate(Some(9))));
-        assert_eq!(cc(&["--compress=ZSTD", "--compress-level=19"]).unwrap().compress, Some(Compression::Zstd(Some(19))));
+        assert_eq!(
+            cc(&["--compress=ZSTD", "--compress-level=19"]).unwrap().compress,
+            Some(Compression::Zstd(Some(19)))
+        );
         let c = cc(&["--encrypt", "--password=x"]).unwrap();
         let e = c.encrypt.unwrap();
         assert_eq!((e.cipher, e.salt.as_str()), (Cipher::Aes128Cbc, "--test/"));
-        assert_eq!(cc(&["--encrypt=aes-256-cbc", "--password=x", "--keyLength=48"]).unwrap().encrypt.unwrap().key_length, Some(48));
+        assert_eq!(
+            cc(&["--encrypt=aes-256-cbc", "--password=x", "--keyLength=48"]).unwrap().encrypt.unwrap().key_length,
+            Some(48)
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use fuser::{MountOption, SessionACL};
-use s3b_volume::Volume;
 use s3b_fuse::{FuseConfig, FuseTuning, VolumeFs};
+use s3b_volume::Volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,11 +30,44 @@ const NO_EFFECT_OPTIONS: &[&str] = &["sync_read", "negative_timeout", "max_read"
 /// Every FUSE option name the `-o` lists accept (with or without `=value`); the command-line
 /// expansion and [`fuse_settings`] use this one list.
 pub const FUSE_OPTION_NAMES: &[&str] = &[
-    "allow_other", "allow_root", "default_permissions", "uid", "gid", "ro", "rw", "dev", "nodev", "suid",
-    "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync", "fsname", "subtype",
-    "auto_unmount", "direct_io", "debug", "entry_timeout", "attr_timeout", "max_background",
-    "congestion_threshold", "max_readahead", "kernel_cache", "auto_cache", "use_ino", "nonempty",
-    "big_writes", "large_read", "sync_read", "negative_timeout", "max_read", "max_write",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "uid",
+    "gid",
+    "ro",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "sync",
+    "async",
+    "dirsync",
+    "fsname",
+    "subtype",
+    "auto_unmount",
+    "direct_io",
+    "debug",
+    "entry_timeout",
+    "attr_timeout",
+    "max_background",
+    "congestion_threshold",
+    "max_readahead",
+    "kernel_cache",
+    "auto_cache",
+    "use_ino",
+    "nonempty",
+    "big_writes",
+    "large_read",
+    "sync_read",
+    "negative_timeout",
+    "max_read",
+    "max_write",
 ];
 
 /// Sets mount flag `on`, dropping its opposite `off` (and any earlier `on`).
@@ -72,12 +105,14 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
         out.push(b[i]);
         i += 1;
     }
@@ -184,9 +219,10 @@ pub fn run(mut cfg: Config) -> Result<i32> {
     let (fuse_cfg, fs_cfg) = fuse_settings(&cfg)?;
     let codec = crate::encoding::codec_config(&cfg)?;
 
-    daemon::run_serving(cfg.foreground, |pipe, flusher| serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe, flusher))
+    daemon::run_serving(cfg.foreground, |pipe, flusher| {
+        serve(&cfg, codec, &mountpoint, fuse_cfg, fs_cfg, pipe, flusher)
+    })
 }
-
 
 fn serve(
     cfg: &Config,
@@ -254,7 +290,10 @@ fn serve(
                 // flushed, once the last of them lets go. Ending the session now, as libfuse
                 // does, would fail their writes.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    log::warn!("{} is busy; detached it (lazy unmount): exiting once the last user closes the file", detach_path.display());
+                    log::warn!(
+                        "{} is busy; detached it (lazy unmount): exiting once the last user closes the file",
+                        detach_path.display()
+                    );
                     if let Err(e) = lazy_unmount(&detach_path) {
                         log::error!("lazy unmount failed: {e}");
                     }
@@ -306,7 +345,11 @@ fn lazy_unmount(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -323,7 +366,13 @@ mod tests {
         // Every option the -o lists accept is understood here too.
         for name in FUSE_OPTION_NAMES.iter().filter(|n| !["debug", "direct_io", "fsname", "subtype"].contains(n)) {
             let o = match *name {
-                "uid" | "gid" | "max_background" | "congestion_threshold" | "max_readahead" | "max_read" | "max_write" => {
+                "uid"
+                | "gid"
+                | "max_background"
+                | "congestion_threshold"
+                | "max_readahead"
+                | "max_read"
+                | "max_write" => {
                     format!("{name}=7")
                 }
                 "entry_timeout" | "attr_timeout" | "negative_timeout" => format!("{name}=0.5"),
@@ -331,7 +380,10 @@ mod tests {
             };
             settings(&o).unwrap_or_else(|e| panic!("{o}: {e:#}"));
         }
-        let (_, fs) = settings("entry_timeout=2.5,attr_timeout=1,max_background=100,congestion_threshold=75,max_readahead=131072").unwrap();
+        let (_, fs) = settings(
+            "entry_timeout=2.5,attr_timeout=1,max_background=100,congestion_threshold=75,max_readahead=131072",
+        )
+        .unwrap();
         let t = fs.tuning;
         assert_eq!(t.entry_ttl, std::time::Duration::from_millis(2500));
         assert_eq!(t.attr_ttl, std::time::Duration::from_secs(1));

@@ -73,11 +73,15 @@ pub fn check_target(a: &NbdArgs, device: Option<&Path>) -> Result<()> {
     match (&a.nbd_tls_cert, &a.nbd_tls_key) {
         (Some(_), None) => bail!("--nbdTlsCert requires --nbdTlsKey"),
         (None, Some(_)) => bail!("--nbdTlsKey requires --nbdTlsCert"),
-        (Some(_), Some(_)) if device.is_some() => bail!("--nbdTlsCert cannot be used with an NBD device (nbd-client is started without TLS)"),
+        (Some(_), Some(_)) if device.is_some() => {
+            bail!("--nbdTlsCert cannot be used with an NBD device (nbd-client is started without TLS)")
+        }
         _ => {}
     }
     match (&a.nbd_listen, device) {
-        (None, None) => bail!("--nbd needs --nbdListen=ADDR (a socket path or HOST:PORT) or an NBD device such as /dev/nbd0"),
+        (None, None) => {
+            bail!("--nbd needs --nbdListen=ADDR (a socket path or HOST:PORT) or an NBD device such as /dev/nbd0")
+        }
         (Some(_), Some(d)) => bail!("--nbdListen and an NBD device ({}) cannot be given together", d.display()),
         (Some(l), None) => parse_listen(l, a.nbd_allow_remote).map(|_| ()),
         (None, Some(_)) => {
@@ -171,7 +175,10 @@ pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>> {
 enum Target {
     Listen(ListenAddr),
     /// Serve on `socket`, attach `device` with nbd-client.
-    Device { device: PathBuf, socket: PathBuf },
+    Device {
+        device: PathBuf,
+        socket: PathBuf,
+    },
 }
 
 /// Finds `prog` in PATH.
@@ -192,7 +199,9 @@ pub fn run(mut cfg: Config) -> Result<i32> {
             match &addr {
                 ListenAddr::Unix(p) => check_socket_path(p)?,
                 ListenAddr::Tcp(t) if !t.ip().is_loopback() => {
-                    log::warn!("listening on {t}: NBD has no authentication, anyone who can reach it can read and write the volume")
+                    log::warn!(
+                        "listening on {t}: NBD has no authentication, anyone who can reach it can read and write the volume"
+                    )
                 }
                 ListenAddr::Tcp(_) => {}
             }
@@ -206,7 +215,9 @@ pub fn run(mut cfg: Config) -> Result<i32> {
                 );
             }
             if in_path("nbd-client").is_none() {
-                bail!("nbd-client not found in PATH (Debian: apt-get install nbd-client), or serve with --nbdListen=ADDR instead");
+                bail!(
+                    "nbd-client not found in PATH (Debian: apt-get install nbd-client), or serve with --nbdListen=ADDR instead"
+                );
             }
             let device = std::path::absolute(&device).unwrap_or(device);
             let socket = std::env::temp_dir().join(format!("s3backer-nbd-{}.sock", std::process::id()));
@@ -244,7 +255,8 @@ fn bind(addr: &ListenAddr) -> Result<Listener> {
             Ok(Listener::Unix(l))
         }
         ListenAddr::Tcp(a) => {
-            let l = std::net::TcpListener::bind(a).map_err(|e| anyhow!("can't listen on {a}: {}", crate::io_msg(&e)))?;
+            let l =
+                std::net::TcpListener::bind(a).map_err(|e| anyhow!("can't listen on {a}: {}", crate::io_msg(&e)))?;
             l.set_nonblocking(true)?;
             Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?))
         }
@@ -265,7 +277,6 @@ fn nbd_client(args: &[&std::ffi::OsStr]) -> Result<()> {
     let why = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string();
     bail!("nbd-client failed ({}): {why}", out.status)
 }
-
 
 fn serve(
     cfg: &Config,
@@ -299,7 +310,8 @@ fn serve(
         Err(e) => return Err((e, pipe)),
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
-    let description = format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
+    let description =
+        format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
     let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);
     export.tls = tls;
     let server = Server::new(volume, export);
@@ -324,8 +336,13 @@ fn serve(
         Target::Listen(_) => None,
     };
     let attach = device.as_ref().map(|dev| {
-        let mut args: Vec<&std::ffi::OsStr> =
-            vec!["-unix".as_ref(), addr_path(&addr).as_os_str(), dev.as_os_str(), "-b".as_ref(), DEVICE_BLOCK_SIZE.as_ref()];
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "-unix".as_ref(),
+            addr_path(&addr).as_os_str(),
+            dev.as_os_str(),
+            "-b".as_ref(),
+            DEVICE_BLOCK_SIZE.as_ref(),
+        ];
         if cfg.read_only {
             args.push("-readonly".as_ref());
         }
@@ -369,7 +386,8 @@ fn serve(
                 _ = hup.recv() => log::info!("caught SIGHUP, shutting down"),
             }
             if let Some(dev) = device {
-                let r = tokio::task::spawn_blocking(move || nbd_client(&[std::ffi::OsStr::new("-d"), dev.as_os_str()])).await;
+                let r = tokio::task::spawn_blocking(move || nbd_client(&[std::ffi::OsStr::new("-d"), dev.as_os_str()]))
+                    .await;
                 if let Ok(Err(e)) = r {
                     log::warn!("detaching the NBD device: {e:#}");
                 }
@@ -445,7 +463,10 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen("127.0.0.1:10809", false).unwrap(), ListenAddr::Tcp("127.0.0.1:10809".parse().unwrap()));
+        assert_eq!(
+            parse_listen("127.0.0.1:10809", false).unwrap(),
+            ListenAddr::Tcp("127.0.0.1:10809".parse().unwrap())
+        );
         assert_eq!(parse_listen("[::1]:10809", false).unwrap(), ListenAddr::Tcp("[::1]:10809".parse().unwrap()));
         assert!(matches!(parse_listen("localhost:10809", false).unwrap(), ListenAddr::Tcp(a) if a.ip().is_loopback()));
         assert_eq!(parse_listen("/run/x.sock", false).unwrap(), ListenAddr::Unix("/run/x.sock".into()));

@@ -62,7 +62,9 @@ pub(crate) fn parse_ip_tos(v: &str) -> Result<u8> {
 }
 
 fn millis(v: &Option<String>, what: &str, default: u64) -> Result<Duration> {
-    Ok(Duration::from_millis(v.as_deref().map(|s| parse_num::<u64>(s, what)).transpose().map_err(|e| anyhow!(e))?.unwrap_or(default)))
+    Ok(Duration::from_millis(
+        v.as_deref().map(|s| parse_num::<u64>(s, what)).transpose().map_err(|e| anyhow!(e))?.unwrap_or(default),
+    ))
 }
 
 /// Validates the S3 flags into the transport's configuration (credentials included). Checks
@@ -102,13 +104,19 @@ pub fn s3_config(cfg: &Config) -> Result<S3Config> {
         }
         None => {
             let scheme = if s.ssl { "https" } else { "http" };
-            if custom_region { format!("{scheme}://s3.{region}.amazonaws.com/") } else { format!("{scheme}://s3.amazonaws.com/") }
+            if custom_region {
+                format!("{scheme}://s3.{region}.amazonaws.com/")
+            } else {
+                format!("{scheme}://s3.amazonaws.com/")
+            }
         }
     };
     // As upstream 2.x: a non-default region implies virtual-hosted URLs unless --no-vhost.
     let vhost = s.vhost || (custom_region && s.base_url.is_none() && !s.no_vhost);
     if vhost && (bucket.contains('.') && base_url.starts_with("https://")) {
-        log::warn!("bucket names with dots do not match the TLS certificate in virtual-hosted style; consider --no-vhost");
+        log::warn!(
+            "bucket names with dots do not match the TLS certificate in virtual-hosted style; consider --no-vhost"
+        );
     }
     let access_type = match &s.access_type {
         Some(t) if !ACCESS_TYPES.contains(&t.as_str()) => {
@@ -156,9 +164,10 @@ pub fn s3_config(cfg: &Config) -> Result<S3Config> {
             bail!("invalid {what} \"{v}\": must be at least 8 bits per second");
         }
         if let Some(bs) = cfg.block_size
-            && Duration::from_secs_f64(bs as f64 / bytes as f64) >= timeout {
-                bail!("{what} \"{v}\" is too slow: one {bs}-byte block would take longer than --timeout");
-            }
+            && Duration::from_secs_f64(bs as f64 / bytes as f64) >= timeout
+        {
+            bail!("{what} \"{v}\" is too slow: one {bs}-byte block would take longer than --timeout");
+        }
         Ok(Some(bytes))
     };
     let max_upload_speed = speed(&s.max_upload_speed, "--maxUploadSpeed")?;
@@ -187,7 +196,9 @@ pub fn s3_config(cfg: &Config) -> Result<S3Config> {
     }
     let credentials = credentials(cfg)?;
     if matches!(credentials, Credentials::Anonymous) && !cfg.read_only && !cfg.quiet {
-        log::warn!("no S3 credentials found: requests will be unsigned (only public buckets work; consider --readOnly)");
+        log::warn!(
+            "no S3 credentials found: requests will be unsigned (only public buckets work; consider --readOnly)"
+        );
     }
     Ok(S3Config {
         base_url,
@@ -237,11 +248,15 @@ fn credentials(cfg: &Config) -> Result<Credentials> {
         return Ok(Credentials::Ec2Iam { role: role.clone(), imdsv2: s.access_ec2_iam_imdsv2 });
     }
     let env_key = match &s.access_key_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| anyhow!("--accessKeyEnv: environment variable {var} is not set"))?),
+        Some(var) => {
+            Some(std::env::var(var).map_err(|_| anyhow!("--accessKeyEnv: environment variable {var} is not set"))?)
+        }
         None => None,
     };
     if s.access_key.is_some() {
-        log::warn!("--accessKey on the command line is visible to other users in ps; prefer --accessFile or --accessKeyEnv");
+        log::warn!(
+            "--accessKey on the command line is visible to other users in ps; prefer --accessFile or --accessKeyEnv"
+        );
     }
     match (&s.access_id, s.access_key.clone().or(env_key)) {
         (Some(id), _) if id.is_empty() => return Ok(Credentials::Anonymous),
@@ -269,10 +284,12 @@ fn credentials(cfg: &Config) -> Result<Credentials> {
         bail!("no secret key for access id \"{id}\": give --accessKey, --accessKeyEnv or an --accessFile entry");
     }
     if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY"))
-        && !id.is_empty() && !secret.is_empty() {
-            let token = std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty());
-            return Ok(Credentials::Static(Keys { id, secret, token }));
-        }
+        && !id.is_empty()
+        && !secret.is_empty()
+    {
+        let token = std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty());
+        return Ok(Credentials::Static(Keys { id, secret, token }));
+    }
     let aws_file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".aws/credentials")));
@@ -287,12 +304,14 @@ fn credentials(cfg: &Config) -> Result<Credentials> {
 
 /// Reads `id:key` lines; returns the entry for `id`, or the first one when no id is given.
 fn read_access_file(path: &Path, id: Option<&str>) -> Result<Option<Keys>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("can't read access file {}: {}", path.display(), crate::io_msg(&e)))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("can't read access file {}: {}", path.display(), crate::io_msg(&e)))?;
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path)
-        && m.permissions().mode() & 0o077 != 0 {
-            log::warn!("access file {} is readable by other users; chmod 600 it", path.display());
-        }
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!("access file {} is readable by other users; chmod 600 it", path.display());
+    }
     for (i, line) in text.lines().enumerate() {
         if line.is_empty() || line.starts_with('#') || line.starts_with(char::is_whitespace) {
             continue;
@@ -309,7 +328,8 @@ fn read_access_file(path: &Path, id: Option<&str>) -> Result<Option<Keys>> {
 
 /// Reads one profile of an AWS shared credentials file.
 fn read_aws_credentials(path: &Path, profile: &str) -> Result<Option<Keys>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("can't read {}: {}", path.display(), crate::io_msg(&e)))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow!("can't read {}: {}", path.display(), crate::io_msg(&e)))?;
     let mut in_profile = false;
     let (mut id, mut secret, mut token) = (None, None, None);
     for line in text.lines().map(str::trim) {
@@ -435,7 +455,18 @@ mod tests {
 
     #[test]
     fn ip_tos_values_as_upstream() {
-        for (v, want) in [("lowdelay", 0x10), ("throughput", 8), ("reliability", 4), ("lowcost", 2), ("mincost", 2), ("0", 0), ("184", 184), ("0xb8", 0xb8), ("0XFF", 255), ("070", 0o70)] {
+        for (v, want) in [
+            ("lowdelay", 0x10),
+            ("throughput", 8),
+            ("reliability", 4),
+            ("lowcost", 2),
+            ("mincost", 2),
+            ("0", 0),
+            ("184", 184),
+            ("0xb8", 0xb8),
+            ("0XFF", 255),
+            ("070", 0o70),
+        ] {
             assert_eq!(parse_ip_tos(v).unwrap(), want, "{v}");
         }
         for v in ["256", "-1", "+5", "", "0x", "09", "low", "1.5", "0x100"] {

@@ -64,10 +64,24 @@ mod tests {
         assert!(check_args(&[]).is_ok());
         assert!(check_args(&["--directIO", "--readOnly"]).is_ok());
         for f in [
-            "--listBlocks", "--listBlocksThreads=2", "--blockCacheSize=0", "--blockCacheSync", "--blockCacheThreads=2",
-            "--blockCacheTimeout=1", "--blockCacheWriteDelay=0", "--blockCacheMaxDirty=1", "--blockCacheRecoverDirtyBlocks",
-            "--readAhead=0", "--readAheadTrigger=1", "--blockCacheNumProtected=1", "--blockCacheFile=/tmp/x",
-            "--blockCacheNoVerify", "--blockCacheFileAdvise", "--minWriteDelay=0", "--md5CacheSize=0", "--md5CacheTime=0",
+            "--listBlocks",
+            "--listBlocksThreads=2",
+            "--blockCacheSize=0",
+            "--blockCacheSync",
+            "--blockCacheThreads=2",
+            "--blockCacheTimeout=1",
+            "--blockCacheWriteDelay=0",
+            "--blockCacheMaxDirty=1",
+            "--blockCacheRecoverDirtyBlocks",
+            "--readAhead=0",
+            "--readAheadTrigger=1",
+            "--blockCacheNumProtected=1",
+            "--blockCacheFile=/tmp/x",
+            "--blockCacheNoVerify",
+            "--blockCacheFileAdvise",
+            "--minWriteDelay=0",
+            "--md5CacheSize=0",
+            "--md5CacheTime=0",
         ] {
             let e = check_args(&[f]).unwrap_err().to_string();
             let name = f.split('=').next().unwrap();

@@ -16,10 +16,10 @@ use anyhow::{Context, Result, bail};
 use s3b_cache::CacheFile;
 use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
-use s3b_zero::ZeroCache;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
 use s3b_store::{BlockStore, ObjectStore, SHARED_DISK_TOKEN, StatsRegistry, TokenOp, TokenSwap};
+use s3b_zero::ZeroCache;
 use std::sync::Arc;
 
 /// Percentage of operations failed by `--test-errors`.
@@ -65,11 +65,8 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// (then they must agree unless `--force`).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && !cfg.cli.s3.no_auto_detect;
-    let detected = if detect {
-        objects.read_volume_meta().await.context("can't auto-detect the volume size")?
-    } else {
-        None
-    };
+    let detected =
+        if detect { objects.read_volume_meta().await.context("can't auto-detect the volume size")? } else { None };
     let (block_size, size) = match detected {
         Some(meta) => {
             if !cfg.quiet {
@@ -124,7 +121,11 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     if f.delays || f.discard || f.errors {
         let faulty = FaultyObjects::new(
             objects,
-            FaultConfig { delays: f.delays, discard: f.discard, error_percent: if f.errors { TEST_ERROR_PERCENT } else { 0 } },
+            FaultConfig {
+                delays: f.delays,
+                discard: f.discard,
+                error_percent: if f.errors { TEST_ERROR_PERCENT } else { 0 },
+            },
         );
         stats.register(faulty.counters());
         objects = Arc::new(faulty);
@@ -153,7 +154,11 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
 /// A crashed mount leaves its token both in the store and in its cache file. When they match
 /// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
 /// volume was last mounted by this cache, whose dirty blocks are about to be recovered.
-pub async fn acquire_mount_token(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option<&CacheFile>) -> Result<u32> {
+pub async fn acquire_mount_token(
+    cfg: &Config,
+    objects: &dyn ObjectStore,
+    cache_file: Option<&CacheFile>,
+) -> Result<u32> {
     let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
     let cached = cache_file.map_or(0, |f| f.stored_token());
     let recovering = old != 0 && cached == old && cfg.cli.cache.block_cache_recover_dirty_blocks;
@@ -241,7 +246,12 @@ mod tests {
         async fn get_object(&self, _: BlockNum, _: ReadCondition) -> s3b_store::Result<GetOutcome> {
             Ok(GetOutcome::NotFound)
         }
-        async fn put_object(&self, _: BlockNum, _: ObjectBody, _: Option<VolumeMeta>) -> s3b_store::Result<Option<Etag>> {
+        async fn put_object(
+            &self,
+            _: BlockNum,
+            _: ObjectBody,
+            _: Option<VolumeMeta>,
+        ) -> s3b_store::Result<Option<Etag>> {
             Err(StoreError::ReadOnly)
         }
         async fn delete_object(&self, _: BlockNum) -> s3b_store::Result<()> {
@@ -281,7 +291,12 @@ mod tests {
         async fn get_object(&self, n: BlockNum, c: ReadCondition) -> s3b_store::Result<GetOutcome> {
             self.0.get_object(n, c).await
         }
-        async fn put_object(&self, n: BlockNum, b: ObjectBody, v: Option<VolumeMeta>) -> s3b_store::Result<Option<Etag>> {
+        async fn put_object(
+            &self,
+            n: BlockNum,
+            b: ObjectBody,
+            v: Option<VolumeMeta>,
+        ) -> s3b_store::Result<Option<Etag>> {
             self.0.put_object(n, b, v).await
         }
         async fn delete_object(&self, n: BlockNum) -> s3b_store::Result<()> {
@@ -347,7 +362,8 @@ mod tests {
 
         // Another mount's token (not ours): still refused.
         objects.0.store(0x55, Ordering::SeqCst);
-        let err = acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
+        let err =
+            acquire_mount_token(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
         assert!(err.to_string().contains("already mounted"));
     }
 }

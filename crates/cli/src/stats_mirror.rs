@@ -47,7 +47,9 @@ pub fn settings(path: Option<&str>, interval: Option<&str>) -> Result<Option<Mir
     }
     let mut path = PathBuf::from(p);
     if path.is_relative() {
-        path = std::env::current_dir().map_err(|e| anyhow::anyhow!("can't resolve --statsFileMirror \"{p}\": {e}"))?.join(path);
+        path = std::env::current_dir()
+            .map_err(|e| anyhow::anyhow!("can't resolve --statsFileMirror \"{p}\": {e}"))?
+            .join(path);
     }
     let parent = path.parent().unwrap_or(Path::new("/"));
     if !parent.is_dir() {
@@ -74,7 +76,8 @@ impl StatsMirror {
             .spawn(move || {
                 let mut written = false;
                 loop {
-                    let last = !matches!(stopped.recv_timeout(cfg.interval), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                    let last =
+                        !matches!(stopped.recv_timeout(cfg.interval), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
                     // A mirror file we wrote that is gone now was deleted: reset, as upstream.
                     if written && !cfg.path.exists() {
                         stats.reset();

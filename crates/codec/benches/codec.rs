@@ -37,7 +37,9 @@ fn bench(c: &mut Criterion) {
         for (name, cfg) in &configs {
             let codec = Codec::new(len as u32, cfg.clone());
             let obj = codec.encode(1, data.clone()).unwrap();
-            g.bench_function(format!("{name}_encode"), |b| b.iter(|| black_box(codec.encode(1, data.clone()).unwrap())));
+            g.bench_function(format!("{name}_encode"), |b| {
+                b.iter(|| black_box(codec.encode(1, data.clone()).unwrap()))
+            });
             g.bench_function(format!("{name}_decode"), |b| b.iter(|| black_box(codec.decode(1, obj.clone()).unwrap())));
         }
         g.finish();

@@ -31,10 +31,8 @@ impl Compression {
                 e.read_to_end(&mut out).expect("compressing from memory cannot fail");
                 out
             }
-            Compression::Zstd(level) => {
-                zstd::bulk::compress(data, level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL))
-                    .expect("compressing from memory cannot fail")
-            }
+            Compression::Zstd(level) => zstd::bulk::compress(data, level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL))
+                .expect("compressing from memory cannot fail"),
         }
     }
 }

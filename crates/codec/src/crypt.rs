@@ -173,8 +173,12 @@ impl Keys {
         }
         let iv = self.iv(n);
         let c = match self.cipher {
-            Cipher::Aes128Cbc => cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain),
-            Cipher::Aes192Cbc => cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain),
+            Cipher::Aes128Cbc => {
+                cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain)
+            }
+            Cipher::Aes192Cbc => {
+                cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain)
+            }
             _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain),
         };
         let mac = self.hmac_header(n, &c);
@@ -202,8 +206,12 @@ impl Keys {
         }
         let iv = self.iv(n);
         let r = match self.cipher {
-            Cipher::Aes128Cbc => cbc::Decryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data),
-            Cipher::Aes192Cbc => cbc::Decryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data),
+            Cipher::Aes128Cbc => {
+                cbc::Decryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data)
+            }
+            Cipher::Aes192Cbc => {
+                cbc::Decryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data)
+            }
             _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data),
         };
         r.map_err(|_| "bad padding after decryption".to_string())

@@ -137,7 +137,10 @@ impl Codec {
                     return Err(corrupt(n, "block is encrypted but --encrypt was not given"));
                 };
                 if Cipher::parse(name) != Some(k.cipher()) {
-                    return Err(corrupt(n, format!("block is encrypted with {}, not {}", name.to_ascii_uppercase(), k.cipher().name())));
+                    return Err(corrupt(
+                        n,
+                        format!("block is encrypted with {}, not {}", name.to_ascii_uppercase(), k.cipher().name()),
+                    ));
                 }
                 if i != tokens.len() - 1 || encrypted {
                     return Err(corrupt(n, format!("encryption must be the last encoding (\"{encoding}\")")));
@@ -192,7 +195,9 @@ impl CodecStore {
         match self.inner.get_object(0, ReadCondition::None).await? {
             GetOutcome::Found { body, .. } => match self.codec.decode(0, body) {
                 Ok(_) => Ok(()),
-                Err(StoreError::Corrupt { reason, .. }) if reason.contains("mismatch") || reason.contains("authentication") => {
+                Err(StoreError::Corrupt { reason, .. })
+                    if reason.contains("mismatch") || reason.contains("authentication") =>
+                {
                     Err(StoreError::Other("wrong password: block 0 fails authentication".into()))
                 }
                 Err(e) => Err(e),
@@ -247,7 +252,13 @@ impl BlockStore for CodecStore {
 
     async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
         let limit = self.num_blocks;
-        self.inner.list_objects(&|n| if (n as u64) < limit { sink(n) }).await
+        self.inner
+            .list_objects(&|n| {
+                if (n as u64) < limit {
+                    sink(n)
+                }
+            })
+            .await
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -291,7 +302,12 @@ mod tests {
 
     fn enc(cipher: Cipher, pw: &str) -> CodecConfig {
         CodecConfig {
-            encrypt: Some(Encryption { cipher, password: Zeroizing::new(pw.into()), key_length: None, salt: "bkt/".into() }),
+            encrypt: Some(Encryption {
+                cipher,
+                password: Zeroizing::new(pw.into()),
+                key_length: None,
+                salt: "bkt/".into(),
+            }),
             ..Default::default()
         }
     }
@@ -352,7 +368,11 @@ mod tests {
 
     /// Codecs built once (key derivation is deliberately slow).
     static SMALL: std::sync::LazyLock<[Codec; 3]> = std::sync::LazyLock::new(|| {
-        [Codec::new(256, CodecConfig::default()), Codec::new(256, enc(Cipher::Aes128Cbc, "p")), Codec::new(256, enc(Cipher::Aes256Gcm, "p"))]
+        [
+            Codec::new(256, CodecConfig::default()),
+            Codec::new(256, enc(Cipher::Aes128Cbc, "p")),
+            Codec::new(256, enc(Cipher::Aes256Gcm, "p")),
+        ]
     });
     static ALL: std::sync::LazyLock<Vec<Codec>> = std::sync::LazyLock::new(|| {
         vec![

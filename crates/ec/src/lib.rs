@@ -67,7 +67,9 @@ impl EcConfig {
             return Ok(None);
         }
         if time_ms > 0 && time_ms < min_write_delay_ms {
-            return Err(format!("--md5CacheTime ({time_ms} ms) must be at least --minWriteDelay ({min_write_delay_ms} ms)"));
+            return Err(format!(
+                "--md5CacheTime ({time_ms} ms) must be at least --minWriteDelay ({min_write_delay_ms} ms)"
+            ));
         }
         let blocks = num_blocks.unwrap_or(u64::MAX);
         if time_ms == 0 && size < blocks && num_blocks.is_some() {
@@ -255,7 +257,9 @@ impl EcProtect {
             }
             // Another write of this block is in flight: wait for it.
             Some(Info::Writing(_)) => Step::Wait(None, Some(|c| &c.write_delay_us)),
-            Some(Info::Written { at, .. }) if now < *at + mwd => Step::Wait(Some(*at + mwd), Some(|c| &c.write_delay_us)),
+            Some(Info::Written { at, .. }) if now < *at + mwd => {
+                Step::Wait(Some(*at + mwd), Some(|c| &c.write_delay_us))
+            }
             Some(Info::Written { .. }) => {
                 st.remove_written(n);
                 st.map.insert(n, Info::Writing(data.clone()));
@@ -309,7 +313,9 @@ impl BlockStore for EcProtect {
                     }
                     Known::NoEtag => Step::Done(ReadPlan::Fetch(cond, None)),
                     // The caller's copy is the version we wrote: still current.
-                    Known::Etag(e) if cond == ReadCondition::IfNoneMatch(e) => Step::Done(ReadPlan::Answer(ReadOutcome::NotModified)),
+                    Known::Etag(e) if cond == ReadCondition::IfNoneMatch(e) => {
+                        Step::Done(ReadPlan::Answer(ReadOutcome::NotModified))
+                    }
                     Known::Etag(e) => Step::Done(ReadPlan::Fetch(ReadCondition::IfMatch(e), Some(e))),
                 },
             })
@@ -326,7 +332,9 @@ impl BlockStore for EcProtect {
                 Ok(ReadOutcome::Data { etag: Some(got), .. }) if expect.is_some_and(|e| e != got) => {
                     format!("the store answered with ETag {got}, expected {}", expect.unwrap_or_default())
                 }
-                Ok(ReadOutcome::Zero) if expect.is_some() => "the store has no object for a block just written".to_string(),
+                Ok(ReadOutcome::Zero) if expect.is_some() => {
+                    "the store has no object for a block just written".to_string()
+                }
                 other => return other,
             };
             attempt += 1;

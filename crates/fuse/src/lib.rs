@@ -19,12 +19,12 @@ use fuser::{
 };
 use parking_lot::Mutex;
 use s3b_store::{StatsRegistry, StoreError};
+use s3b_volume::Volume;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use s3b_volume::Volume;
 
 const ROOT_INO: INodeNo = INodeNo::ROOT;
 const FILE_INO: INodeNo = INodeNo(2);

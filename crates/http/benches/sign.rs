@@ -14,7 +14,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("block_key plain", |b| b.iter(|| plain.block_key(black_box(0x0012_3456))));
     c.bench_function("block_key hash prefix", |b| b.iter(|| hashed.block_key(black_box(0x0012_3456))));
 
-    let keys = Keys { id: "AKIDEXAMPLE".into(), secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(), token: None };
+    let keys =
+        Keys { id: "AKIDEXAMPLE".into(), secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(), token: None };
     let url = "https://bucket.s3.us-east-1.amazonaws.com/vol1/00123456";
     let headers = vec![("content-type".to_string(), "application/x-s3backer-block".to_string())];
     let body = vec![0x5au8; 64 << 10];

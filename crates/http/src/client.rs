@@ -105,10 +105,7 @@ impl HttpClient {
         } else {
             builder.with_root_certificates(root_store(opts.cacert.as_deref())?).with_no_client_auth()
         };
-        let tcp = TcpConnector {
-            connect_timeout: opts.connect_timeout,
-            ip_tos: opts.ip_tos,
-        };
+        let tcp = TcpConnector { connect_timeout: opts.connect_timeout, ip_tos: opts.ip_tos };
         let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let https = if opts.http11 {
             https.enable_http1().wrap_connector(tcp)
@@ -159,7 +156,11 @@ impl HttpClient {
         let exchange = async {
             let resp = self.inner.request(req).await.map_err(|e| {
                 let msg = chain(&e);
-                if e.is_connect() { TransportError::Connect(format!("{url}: {msg}")) } else { TransportError::Other(format!("{url}: {msg}")) }
+                if e.is_connect() {
+                    TransportError::Connect(format!("{url}: {msg}"))
+                } else {
+                    TransportError::Other(format!("{url}: {msg}"))
+                }
             })?;
             let (parts, mut body) = resp.into_parts();
             let success = parts.status.is_success();
@@ -175,7 +176,11 @@ impl HttpClient {
             let expected = if is_head {
                 0
             } else {
-                parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0)
+                parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(0)
             };
             if success && expected > limit as u64 {
                 return Err(too_large(&expected));
@@ -200,7 +205,10 @@ impl HttpClient {
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout(format!("{url}: no complete answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => Err(TransportError::Timeout(format!(
+                "{url}: no complete answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
 }
@@ -330,7 +338,11 @@ impl tower_service::Service<http::Uri> for TcpConnector {
 
 impl TcpConnector {
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
         sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(200)))?;
@@ -404,9 +416,13 @@ mod tests {
     /// A HEAD answer announces the object's size and has no body: never "too large".
     #[tokio::test]
     async fn a_head_answer_announcing_a_large_object_passes() {
-        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nx-amz-meta-s3backer-blocksize: 1048576\r\n\r\n".to_vec();
+        let a =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nx-amz-meta-s3backer-blocksize: 1048576\r\n\r\n".to_vec();
         let port = server(a, None);
-        let r = client().send_limited(Method::HEAD, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000).await.unwrap();
+        let r = client()
+            .send_limited(Method::HEAD, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000)
+            .await
+            .unwrap();
         assert_eq!((r.status, r.body.len()), (200, 0));
         assert_eq!(r.headers.get("x-amz-meta-s3backer-blocksize").unwrap(), "1048576");
     }
@@ -437,7 +453,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_answer_keeps_only_the_start_of_its_body() {
-        let mut a = b"HTTP/1.1 503 Slow Down\r\nContent-Length: 1073741824\r\n\r\n<Error><Code>SlowDown</Code></Error>".to_vec();
+        let mut a = b"HTTP/1.1 503 Slow Down\r\nContent-Length: 1073741824\r\n\r\n<Error><Code>SlowDown</Code></Error>"
+            .to_vec();
         a.extend(vec![b' '; 1000]);
         let r = get(server(a, Some(vec![b' '; 65536])), 1 << 30).await.unwrap();
         assert_eq!(r.status, 503);
@@ -470,7 +487,10 @@ mod tests {
             ip_tos: None,
         })
         .unwrap();
-        let e = c.send_limited(Method::GET, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000).await.unwrap_err();
+        let e = c
+            .send_limited(Method::GET, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000)
+            .await
+            .unwrap_err();
         assert!(matches!(e, TransportError::Timeout(_)), "{e}");
     }
 }

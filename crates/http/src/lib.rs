@@ -47,10 +47,10 @@ pub use stats::HttpStats;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use md5::{Digest as _, Md5};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use client::{ClientOptions, HttpClient, TransportError};
 use http::{HeaderMap, Method};
+use md5::{Digest as _, Md5};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use retry::Backoff;
 use s3b_store::keys::BlockKeys;
 use s3b_store::{
@@ -323,8 +323,7 @@ impl S3Store {
     /// Sends one attempt and reads the whole answer.
     async fn attempt(&self, req: &Req) -> Result<Resp> {
         let url = self.url(req.key.as_deref(), &req.query);
-        let mut headers: Vec<(String, String)> =
-            req.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        let mut headers: Vec<(String, String)> = req.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         let keys = self.creds.keys(&self.client).await?;
         if keys.is_none() && !req.body.is_empty() && !req.headers.iter().any(|(n, _)| *n == "content-md5") {
             // Unsigned: no payload hash protects the body, so let the server check an MD5.
@@ -397,7 +396,12 @@ impl S3Store {
                     let retry = retry_if(&e) && (!first_contact || retry::is_transient(&e));
                     let pause = if retry { backoff.next_pause() } else { None };
                     let Some(pause) = pause else { return Err(e) };
-                    log::warn!("{} {}: {e}; retrying in {} ms", req.method, req.key.as_deref().unwrap_or("bucket"), pause.as_millis());
+                    log::warn!(
+                        "{} {}: {e}; retrying in {} ms",
+                        req.method,
+                        req.key.as_deref().unwrap_or("bucket"),
+                        pause.as_millis()
+                    );
                     bump(&self.stats.http_num_retries);
                     add_time(&self.stats.retry_delay_micros, pause);
                     tokio::time::sleep(pause).await;
@@ -431,8 +435,11 @@ impl S3Store {
         let mut marker = String::new();
         loop {
             let mut req = Req::new(Method::GET, None);
-            req.query =
-                vec![("marker", marker.clone()), ("max-keys", LIST_PAGE_KEYS.to_string()), ("prefix", prefix.to_string())];
+            req.query = vec![
+                ("marker", marker.clone()),
+                ("max-keys", LIST_PAGE_KEYS.to_string()),
+                ("prefix", prefix.to_string()),
+            ];
             bump(&self.stats.http_lists);
             let resp = self.send_with(&req, retry::is_retryable_listing).await?;
             if resp.status == 404 {
@@ -493,9 +500,10 @@ fn status_error(resp: &Resp, cfg: &S3Config, key: Option<&str>) -> StoreError {
         403 => StoreError::Forbidden(format!("{what}{detail}: check the credentials and the bucket's permissions")),
         412 => StoreError::Stale(key.and_then(|k| cfg.keys.parse_key(k)).unwrap_or(0)),
         301 | 302 | 307 | 308 => {
-            let region = resp.header("x-amz-bucket-region").map(str::to_string).or_else(|| {
-                xml::first(&String::from_utf8_lossy(&resp.body), "Region")
-            });
+            let region = resp
+                .header("x-amz-bucket-region")
+                .map(str::to_string)
+                .or_else(|| xml::first(&String::from_utf8_lossy(&resp.body), "Region"));
             let hint = match region {
                 Some(r) if r != cfg.region => format!("the bucket is in region {r}: use --region={r}"),
                 _ => "try --vhost, or --region with the bucket's region".to_string(),
@@ -648,8 +656,7 @@ impl ObjectStore for S3Store {
         let threads = self.cfg.list_threads.clamp(1, 16);
         let digits: Vec<String> = "0123456789abcdef".chars().map(|c| format!("{}{c}", keys.prefix)).collect();
         for group in digits.chunks(threads) {
-            let results =
-                futures_join_all(group.iter().map(|p| self.list_prefix(p, &each)).collect::<Vec<_>>()).await;
+            let results = futures_join_all(group.iter().map(|p| self.list_prefix(p, &each)).collect::<Vec<_>>()).await;
             for r in results {
                 r?;
             }
@@ -737,7 +744,9 @@ async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output
 
 /// This machine's host name, for the mount-token object's body.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// `YYYYmmddTHHMMSSZ` (UTC), as upstream writes in the mount-token body.
@@ -811,7 +820,10 @@ mod tests {
     #[tokio::test]
     async fn join_all_keeps_order() {
         let out = futures_join_all(vec![
-            Box::pin(async { tokio::time::sleep(Duration::from_millis(20)).await; 1 }) as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                1
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
             Box::pin(async { 2 }),
         ])
         .await;

@@ -25,9 +25,14 @@ pub fn sigv4_headers(
     time: SystemTime,
 ) -> Result<Vec<(String, String)>> {
     let fail = |e: &dyn std::fmt::Display| StoreError::Other(format!("can't sign the request: {e}"));
-    let identity =
-        aws_credential_types::Credentials::new(keys.id.clone(), keys.secret.clone(), keys.token.clone(), None, "s3backer")
-            .into();
+    let identity = aws_credential_types::Credentials::new(
+        keys.id.clone(),
+        keys.secret.clone(),
+        keys.token.clone(),
+        None,
+        "s3backer",
+    )
+    .into();
     let mut settings = SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -59,19 +64,37 @@ mod tests {
 
     #[test]
     fn signs_with_date_payload_hash_and_token() {
-        let keys = Keys { id: "AKIDEXAMPLE".into(), secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(), token: Some("TOKEN".into()) };
+        let keys = Keys {
+            id: "AKIDEXAMPLE".into(),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            token: Some("TOKEN".into()),
+        };
         let t = UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
-        let h = sigv4_headers(&keys, "us-east-1", "GET", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"", t).unwrap();
-        let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{n} in {h:?}"));
+        let h =
+            sigv4_headers(&keys, "us-east-1", "GET", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"", t)
+                .unwrap();
+        let get =
+            |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{n} in {h:?}"));
         assert_eq!(get("x-amz-date"), "20150830T123600Z");
         assert_eq!(get("x-amz-content-sha256"), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(get("x-amz-security-token"), "TOKEN");
         let auth = get("authorization");
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/s3/aws4_request, SignedHeaders="), "{auth}");
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/s3/aws4_request, SignedHeaders="
+            ),
+            "{auth}"
+        );
         assert!(!auth.contains(&keys.secret));
         // Deterministic for the same inputs; another body gives another signature.
-        assert_eq!(h, sigv4_headers(&keys, "us-east-1", "GET", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"", t).unwrap());
-        let other = sigv4_headers(&keys, "us-east-1", "PUT", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"x", t).unwrap();
+        assert_eq!(
+            h,
+            sigv4_headers(&keys, "us-east-1", "GET", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"", t)
+                .unwrap()
+        );
+        let other =
+            sigv4_headers(&keys, "us-east-1", "PUT", "https://example.s3.amazonaws.com/bucket/00000001", &[], b"x", t)
+                .unwrap();
         assert_ne!(other.iter().find(|(k, _)| k == "authorization"), h.iter().find(|(k, _)| k == "authorization"));
     }
 }

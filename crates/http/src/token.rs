@@ -136,9 +136,16 @@ impl S3Store {
                 Err(e) => {
                     self.stats.count_error(&e);
                     let retry = retry::is_retryable(&e) && !matches!(e, StoreError::Http { status: 501, .. });
-                    let Some(pause) = (if retry { backoff.next_pause() } else { None }) else { return (Err(e), retried) };
+                    let Some(pause) = (if retry { backoff.next_pause() } else { None }) else {
+                        return (Err(e), retried);
+                    };
                     retried = true;
-                    log::warn!("{} {}: {e}; retrying in {} ms", req.method, req.key.as_deref().unwrap_or(""), pause.as_millis());
+                    log::warn!(
+                        "{} {}: {e}; retrying in {} ms",
+                        req.method,
+                        req.key.as_deref().unwrap_or(""),
+                        pause.as_millis()
+                    );
                     bump(&self.stats.http_num_retries);
                     crate::stats::add_time(&self.stats.retry_delay_micros, pause);
                     tokio::time::sleep(pause).await;
@@ -224,7 +231,11 @@ impl S3Store {
             // Our own earlier attempt got there first: we are late.
             late = true;
         } else {
-            log::debug!("mount token {new:08x} written in {} ms; reading it back in {} ms", took.as_millis(), SETTLE_WAIT.as_millis());
+            log::debug!(
+                "mount token {new:08x} written in {} ms; reading it back in {} ms",
+                took.as_millis(),
+                SETTLE_WAIT.as_millis()
+            );
             tokio::time::sleep(SETTLE_WAIT).await;
             let (now, _) = self.read_token().await?;
             if now.token != new {

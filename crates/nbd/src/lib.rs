@@ -205,7 +205,8 @@ impl Server {
 
     /// Transmission flags for a session.
     fn transmission_flags(&self, s: &Session) -> u16 {
-        let mut f = tflags::HAS_FLAGS | tflags::SEND_FLUSH | tflags::SEND_FUA | tflags::CAN_MULTI_CONN | tflags::SEND_CACHE;
+        let mut f =
+            tflags::HAS_FLAGS | tflags::SEND_FLUSH | tflags::SEND_FUA | tflags::CAN_MULTI_CONN | tflags::SEND_CACHE;
         if self.cfg.read_only {
             f |= tflags::READ_ONLY;
         } else {
@@ -304,14 +305,17 @@ impl Server {
                     if !data.is_empty() {
                         conn.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
                     } else {
-                        conn.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description))).await?;
+                        conn.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description)))
+                            .await?;
                         conn.write_all(&reply(rep::ACK, &[])).await?;
                     }
                 }
                 opt::STARTTLS => match &self.cfg.tls {
                     None => conn.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?,
                     Some(_) if tls_on => conn.write_all(&reply(rep::ERR_INVALID, b"TLS is already on")).await?,
-                    Some(_) if !data.is_empty() => conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STARTTLS takes no data")).await?,
+                    Some(_) if !data.is_empty() => {
+                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STARTTLS takes no data")).await?
+                    }
                     Some(cfg) => {
                         conn.write_all(&reply(rep::ACK, &[])).await?;
                         conn.flush().await?;
@@ -331,12 +335,18 @@ impl Server {
                     }
                     Ok(req) => {
                         let mut out = Vec::new();
-                        out.extend_from_slice(&reply(rep::INFO, &proto::info_export(self.volume.size(), self.transmission_flags(&s))));
+                        out.extend_from_slice(&reply(
+                            rep::INFO,
+                            &proto::info_export(self.volume.size(), self.transmission_flags(&s)),
+                        ));
                         if req.requests.contains(&info::NAME) {
                             out.extend_from_slice(&reply(rep::INFO, &proto::info_string(info::NAME, &self.cfg.name)));
                         }
                         if req.requests.contains(&info::DESCRIPTION) {
-                            out.extend_from_slice(&reply(rep::INFO, &proto::info_string(info::DESCRIPTION, &self.cfg.description)));
+                            out.extend_from_slice(&reply(
+                                rep::INFO,
+                                &proto::info_string(info::DESCRIPTION, &self.cfg.description),
+                            ));
                         }
                         let (min, pref, max) = self.block_sizes();
                         out.extend_from_slice(&reply(rep::INFO, &proto::info_block_size(min, pref, max)));
@@ -352,7 +362,11 @@ impl Server {
                     if !data.is_empty() {
                         conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
                     } else if s.structured {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"structured replies (or extended headers) are already on")).await?;
+                        conn.write_all(&reply(
+                            rep::ERR_INVALID,
+                            b"structured replies (or extended headers) are already on",
+                        ))
+                        .await?;
                     } else {
                         s.structured = true;
                         conn.write_all(&reply(rep::ACK, &[])).await?;
@@ -393,7 +407,10 @@ impl Server {
                             let mut out = Vec::new();
                             if selected {
                                 let id = if list { 0 } else { proto::BASE_ALLOCATION_ID };
-                                out.extend_from_slice(&reply(rep::META_CONTEXT, &proto::meta_context(id, proto::BASE_ALLOCATION)));
+                                out.extend_from_slice(&reply(
+                                    rep::META_CONTEXT,
+                                    &proto::meta_context(id, proto::BASE_ALLOCATION),
+                                ));
                                 if !list {
                                     s.block_status = true;
                                 }
@@ -436,7 +453,8 @@ impl Server {
                     r.read_exact(&mut hdr).await?;
                     Request::decode_extended(&hdr)
                 } else {
-                    let h: &mut [u8; proto::REQUEST_LEN] = (&mut hdr[..proto::REQUEST_LEN]).try_into().expect("28 bytes");
+                    let h: &mut [u8; proto::REQUEST_LEN] =
+                        (&mut hdr[..proto::REQUEST_LEN]).try_into().expect("28 bytes");
                     r.read_exact(h).await?;
                     Request::decode(h)
                 };
@@ -476,7 +494,12 @@ impl Server {
                     }
                 },
             };
-            let f = proto::Framer { structured: s.structured, extended: s.extended, cookie: req.cookie, offset: req.offset };
+            let f = proto::Framer {
+                structured: s.structured,
+                extended: s.extended,
+                cookie: req.cookie,
+                offset: req.offset,
+            };
             match proto::check(&req, &limits) {
                 Err(code) => {
                     log::debug!("refusing NBD request {req:?}: error {code}");
@@ -506,7 +529,11 @@ impl Server {
         let v = &self.volume;
         let ok = || vec![f.ok()];
         let fail = |e: StoreError, what: &str, _kind: u16| {
-            let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) { err::ESHUTDOWN } else { nbd_error(&e) };
+            let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) {
+                err::ESHUTDOWN
+            } else {
+                nbd_error(&e)
+            };
             log::error!("NBD {what} failed: {e}");
             vec![f.error(code, &format!("{what} failed: {e}"))]
         };
@@ -575,8 +602,10 @@ impl Server {
                 let len = len.min(MAX_STATUS_BLOCKS * v.block_size() as u64).min(u32::MAX as u64);
                 match v.zero_runs(offset, len.max(1), max) {
                     Ok(runs) => {
-                        let extents: Vec<(u64, u32)> =
-                            runs.into_iter().map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 })).collect();
+                        let extents: Vec<(u64, u32)> = runs
+                            .into_iter()
+                            .map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
+                            .collect();
                         vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
                     }
                     Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
@@ -654,7 +683,11 @@ fn read_reply(f: &proto::Framer, offset: u64, data: Bytes, df: bool, block_size:
 /// Writes replies as they come; once the server shuts down, a client that does not read them
 /// within [`SHUTDOWN_WRITE_GRACE`] is dropped. After a write error, replies are discarded (the
 /// permits they hold must still be returned).
-async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Outgoing>, mut stop: watch::Receiver<bool>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     let mut dead = false;
     let deadline = async move {

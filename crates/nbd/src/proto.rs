@@ -720,7 +720,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn limits() -> Limits {
-        Limits { size: 1 << 20, max_payload: 1 << 16, read_only: false, structured: true, extended: false, block_status: true }
+        Limits {
+            size: 1 << 20,
+            max_payload: 1 << 16,
+            read_only: false,
+            structured: true,
+            extended: false,
+            block_status: true,
+        }
     }
 
     #[test]
@@ -759,10 +766,16 @@ mod tests {
         // Extended headers: writes may say PAYLOAD_LEN, other commands must not.
         let x = Limits { extended: true, ..l };
         assert_eq!(check(&req(cmd::WRITE, 0, 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
-        assert_eq!(check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
+        assert_eq!(
+            check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &x),
+            Ok(Command::Write { offset: 0, len: 4, fua: false })
+        );
         assert_eq!(check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &l), Err(err::EINVAL));
         assert_eq!(check(&req(cmd::READ, cflags::PAYLOAD_LEN, 0, 4), &x), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::TRIM, 0, 0, 1 << 20), &x), Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false }));
+        assert_eq!(
+            check(&req(cmd::TRIM, 0, 0, 1 << 20), &x),
+            Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false })
+        );
         assert!(has_payload(&req(cmd::BLOCK_STATUS, cflags::PAYLOAD_LEN, 0, 4), true));
         assert!(has_payload(&req(cmd::WRITE, 0, 0, 4), true));
         assert!(!has_payload(&req(cmd::TRIM, 0, 0, 4), true));

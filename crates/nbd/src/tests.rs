@@ -256,8 +256,10 @@ async fn negotiation_and_every_command() {
     c.request(cmd::BLOCK_STATUS, 0, 6, 0, (BS as u64 * BLOCKS) as u32, &[]).await;
     let (fl, kind, _, d) = c.chunk().await;
     assert_eq!((fl, kind), (proto::REPLY_FLAG_DONE, chunk::BLOCK_STATUS));
-    let ext: Vec<(u32, u32)> =
-        d[4..].chunks(8).map(|e| (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap()))).collect();
+    let ext: Vec<(u32, u32)> = d[4..]
+        .chunks(8)
+        .map(|e| (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap())))
+        .collect();
     assert_eq!(ext, vec![(BS, 0), (2 * BS, 3), ((BLOCKS as u32 - 3) * BS, 0)]);
     // REQ_ONE: one extent, no longer than asked.
     c.request(cmd::BLOCK_STATUS, cflags::REQ_ONE, 7, BS as u64, 100, &[]).await;

@@ -105,7 +105,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            StoreError::Corrupt { .. } | StoreError::ReadOnly | StoreError::NotRunning | StoreError::NoSuchBucket { .. }
+            StoreError::Corrupt { .. }
+                | StoreError::ReadOnly
+                | StoreError::NotRunning
+                | StoreError::NoSuchBucket { .. }
         )
     }
 }

@@ -6,7 +6,9 @@
 //! wrapper works over any transport, which lets tests aim faults at the layers above.
 
 use crate::stats::{StatsSection, StatsSource, StatsWriter};
-use crate::{BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, VolumeMeta};
+use crate::{
+    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, VolumeMeta,
+};
 use async_trait::async_trait;
 use rand::Rng;
 use std::sync::Arc;

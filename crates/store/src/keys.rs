@@ -110,7 +110,9 @@ mod tests {
     #[test]
     fn parse_rejects_foreign_keys() {
         let k = BlockKeys::new("p/", false);
-        for bad in ["p/s3backer-mounted", "q/00000001", "p/0000001", "p/000000001", "p/0000000A", "p/0000000g", "00000001"] {
+        for bad in
+            ["p/s3backer-mounted", "q/00000001", "p/0000001", "p/000000001", "p/0000000A", "p/0000000g", "00000001"]
+        {
             assert_eq!(k.parse_key(bad), None, "{bad}");
         }
         let h = BlockKeys::new("", true);

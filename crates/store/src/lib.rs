@@ -73,9 +73,11 @@ pub trait BlockStore: Send + Sync + 'static {
             let whole = (!is_zero(&data)).then_some(data);
             return self.write_block(n, whole).await.map(|_| ());
         }
-        let old = self.read_for_update(n).await?.into_data(bs).ok_or_else(|| {
-            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
-        })?;
+        let old = self
+            .read_for_update(n)
+            .await?
+            .into_data(bs)
+            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
         if old[off..end] == data[..] {
             return Ok(());
         }
@@ -91,9 +93,11 @@ pub trait BlockStore: Send + Sync + 'static {
     async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
         let bs = self.block_size();
         let (off, end) = part_bounds(n, offset, len as usize, bs)?;
-        let data = self.read_block(n, ReadCondition::None).await?.into_data(bs).ok_or_else(|| {
-            StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer"))
-        })?;
+        let data = self
+            .read_block(n, ReadCondition::None)
+            .await?
+            .into_data(bs)
+            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
         Ok(data.slice(off..end))
     }
 

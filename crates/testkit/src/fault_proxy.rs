@@ -106,8 +106,13 @@ impl FaultProxy {
 
     /// A proxy that injects no faults: it forwards and counts (see [`FaultProxy::method_counts`]).
     pub fn counting(upstream: u16) -> FaultProxy {
-        let none =
-            FaultConfig { error_percent: 0, reset_percent: 0, stall_percent: 0, stall: Duration::ZERO, corrupt_percent: 0 };
+        let none = FaultConfig {
+            error_percent: 0,
+            reset_percent: 0,
+            stall_percent: 0,
+            stall: Duration::ZERO,
+            corrupt_percent: 0,
+        };
         let p = FaultProxy::start(upstream, none);
         p.set_faults(false);
         p
@@ -247,7 +252,10 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         if sh.deny_listing.load(Ordering::SeqCst) && is_listing(&head.first) {
             sh.listings_denied.fetch_add(1, Ordering::SeqCst);
             let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
-            let h = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+            let h = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                msg.len()
+            );
             if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
                 return;
             }
@@ -258,7 +266,10 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         if r < e {
             sh.errors.fetch_add(1, Ordering::SeqCst);
             let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>";
-            let h = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+            let h = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                msg.len()
+            );
             if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
                 return;
             }

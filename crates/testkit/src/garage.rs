@@ -104,7 +104,11 @@ impl Garage {
 
     /// Like [`Garage::s3backer_flags`], with requests sent to `base_url` (a proxy in front).
     pub fn s3backer_flags_at(&self, base_url: &str) -> Vec<String> {
-        vec![format!("--baseURL={base_url}"), format!("--accessId={ACCESS_KEY_ID}"), format!("--accessKey={SECRET_KEY}")]
+        vec![
+            format!("--baseURL={base_url}"),
+            format!("--accessId={ACCESS_KEY_ID}"),
+            format!("--accessKey={SECRET_KEY}"),
+        ]
     }
 
     /// Runs `curl` signed for this server (`extra` are more curl arguments, `path` is after the

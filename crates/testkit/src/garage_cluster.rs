@@ -149,7 +149,12 @@ impl GarageCluster {
     /// Every node's log.
     pub fn logs(&self) -> String {
         (0..NODES)
-            .map(|i| format!("--- node {i}\n{}", std::fs::read_to_string(self.node_dir(i).join("server.log")).unwrap_or_default()))
+            .map(|i| {
+                format!(
+                    "--- node {i}\n{}",
+                    std::fs::read_to_string(self.node_dir(i).join("server.log")).unwrap_or_default()
+                )
+            })
             .collect()
     }
 
@@ -158,7 +163,8 @@ impl GarageCluster {
     }
 
     fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.node_dir(i).join("server.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.node_dir(i).join("server.log")).unwrap();
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.nodes[i].config)

@@ -202,13 +202,17 @@ fn misbehave(out: &mut TcpStream, m: Misbehaviour, sh: &Shared) {
     let zeros = vec![0u8; 64 << 10];
     match m {
         Misbehaviour::Oversize => {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {GIB}\r\n\r\n");
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {GIB}\r\n\r\n");
             if send(out, head.as_bytes()) {
                 while send(out, &zeros) {}
             }
         }
         Misbehaviour::Endless => {
-            if send(out, b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n") {
+            if send(
+                out,
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ) {
                 let mut chunk = format!("{:x}\r\n", zeros.len()).into_bytes();
                 chunk.extend_from_slice(&zeros);
                 chunk.extend_from_slice(b"\r\n");

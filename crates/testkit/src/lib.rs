@@ -13,7 +13,7 @@
 
 pub mod fault_proxy;
 pub mod garage;
-pub mod public_http;
 pub mod garage_cluster;
 pub mod hostile;
+pub mod public_http;
 pub mod s3s_fs;

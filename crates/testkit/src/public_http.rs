@@ -129,7 +129,9 @@ fn serve(conn: TcpStream, sh: &Shared) {
         sh.requests.lock().push(format!("{method} {target}"));
         // Drain any body so the connection stays usable (nothing is stored).
         let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        if head.get("Expect").is_none() && std::io::copy(&mut (&mut reader).take(len as u64), &mut std::io::sink()).is_err() {
+        if head.get("Expect").is_none()
+            && std::io::copy(&mut (&mut reader).take(len as u64), &mut std::io::sink()).is_err()
+        {
             return;
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));

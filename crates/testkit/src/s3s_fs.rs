@@ -24,7 +24,8 @@ pub fn binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("S3S_FS") {
         return Some(PathBuf::from(p));
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.push(PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo/bin"));
     dirs.into_iter().map(|d| d.join("s3s-fs")).find(|p| p.is_file())
 }
@@ -55,7 +56,10 @@ impl S3sFs {
             }
             std::thread::sleep(Duration::from_millis(30));
         }
-        panic!("s3s-fs did not become ready; log:\n{}", std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default());
+        panic!(
+            "s3s-fs did not become ready; log:\n{}",
+            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+        );
     }
 
     /// Command-line flags that point s3backer at this server with its credentials.

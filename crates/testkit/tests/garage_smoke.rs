@@ -26,7 +26,13 @@ fn fault_proxy_forwards_and_injects() {
     std::fs::write(&body, vec![7u8; 100_000]).unwrap();
     let put = ["-X", "PUT", "--data-binary", &format!("@{}", body.display())];
     // Faults off: everything passes, including a body large enough for Expect: 100-continue.
-    let all = FaultConfig { error_percent: 34, reset_percent: 33, stall_percent: 33, stall: Duration::from_millis(300), corrupt_percent: 0 };
+    let all = FaultConfig {
+        error_percent: 34,
+        reset_percent: 33,
+        stall_percent: 33,
+        stall: Duration::from_millis(300),
+        corrupt_percent: 0,
+    };
     let p = FaultProxy::start(g.port, all);
     p.set_faults(false);
     assert_eq!(g.curl_port(p.port, &put, &format!("{BUCKET}/x")).0, 200);

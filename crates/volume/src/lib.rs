@@ -55,7 +55,12 @@ fn pieces(block_size: u64, offset: u64, len: u64) -> Vec<Piece> {
         let block = pos / block_size;
         let start = pos % block_size;
         let n = (block_size - start).min(end - pos);
-        out.push(Piece { block: block as BlockNum, start: start as usize, len: n as usize, buf_off: (pos - offset) as usize });
+        out.push(Piece {
+            block: block as BlockNum,
+            start: start as usize,
+            len: n as usize,
+            buf_off: (pos - offset) as usize,
+        });
         pos += n;
     }
     out

@@ -152,7 +152,8 @@ impl Shared {
         match result {
             Ok(()) => {
                 for b in 0..n {
-                    if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst) {
+                    if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst)
+                    {
                         self.zero.set(b, true);
                     }
                 }
@@ -504,13 +505,19 @@ mod tests {
         assert_eq!(mem.reads.load(SeqCst) + mem.writes.load(SeqCst), 0, "known-zero blocks reached the store");
         z.write_block(4, Some(Bytes::from_static(b"wxyz"))).await.unwrap();
         assert!(!z.is_known_zero(4));
-        assert_eq!(z.read_block(4, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"wxyz"));
+        assert_eq!(
+            z.read_block(4, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
+            Bytes::from_static(b"wxyz")
+        );
         z.write_block(3, Some(Bytes::from_static(&[0; 4]))).await.unwrap();
         assert!(z.is_known_zero(3));
         let mut w = StatsWriter::default();
         z.stats().write_stats(&mut w);
         let text = w.into_string();
-        assert!(text.contains("zero_block_cache_read_hits   1\n") && text.contains("zero_block_cache_write_hits  1\n"), "{text}");
+        assert!(
+            text.contains("zero_block_cache_read_hits   1\n") && text.contains("zero_block_cache_write_hits  1\n"),
+            "{text}"
+        );
     }
 
     /// A read that finds no object while a write of the same block is still landing must not
@@ -531,7 +538,10 @@ mod tests {
         assert!(!z.is_known_zero(7), "marked zero while a write was in flight");
         mem.release.notify_one();
         w.await.unwrap().unwrap();
-        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"abcd"));
+        assert_eq!(
+            z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
+            Bytes::from_static(b"abcd")
+        );
         // Once nothing is in flight, a zero answer is remembered again.
         assert_eq!(z.read_block(8, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
         assert!(z.is_known_zero(8));
@@ -588,7 +598,10 @@ mod tests {
         mem.release.notify_one();
         w.await.unwrap();
         assert!(!z.is_known_zero(7));
-        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(), Bytes::from_static(b"late"));
+        assert_eq!(
+            z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
+            Bytes::from_static(b"late")
+        );
         // Blocks of other shards that nothing wrote are known zero.
         assert!(z.is_known_zero(8) && z.is_known_zero(3999));
     }

@@ -77,7 +77,8 @@ pub fn short_flags() -> Vec<char> {
 }
 
 /// Words mount(8) and fstab add that are not for the file system; dropped silently.
-const MOUNT_HELPER_WORDS: &[&str] = &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "comment"];
+const MOUNT_HELPER_WORDS: &[&str] =
+    &["defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "comment"];
 
 /// Upstream's limit on config-file substitutions (guards against a file including itself).
 const MAX_CONFIG_SUBSTITUTIONS: usize = 100;
@@ -104,12 +105,7 @@ fn read_config_file(path: &str, substitutions: &mut usize) -> Result<Vec<String>
         bail!("too many config file substitutions (more than {MAX_CONFIG_SUBSTITUTIONS}; does a file include itself?)");
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("can't read config file {path}"))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
 }
 
 fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, subs: &mut usize) -> Result<()> {
@@ -124,7 +120,9 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
             Some(f.clone())
         } else if let Some(f) = a.strip_prefix("--configFile=") {
             Some(f.to_string())
-        } else { a.strip_prefix("-F").filter(|f| !f.is_empty() && !a.starts_with("--")).map(|f| f.to_string()) };
+        } else {
+            a.strip_prefix("-F").filter(|f| !f.is_empty() && !a.starts_with("--")).map(|f| f.to_string())
+        };
         if let Some(file) = config {
             let words = read_config_file(&file, subs)?;
             expand_into(&words, ours, out, subs)?;
@@ -135,7 +133,9 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
             let Some(o) = args.get(i) else { bail!("option -o needs a value") };
             i += 1;
             Some(o.clone())
-        } else { a.strip_prefix("-o").filter(|o| !o.is_empty()).map(|o| o.to_string()) };
+        } else {
+            a.strip_prefix("-o").filter(|o| !o.is_empty()).map(|o| o.to_string())
+        };
         if let Some(opts) = opts {
             for opt in opts.split(',').filter(|o| !o.is_empty()) {
                 let name = opt.split_once('=').map_or(opt, |(n, _)| n);
