@@ -12,4 +12,5 @@ for m in $(tac /proc/mounts | awk '$2 ~ /^\/tmp\/s3b-test-/ {print $2}'); do
 done
 # Style first: the tree is formatted with rustfmt.toml.
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/s3backer-test.log

@@ -1,5 +1,7 @@
 //! Criterion micro-benchmarks of the block cache: a cache-hit read of a 64 KiB block, and a
 //! write into the cache (absorbed, uploaded later by the write-back scheduler).
+// Benchmarks, like unit tests, stop at the first failure; criterion_group! makes undocumented functions.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -186,11 +186,11 @@ fn fnv(data: &[u8]) -> u64 {
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("slice of constant length"))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("slice of constant length"))
 }
 
 /// A used directory entry, decoded.
@@ -235,7 +235,7 @@ fn decode_entry(raw: &[u8], version: u32, block_size: u32) -> Option<EntryMeta> 
         block: u32_at(raw, 0),
         dirty,
         zero: flags & F_ZERO != 0,
-        etag: (flags & F_ETAG != 0).then(|| Etag(raw[8..24].try_into().unwrap())),
+        etag: (flags & F_ETAG != 0).then(|| Etag(raw[8..24].try_into().expect("slice of constant length"))),
         data_sum: u64_at(raw, 32),
         valid,
     })
@@ -287,13 +287,86 @@ fn resize_path(path: &Path) -> PathBuf {
 }
 
 /// Why a resize failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum ResizeError {
     /// The dirty blocks to keep need more slots than the new size.
+    #[error("holds {0} dirty blocks not yet uploaded")]
     TooManyDirty(usize),
     /// An I/O step failed (or, in tests, a crash was injected before it).
-    Io(&'static str, std::io::Error),
+    #[error("{0}")]
+    Io(&'static str, #[source] std::io::Error),
 }
+
+/// Why the cache file cannot be used (the source of [`StoreError::CacheFile`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// An I/O step failed.
+    #[error("{0}")]
+    Io(String, #[source] std::io::Error),
+    /// Space for a new file could not be reserved.
+    #[error("can't reserve {mib} MiB for {slots} blocks of {block_size} bytes")]
+    Reserve {
+        /// MiB asked for.
+        mib: u64,
+        /// Blocks.
+        slots: u32,
+        /// Block size.
+        block_size: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The header could not be read in full.
+    #[error("is corrupt (short header); delete it")]
+    ShortHeader,
+    /// The header is not ours, or damaged.
+    #[error("is not an s3backer-rs cache file or is corrupt (bad header); delete it")]
+    BadHeader,
+    /// A format version we do not know.
+    #[error("has format version {0}, which this version of s3backer does not know; delete it or use a newer s3backer")]
+    UnknownVersion(u32),
+    /// Made for another block size.
+    #[error("was made for block size {file}, not {ours}; delete it or use another file")]
+    BlockSize {
+        /// The file's.
+        file: u32,
+        /// Ours.
+        ours: u32,
+    },
+    /// Shorter than its header says.
+    #[error("is truncated ({len} bytes, expected {expected}); delete it")]
+    Truncated {
+        /// Its length.
+        len: u64,
+        /// The length it should have.
+        expected: u64,
+    },
+    /// Too many dirty blocks for the new size.
+    #[error(
+        "holds {dirty} dirty blocks not yet uploaded, more than the new cache size of {slots} blocks; \
+         use --blockCacheSize={dirty} or more until they are uploaded"
+    )]
+    TooManyDirty {
+        /// Dirty blocks in the file.
+        dirty: usize,
+        /// The new size.
+        slots: u32,
+    },
+    /// Rewriting it for a new size failed.
+    #[error("can't rewrite it for {slots} blocks")]
+    Resize {
+        /// The new size.
+        slots: u32,
+        /// The step that failed.
+        #[source]
+        source: ResizeFailure,
+    },
+}
+
+/// A failed step of a cache-file resize.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ResizeFailure(ResizeError);
 
 /// Counts the steps of a resize that change a file, and (in tests) stops before step
 /// `crash_at` as a kill -9 would: files are left exactly as they are.
@@ -421,8 +494,8 @@ impl CacheFile {
     /// Opens or creates the cache file for `slots` blocks of `block_size` bytes and reads its
     /// directory. Errors are one line naming the file and the problem.
     pub fn open(path: &Path, block_size: u32, slots: u32, opts: FileOptions) -> Result<CacheFile> {
-        let err = |what: String| StoreError::Other(format!("cache file {}: {what}", path.display()));
-        let io = |what: &str, e: std::io::Error| err(format!("{what}: {e}"));
+        let err = |e: FileError| StoreError::CacheFile { path: path.to_path_buf(), source: e.into() };
+        let io = |what: &str, e: std::io::Error| err(FileError::Io(what.to_string(), e));
         let tmp = resize_path(path);
         match std::fs::remove_file(&tmp) {
             Ok(()) => {
@@ -456,13 +529,10 @@ impl CacheFile {
             uploads_allowed: AtomicBool::new(true),
         };
         if len == 0 {
-            if let Err(e) = reserve(&cf.file, full_len) {
+            if let Err(source) = reserve(&cf.file, full_len) {
                 // Leave nothing half-made behind: the next start creates it afresh.
                 let _ = std::fs::remove_file(path);
-                return Err(err(format!(
-                    "can't reserve {} MiB for {slots} blocks of {block_size} bytes: {e}",
-                    full_len.div_ceil(1 << 20)
-                )));
+                return Err(err(FileError::Reserve { mib: full_len.div_ceil(1 << 20), slots, block_size, source }));
             }
             cf.write_header(0).map_err(|e| io("can't write header", e))?;
             cf.file.sync_all().map_err(|e| io("can't sync", e))?;
@@ -470,38 +540,32 @@ impl CacheFile {
             return Ok(cf);
         }
         let mut h = [0u8; HEADER_LEN as usize];
-        cf.file.read_exact_at(&mut h, 0).map_err(|_| err("is corrupt (short header); delete it".into()))?;
+        cf.file.read_exact_at(&mut h, 0).map_err(|_| err(FileError::ShortHeader))?;
         if &h[0..8] != MAGIC || fnv(&h[0..24]) != u64_at(&h, 24) {
-            return Err(err("is not an s3backer-rs cache file or is corrupt (bad header); delete it".into()));
+            return Err(err(FileError::BadHeader));
         }
         let fversion = u32_at(&h, 8);
         if fversion != VERSION && fversion != 1 {
-            return Err(err(format!(
-                "has format version {fversion}, which this version of s3backer does not know; \
-                 delete it or use a newer s3backer"
-            )));
+            return Err(err(FileError::UnknownVersion(fversion)));
         }
         let (fbs, fslots) = (u32_at(&h, 12), u32_at(&h, 16));
         if fbs != block_size {
-            return Err(err(format!("was made for block size {fbs}, not {block_size}; delete it or use another file")));
+            return Err(err(FileError::BlockSize { file: fbs, ours: block_size }));
         }
         if fslots != slots || fversion != VERSION {
             let old_full = data_offset(fversion, fslots) + fslots as u64 * block_size as u64;
             if len < old_full {
-                return Err(err(format!("is truncated ({len} bytes, expected {old_full}); delete it")));
+                return Err(err(FileError::Truncated { len, expected: old_full }));
             }
             drop(cf);
             resize(path, block_size, fversion, fslots, slots, u32_at(&h, 20), opts, None).map_err(|e| match e {
-                ResizeError::TooManyDirty(d) => err(format!(
-                    "holds {d} dirty blocks not yet uploaded, more than the new cache size of {slots} blocks; \
-                         use --blockCacheSize={d} or more until they are uploaded"
-                )),
-                ResizeError::Io(what, e) => err(format!("can't rewrite it for {slots} blocks: {what}: {e}")),
+                ResizeError::TooManyDirty(dirty) => err(FileError::TooManyDirty { dirty, slots }),
+                e => err(FileError::Resize { slots, source: ResizeFailure(e) }),
             })?;
             return CacheFile::open(path, block_size, slots, opts);
         }
         if len < full_len {
-            return Err(err(format!("is truncated ({len} bytes, expected {full_len}); delete it")));
+            return Err(err(FileError::Truncated { len, expected: full_len }));
         }
         *cf.token.lock() = u32_at(&h, 20);
         let mut dir = vec![0u8; (ENTRY_LEN * slots as u64) as usize];
@@ -883,7 +947,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         drop(CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap());
-        let msg = |bs, slots| CacheFile::open(&p, bs, slots, FileOptions::default()).err().unwrap().to_string();
+        let msg = |bs, slots| {
+            CacheFile::open(&p, bs, slots, FileOptions::default())
+                .err()
+                .map(|e| s3b_store::Chain(&e).to_string())
+                .unwrap()
+        };
         assert!(msg(64, 4).contains("was made for block size 32, not 64"), "{}", msg(64, 4));
         // Another slot count is a resize, not an error.
         assert_eq!(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap().slots(), 8);
@@ -966,7 +1035,7 @@ mod tests {
         drop(f);
         // Shrinking below the dirty blocks is refused with one line; the file is untouched.
         let before = std::fs::read(&p).unwrap();
-        let e = CacheFile::open(&p, BS, 2, RECOVER).err().unwrap().to_string();
+        let e = CacheFile::open(&p, BS, 2, RECOVER).err().map(|e| s3b_store::Chain(&e).to_string()).unwrap();
         assert!(e.contains("holds 3 dirty blocks not yet uploaded, more than the new cache size of 2 blocks"), "{e}");
         assert!(e.contains("--blockCacheSize=3"), "{e}");
         assert!(!e.contains('\n'));
@@ -1110,7 +1179,8 @@ mod tests {
         let sum = fnv(&raw[0..24]);
         raw[24..32].copy_from_slice(&sum.to_le_bytes());
         std::fs::write(&p, &raw).unwrap();
-        let e = CacheFile::open(&p, BS, 2, FileOptions::default()).err().unwrap().to_string();
+        let e =
+            CacheFile::open(&p, BS, 2, FileOptions::default()).err().map(|e| s3b_store::Chain(&e).to_string()).unwrap();
         assert!(e.contains("has format version 3, which this version of s3backer does not know"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), raw);
     }

@@ -43,7 +43,6 @@
 //!   clean data survives restarts and dirty data survives crashes. The file is written (and
 //!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
 //!   and ordered, at the cost of serialising cache operations while the disk syncs.
-#![deny(missing_docs)]
 
 pub mod file;
 pub mod ranges;
@@ -59,7 +58,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
-use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError, is_zero};
+use s3b_store::{BlockNum, BlockStore, ContractError, Etag, ReadCondition, ReadOutcome, Result, is_zero};
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -335,7 +334,7 @@ impl Shared {
                 }
                 Ok(ReadOutcome::NotModified) => {
                     self.drop_entry(&mut st, n);
-                    Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
+                    Err(ContractError::UnexpectedNotModified(n).into())
                 }
                 Ok(out) => {
                     if verify.is_some() {
@@ -585,7 +584,7 @@ impl Shared {
                         Ok(out) => match (out.into_data(bs), e.valid.take()) {
                             (None, valid) => {
                                 e.valid = valid;
-                                Err(StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))
+                                Err(ContractError::UnexpectedNotModified(n).into())
                             }
                             // Completed meanwhile by a whole-block write.
                             (Some(_), None) => Ok(None),
@@ -729,7 +728,9 @@ async fn writeback_loop(sh: Arc<Shared>) {
                     continue;
                 }
                 let (ver, data, partial) = (e.ver, e.data.clone(), e.valid.is_some());
-                st.entries.get_mut(&n).unwrap().uploading = Some(ver);
+                if let Some(e) = st.entries.get_mut(&n) {
+                    e.uploading = Some(ver);
+                }
                 st.uploading += 1;
                 st.dirty_queue.remove(i);
                 jobs.push((n, ver, data, partial));
@@ -806,7 +807,8 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
                 e.retry_at = Some(Instant::now() + delay);
                 let tries = e.retries;
                 log::warn!(
-                    "block cache: upload of block {n:#010x} failed (attempt {tries}): {err}; retrying in {delay:?}"
+                    "block cache: upload of block {n:#010x} failed (attempt {tries}): {}; retrying in {delay:?}",
+                    s3b_store::Chain(&err)
                 );
                 if !st.dirty_queue.contains(&n) {
                     st.dirty_queue.push_front(n);
@@ -850,7 +852,8 @@ impl BlockStore for BlockCache {
         if let Some(d) = &data
             && d.len() != self.shared.block_size as usize
         {
-            return Err(StoreError::Other(format!("write of {} bytes to block {n:#010x}: not one block", d.len())));
+            let block_size = self.shared.block_size;
+            return Err(ContractError::WrongLength { block: n, len: d.len(), block_size }.into());
         }
         self.shared.write(n, data).await?;
         Ok(None)
@@ -886,9 +889,7 @@ impl BlockStore for BlockCache {
             }
         }
         let out = self.read_block(n, ReadCondition::None).await?;
-        let data = out
-            .into_data(sh.block_size)
-            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
+        let data = out.into_block(n, sh.block_size)?;
         Ok(data.slice(off..end))
     }
 

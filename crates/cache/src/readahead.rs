@@ -121,7 +121,7 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
             // The pool is fair: fetches start in block order, at most `threads` at a time.
             let _permit = sh.ra_pool.clone().acquire_owned().await;
             if let Some(Err(e)) = sh.load(b, None).await {
-                log::debug!("read-ahead of block {b:#010x} failed: {e}");
+                log::debug!("read-ahead of block {b:#010x} failed: {}", s3b_store::Chain(&e));
             }
         });
     }

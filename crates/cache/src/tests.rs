@@ -2,6 +2,7 @@
 
 use super::*;
 use s3b_store::StatsSource;
+use s3b_store::StoreError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 

@@ -104,7 +104,7 @@ pub fn ec_settings(cli: &Cli, num_blocks: Option<u64>) -> Result<Option<EcConfig
     let size: u64 = num(&k.md5_cache_size, "--md5CacheSize", 0)?;
     let time: u64 = num(&k.md5_cache_time, "--md5CacheTime", 0)?;
     let delay: u64 = num(&k.min_write_delay, "--minWriteDelay", 0)?;
-    let ec = EcConfig::from_flags(size, time, delay, num_blocks).map_err(|e| anyhow!(e))?;
+    let ec = EcConfig::from_flags(size, time, delay, num_blocks)?;
     Ok(ec.filter(|_| !cli.core.read_only))
 }
 
@@ -138,8 +138,7 @@ pub fn wrap(cfg: &Config, inner: Arc<dyn BlockStore>, stats: &StatsRegistry) -> 
                     inner.block_size()
                 );
             }
-            let file =
-                Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options).map_err(|e| anyhow!("{e}"))?);
+            let file = Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options)?);
             if file.dirty_found() > 0 && cfg.read_only {
                 bail!(
                     "block cache file {} holds {} dirty blocks to recover; mount read-write to upload them",

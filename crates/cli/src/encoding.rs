@@ -3,7 +3,7 @@
 //! Resolved before the process daemonizes, so the prompt reaches the user.
 
 use crate::config::{Config, Location};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use s3b_codec::{Cipher, CodecConfig, Compression, Encryption};
 use std::io::{BufRead, IsTerminal, Write};
 use zeroize::Zeroizing;
@@ -44,7 +44,7 @@ fn prompt_password() -> Result<Zeroizing<String>> {
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
         eprintln!();
     }
-    r.map_err(|e| anyhow!("can't read the password: {e}"))?;
+    r.context("can't read the password")?;
     Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string()))
 }
 

@@ -2,7 +2,6 @@
 //!
 //! Errors end the process with one line `s3backer: <what went wrong>` on stderr and exit code 1;
 //! nothing is written to the store before the configuration has been fully checked.
-#![deny(missing_docs)]
 
 pub mod args;
 pub mod caching;

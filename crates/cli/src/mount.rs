@@ -235,7 +235,7 @@ fn serve(
 ) -> std::result::Result<i32, ServeError> {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
         Ok(rt) => rt,
-        Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
+        Err(e) => return Err((anyhow::Error::new(e).context("can't start the runtime"), pipe)),
     };
     let setup = rt.block_on(async {
         let stack = stack::build(cfg, codec).await?;
@@ -255,7 +255,7 @@ fn serve(
         Err(e) => {
             // Undo the token we just set: nothing was mounted.
             let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
-            return Err((anyhow!("can't mount on {}: {e}", mountpoint.display()), pipe));
+            return Err((anyhow::Error::new(e).context(format!("can't mount on {}", mountpoint.display())), pipe));
         }
     };
     if !cfg.quiet {
@@ -276,7 +276,7 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     let mut signals = match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
         Ok(s) => s,
-        Err(e) => return Err((anyhow!("can't install signal handlers: {e}"), pipe)),
+        Err(e) => return Err((anyhow::Error::new(e).context("can't install signal handlers"), pipe)),
     };
     let sig_handle = signals.handle();
     let detach_path = mountpoint.to_path_buf();

@@ -14,7 +14,7 @@ use crate::args::nbd::NbdArgs;
 use crate::config::{Config, Location, Mode};
 use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use s3b_nbd::{ExportConfig, Listener, Server};
 use s3b_volume::Volume;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -156,18 +156,18 @@ pub fn tls_config(cert: &str, key: &str) -> Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| anyhow!("--nbdTlsCert {cert}: {e}"))?;
+        .with_context(|| format!("--nbdTlsCert {cert}"))?;
     if certs.is_empty() {
         bail!("--nbdTlsCert {cert}: no certificate in the file");
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow!("--nbdTlsKey {key}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("--nbdTlsKey {key}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("TLS setup: {e}"))?
+        .context("TLS setup")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| anyhow!("--nbdTlsCert/--nbdTlsKey: {e}"))?;
+        .context("--nbdTlsCert/--nbdTlsKey")?;
     Ok(Arc::new(cfg))
 }
 
@@ -288,7 +288,7 @@ fn serve(
 ) -> std::result::Result<i32, ServeError> {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
         Ok(rt) => rt,
-        Err(e) => return Err((anyhow!("can't start the runtime: {e}"), pipe)),
+        Err(e) => return Err((anyhow::Error::new(e).context("can't start the runtime"), pipe)),
     };
     let addr = match &target {
         Target::Listen(a) => a.clone(),
@@ -348,8 +348,8 @@ fn serve(
         }
         nbd_client(&args)
     });
-    let startup_error = match attach {
-        Some(Err(e)) => Some(e.context(format!("can't attach {}", device.as_ref().unwrap().display()))),
+    let startup_error = match (attach, &device) {
+        (Some(Err(e)), Some(dev)) => Some(e.context(format!("can't attach {}", dev.display()))),
         _ => None,
     };
     if let Some(dev) = &device

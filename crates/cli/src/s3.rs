@@ -360,7 +360,7 @@ fn read_aws_credentials(path: &Path, profile: &str) -> Result<Option<Keys>> {
 /// first request of the mount (size detection or the mount token) reports a missing bucket or
 /// refused keys.
 pub async fn open_bucket(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
-    let store = S3Store::new(s3_config(cfg)?).map_err(|e| anyhow!("{e}"))?;
+    let store = S3Store::new(s3_config(cfg)?)?;
     stats.register(store.stats());
     Ok(Arc::new(store))
 }
@@ -371,12 +371,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `--erase`: deletes every block object and the mount token.
 pub fn erase(cfg: Config) -> Result<i32> {
-    let store = S3Store::new(s3_config(&cfg)?).map_err(|e| anyhow!("{e}"))?;
+    let store = S3Store::new(s3_config(&cfg)?)?;
     if cfg.read_only {
         bail!("--erase cannot be used with --readOnly");
     }
     runtime()?.block_on(async {
-        let token = store.mount_token(TokenOp::Read).await.map_err(|e| anyhow!("can't read the mount token: {e}"))?;
+        let token = store.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
         if token != 0 && !cfg.force {
             bail!("volume appears to be mounted (mount token {token:08x}); unmount it first, or use --force");
         }
@@ -393,12 +393,12 @@ pub fn erase(cfg: Config) -> Result<i32> {
                 return Ok(1);
             }
         }
-        let blocks = store.list_blocks().await.map_err(|e| anyhow!("can't list the blocks: {e}"))?;
+        let blocks = store.list_blocks().await.context("can't list the blocks")?;
         let total = blocks.len();
         let show = std::io::stderr().is_terminal() && !cfg.quiet;
         let mut done = 0usize;
         for chunk in blocks.chunks(s3b_http::MAX_DELETE_KEYS) {
-            store.delete_objects(chunk).await.map_err(|e| anyhow!("can't delete blocks: {e}"))?;
+            store.delete_objects(chunk).await.context("can't delete blocks")?;
             done += chunk.len();
             if show {
                 eprint!("\rs3backer: erasing: {done}/{total} blocks ({}%)", done * 100 / total.max(1));
@@ -407,7 +407,7 @@ pub fn erase(cfg: Config) -> Result<i32> {
         if show {
             eprintln!();
         }
-        store.mount_token(TokenOp::Clear).await.map_err(|e| anyhow!("can't clear the mount token: {e}"))?;
+        store.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
         if !cfg.quiet {
             eprintln!("s3backer: erased {total} blocks of {what}");
         }
@@ -417,9 +417,9 @@ pub fn erase(cfg: Config) -> Result<i32> {
 
 /// `--reset-mounted-flag`: clears the mount token and exits.
 pub fn reset_mounted_flag(cfg: Config) -> Result<i32> {
-    let store = S3Store::new(s3_config(&cfg)?).map_err(|e| anyhow!("{e}"))?;
+    let store = S3Store::new(s3_config(&cfg)?)?;
     runtime()?.block_on(async {
-        let old = store.mount_token(TokenOp::Read).await.map_err(|e| anyhow!("{e}"))?;
+        let old = store.mount_token(TokenOp::Read).await?;
         if old == 0 {
             if !cfg.quiet {
                 eprintln!("s3backer: volume {} is not marked as mounted", cfg.describe());
@@ -429,7 +429,7 @@ pub fn reset_mounted_flag(cfg: Config) -> Result<i32> {
         if cfg.read_only {
             bail!("--reset-mounted-flag cannot clear the flag with --readOnly");
         }
-        store.mount_token(TokenOp::Clear).await.map_err(|e| anyhow!("{e}"))?;
+        store.mount_token(TokenOp::Clear).await?;
         if !cfg.quiet {
             eprintln!("s3backer: cleared the mounted flag of {} (was {old:08x})", cfg.describe());
         }

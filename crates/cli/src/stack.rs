@@ -55,7 +55,7 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
     match &cfg.location {
         Location::Dir(dir) => {
             let keys = BlockKeys::new(cfg.prefix.clone(), cfg.hash_prefix);
-            Ok(Arc::new(DirStore::open(dir, keys).map_err(|e| anyhow::anyhow!("test directory {e}"))?))
+            Ok(Arc::new(DirStore::open(dir, keys).context("test directory")?))
         }
         Location::Bucket(_) => crate::s3::open_bucket(cfg, stats).await,
     }
@@ -132,7 +132,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     }
 
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
-    codec.check_password().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    codec.check_password().await?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
     if cfg.shared_disk {
         // Other hosts write the volume too: nothing may be cached here.
@@ -206,7 +206,7 @@ pub async fn acquire_mount_token(
         ),
     }
     if let Some(f) = cache_file {
-        f.set_token(token).map_err(|e| anyhow::anyhow!("{e}"))?;
+        f.set_token(token)?;
         f.allow_uploads();
     }
     Ok(token)
@@ -223,7 +223,7 @@ pub async fn release_mount_token(objects: &dyn ObjectStore, token: u32, cache_fi
             ),
         }
         if let Some(f) = cache_file {
-            f.set_token(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+            f.set_token(0)?;
         }
     }
     Ok(())

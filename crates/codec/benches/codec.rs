@@ -1,4 +1,6 @@
 //! Encode/decode throughput of one block per codec, next to a plain copy of the same bytes.
+// Benchmarks, like unit tests, stop at the first failure; criterion_group! makes undocumented functions.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

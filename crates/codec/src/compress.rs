@@ -2,6 +2,7 @@
 //! `compress2()` writes), `zstd` one zstd frame. Decompression is bounded by the block size, so
 //! a hostile object cannot make us allocate more than one block (a "zip bomb" is just corrupt).
 
+use crate::error::DecodeError;
 use std::io::Read;
 
 /// A compression algorithm with its level.
@@ -38,22 +39,24 @@ impl Compression {
 }
 
 /// Undoes one compression layer named by `token`, producing at most `limit` bytes.
-/// Returns a reason on failure.
-pub fn decompress(token: &str, data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+pub fn decompress(token: &str, data: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(limit);
     match token {
         "deflate" => {
             let d = flate2::read::ZlibDecoder::new(data);
-            d.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| format!("bad deflate data: {e}"))?;
+            d.take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|source| DecodeError::BadCompressedData { codec: "deflate", source })?;
         }
         "zstd" => {
-            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| format!("bad zstd data: {e}"))?;
-            (&mut d).take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| format!("bad zstd data: {e}"))?;
+            let bad = |source| DecodeError::BadCompressedData { codec: "zstd", source };
+            let mut d = zstd::stream::read::Decoder::new(data).map_err(bad)?;
+            (&mut d).take(limit as u64 + 1).read_to_end(&mut out).map_err(bad)?;
         }
-        other => return Err(format!("unknown compression \"{other}\"")),
+        other => return Err(DecodeError::UnknownEncoding(other.to_string())),
     }
     if out.len() > limit {
-        return Err(format!("decompresses to more than the block size ({limit} bytes)"));
+        return Err(DecodeError::TooLong(limit));
     }
     Ok(out)
 }
@@ -74,7 +77,7 @@ mod tests {
     #[test]
     fn bombs_and_garbage_are_refused() {
         let c = Compression::Zstd(None).compress(&vec![7u8; 1 << 20]);
-        assert!(decompress("zstd", &c, 4096).unwrap_err().contains("more than the block size"));
+        assert!(decompress("zstd", &c, 4096).unwrap_err().to_string().contains("more than the block size"));
         assert!(decompress("deflate", b"not deflate", 4096).is_err());
         assert!(decompress("zstd", b"not zstd", 4096).is_err());
         assert!(decompress("lz4", b"", 4096).is_err());

@@ -11,6 +11,7 @@
 //! object is `nonce || ciphertext || tag`; the associated data binds the format, the salt
 //! (bucket and prefix) and the block number, so a swapped or moved object fails to open.
 
+use crate::error::DecodeError;
 use aes::cipher::{BlockDecryptMut, BlockEncrypt, BlockEncryptMut, KeyInit, KeyIvInit, block_padding::Pkcs7};
 use aes_gcm::aead::{Aead, Payload};
 use hmac::{Hmac, Mac};
@@ -125,9 +126,15 @@ impl Keys {
         let mut block = xor16(&self.ivkey[..16], &block_label(n)).into();
         let k = &self.ivkey[..self.cipher.key_len()];
         match self.cipher {
-            Cipher::Aes128Cbc => aes::Aes128::new_from_slice(k).unwrap().encrypt_block(&mut block),
-            Cipher::Aes192Cbc => aes::Aes192::new_from_slice(k).unwrap().encrypt_block(&mut block),
-            Cipher::Aes256Cbc | Cipher::Aes256Gcm => aes::Aes256::new_from_slice(k).unwrap().encrypt_block(&mut block),
+            Cipher::Aes128Cbc => {
+                aes::Aes128::new_from_slice(k).expect("key length fixed by the cipher").encrypt_block(&mut block)
+            }
+            Cipher::Aes192Cbc => {
+                aes::Aes192::new_from_slice(k).expect("key length fixed by the cipher").encrypt_block(&mut block)
+            }
+            Cipher::Aes256Cbc | Cipher::Aes256Gcm => {
+                aes::Aes256::new_from_slice(k).expect("key length fixed by the cipher").encrypt_block(&mut block)
+            }
         }
         block.into()
     }
@@ -146,14 +153,12 @@ impl Keys {
     }
 
     /// Checks an HMAC header (constant-time comparison).
-    pub fn verify_hmac(&self, n: u32, ciphertext: &[u8], header: &str) -> Result<(), String> {
+    pub fn verify_hmac(&self, n: u32, ciphertext: &[u8], header: &str) -> Result<(), DecodeError> {
         let h = header.trim();
         let h = h.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(h);
         let mut want = [0u8; 20];
-        hex::decode_to_slice(h, &mut want).map_err(|_| format!("malformed HMAC header \"{header}\""))?;
-        self.mac(n, ciphertext)
-            .verify_slice(&want)
-            .map_err(|_| "HMAC mismatch (wrong password, tampered object, or an object of another block)".to_string())
+        hex::decode_to_slice(h, &mut want).map_err(|_| DecodeError::MalformedHmac(header.to_string()))?;
+        self.mac(n, ciphertext).verify_slice(&want).map_err(|_| DecodeError::HmacMismatch)
     }
 
     /// Encrypts block `n`'s (compressed) data. Returns the stored bytes and, for CBC, the HMAC.
@@ -161,7 +166,7 @@ impl Keys {
         let k = &self.key[..self.cipher.key_len()];
         if self.cipher == Cipher::Aes256Gcm {
             let nonce: [u8; GCM_NONCE_LEN] = rand::random();
-            let gcm = aes_gcm::Aes256Gcm::new_from_slice(k).unwrap();
+            let gcm = aes_gcm::Aes256Gcm::new_from_slice(k).expect("key length fixed by the cipher");
             let aad = self.gcm_aad(n);
             let sealed = gcm
                 .encrypt((&nonce).into(), Payload { msg: plain, aad: &aad })
@@ -173,48 +178,52 @@ impl Keys {
         }
         let iv = self.iv(n);
         let c = match self.cipher {
-            Cipher::Aes128Cbc => {
-                cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain)
-            }
-            Cipher::Aes192Cbc => {
-                cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain)
-            }
-            _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(k, &iv).unwrap().encrypt_padded_vec_mut::<Pkcs7>(plain),
+            Cipher::Aes128Cbc => cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .encrypt_padded_vec_mut::<Pkcs7>(plain),
+            Cipher::Aes192Cbc => cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .encrypt_padded_vec_mut::<Pkcs7>(plain),
+            _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .encrypt_padded_vec_mut::<Pkcs7>(plain),
         };
         let mac = self.hmac_header(n, &c);
         (c, Some(mac))
     }
 
     /// Authenticates and decrypts block `n`'s stored bytes (HMAC checked before decrypting).
-    pub fn decrypt(&self, n: u32, data: &[u8], hmac: Option<&str>) -> Result<Vec<u8>, String> {
+    pub fn decrypt(&self, n: u32, data: &[u8], hmac: Option<&str>) -> Result<Vec<u8>, DecodeError> {
         let k = &self.key[..self.cipher.key_len()];
         if self.cipher == Cipher::Aes256Gcm {
             if data.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
-                return Err(format!("encrypted object is too short ({} bytes)", data.len()));
+                return Err(DecodeError::TooShort(data.len()));
             }
             let (nonce, sealed) = data.split_at(GCM_NONCE_LEN);
-            let gcm = aes_gcm::Aes256Gcm::new_from_slice(k).unwrap();
+            let gcm = aes_gcm::Aes256Gcm::new_from_slice(k).expect("key length fixed by the cipher");
             let aad = self.gcm_aad(n);
-            return gcm.decrypt(nonce.into(), Payload { msg: sealed, aad: &aad }).map_err(|_| {
-                "authentication failed (wrong password, tampered object, or an object of another block)".to_string()
-            });
+            return gcm
+                .decrypt(nonce.into(), Payload { msg: sealed, aad: &aad })
+                .map_err(|_| DecodeError::AuthenticationFailed);
         }
-        let hmac = hmac.ok_or("encrypted object has no HMAC header")?;
+        let hmac = hmac.ok_or(DecodeError::MissingHmac)?;
         self.verify_hmac(n, data, hmac)?;
         if data.is_empty() || !data.len().is_multiple_of(16) {
-            return Err(format!("encrypted length {} is not a multiple of 16", data.len()));
+            return Err(DecodeError::BadLength(data.len()));
         }
         let iv = self.iv(n);
         let r = match self.cipher {
-            Cipher::Aes128Cbc => {
-                cbc::Decryptor::<aes::Aes128>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data)
-            }
-            Cipher::Aes192Cbc => {
-                cbc::Decryptor::<aes::Aes192>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data)
-            }
-            _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(k, &iv).unwrap().decrypt_padded_vec_mut::<Pkcs7>(data),
+            Cipher::Aes128Cbc => cbc::Decryptor::<aes::Aes128>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .decrypt_padded_vec_mut::<Pkcs7>(data),
+            Cipher::Aes192Cbc => cbc::Decryptor::<aes::Aes192>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .decrypt_padded_vec_mut::<Pkcs7>(data),
+            _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(k, &iv)
+                .expect("key and IV lengths fixed by the cipher")
+                .decrypt_padded_vec_mut::<Pkcs7>(data),
         };
-        r.map_err(|_| "bad padding after decryption".to_string())
+        r.map_err(|_| DecodeError::BadPadding)
     }
 
     /// Associated data of a GCM object.

@@ -8,19 +8,19 @@
 //! (EIO with a logged reason), never garbage data. All-zero blocks are never stored: writing one
 //! deletes the object, and a missing object reads as zeros.
 
-#![deny(missing_docs)]
-
 pub mod compress;
 pub mod crypt;
+pub mod error;
 
 pub use compress::Compression;
 pub use crypt::Cipher;
+pub use error::DecodeError;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome, Result, StoreError,
-    VolumeMeta, is_zero,
+    BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome, Result,
+    StoreError, VolumeMeta, is_zero,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -79,8 +79,8 @@ impl fmt::Debug for Codec {
     }
 }
 
-fn corrupt(block: BlockNum, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { block, reason: reason.into() }
+fn corrupt(block: BlockNum, reason: DecodeError) -> StoreError {
+    StoreError::corrupt(block, reason)
 }
 
 impl Codec {
@@ -134,16 +134,14 @@ impl Codec {
         for (i, token) in tokens.iter().enumerate().rev() {
             if let Some(name) = token.strip_prefix("encrypt-") {
                 let Some(k) = &self.keys else {
-                    return Err(corrupt(n, "block is encrypted but --encrypt was not given"));
+                    return Err(corrupt(n, DecodeError::UnexpectedlyEncrypted));
                 };
                 if Cipher::parse(name) != Some(k.cipher()) {
-                    return Err(corrupt(
-                        n,
-                        format!("block is encrypted with {}, not {}", name.to_ascii_uppercase(), k.cipher().name()),
-                    ));
+                    let found = name.to_ascii_uppercase();
+                    return Err(corrupt(n, DecodeError::WrongCipher { found, expected: k.cipher().name() }));
                 }
                 if i != tokens.len() - 1 || encrypted {
-                    return Err(corrupt(n, format!("encryption must be the last encoding (\"{encoding}\")")));
+                    return Err(corrupt(n, DecodeError::EncryptionNotLast(encoding.to_string())));
                 }
                 encrypted = true;
                 data = Bytes::from(k.decrypt(n, &data, body.hmac.as_deref()).map_err(|r| corrupt(n, r))?);
@@ -153,14 +151,14 @@ impl Codec {
                 }
                 data = Bytes::from(compress::decompress(token, &data, limit).map_err(|r| corrupt(n, r))?);
             } else {
-                return Err(corrupt(n, format!("unsupported Content-Encoding \"{encoding}\"")));
+                return Err(corrupt(n, DecodeError::UnknownEncoding(encoding.to_string())));
             }
         }
         if self.keys.is_some() && !encrypted {
-            return Err(corrupt(n, "block is not encrypted but --encrypt was given"));
+            return Err(corrupt(n, DecodeError::NotEncrypted));
         }
         if data.len() != limit {
-            return Err(corrupt(n, format!("object is {} bytes, block size is {}", data.len(), self.block_size)));
+            return Err(corrupt(n, DecodeError::WrongSize { len: data.len(), block_size: self.block_size }));
         }
         Ok(data)
     }
@@ -195,10 +193,10 @@ impl CodecStore {
         match self.inner.get_object(0, ReadCondition::None).await? {
             GetOutcome::Found { body, .. } => match self.codec.decode(0, body) {
                 Ok(_) => Ok(()),
-                Err(StoreError::Corrupt { reason, .. })
-                    if reason.contains("mismatch") || reason.contains("authentication") =>
+                Err(StoreError::Corrupt { source, .. })
+                    if source.downcast_ref::<DecodeError>().is_some_and(DecodeError::is_authentication_failure) =>
                 {
-                    Err(StoreError::Other("wrong password: block 0 fails authentication".into()))
+                    Err(StoreError::WrongPassword { source })
                 }
                 Err(e) => Err(e),
             },
@@ -229,7 +227,8 @@ impl BlockStore for CodecStore {
         match data {
             Some(d) if !is_zero(&d) => {
                 if d.len() != self.codec.block_size as usize {
-                    return Err(StoreError::Other(format!("write of {} bytes to block {n:#x}", d.len())));
+                    let block_size = self.codec.block_size;
+                    return Err(ContractError::WrongLength { block: n, len: d.len(), block_size }.into());
                 }
                 let body = self.codec.encode(n, d)?;
                 let volume = (n == 0).then(|| VolumeMeta {
@@ -291,8 +290,13 @@ mod tests {
         // A file of the wrong size is corrupt, not data.
         std::fs::write(d.path().join("00000002"), b"short").unwrap();
         let e = s.read_block(2, ReadCondition::None).await.unwrap_err();
-        assert!(e.to_string().contains("5 bytes, block size is 16"), "{e}");
-        assert_eq!(e.errno(), 5);
+        assert!(s3b_store::Chain(&e).to_string().contains("5 bytes, block size is 16"), "{e}");
+        // Corrupt (EIO at the front end), with the typed reason.
+        let StoreError::Corrupt { block: 2, source } = &e else { panic!("{e:?}") };
+        assert!(matches!(
+            source.downcast_ref::<DecodeError>(),
+            Some(DecodeError::WrongSize { len: 5, block_size: 16 })
+        ));
         // Blocks beyond the volume are not reported by the survey.
         std::fs::write(d.path().join("00000009"), b"0123456789abcdef").unwrap();
         let seen = std::sync::Mutex::new(vec![]);

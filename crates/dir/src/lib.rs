@@ -52,17 +52,17 @@ struct Inner {
 
 impl DirStore {
     /// Opens the store in `dir`, which must exist and be a directory.
-    pub fn open(dir: impl Into<PathBuf>, keys: BlockKeys) -> std::result::Result<Self, String> {
+    pub fn open(dir: impl Into<PathBuf>, keys: BlockKeys) -> std::result::Result<Self, OpenError> {
         let dir = dir.into();
         match fs::metadata(&dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{}: not a directory", dir.display())),
-            Err(e) => return Err(format!("{}: {}", dir.display(), io_msg(&e))),
+            Ok(_) => return Err(OpenError::NotADirectory(dir)),
+            Err(source) => return Err(OpenError::Unusable { path: dir, source }),
         }
         // Keys with a prefix containing '/' live in subdirectories.
         let probe = dir.join(keys.block_key(0));
         if let Some(parent) = probe.parent() {
-            fs::create_dir_all(parent).map_err(|e| format!("{}: {}", parent.display(), io_msg(&e)))?;
+            fs::create_dir_all(parent).map_err(|source| OpenError::Unusable { path: parent.to_path_buf(), source })?;
         }
         Ok(DirStore {
             inner: Arc::new(Inner { dir, keys, unsynced: Mutex::new(BTreeSet::new()), tmp_counter: AtomicU64::new(0) }),
@@ -76,20 +76,31 @@ impl DirStore {
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Other(format!("directory task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| StoreError::Task(e.into()))?
     }
 }
 
-/// An I/O error's message without Rust's "(os error N)" suffix.
-fn io_msg(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
+/// Why a directory cannot hold a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The path exists and is not a directory.
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// The path (or the subdirectory the prefix needs) cannot be used.
+    #[error("{}", path.display())]
+    Unusable {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// The sidecar of a block's encoding headers was written for other data.
+#[derive(Debug, thiserror::Error)]
+#[error("{} belongs to other data", .0.display())]
+pub struct ForeignSidecar(pub PathBuf);
 
 impl Inner {
     fn path(&self, n: BlockNum) -> PathBuf {
@@ -122,7 +133,7 @@ impl Inner {
             }
         }
         if md5.as_deref().is_some_and(|m| m != etag.to_hex()) {
-            return Err(StoreError::Corrupt { block: n, reason: format!("{} belongs to other data", path.display()) });
+            return Err(StoreError::corrupt(n, ForeignSidecar(path)));
         }
         Ok((enc, hmac))
     }
@@ -361,7 +372,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("file");
         fs::write(&f, b"").unwrap();
-        assert!(DirStore::open(&f, BlockKeys::default()).err().unwrap().contains("not a directory"));
-        assert!(DirStore::open(d.path().join("nope"), BlockKeys::default()).err().unwrap().contains("No such file"));
+        assert!(DirStore::open(&f, BlockKeys::default()).err().unwrap().to_string().contains("not a directory"));
+        assert!(
+            DirStore::open(d.path().join("nope"), BlockKeys::default())
+                .err()
+                .map(|e| s3b_store::Chain(&e).to_string())
+                .unwrap()
+                .contains("No such file")
+        );
     }
 }

@@ -16,8 +16,6 @@
 //! The layer is off by default (as in upstream 2.x) and sits between the block cache and the
 //! codec. Stats lines `md5_cache_*` as upstream.
 
-#![deny(missing_docs)]
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -56,26 +54,22 @@ impl EcConfig {
         time_ms: u64,
         min_write_delay_ms: u64,
         num_blocks: Option<u64>,
-    ) -> std::result::Result<Option<EcConfig>, String> {
+    ) -> std::result::Result<Option<EcConfig>, ConfigError> {
         if size == 0 {
             if time_ms > 0 {
-                return Err("--md5CacheTime must be 0 when the MD5 cache is disabled (--md5CacheSize=0)".into());
+                return Err(ConfigError::TimeWithoutCache);
             }
             if min_write_delay_ms > 0 {
-                return Err("--minWriteDelay must be 0 when the MD5 cache is disabled (--md5CacheSize=0)".into());
+                return Err(ConfigError::DelayWithoutCache);
             }
             return Ok(None);
         }
         if time_ms > 0 && time_ms < min_write_delay_ms {
-            return Err(format!(
-                "--md5CacheTime ({time_ms} ms) must be at least --minWriteDelay ({min_write_delay_ms} ms)"
-            ));
+            return Err(ConfigError::TimeBelowDelay { time_ms, min_write_delay_ms });
         }
         let blocks = num_blocks.unwrap_or(u64::MAX);
         if time_ms == 0 && size < blocks && num_blocks.is_some() {
-            return Err(format!(
-                "--md5CacheTime=0 remembers blocks forever, so --md5CacheSize ({size}) must be at least the number of blocks ({blocks}), or writes would deadlock"
-            ));
+            return Err(ConfigError::ForeverTooSmall { size, blocks });
         }
         Ok(Some(EcConfig {
             cache_size: size.min(blocks).min(usize::MAX as u64).max(1) as usize,
@@ -85,6 +79,35 @@ impl EcConfig {
             stale_pause: Duration::from_millis(200),
         }))
     }
+}
+
+/// A combination of the layer's flags that cannot work (upstream's checks).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `--md5CacheTime` without the cache.
+    #[error("--md5CacheTime must be 0 when the MD5 cache is disabled (--md5CacheSize=0)")]
+    TimeWithoutCache,
+    /// `--minWriteDelay` without the cache.
+    #[error("--minWriteDelay must be 0 when the MD5 cache is disabled (--md5CacheSize=0)")]
+    DelayWithoutCache,
+    /// Entries would expire before the write delay is over.
+    #[error("--md5CacheTime ({time_ms} ms) must be at least --minWriteDelay ({min_write_delay_ms} ms)")]
+    TimeBelowDelay {
+        /// `--md5CacheTime`.
+        time_ms: u64,
+        /// `--minWriteDelay`.
+        min_write_delay_ms: u64,
+    },
+    /// Entries kept forever need room for every block.
+    #[error(
+        "--md5CacheTime=0 remembers blocks forever, so --md5CacheSize ({size}) must be at least the number of blocks ({blocks}), or writes would deadlock"
+    )]
+    ForeverTooSmall {
+        /// `--md5CacheSize`.
+        size: u64,
+        /// Blocks in the volume.
+        blocks: u64,
+    },
 }
 
 /// What the layer knows of a written block.

@@ -50,7 +50,7 @@ impl BlockStore for Mock {
             g.acquire().await.unwrap().forget();
         }
         if self.fail_writes.load(SeqCst) {
-            return Err(StoreError::Other("injected".into()));
+            return Err(StoreError::Injected);
         }
         match data {
             None => {
@@ -207,10 +207,10 @@ async fn after_a_failed_write_reads_wait_for_it_to_settle() {
 fn flag_validation_as_upstream() {
     let f = EcConfig::from_flags;
     assert_eq!(f(0, 0, 0, Some(100)), Ok(None));
-    assert!(f(0, 5, 0, Some(100)).unwrap_err().contains("--md5CacheTime must be 0"));
-    assert!(f(0, 0, 5, None).unwrap_err().contains("--minWriteDelay must be 0"));
-    assert!(f(10, 100, 500, None).unwrap_err().contains("must be at least --minWriteDelay"));
-    assert!(f(10, 0, 0, Some(100)).unwrap_err().contains("writes would deadlock"));
+    assert!(f(0, 5, 0, Some(100)).unwrap_err().to_string().contains("--md5CacheTime must be 0"));
+    assert!(f(0, 0, 5, None).unwrap_err().to_string().contains("--minWriteDelay must be 0"));
+    assert!(f(10, 100, 500, None).unwrap_err().to_string().contains("must be at least --minWriteDelay"));
+    assert!(f(10, 0, 0, Some(100)).unwrap_err().to_string().contains("writes would deadlock"));
     assert!(f(10, 0, 0, None).is_ok(), "the geometry is not known yet");
     let c = f(1000, 0, 500, Some(100)).unwrap().unwrap();
     assert_eq!((c.cache_size, c.cache_time, c.min_write_delay), (100, None, Duration::from_millis(500)));

@@ -10,7 +10,6 @@
 //! `flush` (every `close`) and `fsync` return only once every byte written so far is durable in
 //! the store below — stronger than upstream 1.5.4, where both are no-ops. The `stats` file is
 //! rendered afresh on each open; unlinking it resets the counters, as upstream.
-#![deny(missing_docs)]
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -18,7 +17,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
-use s3b_store::{StatsRegistry, StoreError};
+use s3b_store::{Chain, StatsRegistry, StoreError};
 use s3b_volume::Volume;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -142,7 +141,7 @@ impl Drop for InFlightGuard {
 }
 
 fn errno(e: &StoreError) -> Errno {
-    Errno::from_i32(e.errno())
+    Errno::from_i32(s3b_volume::errno(e))
 }
 
 impl VolumeFs {
@@ -410,7 +409,7 @@ impl Filesystem for VolumeFs {
                             reply.data(&data)
                         }
                         Err(e) => {
-                            log::error!("read of {size} bytes at offset {offset} failed: {e}");
+                            log::error!("read of {size} bytes at offset {offset} failed: {}", Chain(&e));
                             reply.error(errno(&e))
                         }
                     }
@@ -456,7 +455,7 @@ impl Filesystem for VolumeFs {
                     reply.written(n as u32)
                 }
                 Err(e) => {
-                    log::error!("write of {len} bytes at offset {offset} failed: {e}");
+                    log::error!("write of {len} bytes at offset {offset} failed: {}", Chain(&e));
                     reply.error(errno(&e))
                 }
             }
@@ -505,7 +504,7 @@ impl Filesystem for VolumeFs {
                     reply.ok()
                 }
                 Err(e) => {
-                    log::error!("punch hole of {length} bytes at offset {offset} failed: {e}");
+                    log::error!("punch hole of {length} bytes at offset {offset} failed: {}", Chain(&e));
                     reply.error(errno(&e))
                 }
             }
@@ -571,7 +570,7 @@ impl VolumeFs {
             match s.volume.flush().await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
-                    log::error!("flush failed: {e}");
+                    log::error!("flush failed: {}", Chain(&e));
                     reply.error(errno(&e))
                 }
             }

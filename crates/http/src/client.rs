@@ -54,26 +54,152 @@ pub struct Response {
 }
 
 /// Why an exchange did not produce an answer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The request could not be built (a header value the HTTP library refuses).
+    #[error("{url}: bad request")]
+    BadRequest {
+        /// The request's URL.
+        url: String,
+        /// The HTTP library's objection.
+        #[source]
+        source: http::Error,
+    },
     /// The request ran past its time limit.
-    Timeout(String),
+    #[error("{url}: no complete answer within {limit_ms} ms")]
+    Timeout {
+        /// The request's URL.
+        url: String,
+        /// The limit.
+        limit_ms: u128,
+    },
     /// No connection could be opened.
-    Connect(String),
+    #[error("{url}")]
+    Connect {
+        /// The request's URL.
+        url: String,
+        /// Why (resolution, refusal, timeout; see [`ConnectError`]).
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The exchange broke off (reset connection, TLS failure, malformed answer).
+    #[error("{url}")]
+    Exchange {
+        /// The request's URL.
+        url: String,
+        /// The HTTP library's error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The answer's body could not be read to its end.
+    #[error("{url}: reading the answer")]
+    Body {
+        /// The request's URL.
+        url: String,
+        /// The HTTP library's error.
+        #[source]
+        source: hyper::Error,
+    },
     /// The answer's body is longer than any answer to the request can be.
-    TooLarge(String),
-    /// Anything else (reset connection, TLS failure, malformed answer).
-    Other(String),
+    #[error(
+        "{url}: HTTP {status} answer body {size} bytes, more than the {limit} bytes any answer to this request can have"
+    )]
+    TooLarge {
+        /// The request's URL.
+        url: String,
+        /// The answer's status.
+        status: u16,
+        /// The announced size, or `over N` when it was streamed.
+        size: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
-impl std::fmt::Display for TransportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TransportError::Timeout(m)
-            | TransportError::Connect(m)
-            | TransportError::TooLarge(m)
-            | TransportError::Other(m) => f.write_str(m),
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// rustls refused the protocol versions.
+    #[error("can't set up TLS")]
+    Tls(#[source] rustls::Error),
+    /// The `--cacert` file could not be read.
+    #[error("can't read {}", path.display())]
+    ReadCaCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `--cacert` file is not PEM.
+    #[error("{}: not a PEM certificate file", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate in the `--cacert` file is unusable.
+    #[error("{}: unusable certificate", path.display())]
+    BadCert {
+        /// The file.
+        path: PathBuf,
+        /// rustls's objection.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The `--cacert` file holds no certificate.
+    #[error("{}: no certificates found", path.display())]
+    NoCerts {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Why a TCP connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL has no host.
+    #[error("URL without a host")]
+    NoHost,
+    /// The host name could not be resolved.
+    #[error("can't resolve \"{host}\"")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host name resolved to nothing.
+    #[error("\"{0}\" has no address")]
+    NoAddress(String),
+    /// Connecting to the last address tried failed.
+    #[error("connect to {addr}")]
+    Refused {
+        /// The address.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to the last address tried took too long.
+    #[error("connect to {0}: timed out")]
+    TimedOut(SocketAddr),
+}
+
+impl ConnectError {
+    /// True when `e`, or one of its causes, is a host name that does not resolve.
+    pub fn is_unknown_host(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if let Some(ConnectError::Resolve { .. } | ConnectError::NoAddress(_)) = c.downcast_ref::<ConnectError>() {
+                return true;
+            }
+            cause = c.source();
         }
+        false
     }
 }
 
@@ -92,11 +218,11 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     /// Builds the client; errors name the problem (unreadable or empty `--cacert`, …).
-    pub fn new(opts: &ClientOptions) -> Result<Self, String> {
+    pub fn new(opts: &ClientOptions) -> Result<Self, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("can't set up TLS: {e}"))?;
+            .map_err(ClientError::Tls)?;
         let tls = if opts.insecure {
             builder
                 .dangerous()
@@ -152,24 +278,24 @@ impl HttpClient {
         for (n, v) in headers {
             rb = rb.header(n.as_str(), v.as_str());
         }
-        let req = rb.body(Full::new(body)).map_err(|e| TransportError::Other(format!("{url}: bad request: {e}")))?;
+        let req = rb.body(Full::new(body)).map_err(|source| TransportError::BadRequest { url: url.into(), source })?;
         let exchange = async {
-            let resp = self.inner.request(req).await.map_err(|e| {
-                let msg = chain(&e);
-                if e.is_connect() {
-                    TransportError::Connect(format!("{url}: {msg}"))
+            let resp = self.inner.request(req).await.map_err(|source| {
+                let url = url.to_string();
+                if source.is_connect() {
+                    TransportError::Connect { url, source }
                 } else {
-                    TransportError::Other(format!("{url}: {msg}"))
+                    TransportError::Exchange { url, source }
                 }
             })?;
             let (parts, mut body) = resp.into_parts();
             let success = parts.status.is_success();
             let limit = if success { max_body } else { max_body.min(ERROR_BODY_LIMIT) };
-            let too_large = |n: &dyn std::fmt::Display| {
-                TransportError::TooLarge(format!(
-                    "{url}: HTTP {} answer body {n} bytes, more than the {limit} bytes any answer to this request can have",
-                    parts.status.as_u16()
-                ))
+            let too_large = |size: String| TransportError::TooLarge {
+                url: url.to_string(),
+                status: parts.status.as_u16(),
+                size,
+                limit,
             };
             // Gathered into one buffer sized from Content-Length (bounded by the limit, in case
             // the server lies), so a block is copied once rather than through a growing buffer.
@@ -183,16 +309,15 @@ impl HttpClient {
                     .unwrap_or(0)
             };
             if success && expected > limit as u64 {
-                return Err(too_large(&expected));
+                return Err(too_large(expected.to_string()));
             }
             let mut buf = bytes::BytesMut::with_capacity((expected as usize).min(limit));
             while let Some(frame) = body.frame().await {
-                let frame =
-                    frame.map_err(|e| TransportError::Other(format!("{url}: reading the answer: {}", chain(&e))))?;
+                let frame = frame.map_err(|source| TransportError::Body { url: url.to_string(), source })?;
                 if let Ok(data) = frame.into_data() {
                     if buf.len() + data.len() > limit {
                         if success {
-                            return Err(too_large(&format!("over {}", buf.len() + data.len())));
+                            return Err(too_large(format!("over {}", buf.len() + data.len())));
                         }
                         // An error answer: keep its start, which names the error; drop the rest.
                         buf.extend_from_slice(&data[..limit - buf.len()]);
@@ -205,10 +330,7 @@ impl HttpClient {
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout(format!(
-                "{url}: no complete answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(TransportError::Timeout { url: url.to_string(), limit_ms: self.timeout.as_millis() }),
         }
     }
 }
@@ -219,38 +341,24 @@ pub const SMALL_ANSWER_LIMIT: usize = 64 << 10;
 /// Most bytes kept of an error answer's body.
 pub const ERROR_BODY_LIMIT: usize = 64 << 10;
 
-/// An error and its sources, joined with ": ".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let m = s.to_string();
-        if !msg.contains(&m) {
-            msg.push_str(": ");
-            msg.push_str(&m);
-        }
-        src = s.source();
-    }
-    msg
-}
-
 /// The system's trusted roots plus those in `cacert`.
-fn root_store(cacert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+fn root_store(cacert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A system certificate rustls can't parse is skipped, as browsers do.
         let _ = roots.add(cert);
     }
     if let Some(path) = cacert {
-        let pem = std::fs::read(path).map_err(|e| format!("can't read {}: {e}", path.display()))?;
+        let path = path.to_path_buf();
+        let pem = std::fs::read(&path).map_err(|source| ClientError::ReadCaCert { path: path.clone(), source })?;
         let mut found = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+            let cert = cert.map_err(|source| ClientError::NotPem { path: path.clone(), source })?;
+            roots.add(cert).map_err(|source| ClientError::BadCert { path: path.clone(), source })?;
             found += 1;
         }
         if found == 0 {
-            return Err(format!("{}: no certificates found", path.display()));
+            return Err(ClientError::NoCerts { path });
         }
     }
     Ok(roots)
@@ -317,18 +425,18 @@ impl tower_service::Service<http::Uri> for TcpConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let me = self.clone();
         Box::pin(async move {
-            let host = uri.host().ok_or("URL without a host")?.trim_matches(|c| c == '[' || c == ']').to_string();
+            let host = uri.host().ok_or(ConnectError::NoHost)?.trim_matches(|c| c == '[' || c == ']').to_string();
             let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
                 .await
-                .map_err(|e| format!("can't resolve \"{host}\": {e}"))?
+                .map_err(|source| ConnectError::Resolve { host: host.clone(), source })?
                 .collect();
-            let mut last = format!("\"{host}\" has no address");
+            let mut last = ConnectError::NoAddress(host);
             for addr in addrs {
                 match tokio::time::timeout(me.connect_timeout, me.connect(addr)).await {
                     Ok(Ok(s)) => return Ok(TokioIo::new(s)),
-                    Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
-                    Err(_) => last = format!("connect to {addr}: timed out"),
+                    Ok(Err(source)) => last = ConnectError::Refused { addr, source },
+                    Err(_) => last = ConnectError::TimedOut(addr),
                 }
             }
             Err(last.into())
@@ -431,7 +539,7 @@ mod tests {
     async fn an_announced_body_over_the_limit_is_refused_before_reading_it() {
         let a = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n".to_vec();
         let e = get(server(a, Some(vec![0u8; 65536])), 1 << 20).await.unwrap_err();
-        assert!(matches!(e, TransportError::TooLarge(_)), "{e}");
+        assert!(matches!(e, TransportError::TooLarge { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -441,14 +549,14 @@ mod tests {
         chunk.extend(vec![0u8; 0x10000]);
         chunk.extend_from_slice(b"\r\n");
         let e = get(server(a, Some(chunk)), 1 << 20).await.unwrap_err();
-        assert!(matches!(e, TransportError::TooLarge(_)), "{e}");
+        assert!(matches!(e, TransportError::TooLarge { .. }), "{e}");
     }
 
     #[tokio::test]
     async fn a_header_flood_is_an_error() {
         let flood = format!("x-flood: {}\r\n", "a".repeat(1000)).into_bytes();
         let e = get(server(b"HTTP/1.1 200 OK\r\n".to_vec(), Some(flood)), 1 << 20).await.unwrap_err();
-        assert!(matches!(e, TransportError::Other(_)), "{e}");
+        assert!(matches!(e, TransportError::Exchange { .. } | TransportError::Body { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -491,6 +599,6 @@ mod tests {
             .send_limited(Method::GET, &format!("http://127.0.0.1:{port}/b/k"), &[], Bytes::new(), 1000)
             .await
             .unwrap_err();
-        assert!(matches!(e, TransportError::Timeout(_)), "{e}");
+        assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
     }
 }

@@ -85,10 +85,35 @@ fn metadata_base() -> String {
     url
 }
 
+/// Why the EC2 instance metadata service gave no keys.
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    /// The IMDSv2 token request failed.
+    #[error("EC2 instance metadata: token request failed")]
+    TokenRequest(#[source] crate::client::TransportError),
+    /// The IMDSv2 token request was refused.
+    #[error("EC2 instance metadata: token request answered HTTP {0}")]
+    TokenStatus(u16),
+    /// The credentials request failed.
+    #[error("EC2 instance metadata: request failed")]
+    Request(#[source] crate::client::TransportError),
+    /// The role's credentials were refused.
+    #[error("EC2 instance metadata: role \"{role}\" answered HTTP {status}")]
+    RoleStatus {
+        /// The role.
+        role: String,
+        /// The answer's status.
+        status: u16,
+    },
+    /// The answer lacks a field.
+    #[error("EC2 instance metadata: no {0} in the answer")]
+    Missing(&'static str),
+}
+
 /// Fetches the role's credentials from instance metadata; returns them with how long to use them.
 async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool) -> Result<(Keys, Duration)> {
     let base = metadata_base();
-    let fail = |what: String| StoreError::Unauthorized(format!("EC2 instance metadata: {what}"));
+    let fail = |e: ImdsError| StoreError::Credentials(e.into());
     let mut headers = Vec::new();
     if imdsv2 {
         let tok = client
@@ -99,9 +124,9 @@ async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool)
                 bytes::Bytes::new(),
             )
             .await
-            .map_err(|e| fail(format!("token request failed: {e}")))?;
+            .map_err(|e| fail(ImdsError::TokenRequest(e)))?;
         if !(200..300).contains(&tok.status) {
-            return Err(fail(format!("token request answered HTTP {}", tok.status)));
+            return Err(fail(ImdsError::TokenStatus(tok.status)));
         }
         let token = String::from_utf8_lossy(&tok.body).trim().to_string();
         headers.push(("X-aws-ec2-metadata-token".to_string(), token));
@@ -110,14 +135,14 @@ async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool)
     let resp = client
         .send(http::Method::GET, &url, &headers, bytes::Bytes::new())
         .await
-        .map_err(|e| fail(format!("request failed: {e}")))?;
+        .map_err(|e| fail(ImdsError::Request(e)))?;
     if !(200..300).contains(&resp.status) {
-        return Err(fail(format!("role \"{role}\" answered HTTP {}", resp.status)));
+        return Err(fail(ImdsError::RoleStatus { role: role.to_string(), status: resp.status }));
     }
     let doc = String::from_utf8_lossy(&resp.body).into_owned();
     let keys = Keys {
-        id: json_string(&doc, "AccessKeyId").ok_or_else(|| fail("no AccessKeyId in the answer".into()))?,
-        secret: json_string(&doc, "SecretAccessKey").ok_or_else(|| fail("no SecretAccessKey in the answer".into()))?,
+        id: json_string(&doc, "AccessKeyId").ok_or_else(|| fail(ImdsError::Missing("AccessKeyId")))?,
+        secret: json_string(&doc, "SecretAccessKey").ok_or_else(|| fail(ImdsError::Missing("SecretAccessKey")))?,
         token: json_string(&doc, "Token"),
     };
     let lifetime = json_string(&doc, "Expiration")

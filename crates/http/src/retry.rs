@@ -36,14 +36,47 @@ impl Backoff {
 /// give up at once on a stale `If-Match` read (the consistency layer above retries it with its
 /// own pacing) and on errors that cannot heal (corrupt data, read-only volume).
 pub fn is_retryable(e: &StoreError) -> bool {
-    !matches!(e, StoreError::Stale(_)) && e.is_retryable()
+    match e {
+        // Corrupt data stays corrupt; a stale read is the caller's to handle; the rest are
+        // settled answers or our own state, which asking again will not change.
+        StoreError::Corrupt { .. }
+        | StoreError::WrongPassword { .. }
+        | StoreError::Stale(_)
+        | StoreError::ReadOnly
+        | StoreError::NotRunning
+        | StoreError::NoSuchBucket { .. }
+        | StoreError::Request(_)
+        | StoreError::TokenUncertain { .. }
+        | StoreError::CacheFile { .. }
+        | StoreError::PastEnd { .. }
+        | StoreError::Contract(_)
+        | StoreError::Task(_) => false,
+        StoreError::Io { .. }
+        | StoreError::Unauthorized(_)
+        | StoreError::Credentials(_)
+        | StoreError::Forbidden(_)
+        | StoreError::Redirect(_)
+        | StoreError::Http { .. }
+        | StoreError::Timeout(_)
+        | StoreError::Connect(_)
+        | StoreError::Transport(_)
+        | StoreError::Refused(_)
+        | StoreError::Injected => true,
+    }
 }
 
 /// Whether a failed listing (`--listBlocks`, `--erase`) is worth another attempt: as
 /// [`is_retryable`], except that a refusal (401, 403, a redirect) is final — keys that may read
 /// and write objects but not list the bucket are common, and asking again will not change that.
 pub fn is_retryable_listing(e: &StoreError) -> bool {
-    is_retryable(e) && !matches!(e, StoreError::Unauthorized(_) | StoreError::Forbidden(_) | StoreError::Redirect(_))
+    is_retryable(e)
+        && !matches!(
+            e,
+            StoreError::Unauthorized(_)
+                | StoreError::Credentials(_)
+                | StoreError::Forbidden(_)
+                | StoreError::Redirect(_)
+        )
 }
 
 /// Whether an error looks like passing trouble rather than a wrong setting: server errors,
@@ -51,7 +84,7 @@ pub fn is_retryable_listing(e: &StoreError) -> bool {
 pub fn is_transient(e: &StoreError) -> bool {
     match e {
         StoreError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-        StoreError::Timeout(_) | StoreError::Other(_) => true,
+        StoreError::Timeout(_) | StoreError::Transport(_) | StoreError::Refused(_) => true,
         _ => false,
     }
 }
@@ -80,7 +113,7 @@ mod tests {
         assert!(is_retryable(&StoreError::Timeout("x".into())));
         assert!(is_retryable(&StoreError::Forbidden("x".into())));
         assert!(!is_retryable(&StoreError::Stale(3)));
-        assert!(!is_retryable(&StoreError::Corrupt { block: 1, reason: "x".into() }));
+        assert!(!is_retryable(&StoreError::corrupt(1, "x")));
         assert!(is_transient(&StoreError::Http { status: 503, message: String::new() }));
         assert!(!is_transient(&StoreError::Http { status: 404, message: String::new() }));
         assert!(!is_transient(&StoreError::Forbidden("x".into())));

@@ -4,6 +4,7 @@
 //! The payload hash is sent (`x-amz-content-sha256`), paths are encoded once and not
 //! normalised, as S3 requires.
 
+use crate::SignError;
 use crate::creds::Keys;
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
@@ -24,7 +25,6 @@ pub fn sigv4_headers(
     body: &[u8],
     time: SystemTime,
 ) -> Result<Vec<(String, String)>> {
-    let fail = |e: &dyn std::fmt::Display| StoreError::Other(format!("can't sign the request: {e}"));
     let identity = aws_credential_types::Credentials::new(
         keys.id.clone(),
         keys.secret.clone(),
@@ -44,7 +44,7 @@ pub fn sigv4_headers(
         .time(time)
         .settings(settings)
         .build()
-        .map_err(|e| fail(&e))?
+        .map_err(fail)?
         .into();
     let signable = SignableRequest::new(
         method,
@@ -52,9 +52,14 @@ pub fn sigv4_headers(
         headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         SignableBody::Bytes(body),
     )
-    .map_err(|e| fail(&e))?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| fail(&e))?.into_parts();
+    .map_err(fail)?;
+    let (instructions, _) = sign(signable, &params).map_err(fail)?.into_parts();
     Ok(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect())
+}
+
+/// The error for a signing step that failed.
+fn fail<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    SignError(Box::new(e)).into()
 }
 
 #[cfg(test)]

@@ -81,7 +81,9 @@ impl HttpStats {
                 _ => bump(&self.http_other_error),
             },
             StoreError::Timeout(_) => bump(&self.curl_timeouts),
-            StoreError::Connect(m) if m.contains("dns") || m.contains("resolve") => bump(&self.curl_host_unknown),
+            StoreError::Connect(e) if crate::client::ConnectError::is_unknown_host(&**e) => {
+                bump(&self.curl_host_unknown)
+            }
             StoreError::Connect(_) => bump(&self.curl_connect_failed),
             _ => bump(&self.curl_other_error),
         }

@@ -53,9 +53,10 @@
 //! Clearing the token at unmount HEADs it and deletes it only if it is still ours (`If-Match`
 //! with its ETag, for servers that honour that on DELETE).
 
-use super::{MOUNT_TOKEN_HEADER, Req, Resp, S3Store, hostname, httpdate_compact};
+use crate::request::{Req, Resp, hostname, httpdate_compact};
 use crate::retry::{self, Backoff};
 use crate::stats::bump;
+use crate::{MOUNT_TOKEN_HEADER, S3Store};
 use bytes::Bytes;
 use http::Method;
 use s3b_store::{Result, StoreError, TokenSwap};
@@ -141,9 +142,10 @@ impl S3Store {
                     };
                     retried = true;
                     log::warn!(
-                        "{} {}: {e}; retrying in {} ms",
+                        "{} {}: {}; retrying in {} ms",
                         req.method,
                         req.key.as_deref().unwrap_or(""),
+                        s3b_store::Chain(&e),
                         pause.as_millis()
                     );
                     bump(&self.stats.http_num_retries);
@@ -243,13 +245,7 @@ impl S3Store {
             }
         }
         if late {
-            return Err(StoreError::Other(format!(
-                "setting the mount token took {} ms or needed a retry, so another mount starting at the same time \
-                 cannot be ruled out (the limit is {} ms); if no other mount is running, use --reset-mounted-flag \
-                 and try again",
-                took.as_millis(),
-                SETTLE_BOUND.as_millis()
-            )));
+            return Err(StoreError::TokenUncertain { took_ms: took.as_millis(), limit_ms: SETTLE_BOUND.as_millis() });
         }
         Ok(TokenSwap::Done)
     }

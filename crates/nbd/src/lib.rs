@@ -25,13 +25,12 @@
 //! A broken or hostile client gets the specification's error, or its connection closed (bad
 //! magic, an unknown flag in the handshake, a write payload larger than the maximum); never a
 //! panic and never a stall of other connections.
-#![deny(missing_docs)]
 
 pub mod proto;
 
 use bytes::{Bytes, BytesMut};
 use proto::{Command, Limits, Request, err, info, opt, rep, tflags};
-use s3b_store::StoreError;
+use s3b_store::{Chain, StoreError};
 use s3b_volume::Volume;
 use std::sync::Arc;
 use std::time::Duration;
@@ -534,8 +533,8 @@ impl Server {
             } else {
                 nbd_error(&e)
             };
-            log::error!("NBD {what} failed: {e}");
-            vec![f.error(code, &format!("{what} failed: {e}"))]
+            log::error!("NBD {what} failed: {}", Chain(&e));
+            vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
         };
         match cmd {
             Command::Read { offset, len, df } => match v.read(offset, len).await {
@@ -628,7 +627,7 @@ fn protocol_error(msg: String) -> std::io::Error {
 
 /// The NBD error value for a store error.
 fn nbd_error(e: &StoreError) -> u32 {
-    match e.errno() {
+    match s3b_volume::errno(e) {
         libc::EPERM | libc::EROFS | libc::EACCES => err::EPERM,
         libc::ENOSPC | libc::EDQUOT | libc::EFBIG => err::ENOSPC,
         libc::EINVAL | libc::ESPIPE => err::EINVAL,

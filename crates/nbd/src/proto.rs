@@ -233,31 +233,31 @@ pub struct BadMagic(pub u32);
 impl Request {
     /// Decodes a request header.
     pub fn decode(b: &[u8; REQUEST_LEN]) -> Result<Request, BadMagic> {
-        let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+        let magic = u32::from_be_bytes(b[0..4].try_into().expect("slice of constant length"));
         if magic != REQUEST_MAGIC {
             return Err(BadMagic(magic));
         }
         Ok(Request {
-            flags: u16::from_be_bytes(b[4..6].try_into().unwrap()),
-            kind: u16::from_be_bytes(b[6..8].try_into().unwrap()),
-            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            length: u32::from_be_bytes(b[24..28].try_into().unwrap()) as u64,
+            flags: u16::from_be_bytes(b[4..6].try_into().expect("slice of constant length")),
+            kind: u16::from_be_bytes(b[6..8].try_into().expect("slice of constant length")),
+            cookie: u64::from_be_bytes(b[8..16].try_into().expect("slice of constant length")),
+            offset: u64::from_be_bytes(b[16..24].try_into().expect("slice of constant length")),
+            length: u32::from_be_bytes(b[24..28].try_into().expect("slice of constant length")) as u64,
         })
     }
 
     /// Decodes an extended request header.
     pub fn decode_extended(b: &[u8; EXT_REQUEST_LEN]) -> Result<Request, BadMagic> {
-        let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+        let magic = u32::from_be_bytes(b[0..4].try_into().expect("slice of constant length"));
         if magic != EXTENDED_REQUEST_MAGIC {
             return Err(BadMagic(magic));
         }
         Ok(Request {
-            flags: u16::from_be_bytes(b[4..6].try_into().unwrap()),
-            kind: u16::from_be_bytes(b[6..8].try_into().unwrap()),
-            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            length: u64::from_be_bytes(b[24..32].try_into().unwrap()),
+            flags: u16::from_be_bytes(b[4..6].try_into().expect("slice of constant length")),
+            kind: u16::from_be_bytes(b[6..8].try_into().expect("slice of constant length")),
+            cookie: u64::from_be_bytes(b[8..16].try_into().expect("slice of constant length")),
+            offset: u64::from_be_bytes(b[16..24].try_into().expect("slice of constant length")),
+            length: u64::from_be_bytes(b[24..32].try_into().expect("slice of constant length")),
         })
     }
 
@@ -608,10 +608,10 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn u16(&mut self) -> Result<u16, Malformed> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("slice of constant length")))
     }
     fn u32(&mut self) -> Result<u32, Malformed> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("slice of constant length")))
     }
     fn string(&mut self) -> Result<String, Malformed> {
         let n = self.u32()? as usize;
@@ -816,7 +816,7 @@ mod tests {
         let mlen = u16::from_be_bytes([c[24], c[25]]) as usize;
         assert!(mlen <= 4096);
         assert!(std::str::from_utf8(&c[26..26 + mlen]).is_ok());
-        assert_eq!(u32::from_be_bytes(c[16..20].try_into().unwrap()) as usize, 6 + mlen);
+        assert_eq!(u32::from_be_bytes(c[16..20].try_into().expect("slice of constant length")) as usize, 6 + mlen);
     }
 
     proptest! {
@@ -836,7 +836,7 @@ mod tests {
             let decoded = if ext {
                 Request::decode_extended(&b).map(|r| (r, r.encode_extended().to_vec()))
             } else {
-                Request::decode(b[..REQUEST_LEN].try_into().unwrap()).map(|r| (r, r.encode().to_vec()))
+                Request::decode(b[..REQUEST_LEN].try_into().expect("slice of constant length")).map(|r| (r, r.encode().to_vec()))
             };
             match decoded {
                 Err(BadMagic(m)) => prop_assert_ne!(m, if ext { EXTENDED_REQUEST_MAGIC } else { REQUEST_MAGIC }),

@@ -1,6 +1,8 @@
 //! Micro-benchmark of the hot path shared by every request: naming a block's object key and
 //! parsing a listed key back (plain and with `--blockHashPrefix`), and the all-zero check
 //! every written block goes through.
+// Benchmarks, like unit tests, stop at the first failure; criterion_group! makes undocumented functions.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use s3b_store::keys::BlockKeys;

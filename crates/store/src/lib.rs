@@ -8,9 +8,8 @@
 //! and transports never see plaintext.
 //!
 //! This crate also holds what more than one layer needs: S3 key naming ([`keys`]), the error type
-//! ([`StoreError`]) with its single mapping to errno, and the stats registry ([`stats`]) that
+//! ([`StoreError`]), and the stats registry ([`stats`]) that
 //! renders the `stats` file in upstream's field order.
-#![deny(missing_docs)]
 
 pub mod error;
 pub mod faults;
@@ -18,7 +17,7 @@ pub mod keys;
 pub mod stats;
 mod types;
 
-pub use error::StoreError;
+pub use error::{BoxError, Chain, ContractError, StoreError};
 pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
 pub use types::*;
 
@@ -73,11 +72,7 @@ pub trait BlockStore: Send + Sync + 'static {
             let whole = (!is_zero(&data)).then_some(data);
             return self.write_block(n, whole).await.map(|_| ());
         }
-        let old = self
-            .read_for_update(n)
-            .await?
-            .into_data(bs)
-            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
+        let old = self.read_for_update(n).await?.into_block(n, bs)?;
         if old[off..end] == data[..] {
             return Ok(());
         }
@@ -93,11 +88,7 @@ pub trait BlockStore: Send + Sync + 'static {
     async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
         let bs = self.block_size();
         let (off, end) = part_bounds(n, offset, len as usize, bs)?;
-        let data = self
-            .read_block(n, ReadCondition::None)
-            .await?
-            .into_data(bs)
-            .ok_or_else(|| StoreError::Other(format!("block {n:#010x}: unexpected \"not modified\" answer")))?;
+        let data = self.read_block(n, ReadCondition::None).await?.into_block(n, bs)?;
         Ok(data.slice(off..end))
     }
 
@@ -190,9 +181,7 @@ pub fn part_bounds(n: BlockNum, offset: u32, len: usize, block_size: u32) -> Res
     let off = offset as usize;
     match off.checked_add(len) {
         Some(end) if end <= block_size as usize => Ok((off, end)),
-        _ => Err(StoreError::Other(format!(
-            "{len} bytes at offset {offset} of block {n:#010x} pass the end of the block ({block_size} bytes)"
-        ))),
+        _ => Err(ContractError::PastBlockEnd { block: n, offset, len, block_size }.into()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Plain data types exchanged between layers.
 
+use crate::ContractError;
 use bytes::Bytes;
 use std::fmt;
 
@@ -86,6 +87,12 @@ impl ReadOutcome {
             ReadOutcome::Zero => Some(crate::zero_block(block_size)),
             ReadOutcome::NotModified => None,
         }
+    }
+
+    /// The block's bytes, materialising zeros; a [`ReadOutcome::NotModified`] answer to a read
+    /// that sent no condition is a [`ContractError::UnexpectedNotModified`].
+    pub fn into_block(self, n: BlockNum, block_size: u32) -> crate::Result<Bytes> {
+        self.into_data(block_size).ok_or_else(|| ContractError::UnexpectedNotModified(n).into())
     }
 }
 

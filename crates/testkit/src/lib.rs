@@ -9,7 +9,6 @@
 //! - [`public_http`]: a plain web server publishing a read-only image's block objects.
 //! - [`hostile`]: a proxy that answers chosen requests as a hostile server would (endless or
 //!   oversized bodies, header floods, trickled answers).
-#![deny(missing_docs)]
 
 pub mod fault_proxy;
 pub mod garage;

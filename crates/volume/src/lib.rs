@@ -10,7 +10,6 @@
 //!
 //! Out-of-range behaviour is upstream's: an offset past the end is `ESPIPE`, a range running
 //! past the end is cut at the end.
-#![deny(missing_docs)]
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
@@ -68,9 +67,36 @@ fn pieces(block_size: u64, offset: u64, len: u64) -> Vec<Piece> {
 
 /// The error for an I/O that starts past the end of the volume (upstream: ESPIPE).
 fn out_of_range(offset: u64, size: u64) -> StoreError {
-    StoreError::Io {
-        context: format!("offset {offset} is past the end of the volume ({size} bytes)"),
-        source: std::io::Error::from_raw_os_error(libc::ESPIPE),
+    StoreError::PastEnd { offset, size }
+}
+
+/// The errno a front end reports for `e`: upstream's mapping where it has one, the local
+/// error's own errno for local I/O, `EIO` for everything else. Both front ends use this one
+/// function (NBD narrows the result to the few error values its protocol has).
+pub fn errno(e: &StoreError) -> i32 {
+    match e {
+        StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        StoreError::PastEnd { .. } => libc::ESPIPE,
+        StoreError::Stale(_) => libc::ESTALE,
+        StoreError::Unauthorized(_) | StoreError::Credentials(_) => libc::EACCES,
+        StoreError::Forbidden(_) => libc::EPERM,
+        StoreError::Redirect(_) => libc::ELOOP,
+        StoreError::Timeout(_) => libc::ETIMEDOUT,
+        StoreError::Connect(_) => libc::ENXIO,
+        StoreError::ReadOnly => libc::EROFS,
+        StoreError::NotRunning => libc::ENOTCONN,
+        StoreError::Corrupt { .. }
+        | StoreError::WrongPassword { .. }
+        | StoreError::Http { .. }
+        | StoreError::Transport(_)
+        | StoreError::Refused(_)
+        | StoreError::Request(_)
+        | StoreError::TokenUncertain { .. }
+        | StoreError::CacheFile { .. }
+        | StoreError::Contract(_)
+        | StoreError::Injected
+        | StoreError::NoSuchBucket { .. }
+        | StoreError::Task(_) => libc::EIO,
     }
 }
 
@@ -115,9 +141,7 @@ impl Volume {
 
     /// The data of a plain or read-for-update answer.
     fn whole(&self, n: BlockNum, outcome: s3b_store::ReadOutcome) -> Result<Bytes> {
-        outcome
-            .into_data(self.block_size as u32)
-            .ok_or_else(|| StoreError::Other(format!("block {n:#x}: unexpected not-modified answer")))
+        outcome.into_block(n, self.block_size as u32)
     }
 
     /// Reads `len` bytes at `offset` (fewer at the end of the volume).

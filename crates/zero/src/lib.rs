@@ -22,12 +22,11 @@
 //! may not list the bucket it is refused, and the discard deletes every block as before. Nothing
 //! is listed at startup unless `--listBlocks` asks for it.
 
-#![deny(missing_docs)]
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter, is_zero,
+    BlockNum, BlockStore, Chain, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter,
+    is_zero,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
@@ -165,7 +164,7 @@ impl Shared {
                 true
             }
             Err(e) => {
-                log::warn!("block survey failed ({why}: {e}); zero blocks are learned from use only");
+                log::warn!("block survey failed ({why}: {}); zero blocks are learned from use only", Chain(&e));
                 false
             }
         }
