@@ -25,6 +25,10 @@ fi
 command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || {
     echo "setup: cargo (Rust 1.95 or newer) is required" >&2; exit 1; }
 export PATH="$HOME/.cargo/bin:$PATH"
+# The test command checks style with rustfmt and clippy.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 && rustup component add rustfmt clippy >/dev/null
+fi
 if [ "${1:-}" = "--with-s3" ]; then
     if ! command -v garage >/dev/null 2>&1; then
         echo "setup: building the Garage S3 server (once, about 10 minutes)" >&2
