@@ -12,7 +12,7 @@
 
 mod common;
 use bytes::Bytes;
-use s3b_store::{BlockStore, ReadCondition};
+use s3b_store::{BlockStore, ReadRequest};
 use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
 use std::sync::Arc;
@@ -74,7 +74,7 @@ async fn write_range(store: &Arc<dyn BlockStore>, offset: u64, data: &Bytes, how
             } else if how == Partial::Combine {
                 store.write_block_part(n, start as u32, piece).await
             } else {
-                let old = store.read_for_update(n).await?.into_data(BS as u32).unwrap();
+                let old = store.read_block(n, ReadRequest::FOR_UPDATE).await?.into_data(BS as u32);
                 let mut buf = old.to_vec();
                 buf[start as usize..(start + len) as usize].copy_from_slice(&piece);
                 store.write_block(n, Some(Bytes::from(buf))).await.map(|_| ())
@@ -123,7 +123,7 @@ fn run(g: &Garage, proxy: &FaultProxy, prefix: &str, how: Partial) -> u64 {
     let s = stack(proxy, prefix, &rt);
     rt.block_on(async {
         for n in first..=last {
-            let got = s.read_block(n as u32, ReadCondition::None).await.unwrap().into_data(BS as u32).unwrap();
+            let got = s.read_block(n as u32, ReadRequest::PLAIN).await.unwrap().into_data(BS as u32);
             let lo = n * BS;
             for (i, &b) in got.iter().enumerate() {
                 let pos = lo + i as u64;

@@ -16,7 +16,7 @@
 mod common;
 use bytes::Bytes;
 use proptest::prelude::*;
-use s3b_store::{BlockStore, ReadCondition, ReadOutcome, StoreError};
+use s3b_store::{BlockStore, ReadRequest, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,10 +87,9 @@ fn run(flags: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
     let mut s = start(&args);
     for op in ops {
         match *op {
-            Op::Read(n) => match s.rt.block_on(s.store.read_block(n, ReadCondition::None)) {
-                Ok(ReadOutcome::NotModified) => prop_assert!(false, "not-modified without a condition"),
+            Op::Read(n) => match s.rt.block_on(s.store.read_block(n, ReadRequest::PLAIN)) {
                 Ok(r) => {
-                    let got = r.into_data(BS as u32).unwrap();
+                    let got = r.into_data(BS as u32);
                     prop_assert!(got[..] == model[n as usize][..], "block {} differs from the model", n);
                 }
                 Err(StoreError::Injected) => {}
@@ -148,7 +147,7 @@ fn run(flags: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
     let clean: Vec<String> = args.iter().filter(|a| *a != "--test-errors").cloned().collect();
     let s = start(&clean);
     for n in 0..BLOCKS {
-        let got = s.rt.block_on(s.store.read_block(n, ReadCondition::None)).unwrap().into_data(BS as u32).unwrap();
+        let got = s.rt.block_on(s.store.read_block(n, ReadRequest::PLAIN)).unwrap().into_data(BS as u32);
         prop_assert!(got[..] == model[n as usize][..], "block {} differs after the last restart", n);
     }
     Ok(())

@@ -12,7 +12,7 @@ mod common;
 use bytes::Bytes;
 use common::build_stack as build;
 use rand::{Rng, RngCore, SeedableRng};
-use s3b_store::{BlockStore, ReadCondition, ReadOutcome, StoreError};
+use s3b_store::{BlockStore, ReadOutcome, ReadRequest, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,14 +45,13 @@ async fn worker(store: Arc<dyn BlockStore>, model: Arc<Model>, seed: u64, until:
         let n = rng.gen_range(0..BLOCKS);
         if rng.gen_bool(0.5) {
             let expect = model[n].read().await;
-            let got = store.read_block(n as u32, ReadCondition::None).await;
+            let got = store.read_block(n as u32, ReadRequest::PLAIN).await;
             match got {
                 Ok(ReadOutcome::Zero) => assert!(expect.is_none(), "block {n}: read zeros, expected data"),
                 Ok(ReadOutcome::Data { data, .. }) => match *expect {
                     None => assert!(data.iter().all(|&b| b == 0), "block {n}: expected zeros"),
                     Some(s) => assert!(data == content(s), "block {n}: wrong data"),
                 },
-                Ok(ReadOutcome::NotModified) => panic!("block {n}: not-modified without a condition"),
                 Err(StoreError::Injected) => {
                     counts.failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -107,8 +106,7 @@ fn stress(extra: &[&str]) {
     let store = build(&clean, &rt);
     rt.block_on(async {
         for n in 0..BLOCKS {
-            let got =
-                store.read_block(n as u32, ReadCondition::None).await.unwrap().into_data(BLOCK_SIZE as u32).unwrap();
+            let got = store.read_block(n as u32, ReadRequest::PLAIN).await.unwrap().into_data(BLOCK_SIZE as u32);
             let want = model[n].read().await.map(content).unwrap_or_else(|| Bytes::from(vec![0u8; BLOCK_SIZE]));
             assert!(got == want, "block {n} differs after restart");
         }

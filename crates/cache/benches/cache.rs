@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use s3b_cache::{BlockCache, CacheConfig};
-use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result};
+use s3b_store::{BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ impl BlockStore for Null {
     fn num_blocks(&self) -> u64 {
         1 << 20
     }
-    async fn read_block(&self, _n: BlockNum, _c: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, _n: BlockNum, _r: ReadRequest) -> Result<ReadOutcome> {
         Ok(ReadOutcome::Zero)
     }
     async fn write_block(&self, _n: BlockNum, _d: Option<Bytes>) -> Result<Option<Etag>> {
@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
     let data = Bytes::from(vec![7u8; BS as usize]);
     rt.block_on(cache.write_block(1, Some(data.clone()))).unwrap();
     c.bench_function("cache hit read 64k", |b| {
-        b.to_async(&rt).iter(|| async { cache.read_block(1, ReadCondition::None).await.unwrap() })
+        b.to_async(&rt).iter(|| async { cache.read_block(1, ReadRequest::PLAIN).await.unwrap() })
     });
     let mut n = 0u32;
     c.bench_function("write 64k into cache", |b| {

@@ -58,7 +58,9 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
-use s3b_store::{BlockNum, BlockStore, ContractError, Etag, ReadCondition, ReadOutcome, Result, is_zero};
+use s3b_store::{
+    BlockNum, BlockStore, ContractError, Etag, ReadIntent, ReadOutcome, ReadRequest, Result, Revalidation, is_zero,
+};
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -290,7 +292,7 @@ impl Shared {
             match step {
                 Step::Wait => notified.await,
                 Step::Done(out) => return Ok(out),
-                Step::Through => return self.inner.read_block(n, ReadCondition::None).await,
+                Step::Through => return self.inner.read_block(n, ReadRequest::PLAIN).await,
                 Step::Load(etag) => {
                     if let Some(r) = self.load(n, etag).await {
                         return r;
@@ -304,12 +306,19 @@ impl Shared {
     /// Performs the inner read for an entry this task put in the loading phase. `None` when
     /// the entry became a partially written block meanwhile: ask again with [`Shared::get`].
     pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Option<Result<ReadOutcome>> {
-        let cond = verify.map(ReadCondition::IfNoneMatch).unwrap_or_default();
-        let res = self.inner.read_block(n, cond).await;
+        let res = match verify {
+            Some(etag) => self.inner.revalidate(n, etag).await,
+            None => self.inner.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed),
+        };
         let mut st = self.state.lock();
         let Some(e) = st.entries.get_mut(&n) else {
             unreachable_entry(n);
-            return Some(res);
+            // Without the entry an unchanged answer has no data to give: ask again.
+            return match res {
+                Ok(Revalidation::Unchanged) => None,
+                Ok(Revalidation::Changed(out)) => Some(Ok(out)),
+                Err(e) => Some(Err(e)),
+            };
         };
         if e.phase != Phase::Loading && e.valid.is_some() {
             // Replaced (and since evicted and written in part) while we read: what we read may
@@ -323,7 +332,7 @@ impl Shared {
             Ok(outcome(&e.data, e.etag))
         } else {
             match res {
-                Ok(ReadOutcome::NotModified) if verify.is_some() => {
+                Ok(Revalidation::Unchanged) => {
                     self.stats.verified.fetch_add(1, Ordering::Relaxed);
                     e.verify = false;
                     e.phase = Phase::Clean;
@@ -332,11 +341,7 @@ impl Shared {
                     st.lru_insert(n);
                     Ok(out)
                 }
-                Ok(ReadOutcome::NotModified) => {
-                    self.drop_entry(&mut st, n);
-                    Err(ContractError::UnexpectedNotModified(n).into())
-                }
-                Ok(out) => {
+                Ok(Revalidation::Changed(out)) => {
                     if verify.is_some() {
                         self.stats.mismatch.fetch_add(1, Ordering::Relaxed);
                     }
@@ -568,7 +573,7 @@ impl Shared {
             }
             notified.await;
         }
-        let res = self.inner.read_block(n, ReadCondition::None).await;
+        let res = self.inner.read_block(n, ReadRequest::PLAIN).await;
         let bs = self.block_size;
         let result = {
             let mut st = self.state.lock();
@@ -582,13 +587,9 @@ impl Shared {
                     match res {
                         Err(err) => Err(err),
                         Ok(out) => match (out.into_data(bs), e.valid.take()) {
-                            (None, valid) => {
-                                e.valid = valid;
-                                Err(ContractError::UnexpectedNotModified(n).into())
-                            }
                             // Completed meanwhile by a whole-block write.
-                            (Some(_), None) => Ok(None),
-                            (Some(stored), Some(valid)) => {
+                            (_, None) => Ok(None),
+                            (stored, Some(valid)) => {
                                 let mut buf = BytesMut::from(&stored[..]);
                                 for &(a, b) in valid.ranges() {
                                     let (a, b) = (a as usize, b as usize);
@@ -830,22 +831,27 @@ impl BlockStore for BlockCache {
         self.shared.inner.num_blocks()
     }
 
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
         let sh = &self.shared;
-        if cond != ReadCondition::None {
+        if req.if_match.is_some() {
             // Conditional reads are about the stored version: write ours down, then ask.
             sh.wait_uploaded(&sh.dirty_targets(Some(&[n]))).await;
-            return sh.inner.read_block(n, cond).await;
+            return sh.inner.read_block(n, req).await;
         }
         let out = sh.get(n, true).await?;
-        readahead::after_read(sh, n);
+        // Reads for an update are cached like any read, but start no read-ahead: a writer
+        // filling blocks in order would otherwise fetch the blocks it is about to overwrite.
+        if req.intent == ReadIntent::Read {
+            readahead::after_read(sh, n);
+        }
         Ok(out)
     }
 
-    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
-        // Cached like any read, but no read-ahead: a writer filling blocks in order would
-        // otherwise fetch the blocks it is about to overwrite.
-        self.shared.get(n, true).await
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        // About the stored version, as a conditional read: write ours down, then ask.
+        let sh = &self.shared;
+        sh.wait_uploaded(&sh.dirty_targets(Some(&[n]))).await;
+        sh.inner.revalidate(n, etag).await
     }
 
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
@@ -888,8 +894,7 @@ impl BlockStore for BlockCache {
                 });
             }
         }
-        let out = self.read_block(n, ReadCondition::None).await?;
-        let data = out.into_block(n, sh.block_size)?;
+        let data = self.read_block(n, ReadRequest::PLAIN).await?.into_data(sh.block_size);
         Ok(data.slice(off..end))
     }
 

@@ -36,7 +36,7 @@ impl BlockStore for Mem {
     fn num_blocks(&self) -> u64 {
         100
     }
-    async fn read_block(&self, n: BlockNum, _cond: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, n: BlockNum, _req: ReadRequest) -> Result<ReadOutcome> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         while self.hold_reads.load(Ordering::SeqCst) {
             let w = self.reads_released.notified();
@@ -132,7 +132,7 @@ fn cfg(size: usize) -> CacheConfig {
 }
 
 async fn read(c: &BlockCache, n: BlockNum) -> Bytes {
-    c.read_block(n, ReadCondition::None).await.unwrap().into_data(BS).unwrap()
+    c.read_block(n, ReadRequest::PLAIN).await.unwrap().into_data(BS)
 }
 
 #[tokio::test]
@@ -281,7 +281,7 @@ async fn zero_writes_delete_and_sync_mode_waits() {
     // Sync: the upload is done when the write returns.
     assert_eq!(mem.zero_writes.load(Ordering::SeqCst), 1);
     assert!(!mem.blocks.lock().contains_key(&4));
-    assert_eq!(c.read_block(4, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+    assert_eq!(c.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
     c.write_block(8, Some(block(8))).await.unwrap();
     assert_eq!(mem.blocks.lock().get(&8), Some(&block(8)));
     assert!(c.write_block(9, Some(Bytes::from_static(b"short"))).await.is_err(), "partial block refused");
@@ -337,7 +337,7 @@ async fn reads_for_update_start_no_read_ahead() {
     let mem = Arc::new(Mem::default());
     let c = BlockCache::new(mem.clone(), CacheConfig { read_ahead: 4, read_ahead_trigger: 2, ..cfg(64) });
     for n in 0..20 {
-        c.read_for_update(n).await.unwrap();
+        c.read_block(n, ReadRequest::FOR_UPDATE).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(mem.reads.load(Ordering::SeqCst), 20, "read-ahead ran for reads for update");

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 use rand::Rng;
 use s3b_cache::{BlockCache, CacheConfig, CacheFile, FileOptions};
-use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StoreError};
+use s3b_store::{BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,13 +58,21 @@ impl BlockStore for Flaky {
     fn num_blocks(&self) -> u64 {
         BLOCKS as u64
     }
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, n: BlockNum, _req: ReadRequest) -> Result<ReadOutcome> {
         self.chaos().await?;
         let b = self.blocks.lock().get(&n).cloned();
-        Ok(match (b, cond) {
-            (Some((_, v)), ReadCondition::IfNoneMatch(e)) if etag(v) == e => ReadOutcome::NotModified,
-            (Some((x, v)), _) => ReadOutcome::Data { data: x, etag: Some(etag(v)) },
-            (None, _) => ReadOutcome::Zero,
+        Ok(match b {
+            Some((x, v)) => ReadOutcome::Data { data: x, etag: Some(etag(v)) },
+            None => ReadOutcome::Zero,
+        })
+    }
+    async fn revalidate(&self, n: BlockNum, e: Etag) -> Result<Revalidation> {
+        self.chaos().await?;
+        let b = self.blocks.lock().get(&n).cloned();
+        Ok(match b {
+            Some((_, v)) if etag(v) == e => Revalidation::Unchanged,
+            Some((x, v)) => Revalidation::Changed(ReadOutcome::Data { data: x, etag: Some(etag(v)) }),
+            None => Revalidation::Changed(ReadOutcome::Zero),
         })
     }
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
@@ -186,8 +194,8 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
                 }
             }
             Op::Read(n) => {
-                if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
-                    let got = out.into_data(BS).unwrap();
+                if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadRequest::PLAIN)) {
+                    let got = out.into_data(BS);
                     prop_assert!(
                         got[..] == model[n as usize][..],
                         "block {} read {:?} want {:?}",
@@ -235,8 +243,8 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
                 let keeps_all = recover && with_file;
                 for n in 0..BLOCKS {
                     let got = loop {
-                        if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
-                            break out.into_data(BS).unwrap().to_vec();
+                        if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadRequest::PLAIN)) {
+                            break out.into_data(BS).to_vec();
                         }
                     };
                     if keeps_all {
@@ -314,7 +322,7 @@ fn concurrent_partial_writes_lose_no_byte() {
                             last[n as usize] = v;
                         }
                         if round % 9 == 0 {
-                            let _ = cache.read_block(n, ReadCondition::None).await;
+                            let _ = cache.read_block(n, ReadRequest::PLAIN).await;
                         }
                         if round % 13 == 0 {
                             cache.flush(Some(&[n])).await.unwrap();
@@ -329,8 +337,8 @@ fn concurrent_partial_writes_lose_no_byte() {
             s.rt.spawn(async move {
                 for i in 0..100u32 {
                     let n = i % BLOCKS;
-                    if let Ok(out) = cache.read_block(n, ReadCondition::None).await {
-                        let d = out.into_data(BS).unwrap();
+                    if let Ok(out) = cache.read_block(n, ReadRequest::PLAIN).await {
+                        let d = out.into_data(BS);
                         // Each owner's 8 bytes are written together: never torn.
                         for t in 0..8 {
                             let r = &d[t * 8..t * 8 + 8];
@@ -344,8 +352,8 @@ fn concurrent_partial_writes_lose_no_byte() {
         s.rt.block_on(reader).unwrap();
         for n in 0..BLOCKS {
             let got = loop {
-                if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadCondition::None)) {
-                    break out.into_data(BS).unwrap();
+                if let Ok(out) = s.rt.block_on(s.cache.read_block(n, ReadRequest::PLAIN)) {
+                    break out.into_data(BS);
                 }
             };
             for (t, last) in lasts.iter().enumerate() {

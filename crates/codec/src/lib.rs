@@ -19,8 +19,8 @@ pub use error::DecodeError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome, Result,
-    StoreError, VolumeMeta, is_zero,
+    BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
+    ReadRequest, Result, Revalidation, StoreError, VolumeMeta, is_zero,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -215,12 +215,22 @@ impl BlockStore for CodecStore {
         self.num_blocks
     }
 
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
-        match self.inner.get_object(n, cond).await? {
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
+        match self.inner.get_object(n, req.condition()).await? {
             GetOutcome::NotFound => Ok(ReadOutcome::Zero),
-            GetOutcome::NotModified => Ok(ReadOutcome::NotModified),
+            GetOutcome::NotModified => Err(ContractError::UnexpectedNotModified(n).into()),
             GetOutcome::Found { body, etag } => Ok(ReadOutcome::Data { data: self.codec.decode(n, body)?, etag }),
         }
+    }
+
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        Ok(match self.inner.get_object(n, ReadCondition::IfNoneMatch(etag)).await? {
+            GetOutcome::NotModified => Revalidation::Unchanged,
+            GetOutcome::NotFound => Revalidation::Changed(ReadOutcome::Zero),
+            GetOutcome::Found { body, etag } => {
+                Revalidation::Changed(ReadOutcome::Data { data: self.codec.decode(n, body)?, etag })
+            }
+        })
     }
 
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
@@ -276,11 +286,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir: Arc<dyn ObjectStore> = Arc::new(DirStore::open(d.path(), BlockKeys::default()).unwrap());
         let s = CodecStore::new(dir, Codec::new(16, CodecConfig::default()), 4);
-        assert_eq!(s.read_block(1, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert_eq!(s.read_block(1, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         let data = Bytes::from_static(b"0123456789abcdef");
         s.write_block(1, Some(data.clone())).await.unwrap();
         assert_eq!(std::fs::read(d.path().join("00000001")).unwrap(), &data[..]);
-        match s.read_block(1, ReadCondition::None).await.unwrap() {
+        match s.read_block(1, ReadRequest::PLAIN).await.unwrap() {
             ReadOutcome::Data { data: got, .. } => assert_eq!(got, data),
             o => panic!("{o:?}"),
         }
@@ -289,7 +299,7 @@ mod tests {
         assert!(!d.path().join("00000001").exists());
         // A file of the wrong size is corrupt, not data.
         std::fs::write(d.path().join("00000002"), b"short").unwrap();
-        let e = s.read_block(2, ReadCondition::None).await.unwrap_err();
+        let e = s.read_block(2, ReadRequest::PLAIN).await.unwrap_err();
         assert!(s3b_store::Chain(&e).to_string().contains("5 bytes, block size is 16"), "{e}");
         // Corrupt (EIO at the front end), with the typed reason.
         let StoreError::Corrupt { block: 2, source } = &e else { panic!("{e:?}") };

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use s3b_store::{
-    BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter, StoreError,
-    is_zero,
+    BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource, StatsWriter,
+    StoreError, is_zero,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -297,8 +297,8 @@ impl EcProtect {
 enum ReadPlan {
     /// Answer without the store.
     Answer(ReadOutcome),
-    /// Read from the store with this condition, expecting this ETag (if any).
-    Fetch(ReadCondition, Option<Etag>),
+    /// Read from the store with this request, expecting this ETag (if any).
+    Fetch(ReadRequest, Option<Etag>),
 }
 
 #[async_trait]
@@ -311,11 +311,11 @@ impl BlockStore for EcProtect {
         self.inner.num_blocks()
     }
 
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
         let mwd = self.cfg.min_write_delay;
         let plan = self
             .settle(|st, now| match st.map.get(&n).cloned() {
-                None => Step::Done(ReadPlan::Fetch(cond, None)),
+                None => Step::Done(ReadPlan::Fetch(req, None)),
                 Some(Info::Writing(data)) => {
                     self.stats.counters.data_hits.fetch_add(1, Relaxed);
                     Step::Done(ReadPlan::Answer(match data {
@@ -328,29 +328,25 @@ impl BlockStore for EcProtect {
                     Known::Unknown => {
                         // Long enough for the failed write to have settled either way.
                         st.remove_written(n);
-                        Step::Done(ReadPlan::Fetch(cond, None))
+                        Step::Done(ReadPlan::Fetch(req, None))
                     }
                     Known::Zero => {
                         self.stats.counters.data_hits.fetch_add(1, Relaxed);
                         Step::Done(ReadPlan::Answer(ReadOutcome::Zero))
                     }
-                    Known::NoEtag => Step::Done(ReadPlan::Fetch(cond, None)),
-                    // The caller's copy is the version we wrote: still current.
-                    Known::Etag(e) if cond == ReadCondition::IfNoneMatch(e) => {
-                        Step::Done(ReadPlan::Answer(ReadOutcome::NotModified))
-                    }
-                    Known::Etag(e) => Step::Done(ReadPlan::Fetch(ReadCondition::IfMatch(e), Some(e))),
+                    Known::NoEtag => Step::Done(ReadPlan::Fetch(req, None)),
+                    Known::Etag(e) => Step::Done(ReadPlan::Fetch(req.with_if_match(e), Some(e))),
                 },
             })
             .await;
-        let (cond, expect) = match plan {
+        let (req, expect) = match plan {
             ReadPlan::Answer(a) => return Ok(a),
-            ReadPlan::Fetch(c, e) => (c, e),
+            ReadPlan::Fetch(r, e) => (r, e),
         };
         let mut pause = self.cfg.stale_pause;
         let mut attempt = 0;
         loop {
-            let stale = match self.inner.read_block(n, cond).await {
+            let stale = match self.inner.read_block(n, req).await {
                 Err(StoreError::Stale(_)) => "the store answered with an older version (If-Match failed)".to_string(),
                 Ok(ReadOutcome::Data { etag: Some(got), .. }) if expect.is_some_and(|e| e != got) => {
                     format!("the store answered with ETag {got}, expected {}", expect.unwrap_or_default())
@@ -368,6 +364,18 @@ impl BlockStore for EcProtect {
             log::debug!("block {n:#010x}: {stale}; retrying in {} ms", pause.as_millis());
             tokio::time::sleep(pause).await;
             pause *= 2;
+        }
+    }
+
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        let info = self.state.lock().map.get(&n).cloned();
+        match info {
+            // The caller's copy is the version we wrote: still current.
+            Some(Info::Written { known: Known::Etag(e), .. }) if e == etag => Ok(Revalidation::Unchanged),
+            // Nothing known that could contradict the store: let it answer.
+            None | Some(Info::Written { known: Known::NoEtag, .. }) => self.inner.revalidate(n, etag).await,
+            // A write in progress, just done or failed: read what it left, as a plain read does.
+            Some(_) => self.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed),
         }
     }
 

@@ -2,6 +2,7 @@
 //! stale, fail writes, and hold writes in flight.
 
 use super::*;
+use s3b_store::ReadCondition;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use tokio::sync::Semaphore;
 
@@ -32,7 +33,8 @@ impl BlockStore for Mock {
     fn num_blocks(&self) -> u64 {
         64
     }
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
+        let cond = req.condition();
         self.conds.lock().push(cond);
         if self.stale_left.load(SeqCst) > 0 {
             self.stale_left.fetch_sub(1, SeqCst);
@@ -40,10 +42,17 @@ impl BlockStore for Mock {
         }
         match self.blocks.lock().get(&n).cloned() {
             None => Ok(ReadOutcome::Zero),
-            Some((_, e)) if cond == ReadCondition::IfNoneMatch(e) => Ok(ReadOutcome::NotModified),
             Some((_, e)) if matches!(cond, ReadCondition::IfMatch(w) if w != e) => Err(StoreError::Stale(n)),
             Some((d, e)) => Ok(ReadOutcome::Data { data: d, etag: Some(e) }),
         }
+    }
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        self.conds.lock().push(ReadCondition::IfNoneMatch(etag));
+        Ok(match self.blocks.lock().get(&n).cloned() {
+            None => Revalidation::Changed(ReadOutcome::Zero),
+            Some((_, e)) if e == etag => Revalidation::Unchanged,
+            Some((d, e)) => Revalidation::Changed(ReadOutcome::Data { data: d, etag: Some(e) }),
+        })
     }
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
         if let Some(g) = &self.gate {
@@ -105,15 +114,15 @@ fn stat(ec: &EcProtect, name: &str) -> f64 {
 async fn read_after_write_carries_if_match_and_known_copy_is_not_modified() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
     let e = ec.write_block(3, Some(block(7))).await.unwrap().unwrap();
-    let r = ec.read_block(3, ReadCondition::None).await.unwrap();
+    let r = ec.read_block(3, ReadRequest::PLAIN).await.unwrap();
     assert_eq!(r, ReadOutcome::Data { data: block(7), etag: Some(e) });
     assert_eq!(m.conds.lock().last(), Some(&ReadCondition::IfMatch(e)));
     // The cache above asks whether its copy (ETag e) is current: we know it is.
     let n = m.conds.lock().len();
-    assert_eq!(ec.read_block(3, ReadCondition::IfNoneMatch(e)).await.unwrap(), ReadOutcome::NotModified);
+    assert_eq!(ec.revalidate(3, e).await.unwrap(), Revalidation::Unchanged);
     assert_eq!(m.conds.lock().len(), n, "answered without the store");
     // A block never written here is read as asked.
-    ec.read_block(9, ReadCondition::None).await.unwrap();
+    ec.read_block(9, ReadRequest::PLAIN).await.unwrap();
     assert_eq!(m.conds.lock().last(), Some(&ReadCondition::None));
 }
 
@@ -122,10 +131,10 @@ async fn stale_answers_are_retried_then_given_up() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
     ec.write_block(1, Some(block(1))).await.unwrap();
     m.stale_left.store(2, SeqCst);
-    assert_eq!(ec.read_block(1, ReadCondition::None).await.unwrap().into_data(BS).unwrap(), block(1));
+    assert_eq!(ec.read_block(1, ReadRequest::PLAIN).await.unwrap().into_data(BS), block(1));
     assert_eq!(m.conds.lock().len(), 3, "two stale answers, then the data");
     m.stale_left.store(100, SeqCst);
-    assert!(matches!(ec.read_block(1, ReadCondition::None).await, Err(StoreError::Stale(1))));
+    assert!(matches!(ec.read_block(1, ReadRequest::PLAIN).await, Err(StoreError::Stale(1))));
     assert_eq!(m.conds.lock().len(), 3 + 4, "the first try and 3 retries");
 }
 
@@ -147,7 +156,7 @@ async fn entries_expire_after_cache_time() {
     ec.write_block(4, Some(block(4))).await.unwrap();
     assert_eq!(stat(&ec, "md5_cache_current_size"), 1.0);
     tokio::time::sleep(Duration::from_millis(60)).await;
-    ec.read_block(4, ReadCondition::None).await.unwrap();
+    ec.read_block(4, ReadRequest::PLAIN).await.unwrap();
     assert_eq!(m.conds.lock().last(), Some(&ReadCondition::None), "expired: no condition");
     assert_eq!(stat(&ec, "md5_cache_current_size"), 0.0);
 }
@@ -173,8 +182,8 @@ async fn reads_during_a_write_get_the_data_being_written() {
         tokio::spawn(async move { ec.write_block(6, Some(block(9))).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let r = ec.read_block(6, ReadCondition::None).await.unwrap();
-    assert_eq!(r.into_data(BS).unwrap(), block(9));
+    let r = ec.read_block(6, ReadRequest::PLAIN).await.unwrap();
+    assert_eq!(r.into_data(BS), block(9));
     assert!(m.conds.lock().is_empty(), "answered from the write in flight");
     assert_eq!(stat(&ec, "md5_cache_data_hits"), 1.0);
     m.gate.as_ref().unwrap().add_permits(1);
@@ -186,9 +195,9 @@ async fn deleted_blocks_read_as_zeros_without_the_store() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
     ec.write_block(2, Some(block(5))).await.unwrap();
     ec.write_block(2, Some(block(0))).await.unwrap();
-    assert_eq!(ec.read_block(2, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+    assert_eq!(ec.read_block(2, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
     ec.bulk_zero(&[10, 11]).await.unwrap();
-    assert_eq!(ec.read_block(11, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+    assert_eq!(ec.read_block(11, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
     assert!(m.conds.lock().is_empty());
 }
 
@@ -198,7 +207,7 @@ async fn after_a_failed_write_reads_wait_for_it_to_settle() {
     m.fail_writes.store(true, SeqCst);
     assert!(ec.write_block(3, Some(block(3))).await.is_err());
     let t = Instant::now();
-    ec.read_block(3, ReadCondition::None).await.unwrap();
+    ec.read_block(3, ReadRequest::PLAIN).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(90), "read after {:?}", t.elapsed());
     assert_eq!(m.conds.lock().last(), Some(&ReadCondition::None));
 }

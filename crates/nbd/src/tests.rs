@@ -48,7 +48,7 @@ impl s3b_store::BlockStore for ZeroTracking {
     fn num_blocks(&self) -> u64 {
         self.inner.num_blocks()
     }
-    async fn read_block(&self, n: u32, c: s3b_store::ReadCondition) -> s3b_store::Result<s3b_store::ReadOutcome> {
+    async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
         self.inner.read_block(n, c).await
     }
     async fn write_block(&self, n: u32, d: Option<Bytes>) -> s3b_store::Result<Option<s3b_store::Etag>> {

@@ -156,6 +156,9 @@ pub enum ContractError {
         /// The block size.
         block_size: u32,
     },
+    /// An object store answered "not modified" to a GET that sent no `If-None-Match`.
+    #[error("block {0:#010x}: \"not modified\" answer to a GET without If-None-Match")]
+    UnexpectedNotModified(BlockNum),
     /// A partial-block range that runs past the block's end.
     #[error("{len} bytes at offset {offset} of block {block:#010x} pass the end of the block ({block_size} bytes)")]
     PastBlockEnd {
@@ -168,9 +171,6 @@ pub enum ContractError {
         /// The block size.
         block_size: u32,
     },
-    /// A store answered "not modified" to a read that sent no condition.
-    #[error("block {0:#010x}: \"not modified\" answer to an unconditional read")]
-    UnexpectedNotModified(BlockNum),
 }
 
 impl StoreError {
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(Chain(&e).to_string(), "reading block 7: disk gone");
         let e = StoreError::corrupt(2, "object is 9 bytes, block size is 4096");
         assert_eq!(Chain(&e).to_string(), "corrupt block 0x00000002: object is 9 bytes, block size is 4096");
-        let e = StoreError::from(ContractError::UnexpectedNotModified(1));
-        assert_eq!(Chain(&e).to_string(), "block 0x00000001: \"not modified\" answer to an unconditional read");
+        let e = StoreError::from(ContractError::WrongLength { block: 1, len: 3, block_size: 4096 });
+        assert_eq!(Chain(&e).to_string(), "write of 3 bytes to block 0x00000001: a block is 4096 bytes");
     }
 }

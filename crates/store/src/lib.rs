@@ -39,17 +39,17 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Number of blocks in the volume.
     fn num_blocks(&self) -> u64;
 
-    /// Reads block `n`. With [`ReadCondition::IfMatch`] the data must be the version with that
-    /// ETag ([`StoreError::Stale`] otherwise); with [`ReadCondition::IfNoneMatch`] the store may
-    /// answer [`ReadOutcome::NotModified`] when the stored version still has that ETag.
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome>;
+    /// Reads block `n`. With [`ReadRequest::if_match`] the data must be the version with that
+    /// ETag ([`StoreError::Stale`] otherwise). The request's [`ReadIntent`] tells caches whether
+    /// a reader wants the data or a writer is about to change part of it.
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome>;
 
-    /// Reads block `n` to change part of it (a read-modify-write). The same as a plain
-    /// [`read_block`](Self::read_block), except that caches do not take it as a reader's
-    /// interest: a sequential writer's partial blocks must not start read-ahead of blocks it is
-    /// about to overwrite (each such fetch a wasted request).
-    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
-        self.read_block(n, ReadCondition::None).await
+    /// Reads block `n` again unless the stored version still has `etag` (an `If-None-Match`
+    /// read: the block cache checks blocks it recovered from its file this way). The default
+    /// always reads, which is correct, only slower.
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        let _ = etag;
+        self.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed)
     }
 
     /// Writes block `n`. `None`, or data that is all zeros, deletes it. The data must be exactly
@@ -61,7 +61,7 @@ pub trait BlockStore: Send + Sync + 'static {
     /// `data` are written as zeros. Callers serialise writes of one block (the byte-range
     /// engine holds the block's lock).
     ///
-    /// The default is a read-modify-write: [`read_for_update`](Self::read_for_update), merge,
+    /// The default is a read-modify-write: a [`ReadRequest::FOR_UPDATE`] read, merge,
     /// [`write_block`](Self::write_block) (nothing is written when the bytes are already
     /// there). The block cache overrides it: it accepts the bytes without reading the block,
     /// and fetches the rest only when it is needed (a read of it, or the upload).
@@ -72,7 +72,7 @@ pub trait BlockStore: Send + Sync + 'static {
             let whole = (!is_zero(&data)).then_some(data);
             return self.write_block(n, whole).await.map(|_| ());
         }
-        let old = self.read_for_update(n).await?.into_block(n, bs)?;
+        let old = self.read_block(n, ReadRequest::FOR_UPDATE).await?.into_data(bs);
         if old[off..end] == data[..] {
             return Ok(());
         }
@@ -88,7 +88,7 @@ pub trait BlockStore: Send + Sync + 'static {
     async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
         let bs = self.block_size();
         let (off, end) = part_bounds(n, offset, len as usize, bs)?;
-        let data = self.read_block(n, ReadCondition::None).await?.into_block(n, bs)?;
+        let data = self.read_block(n, ReadRequest::PLAIN).await?.into_data(bs);
         Ok(data.slice(off..end))
     }
 

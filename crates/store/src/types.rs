@@ -1,6 +1,5 @@
 //! Plain data types exchanged between layers.
 
-use crate::ContractError;
 use bytes::Bytes;
 use std::fmt;
 
@@ -51,7 +50,7 @@ impl fmt::Display for Etag {
     }
 }
 
-/// A precondition on a read, as used by the consistency and cache layers.
+/// A precondition on an object GET (the transport's side of a block read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReadCondition {
     /// Plain read.
@@ -63,7 +62,47 @@ pub enum ReadCondition {
     IfNoneMatch(Etag),
 }
 
-/// What a block read returns.
+/// Why a block is read: layers that guess what comes next (read-ahead) only count reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadIntent {
+    /// Someone wants the data.
+    #[default]
+    Read,
+    /// A read-modify-write: the block is about to be overwritten in part. Caches do not take it
+    /// as a reader's interest (a sequential writer's partial blocks must not start read-ahead
+    /// of blocks it is about to overwrite, each such fetch a wasted request).
+    Update,
+}
+
+/// How a block read is to be answered. Every layer passes the request on whole (a layer that
+/// adds an ETag to check keeps the intent), so the intent reaches the layer that uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReadRequest {
+    /// Why the block is read.
+    pub intent: ReadIntent,
+    /// The stored version must have this ETag (`If-Match`); otherwise [`crate::StoreError::Stale`].
+    pub if_match: Option<Etag>,
+}
+
+impl ReadRequest {
+    /// A plain read.
+    pub const PLAIN: ReadRequest = ReadRequest { intent: ReadIntent::Read, if_match: None };
+    /// A read for a read-modify-write.
+    pub const FOR_UPDATE: ReadRequest = ReadRequest { intent: ReadIntent::Update, if_match: None };
+
+    /// This request, also requiring the stored version to have `etag`.
+    pub fn with_if_match(self, etag: Etag) -> Self {
+        ReadRequest { if_match: Some(etag), ..self }
+    }
+
+    /// The transport condition of this request.
+    pub fn condition(&self) -> ReadCondition {
+        self.if_match.map_or(ReadCondition::None, ReadCondition::IfMatch)
+    }
+}
+
+/// What a block read returns: data or zeros — never "not modified", which only
+/// [`crate::BlockStore::revalidate`] can answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
     /// The block's data (exactly one block long) and, when known, the stored object's ETag.
@@ -75,25 +114,25 @@ pub enum ReadOutcome {
     },
     /// The block is all zeros (never written, or deleted).
     Zero,
-    /// Answer to [`ReadCondition::IfNoneMatch`]: the stored block still has the given ETag.
-    NotModified,
 }
 
 impl ReadOutcome {
-    /// The block's bytes, materialising zeros; `None` for [`ReadOutcome::NotModified`].
-    pub fn into_data(self, block_size: u32) -> Option<Bytes> {
+    /// The block's bytes, materialising zeros.
+    pub fn into_data(self, block_size: u32) -> Bytes {
         match self {
-            ReadOutcome::Data { data, .. } => Some(data),
-            ReadOutcome::Zero => Some(crate::zero_block(block_size)),
-            ReadOutcome::NotModified => None,
+            ReadOutcome::Data { data, .. } => data,
+            ReadOutcome::Zero => crate::zero_block(block_size),
         }
     }
+}
 
-    /// The block's bytes, materialising zeros; a [`ReadOutcome::NotModified`] answer to a read
-    /// that sent no condition is a [`ContractError::UnexpectedNotModified`].
-    pub fn into_block(self, n: BlockNum, block_size: u32) -> crate::Result<Bytes> {
-        self.into_data(block_size).ok_or_else(|| ContractError::UnexpectedNotModified(n).into())
-    }
+/// What [`crate::BlockStore::revalidate`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revalidation {
+    /// The stored block still has the ETag given: the caller's copy is current.
+    Unchanged,
+    /// The stored block changed; here it is.
+    Changed(ReadOutcome),
 }
 
 /// An object body with the headers that describe how it is encoded.

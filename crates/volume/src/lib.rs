@@ -13,7 +13,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use s3b_store::{BlockNum, BlockStore, ReadCondition, Result, StoreError, is_zero};
+use s3b_store::{BlockNum, BlockStore, ReadRequest, Result, StoreError, is_zero};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -136,12 +136,7 @@ impl Volume {
     }
 
     async fn read_whole(&self, n: BlockNum) -> Result<Bytes> {
-        self.whole(n, self.store.read_block(n, ReadCondition::None).await?)
-    }
-
-    /// The data of a plain or read-for-update answer.
-    fn whole(&self, n: BlockNum, outcome: s3b_store::ReadOutcome) -> Result<Bytes> {
-        outcome.into_block(n, self.block_size as u32)
+        Ok(self.store.read_block(n, ReadRequest::PLAIN).await?.into_data(self.block_size as u32))
     }
 
     /// Reads `len` bytes at `offset` (fewer at the end of the volume).
@@ -428,7 +423,7 @@ mod model_tests {
             fn num_blocks(&self) -> u64 {
                 self.0.num_blocks()
             }
-            async fn read_block(&self, n: BlockNum, c: ReadCondition) -> Result<s3b_store::ReadOutcome> {
+            async fn read_block(&self, n: BlockNum, c: ReadRequest) -> Result<s3b_store::ReadOutcome> {
                 self.0.read_block(n, c).await
             }
             async fn write_block(&self, n: BlockNum, d: Option<Bytes>) -> Result<Option<s3b_store::Etag>> {

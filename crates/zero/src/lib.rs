@@ -25,8 +25,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, Chain, Etag, ReadCondition, ReadOutcome, Result, StatsSection, StatsSource, StatsWriter,
-    is_zero,
+    BlockNum, BlockStore, Chain, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource,
+    StatsWriter, is_zero,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
@@ -197,18 +197,18 @@ impl StatsSource for ZeroStats {
 }
 
 impl ZeroCache {
-    /// A read through the bitmap: known-zero blocks are answered here, others asked below
-    /// (`update`: for a read-modify-write) and remembered when they turn out to be zero.
-    async fn read(&self, n: BlockNum, cond: ReadCondition, update: bool) -> Result<ReadOutcome> {
+    /// A read through the bitmap: known-zero blocks are answered here, others asked below and
+    /// remembered when they turn out to be zero.
+    async fn read(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
         let s = &self.shared;
-        if s.zero.get(n as u64) && cond == ReadCondition::None {
+        if s.zero.get(n as u64) && req.if_match.is_none() {
             s.counters.read_hits.fetch_add(1, SeqCst);
             return Ok(ReadOutcome::Zero);
         }
         let e = s.epoch(n).load(SeqCst);
         // A write of the shard still landing may store the block after the read looked.
         let idle = s.in_flight[n as usize % SHARDS].load(SeqCst) == 0;
-        let out = if update { self.inner.read_for_update(n).await? } else { self.inner.read_block(n, cond).await? };
+        let out = self.inner.read_block(n, req).await?;
         if out == ReadOutcome::Zero && idle && s.epoch(n).load(SeqCst) == e {
             s.zero.set(n as u64, true);
             // A write that began after the check above wins: undo.
@@ -270,12 +270,12 @@ impl BlockStore for ZeroCache {
         self.inner.num_blocks()
     }
 
-    async fn read_block(&self, n: BlockNum, cond: ReadCondition) -> Result<ReadOutcome> {
-        self.read(n, cond, false).await
+    async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
+        self.read(n, req).await
     }
 
-    async fn read_for_update(&self, n: BlockNum) -> Result<ReadOutcome> {
-        self.read(n, ReadCondition::None, true).await
+    async fn revalidate(&self, n: BlockNum, etag: Etag) -> Result<Revalidation> {
+        self.inner.revalidate(n, etag).await
     }
 
     async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
@@ -428,7 +428,7 @@ mod tests {
         fn num_blocks(&self) -> u64 {
             self.n
         }
-        async fn read_block(&self, n: BlockNum, _c: ReadCondition) -> Result<ReadOutcome> {
+        async fn read_block(&self, n: BlockNum, _r: ReadRequest) -> Result<ReadOutcome> {
             self.reads.fetch_add(1, SeqCst);
             if self.delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(rand_ms(self.delay_ms))).await;
@@ -499,15 +499,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(z.is_known_zero(4) && !z.is_known_zero(3));
-        assert_eq!(z.read_block(4, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         z.write_block(5, None).await.unwrap();
         assert_eq!(mem.reads.load(SeqCst) + mem.writes.load(SeqCst), 0, "known-zero blocks reached the store");
         z.write_block(4, Some(Bytes::from_static(b"wxyz"))).await.unwrap();
         assert!(!z.is_known_zero(4));
-        assert_eq!(
-            z.read_block(4, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
-            Bytes::from_static(b"wxyz")
-        );
+        assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"wxyz"));
         z.write_block(3, Some(Bytes::from_static(&[0; 4]))).await.unwrap();
         assert!(z.is_known_zero(3));
         let mut w = StatsWriter::default();
@@ -533,16 +530,13 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // The object is not there yet: the store answers zero.
-        assert_eq!(z.read_block(7, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         assert!(!z.is_known_zero(7), "marked zero while a write was in flight");
         mem.release.notify_one();
         w.await.unwrap().unwrap();
-        assert_eq!(
-            z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
-            Bytes::from_static(b"abcd")
-        );
+        assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"abcd"));
         // Once nothing is in flight, a zero answer is remembered again.
-        assert_eq!(z.read_block(8, ReadCondition::None).await.unwrap(), ReadOutcome::Zero);
+        assert_eq!(z.read_block(8, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         assert!(z.is_known_zero(8));
     }
 
@@ -597,10 +591,7 @@ mod tests {
         mem.release.notify_one();
         w.await.unwrap();
         assert!(!z.is_known_zero(7));
-        assert_eq!(
-            z.read_block(7, ReadCondition::None).await.unwrap().into_data(4).unwrap(),
-            Bytes::from_static(b"late")
-        );
+        assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"late"));
         // Blocks of other shards that nothing wrote are known zero.
         assert!(z.is_known_zero(8) && z.is_known_zero(3999));
     }
@@ -629,7 +620,7 @@ mod tests {
                                 *model = (v != 0).then_some(v);
                             }
                             None => {
-                                let got = z.read_block(n, ReadCondition::None).await.unwrap().into_data(4).unwrap();
+                                let got = z.read_block(n, ReadRequest::PLAIN).await.unwrap().into_data(4);
                                 assert_eq!(got, Bytes::from(vec![model.unwrap_or(0); 4]), "block {n}");
                             }
                         }
