@@ -12,7 +12,7 @@
 
 mod common;
 use bytes::Bytes;
-use s3b_store::{BlockStore, ReadRequest};
+use s3b_store::{BlockData, BlockStore, ReadRequest};
 use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
 use std::sync::Arc;
@@ -70,14 +70,14 @@ async fn write_range(store: &Arc<dyn BlockStore>, offset: u64, data: &Bytes, how
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             if len == BS {
-                store.write_block(n, Some(piece)).await.map(|_| ())
+                store.write_block(n, BlockData::new(piece)).await.map(|_| ())
             } else if how == Partial::Combine {
                 store.write_block_part(n, start as u32, piece).await
             } else {
                 let old = store.read_block(n, ReadRequest::FOR_UPDATE).await?.into_data(BS as u32);
                 let mut buf = old.to_vec();
                 buf[start as usize..(start + len) as usize].copy_from_slice(&piece);
-                store.write_block(n, Some(Bytes::from(buf))).await.map(|_| ())
+                store.write_block(n, BlockData::new(Bytes::from(buf))).await.map(|_| ())
             }
         }));
         pos += len;
@@ -97,8 +97,8 @@ fn run(g: &Garage, proxy: &FaultProxy, prefix: &str, how: Partial) -> u64 {
     let after = Bytes::from(pattern(2, BS as usize));
     let s = stack(proxy, prefix, &rt);
     rt.block_on(async {
-        s.write_block(first as u32, Some(before.clone())).await.unwrap();
-        s.write_block(last as u32, Some(after.clone())).await.unwrap();
+        s.write_block(first as u32, BlockData::new(before.clone())).await.unwrap();
+        s.write_block(last as u32, BlockData::new(after.clone())).await.unwrap();
         s.shutdown().await.unwrap();
     });
     drop(s);

@@ -109,11 +109,13 @@ fn run(flags: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
                     Err(e) => prop_assert!(false, "partial read of block {}: {}", n, e),
                 }
             }
-            Op::Write(n, seed) => match s.rt.block_on(s.store.write_block(n, seed.map(content))) {
-                Ok(_) => model[n as usize] = seed.map_or_else(|| vec![0u8; BS], |x| content(x).to_vec()),
-                Err(StoreError::Injected) => {}
-                Err(e) => prop_assert!(false, "write of block {}: {}", n, e),
-            },
+            Op::Write(n, seed) => {
+                match s.rt.block_on(s.store.write_block(n, seed.map(content).and_then(s3b_store::BlockData::new))) {
+                    Ok(_) => model[n as usize] = seed.map_or_else(|| vec![0u8; BS], |x| content(x).to_vec()),
+                    Err(StoreError::Injected) => {}
+                    Err(e) => prop_assert!(false, "write of block {}: {}", n, e),
+                }
+            }
             Op::WritePart(n, off, len, seed) => {
                 let (off, len) = (off as usize, (len as usize).min(BS - off as usize));
                 let part = seed.map_or_else(|| vec![0u8; len], |x| content(x)[..len].to_vec());

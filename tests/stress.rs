@@ -62,7 +62,7 @@ async fn worker(store: Arc<dyn BlockStore>, model: Arc<Model>, seed: u64, until:
             let mut slot = model[n].write().await;
             let new = if rng.gen_range(0..3) < 2 { None } else { Some(rng.r#gen::<u64>()) };
             let data = new.map(content);
-            match store.write_block(n as u32, data).await {
+            match store.write_block(n as u32, data.and_then(s3b_store::BlockData::new)).await {
                 Ok(_) => *slot = new,
                 // An injected failure happens before the store is touched: the old content stays.
                 Err(StoreError::Injected) => {

@@ -27,7 +27,8 @@ impl BlockStore for Null {
     async fn read_block(&self, _n: BlockNum, _r: ReadRequest) -> Result<ReadOutcome> {
         Ok(ReadOutcome::Zero)
     }
-    async fn write_block(&self, _n: BlockNum, _d: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, _n: BlockNum, _d: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
+        let _d = _d.map(s3b_store::BlockData::into_bytes);
         Ok(None)
     }
     async fn flush(&self, _b: Option<&[BlockNum]>) -> Result<()> {
@@ -55,7 +56,7 @@ fn bench(c: &mut Criterion) {
         )
     });
     let data = Bytes::from(vec![7u8; BS as usize]);
-    rt.block_on(cache.write_block(1, Some(data.clone()))).unwrap();
+    rt.block_on(cache.write_block(1, BlockData::new(data.clone()))).unwrap();
     c.bench_function("cache hit read 64k", |b| {
         b.to_async(&rt).iter(|| async { cache.read_block(1, ReadRequest::PLAIN).await.unwrap() })
     });
@@ -66,7 +67,7 @@ fn bench(c: &mut Criterion) {
             let d = data.clone();
             let cache = &cache;
             let blk = n + 2;
-            async move { cache.write_block(blk, Some(d)).await.unwrap() }
+            async move { cache.write_block(blk, BlockData::new(d)).await.unwrap() }
         })
     });
     // A sequential writer's unaligned 4 KiB pieces: each lands in a block not cached yet (or

@@ -810,7 +810,8 @@ impl CacheFile {
             // No slot (damaged slots leaked): keep the block in memory only.
             return Ok(());
         };
-        let data = data.filter(|d| !is_zero(d));
+        // The cache decided zero-ness when the data was made: `Some` is never all zeros.
+        debug_assert!(data.is_none_or(|d| !is_zero(d)), "dirty data of block {n:#010x} is zeros");
         let res = self.write_data(slot, data).and_then(|_| self.write_entry(slot, n, true, data, None, valid));
         if let Err(x) = res {
             if self.erase(slot).is_ok() {

@@ -59,7 +59,8 @@ use parking_lot::Mutex;
 use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
 use s3b_store::{
-    BlockNum, BlockStore, ContractError, Etag, ReadIntent, ReadOutcome, ReadRequest, Result, Revalidation, is_zero,
+    BlockData, BlockNum, BlockStore, ContractError, Etag, ReadIntent, ReadOutcome, ReadRequest, Result, Revalidation,
+    is_zero,
 };
 use state::{Entry, Phase, State};
 use std::sync::Arc;
@@ -399,8 +400,8 @@ impl Shared {
     }
 
     /// Accepts a write of a whole block into the cache, waiting for room when needed.
-    async fn write(self: &Arc<Self>, n: BlockNum, data: Option<Bytes>) -> Result<()> {
-        let data = data.filter(|d| !is_zero(d));
+    async fn write(self: &Arc<Self>, n: BlockNum, data: Option<BlockData>) -> Result<()> {
+        let data = data.map(BlockData::into_bytes);
         self.write_with(n, |_| Prepared::Data(data.clone(), None)).await
     }
 
@@ -770,12 +771,12 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
                     e.uploading = Some(ver);
                     e.data.clone()
                 };
-                sh.inner.write_block(n, data).await
+                sh.inner.write_block(n, data.map(BlockData::already_checked)).await
             }
             Err(e) => Err(e),
         }
     } else {
-        sh.inner.write_block(n, data).await
+        sh.inner.write_block(n, data.map(BlockData::already_checked)).await
     };
     {
         let mut st = sh.state.lock();
@@ -854,7 +855,7 @@ impl BlockStore for BlockCache {
         sh.inner.revalidate(n, etag).await
     }
 
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>> {
         if let Some(d) = &data
             && d.len() != self.shared.block_size as usize
         {
@@ -869,7 +870,7 @@ impl BlockStore for BlockCache {
         let bs = self.shared.block_size;
         let (off, end) = s3b_store::part_bounds(n, offset, data.len(), bs)?;
         if off == 0 && end == bs as usize {
-            return self.shared.write(n, Some(data)).await;
+            return self.shared.write(n, BlockData::new(data)).await;
         }
         if off == end {
             return Ok(());

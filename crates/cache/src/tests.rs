@@ -54,7 +54,8 @@ impl BlockStore for Mem {
             None => ReadOutcome::Zero,
         })
     }
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
+        let data = data.map(s3b_store::BlockData::into_bytes);
         let now = self.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
         self.in_flight_changed.notify_waiters();
@@ -161,8 +162,8 @@ async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
 async fn write_back_after_delay_and_flush() {
     let mem = Arc::new(Mem::default());
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(10) });
-    c.write_block(1, Some(block(1))).await.unwrap();
-    c.write_block(1, Some(block(2))).await.unwrap();
+    c.write_block(1, BlockData::new(block(1))).await.unwrap();
+    c.write_block(1, BlockData::new(block(2))).await.unwrap();
     assert_eq!(read(&c, 1).await, block(2), "reads see the cached write");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "not uploaded before the delay");
@@ -172,7 +173,7 @@ async fn write_back_after_delay_and_flush() {
     assert_eq!(c.dirty_count(), 0);
 
     let c2 = BlockCache::new(mem.clone(), cfg(10));
-    c2.write_block(5, Some(block(5))).await.unwrap();
+    c2.write_block(5, BlockData::new(block(5))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mem.blocks.lock().get(&5), Some(&block(5)), "uploaded after the write delay by itself");
 }
@@ -182,7 +183,7 @@ async fn redirty_during_upload_keeps_newer_data() {
     let mem = Arc::new(Mem::default());
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
     mem.hold_writes.store(true, Ordering::SeqCst);
-    c.write_block(7, Some(block(1))).await.unwrap();
+    c.write_block(7, BlockData::new(block(1))).await.unwrap();
     // Wait for the upload of version 1 to be in flight.
     for _ in 0..100 {
         if c.shared.state.lock().uploading == 1 {
@@ -191,7 +192,7 @@ async fn redirty_during_upload_keeps_newer_data() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(c.shared.state.lock().uploading, 1);
-    c.write_block(7, Some(block(2))).await.unwrap();
+    c.write_block(7, BlockData::new(block(2))).await.unwrap();
     mem.hold_writes.store(false, Ordering::SeqCst);
     mem.released.notify_waiters();
     c.flush(None).await.unwrap();
@@ -205,7 +206,7 @@ async fn failed_uploads_are_retried() {
     let mem = Arc::new(Mem::default());
     mem.fail_writes.store(3, Ordering::SeqCst);
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
-    c.write_block(2, Some(block(9))).await.unwrap();
+    c.write_block(2, BlockData::new(block(9))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), c.flush(None)).await.expect("flush finishes").unwrap();
     assert_eq!(mem.blocks.lock().get(&2), Some(&block(9)));
     assert_eq!(mem.fail_writes.load(Ordering::SeqCst), 0);
@@ -220,10 +221,10 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
             CacheConfig { write_delay: Duration::from_secs(3600), max_dirty, ..cfg(size) },
         ));
         mem.hold_writes.store(true, Ordering::SeqCst);
-        c.write_block(0, Some(block(1))).await.unwrap();
-        c.write_block(1, Some(block(2))).await.unwrap();
+        c.write_block(0, BlockData::new(block(1))).await.unwrap();
+        c.write_block(1, BlockData::new(block(2))).await.unwrap();
         let c2 = c.clone();
-        let third = tokio::spawn(async move { c2.write_block(2, Some(block(3))).await });
+        let third = tokio::spawn(async move { c2.write_block(2, BlockData::new(block(3))).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!third.is_finished(), "size {size} max_dirty {max_dirty}: the third writer waits");
         mem.hold_writes.store(false, Ordering::SeqCst);
@@ -244,7 +245,7 @@ async fn only_clean_blocks_are_evicted_lru_first() {
         mem.blocks.lock().insert(n, block(n as u8 + 1));
     }
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(3) });
-    c.write_block(0, Some(block(0xaa))).await.unwrap();
+    c.write_block(0, BlockData::new(block(0xaa))).await.unwrap();
     read(&c, 1).await;
     read(&c, 2).await;
     read(&c, 1).await; // 2 is now least recently used
@@ -277,14 +278,14 @@ async fn zero_writes_delete_and_sync_mode_waits() {
     let mem = Arc::new(Mem::default());
     mem.blocks.lock().insert(4, block(4));
     let c = BlockCache::new(mem.clone(), CacheConfig { sync: true, write_delay: Duration::ZERO, ..cfg(10) });
-    c.write_block(4, Some(Bytes::from(vec![0u8; BS as usize]))).await.unwrap();
+    c.write_block(4, BlockData::new(Bytes::from(vec![0u8; BS as usize]))).await.unwrap();
     // Sync: the upload is done when the write returns.
     assert_eq!(mem.zero_writes.load(Ordering::SeqCst), 1);
     assert!(!mem.blocks.lock().contains_key(&4));
     assert_eq!(c.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
-    c.write_block(8, Some(block(8))).await.unwrap();
+    c.write_block(8, BlockData::new(block(8))).await.unwrap();
     assert_eq!(mem.blocks.lock().get(&8), Some(&block(8)));
-    assert!(c.write_block(9, Some(Bytes::from_static(b"short"))).await.is_err(), "partial block refused");
+    assert!(c.write_block(9, BlockData::new(Bytes::from_static(b"short"))).await.is_err(), "partial block refused");
 }
 
 #[tokio::test]
@@ -459,7 +460,7 @@ async fn a_partial_write_over_an_unverified_reloaded_block_does_not_trust_it() {
     {
         let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions { no_verify: true, ..Default::default() }).unwrap());
         let c = BlockCache::with_file(mem.clone(), cfg(8), f);
-        c.write_block(5, Some(block(4))).await.unwrap();
+        c.write_block(5, BlockData::new(block(4))).await.unwrap();
         c.shutdown().await.unwrap();
     }
     // The block changed in the store behind the cache's back.
@@ -526,13 +527,13 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
     mem.hold_writes.store(true, Ordering::SeqCst);
     let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(8) }));
     for n in 0..8 {
-        c.write_block(n, Some(block(n as u8 + 1))).await.unwrap();
+        c.write_block(n, BlockData::new(block(n as u8 + 1))).await.unwrap();
     }
     mem.until_in_flight(4).await;
     // A ninth block: its writer waits for room.
     let writer = {
         let c = c.clone();
-        tokio::spawn(async move { c.write_block(9, Some(block(9))).await })
+        tokio::spawn(async move { c.write_block(9, BlockData::new(block(9))).await })
     };
     let waiting = async {
         while c.shared.state.lock().space_waiters == 0 {
@@ -569,7 +570,7 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
     mem.hold_writes.store(true, Ordering::SeqCst);
     let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 8, write_delay: Duration::ZERO, ..cfg(40) }));
     for n in 0..12 {
-        c.write_block(n, Some(block(1))).await.unwrap();
+        c.write_block(n, BlockData::new(block(1))).await.unwrap();
     }
     mem.until_in_flight(8).await;
     assert_eq!(c.shared.state.lock().uploading, 8);

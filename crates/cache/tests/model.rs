@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 use rand::Rng;
 use s3b_cache::{BlockCache, CacheConfig, CacheFile, FileOptions};
-use s3b_store::{BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StoreError};
+use s3b_store::{BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +75,8 @@ impl BlockStore for Flaky {
             None => Revalidation::Changed(ReadOutcome::Zero),
         })
     }
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
+        let data = data.map(s3b_store::BlockData::into_bytes);
         self.chaos().await?;
         let v = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         match data {
@@ -175,7 +176,7 @@ fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), 
         match op {
             Op::Write(n, v) => {
                 let data = Bytes::from(vec![v; BS as usize]);
-                s.rt.block_on(s.cache.write_block(n, Some(data))).unwrap();
+                s.rt.block_on(s.cache.write_block(n, BlockData::new(data))).unwrap();
                 model[n as usize] = vec![v; BS as usize];
                 possible[n as usize].insert(model[n as usize].clone());
             }

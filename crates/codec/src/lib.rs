@@ -19,8 +19,8 @@ pub use error::DecodeError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
-    ReadRequest, Result, Revalidation, StoreError, VolumeMeta, is_zero,
+    BlockData, BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition,
+    ReadOutcome, ReadRequest, Result, Revalidation, StoreError, VolumeMeta,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -233,21 +233,21 @@ impl BlockStore for CodecStore {
         })
     }
 
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>> {
         match data {
-            Some(d) if !is_zero(&d) => {
+            Some(d) => {
                 if d.len() != self.codec.block_size as usize {
                     let block_size = self.codec.block_size;
                     return Err(ContractError::WrongLength { block: n, len: d.len(), block_size }.into());
                 }
-                let body = self.codec.encode(n, d)?;
+                let body = self.codec.encode(n, d.into_bytes())?;
                 let volume = (n == 0).then(|| VolumeMeta {
                     block_size: self.codec.block_size,
                     file_size: self.num_blocks * self.codec.block_size as u64,
                 });
                 self.inner.put_object(n, body, volume).await
             }
-            _ => self.inner.delete_object(n).await.map(|()| None),
+            None => self.inner.delete_object(n).await.map(|()| None),
         }
     }
 
@@ -288,14 +288,14 @@ mod tests {
         let s = CodecStore::new(dir, Codec::new(16, CodecConfig::default()), 4);
         assert_eq!(s.read_block(1, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         let data = Bytes::from_static(b"0123456789abcdef");
-        s.write_block(1, Some(data.clone())).await.unwrap();
+        s.write_block(1, BlockData::new(data.clone())).await.unwrap();
         assert_eq!(std::fs::read(d.path().join("00000001")).unwrap(), &data[..]);
         match s.read_block(1, ReadRequest::PLAIN).await.unwrap() {
             ReadOutcome::Data { data: got, .. } => assert_eq!(got, data),
             o => panic!("{o:?}"),
         }
         // All zeros deletes the file.
-        s.write_block(1, Some(Bytes::from(vec![0u8; 16]))).await.unwrap();
+        s.write_block(1, BlockData::new(Bytes::from(vec![0u8; 16]))).await.unwrap();
         assert!(!d.path().join("00000001").exists());
         // A file of the wrong size is corrupt, not data.
         std::fs::write(d.path().join("00000002"), b"short").unwrap();

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use s3b_store::{
-    BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource, StatsWriter,
-    StoreError, is_zero,
+    BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource,
+    StatsWriter, StoreError,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -379,9 +379,8 @@ impl BlockStore for EcProtect {
         }
     }
 
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
-        let data = data.filter(|d| !is_zero(d));
-        self.begin_write(n, &data).await;
+    async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>> {
+        self.begin_write(n, &data.as_ref().map(|d| d.bytes().clone())).await;
         let r = self.inner.write_block(n, data.clone()).await;
         let known = match (&r, &data) {
             (Err(_), _) => Known::Unknown,

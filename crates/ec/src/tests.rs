@@ -54,7 +54,8 @@ impl BlockStore for Mock {
             Some((d, e)) => Revalidation::Changed(ReadOutcome::Data { data: d, etag: Some(e) }),
         })
     }
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
+        let data = data.map(s3b_store::BlockData::into_bytes);
         if let Some(g) = &self.gate {
             g.acquire().await.unwrap().forget();
         }
@@ -113,7 +114,7 @@ fn stat(ec: &EcProtect, name: &str) -> f64 {
 #[tokio::test]
 async fn read_after_write_carries_if_match_and_known_copy_is_not_modified() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
-    let e = ec.write_block(3, Some(block(7))).await.unwrap().unwrap();
+    let e = ec.write_block(3, BlockData::new(block(7))).await.unwrap().unwrap();
     let r = ec.read_block(3, ReadRequest::PLAIN).await.unwrap();
     assert_eq!(r, ReadOutcome::Data { data: block(7), etag: Some(e) });
     assert_eq!(m.conds.lock().last(), Some(&ReadCondition::IfMatch(e)));
@@ -129,7 +130,7 @@ async fn read_after_write_carries_if_match_and_known_copy_is_not_modified() {
 #[tokio::test]
 async fn stale_answers_are_retried_then_given_up() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
-    ec.write_block(1, Some(block(1))).await.unwrap();
+    ec.write_block(1, BlockData::new(block(1))).await.unwrap();
     m.stale_left.store(2, SeqCst);
     assert_eq!(ec.read_block(1, ReadRequest::PLAIN).await.unwrap().into_data(BS), block(1));
     assert_eq!(m.conds.lock().len(), 3, "two stale answers, then the data");
@@ -141,11 +142,11 @@ async fn stale_answers_are_retried_then_given_up() {
 #[tokio::test]
 async fn writes_of_one_block_are_spaced_by_min_write_delay() {
     let (_, ec) = layer(Mock::default(), cfg(8, 1000, 120));
-    ec.write_block(2, Some(block(1))).await.unwrap();
+    ec.write_block(2, BlockData::new(block(1))).await.unwrap();
     let t = Instant::now();
-    ec.write_block(5, Some(block(1))).await.unwrap();
+    ec.write_block(5, BlockData::new(block(1))).await.unwrap();
     assert!(t.elapsed() < Duration::from_millis(120), "another block is not held back");
-    ec.write_block(2, Some(block(2))).await.unwrap();
+    ec.write_block(2, BlockData::new(block(2))).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(110), "second write of block 2 after {:?}", t.elapsed());
     assert!(stat(&ec, "md5_cache_write_delays") > 0.05);
 }
@@ -153,7 +154,7 @@ async fn writes_of_one_block_are_spaced_by_min_write_delay() {
 #[tokio::test]
 async fn entries_expire_after_cache_time() {
     let (m, ec) = layer(Mock::default(), cfg(8, 40, 0));
-    ec.write_block(4, Some(block(4))).await.unwrap();
+    ec.write_block(4, BlockData::new(block(4))).await.unwrap();
     assert_eq!(stat(&ec, "md5_cache_current_size"), 1.0);
     tokio::time::sleep(Duration::from_millis(60)).await;
     ec.read_block(4, ReadRequest::PLAIN).await.unwrap();
@@ -164,9 +165,9 @@ async fn entries_expire_after_cache_time() {
 #[tokio::test]
 async fn a_full_table_makes_writers_wait_for_expiry() {
     let (_, ec) = layer(Mock::default(), cfg(1, 100, 0));
-    ec.write_block(1, Some(block(1))).await.unwrap();
+    ec.write_block(1, BlockData::new(block(1))).await.unwrap();
     let t = Instant::now();
-    ec.write_block(2, Some(block(2))).await.unwrap();
+    ec.write_block(2, BlockData::new(block(2))).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(80), "waited only {:?}", t.elapsed());
     assert!(stat(&ec, "md5_cache_full_delays") > 0.05);
     assert_eq!(stat(&ec, "md5_cache_current_size"), 1.0);
@@ -179,7 +180,7 @@ async fn reads_during_a_write_get_the_data_being_written() {
     let ec = Arc::new(ec);
     let w = {
         let ec = ec.clone();
-        tokio::spawn(async move { ec.write_block(6, Some(block(9))).await })
+        tokio::spawn(async move { ec.write_block(6, BlockData::new(block(9))).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = ec.read_block(6, ReadRequest::PLAIN).await.unwrap();
@@ -193,8 +194,8 @@ async fn reads_during_a_write_get_the_data_being_written() {
 #[tokio::test]
 async fn deleted_blocks_read_as_zeros_without_the_store() {
     let (m, ec) = layer(Mock::default(), cfg(8, 0, 0));
-    ec.write_block(2, Some(block(5))).await.unwrap();
-    ec.write_block(2, Some(block(0))).await.unwrap();
+    ec.write_block(2, BlockData::new(block(5))).await.unwrap();
+    ec.write_block(2, BlockData::new(block(0))).await.unwrap();
     assert_eq!(ec.read_block(2, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
     ec.bulk_zero(&[10, 11]).await.unwrap();
     assert_eq!(ec.read_block(11, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
@@ -205,7 +206,7 @@ async fn deleted_blocks_read_as_zeros_without_the_store() {
 async fn after_a_failed_write_reads_wait_for_it_to_settle() {
     let (m, ec) = layer(Mock::default(), cfg(8, 1000, 100));
     m.fail_writes.store(true, SeqCst);
-    assert!(ec.write_block(3, Some(block(3))).await.is_err());
+    assert!(ec.write_block(3, BlockData::new(block(3))).await.is_err());
     let t = Instant::now();
     ec.read_block(3, ReadRequest::PLAIN).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(90), "read after {:?}", t.elapsed());

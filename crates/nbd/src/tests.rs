@@ -51,8 +51,8 @@ impl s3b_store::BlockStore for ZeroTracking {
     async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
         self.inner.read_block(n, c).await
     }
-    async fn write_block(&self, n: u32, d: Option<Bytes>) -> s3b_store::Result<Option<s3b_store::Etag>> {
-        let zero = d.as_ref().is_none_or(|d| s3b_store::is_zero(d));
+    async fn write_block(&self, n: u32, d: Option<s3b_store::BlockData>) -> s3b_store::Result<Option<s3b_store::Etag>> {
+        let zero = d.is_none();
         self.zero.lock().remove(&n);
         let r = self.inner.write_block(n, d).await;
         if zero && r.is_ok() {

@@ -52,9 +52,9 @@ pub trait BlockStore: Send + Sync + 'static {
         self.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed)
     }
 
-    /// Writes block `n`. `None`, or data that is all zeros, deletes it. The data must be exactly
-    /// one block long. Returns the ETag of the stored object when the store knows it.
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>>;
+    /// Writes block `n`: `None` (zeros) deletes it. The data must be exactly one block long.
+    /// Returns the ETag of the stored object when the store knows it.
+    async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>>;
 
     /// Writes `data` into block `n` at byte `offset`, leaving its other bytes as they are (a
     /// partial-block write; `offset + data.len()` must not pass the block's end). Zeros in
@@ -69,8 +69,7 @@ pub trait BlockStore: Send + Sync + 'static {
         let bs = self.block_size();
         let (off, end) = part_bounds(n, offset, data.len(), bs)?;
         if off == 0 && end == bs as usize {
-            let whole = (!is_zero(&data)).then_some(data);
-            return self.write_block(n, whole).await.map(|_| ());
+            return self.write_block(n, BlockData::new(data)).await.map(|_| ());
         }
         let old = self.read_block(n, ReadRequest::FOR_UPDATE).await?.into_data(bs);
         if old[off..end] == data[..] {
@@ -78,8 +77,7 @@ pub trait BlockStore: Send + Sync + 'static {
         }
         let mut buf = bytes::BytesMut::from(&old[..]);
         buf[off..end].copy_from_slice(&data);
-        let whole = (!is_zero(&buf)).then(|| buf.freeze());
-        self.write_block(n, whole).await.map(|_| ())
+        self.write_block(n, BlockData::new(buf.freeze())).await.map(|_| ())
     }
 
     /// Reads `len` bytes of block `n` from byte `offset`. The default reads the whole block;

@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use std::fmt;
 
-/// A block number. Upstream limits volumes to fewer than 2^32 blocks, so 32 bits suffice.
+/// A block number: the one width every layer uses for a block. Upstream limits volumes to
+/// 2^32 blocks, so 32 bits suffice. Counts of blocks and exclusive ends of block ranges are
+/// `u64` (a volume of 2^32 blocks has one more than the largest number); a byte offset divided
+/// by the block size is converted to a `BlockNum` once, where the front end computes it.
 pub type BlockNum = u32;
 
 /// An S3-style ETag: the 16 bytes of an MD5 digest (of the stored, encoded object).
@@ -123,6 +126,54 @@ impl ReadOutcome {
             ReadOutcome::Data { data, .. } => data,
             ReadOutcome::Zero => crate::zero_block(block_size),
         }
+    }
+}
+
+/// One block of data that is not all zeros. Whether a block is zeros is decided once, where
+/// its bytes are made (the front end, or a layer merging a partial write), by [`BlockData::new`];
+/// below that, a block is either `Some(BlockData)` or `None` (zeros) and no layer scans the
+/// bytes again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockData(Bytes);
+
+impl BlockData {
+    /// The data, or `None` when it is all zeros.
+    pub fn new(data: Bytes) -> Option<BlockData> {
+        (!crate::is_zero(&data)).then_some(BlockData(data))
+    }
+
+    /// Wraps bytes a layer took from a `BlockData` earlier and kept as plain bytes (a cache
+    /// entry), so they are known not to be all zeros. Checked in debug builds.
+    pub fn already_checked(data: Bytes) -> BlockData {
+        debug_assert!(!crate::is_zero(&data), "already_checked given zeros");
+        BlockData(data)
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false (a block of no bytes is all zeros); here because clippy asks for it.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for BlockData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -13,7 +13,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use s3b_store::{BlockNum, BlockStore, ReadRequest, Result, StoreError, is_zero};
+use s3b_store::{BlockData, BlockNum, BlockStore, ReadRequest, Result, StoreError};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -240,8 +240,8 @@ impl Volume {
     async fn write_piece(&self, p: Piece, data: Option<Bytes>) -> Result<()> {
         let _guard = self.lock(p.block).lock().await;
         if p.len as u64 == self.block_size {
-            let block = data.filter(|d| !is_zero(d));
-            self.store.write_block(p.block, block).await?;
+            // Zero-ness of a whole block is decided here, once, for every layer below.
+            self.store.write_block(p.block, data.and_then(BlockData::new)).await?;
             return Ok(());
         }
         // A partial block: the store merges it (the block cache without reading the block).
@@ -426,7 +426,11 @@ mod model_tests {
             async fn read_block(&self, n: BlockNum, c: ReadRequest) -> Result<s3b_store::ReadOutcome> {
                 self.0.read_block(n, c).await
             }
-            async fn write_block(&self, n: BlockNum, d: Option<Bytes>) -> Result<Option<s3b_store::Etag>> {
+            async fn write_block(
+                &self,
+                n: BlockNum,
+                d: Option<s3b_store::BlockData>,
+            ) -> Result<Option<s3b_store::Etag>> {
                 self.0.write_block(n, d).await
             }
             fn known_zero(&self, n: BlockNum) -> bool {

@@ -25,8 +25,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockNum, BlockStore, Chain, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource,
-    StatsWriter, is_zero,
+    BlockData, BlockNum, BlockStore, Chain, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection,
+    StatsSource, StatsWriter, is_zero,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
@@ -55,7 +55,8 @@ impl Bitmap {
         Bitmap { chunks: (0..n).map(|_| OnceLock::new()).collect(), count: AtomicU64::new(0) }
     }
 
-    fn word(&self, i: u64, alloc: bool) -> Option<(&AtomicU64, u64)> {
+    fn word(&self, i: BlockNum, alloc: bool) -> Option<(&AtomicU64, u64)> {
+        let i = u64::from(i);
         let chunk = self.chunks.get((i / CHUNK_BITS) as usize)?;
         let words = if alloc {
             chunk.get_or_init(|| (0..CHUNK_BITS / 64).map(|_| AtomicU64::new(0)).collect())
@@ -66,12 +67,12 @@ impl Bitmap {
     }
 
     /// Whether bit `i` is set.
-    pub fn get(&self, i: u64) -> bool {
+    pub fn get(&self, i: BlockNum) -> bool {
         self.word(i, false).is_some_and(|(w, m)| w.load(SeqCst) & m != 0)
     }
 
     /// Sets or clears bit `i`.
-    pub fn set(&self, i: u64, on: bool) {
+    pub fn set(&self, i: BlockNum, on: bool) {
         if !on && self.word(i, false).is_none() {
             return;
         }
@@ -125,7 +126,7 @@ impl Shared {
     fn begin_write(&self, n: BlockNum) -> u64 {
         self.in_flight[n as usize % SHARDS].fetch_add(1, SeqCst);
         if self.surveying.load(SeqCst) {
-            self.touched.set(n as u64, true);
+            self.touched.set(n, true);
         }
         self.epoch(n).fetch_add(1, SeqCst) + 1
     }
@@ -146,11 +147,12 @@ impl Shared {
             busy.store(count.load(SeqCst) > 0, SeqCst);
         }
         let non_zero = Bitmap::new(n);
-        let result = inner.survey_non_zero(&|b| non_zero.set(b as u64, true)).await;
+        let result = inner.survey_non_zero(&|b| non_zero.set(b, true)).await;
         self.surveying.store(false, SeqCst);
         match result {
             Ok(()) => {
-                for b in 0..n {
+                // A volume has at most 2^32 blocks, so every number fits a BlockNum.
+                for b in (0..n).map(|b| b as BlockNum) {
                     if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst)
                     {
                         self.zero.set(b, true);
@@ -201,7 +203,7 @@ impl ZeroCache {
     /// remembered when they turn out to be zero.
     async fn read(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
         let s = &self.shared;
-        if s.zero.get(n as u64) && req.if_match.is_none() {
+        if s.zero.get(n) && req.if_match.is_none() {
             s.counters.read_hits.fetch_add(1, SeqCst);
             return Ok(ReadOutcome::Zero);
         }
@@ -210,10 +212,10 @@ impl ZeroCache {
         let idle = s.in_flight[n as usize % SHARDS].load(SeqCst) == 0;
         let out = self.inner.read_block(n, req).await?;
         if out == ReadOutcome::Zero && idle && s.epoch(n).load(SeqCst) == e {
-            s.zero.set(n as u64, true);
+            s.zero.set(n, true);
             // A write that began after the check above wins: undo.
             if s.epoch(n).load(SeqCst) != e {
-                s.zero.set(n as u64, false);
+                s.zero.set(n, false);
             }
         }
         Ok(out)
@@ -256,7 +258,7 @@ impl ZeroCache {
 
     /// Whether block `n` is known to be zero.
     pub fn is_known_zero(&self, n: BlockNum) -> bool {
-        self.shared.zero.get(n as u64)
+        self.shared.zero.get(n)
     }
 }
 
@@ -278,21 +280,21 @@ impl BlockStore for ZeroCache {
         self.inner.revalidate(n, etag).await
     }
 
-    async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+    async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>> {
         let s = &self.shared;
-        let zero = data.as_ref().is_none_or(|d| is_zero(d));
-        if zero && s.zero.get(n as u64) {
+        let zero = data.is_none();
+        if zero && s.zero.get(n) {
             s.counters.write_hits.fetch_add(1, SeqCst);
             return Ok(None);
         }
         let e = s.begin_write(n);
-        s.zero.set(n as u64, false);
-        let r = self.inner.write_block(n, if zero { None } else { data }).await;
+        s.zero.set(n, false);
+        let r = self.inner.write_block(n, data).await;
         s.end_write(n);
         if zero && r.is_ok() && s.epoch(n).load(SeqCst) == e {
-            s.zero.set(n as u64, true);
+            s.zero.set(n, true);
             if s.epoch(n).load(SeqCst) != e {
-                s.zero.set(n as u64, false);
+                s.zero.set(n, false);
             }
         }
         r
@@ -302,7 +304,7 @@ impl BlockStore for ZeroCache {
         let s = &self.shared;
         let bs = self.inner.block_size();
         let (off, end) = s3b_store::part_bounds(n, offset, data.len(), bs)?;
-        if s.zero.get(n as u64) {
+        if s.zero.get(n) {
             // Known zero: the rest of the block is zeros, so build it here, no read below.
             if is_zero(&data) {
                 s.counters.write_hits.fetch_add(1, SeqCst);
@@ -310,10 +312,11 @@ impl BlockStore for ZeroCache {
             }
             let mut buf = vec![0u8; bs as usize];
             buf[off..end].copy_from_slice(&data);
-            return self.write_block(n, Some(Bytes::from(buf))).await.map(|_| ());
+            // Not all zeros: `data`, just checked, is in it.
+            return self.write_block(n, Some(BlockData::already_checked(Bytes::from(buf)))).await.map(|_| ());
         }
         s.begin_write(n);
-        s.zero.set(n as u64, false);
+        s.zero.set(n, false);
         let r = self.inner.write_block_part(n, offset, data).await;
         s.end_write(n);
         r
@@ -322,7 +325,7 @@ impl BlockStore for ZeroCache {
     async fn read_block_part(&self, n: BlockNum, offset: u32, len: u32) -> Result<Bytes> {
         let s = &self.shared;
         let (off, end) = s3b_store::part_bounds(n, offset, len as usize, self.inner.block_size())?;
-        if s.zero.get(n as u64) {
+        if s.zero.get(n) {
             s.counters.read_hits.fetch_add(1, SeqCst);
             return Ok(Bytes::from(vec![0u8; end - off]));
         }
@@ -331,7 +334,7 @@ impl BlockStore for ZeroCache {
 
     async fn bulk_zero(&self, blocks: &[BlockNum]) -> Result<()> {
         let s = &self.shared;
-        let unknown = blocks.iter().filter(|&&n| !s.zero.get(n as u64)).count() as u64;
+        let unknown = blocks.iter().filter(|&&n| !s.zero.get(n)).count() as u64;
         let so_far = s.discarded_unknown.fetch_add(unknown, SeqCst) + unknown;
         if unknown > 0 && so_far >= DISCARD_SURVEY_MIN_BLOCKS.max(self.inner.num_blocks() / 1024) {
             // Once per mount (and not again after --listBlocks): learn which blocks exist.
@@ -339,7 +342,7 @@ impl BlockStore for ZeroCache {
         }
         let mut todo = Vec::with_capacity(blocks.len());
         for &n in blocks {
-            if s.zero.get(n as u64) {
+            if s.zero.get(n) {
                 s.counters.write_hits.fetch_add(1, SeqCst);
             } else {
                 todo.push((n, s.begin_write(n)));
@@ -356,9 +359,9 @@ impl BlockStore for ZeroCache {
         r?;
         for (n, e) in todo {
             if s.epoch(n).load(SeqCst) == e {
-                s.zero.set(n as u64, true);
+                s.zero.set(n, true);
                 if s.epoch(n).load(SeqCst) != e {
-                    s.zero.set(n as u64, false);
+                    s.zero.set(n, false);
                 }
             }
         }
@@ -438,7 +441,8 @@ mod tests {
                 None => ReadOutcome::Zero,
             })
         }
-        async fn write_block(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
+        async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
+            let data = data.map(s3b_store::BlockData::into_bytes);
             if self.hold.load(SeqCst) == n {
                 self.release.notified().await;
             }
@@ -482,7 +486,7 @@ mod tests {
         assert!(!b.get(5));
         b.set(5, true);
         b.set(5, true);
-        b.set((1 << 32) - 1, true);
+        b.set(BlockNum::MAX, true);
         assert_eq!(b.count(), 2);
         b.set(5, false);
         b.set(77, false);
@@ -502,10 +506,10 @@ mod tests {
         assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         z.write_block(5, None).await.unwrap();
         assert_eq!(mem.reads.load(SeqCst) + mem.writes.load(SeqCst), 0, "known-zero blocks reached the store");
-        z.write_block(4, Some(Bytes::from_static(b"wxyz"))).await.unwrap();
+        z.write_block(4, BlockData::new(Bytes::from_static(b"wxyz"))).await.unwrap();
         assert!(!z.is_known_zero(4));
         assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"wxyz"));
-        z.write_block(3, Some(Bytes::from_static(&[0; 4]))).await.unwrap();
+        z.write_block(3, BlockData::new(Bytes::from_static(&[0; 4]))).await.unwrap();
         assert!(z.is_known_zero(3));
         let mut w = StatsWriter::default();
         z.stats().write_stats(&mut w);
@@ -525,7 +529,7 @@ mod tests {
         mem.hold.store(7, SeqCst);
         let z = Arc::new(ZeroCache::new(mem.clone(), false));
         let z2 = z.clone();
-        let w = tokio::spawn(async move { z2.write_block(7, Some(Bytes::from_static(b"abcd"))).await });
+        let w = tokio::spawn(async move { z2.write_block(7, BlockData::new(Bytes::from_static(b"abcd"))).await });
         while z.shared.in_flight[7].load(SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
@@ -581,7 +585,7 @@ mod tests {
         // Block 7's write has begun but not reached the store when the survey lists it.
         let w = {
             let z = z.clone();
-            tokio::spawn(async move { z.write_block(7, Some(Bytes::from_static(b"late"))).await.unwrap() })
+            tokio::spawn(async move { z.write_block(7, BlockData::new(Bytes::from_static(b"late"))).await.unwrap() })
         };
         while z.shared.in_flight[7].load(SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -616,7 +620,7 @@ mod tests {
                         match op {
                             Some(v) => {
                                 let data = if v == 0 { None } else { Some(Bytes::from(vec![v; 4])) };
-                                z.write_block(n, data).await.unwrap();
+                                z.write_block(n, data.and_then(BlockData::new)).await.unwrap();
                                 *model = (v != 0).then_some(v);
                             }
                             None => {
