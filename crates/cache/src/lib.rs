@@ -295,11 +295,11 @@ impl Shared {
                 Step::Done(out) => return Ok(out),
                 Step::Through => return self.inner.read_block(n, ReadRequest::PLAIN).await,
                 Step::Load(etag) => {
-                    if let Some(r) = self.load(n, etag).await {
+                    if let Some(r) = detached(self, move |sh| async move { sh.load(n, etag).await }).await? {
                         return r;
                     }
                 }
-                Step::Fill => self.fill(n).await?,
+                Step::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
             }
         }
     }
@@ -481,7 +481,6 @@ impl Shared {
                         let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
                         let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
                         if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
-                            st.space_waiters += 1;
                             Next::Room
                         } else {
                             Next::Done(self.apply_write(&mut st, n, data, valid, now)?)
@@ -498,11 +497,13 @@ impl Shared {
                     break ver;
                 }
                 Next::Changed => notified.await,
-                Next::Fill => self.fill(n).await?,
+                Next::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
                 Next::Room => {
+                    // Counted while waiting (uploads hurry meanwhile), uncounted however the
+                    // wait ends, a cancelled caller included.
+                    let _waiting = Raised::new(self, |st| &mut st.space_waiters);
                     self.wake.notify_one();
                     notified.await;
-                    self.state.lock().space_waiters -= 1;
                 }
             }
         };
@@ -658,6 +659,38 @@ impl Shared {
                 .collect(),
             None => st.entries.iter().filter(|(_, e)| e.phase == Phase::Dirty).map(|(n, e)| (*n, e.ver)).collect(),
         }
+    }
+}
+
+/// Runs `f(sh)` as its own task and waits for it. Work that puts an entry in a transient
+/// state (loading, filling) and settles it after a read below must finish even when the caller
+/// stops waiting (a dropped future): in its own task it does, so no entry is left loading.
+async fn detached<T, F, Fut>(sh: &Arc<Shared>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(f(sh.clone())).await.map_err(|e| s3b_store::StoreError::Task(e.into()))
+}
+
+/// A counter of the state raised for as long as this value lives: lowered on drop, so a caller
+/// cancelled while it waits does not leave it raised.
+struct Raised<'a> {
+    sh: &'a Shared,
+    field: fn(&mut State) -> &mut usize,
+}
+
+impl<'a> Raised<'a> {
+    fn new(sh: &'a Shared, field: fn(&mut State) -> &mut usize) -> Self {
+        *field(&mut sh.state.lock()) += 1;
+        Raised { sh, field }
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        *(self.field)(&mut self.sh.state.lock()) -= 1;
     }
 }
 
@@ -902,14 +935,9 @@ impl BlockStore for BlockCache {
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
         let sh = &self.shared;
         let targets = sh.dirty_targets(blocks);
-        if blocks.is_none() {
-            sh.state.lock().flush_all += 1;
-        }
+        let _all = blocks.is_none().then(|| Raised::new(sh, |st| &mut st.flush_all));
         sh.wake.notify_one();
         sh.wait_uploaded(&targets).await;
-        if blocks.is_none() {
-            sh.state.lock().flush_all -= 1;
-        }
         if let Some(f) = &sh.file {
             f.sync()?;
         }

@@ -601,3 +601,57 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
     mem.reads_released.notify_waiters();
     assert_eq!(reader.await.unwrap(), block(60));
 }
+
+/// A reader that stops waiting (its future dropped while the read is at the store) leaves no
+/// entry loading: the load finishes in its own task, and the next read of the block is served.
+#[tokio::test]
+async fn a_dropped_read_leaves_no_entry_loading() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(5));
+    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    mem.hold_reads.store(true, Ordering::SeqCst);
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move { read(&c, 5).await })
+    };
+    let at_store = async {
+        while mem.reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), at_store).await.expect("the read reaches the store");
+    reader.abort();
+    assert!(reader.await.unwrap_err().is_cancelled());
+    mem.hold_reads.store(false, Ordering::SeqCst);
+    mem.reads_released.notify_waiters();
+    let again = tokio::time::timeout(Duration::from_secs(20), read(&c, 5)).await;
+    assert_eq!(again.expect("a later read is not stuck behind the dropped one"), block(5));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "the dropped read's load served the later read");
+}
+
+/// A writer cancelled while it waits for room does not leave the cache believing writers
+/// still wait (which would hurry every later upload).
+#[tokio::test]
+async fn a_cancelled_writer_does_not_stay_counted() {
+    let mem = Arc::new(Mem::default());
+    mem.hold_writes.store(true, Ordering::SeqCst);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 1, ..cfg(2) }));
+    c.write_block(0, BlockData::new(block(1))).await.unwrap();
+    c.write_block(1, BlockData::new(block(1))).await.unwrap();
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move { c.write_block(2, BlockData::new(block(2))).await })
+    };
+    let waiting = async {
+        while c.shared.state.lock().space_waiters == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("the writer waits for room");
+    writer.abort();
+    assert!(writer.await.unwrap_err().is_cancelled());
+    assert_eq!(c.shared.state.lock().space_waiters, 0);
+    mem.hold_writes.store(false, Ordering::SeqCst);
+    mem.released.notify_waiters();
+    c.flush(None).await.unwrap();
+}

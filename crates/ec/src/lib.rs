@@ -110,6 +110,31 @@ pub enum ConfigError {
     },
 }
 
+/// Blocks reserved by [`EcProtect::begin_write`] whose write is under way. Settled with what
+/// the write's outcome says; if the write's future is dropped first (a cancelled caller), the
+/// drop settles them as [`Known::Unknown`] — the write may or may not have landed — so no entry
+/// is left "writing" and readers wait out the write delay, then ask the store.
+struct Pending<'a> {
+    ec: &'a EcProtect,
+    blocks: Vec<BlockNum>,
+}
+
+impl Pending<'_> {
+    fn settle(mut self, known: Known) {
+        for n in std::mem::take(&mut self.blocks) {
+            self.ec.finish_write(n, known);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        for &n in &self.blocks {
+            self.ec.finish_write(n, Known::Unknown);
+        }
+    }
+}
+
 /// What the layer knows of a written block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Known {
@@ -265,7 +290,8 @@ impl EcProtect {
         self.changed.notify_waiters();
     }
 
-    /// Reserves block `n` for a write of `data`: waits for write spacing and for room.
+    /// Reserves block `n` for a write of `data`: waits for write spacing and for room. The caller
+    /// holds a [`Pending`] from then on, which settles the entry however the write ends.
     async fn begin_write(&self, n: BlockNum, data: &Option<Bytes>) {
         let (cap, mwd, cache_time) = (self.cfg.cache_size, self.cfg.min_write_delay, self.cfg.cache_time);
         self.settle(|st, now| match st.map.get(&n) {
@@ -381,6 +407,7 @@ impl BlockStore for EcProtect {
 
     async fn write_block(&self, n: BlockNum, data: Option<BlockData>) -> Result<Option<Etag>> {
         self.begin_write(n, &data.as_ref().map(|d| d.bytes().clone())).await;
+        let pending = Pending { ec: self, blocks: vec![n] };
         let r = self.inner.write_block(n, data.clone()).await;
         let known = match (&r, &data) {
             (Err(_), _) => Known::Unknown,
@@ -388,7 +415,7 @@ impl BlockStore for EcProtect {
             (Ok(Some(e)), Some(_)) => Known::Etag(*e),
             (Ok(None), Some(_)) => Known::NoEtag,
         };
-        self.finish_write(n, known);
+        pending.settle(known);
         r
     }
 
@@ -408,11 +435,9 @@ impl BlockStore for EcProtect {
                 }
             }
         }
-        let r = if batch.is_empty() { Ok(()) } else { self.inner.bulk_zero(&batch).await };
-        let known = if r.is_ok() { Known::Zero } else { Known::Unknown };
-        for &n in &batch {
-            self.finish_write(n, known);
-        }
+        let pending = Pending { ec: self, blocks: batch };
+        let r = if pending.blocks.is_empty() { Ok(()) } else { self.inner.bulk_zero(&pending.blocks).await };
+        pending.settle(if r.is_ok() { Known::Zero } else { Known::Unknown });
         r?;
         for n in single {
             self.write_block(n, None).await?;

@@ -30,7 +30,15 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// A store of fixed-size plaintext blocks: what every layer above the codec implements.
 ///
 /// Blocks that were never written, or were written as all zeros, read back as zeros
-/// ([`ReadOutcome::Zero`]). Writing all zeros (or `None`) deletes the block.
+/// ([`ReadOutcome::Zero`]). Writing `None` (zeros, see [`BlockData`]) deletes the block.
+///
+/// **Cancellation.** A caller may drop any of these futures before it finishes (a front end
+/// abandons a request whose client went away). Every layer must then stay consistent: the
+/// block cache runs the loads and fills that other readers wait on in their own tasks, and
+/// counts waiting writers and flushes with guards that undo themselves on drop; the
+/// consistency layer settles a write it tracks as "outcome unknown" when the write is dropped.
+/// What a dropped operation did is unknown to its caller: a dropped write may or may not have
+/// happened, and a dropped flush promises nothing.
 #[async_trait]
 pub trait BlockStore: Send + Sync + 'static {
     /// Size of every block in bytes (a power of two).
