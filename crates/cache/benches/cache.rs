@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use s3b_cache::{BlockCache, CacheConfig};
-use s3b_store::{BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result};
+use s3b_store::{BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
