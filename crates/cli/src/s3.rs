@@ -31,9 +31,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `--erase`: deletes every block object and the mount token.
 pub fn erase(cfg: Config) -> Result<i32> {
     let store = store(&cfg)?;
-    if cfg.read_only {
-        bail!("--erase cannot be used with --readOnly");
-    }
     runtime()?.block_on(async {
         let token = store.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
         if token != 0 && !cfg.force {
@@ -77,23 +74,14 @@ pub fn erase(cfg: Config) -> Result<i32> {
 /// `--reset-mounted-flag`: clears the mount token and exits.
 pub fn reset_mounted_flag(cfg: Config) -> Result<i32> {
     let store = store(&cfg)?;
-    runtime()?.block_on(async {
-        let old = store.mount_token(TokenOp::Read).await?;
-        if old == 0 {
-            if !cfg.quiet {
-                eprintln!("s3backer: volume {} is not marked as mounted", cfg.describe());
-            }
-            return Ok(0);
+    let old = runtime()?.block_on(crate::token::reset(&cfg, &store))?;
+    if !cfg.quiet {
+        match old {
+            0 => eprintln!("s3backer: volume {} is not marked as mounted", cfg.describe()),
+            _ => eprintln!("s3backer: cleared the mounted flag of {} (was {old:08x})", cfg.describe()),
         }
-        if cfg.read_only {
-            bail!("--reset-mounted-flag cannot clear the flag with --readOnly");
-        }
-        store.mount_token(TokenOp::Clear).await?;
-        if !cfg.quiet {
-            eprintln!("s3backer: cleared the mounted flag of {} (was {old:08x})", cfg.describe());
-        }
-        Ok(0)
-    })
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! mounts that start at the same instant cannot both come up. `--sharedDiskMode` volumes carry
 //! the shared token [`SHARED_DISK_TOKEN`], which other shared mounts accept, plain mounts
 //! refuse, and unmount leaves set. The block cache file remembers the token of its last mount,
-//! so a crashed mount's dirty blocks can be recovered. `--reset-mounted-flag` and `--erase`
-//! clear the token (see [`crate::s3`]).
+//! so a crashed mount's dirty blocks can be recovered. `--reset-mounted-flag` clears the token
+//! whoever set it ([`reset`]), as does `--erase` once every block is gone.
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
@@ -93,6 +93,20 @@ pub async fn release(objects: &dyn ObjectStore, token: u32, cache_file: Option<&
         }
     }
     Ok(())
+}
+
+/// `--reset-mounted-flag`: clears the volume's mount token, whoever set it. Returns the token
+/// that was set (0: none, nothing written). Refused with `--readOnly` when there is one to clear.
+pub async fn reset(cfg: &Config, objects: &dyn ObjectStore) -> Result<u32> {
+    let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
+    if old == 0 {
+        return Ok(0);
+    }
+    if cfg.read_only {
+        bail!("--reset-mounted-flag cannot clear the flag with --readOnly");
+    }
+    objects.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+    Ok(old)
 }
 
 #[cfg(test)]
@@ -230,5 +244,17 @@ mod tests {
         objects.0.store(0x55, Ordering::SeqCst);
         let err = acquire(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
         assert!(err.to_string().contains("already mounted"));
+    }
+
+    #[tokio::test]
+    async fn reset_clears_any_token_but_not_read_only() {
+        let objects = Tokens::default();
+        assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0, "nothing set, nothing to clear");
+        objects.0.store(0x42, Ordering::SeqCst);
+        let err = reset(&cfg(&["--readOnly"]), &objects).await.unwrap_err().to_string();
+        assert!(err.contains("--readOnly"), "{err}");
+        assert_eq!(objects.0.load(Ordering::SeqCst), 0x42);
+        assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0x42);
+        assert_eq!(objects.0.load(Ordering::SeqCst), 0);
     }
 }

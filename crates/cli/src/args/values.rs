@@ -7,7 +7,7 @@
 //! message reaches the user as is, as one line: [`BadValue`] is what [`super::parse`] returns.
 //! `-o name=value` options become `--name=value` words first, so they meet the same parsers.
 
-use crate::size::parse_size;
+use crate::size::{parse_size, unparse_size};
 use clap::builder::TypedValueParser;
 use clap::{Arg, Command};
 use s3b_codec::{Cipher, Compression};
@@ -77,7 +77,15 @@ pub fn file_size(flag: &str, v: &str) -> Result<u64, String> {
 /// The block size: a power of two that fits in 32 bits, with an optional suffix (`64k`).
 pub fn block_size(flag: &str, v: &str) -> Result<u32, String> {
     let n = parse_size(v, "block size").map_err(|e| format!("{flag}: {e}"))?;
-    crate::config::check_block_size(n).map_err(|e| format!("{flag}: {e:#}"))
+    check_block_size(n).map_err(|e| format!("{flag}: {e}"))
+}
+
+/// Checks a block size: a power of two that fits in 32 bits.
+pub fn check_block_size(v: u64) -> Result<u32, String> {
+    if v == 0 || !v.is_power_of_two() {
+        return Err("block size must be a power of 2".into());
+    }
+    u32::try_from(v).map_err(|_| format!("block size {} is too big (at most 2g)", unparse_size(v)))
 }
 
 /// A speed limit in bits per second, with an optional suffix (`10m`); at least one byte a second.

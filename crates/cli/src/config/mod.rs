@@ -16,7 +16,7 @@ pub mod s3;
 use crate::args::Cli;
 use crate::args::core::CoreArgs;
 use crate::size::unparse_size;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::path::PathBuf;
 
 /// Default block size when neither given nor detected.
@@ -115,14 +115,6 @@ impl Config {
     }
 }
 
-/// Checks a block size: a power of two that fits in 32 bits.
-pub fn check_block_size(v: u64) -> Result<u32> {
-    if v == 0 || !v.is_power_of_two() {
-        bail!("block size must be a power of 2");
-    }
-    u32::try_from(v).map_err(|_| anyhow!("block size {} is too big (at most 2g)", unparse_size(v)))
-}
-
 /// Checks a volume size against a block size and returns the number of blocks.
 pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
     if size == 0 {
@@ -213,6 +205,9 @@ fn target(mode: Mode, c: &CoreArgs, pos: &[String]) -> Result<(Location, String,
         (Some(p), None) => p,
         (None, p) => p.clone().unwrap_or_default(),
     };
+    if mode == Mode::Erase && c.read_only {
+        bail!("--erase cannot be used with --readOnly");
+    }
     if matches!(mode, Mode::Erase | Mode::ResetMountedFlag) && c.test {
         bail!(
             "--{} needs a bucket; a --test directory can simply be emptied",
@@ -285,6 +280,7 @@ mod tests {
 
     #[test]
     fn geometry_checks() {
+        use crate::args::values::check_block_size;
         assert_eq!(check_block_size(4096).unwrap(), 4096);
         assert_eq!(check_block_size(3000).unwrap_err().to_string(), "block size must be a power of 2");
         assert!(check_block_size(1 << 32).unwrap_err().to_string().contains("too big"));
