@@ -121,15 +121,18 @@ fn given_keys(s: &CredentialFlags) -> Result<Option<Credentials>, DiscoveryError
         Some(var) => Some(std::env::var(var).map_err(|_| DiscoveryError::EnvNotSet(var.clone()))?),
         None => None,
     };
+    let secret = s.access_key.clone().or(env_key);
+    if s.access_id.is_none() && secret.is_some() {
+        return Err(DiscoveryError::KeyWithoutId);
+    }
     if s.access_key.is_some() {
         log::warn!(
             "--accessKey on the command line is visible to other users in ps; prefer --accessFile or --accessKeyEnv"
         );
     }
-    match (&s.access_id, s.access_key.clone().or(env_key)) {
+    match (&s.access_id, secret) {
         (Some(id), _) if id.is_empty() => Ok(Some(Credentials::Anonymous)),
         (Some(id), Some(secret)) => Ok(Some(Credentials::Static(Keys { id: id.clone(), secret, token: None }))),
-        (None, Some(_)) => Err(DiscoveryError::KeyWithoutId),
         _ => Ok(None),
     }
 }
