@@ -136,6 +136,14 @@ const CASES: &[(&[&str], &str)] = &[
         &["--test", "--size=1m", "--statsFileMirror={store}/m", "--statsFileMirrorInterval=0", "{store}", "{mnt}"],
         "invalid --statsFileMirrorInterval \"0\"",
     ),
+    // Values refused by the flag parsers, also in the fstab spelling, and S3 flags: all before
+    // the process daemonizes.
+    (&["--test", "--size=1m", "--blockCacheSize=lots", "{store}", "{mnt}"], "invalid --blockCacheSize \"lots\""),
+    (&["--test", "--size=1m", "-o", "blockSize=4q", "{store}", "{mnt}"], "--blockSize: invalid block size \"4q\""),
+    (&["--timeout=0", "bucket", "{mnt}"], "invalid --timeout \"0\": must be at least 1 second"),
+    (&["--listBlocksThreads=17", "bucket", "{mnt}"], "invalid --listBlocksThreads \"17\""),
+    (&["--accessKey=x", "bucket", "{mnt}"], "--accessKey (or --accessKeyEnv) requires --accessId"),
+    (&["--vhost", "--no-vhost", "bucket", "{mnt}"], "--vhost and --no-vhost cannot be used together"),
 ];
 
 #[test]

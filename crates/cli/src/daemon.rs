@@ -138,8 +138,9 @@ pub fn run_serving(
         Err((e, Some(pipe))) => {
             // The parent prints the error on the terminal; the daemon only logs it to syslog.
             crate::logging::stop_stderr();
-            log::error!("{e:#}");
-            pipe.failed(&format!("{e:#}"));
+            let msg = crate::one_line(&e);
+            log::error!("{msg}");
+            pipe.failed(&msg);
             Ok(1)
         }
         Err((e, None)) => Err(e),

@@ -16,6 +16,7 @@ mod shared;
 pub mod size;
 pub mod stack;
 pub mod stats_mirror;
+pub mod token;
 
 use config::Mode;
 
@@ -26,6 +27,19 @@ pub(crate) fn io_msg(e: &std::io::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
+}
+
+/// An error and its causes on one line, each cause once (`outer: cause: root cause`), with I/O
+/// errors shown without Rust's "(os error N)" suffix.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io_msg(io),
+            None => c.to_string(),
+        })
+        .collect();
+    parts.join(": ")
 }
 
 /// Runs the program with the process's arguments and returns the exit code.
@@ -40,14 +54,16 @@ pub fn run(args: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => return report_parse_error(e),
     };
+    // Installed before the checks, so their warnings are seen; debug messages once known.
+    logging::init();
     let cfg = match config::validate(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("s3backer: {e:#}");
+            eprintln!("s3backer: {}", one_line(&e));
             return 1;
         }
     };
-    logging::init(cfg.debug);
+    logging::set_debug(cfg.debug);
     let result = match cfg.mode {
         Mode::Mount => mount::run(cfg),
         Mode::Nbd => nbd::run(cfg),
@@ -57,7 +73,7 @@ pub fn run(args: &[String]) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("s3backer: {e:#}");
+            eprintln!("s3backer: {}", one_line(&e));
             1
         }
     }
@@ -76,6 +92,6 @@ fn report_parse_error(e: anyhow::Error) -> i32 {
         eprintln!("s3backer: {}", first.strip_prefix("error: ").unwrap_or(first));
         return 1;
     }
-    eprintln!("s3backer: {e:#}");
+    eprintln!("s3backer: {}", one_line(&e));
     1
 }

@@ -17,11 +17,16 @@ struct Logger {
 
 static LOGGER: Logger =
     Logger { level: LevelFilter::Trace, to_stderr: AtomicBool::new(true), to_syslog: AtomicBool::new(false) };
-static MAX: std::sync::OnceLock<LevelFilter> = std::sync::OnceLock::new();
+/// Whether debug messages are logged (else info and above).
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+fn max_level() -> LevelFilter {
+    if DEBUG.load(Ordering::Relaxed) { LevelFilter::Debug } else { LevelFilter::Info }
+}
 
 impl Log for Logger {
     fn enabled(&self, m: &Metadata) -> bool {
-        let max = *MAX.get().unwrap_or(&LevelFilter::Info);
+        let max = max_level();
         // Other crates (fuser) only reach us with errors: their warnings are noise for a user.
         m.level() <= max && (m.level() <= Level::Error || m.target().starts_with("s3b"))
     }
@@ -55,12 +60,16 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
-/// Installs the logger; `debug` enables debug messages.
-pub fn init(debug: bool) {
-    let max = if debug { LevelFilter::Debug } else { LevelFilter::Info };
-    let _ = MAX.set(max);
+/// Installs the logger, logging info and above.
+pub fn init() {
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(max);
+    log::set_max_level(max_level());
+}
+
+/// Enables or disables debug messages.
+pub fn set_debug(debug: bool) {
+    DEBUG.store(debug, Ordering::Relaxed);
+    log::set_max_level(max_level());
 }
 
 /// Starts logging to syslog (daemon mode).

@@ -85,7 +85,7 @@ fn parse_timeout(o: &str, v: Option<&str>) -> Result<std::time::Duration> {
 
 /// Checks the mount point before anything else happens.
 fn check_mountpoint(p: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(p).map_err(|e| anyhow!("mount point {}: {}", p.display(), crate::io_msg(&e)))?;
+    let meta = std::fs::metadata(p).with_context(|| format!("mount point {}", p.display()))?;
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", p.display());
     }
@@ -133,7 +133,7 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     // Upstream mounts with allow_other by default.
     let mut acl = SessionACL::All;
     let mut tuning = FuseTuning::default();
-    for o in &cfg.fuse_options {
+    for o in &cfg.front.fuse_options {
         let (name, value) = o.split_once('=').map_or((o.as_str(), None), |(n, v)| (n, Some(v)));
         let num = |v: Option<&str>| -> Result<u32> {
             v.and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number"))
@@ -188,18 +188,18 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     // Requests that hit the cache are answered on these threads (see s3b_fuse), so there is
     // one per core, at least two and at most eight; `-s` keeps upstream's single thread.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = if cfg.single_thread { 1 } else { cores.clamp(2, 8) };
+    let threads = if cfg.front.single_thread { 1 } else { cores.clamp(2, 8) };
     let mut fc = fuser::Config::default();
     fc.mount_options = opts;
     fc.acl = acl;
     fc.n_threads = Some(threads);
     fc.clone_fd = threads > 1;
     let fs = FuseConfig {
-        filename: cfg.filename.clone(),
-        stats_filename: cfg.stats_filename.clone(),
-        file_mode: cfg.file_mode,
+        filename: cfg.front.filename.clone(),
+        stats_filename: cfg.front.stats_filename.clone(),
+        file_mode: cfg.front.file_mode,
         read_only: cfg.read_only,
-        direct_io: cfg.direct_io,
+        direct_io: cfg.front.direct_io,
         uid,
         gid,
         tuning,
@@ -213,7 +213,7 @@ pub fn run(mut cfg: Config) -> Result<i32> {
     cfg.mountpoint = Some(mountpoint.clone());
     if let crate::config::Location::Dir(d) = &cfg.location {
         // Absolute, so the daemon can leave the working directory.
-        let abs = d.canonicalize().map_err(|e| anyhow!("test directory {}: {}", d.display(), crate::io_msg(&e)))?;
+        let abs = d.canonicalize().with_context(|| format!("test directory {}", d.display()))?;
         cfg.location = crate::config::Location::Dir(abs);
     }
     let (fuse_cfg, fs_cfg) = fuse_settings(&cfg)?;
@@ -239,7 +239,7 @@ fn serve(
     };
     let setup = rt.block_on(async {
         let stack = stack::build(cfg, codec).await?;
-        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
+        let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     });
     let (stack, token) = match setup {
@@ -254,7 +254,7 @@ fn serve(
         Ok(s) => s,
         Err(e) => {
             // Undo the token we just set: nothing was mounted.
-            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
+            let _ = rt.block_on(crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
             return Err((anyhow::Error::new(e).context(format!("can't mount on {}", mountpoint.display())), pipe));
         }
     };
@@ -310,7 +310,8 @@ fn serve(
         crate::logging::stop_stderr();
     }
 
-    let mirror = cfg.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
+    let mirror =
+        cfg.front.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
     let run_result = session.run();
     sig_handle.close();
     if let Err(e) = &run_result {
@@ -334,7 +335,7 @@ fn serve(
             Ok(if run_result.is_ok() { 0 } else { 1 })
         }
         Err(e) => {
-            log::error!("{e:#}");
+            log::error!("{}", crate::one_line(&e));
             Ok(1)
         }
     }

@@ -10,123 +10,18 @@
 //! SIGTERM, SIGINT or SIGHUP stop accepting, answer outstanding requests, close connections,
 //! flush every dirty block, clear the mount token and exit 0 (1 if the flush failed).
 
-use crate::args::nbd::NbdArgs;
-use crate::config::{Config, Location, Mode};
+use crate::config::nbd::ListenAddr;
+use crate::config::{Config, Location};
 use crate::daemon::{self, ReadyPipe, ServeError};
 use crate::stack;
 use anyhow::{Context, Result, anyhow, bail};
 use s3b_nbd::{ExportConfig, Listener, Server};
 use s3b_volume::Volume;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Logical block size given to the kernel by `nbd-client` (upstream's choice).
 const DEVICE_BLOCK_SIZE: &str = "4096";
-
-/// Where the server listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// A Unix-domain socket at this path.
-    Unix(PathBuf),
-    /// TCP.
-    Tcp(SocketAddr),
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Unix(p) => write!(f, "{}", p.display()),
-            ListenAddr::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-/// Settles the mode with `--nbd`: NBD flags without `--nbd`, or `--nbd` with a maintenance
-/// mode, are errors.
-pub fn check_mode(a: &NbdArgs, mode: Mode) -> Result<Mode> {
-    if !a.nbd {
-        for (given, flag) in [
-            (a.nbd_listen.is_some(), "--nbdListen"),
-            (a.nbd_allow_remote, "--nbdAllowRemote"),
-            (a.nbd_tls_cert.is_some(), "--nbdTlsCert"),
-            (a.nbd_tls_key.is_some(), "--nbdTlsKey"),
-            (!a.nbd_flag.is_empty(), "--nbd-flag"),
-            (!a.nbd_param.is_empty(), "--nbd-param"),
-        ] {
-            if given {
-                bail!("{flag} requires --nbd");
-            }
-        }
-        return Ok(mode);
-    }
-    match mode {
-        Mode::Mount | Mode::Nbd => Ok(Mode::Nbd),
-        Mode::Erase => bail!("--nbd cannot be used with --erase"),
-        Mode::ResetMountedFlag => bail!("--nbd cannot be used with --reset-mounted-flag"),
-    }
-}
-
-/// Checks that `--nbd` has exactly one place to serve: `--nbdListen` or a device; and that
-/// the TLS flags come in pairs (and not with a device: the kernel client has no TLS here).
-pub fn check_target(a: &NbdArgs, device: Option<&Path>) -> Result<()> {
-    match (&a.nbd_tls_cert, &a.nbd_tls_key) {
-        (Some(_), None) => bail!("--nbdTlsCert requires --nbdTlsKey"),
-        (None, Some(_)) => bail!("--nbdTlsKey requires --nbdTlsCert"),
-        (Some(_), Some(_)) if device.is_some() => {
-            bail!("--nbdTlsCert cannot be used with an NBD device (nbd-client is started without TLS)")
-        }
-        _ => {}
-    }
-    match (&a.nbd_listen, device) {
-        (None, None) => {
-            bail!("--nbd needs --nbdListen=ADDR (a socket path or HOST:PORT) or an NBD device such as /dev/nbd0")
-        }
-        (Some(_), Some(d)) => bail!("--nbdListen and an NBD device ({}) cannot be given together", d.display()),
-        (Some(l), None) => parse_listen(l, a.nbd_allow_remote).map(|_| ()),
-        (None, Some(_)) => {
-            if a.nbd_allow_remote {
-                bail!("--nbdAllowRemote only applies to --nbdListen=HOST:PORT");
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Parses `--nbdListen`: `HOST:PORT` (an IP address or a name that resolves) is TCP, anything
-/// else a Unix socket path. A TCP address other than loopback needs `allow_remote`.
-pub fn parse_listen(s: &str, allow_remote: bool) -> Result<ListenAddr> {
-    if s.is_empty() {
-        bail!("invalid --nbdListen \"\": expected a socket path or HOST:PORT");
-    }
-    let tcp = if s.contains('/') {
-        None
-    } else if let Ok(a) = s.parse::<SocketAddr>() {
-        Some(a)
-    } else if let Some((host, port)) = s.rsplit_once(':') {
-        let port: u16 = port.parse().map_err(|_| anyhow!("invalid --nbdListen \"{s}\": bad port \"{port}\""))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let a = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| anyhow!("invalid --nbdListen \"{s}\": can't resolve \"{host}\": {}", crate::io_msg(&e)))?
-            .next()
-            .ok_or_else(|| anyhow!("invalid --nbdListen \"{s}\": \"{host}\" has no address"))?;
-        Some(a)
-    } else {
-        None
-    };
-    match tcp {
-        Some(a) => {
-            if !a.ip().is_loopback() && !allow_remote {
-                bail!(
-                    "--nbdListen={s} is not a loopback address and NBD has no authentication: anyone who can reach it can read and write the volume; add --nbdAllowRemote to listen there anyway"
-                );
-            }
-            Ok(ListenAddr::Tcp(a))
-        }
-        None => Ok(ListenAddr::Unix(std::path::absolute(s).unwrap_or_else(|_| PathBuf::from(s)))),
-    }
-}
 
 /// Checks a Unix socket path before anything else happens: its directory must exist, and an
 /// existing file there must be a stale socket (removed at bind), not a live server or a file.
@@ -189,13 +84,11 @@ fn in_path(prog: &str) -> Option<PathBuf> {
 
 /// Runs NBD mode to completion. Returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32> {
-    let a = cfg.cli.nbd.clone();
-    if !a.nbd_flag.is_empty() || !a.nbd_param.is_empty() {
+    if cfg.nbd.nbdkit_flags {
         log::warn!("--nbd-flag and --nbd-param are ignored: the built-in NBD server does not run nbdkit");
     }
-    let target = match (&a.nbd_listen, cfg.mountpoint.clone()) {
-        (Some(l), _) => {
-            let addr = parse_listen(l, a.nbd_allow_remote)?;
+    let target = match (cfg.nbd.listen.clone(), cfg.mountpoint.clone()) {
+        (Some(addr), _) => {
             match &addr {
                 ListenAddr::Unix(p) => check_socket_path(p)?,
                 ListenAddr::Tcp(t) if !t.ip().is_loopback() => {
@@ -226,13 +119,13 @@ pub fn run(mut cfg: Config) -> Result<i32> {
         (None, None) => bail!("--nbd needs --nbdListen=ADDR or an NBD device"),
     };
     if let Location::Dir(d) = &cfg.location {
-        let abs = d.canonicalize().map_err(|e| anyhow!("test directory {}: {}", d.display(), crate::io_msg(&e)))?;
+        let abs = d.canonicalize().with_context(|| format!("test directory {}", d.display()))?;
         cfg.location = Location::Dir(abs);
     }
     // Read before daemonizing: relative paths, and errors on the terminal.
-    let tls = match (&a.nbd_tls_cert, &a.nbd_tls_key) {
-        (Some(c), Some(k)) => Some(tls_config(c, k)?),
-        _ => None,
+    let tls = match &cfg.nbd.tls {
+        Some((cert, key)) => Some(tls_config(cert, key)?),
+        None => None,
     };
     let codec = crate::encoding::codec_config(&cfg)?;
     daemon::run_serving(cfg.foreground, |pipe, flusher| serve(&cfg, codec, target, tls, pipe, flusher))
@@ -251,12 +144,11 @@ fn bind(addr: &ListenAddr) -> Result<Listener> {
             let l = tokio::net::UnixListener::bind(p);
             // SAFETY: as above.
             unsafe { libc::umask(old) };
-            let l = l.map_err(|e| anyhow!("can't listen on {}: {}", p.display(), crate::io_msg(&e)))?;
+            let l = l.with_context(|| format!("can't listen on {}", p.display()))?;
             Ok(Listener::Unix(l))
         }
         ListenAddr::Tcp(a) => {
-            let l =
-                std::net::TcpListener::bind(a).map_err(|e| anyhow!("can't listen on {a}: {}", crate::io_msg(&e)))?;
+            let l = std::net::TcpListener::bind(a).with_context(|| format!("can't listen on {a}"))?;
             l.set_nonblocking(true)?;
             Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l)?))
         }
@@ -269,7 +161,7 @@ fn nbd_client(args: &[&std::ffi::OsStr]) -> Result<()> {
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| anyhow!("can't run nbd-client: {}", crate::io_msg(&e)))?;
+        .context("can't run nbd-client")?;
     if out.status.success() {
         return Ok(());
     }
@@ -296,11 +188,11 @@ fn serve(
     };
     let setup = rt.block_on(async {
         let stack = stack::build(cfg, codec).await?;
-        let token = stack::acquire_mount_token(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
+        let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         match bind(&addr) {
             Ok(l) => Ok((stack, token, l)),
             Err(e) => {
-                let _ = stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await;
+                let _ = crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await;
                 Err(e)
             }
         }
@@ -315,7 +207,7 @@ fn serve(
     let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);
     export.tls = tls;
     let server = Server::new(volume, export);
-    let server_tls = cfg.cli.nbd.nbd_tls_cert.is_some();
+    let server_tls = cfg.nbd.tls.is_some();
     let serving = rt.spawn(server.clone().run(listener));
     if let Err(e) = &flusher {
         daemon::io_flusher_warning(e);
@@ -371,7 +263,7 @@ fn serve(
         _ => {
             server.shutdown();
             let _ = rt.block_on(serving);
-            let _ = rt.block_on(stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
+            let _ = rt.block_on(crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
             remove_socket(&addr);
             return Err((anyhow!("can't install signal handlers"), pipe));
         }
@@ -389,7 +281,7 @@ fn serve(
                 let r = tokio::task::spawn_blocking(move || nbd_client(&[std::ffi::OsStr::new("-d"), dev.as_os_str()]))
                     .await;
                 if let Ok(Err(e)) = r {
-                    log::warn!("detaching the NBD device: {e:#}");
+                    log::warn!("detaching the NBD device: {}", crate::one_line(&e));
                 }
             }
             server.shutdown();
@@ -402,7 +294,7 @@ fn serve(
             let _ = rt.block_on(serving);
             let _ = rt.block_on(async {
                 stack.top.shutdown().await?;
-                stack::release_mount_token(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await
+                crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await
             });
             remove_socket(&addr);
             return Err((e, pipe));
@@ -415,7 +307,8 @@ fn serve(
         crate::logging::stop_stderr();
     }
 
-    let mirror = cfg.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
+    let mirror =
+        cfg.front.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
     let _ = rt.block_on(serving);
     signals.abort();
     remove_socket(&addr);
@@ -434,7 +327,7 @@ fn serve(
             Ok(0)
         }
         Err(e) => {
-            log::error!("{e:#}");
+            log::error!("{}", crate::one_line(&e));
             Ok(1)
         }
     }
@@ -450,42 +343,5 @@ fn addr_path(a: &ListenAddr) -> &Path {
 fn remove_socket(a: &ListenAddr) {
     if let ListenAddr::Unix(p) = a {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(listen: Option<&str>, remote: bool) -> NbdArgs {
-        NbdArgs { nbd: true, nbd_listen: listen.map(String::from), nbd_allow_remote: remote, ..Default::default() }
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen("127.0.0.1:10809", false).unwrap(),
-            ListenAddr::Tcp("127.0.0.1:10809".parse().unwrap())
-        );
-        assert_eq!(parse_listen("[::1]:10809", false).unwrap(), ListenAddr::Tcp("[::1]:10809".parse().unwrap()));
-        assert!(matches!(parse_listen("localhost:10809", false).unwrap(), ListenAddr::Tcp(a) if a.ip().is_loopback()));
-        assert_eq!(parse_listen("/run/x.sock", false).unwrap(), ListenAddr::Unix("/run/x.sock".into()));
-        assert!(matches!(parse_listen("x.sock", false).unwrap(), ListenAddr::Unix(p) if p.is_absolute()));
-        let e = parse_listen("0.0.0.0:10809", false).unwrap_err().to_string();
-        assert!(e.contains("--nbdAllowRemote") && e.contains("no authentication"), "{e}");
-        assert!(parse_listen("0.0.0.0:10809", true).is_ok());
-        assert!(parse_listen("127.0.0.1:notaport", false).unwrap_err().to_string().contains("bad port"));
-        assert!(parse_listen("", false).is_err());
-    }
-
-    #[test]
-    fn modes_and_targets() {
-        assert_eq!(check_mode(&args(None, false), Mode::Mount).unwrap(), Mode::Nbd);
-        assert!(check_mode(&args(None, false), Mode::Erase).unwrap_err().to_string().contains("--erase"));
-        let no = NbdArgs { nbd_listen: Some("/x".into()), ..Default::default() };
-        assert_eq!(check_mode(&no, Mode::Mount).unwrap_err().to_string(), "--nbdListen requires --nbd");
-        assert!(check_target(&args(None, false), None).unwrap_err().to_string().contains("needs --nbdListen"));
-        assert!(check_target(&args(Some("/s"), false), Some(Path::new("/dev/nbd0"))).is_err());
-        assert!(check_target(&args(None, false), Some(Path::new("/dev/nbd0"))).is_ok());
     }
 }

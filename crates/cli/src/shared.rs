@@ -7,13 +7,12 @@
 //! I/O so the kernel caches nothing either; and the volume carries the shared mount token
 //! 0x7fffffff, which other shared mounts accept, plain mounts refuse, and unmount leaves set.
 
-use crate::args::Cli;
+use crate::args::cache::CacheArgs;
+use crate::args::s3::S3Args;
 use anyhow::{Result, bail};
 
 /// The flags upstream refuses in shared disk mode, with whether each was given.
-fn caching_flags(cli: &Cli) -> [(&'static str, bool); 18] {
-    let k = &cli.cache;
-    let s = &cli.s3;
+fn caching_flags(k: &CacheArgs, s: &S3Args) -> [(&'static str, bool); 18] {
     [
         ("--listBlocks", s.list_blocks),
         ("--listBlocksThreads", s.list_blocks_threads.is_some()),
@@ -37,11 +36,11 @@ fn caching_flags(cli: &Cli) -> [(&'static str, bool); 18] {
 }
 
 /// Refuses caching flags combined with `--sharedDiskMode`.
-pub(crate) fn check(cli: &Cli) -> Result<()> {
-    if !cli.cache.shared_disk_mode {
+pub(crate) fn check(k: &CacheArgs, s: &S3Args) -> Result<()> {
+    if !k.shared_disk_mode {
         return Ok(());
     }
-    if let Some((flag, _)) = caching_flags(cli).iter().find(|(_, given)| *given) {
+    if let Some((flag, _)) = caching_flags(k, s).iter().find(|(_, given)| *given) {
         bail!("{flag} cannot be used with --sharedDiskMode (it caches nothing)");
     }
     Ok(())
@@ -56,7 +55,8 @@ mod tests {
         a.extend_from_slice(extra);
         a.extend_from_slice(&["dir", "mnt"]);
         let a: Vec<String> = a.into_iter().map(String::from).collect();
-        check(&crate::args::parse(&a)?)
+        let cli = crate::args::parse(&a)?;
+        check(&cli.cache, &cli.s3)
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! mount); an error stops mirroring with one logged line and leaves the mount alone. We also
 //! write once more at unmount, so the file ends with the final counts.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use s3b_store::StatsRegistry;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +27,11 @@ pub struct MirrorConfig {
     pub interval: Duration,
 }
 
-/// Checks `--statsFileMirror` / `--statsFileMirrorInterval`.
-pub fn settings(path: Option<&str>, interval: Option<&str>) -> Result<Option<MirrorConfig>> {
-    let interval = match interval {
-        None => DEFAULT_INTERVAL_MS,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => ms,
-            _ => bail!("invalid --statsFileMirrorInterval \"{v}\": expected milliseconds, at least 1"),
-        },
-    };
+/// Checks `--statsFileMirror` / `--statsFileMirrorInterval` (the interval already parsed).
+pub fn settings(path: Option<&str>, interval: Option<Duration>) -> Result<Option<MirrorConfig>> {
+    let interval = interval.unwrap_or(Duration::from_millis(DEFAULT_INTERVAL_MS));
     let Some(p) = path else {
-        if interval != DEFAULT_INTERVAL_MS {
+        if interval != Duration::from_millis(DEFAULT_INTERVAL_MS) {
             bail!("--statsFileMirrorInterval requires --statsFileMirror");
         }
         return Ok(None);
@@ -47,9 +41,7 @@ pub fn settings(path: Option<&str>, interval: Option<&str>) -> Result<Option<Mir
     }
     let mut path = PathBuf::from(p);
     if path.is_relative() {
-        path = std::env::current_dir()
-            .map_err(|e| anyhow::anyhow!("can't resolve --statsFileMirror \"{p}\": {e}"))?
-            .join(path);
+        path = std::env::current_dir().with_context(|| format!("can't resolve --statsFileMirror \"{p}\""))?.join(path);
     }
     let parent = path.parent().unwrap_or(Path::new("/"));
     if !parent.is_dir() {
@@ -58,7 +50,7 @@ pub fn settings(path: Option<&str>, interval: Option<&str>) -> Result<Option<Mir
     if path.is_dir() {
         bail!("--statsFileMirror \"{p}\" is a directory");
     }
-    Ok(Some(MirrorConfig { path, interval: Duration::from_millis(interval) }))
+    Ok(Some(MirrorConfig { path, interval }))
 }
 
 /// A running mirror; [`StatsMirror::stop`] ends it.
@@ -119,12 +111,11 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(settings(None, None).unwrap(), None);
-        let c = settings(Some("/tmp/m"), Some("250")).unwrap().unwrap();
+        let ms = |v| Some(Duration::from_millis(v));
+        let c = settings(Some("/tmp/m"), ms(250)).unwrap().unwrap();
         assert_eq!((c.path, c.interval), (PathBuf::from("/tmp/m"), Duration::from_millis(250)));
-        let err = |p: Option<&str>, i: Option<&str>| settings(p, i).unwrap_err().to_string();
-        assert_eq!(err(None, Some("5")), "--statsFileMirrorInterval requires --statsFileMirror");
-        assert!(err(Some("/tmp/m"), Some("0")).starts_with("invalid --statsFileMirrorInterval \"0\""));
-        assert!(err(Some("/tmp/m"), Some("1s")).starts_with("invalid --statsFileMirrorInterval"));
+        let err = |p: Option<&str>, i: Option<Duration>| settings(p, i).unwrap_err().to_string();
+        assert_eq!(err(None, ms(5)), "--statsFileMirrorInterval requires --statsFileMirror");
         assert!(err(Some("/nonexistent/dir/m"), None).contains("directory /nonexistent/dir does not exist"));
         assert!(err(Some("/tmp"), None).contains("is a directory"));
         assert!(settings(Some("rel-name"), None).unwrap().unwrap().path.is_absolute());

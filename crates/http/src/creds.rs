@@ -1,6 +1,9 @@
 //! Where request-signing credentials come from: fixed keys, the EC2 instance metadata service
 //! (`--accessEC2IAM`, refreshed before they expire, IMDSv1 or v2), or none (unsigned requests,
-//! for public buckets). Secrets never appear in `Debug` output.
+//! for public buckets). Secrets never appear in `Debug` output. Which of them a command line
+//! asks for is found by [`discover`].
+
+pub mod discover;
 
 use parking_lot::Mutex;
 use s3b_store::{Result, StoreError};

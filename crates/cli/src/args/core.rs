@@ -1,5 +1,6 @@
 //! Core flags: volume geometry, the exported files, modes, logging. Owned by the front end.
 
+use super::values::{self, Flag};
 use clap::Args;
 
 /// Flags every mount has, whatever the layers below.
@@ -16,11 +17,11 @@ pub struct CoreArgs {
     pub reset_mounted_flag: bool,
 
     /// Total size of the exported file, with an optional k/m/g/t/p/e suffix (powers of 2).
-    #[arg(long = "size", value_name = "SIZE", help_heading = "Volume")]
-    pub size: Option<String>,
+    #[arg(long = "size", value_name = "SIZE", help_heading = "Volume", value_parser = Flag(values::file_size))]
+    pub size: Option<u64>,
     /// Block size (a power of 2), with an optional k/m/g suffix [default: auto-detect, else 4k].
-    #[arg(long = "blockSize", value_name = "SIZE", help_heading = "Volume")]
-    pub block_size: Option<String>,
+    #[arg(long = "blockSize", value_name = "SIZE", help_heading = "Volume", value_parser = Flag(values::block_size))]
+    pub block_size: Option<u32>,
     /// Prefix prepended to every object name.
     #[arg(long = "prefix", value_name = "STRING", help_heading = "Volume")]
     pub prefix: Option<String>,
@@ -41,8 +42,8 @@ pub struct CoreArgs {
     #[arg(long = "statsFilename", value_name = "NAME", help_heading = "Files")]
     pub stats_filename: Option<String>,
     /// Permissions of the exported file, in octal [default: 0600, 0400 with --readOnly].
-    #[arg(long = "fileMode", value_name = "MODE", help_heading = "Files")]
-    pub file_mode: Option<String>,
+    #[arg(long = "fileMode", value_name = "MODE", help_heading = "Files", value_parser = Flag(values::file_mode))]
+    pub file_mode: Option<u16>,
     /// Open the exported file with FUSE direct I/O (no kernel page cache).
     #[arg(long = "directIO", help_heading = "Files")]
     pub direct_io: bool,

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod core;
 pub mod nbd;
 pub mod s3;
+pub mod values;
 
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser};
@@ -87,7 +88,13 @@ const MAX_CONFIG_SUBSTITUTIONS: usize = 100;
 pub fn parse(args: &[String]) -> Result<Cli> {
     let expanded = expand(args)?;
     let argv = std::iter::once("s3backer".to_string()).chain(expanded);
-    Ok(Cli::try_parse_from(argv)?)
+    Cli::try_parse_from(argv).map_err(|e| {
+        // A value our parsers refused: their message is the whole story (it names the flag).
+        match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<values::BadValue>()) {
+            Some(bad) => anyhow::Error::new(bad.clone()),
+            None => e.into(),
+        }
+    })
 }
 
 /// Rewrites config files, `-o` lists and `-?` into plain words clap understands.
@@ -205,13 +212,13 @@ mod tests {
     fn clap_accepts_upstream_spellings() {
         let c = parse(&s(&["--test", "--size=1m", "--blockSize=4k", "-f", "--compress", "dir", "/mnt"])).unwrap();
         assert!(c.core.test && c.core.foreground);
-        assert_eq!(c.core.size.as_deref(), Some("1m"));
-        assert_eq!(c.codec.compress.as_deref(), Some("deflate"));
+        assert_eq!(c.core.size, Some(1 << 20));
+        assert_eq!(c.codec.compress, Some(s3b_codec::Compression::Deflate(None)));
         assert_eq!(c.positional, s(&["dir", "/mnt"]));
         let c = parse(&s(&["--size=1m", "-o", "size=2m", "b"])).unwrap();
-        assert_eq!(c.core.size.as_deref(), Some("2m"), "the later flag wins");
+        assert_eq!(c.core.size, Some(2 << 20), "the later flag wins");
         let c = parse(&s(&["--encrypt=AES-256-CBC", "b"])).unwrap();
-        assert_eq!(c.codec.encrypt.as_deref(), Some("AES-256-CBC"));
+        assert_eq!(c.codec.encrypt, Some(s3b_codec::Cipher::Aes256Cbc));
     }
 }
 

@@ -1,15 +1,17 @@
 //! S3 transport flags. Owned by the S3 transport (crates/http).
 
+use super::values::{self, Flag};
 use clap::Args;
+use std::time::Duration;
 
 /// Flags of the S3 transport.
 #[derive(Args, Debug, Clone, Default)]
 pub struct S3Args {
     /// Base URL of the S3 endpoint; must end in '/'.
-    #[arg(long = "baseURL", value_name = "URL", help_heading = "S3")]
+    #[arg(long = "baseURL", value_name = "URL", help_heading = "S3", value_parser = Flag(values::base_url))]
     pub base_url: Option<String>,
     /// S3 region [default: us-east-1].
-    #[arg(long = "region", value_name = "REGION", help_heading = "S3")]
+    #[arg(long = "region", value_name = "REGION", help_heading = "S3", value_parser = Flag(values::region))]
     pub region: Option<String>,
     /// Use virtual-hosted-style URLs (bucket.host/key).
     #[arg(long = "vhost", help_heading = "S3")]
@@ -45,38 +47,41 @@ pub struct S3Args {
     #[arg(long = "accessEC2IAM-IMDSv2", help_heading = "Credentials")]
     pub access_ec2_iam_imdsv2: bool,
     /// Request signing: aws4 [default: aws4].
-    #[arg(long = "authVersion", value_name = "VERSION", help_heading = "Credentials")]
+    #[arg(long = "authVersion", value_name = "VERSION", help_heading = "Credentials",
+          value_parser = Flag(values::auth_version))]
     pub auth_version: Option<String>,
     /// Canned ACL for new objects [default: private].
-    #[arg(long = "accessType", value_name = "TYPE", help_heading = "S3")]
+    #[arg(long = "accessType", value_name = "TYPE", help_heading = "S3", value_parser = Flag(values::access_type))]
     pub access_type: Option<String>,
     /// Storage class for new objects.
-    #[arg(long = "storageClass", value_name = "CLASS", help_heading = "S3")]
+    #[arg(long = "storageClass", value_name = "CLASS", help_heading = "S3", value_parser = Flag(values::storage_class))]
     pub storage_class: Option<String>,
     /// Reduced redundancy storage (removed upstream; use --storageClass=REDUCED_REDUNDANCY).
     #[arg(long = "rrs", help_heading = "S3")]
     pub rrs: bool,
     /// Server-side encryption: AES256 or aws:kms.
-    #[arg(long = "sse", value_name = "ALG", help_heading = "S3")]
+    #[arg(long = "sse", value_name = "ALG", help_heading = "S3", value_parser = Flag(values::sse))]
     pub sse: Option<String>,
     /// KMS key ID for --sse=aws:kms.
     #[arg(long = "sse-key-id", value_name = "ID", help_heading = "S3")]
     pub sse_key_id: Option<String>,
     /// Time limit for one HTTP attempt, in seconds [default: 30].
-    #[arg(long = "timeout", value_name = "SECONDS", help_heading = "S3")]
-    pub timeout: Option<String>,
+    #[arg(long = "timeout", value_name = "SECONDS", help_heading = "S3", value_parser = Flag(values::seconds))]
+    pub timeout: Option<Duration>,
     /// First pause before a retry, in milliseconds [default: 200].
-    #[arg(long = "initialRetryPause", value_name = "MILLIS", help_heading = "S3")]
-    pub initial_retry_pause: Option<String>,
+    #[arg(long = "initialRetryPause", value_name = "MILLIS", help_heading = "S3", value_parser = Flag(values::millis))]
+    pub initial_retry_pause: Option<Duration>,
     /// Total pause across the retries of one operation, in milliseconds [default: 30000].
-    #[arg(long = "maxRetryPause", value_name = "MILLIS", help_heading = "S3")]
-    pub max_retry_pause: Option<String>,
+    #[arg(long = "maxRetryPause", value_name = "MILLIS", help_heading = "S3", value_parser = Flag(values::millis))]
+    pub max_retry_pause: Option<Duration>,
     /// Upload speed limit in bits per second (k/m/g suffixes).
-    #[arg(long = "maxUploadSpeed", value_name = "BITSPERSEC", help_heading = "S3")]
-    pub max_upload_speed: Option<String>,
+    #[arg(long = "maxUploadSpeed", value_name = "BITSPERSEC", help_heading = "S3",
+          value_parser = Flag(values::bits_per_second))]
+    pub max_upload_speed: Option<u64>,
     /// Download speed limit in bits per second (k/m/g suffixes).
-    #[arg(long = "maxDownloadSpeed", value_name = "BITSPERSEC", help_heading = "S3")]
-    pub max_download_speed: Option<String>,
+    #[arg(long = "maxDownloadSpeed", value_name = "BITSPERSEC", help_heading = "S3",
+          value_parser = Flag(values::bits_per_second))]
+    pub max_download_speed: Option<u64>,
     /// Use HTTP/1.1 only.
     #[arg(long = "http11", help_heading = "S3")]
     pub http11: bool,
@@ -84,8 +89,8 @@ pub struct S3Args {
     #[arg(long = "noCurlCache", help_heading = "S3")]
     pub no_curl_cache: bool,
     /// IP type-of-service for HTTP connections (0-255 or a name).
-    #[arg(long = "ipTOS", value_name = "TOS", help_heading = "S3")]
-    pub ip_tos: Option<String>,
+    #[arg(long = "ipTOS", value_name = "TOS", help_heading = "S3", value_parser = Flag(values::ip_tos))]
+    pub ip_tos: Option<u8>,
     /// Log HTTP requests and error bodies.
     #[arg(long = "debug-http", help_heading = "S3")]
     pub debug_http: bool,
@@ -96,6 +101,7 @@ pub struct S3Args {
     #[arg(long = "listBlocks", help_heading = "S3")]
     pub list_blocks: bool,
     /// Parallel listing threads for --listBlocks [default: 16].
-    #[arg(long = "listBlocksThreads", value_name = "NUM", help_heading = "S3")]
-    pub list_blocks_threads: Option<String>,
+    #[arg(long = "listBlocksThreads", value_name = "NUM", help_heading = "S3",
+          value_parser = Flag(values::list_threads))]
+    pub list_blocks_threads: Option<usize>,
 }

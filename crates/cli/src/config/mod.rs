@@ -1,12 +1,22 @@
-//! Validation: turns the parsed command line into a checked [`Config`].
+//! The configuration: the parsed command line checked once, in one pass, into typed settings
+//! per layer, before anything else happens (before the process daemonizes, before any request).
 //!
 //! Every check gives one line that names the problem (the caller prefixes `s3backer: `). Nothing
-//! here touches the store, so a bad invocation never writes to a bucket. Geometry that may be
-//! auto-detected (block size, size) stays optional here and is settled in [`crate::stack`].
+//! here writes to the store, so a bad invocation never writes to a bucket. Each layer's flags are
+//! checked in its own module ([`s3`], [`cache`], [`codec`], [`nbd`], [`front`]); geometry that
+//! may be auto-detected (block size, size) stays optional here and is settled in
+//! [`crate::stack`].
+
+pub mod cache;
+pub mod codec;
+pub mod front;
+pub mod nbd;
+pub mod s3;
 
 use crate::args::Cli;
-use crate::size::{parse_size, unparse_size};
-use anyhow::{Result, anyhow, bail};
+use crate::args::core::CoreArgs;
+use crate::size::unparse_size;
+use anyhow::{Result, bail};
 use std::path::PathBuf;
 
 /// Default block size when neither given nor detected.
@@ -45,7 +55,7 @@ pub struct Faults {
     pub errors: bool,
 }
 
-/// A checked configuration.
+/// A checked configuration: the volume, then one typed part per layer.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// What to do.
@@ -62,22 +72,14 @@ pub struct Config {
     pub block_size: Option<u32>,
     /// Volume size given on the command line.
     pub size: Option<u64>,
+    /// Read the geometry from block 0 of a bucket (not `--noAutoDetect`).
+    pub auto_detect: bool,
     /// `--force`.
     pub force: bool,
     /// `--readOnly`.
     pub read_only: bool,
-    /// Exported file name.
-    pub filename: String,
-    /// Stats file name.
-    pub stats_filename: String,
-    /// Exported file permissions.
-    pub file_mode: u16,
-    /// `--directIO` (forced on by `--sharedDiskMode`).
-    pub direct_io: bool,
     /// `--sharedDiskMode`: no caching layers, the shared mount token.
     pub shared_disk: bool,
-    /// `--statsFileMirror` / `--statsFileMirrorInterval`.
-    pub stats_mirror: Option<crate::stats_mirror::MirrorConfig>,
     /// Fault injection.
     pub faults: Faults,
     /// Stay in the foreground, log to stderr.
@@ -86,12 +88,16 @@ pub struct Config {
     pub debug: bool,
     /// No progress messages.
     pub quiet: bool,
-    /// One FUSE thread.
-    pub single_thread: bool,
-    /// FUSE `-o` options (allow_other, uid=…, …).
-    pub fuse_options: Vec<String>,
-    /// The raw command line, for the layers that validate their own flags.
-    pub cli: Cli,
+    /// The front end: exported files, FUSE options, statistics mirror.
+    pub front: front::FrontEnd,
+    /// The S3 transport (credentials included); `None` for a `--test` directory.
+    pub s3: Option<s3b_http::S3Config>,
+    /// Compression and encryption (the password is read later, see [`crate::encoding`]).
+    pub codec: codec::CodecSettings,
+    /// Block cache, consistency layer and zero cache.
+    pub cache: cache::CacheSettings,
+    /// The NBD front end.
+    pub nbd: nbd::NbdSettings,
 }
 
 impl Config {
@@ -109,14 +115,6 @@ impl Config {
     }
 }
 
-/// Checks a block size: a power of two that fits in 32 bits.
-pub fn check_block_size(v: u64) -> Result<u32> {
-    if v == 0 || !v.is_power_of_two() {
-        bail!("block size must be a power of 2");
-    }
-    u32::try_from(v).map_err(|_| anyhow!("block size {} is too big (at most 2g)", unparse_size(v)))
-}
-
 /// Checks a volume size against a block size and returns the number of blocks.
 pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
     if size == 0 {
@@ -132,13 +130,6 @@ pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
     Ok(blocks)
 }
 
-fn check_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        bail!("invalid {what} \"{name}\": must be a plain file name");
-    }
-    Ok(())
-}
-
 /// Splits `bucket[/subdir]` into the bucket and the prefix `subdir/`.
 fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
     let Some((bucket, sub)) = arg.split_once('/') else {
@@ -150,10 +141,9 @@ fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
     Ok((bucket.to_string(), Some(format!("{sub}/"))))
 }
 
-/// Validates the parsed command line.
-pub fn validate(mut cli: Cli) -> Result<Config> {
-    // Files named relative to where the command runs: the daemon changes to `/` before the
-    // layers that open them are built.
+/// Makes the file names given on the command line absolute: the daemon changes to `/` before
+/// the layers that open them are built.
+fn absolute_paths(cli: &mut Cli) {
     for f in [
         &mut cli.cache.block_cache_file,
         &mut cli.cache.stats_file_mirror,
@@ -172,15 +162,21 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
             *f = abs.to_string_lossy().into_owned();
         }
     }
-    let c = &cli.core;
-    let mode = match (c.erase, c.reset_mounted_flag) {
+}
+
+/// The mode from `--erase`, `--reset-mounted-flag` (and `--nbd`, see [`nbd::check_mode`]).
+fn mode(c: &CoreArgs) -> Result<Mode> {
+    Ok(match (c.erase, c.reset_mounted_flag) {
         (true, true) => bail!("--erase and --reset-mounted-flag cannot be used together"),
         (true, false) => Mode::Erase,
         (false, true) => Mode::ResetMountedFlag,
         (false, false) => Mode::Mount,
-    };
-    let mode = crate::nbd::check_mode(&cli.nbd, mode)?;
-    let pos = &cli.positional;
+    })
+}
+
+/// The volume the positional arguments name: where it lives, its prefix, and the mount point
+/// (or NBD device).
+fn target(mode: Mode, c: &CoreArgs, pos: &[String]) -> Result<(Location, String, Option<PathBuf>)> {
     let what = if c.test { "directory" } else { "bucket" };
     let (target, mountpoint) = match (mode, pos.len()) {
         (_, 0) => bail!("no {what} specified (see --help)"),
@@ -198,7 +194,6 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
     if target.is_empty() {
         bail!("empty {what} name");
     }
-
     let (location, sub_prefix) = if c.test {
         (Location::Dir(PathBuf::from(target)), None)
     } else {
@@ -210,99 +205,67 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         (Some(p), None) => p,
         (None, p) => p.clone().unwrap_or_default(),
     };
-
-    let block_size = c
-        .block_size
-        .as_deref()
-        .map(|s| parse_size(s, "block size").map_err(|e| anyhow!(e)).and_then(check_block_size))
-        .transpose()?;
-    let size = c.size.as_deref().map(|s| parse_size(s, "file size").map_err(|e| anyhow!(e))).transpose()?;
-    if let Some(size) = size {
-        check_geometry(size, block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
+    if mode == Mode::Erase && c.read_only {
+        bail!("--erase cannot be used with --readOnly");
     }
-
-    let filename = c.filename.clone().unwrap_or_else(|| "file".into());
-    let stats_filename = c.stats_filename.clone().unwrap_or_else(|| "stats".into());
-    check_name("--filename", &filename)?;
-    check_name("--statsFilename", &stats_filename)?;
-    if filename == stats_filename {
-        bail!("--filename and --statsFilename must differ (both are \"{filename}\")");
-    }
-    let file_mode = match &c.file_mode {
-        None => {
-            if c.read_only {
-                0o400
-            } else {
-                0o600
-            }
-        }
-        Some(m) => match u16::from_str_radix(m.trim(), 8) {
-            Ok(v) if v <= 0o7777 => v,
-            _ => bail!("invalid --fileMode \"{m}\": expected octal permissions such as 0644"),
-        },
-    };
-
     if matches!(mode, Mode::Erase | Mode::ResetMountedFlag) && c.test {
         bail!(
             "--{} needs a bucket; a --test directory can simply be emptied",
             if mode == Mode::Erase { "erase" } else { "reset-mounted-flag" }
         );
     }
+    Ok((location, prefix, mountpoint))
+}
 
-    let mut fuse_options = Vec::new();
-    let mut debug = c.debug;
-    let mut foreground = c.foreground;
-    let mut direct_io = c.direct_io;
-    for o in &c.options {
-        match o.as_str() {
-            "debug" => {
-                debug = true;
-                foreground = true;
-            }
-            "direct_io" => direct_io = true,
-            _ => fuse_options.push(o.clone()),
-        }
+/// Checks the parsed command line, layer by layer, into a [`Config`].
+pub fn validate(mut cli: Cli) -> Result<Config> {
+    absolute_paths(&mut cli);
+    let c = &cli.core;
+    let mode = nbd::check_mode(&cli.nbd, mode(c)?)?;
+    let (location, prefix, mountpoint) = target(mode, c, &cli.positional)?;
+    if let Some(size) = c.size {
+        check_geometry(size, c.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
     }
-    if c.fuse_debug {
-        debug = true;
-        foreground = true;
-    }
-
-    if mode == Mode::Nbd {
-        crate::nbd::check_target(&cli.nbd, mountpoint.as_deref())?;
-    }
-    crate::shared::check(&cli)?;
+    let front = front::settings(c, &cli.cache)?;
+    let nbd = nbd::settings(&cli.nbd, mode, mountpoint.as_deref())?;
+    crate::shared::check(&cli.cache, &cli.s3)?;
     let shared_disk = cli.cache.shared_disk_mode;
-    let stats_mirror = crate::stats_mirror::settings(
-        cli.cache.stats_file_mirror.as_deref(),
-        cli.cache.stats_file_mirror_interval.as_deref(),
-    )?;
-    crate::caching::block_cache_settings(&cli)?;
-    crate::caching::ec_settings(&cli, None)?;
-
+    let cache = cache::settings(&cli.cache, cli.s3.list_blocks, c.read_only)?;
+    let codec = codec::settings(&cli.codec)?;
+    let s3 = match &location {
+        Location::Bucket(bucket) => {
+            let volume = s3::Volume {
+                bucket,
+                keys: s3b_store::keys::BlockKeys::new(prefix.clone(), c.block_hash_prefix),
+                block_size: c.block_size,
+                read_only: c.read_only,
+                quiet: c.quiet,
+            };
+            Some(s3::settings(&cli.s3, volume)?)
+        }
+        Location::Dir(_) => None,
+    };
     Ok(Config {
         mode,
         location,
         mountpoint,
         prefix,
         hash_prefix: c.block_hash_prefix,
-        block_size,
-        size,
+        block_size: c.block_size,
+        size: c.size,
+        auto_detect: !cli.s3.no_auto_detect,
         force: c.force,
         read_only: c.read_only,
-        filename,
-        stats_filename,
-        file_mode,
-        direct_io: direct_io || shared_disk,
         shared_disk,
-        stats_mirror,
         faults: Faults { delays: c.test_delays, discard: c.test_discard, errors: c.test_errors },
-        foreground,
-        debug,
+        foreground: front.foreground,
+        debug: front.debug,
         quiet: c.quiet,
-        single_thread: c.single_thread,
-        fuse_options,
-        cli,
+        front: front.front,
+        s3,
+        codec,
+        cache,
+        nbd,
     })
 }
 
@@ -317,6 +280,7 @@ mod tests {
 
     #[test]
     fn geometry_checks() {
+        use crate::args::values::check_block_size;
         assert_eq!(check_block_size(4096).unwrap(), 4096);
         assert_eq!(check_block_size(3000).unwrap_err().to_string(), "block size must be a power of 2");
         assert!(check_block_size(1 << 32).unwrap_err().to_string().contains("too big"));
@@ -348,9 +312,9 @@ mod tests {
     #[test]
     fn file_names_and_modes() {
         let c = v(&["--test", "--readOnly", "d", "m"]).unwrap();
-        assert_eq!(c.file_mode, 0o400);
+        assert_eq!(c.front.file_mode, 0o400);
         let c = v(&["--test", "--fileMode=0644", "d", "m"]).unwrap();
-        assert_eq!(c.file_mode, 0o644);
+        assert_eq!(c.front.file_mode, 0o644);
         assert!(v(&["--test", "--fileMode=999", "d", "m"]).unwrap_err().to_string().contains("--fileMode"));
         assert!(v(&["--test", "--filename=a/b", "d", "m"]).is_err());
         assert!(v(&["--test", "--filename=stats", "d", "m"]).unwrap_err().to_string().contains("must differ"));
@@ -359,8 +323,8 @@ mod tests {
     #[test]
     fn fuse_options_pass_through() {
         let c = v(&["--test", "-o", "allow_other,uid=5,direct_io", "d", "m"]).unwrap();
-        assert_eq!(c.fuse_options, vec!["allow_other".to_string(), "uid=5".to_string()]);
-        assert!(c.direct_io);
+        assert_eq!(c.front.fuse_options, vec!["allow_other".to_string(), "uid=5".to_string()]);
+        assert!(c.front.direct_io);
         assert!(v(&["--test", "-d", "d", "m"]).unwrap().foreground);
     }
 }

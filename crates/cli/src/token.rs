@@ -1,0 +1,260 @@
+//! The mount-token protocol, as the program runs it (the token object itself is the
+//! transport's: `s3b_http` and `s3b_dir` store it, with compare-and-swap).
+//!
+//! A mount refuses a volume that appears mounted unless `--force`, sets its own random token
+//! while mounted and clears it on clean unmount; read-only mounts write nothing at all.
+//! Setting and clearing are compare-and-swaps ([`ObjectStore::swap_mount_token`]), so two
+//! mounts that start at the same instant cannot both come up. `--sharedDiskMode` volumes carry
+//! the shared token [`SHARED_DISK_TOKEN`], which other shared mounts accept, plain mounts
+//! refuse, and unmount leaves set. The block cache file remembers the token of its last mount,
+//! so a crashed mount's dirty blocks can be recovered. `--reset-mounted-flag` clears the token
+//! whoever set it ([`reset`]), as does `--erase` once every block is gone.
+
+use crate::config::Config;
+use anyhow::{Context, Result, bail};
+use s3b_cache::CacheFile;
+use s3b_store::{ObjectStore, SHARED_DISK_TOKEN, TokenOp, TokenSwap};
+
+/// Checks the volume is not mounted elsewhere and, unless read-only, marks it mounted by us
+/// (in the store and in the block cache file, if any). Returns our token, 0 when there is
+/// nothing to clear at unmount (read-only, or `--sharedDiskMode`, whose shared token 0x7fffffff
+/// other hosts' mounts accept and which stays set).
+///
+/// A crashed mount leaves its token both in the store and in its cache file. When they match
+/// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
+/// volume was last mounted by this cache, whose dirty blocks are about to be recovered.
+pub async fn acquire(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option<&CacheFile>) -> Result<u32> {
+    let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
+    let cached = cache_file.map_or(0, |f| f.stored_token());
+    let recover_dirty = cfg.cache.block_cache.as_ref().is_some_and(|b| b.file_options.recover_dirty);
+    let recovering = old != 0 && cached == old && recover_dirty;
+    if cached != 0 && cached != old {
+        log::warn!("block cache file was last used by mount token {cached:08x}, but the volume has {old:08x}");
+    }
+    let shared_set = cfg.shared_disk && old == SHARED_DISK_TOKEN;
+    if recovering {
+        log::info!("volume was last mounted with this cache file (token {old:08x}): recovering after a crash");
+    } else if old != 0 && !shared_set {
+        let msg = if old == SHARED_DISK_TOKEN {
+            "volume appears to be configured for --sharedDiskMode (mount token 7fffffff)".to_string()
+        } else {
+            format!("volume appears to be already mounted (mount token {old:08x})")
+        };
+        if !cfg.force {
+            bail!("{msg}; if it is not, use --reset-mounted-flag, or --force to override");
+        }
+        log::warn!("{msg}; proceeding because of --force");
+    }
+    if cfg.read_only {
+        return Ok(0);
+    }
+    if cfg.shared_disk {
+        if !shared_set {
+            objects.mount_token(TokenOp::Set(SHARED_DISK_TOKEN)).await.context("can't set the mount token")?;
+            log::info!("established the mount token for shared disk mode");
+        }
+        // Never cleared by us: other hosts may still have the volume mounted.
+        return Ok(0);
+    }
+    let token = loop {
+        let t = rand::random::<u32>() & 0x7fff_ffff;
+        if t != 0 && t != SHARED_DISK_TOKEN {
+            break t;
+        }
+    };
+    // A compare-and-swap from the token read above: of mounts starting at the same instant, at
+    // most one gets past this line.
+    match objects.swap_mount_token(old, token).await.context("can't set the mount token")? {
+        TokenSwap::Done => {}
+        TokenSwap::Changed(now) => bail!(
+            "volume appears to be already mounted (mount token {now:08x}, set by another mount while this one was starting); \
+             if it is not, use --reset-mounted-flag, or --force to override"
+        ),
+    }
+    if let Some(f) = cache_file {
+        f.set_token(token)?;
+        f.allow_uploads();
+    }
+    Ok(token)
+}
+
+/// Clears the mount token on clean unmount (if we set one), in the store and the cache file.
+pub async fn release(objects: &dyn ObjectStore, token: u32, cache_file: Option<&CacheFile>) -> Result<()> {
+    if token != 0 {
+        match objects.swap_mount_token(token, 0).await.context("can't clear the mount token")? {
+            TokenSwap::Done => {}
+            // Someone replaced ours (--force, or --reset-mounted-flag and a new mount): theirs stays.
+            TokenSwap::Changed(now) => log::warn!(
+                "the volume's mount token is {now:08x}, not ours ({token:08x}): another mount took the volume over; left it in place"
+            ),
+        }
+        if let Some(f) = cache_file {
+            f.set_token(0)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--reset-mounted-flag`: clears the volume's mount token, whoever set it. Returns the token
+/// that was set (0: none, nothing written). Refused with `--readOnly` when there is one to clear.
+pub async fn reset(cfg: &Config, objects: &dyn ObjectStore) -> Result<u32> {
+    let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
+    if old == 0 {
+        return Ok(0);
+    }
+    if cfg.read_only {
+        bail!("--reset-mounted-flag cannot clear the flag with --readOnly");
+    }
+    objects.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+    Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use s3b_cache::FileOptions;
+    use s3b_store::{BlockNum, Etag, GetOutcome, ObjectBody, ReadCondition, StoreError, VolumeMeta};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// An object store that only keeps a mount token.
+    #[derive(Default)]
+    struct Tokens(AtomicU32);
+
+    #[async_trait]
+    impl ObjectStore for Tokens {
+        async fn get_object(&self, _: BlockNum, _: ReadCondition) -> s3b_store::Result<GetOutcome> {
+            Ok(GetOutcome::NotFound)
+        }
+        async fn put_object(
+            &self,
+            _: BlockNum,
+            _: ObjectBody,
+            _: Option<VolumeMeta>,
+        ) -> s3b_store::Result<Option<Etag>> {
+            Err(StoreError::ReadOnly)
+        }
+        async fn delete_object(&self, _: BlockNum) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn list_objects(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
+            Ok(())
+        }
+        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
+            Ok(None)
+        }
+        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
+            Ok(match op {
+                TokenOp::Read => self.0.load(Ordering::SeqCst),
+                TokenOp::Clear => self.0.swap(0, Ordering::SeqCst),
+                TokenOp::Set(t) => self.0.swap(t, Ordering::SeqCst),
+            })
+        }
+        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cfg(extra: &[&str]) -> Config {
+        let mut a = vec!["--test", "--size=1m", "--blockCacheFile=/unused", "dir", "mnt"];
+        a.extend_from_slice(extra);
+        let a: Vec<String> = a.into_iter().map(String::from).collect();
+        crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
+    }
+
+    /// A store whose token another mount sets between our read and our write.
+    #[derive(Default)]
+    struct Raced(Tokens);
+
+    #[async_trait]
+    impl ObjectStore for Raced {
+        async fn get_object(&self, n: BlockNum, c: ReadCondition) -> s3b_store::Result<GetOutcome> {
+            self.0.get_object(n, c).await
+        }
+        async fn put_object(
+            &self,
+            n: BlockNum,
+            b: ObjectBody,
+            v: Option<VolumeMeta>,
+        ) -> s3b_store::Result<Option<Etag>> {
+            self.0.put_object(n, b, v).await
+        }
+        async fn delete_object(&self, n: BlockNum) -> s3b_store::Result<()> {
+            self.0.delete_object(n).await
+        }
+        async fn list_objects(&self, s: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
+            self.0.list_objects(s).await
+        }
+        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
+            Ok(None)
+        }
+        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
+            self.0.mount_token(op).await
+        }
+        async fn swap_mount_token(&self, expected: u32, new: u32) -> s3b_store::Result<TokenSwap> {
+            // The other mount wins the race.
+            self.0.0.store(0x1234, Ordering::SeqCst);
+            self.0.swap_mount_token(expected, new).await
+        }
+        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mount_that_loses_the_race_is_refused_and_leaves_the_winner_alone() {
+        let objects = Raced::default();
+        let err = acquire(&cfg(&[]), &objects, None).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted (mount token 00001234"), "{err}");
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        // Same with --force: the token it was told to override is not the one there now.
+        objects.0.0.store(0x77, Ordering::SeqCst);
+        let err = acquire(&cfg(&["--force"]), &objects, None).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted"), "{err}");
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        // Unmounting after someone else took the volume over leaves their token.
+        release(&objects.0, 0x99, None).await.unwrap();
+        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+    }
+
+    #[tokio::test]
+    async fn crashed_mount_with_its_cache_file_recovers_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let objects = Tokens::default();
+        let file = CacheFile::open(&path, 4096, 8, FileOptions::default()).unwrap();
+        // First mount: token set in both places; then a "crash" (no release).
+        let t1 = acquire(&cfg(&[]), &objects, Some(&file)).await.unwrap();
+        assert_eq!(file.stored_token(), t1);
+        assert_eq!(objects.0.load(Ordering::SeqCst), t1);
+        drop(file);
+
+        let file = CacheFile::open(&path, 4096, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap();
+        // Without the recovery flag: the usual "already mounted" refusal.
+        let err = acquire(&cfg(&[]), &objects, Some(&file)).await.unwrap_err().to_string();
+        assert!(err.contains("already mounted"), "{err}");
+        // With it, and the same token in the cache file: allowed.
+        let t2 = acquire(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap();
+        assert_ne!(t2, t1);
+        assert!(file.uploads_allowed());
+        release(&objects, t2, Some(&file)).await.unwrap();
+        assert_eq!((file.stored_token(), objects.0.load(Ordering::SeqCst)), (0, 0));
+
+        // Another mount's token (not ours): still refused.
+        objects.0.store(0x55, Ordering::SeqCst);
+        let err = acquire(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
+        assert!(err.to_string().contains("already mounted"));
+    }
+
+    #[tokio::test]
+    async fn reset_clears_any_token_but_not_read_only() {
+        let objects = Tokens::default();
+        assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0, "nothing set, nothing to clear");
+        objects.0.store(0x42, Ordering::SeqCst);
+        let err = reset(&cfg(&["--readOnly"]), &objects).await.unwrap_err().to_string();
+        assert!(err.contains("--readOnly"), "{err}");
+        assert_eq!(objects.0.load(Ordering::SeqCst), 0x42);
+        assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0x42);
+        assert_eq!(objects.0.load(Ordering::SeqCst), 0);
+    }
+}
