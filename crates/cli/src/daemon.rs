@@ -146,3 +146,43 @@ pub fn run_serving(
         Err((e, None)) => Err(e),
     }
 }
+
+/// Once the front end serves: tells the waiting parent (which then exits 0), leaves the
+/// terminal, and starts the stats mirror when one was asked for (`--statsFileMirror`).
+pub fn now_serving(
+    pipe: Option<ReadyPipe>,
+    mirror: Option<crate::stats_mirror::MirrorConfig>,
+    stats: std::sync::Arc<s3b_store::StatsRegistry>,
+) -> Option<crate::stats_mirror::StatsMirror> {
+    if let Some(p) = pipe {
+        p.ready();
+        detach_stdio();
+        crate::logging::stop_stderr();
+    }
+    mirror.map(|m| crate::stats_mirror::StatsMirror::start(m, stats))
+}
+
+/// After the front end stopped and the volume was flushed: stops the mirror and turns the
+/// shutdown's outcome into the exit code (`ok_code` when the flush succeeded, 1 otherwise).
+pub fn finished(
+    shutdown: Result<()>,
+    mirror: Option<crate::stats_mirror::StatsMirror>,
+    quiet: bool,
+    ok_code: i32,
+) -> i32 {
+    if let Some(m) = mirror {
+        m.stop();
+    }
+    match shutdown {
+        Ok(()) => {
+            if !quiet {
+                log::info!("shutdown complete");
+            }
+            ok_code
+        }
+        Err(e) => {
+            log::error!("{}", crate::one_line(&e));
+            1
+        }
+    }
+}

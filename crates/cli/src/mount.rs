@@ -304,14 +304,7 @@ fn serve(
         }
     });
 
-    if let Some(p) = pipe {
-        p.ready();
-        daemon::detach_stdio();
-        crate::logging::stop_stderr();
-    }
-
-    let mirror =
-        cfg.front.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
+    let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let run_result = session.run();
     sig_handle.close();
     if let Err(e) = &run_result {
@@ -324,21 +317,7 @@ fn serve(
         in_flight.wait_idle().await;
         stack.shutdown(token).await
     });
-    if let Some(m) = mirror {
-        m.stop();
-    }
-    match shutdown {
-        Ok(()) => {
-            if !cfg.quiet {
-                log::info!("shutdown complete");
-            }
-            Ok(if run_result.is_ok() { 0 } else { 1 })
-        }
-        Err(e) => {
-            log::error!("{}", crate::one_line(&e));
-            Ok(1)
-        }
-    }
+    Ok(daemon::finished(shutdown, mirror, cfg.quiet, if run_result.is_ok() { 0 } else { 1 }))
 }
 
 /// Detaches a busy mount point (`umount -l`).

@@ -301,14 +301,7 @@ fn serve(
         }
         (None, pipe) => pipe,
     };
-    if let Some(p) = pipe {
-        p.ready();
-        daemon::detach_stdio();
-        crate::logging::stop_stderr();
-    }
-
-    let mirror =
-        cfg.front.stats_mirror.clone().map(|m| crate::stats_mirror::StatsMirror::start(m, stack.stats.clone()));
+    let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let _ = rt.block_on(serving);
     signals.abort();
     remove_socket(&addr);
@@ -316,21 +309,7 @@ fn serve(
         log::info!("NBD server stopped; flushing dirty data");
     }
     let shutdown = rt.block_on(stack.shutdown(token));
-    if let Some(m) = mirror {
-        m.stop();
-    }
-    match shutdown {
-        Ok(()) => {
-            if !cfg.quiet {
-                log::info!("shutdown complete");
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            log::error!("{}", crate::one_line(&e));
-            Ok(1)
-        }
-    }
+    Ok(daemon::finished(shutdown, mirror, cfg.quiet, 0))
 }
 
 fn addr_path(a: &ListenAddr) -> &Path {

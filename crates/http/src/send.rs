@@ -72,20 +72,35 @@ impl S3Store {
     }
 
     /// Sends a request, retrying the failures `retry_if` accepts with the configured backoff.
+    /// Until the server has answered once, only passing trouble is retried (see
+    /// [`retry::is_transient`]), so a wrong setting fails at once.
     pub(crate) async fn send_with(&self, req: &Req, retry_if: fn(&StoreError) -> bool) -> Result<Resp> {
+        self.send_retrying(req, |e, first_contact| retry_if(e) && (!first_contact || retry::is_transient(e))).await.0
+    }
+
+    /// The retry loop of every request: attempts until one succeeds or `retry_if(error, first
+    /// contact)` declines or the pause budget is spent; counts and logs each retry. Also tells
+    /// whether any attempt failed (an earlier attempt might still be applied by the server).
+    pub(crate) async fn send_retrying(
+        &self,
+        req: &Req,
+        retry_if: impl Fn(&StoreError, bool) -> bool,
+    ) -> (Result<Resp>, bool) {
         let mut backoff = Backoff::new(self.cfg.initial_retry_pause, self.cfg.max_retry_pause);
+        let mut retried = false;
         loop {
             match self.attempt(req).await {
                 Ok(r) => {
                     self.contacted.store(true, Relaxed);
-                    return Ok(r);
+                    return (Ok(r), retried);
                 }
                 Err(e) => {
                     self.stats.count_error(&e);
-                    let first_contact = !self.contacted.load(Relaxed);
-                    let retry = retry_if(&e) && (!first_contact || retry::is_transient(&e));
-                    let pause = if retry { backoff.next_pause() } else { None };
-                    let Some(pause) = pause else { return Err(e) };
+                    let retry = retry_if(&e, !self.contacted.load(Relaxed));
+                    let Some(pause) = (if retry { backoff.next_pause() } else { None }) else {
+                        return (Err(e), retried);
+                    };
+                    retried = true;
                     log::warn!(
                         "{} {}: {}; retrying in {} ms",
                         req.method,

@@ -54,7 +54,7 @@
 //! with its ETag, for servers that honour that on DELETE).
 
 use crate::request::{Req, Resp, hostname, httpdate_compact};
-use crate::retry::{self, Backoff};
+use crate::retry;
 use crate::stats::bump;
 use crate::{MOUNT_TOKEN_HEADER, S3Store};
 use bytes::Bytes;
@@ -126,34 +126,12 @@ fn token_of(resp: &Resp) -> u32 {
 }
 
 impl S3Store {
-    /// Sends one token request, retrying passing failures. Also tells whether any attempt
-    /// failed (so that an earlier attempt might still be applied by the server later).
+    /// Sends one token request, retrying passing failures (a 501 says the server does not do
+    /// conditional writes: final). Also tells whether any attempt failed (so that an earlier
+    /// attempt might still be applied by the server later).
     async fn send_token_req(&self, req: &Req) -> (Result<Resp>, bool) {
-        let mut backoff = Backoff::new(self.cfg.initial_retry_pause, self.cfg.max_retry_pause);
-        let mut retried = false;
-        loop {
-            match self.attempt(req).await {
-                Ok(r) => return (Ok(r), retried),
-                Err(e) => {
-                    self.stats.count_error(&e);
-                    let retry = retry::is_retryable(&e) && !matches!(e, StoreError::Http { status: 501, .. });
-                    let Some(pause) = (if retry { backoff.next_pause() } else { None }) else {
-                        return (Err(e), retried);
-                    };
-                    retried = true;
-                    log::warn!(
-                        "{} {}: {}; retrying in {} ms",
-                        req.method,
-                        req.key.as_deref().unwrap_or(""),
-                        s3b_store::Chain(&e),
-                        pause.as_millis()
-                    );
-                    bump(&self.stats.http_num_retries);
-                    crate::stats::add_time(&self.stats.retry_delay_micros, pause);
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
+        self.send_retrying(req, |e, _| retry::is_retryable(e) && !matches!(e, StoreError::Http { status: 501, .. }))
+            .await
     }
 
     /// HEADs the token object.
