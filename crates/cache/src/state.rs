@@ -81,6 +81,54 @@ impl Entry {
     }
 }
 
+/// The dirty blocks waiting for an upload, in order, each at most once: a queue with a set
+/// beside it, so that "is it queued?" costs the same however long the queue is.
+#[derive(Debug, Default)]
+pub(crate) struct DirtyQueue {
+    order: VecDeque<BlockNum>,
+    members: HashSet<BlockNum>,
+}
+
+impl DirtyQueue {
+    /// Whether block `n` is queued.
+    pub(crate) fn contains(&self, n: &BlockNum) -> bool {
+        self.members.contains(n)
+    }
+
+    /// Queues `n` last, unless it is queued already.
+    pub(crate) fn push_back(&mut self, n: BlockNum) {
+        if self.members.insert(n) {
+            self.order.push_back(n);
+        }
+    }
+
+    /// Queues `n` first, unless it is queued already.
+    pub(crate) fn push_front(&mut self, n: BlockNum) {
+        if self.members.insert(n) {
+            self.order.push_front(n);
+        }
+    }
+
+    /// Takes the block at position `i` out of the queue.
+    pub(crate) fn remove(&mut self, i: usize) -> Option<BlockNum> {
+        let n = self.order.remove(i)?;
+        self.members.remove(&n);
+        Some(n)
+    }
+
+    /// Blocks queued.
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+impl std::ops::Index<usize> for DirtyQueue {
+    type Output = BlockNum;
+    fn index(&self, i: usize) -> &BlockNum {
+        &self.order[i]
+    }
+}
+
 /// All bookkeeping, under one mutex.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -92,7 +140,7 @@ pub(crate) struct State {
     tick: u64,
     num_protected: u32,
     /// Dirty blocks waiting for an upload, oldest first.
-    pub(crate) dirty_queue: VecDeque<BlockNum>,
+    pub(crate) dirty_queue: DirtyQueue,
     /// Dirty blocks someone waits for (flush, sync write): uploaded without delay.
     pub(crate) urgent: HashSet<BlockNum>,
     pub(crate) dirty_count: usize,
@@ -114,7 +162,7 @@ impl State {
             lru_hi: BTreeMap::new(),
             tick: 0,
             num_protected,
-            dirty_queue: VecDeque::new(),
+            dirty_queue: DirtyQueue::default(),
             urgent: HashSet::new(),
             dirty_count: 0,
             uploading: 0,
@@ -169,6 +217,22 @@ mod tests {
     fn clean(st: &mut State, n: BlockNum) {
         st.entries.insert(n, Entry::new(Instant::now()));
         st.lru_insert(n);
+    }
+
+    #[test]
+    fn dirty_queue_keeps_order_and_each_block_once() {
+        let mut q = DirtyQueue::default();
+        q.push_back(3);
+        q.push_back(5);
+        q.push_front(7);
+        q.push_back(3);
+        q.push_front(5);
+        assert_eq!((q.len(), q[0], q[1], q[2]), (3, 7, 3, 5));
+        assert!(q.contains(&3) && !q.contains(&4));
+        assert_eq!(q.remove(1), Some(3));
+        assert!(!q.contains(&3));
+        q.push_back(3);
+        assert_eq!((q.len(), q[2]), (3, 3));
     }
 
     #[test]
