@@ -15,6 +15,8 @@
 pub mod error;
 pub mod faults;
 pub mod keys;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod stats;
 mod types;
 
