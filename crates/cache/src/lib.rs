@@ -63,8 +63,9 @@ use s3b_store::{BlockNum, BlockStore, Etag, ReadCondition, ReadOutcome, Result, 
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 /// Settings of the block cache (upstream's `--blockCache*` and `--readAhead*` flags).
 #[derive(Clone, Debug)]
@@ -750,7 +751,7 @@ async fn writeback_loop(sh: Arc<Shared>) {
         }
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
