@@ -3,19 +3,13 @@
 
 use super::*;
 use s3b_store::StatsSource;
-use s3b_store::mock::{Fail, MemBlocks, Op};
+use s3b_store::mock::{Fail, MemBlocks, Op, elapse};
 
 const BS: u32 = 16;
 
 /// The store under the cache: 100 blocks, no ETags.
 fn mem() -> Arc<MemBlocks> {
     Arc::new(MemBlocks::new(BS, 100).without_etags())
-}
-
-/// Lets `d` pass on the paused clock: every timer due by then fires in order, and what it wakes
-/// runs until it waits again, before the clock moves on.
-async fn elapse(d: Duration) {
-    tokio::time::sleep(d).await;
 }
 
 /// Waits until `done` holds, looking again every millisecond; panics after 20 s.

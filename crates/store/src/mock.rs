@@ -32,6 +32,14 @@ use tokio::sync::watch;
 /// paused clock this passes at once when nothing else can run: a hang becomes a failure).
 pub const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
+/// Lets `d` pass in a test on tokio's paused clock (`#[tokio::test(start_paused = true)]`):
+/// every timer due by then fires in order, and what it wakes runs until it waits again before
+/// the clock moves on. No real time passes: this is a step of the test's script, not a wait for
+/// something to happen.
+pub async fn elapse(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
 /// A kind of store operation, for counting and aiming hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
