@@ -328,7 +328,10 @@ fn sigterm_during_heavy_writing_loses_nothing_and_exits_zero() {
         .args(["bs=64k", "conv=notrunc,fsync", "status=none"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for(60, "the writer's blocks at the daemon", || {
+        let stats = m.stats();
+        stat_value(&stats, "block_cache_write_hits") + stat_value(&stats, "block_cache_write_misses") > 0
+    });
     let child = m.child.as_mut().unwrap();
     assert!(child.try_wait().unwrap().is_none(), "exited before SIGTERM");
     // SAFETY: signalling a process we started.
