@@ -25,18 +25,15 @@ fn blocks_in_store(store: &std::path::Path) -> usize {
 #[test]
 fn cache_file_ext4_round_trip_and_kill9_recovery() {
     let s = Scratch::new();
-    let store = s.store();
     let cache = s.path("cache");
     let args = [
-        "--test",
         "--size=64m",
         "--blockSize=64k",
         "--blockCacheSize=200",
         &format!("--blockCacheFile={}", cache.display()),
         "--blockCacheRecoverDirtyBlocks",
-        store.to_str().unwrap(),
     ];
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     Ext4::mkfs(&m.file());
     let e = Ext4::mount(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 100, 1);
@@ -44,7 +41,7 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
     assert_eq!(m.unmount(), 0);
 
     // Clean restart: the cache file's blocks come back and are checked with If-None-Match.
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     assert!(stat(&m.stats(), "block_cache_initial_size") > 0.0, "{}", m.stats());
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
@@ -61,7 +58,7 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
     e.unmount();
     m.kill9();
 
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     let e = Ext4::mount(&m.file(), &s.ext4());
     // The second tree rewrote the first 50 files of the first.
     check_tree(&s.ext4(), &tree[50..]);
@@ -82,16 +79,21 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         let store = s.store();
         let cache = s.path("cache");
         let file_arg = format!("--blockCacheFile={}", cache.display());
-        let mut args = vec!["--test", "--size=4m", "--blockSize=64k", "--directIO", "--blockCacheSize=32", &file_arg];
-        args.push("--blockCacheWriteDelay=600000");
-        args.push(store.to_str().unwrap());
+        let args = vec![
+            "--size=4m",
+            "--blockSize=64k",
+            "--directIO",
+            "--blockCacheSize=32",
+            &file_arg,
+            "--blockCacheWriteDelay=600000",
+        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut synced = vec![0u8; 512 << 10];
         rng.fill_bytes(&mut synced);
         let mut unsynced = vec![0u8; 512 << 10];
         rng.fill_bytes(&mut unsynced);
 
-        let m = Mount::start(&args, &s.mnt());
+        let m = Mount::test_dir(&s, &args);
         let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
         f.write_all_at(&synced, 0).unwrap();
         f.sync_all().unwrap();
@@ -107,7 +109,7 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         if recover {
             restart.insert(0, "--blockCacheRecoverDirtyBlocks");
         }
-        let m = Mount::start(&restart, &s.mnt());
+        let m = Mount::test_dir(&s, &restart);
         let all = std::fs::read(m.file()).unwrap();
         assert!(all[..512 << 10] == synced[..], "fsynced data present");
         let want_unsynced = if recover { unsynced.clone() } else { vec![0u8; 512 << 10] };
@@ -126,11 +128,7 @@ fn read_ahead_reduces_misses() {
     let mut misses = Vec::new();
     for ra in ["--readAhead=0", "--readAhead=4"] {
         let s = Scratch::new();
-        let store = s.store();
-        let m = Mount::start(
-            &["--test", "--size=8m", "--blockSize=4k", "--directIO", ra, store.to_str().unwrap()],
-            &s.mnt(),
-        );
+        let m = Mount::test_dir(&s, &["--size=8m", "--blockSize=4k", "--directIO", ra]);
         let f = std::fs::File::open(m.file()).unwrap();
         let mut buf = vec![0u8; 4096];
         for i in 0..1024u64 {
@@ -167,7 +165,7 @@ fn bad_cache_file_is_refused_clearly() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     std::fs::remove_file(&cache).unwrap();
-    let m = Mount::start(&["--test", "--size=1m", "--blockSize=4k", &file_arg, store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=1m", "--blockSize=4k", &file_arg]);
     assert_eq!(m.unmount(), 0);
     let out = run_with("--blockSize=8k");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -223,20 +221,9 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn cache_file_grows_and_shrinks_with_block_cache_size() {
     let s = Scratch::new();
-    let store = s.store();
     let cache = s.path("cache");
     let file_arg = format!("--blockCacheFile={}", cache.display());
-    let args = |size: &str| -> Vec<String> {
-        ["--test", "--size=64m", "--blockSize=64k", size, &file_arg, store.to_str().unwrap()]
-            .iter()
-            .map(|a| a.to_string())
-            .collect()
-    };
-    let start = |size: &str| {
-        let a = args(size);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        Mount::start(&a, &s.mnt())
-    };
+    let start = |size: &str| Mount::test_dir(&s, &["--size=64m", "--blockSize=64k", size, &file_arg]);
     let m = start("--blockCacheSize=100");
     Ext4::mkfs(&m.file());
     let e = Ext4::mount(&m.file(), &s.ext4());
@@ -289,15 +276,9 @@ fn cache_file_resize_keeps_dirty_blocks() {
     let store = s.store();
     let cache = s.path("cache");
     let file_arg = format!("--blockCacheFile={}", cache.display());
-    let base = ["--test", "--size=4m", "--blockSize=64k", "--directIO", &file_arg];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|a| a.to_string()).chain([store.to_string_lossy().into_owned()]).collect()
-    };
-    let start = |extra: &[&str]| {
-        let a = with(extra);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        Mount::start(&a, &s.mnt())
-    };
+    let with =
+        |extra: &[&str]| test_args(&s, &[&["--size=4m", "--blockSize=64k", "--directIO", &file_arg], extra].concat());
+    let start = |extra: &[&str]| Mount::start_owned(with(extra), &s.mnt());
     let data = pattern(21, 20 * 65536);
     let m = start(&["--blockCacheSize=32", "--blockCacheWriteDelay=600000"]);
     let writer = write_and_hold(&m.file(), 65536, &data);
@@ -339,24 +320,15 @@ fn cache_file_resize_keeps_dirty_blocks() {
 fn kill9_during_cache_file_resize() {
     use std::process::{Command, Stdio};
     let s = Scratch::new();
-    let store = s.store();
     let cache = s.path("cache");
     let tmp = s.path("cache.resize");
     let file_arg = format!("--blockCacheFile={}", cache.display());
-    let with = |extra: &[&str]| -> Vec<String> {
-        ["--test", "--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg]
-            .iter()
-            .chain(extra)
-            .map(|a| a.to_string())
-            .chain([store.to_string_lossy().into_owned()])
-            .collect()
-    };
+    let base = ["--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg];
+    let with = |extra: &[&str]| test_args(&s, &[&base[..], extra].concat());
     // 1000 dirty blocks (62.5 MiB) in a 1200-block cache file, never uploaded.
     let data = pattern(31, 1000 * 65536);
     {
-        let a = with(&["--blockCacheSize=1200"]);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let m = Mount::start(&a, &s.mnt());
+        let m = Mount::start_owned(with(&["--blockCacheSize=1200"]), &s.mnt());
         let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
         f.write_all_at(&data, 0).unwrap();
         m.kill9();
@@ -393,18 +365,13 @@ fn kill9_during_cache_file_resize() {
     eprintln!("kill -9 landed mid-resize in {caught} of 4 attempts");
     assert!(caught > 0, "no kill landed during a resize");
 
-    let a = with(&["--blockCacheSize=1000", "--blockCacheRecoverDirtyBlocks"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let m = Mount::start(&a, &s.mnt());
+    let m = Mount::start_owned(with(&["--blockCacheSize=1000", "--blockCacheRecoverDirtyBlocks"]), &s.mnt());
     let all = std::fs::read(m.file()).unwrap();
     assert!(all[..data.len()] == data[..], "recovered data differs");
     assert_eq!(m.unmount(), 0);
     assert!(!tmp.exists());
     // All of it reached the store: read it back without any cache.
-    let m = Mount::start(
-        &["--test", "--size=128m", "--blockSize=64k", "--blockCacheSize=0", store.to_str().unwrap()],
-        &s.mnt(),
-    );
+    let m = Mount::test_dir(&s, &["--size=128m", "--blockSize=64k", "--blockCacheSize=0"]);
     let all = std::fs::read(m.file()).unwrap();
     assert!(all[..data.len()] == data[..], "stored data differs");
     assert_eq!(m.unmount(), 0);

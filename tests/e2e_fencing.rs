@@ -188,7 +188,7 @@ fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {
     let mut a: Vec<String> = flags.to_vec();
     a.extend(GEOMETRY.iter().chain(extra).map(|x| x.to_string()));
     a.push(format!("{BUCKET}/{vol}"));
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a.to_vec(), mnt)
 }
 
 fn run_vol(flags: &[String], vol: &str, extra: &[&str], mnt: Option<&Path>) -> std::process::Output {
@@ -273,7 +273,7 @@ fn c_s3backer_and_we_see_each_others_token() {
     let mut a = g.s3backer_flags();
     a.extend(GEOMETRY.iter().map(|x| x.to_string()));
     a.push(BUCKET.into());
-    let ours = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &m1p);
+    let ours = Mount::start_owned(a.to_vec(), &m1p);
     let out = Command::new(C_S3BACKER).args(c_args(&m2p)).stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("already mounted"), "C s3backer did not see our token: {err}");

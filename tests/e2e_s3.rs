@@ -23,7 +23,7 @@ fn args(g: &Garage, bucket: &str, extra: &[&str]) -> Vec<String> {
 
 fn mount(g: &Garage, bucket: &str, extra: &[&str], mnt: &std::path::Path) -> Mount {
     let a = args(g, bucket, extra);
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a.to_vec(), mnt)
 }
 
 /// `a` followed by the mount point.
@@ -380,10 +380,7 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
     // 4 MiB of it, with zero blocks in between.
     let data = pattern(5, 4 << 20, 32 << 10);
     let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     drop_caches();
     let m = c_mount(&g, c_extra, &s.mnt());
@@ -453,10 +450,7 @@ fn c_encrypted_object_decodes_with_our_codec() {
     let pw = pw_flag(&s);
     let m = c_mount(&g, &["--size=1m", "--blockSize=32k", "--encrypt", &pw], &s.mnt());
     let block: Vec<u8> = (0..32768u32).map(|i| (i * 7 % 253) as u8).collect();
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&block, 3 * 32768).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 3 * 32768, &block);
     assert_eq!(m.unmount(), 0);
     let hdr = s.path("headers");
     let (code, body) = g.curl(&["-D", hdr.to_str().unwrap()], &format!("{BUCKET}/00000003"));
@@ -644,25 +638,14 @@ fn ec2_iam_credentials_v1_and_v2() {
 /// fetches, vary with timing).
 #[test]
 fn request_counts_of_an_ext4_round_trip_vs_c() {
-    use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+    use s3b_testkit::fault_proxy::FaultProxy;
     let g = Garage::start();
     g.create_bucket("bucket-c");
     let mut results = Vec::new();
     for (name, bucket) in [("ours", BUCKET), ("C 1.5.4", "bucket-c")] {
         let s = Scratch::new();
-        let proxy = FaultProxy::start(
-            g.port,
-            FaultConfig {
-                error_percent: 0,
-                reset_percent: 0,
-                stall_percent: 0,
-                stall: std::time::Duration::ZERO,
-                corrupt_percent: 0,
-            },
-        );
-        proxy.set_faults(false);
-        let mut flags = g.s3backer_flags();
-        flags[0] = format!("--baseURL={}", proxy.base_url());
+        let proxy = FaultProxy::counting(g.port);
+        let flags = g.s3backer_flags_at(&proxy.base_url());
         let start = |geometry: &[&str]| -> Mount {
             let mut a = flags.clone();
             a.extend(geometry.iter().map(|s| s.to_string()));
@@ -795,17 +778,14 @@ fn tls_verification_cacert_and_insecure() {
     let data = pattern(9, 1 << 20, 64 << 10);
     let cacert = format!("--cacert={}", ca.display());
     let a = flags(&[&cacert]);
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     assert!(!block_keys(&g, BUCKET).is_empty());
 
     drop_caches();
     let a = flags(&["--insecure"]);
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
     assert!(read_head(&m.file(), data.len()) == data, "different bytes over TLS");
     assert_eq!(m.unmount(), 0);
     let _ = front.kill();
@@ -894,10 +874,7 @@ fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
     let (a, b, c) = (pattern(1, 64 << 10, 64 << 10), pattern(2, 64 << 10, 64 << 10), pattern(3, 64 << 10, 64 << 10));
 
     let m = mount(&g, BUCKET, &flags, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&a, at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), at, &a);
     drop_caches();
     assert!(read5(&m) == a);
     assert_eq!(m.unmount(), 0);
@@ -1078,24 +1055,12 @@ fn upload_bodies_damaged_in_transit_are_refused_and_sent_again() {
     use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
     let g = Garage::start();
     let s = Scratch::new();
-    let proxy = FaultProxy::start(
-        g.port,
-        FaultConfig {
-            error_percent: 0,
-            reset_percent: 0,
-            stall_percent: 0,
-            stall: std::time::Duration::ZERO,
-            corrupt_percent: 25,
-        },
-    );
+    let proxy = FaultProxy::start(g.port, FaultConfig { corrupt_percent: 25, ..FaultConfig::default() });
     let mut a = args(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--blockCacheSize=0", "--initialRetryPause=20"]);
     a[0] = format!("--baseURL={}", proxy.base_url());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
     let data = pattern(11, 2 << 20, 64 << 10);
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     let retries = stat_value(&m.stats(), "http_num_retries");
     assert_eq!(m.unmount(), 0);
     let corrupted = proxy.counts().corrupts;

@@ -18,7 +18,7 @@ fn args(s: &S3sFs, extra: &[&str]) -> Vec<String> {
 
 fn mount(s: &S3sFs, extra: &[&str], mnt: &std::path::Path) -> Mount {
     let a = args(s, extra);
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a.to_vec(), mnt)
 }
 
 fn block_keys(s: &S3sFs) -> Vec<String> {
@@ -72,10 +72,7 @@ fn cache_file_encryption_and_compression_on_s3s_fs() {
         .map(|i| if (i >> 15) % 3 == 0 { 0 } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 })
         .collect();
     let m = mount(&srv, &flags, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 1 << 20).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 1 << 20, &data);
     assert_eq!(m.unmount(), 0);
     // Restart on the cache file: every clean block is verified, and s3s-fs answers each
     // conditional GET with the data (it ignores If-None-Match): still the same bytes.

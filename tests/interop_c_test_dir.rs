@@ -61,7 +61,7 @@ fn both_ways(extra: &[&str], c_reads_back: bool) {
     drop(f);
     assert_eq!(m.unmount(), 0);
     let a = ours_args(&s.store());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
     assert!(std::fs::read(m.file()).unwrap() == data, "our read of C's volume differs");
     assert_eq!(m.unmount(), 0);
     let c_names = names(&s.store());
@@ -70,16 +70,13 @@ fn both_ways(extra: &[&str], c_reads_back: bool) {
     let s = Scratch::new();
     let data = pattern(2);
     let a = ours_args(&s.store());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     // Same data, same layout: the same object names.
     let s2 = Scratch::new();
     let a2 = ours_args(&s2.store());
-    let m = Mount::start(&a2.iter().map(String::as_str).collect::<Vec<_>>(), &s2.mnt());
+    let m = Mount::start_owned(a2.to_vec(), &s2.mnt());
     std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&pattern(1), 0).unwrap();
     assert_eq!(m.unmount(), 0);
     assert_eq!(names(&s2.store()), c_names, "object names differ from C's");

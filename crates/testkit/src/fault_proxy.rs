@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How often each fault happens, in percent of requests.
-#[derive(Clone, Copy, Debug)]
+/// How often each fault happens, in percent of requests (the default: never).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FaultConfig {
     /// Answer 503 without forwarding.
     pub error_percent: u32,
@@ -106,14 +106,7 @@ impl FaultProxy {
 
     /// A proxy that injects no faults: it forwards and counts (see [`FaultProxy::method_counts`]).
     pub fn counting(upstream: u16) -> FaultProxy {
-        let none = FaultConfig {
-            error_percent: 0,
-            reset_percent: 0,
-            stall_percent: 0,
-            stall: Duration::ZERO,
-            corrupt_percent: 0,
-        };
-        let p = FaultProxy::start(upstream, none);
+        let p = FaultProxy::start(upstream, FaultConfig::default());
         p.set_faults(false);
         p
     }
