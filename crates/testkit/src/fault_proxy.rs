@@ -18,8 +18,9 @@
 //! [`FaultProxy::set_deny_listing`] makes it answer every bucket listing with `403
 //! AccessDenied` and forward the rest, as S3 does for a key without `s3:ListBucket`.
 
+use crate::listener::Listener;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -64,7 +65,6 @@ impl FaultCounts {
 #[derive(Default)]
 struct Shared {
     enabled: AtomicBool,
-    stop: AtomicBool,
     requests: AtomicU64,
     errors: AtomicU64,
     resets: AtomicU64,
@@ -81,27 +81,17 @@ pub struct FaultProxy {
     /// Port clients connect to on 127.0.0.1.
     pub port: u16,
     shared: Arc<Shared>,
+    listener: Listener,
 }
 
 impl FaultProxy {
     /// Starts a proxy in front of the server on 127.0.0.1:`upstream`, faults enabled.
     pub fn start(upstream: u16, cfg: FaultConfig) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared::default());
         shared.enabled.store(true, Ordering::SeqCst);
         let sh = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let sh = sh.clone();
-                std::thread::spawn(move || serve(conn, upstream, cfg, &sh));
-            }
-        });
-        FaultProxy { port, shared }
+        let listener = Listener::start(move |conn| serve(conn, upstream, cfg, &sh));
+        FaultProxy { port: listener.port, shared, listener }
     }
 
     /// A proxy that injects no faults: it forwards and counts (see [`FaultProxy::method_counts`]).
@@ -113,7 +103,7 @@ impl FaultProxy {
 
     /// Base URL of the proxy, ending in `/`.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        self.listener.base_url()
     }
 
     /// Turns fault injection on or off (requests are always forwarded when off).
@@ -150,12 +140,13 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
+/// Answers with an S3 error document; false when the client is gone.
+fn s3_error(out: &mut TcpStream, status: &str, code: &str, message: &str) -> bool {
+    let msg = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    let h = format!("HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+    out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg.as_bytes())).is_ok()
 }
 
 /// A parsed request or response head: the first line and the header lines.
@@ -244,12 +235,7 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         }
         if sh.deny_listing.load(Ordering::SeqCst) && is_listing(&head.first) {
             sh.listings_denied.fetch_add(1, Ordering::SeqCst);
-            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
-            let h = format!(
-                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                msg.len()
-            );
-            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+            if !s3_error(&mut out, "403 Forbidden", "AccessDenied", "Access Denied") {
                 return;
             }
             continue;
@@ -258,12 +244,7 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         let (e, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
         if r < e {
             sh.errors.fetch_add(1, Ordering::SeqCst);
-            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>";
-            let h = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                msg.len()
-            );
-            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+            if !s3_error(&mut out, "503 Service Unavailable", "SlowDown", "injected") {
                 return;
             }
             continue;
