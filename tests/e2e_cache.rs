@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::os::unix::fs::FileExt;
 
-fn stat(stats: &str, name: &str) -> f64 {
-    let line = stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("{name} in {stats}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn blocks_in_store(store: &std::path::Path) -> usize {
     std::fs::read_dir(store).map(|d| d.count()).unwrap_or(0)
 }
@@ -42,15 +34,15 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
 
     // Clean restart: the cache file's blocks come back and are checked with If-None-Match.
     let m = Mount::test_dir(&s, &args);
-    assert!(stat(&m.stats(), "block_cache_initial_size") > 0.0, "{}", m.stats());
+    assert!(stat_value(&m.stats(), "block_cache_initial_size") > 0, "{}", m.stats());
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     check_tree(&s.ext4(), &tree);
     let tree2 = write_tree(&s.ext4(), 50, 2);
     sh(&format!("sync -f {}", s.ext4().display()));
     let stats = m.stats();
-    assert!(stat(&stats, "block_cache_verified") > 0.0, "{stats}");
-    assert_eq!(stat(&stats, "block_cache_mismatch"), 0.0, "{stats}");
+    assert!(stat_value(&stats, "block_cache_verified") > 0, "{stats}");
+    assert_eq!(stat_value(&stats, "block_cache_mismatch"), 0, "{stats}");
     // Crash after the sync.
     let pid = m.child.as_ref().unwrap().id();
     // SAFETY: killing the daemon this test started.
@@ -136,13 +128,17 @@ fn read_ahead_reduces_misses() {
         }
         drop(f);
         let stats = m.stats();
-        misses.push(stat(&stats, "block_cache_read_misses"));
-        assert_eq!(stat(&stats, "block_cache_read_hits") + stat(&stats, "block_cache_read_misses"), 1024.0, "{stats}");
+        misses.push(stat_value(&stats, "block_cache_read_misses"));
+        assert_eq!(
+            stat_value(&stats, "block_cache_read_hits") + stat_value(&stats, "block_cache_read_misses"),
+            1024,
+            "{stats}"
+        );
         assert_eq!(m.unmount(), 0);
     }
     eprintln!("block_cache_read_misses for 1024 sequential 4k reads, readAhead 0 vs 4: {misses:?}");
-    assert_eq!(misses[0], 1024.0);
-    assert!(misses[1] < misses[0] / 4.0, "misses without/with read-ahead: {misses:?}");
+    assert_eq!(misses[0], 1024);
+    assert!(misses[1] < misses[0] / 4, "misses without/with read-ahead: {misses:?}");
 }
 
 /// A damaged cache file, or one made for another block size, is refused with one clear line.
@@ -234,33 +230,33 @@ fn cache_file_grows_and_shrinks_with_block_cache_size() {
 
     // How many blocks the file holds, from a restart with the same size.
     let m = start("--blockCacheSize=100");
-    let held = stat(&m.stats(), "block_cache_initial_size");
+    let held = stat_value(&m.stats(), "block_cache_initial_size");
     assert!(held > 20.0, "{}", m.stats());
     assert_eq!(m.unmount(), 0);
 
     // Grow: every block of the old file comes back.
     let m = start("--blockCacheSize=300");
-    assert_eq!(stat(&m.stats(), "block_cache_initial_size"), held, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_initial_size"), held, "{}", m.stats());
     assert!(std::fs::metadata(&cache).unwrap().len() > len_100 * 2);
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     check_tree(&s.ext4(), &tree);
     let stats = m.stats();
-    assert!(stat(&stats, "block_cache_verified") > 0.0, "{stats}");
-    assert_eq!(stat(&stats, "block_cache_mismatch"), 0.0, "{stats}");
+    assert!(stat_value(&stats, "block_cache_verified") > 0, "{stats}");
+    assert_eq!(stat_value(&stats, "block_cache_mismatch"), 0, "{stats}");
     let tree2 = write_tree(&s.ext4(), 200, 12);
     e.unmount();
     assert_eq!(m.unmount(), 0);
 
     // Shrink: as many blocks as fit.
     let m = start("--blockCacheSize=40");
-    assert_eq!(stat(&m.stats(), "block_cache_initial_size"), 40.0, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_initial_size"), 40, "{}", m.stats());
     assert!(std::fs::metadata(&cache).unwrap().len() < len_100);
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     // The second tree rewrote every file of the first.
     check_tree(&s.ext4(), &tree2);
-    assert_eq!(stat(&m.stats(), "block_cache_mismatch"), 0.0, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_mismatch"), 0, "{}", m.stats());
     e.unmount();
     fsck_clean(&m.file());
     assert_eq!(m.unmount(), 0);

@@ -180,15 +180,7 @@ fn test_errors_really_injects_errors() {
     }
     drop(f);
     let stats = m.stats();
-    let injected: u64 = stats
-        .lines()
-        .find(|l| l.starts_with("test_injected_errors"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let injected = stat_value(&stats, "test_injected_errors");
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
     assert_eq!(m.unmount(), 0);
 
@@ -202,15 +194,7 @@ fn test_errors_really_injects_errors() {
     f.sync_all().unwrap();
     drop(f);
     let stats = m.stats();
-    let injected: u64 = stats
-        .lines()
-        .find(|l| l.starts_with("test_injected_errors"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let injected = stat_value(&stats, "test_injected_errors");
     assert!(injected > 0, "no upload failed and was retried:\n{stats}");
     assert_eq!(m.unmount(), 0);
     let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k"]);

@@ -25,10 +25,7 @@ fn misses(extra: &[&str]) -> (u64, u64) {
     }
     drop(f);
     let stats = m.stats();
-    let get = |name: &str| -> u64 {
-        stats.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-    };
-    let r = (get("block_cache_read_misses"), get("block_cache_read_hits"));
+    let r = (stat_value(&stats, "block_cache_read_misses"), stat_value(&stats, "block_cache_read_hits"));
     assert_eq!(m.unmount(), 0);
     r
 }

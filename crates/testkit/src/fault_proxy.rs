@@ -149,6 +149,20 @@ fn s3_error(out: &mut TcpStream, status: &str, code: &str, message: &str) -> boo
     out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg.as_bytes())).is_ok()
 }
 
+/// Reads the body of a request whose head is `head` (answering `Expect: 100-continue` first);
+/// `None` when the client is gone.
+pub(crate) fn read_body(head: &Head, reader: &mut impl Read, out: &mut impl Write) -> Option<Vec<u8>> {
+    if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+    {
+        return None;
+    }
+    let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
 /// A parsed request or response head: the first line and the header lines.
 pub(crate) struct Head {
     pub(crate) first: String,
@@ -223,16 +237,7 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         sh.requests.fetch_add(1, Ordering::SeqCst);
         let method = head.first.split(' ').next().unwrap_or("").to_string();
         *sh.methods.lock().entry(method).or_default() += 1;
-        if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-        {
-            return;
-        }
-        let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(mut body) = read_body(&head, &mut reader, &mut out) else { return };
         if sh.deny_listing.load(Ordering::SeqCst) && is_listing(&head.first) {
             sh.listings_denied.fetch_add(1, Ordering::SeqCst);
             if !s3_error(&mut out, "403 Forbidden", "AccessDenied", "Access Denied") {

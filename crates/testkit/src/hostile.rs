@@ -13,9 +13,9 @@
 //! [`crate::fault_proxy`] does). A hostile answer goes on until the client hangs up (or 1 GiB);
 //! the connection is then closed. [`HostileProxy::counts`] tells what was sent.
 
-use crate::fault_proxy::{Head, forward, read_head};
+use crate::fault_proxy::{Head, forward, read_body, read_head};
 use crate::listener::Listener;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,16 +143,7 @@ fn serve(conn: TcpStream, upstream: u16, sh: &Shared) {
     loop {
         let Ok(Some(head)) = read_head(&mut reader) else { return };
         sh.requests.fetch_add(1, Ordering::SeqCst);
-        if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-        {
-            return;
-        }
-        let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(body) = read_body(&head, &mut reader, &mut out) else { return };
         if let Some(m) = take(sh, &head) {
             sh.hostile.fetch_add(1, Ordering::SeqCst);
             misbehave(&mut out, m, sh);
