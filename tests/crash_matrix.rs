@@ -81,8 +81,7 @@ fn crash_case(args: &[String], store: Store, kill_in: usize, seed: u64, resize_t
     };
     let a: Vec<&str> = full.iter().map(String::as_str).collect();
     let m = Mount::start(&a, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let durable: Durable = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let begun = Arc::new(AtomicUsize::new(0));

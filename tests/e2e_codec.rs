@@ -24,8 +24,7 @@ fn round_trip(extra: &[&str], expect_encoding: &str) {
     a.push(store.to_string_lossy().into_owned());
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
     let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 80, 21);
     e.unmount();
     assert_eq!(m.unmount(), 0);

@@ -62,8 +62,7 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
     let s = Scratch::new();
     // The image: ext4 written through our --test store, whose files are named like the keys.
     let m = Mount::start(&["--test", "--size=64m", "--blockSize=64k", s.store().to_str().unwrap()], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 60, 15);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -138,8 +137,7 @@ fn round_trip(
     let mut with_mnt = a.clone();
     with_mnt.extend(["-f".to_string(), s.mnt().to_string_lossy().into_owned()]);
     let m = Mount::start_program(program, &with_mnt, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 40, seed);
     e.unmount();
     assert_eq!(m.unmount(), 0);

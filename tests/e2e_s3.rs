@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use rand::{RngCore, SeedableRng};
 use s3b_testkit::garage::{BUCKET, Garage};
+use s3b_testkit::listener::Listener;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -55,8 +56,7 @@ fn ext4_round_trip_over_s3_with_auto_detect() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 200, 7);
     e.unmount();
     let stats = m.stats();
@@ -349,8 +349,7 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
     let mut c_first: Vec<&str> = vec!["--size=32m", "--blockSize=32k"];
     c_first.extend_from_slice(c_extra);
     let m = c_mount(&g, &c_first, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 60, 11);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -537,58 +536,52 @@ fn list_blocks_survey_avoids_requests_for_zero_blocks() {
 
 /// A minimal EC2 instance-metadata service on 127.0.0.1 that hands out the test server's keys
 /// for role `s3b-role`; with `v2`, only to requests carrying the session token it issued.
-fn metadata_server(v2: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+fn metadata_server(v2: bool) -> (Listener, Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut token_ok = false;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if h.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok-123") {
-                    token_ok = true;
-                }
-            }
-            let (status, body) = if line.starts_with("PUT /latest/api/token") {
-                ("200 OK", "tok-123".to_string())
-            } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2)
-            {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                (
-                    "200 OK",
-                    format!(
-                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}",
-                        s3b_testkit::garage::ACCESS_KEY_ID,
-                        s3b_testkit::garage::SECRET_KEY
-                    ),
-                )
-            } else {
-                ("401 Unauthorized", String::new())
-            };
-            let _ =
-                write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let server = Listener::start(move |mut conn| {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() {
+            return;
         }
+        let mut token_ok = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+            if h.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok-123") {
+                token_ok = true;
+            }
+        }
+        let (status, body) = if line.starts_with("PUT /latest/api/token") {
+            ("200 OK", "tok-123".to_string())
+        } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2) {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                "200 OK",
+                format!(
+                    "{{\"Code\":\"Success\",\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}",
+                    s3b_testkit::garage::ACCESS_KEY_ID,
+                    s3b_testkit::garage::SECRET_KEY
+                ),
+            )
+        } else {
+            ("401 Unauthorized", String::new())
+        };
+        let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     });
-    (port, served)
+    (server, served)
 }
 
 #[test]
 fn ec2_iam_credentials_v1_and_v2() {
     let g = Garage::start();
     for v2 in [false, true] {
-        let (port, served) = metadata_server(v2);
+        let (server, served) = metadata_server(v2);
+        let port = server.port;
         let s = Scratch::new();
         let mut a = vec![
             format!("--baseURL={}", g.base_url()),
@@ -617,7 +610,8 @@ fn ec2_iam_credentials_v1_and_v2() {
         assert!(block_keys(&g, BUCKET).contains(&"00000000".to_string()));
     }
     // A role the metadata service does not know: one clear line, nothing written.
-    let (port, _) = metadata_server(true);
+    let (server, _) = metadata_server(true);
+    let port = server.port;
     let s = Scratch::new();
     let out = Command::new(bin())
         .args([format!("--baseURL={}", g.base_url()), "--accessEC2IAM=other".into(), "--size=1m".into(), "-f".into()])
@@ -661,8 +655,7 @@ fn request_counts_of_an_ext4_round_trip_vs_c() {
             }
         };
         let m = start(&["--size=256m", "--blockSize=64k"]);
-        Ext4::mkfs(&m.file());
-        let e = Ext4::mount(&m.file(), &s.ext4());
+        let e = Ext4::create(&m.file(), &s.ext4());
         let tree = write_tree(&s.ext4(), 200, 21);
         e.unmount();
         assert_eq!(m.unmount(), 0);
@@ -987,8 +980,7 @@ fn consistency_layer_ext4_round_trip_over_s3() {
         "--minWriteDelay=20",
     ];
     let m = mount(&g, BUCKET, &flags, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 80, 41);
     e.unmount();
     drop_caches();
@@ -1011,24 +1003,20 @@ fn consistency_layer_ext4_round_trip_over_s3() {
 #[test]
 fn redirect_to_another_region_names_the_region() {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let mut buf = [0u8; 8192];
-            let _ = c.read(&mut buf);
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Region>eu-west-1</Region></Error>";
-            let _ = write!(
-                c,
-                "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+    let server = Listener::start(move |mut c| {
+        let mut buf = [0u8; 8192];
+        let _ = c.read(&mut buf);
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Region>eu-west-1</Region></Error>";
+        let _ = write!(
+            c,
+            "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     });
+    let port = server.port;
     let s = Scratch::new();
     let out = run_ours(&[
         format!("--baseURL=http://127.0.0.1:{port}/"),

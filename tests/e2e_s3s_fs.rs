@@ -30,8 +30,7 @@ fn ext4_round_trip_mount_token_and_erase_on_s3s_fs() {
     let srv = S3sFs::start();
     let s = Scratch::new();
     let m = mount(&srv, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 150, 31);
     e.unmount();
     // A second mount of the same bucket is refused while the first is up.

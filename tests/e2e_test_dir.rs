@@ -11,8 +11,7 @@ fn ext4_round_trip_survives_restart() {
     let store = s.store();
     let args = ["--size=256m", "--blockSize=64k"];
     let m = Mount::test_dir(&s, &args);
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 300, 1);
     e.unmount();
     assert_eq!(m.unmount(), 0, "clean exit after unmount");
@@ -211,8 +210,7 @@ fn killed_daemon_leaves_a_mount_plain_umount_clears() {
     let store = s.store();
     let args = ["--size=64m", "--blockSize=64k"];
     let m = Mount::test_dir(&s, &args);
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     std::fs::write(s.ext4().join("a"), b"hello").unwrap();
     sh("sync");
     let pid = m.child.as_ref().map(|c| c.id()).unwrap();

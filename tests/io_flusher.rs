@@ -130,8 +130,7 @@ impl Drop for MemCgroup {
 fn ext4_written_far_beyond_a_memory_cgroup_limit_loses_nothing() {
     let s = Scratch::new();
     let m = Mount::test_dir(&s, &["--size=512m", "--blockSize=64k"]);
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     // 24 MiB for the writer; it writes 256 MiB (random, so no block is a zero block).
     let cg = MemCgroup::new(24 << 20);
     let data = s.ext4().join("big.bin");

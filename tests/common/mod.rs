@@ -243,6 +243,12 @@ impl Ext4 {
         sh(&format!("mkfs.ext4 -q -F -E nodiscard {}", file.display()));
     }
 
+    /// Makes a new ext4 file system on `file` and loop-mounts it on `dir`.
+    pub fn create(file: &Path, dir: &Path) -> Ext4 {
+        Ext4::mkfs(file);
+        Ext4::mount(file, dir)
+    }
+
     /// Loop-mounts `file` on `dir`.
     pub fn mount(file: &Path, dir: &Path) -> Ext4 {
         sh(&format!("mount -o loop {} {}", file.display(), dir.display()));
