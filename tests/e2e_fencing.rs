@@ -168,20 +168,33 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
     tally
 }
 
+/// Twenty races (five at a time) on `server`: every one has exactly one winner.
+fn twenty_races_one_winner_each(server: &str, flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str) {
+    let tally = race_pairs(flags, list_keys, tag, 20, 5);
+    eprintln!("{server}: {tally:?}");
+    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+}
+
 #[test]
 fn racing_pairs_on_a_server_with_conditional_writes() {
     let srv = S3sFs::start();
-    let tally = race_pairs(&srv.s3backer_flags(), &|| srv.list_keys(BUCKET), "cas", 20, 5);
-    eprintln!("s3s-fs (conditional writes): {tally:?}");
-    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+    twenty_races_one_winner_each(
+        "s3s-fs (conditional writes)",
+        &srv.s3backer_flags(),
+        &|| srv.list_keys(BUCKET),
+        "cas",
+    );
 }
 
 #[test]
 fn racing_pairs_on_a_server_without_conditional_writes() {
     let g = Garage::start();
-    let tally = race_pairs(&g.s3backer_flags(), &|| g.list_keys(BUCKET), "wait", 20, 5);
-    eprintln!("Garage (no conditional writes): {tally:?}");
-    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+    twenty_races_one_winner_each(
+        "Garage (no conditional writes)",
+        &g.s3backer_flags(),
+        &|| g.list_keys(BUCKET),
+        "wait",
+    );
 }
 
 fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {

@@ -46,6 +46,17 @@ pub fn python(script: &str, args: &[&str]) -> String {
     checked_output(Command::new("/usr/bin/python3").arg("-c").arg(script).args(args), "python")
 }
 
+/// Runs `cmd` with stdin closed and checks that it failed with exit code 1 after one line on
+/// stderr (warnings aside); returns that line.
+pub fn one_error_line(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("run the command");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains(": warning: ")).collect();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
 /// Owned copies of string arguments.
 pub fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()

@@ -3,7 +3,7 @@
 
 use super::*;
 use s3b_store::StatsSource;
-use s3b_store::mock::{Fail, MemBlocks, Op, elapse};
+use s3b_store::mock::{Fail, Gate, MemBlocks, Op, elapse};
 
 const BS: u32 = 16;
 
@@ -410,12 +410,19 @@ async fn default_write_block_part_is_read_modify_write() {
 /// The cache full of dirty blocks, every upload slot taken by an upload that does not finish
 /// and a writer waiting for room: a read of a block that is not cached still goes to the store
 /// at once and comes back, while not one upload has finished.
+/// A cache of `size` blocks with `threads` upload slots, over a store that holds block `n`
+/// (contents `block(n)`) and keeps every upload waiting at the gate returned.
+fn with_uploads_held(threads: usize, size: usize, n: BlockNum) -> (Arc<MemBlocks>, Arc<Gate>, Arc<BlockCache>) {
+    let mem = mem();
+    mem.put(n, block(n as u8));
+    let uploads = mem.hold(Op::Write);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads, write_delay: Duration::ZERO, ..cfg(size) }));
+    (mem, uploads, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
-    let mem = mem();
-    mem.put(50, block(50));
-    let uploads = mem.hold(Op::Write);
-    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(8) }));
+    let (mem, uploads, c) = with_uploads_held(4, 8, 50);
     for n in 0..8 {
         c.write_block(n, Some(block(n as u8 + 1))).await.unwrap();
     }
@@ -454,10 +461,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
 /// none of them, and uploads go on (and finish) while it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_use_every_thread_and_waiting_reads_take_none() {
-    let mem = mem();
-    mem.put(60, block(60));
-    let uploads = mem.hold(Op::Write);
-    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 8, write_delay: Duration::ZERO, ..cfg(40) }));
+    let (mem, uploads, c) = with_uploads_held(8, 40, 60);
     for n in 0..12 {
         c.write_block(n, Some(block(1))).await.unwrap();
     }

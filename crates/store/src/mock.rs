@@ -362,6 +362,18 @@ impl Gate {
     }
 }
 
+/// Gives a store's [`Hooks`] methods to the store itself.
+macro_rules! hooks_deref {
+    ($store:ty) => {
+        impl Deref for $store {
+            type Target = Hooks;
+            fn deref(&self) -> &Hooks {
+                &self.hooks
+            }
+        }
+    };
+}
+
 /// The ETag of version `v` of an object.
 fn version_etag(v: u64) -> Etag {
     let mut e = [0u8; 16];
@@ -397,12 +409,7 @@ pub struct MemBlocks {
     hooks: Hooks,
 }
 
-impl Deref for MemBlocks {
-    type Target = Hooks;
-    fn deref(&self) -> &Hooks {
-        &self.hooks
-    }
-}
+hooks_deref!(MemBlocks);
 
 impl MemBlocks {
     /// An empty store of `num_blocks` blocks of `block_size` bytes.
@@ -556,12 +563,7 @@ pub struct MemObjects {
     hooks: Hooks,
 }
 
-impl Deref for MemObjects {
-    type Target = Hooks;
-    fn deref(&self) -> &Hooks {
-        &self.hooks
-    }
-}
+hooks_deref!(MemObjects);
 
 impl MemObjects {
     /// An empty store.
