@@ -85,14 +85,13 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         rng.fill_bytes(&mut unsynced);
 
         let m = Mount::test_dir(&s, &args);
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
-        f.write_all_at(&synced, 0).unwrap();
-        f.sync_all().unwrap();
-        f.write_all_at(&unsynced, 1 << 20).unwrap();
+        write_synced(&m.file(), 0, &synced);
+        // Written by a process that keeps the file open: closing it would flush.
+        let writer = write_and_hold(&m.file(), 1 << 20, &unsynced);
         assert_eq!(blocks_in_store(&store), 8, "only the fsynced blocks were uploaded");
-        // Crash with the file still open (closing it would flush).
+        // Crash with the file still open.
         m.kill9();
-        drop(f);
+        drop(writer);
         assert_eq!(blocks_in_store(&store), 8);
 
         let mut restart = args.clone();
