@@ -168,8 +168,9 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
     tally
 }
 
-/// Twenty races (five at a time) on `server`: every one has exactly one winner.
-fn twenty_races_one_winner_each(server: &str, flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str) {
+/// Twenty races (five at a time) on `server`, volumes named `<tag><i>`: every one has exactly
+/// one winner.
+fn one_winner_per_race(server: &str, tag: &str, flags: &[String], list_keys: &dyn Fn() -> Vec<String>) {
     let tally = race_pairs(flags, list_keys, tag, 20, 5);
     eprintln!("{server}: {tally:?}");
     assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
@@ -178,30 +179,20 @@ fn twenty_races_one_winner_each(server: &str, flags: &[String], list_keys: &dyn 
 #[test]
 fn racing_pairs_on_a_server_with_conditional_writes() {
     let srv = S3sFs::start();
-    twenty_races_one_winner_each(
-        "s3s-fs (conditional writes)",
-        &srv.s3backer_flags(),
-        &|| srv.list_keys(BUCKET),
-        "cas",
-    );
+    one_winner_per_race("s3s-fs, conditional writes", "cas", &srv.s3backer_flags(), &|| srv.list_keys(BUCKET));
 }
 
 #[test]
 fn racing_pairs_on_a_server_without_conditional_writes() {
     let g = Garage::start();
-    twenty_races_one_winner_each(
-        "Garage (no conditional writes)",
-        &g.s3backer_flags(),
-        &|| g.list_keys(BUCKET),
-        "wait",
-    );
+    one_winner_per_race("Garage, no conditional writes", "wait", &g.s3backer_flags(), &|| g.list_keys(BUCKET));
 }
 
 fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {
     let mut a: Vec<String> = flags.to_vec();
     a.extend(GEOMETRY.iter().chain(extra).map(|x| x.to_string()));
     a.push(format!("{BUCKET}/{vol}"));
-    Mount::start_owned(a.to_vec(), mnt)
+    Mount::start_owned(a, mnt)
 }
 
 fn run_vol(flags: &[String], vol: &str, extra: &[&str], mnt: Option<&Path>) -> std::process::Output {
