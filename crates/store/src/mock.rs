@@ -633,7 +633,12 @@ impl ObjectStore for MemObjects {
     }
 
     async fn delete_object(&self, n: BlockNum) -> Result<()> {
-        self.hooks.run(Op::Write, Some(n), || Ok(drop(self.objects.lock().remove(&n)))).await
+        self.hooks
+            .run(Op::Write, Some(n), || {
+                self.objects.lock().remove(&n);
+                Ok(())
+            })
+            .await
     }
 
     async fn list_objects(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {

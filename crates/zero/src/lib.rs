@@ -486,7 +486,7 @@ mod tests {
         let all: Vec<BlockNum> = (0..5000).collect();
         z.bulk_zero(&all).await.unwrap();
         assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 12));
-        assert!(!mem.get(5).is_some() && !mem.get(2000).is_some());
+        assert!(mem.get(5).is_none() && mem.get(2000).is_none());
         // The rest of the volume is known zero too; no second survey.
         z.bulk_zero(&(5000..10_000).collect::<Vec<_>>()).await.unwrap();
         assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 13));
