@@ -10,6 +10,9 @@
 //! This crate also holds what more than one layer needs: S3 key naming ([`keys`]), the error type
 //! ([`StoreError`]) with its single mapping to errno, and the stats registry ([`stats`]) that
 //! renders the `stats` file in upstream's field order.
+//!
+//! With the cargo feature `mock`, [`mock`] offers in-memory test doubles of both traits (with
+//! delays, gates and injected failures) to the tests of the other crates.
 #![deny(missing_docs)]
 
 pub mod error;
