@@ -201,14 +201,6 @@ fn cache_file_on_a_full_file_system_is_refused_at_startup() {
     assert!(!is_mounted(&s.mnt()));
 }
 
-/// Fills `len` bytes with a pattern from `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
 /// ext4 over a cache file whose --blockCacheSize changes between mounts: grown, then shrunk.
 /// The file is resized (not refused), the blocks that fit come back (verified against the
 /// store), and the file system reads back identical and checks clean.
@@ -272,7 +264,7 @@ fn cache_file_resize_keeps_dirty_blocks() {
     let with =
         |extra: &[&str]| test_args(&s, &[&["--size=4m", "--blockSize=64k", "--directIO", &file_arg], extra].concat());
     let start = |extra: &[&str]| Mount::start_owned(with(extra), &s.mnt());
-    let data = pattern(21, 20 * 65536);
+    let data = random_bytes(21, 20 * 65536);
     let m = start(&["--blockCacheSize=32", "--blockCacheWriteDelay=600000"]);
     let writer = write_and_hold(&m.file(), 65536, &data);
     m.kill9();
@@ -319,7 +311,7 @@ fn kill9_during_cache_file_resize() {
     let base = ["--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg];
     let with = |extra: &[&str]| test_args(&s, &[&base[..], extra].concat());
     // 1000 dirty blocks (62.5 MiB) in a 1200-block cache file, never uploaded.
-    let data = pattern(31, 1000 * 65536);
+    let data = random_bytes(31, 1000 * 65536);
     {
         let m = Mount::start_owned(with(&["--blockCacheSize=1200"]), &s.mnt());
         let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();

@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use rand::{RngCore, SeedableRng};
 use s3b_testkit::garage::{BUCKET, Garage};
 use s3b_testkit::listener::Listener;
 use std::os::unix::fs::FileExt;
@@ -137,13 +136,7 @@ fn erase_removes_every_block() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=4m", "--blockSize=4k", "--prefix=vol/"], &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut data = vec![0u8; 4 << 20];
-    rng.fill_bytes(&mut data);
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &random_bytes(3, 4 << 20));
     assert_eq!(m.unmount(), 0);
     assert_eq!(block_keys(&g, BUCKET).len(), 1024);
     // An object outside the volume's prefix survives.
@@ -313,17 +306,6 @@ fn bad_s3_invocations_fail_cleanly_and_write_nothing() {
     assert!(g.list_keys(BUCKET).is_empty(), "a bad invocation wrote to the bucket: {:?}", g.list_keys(BUCKET));
 }
 
-fn pattern(seed: u64, len: usize, block: usize) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len];
-    for (i, chunk) in v.chunks_mut(block).enumerate() {
-        if i % 3 != 1 {
-            rng.fill_bytes(chunk);
-        }
-    }
-    v
-}
-
 fn read_head(file: &std::path::Path, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     std::fs::File::open(file).unwrap().read_exact_at(&mut v, 0).unwrap();
@@ -377,14 +359,14 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
 
     // Raw bytes with zero blocks in between: ours writes, C reads, and the other way round.
     // 4 MiB of it, with zero blocks in between.
-    let data = pattern(5, 4 << 20, 32 << 10);
+    let data = sparse_pattern(5, 4 << 20, 32 << 10);
     let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
     write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     drop_caches();
     let m = c_mount(&g, c_extra, &s.mnt());
     assert!(read_head(&m.file(), data.len()) == data, "C reads different bytes than we wrote");
-    let data2 = pattern(6, 4 << 20, 32 << 10);
+    let data2 = sparse_pattern(6, 4 << 20, 32 << 10);
     std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&data2, 0).unwrap();
     assert_eq!(m.unmount(), 0);
     drop_caches();
@@ -498,11 +480,8 @@ fn list_blocks_survey_avoids_requests_for_zero_blocks() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=16m", "--blockSize=64k", "--blockHashPrefix"], &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
     let data = vec![0xabu8; 4 << 16];
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
 
     let m = mount(&g, BUCKET, &["--blockHashPrefix", "--listBlocks", "--listBlocksThreads=4"], &s.mnt());
@@ -687,7 +666,7 @@ fn ip_tos_is_set_on_connections() {
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--ipTOS=0xb8", "--blockCacheSize=0"], &s.mnt());
     let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&pattern(3, 1 << 20, 64 << 10), 0).unwrap();
+    f.write_all_at(&sparse_pattern(3, 1 << 20, 64 << 10), 0).unwrap();
     f.sync_all().unwrap();
     drop(f);
     let ss = sh(&format!("ss -tnp --tos 'dport = :{}'", g.port));
@@ -768,7 +747,7 @@ fn tls_verification_cacert_and_insecure() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(g.list_keys(BUCKET).is_empty(), "{:?}", g.list_keys(BUCKET));
 
-    let data = pattern(9, 1 << 20, 64 << 10);
+    let data = sparse_pattern(9, 1 << 20, 64 << 10);
     let cacert = format!("--cacert={}", ca.display());
     let a = flags(&[&cacert]);
     let m = Mount::start_owned(a.to_vec(), &s.mnt());
@@ -800,7 +779,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
     let stats = a.stats();
     assert!(!stats.contains("block_cache_") && !stats.contains("zero_block_cache_"), "{stats}");
 
-    let one = pattern(1, 256 << 10, 32 << 10);
+    let one = sparse_pattern(1, 256 << 10, 32 << 10);
     let fa = std::fs::OpenOptions::new().read(true).write(true).open(a.file()).unwrap();
     let fb = std::fs::OpenOptions::new().read(true).write(true).open(b.file()).unwrap();
     fa.write_all_at(&one, 64 << 10).unwrap();
@@ -808,7 +787,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
     let mut back = vec![0u8; one.len()];
     fb.read_exact_at(&mut back, 64 << 10).unwrap();
     assert!(back == one, "B does not see A's write");
-    let two = pattern(2, 256 << 10, 32 << 10);
+    let two = sparse_pattern(2, 256 << 10, 32 << 10);
     fb.write_all_at(&two, 64 << 10).unwrap();
     fb.sync_all().unwrap();
     fa.read_exact_at(&mut back, 64 << 10).unwrap();
@@ -864,7 +843,11 @@ fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
         );
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     };
-    let (a, b, c) = (pattern(1, 64 << 10, 64 << 10), pattern(2, 64 << 10, 64 << 10), pattern(3, 64 << 10, 64 << 10));
+    let (a, b, c) = (
+        sparse_pattern(1, 64 << 10, 64 << 10),
+        sparse_pattern(2, 64 << 10, 64 << 10),
+        sparse_pattern(3, 64 << 10, 64 << 10),
+    );
 
     let m = mount(&g, BUCKET, &flags, &s.mnt());
     write_synced(&m.file(), at, &a);
@@ -906,7 +889,7 @@ fn s3_secrets_never_leak_and_open_access_file_warns() {
     let file = format!("--accessFile={}", access.display());
     let m = Mount::start(&[&base, &file, "--debug", "--debug-http", "--size=4m", "--blockSize=64k", BUCKET], &s.mnt());
     let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&pattern(4, 1 << 20, 64 << 10), 0).unwrap();
+    f.write_all_at(&sparse_pattern(4, 1 << 20, 64 << 10), 0).unwrap();
     f.sync_all().unwrap();
     drop(f);
     drop_caches();
@@ -1047,7 +1030,7 @@ fn upload_bodies_damaged_in_transit_are_refused_and_sent_again() {
     let mut a = args(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--blockCacheSize=0", "--initialRetryPause=20"]);
     a[0] = format!("--baseURL={}", proxy.base_url());
     let m = Mount::start_owned(a.to_vec(), &s.mnt());
-    let data = pattern(11, 2 << 20, 64 << 10);
+    let data = sparse_pattern(11, 2 << 20, 64 << 10);
     write_synced(&m.file(), 0, &data);
     let retries = stat_value(&m.stats(), "http_num_retries");
     assert_eq!(m.unmount(), 0);

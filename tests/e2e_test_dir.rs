@@ -269,11 +269,9 @@ fn fsynced_data_survives_kill_9() {
 /// restart.
 #[test]
 fn sigterm_during_heavy_writing_loses_nothing_and_exits_zero() {
-    use rand::{RngCore, SeedableRng};
     let s = Scratch::new();
     let args = ["--size=32m", "--blockSize=64k", "--test-delays"];
-    let mut data = vec![0u8; 8 << 20];
-    rand::rngs::StdRng::seed_from_u64(77).fill_bytes(&mut data);
+    let data = random_bytes(77, 8 << 20);
     let src = s.path("src");
     std::fs::write(&src, &data).unwrap();
     let mut m = Mount::test_dir(&s, &args);

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use rand::{RngCore, SeedableRng};
+
 use std::os::unix::fs::FileExt;
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
@@ -17,14 +17,8 @@ fn c_mount(extra: &[&str], store: &std::path::Path, mnt: &std::path::Path) -> Mo
 }
 
 fn pattern(seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; 2 << 20];
     // Some blocks stay zero so the zero-block rule is exercised both ways.
-    for (i, chunk) in v.chunks_mut(16384).enumerate() {
-        if i % 3 != 1 {
-            rng.fill_bytes(chunk);
-        }
-    }
+    let mut v = sparse_pattern(seed, 2 << 20, 16384);
     // An unaligned partial block.
     for b in &mut v[100_000..100_123] {
         *b = 0x5a;

@@ -70,6 +70,28 @@ pub fn test_args(s: &Scratch, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// `len` random bytes from `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// `len` bytes in chunks of `chunk` bytes: every third chunk (1, 4, 7, …) zeros, the others
+/// random from `seed`, so that zero blocks are exercised too.
+pub fn sparse_pattern(seed: u64, len: usize, chunk: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    for (i, c) in v.chunks_mut(chunk).enumerate() {
+        if i % 3 != 1 {
+            rng.fill_bytes(c);
+        }
+    }
+    v
+}
+
 /// Writes `data` at `offset` of `file` and fsyncs it.
 pub fn write_synced(file: &Path, offset: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;

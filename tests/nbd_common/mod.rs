@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use super::common::*;
-use rand::{RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -115,9 +114,7 @@ impl Drop for NbdServer {
 
 /// A random image of `len` bytes with some all-zero 64 KiB stretches, written to `path`.
 pub fn random_image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill_bytes(&mut data);
+    let mut data = random_bytes(seed, len);
     for (i, chunk) in data.chunks_mut(64 * 1024).enumerate() {
         if i % 5 == 2 {
             chunk.fill(0);
