@@ -144,7 +144,6 @@ fn read_ahead_reduces_misses() {
 fn bad_cache_file_is_refused_clearly() {
     let s = Scratch::new();
     let store = s.store();
-    std::fs::create_dir_all(s.mnt()).unwrap();
     let cache = s.path("cache");
     let file_arg = format!("--blockCacheFile={}", cache.display());
     let mnt = s.mnt();
@@ -175,7 +174,6 @@ fn bad_cache_file_is_refused_clearly() {
 fn cache_file_on_a_full_file_system_is_refused_at_startup() {
     let s = Scratch::new();
     let store = s.store();
-    std::fs::create_dir_all(s.mnt()).unwrap();
     let small = s.path("small");
     std::fs::create_dir_all(&small).unwrap();
     sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", small.display()));
@@ -273,7 +271,6 @@ fn cache_file_resize_keeps_dirty_blocks() {
 
     // Shrinking below the 20 dirty blocks: refused, nothing changes.
     let before = std::fs::read(&cache).unwrap();
-    std::fs::create_dir_all(s.mnt()).unwrap();
     let mut a = with(&["--blockCacheSize=19", "--blockCacheRecoverDirtyBlocks", "-f"]);
     a.push(s.mnt().to_string_lossy().into_owned());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();

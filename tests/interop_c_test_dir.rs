@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-
 use std::os::unix::fs::FileExt;
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";

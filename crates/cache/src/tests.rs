@@ -33,12 +33,19 @@ async fn read(c: &BlockCache, n: BlockNum) -> Bytes {
     c.read_block(n, ReadCondition::None).await.unwrap().into_data(BS).unwrap()
 }
 
+/// A cache of 10 blocks over a store that holds block `n` (contents `block(b)`) and answers
+/// every read after `ms` milliseconds.
+fn with_slow_reads(n: BlockNum, b: u8, ms: u64) -> (Arc<MemBlocks>, Arc<BlockCache>) {
+    let mem = mem();
+    mem.put(n, block(b));
+    mem.delay(Op::Read, Duration::from_millis(ms));
+    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    (mem, c)
+}
+
 #[tokio::test(start_paused = true)]
 async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
-    let mem = mem();
-    mem.put(3, block(3));
-    mem.delay(Op::Read, Duration::from_millis(50));
-    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    let (mem, c) = with_slow_reads(3, 3, 50);
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
@@ -304,10 +311,7 @@ async fn a_partial_block_is_completed_by_one_read_when_read_or_uploaded() {
 
 #[tokio::test(start_paused = true)]
 async fn bytes_written_while_the_block_is_being_completed_are_kept() {
-    let mem = mem();
-    mem.put(5, block(9));
-    mem.delay(Op::Read, Duration::from_millis(100));
-    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    let (mem, c) = with_slow_reads(5, 9, 100);
     c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
     let reader = {
         let c = c.clone();
