@@ -68,8 +68,7 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
     for recover in [true, false] {
         let s = Scratch::new();
         let store = s.store();
-        let cache = s.path("cache");
-        let file_arg = format!("--blockCacheFile={}", cache.display());
+        let (_, file_arg) = s.cache_file();
         let args = vec![
             "--size=4m",
             "--blockSize=64k",
@@ -144,8 +143,7 @@ fn read_ahead_reduces_misses() {
 fn bad_cache_file_is_refused_clearly() {
     let s = Scratch::new();
     let store = s.store();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
+    let (cache, file_arg) = s.cache_file();
     let mnt = s.mnt();
     let run_with =
         |bs: &str| run(&["--test", "--size=1m", bs, &file_arg, "-f", store.to_str().unwrap(), mnt.to_str().unwrap()]);
@@ -205,8 +203,7 @@ fn cache_file_on_a_full_file_system_is_refused_at_startup() {
 #[test]
 fn cache_file_grows_and_shrinks_with_block_cache_size() {
     let s = Scratch::new();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
+    let (cache, file_arg) = s.cache_file();
     let start = |size: &str| Mount::test_dir(&s, &["--size=64m", "--blockSize=64k", size, &file_arg]);
     let m = start("--blockCacheSize=100");
     let e = Ext4::create(&m.file(), &s.ext4());
@@ -257,8 +254,7 @@ fn cache_file_grows_and_shrinks_with_block_cache_size() {
 fn cache_file_resize_keeps_dirty_blocks() {
     let s = Scratch::new();
     let store = s.store();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
+    let (cache, file_arg) = s.cache_file();
     let with =
         |extra: &[&str]| test_args(&s, &[&["--size=4m", "--blockSize=64k", "--directIO", &file_arg], extra].concat());
     let start = |extra: &[&str]| Mount::start_owned(with(extra), &s.mnt());
@@ -302,9 +298,8 @@ fn cache_file_resize_keeps_dirty_blocks() {
 fn kill9_during_cache_file_resize() {
     use std::process::{Command, Stdio};
     let s = Scratch::new();
-    let cache = s.path("cache");
+    let (_, file_arg) = s.cache_file();
     let tmp = s.path("cache.resize");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
     let base = ["--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg];
     let with = |extra: &[&str]| test_args(&s, &[&base[..], extra].concat());
     // 1000 dirty blocks (62.5 MiB) in a 1200-block cache file, never uploaded.

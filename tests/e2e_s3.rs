@@ -819,7 +819,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
 fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
     let g = Garage::start();
     let s = Scratch::new();
-    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let (_, cache) = s.cache_file();
     let flags = ["--size=4m", "--blockSize=64k", "--blockCacheSize=16", cache.as_str()];
     let at = 5u64 << 16;
     let read5 = |m: &Mount| {

@@ -65,7 +65,7 @@ fn cache_file_encryption_and_compression_on_s3s_fs() {
     let s = Scratch::new();
     std::fs::write(s.path("pw"), "s3s-fs secret\n").unwrap();
     let pw = format!("--passwordFile={}", s.path("pw").display());
-    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let (_, cache) = s.cache_file();
     let flags = ["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, &cache];
     let data: Vec<u8> = (0..4u32 << 20)
         .map(|i| if (i >> 15) % 3 == 0 { 0 } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 })

@@ -143,6 +143,12 @@ impl Scratch {
     pub fn ext4(&self) -> PathBuf {
         self.path("ext4")
     }
+    /// The path of a block cache file in the scratch directory, and the flag naming it.
+    pub fn cache_file(&self) -> (PathBuf, String) {
+        let cache = self.path("cache");
+        let flag = format!("--blockCacheFile={}", cache.display());
+        (cache, flag)
+    }
 }
 
 /// A running s3backer (foreground, `-f`) mounted on a directory. Dropping it unmounts and
