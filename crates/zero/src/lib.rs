@@ -148,15 +148,20 @@ impl Shared {
         }
         let non_zero = Bitmap::new(n);
         let result = inner.survey_non_zero(&|b| non_zero.set(b as u64, true)).await;
-        self.surveying.store(false, SeqCst);
         match result {
             Ok(()) => {
+                // Still `surveying`: a write that begins while the answer is applied marks its
+                // block touched, and the check after marking undoes a mark it would outlive.
                 for b in 0..n {
                     if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst)
                     {
                         self.zero.set(b, true);
+                        if self.touched.get(b) {
+                            self.zero.set(b, false);
+                        }
                     }
                 }
+                self.surveying.store(false, SeqCst);
                 log::info!(
                     "block survey done in {:.1} s ({why}): {} of {n} blocks are non-zero",
                     started.elapsed().as_secs_f64(),
@@ -165,6 +170,7 @@ impl Shared {
                 true
             }
             Err(e) => {
+                self.surveying.store(false, SeqCst);
                 log::warn!("block survey failed ({why}: {e}); zero blocks are learned from use only");
                 false
             }
