@@ -5,21 +5,21 @@
 //!
 //! The workload writes files of random content into ext4 on the exported file and fsyncs each;
 //! a file is recorded as durable only once its fsync (and the directory's) returned. The kill
-//! comes at a fixed delay after the workload starts, so the points fall in different phases:
-//! mkfs metadata still being written back, steady writing, and mid-fsync.
+//! comes while the workload writes its first, fifth or seventeenth file, so the points fall in
+//! different phases: mkfs metadata still being written back, early and steady writing.
 
 mod common;
 use common::*;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Files written and fsynced so far: (relative path, sha256).
 type Durable = Arc<Mutex<Vec<(String, String)>>>;
 
-/// Writes files until the first error (the daemon died) or `stop`.
-fn workload(root: &Path, seed: u64, durable: Durable, stop: Arc<AtomicBool>) {
+/// Writes files until the first error (the daemon died) or `stop`; `begun` counts the files
+/// it has started.
+fn workload(root: &Path, seed: u64, durable: Durable, begun: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
     use rand::{Rng, RngCore, SeedableRng};
     use sha2::{Digest, Sha256};
     use std::io::Write;
@@ -32,6 +32,7 @@ fn workload(root: &Path, seed: u64, durable: Durable, stop: Arc<AtomicBool>) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        begun.fetch_add(1, Ordering::SeqCst);
         let rel = format!("w{seed}/f{i}");
         let mut data = vec![0u8; rng.gen_range(1..200_000)];
         rng.fill_bytes(&mut data);
@@ -57,10 +58,11 @@ enum Store {
     S3,
 }
 
-/// One cell of the matrix: start with `args`, mkfs, write, kill -9 after `kill_ms`, restart
+/// One cell of the matrix: start with `args`, mkfs, write, kill -9 while the workload writes
+/// its file number `kill_in` (counting from 0: after `kill_in` files were fsynced), restart
 /// (without `--force`; with `resize_to`, as `--blockCacheSize=<resize_to>`, so the cache file
 /// is resized on the way), check. Returns how many fsynced files were verified.
-fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64, resize_to: Option<u32>) -> usize {
+fn crash_case(args: &[String], store: Store, kill_in: usize, seed: u64, resize_to: Option<u32>) -> usize {
     let s = Scratch::new();
     // "{scratch}" in an argument names this cell's scratch directory (for cache files).
     let scratch = s.path("").to_string_lossy().into_owned();
@@ -79,15 +81,15 @@ fn crash_case(args: &[String], store: Store, kill_ms: u64, seed: u64, resize_to:
     };
     let a: Vec<&str> = full.iter().map(String::as_str).collect();
     let m = Mount::start(&a, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let durable: Durable = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let begun = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (root, durable, stop) = (s.ext4(), durable.clone(), stop.clone());
-        std::thread::spawn(move || workload(&root, seed, durable, stop))
+        let (root, durable, begun, stop) = (s.ext4(), durable.clone(), begun.clone(), stop.clone());
+        std::thread::spawn(move || workload(&root, seed, durable, begun, stop))
     };
-    std::thread::sleep(Duration::from_millis(kill_ms));
+    wait_for(120, &format!("the workload at file {kill_in}"), || begun.load(Ordering::SeqCst) > kill_in);
     let pid = m.child.as_ref().unwrap().id();
     // SAFETY: killing the daemon we started: the crash under test.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -125,17 +127,17 @@ fn matrix_on(name: &str, store: Store, args: &[&str]) {
 fn matrix_resizing(name: &str, store: Store, args: &[&str], resize_to: Option<u32>) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     // The cells are independent (own store, own mounts): run them side by side.
-    let cells: Vec<_> = [200u64, 700, 2000]
+    let cells: Vec<_> = [0usize, 4, 16]
         .into_iter()
         .enumerate()
-        .map(|(i, kill_ms)| {
+        .map(|(i, kill_in)| {
             let args = args.clone();
-            std::thread::spawn(move || (kill_ms, crash_case(&args, store, kill_ms, i as u64 + 1, resize_to)))
+            std::thread::spawn(move || (kill_in, crash_case(&args, store, kill_in, i as u64 + 1, resize_to)))
         })
         .collect();
     for c in cells {
-        let (kill_ms, n) = c.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-        eprintln!("crash matrix: {name}: kill -9 after {kill_ms} ms: {n} fsynced files intact");
+        let (kill_in, n) = c.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        eprintln!("crash matrix: {name}: kill -9 while writing file {kill_in}: {n} fsynced files intact");
     }
 }
 

@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::os::unix::fs::FileExt;
 
-fn stat(stats: &str, name: &str) -> f64 {
-    let line = stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("{name} in {stats}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn blocks_in_store(store: &std::path::Path) -> usize {
     std::fs::read_dir(store).map(|d| d.count()).unwrap_or(0)
 }
@@ -25,35 +17,31 @@ fn blocks_in_store(store: &std::path::Path) -> usize {
 #[test]
 fn cache_file_ext4_round_trip_and_kill9_recovery() {
     let s = Scratch::new();
-    let store = s.store();
     let cache = s.path("cache");
     let args = [
-        "--test",
         "--size=64m",
         "--blockSize=64k",
         "--blockCacheSize=200",
         &format!("--blockCacheFile={}", cache.display()),
         "--blockCacheRecoverDirtyBlocks",
-        store.to_str().unwrap(),
     ];
-    let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let m = Mount::test_dir(&s, &args);
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 100, 1);
     e.unmount();
     assert_eq!(m.unmount(), 0);
 
     // Clean restart: the cache file's blocks come back and are checked with If-None-Match.
-    let m = Mount::start(&args, &s.mnt());
-    assert!(stat(&m.stats(), "block_cache_initial_size") > 0.0, "{}", m.stats());
+    let m = Mount::test_dir(&s, &args);
+    assert!(stat_value(&m.stats(), "block_cache_initial_size") > 0, "{}", m.stats());
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     check_tree(&s.ext4(), &tree);
     let tree2 = write_tree(&s.ext4(), 50, 2);
     sh(&format!("sync -f {}", s.ext4().display()));
     let stats = m.stats();
-    assert!(stat(&stats, "block_cache_verified") > 0.0, "{stats}");
-    assert_eq!(stat(&stats, "block_cache_mismatch"), 0.0, "{stats}");
+    assert!(stat_value(&stats, "block_cache_verified") > 0, "{stats}");
+    assert_eq!(stat_value(&stats, "block_cache_mismatch"), 0, "{stats}");
     // Crash after the sync.
     let pid = m.child.as_ref().unwrap().id();
     // SAFETY: killing the daemon this test started.
@@ -61,7 +49,7 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
     e.unmount();
     m.kill9();
 
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     let e = Ext4::mount(&m.file(), &s.ext4());
     // The second tree rewrote the first 50 files of the first.
     check_tree(&s.ext4(), &tree[50..]);
@@ -80,26 +68,29 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
     for recover in [true, false] {
         let s = Scratch::new();
         let store = s.store();
-        let cache = s.path("cache");
-        let file_arg = format!("--blockCacheFile={}", cache.display());
-        let mut args = vec!["--test", "--size=4m", "--blockSize=64k", "--directIO", "--blockCacheSize=32", &file_arg];
-        args.push("--blockCacheWriteDelay=600000");
-        args.push(store.to_str().unwrap());
+        let (_, file_arg) = s.cache_file();
+        let args = vec![
+            "--size=4m",
+            "--blockSize=64k",
+            "--directIO",
+            "--blockCacheSize=32",
+            &file_arg,
+            "--blockCacheWriteDelay=600000",
+        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut synced = vec![0u8; 512 << 10];
         rng.fill_bytes(&mut synced);
         let mut unsynced = vec![0u8; 512 << 10];
         rng.fill_bytes(&mut unsynced);
 
-        let m = Mount::start(&args, &s.mnt());
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
-        f.write_all_at(&synced, 0).unwrap();
-        f.sync_all().unwrap();
-        f.write_all_at(&unsynced, 1 << 20).unwrap();
+        let m = Mount::test_dir(&s, &args);
+        write_synced(&m.file(), 0, &synced);
+        // Written by a process that keeps the file open: closing it would flush.
+        let writer = write_and_hold(&m.file(), 1 << 20, &unsynced);
         assert_eq!(blocks_in_store(&store), 8, "only the fsynced blocks were uploaded");
-        // Crash with the file still open (closing it would flush).
+        // Crash with the file still open.
         m.kill9();
-        drop(f);
+        drop(writer);
         assert_eq!(blocks_in_store(&store), 8);
 
         let mut restart = args.clone();
@@ -107,7 +98,7 @@ fn dirty_blocks_in_cache_file_survive_kill9_only_with_recovery() {
         if recover {
             restart.insert(0, "--blockCacheRecoverDirtyBlocks");
         }
-        let m = Mount::start(&restart, &s.mnt());
+        let m = Mount::test_dir(&s, &restart);
         let all = std::fs::read(m.file()).unwrap();
         assert!(all[..512 << 10] == synced[..], "fsynced data present");
         let want_unsynced = if recover { unsynced.clone() } else { vec![0u8; 512 << 10] };
@@ -126,11 +117,7 @@ fn read_ahead_reduces_misses() {
     let mut misses = Vec::new();
     for ra in ["--readAhead=0", "--readAhead=4"] {
         let s = Scratch::new();
-        let store = s.store();
-        let m = Mount::start(
-            &["--test", "--size=8m", "--blockSize=4k", "--directIO", ra, store.to_str().unwrap()],
-            &s.mnt(),
-        );
+        let m = Mount::test_dir(&s, &["--size=8m", "--blockSize=4k", "--directIO", ra]);
         let f = std::fs::File::open(m.file()).unwrap();
         let mut buf = vec![0u8; 4096];
         for i in 0..1024u64 {
@@ -138,13 +125,17 @@ fn read_ahead_reduces_misses() {
         }
         drop(f);
         let stats = m.stats();
-        misses.push(stat(&stats, "block_cache_read_misses"));
-        assert_eq!(stat(&stats, "block_cache_read_hits") + stat(&stats, "block_cache_read_misses"), 1024.0, "{stats}");
+        misses.push(stat_value(&stats, "block_cache_read_misses"));
+        assert_eq!(
+            stat_value(&stats, "block_cache_read_hits") + stat_value(&stats, "block_cache_read_misses"),
+            1024,
+            "{stats}"
+        );
         assert_eq!(m.unmount(), 0);
     }
     eprintln!("block_cache_read_misses for 1024 sequential 4k reads, readAhead 0 vs 4: {misses:?}");
-    assert_eq!(misses[0], 1024.0);
-    assert!(misses[1] < misses[0] / 4.0, "misses without/with read-ahead: {misses:?}");
+    assert_eq!(misses[0], 1024);
+    assert!(misses[1] < misses[0] / 4, "misses without/with read-ahead: {misses:?}");
 }
 
 /// A damaged cache file, or one made for another block size, is refused with one clear line.
@@ -152,9 +143,7 @@ fn read_ahead_reduces_misses() {
 fn bad_cache_file_is_refused_clearly() {
     let s = Scratch::new();
     let store = s.store();
-    std::fs::create_dir_all(s.mnt()).unwrap();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
+    let (cache, file_arg) = s.cache_file();
     let mnt = s.mnt();
     let run_with =
         |bs: &str| run(&["--test", "--size=1m", bs, &file_arg, "-f", store.to_str().unwrap(), mnt.to_str().unwrap()]);
@@ -167,7 +156,7 @@ fn bad_cache_file_is_refused_clearly() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     std::fs::remove_file(&cache).unwrap();
-    let m = Mount::start(&["--test", "--size=1m", "--blockSize=4k", &file_arg, store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=1m", "--blockSize=4k", &file_arg]);
     assert_eq!(m.unmount(), 0);
     let out = run_with("--blockSize=8k");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -183,7 +172,6 @@ fn bad_cache_file_is_refused_clearly() {
 fn cache_file_on_a_full_file_system_is_refused_at_startup() {
     let s = Scratch::new();
     let store = s.store();
-    std::fs::create_dir_all(s.mnt()).unwrap();
     let small = s.path("small");
     std::fs::create_dir_all(&small).unwrap();
     sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", small.display()));
@@ -209,37 +197,16 @@ fn cache_file_on_a_full_file_system_is_refused_at_startup() {
     assert!(!is_mounted(&s.mnt()));
 }
 
-/// Fills `len` bytes with a pattern from `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
 /// ext4 over a cache file whose --blockCacheSize changes between mounts: grown, then shrunk.
 /// The file is resized (not refused), the blocks that fit come back (verified against the
 /// store), and the file system reads back identical and checks clean.
 #[test]
 fn cache_file_grows_and_shrinks_with_block_cache_size() {
     let s = Scratch::new();
-    let store = s.store();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
-    let args = |size: &str| -> Vec<String> {
-        ["--test", "--size=64m", "--blockSize=64k", size, &file_arg, store.to_str().unwrap()]
-            .iter()
-            .map(|a| a.to_string())
-            .collect()
-    };
-    let start = |size: &str| {
-        let a = args(size);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        Mount::start(&a, &s.mnt())
-    };
+    let (cache, file_arg) = s.cache_file();
+    let start = |size: &str| Mount::test_dir(&s, &["--size=64m", "--blockSize=64k", size, &file_arg]);
     let m = start("--blockCacheSize=100");
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 60, 11);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -247,33 +214,33 @@ fn cache_file_grows_and_shrinks_with_block_cache_size() {
 
     // How many blocks the file holds, from a restart with the same size.
     let m = start("--blockCacheSize=100");
-    let held = stat(&m.stats(), "block_cache_initial_size");
-    assert!(held > 20.0, "{}", m.stats());
+    let held = stat_value(&m.stats(), "block_cache_initial_size");
+    assert!(held > 20, "{}", m.stats());
     assert_eq!(m.unmount(), 0);
 
     // Grow: every block of the old file comes back.
     let m = start("--blockCacheSize=300");
-    assert_eq!(stat(&m.stats(), "block_cache_initial_size"), held, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_initial_size"), held, "{}", m.stats());
     assert!(std::fs::metadata(&cache).unwrap().len() > len_100 * 2);
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     check_tree(&s.ext4(), &tree);
     let stats = m.stats();
-    assert!(stat(&stats, "block_cache_verified") > 0.0, "{stats}");
-    assert_eq!(stat(&stats, "block_cache_mismatch"), 0.0, "{stats}");
+    assert!(stat_value(&stats, "block_cache_verified") > 0, "{stats}");
+    assert_eq!(stat_value(&stats, "block_cache_mismatch"), 0, "{stats}");
     let tree2 = write_tree(&s.ext4(), 200, 12);
     e.unmount();
     assert_eq!(m.unmount(), 0);
 
     // Shrink: as many blocks as fit.
     let m = start("--blockCacheSize=40");
-    assert_eq!(stat(&m.stats(), "block_cache_initial_size"), 40.0, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_initial_size"), 40, "{}", m.stats());
     assert!(std::fs::metadata(&cache).unwrap().len() < len_100);
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
     // The second tree rewrote every file of the first.
     check_tree(&s.ext4(), &tree2);
-    assert_eq!(stat(&m.stats(), "block_cache_mismatch"), 0.0, "{}", m.stats());
+    assert_eq!(stat_value(&m.stats(), "block_cache_mismatch"), 0, "{}", m.stats());
     e.unmount();
     fsck_clean(&m.file());
     assert_eq!(m.unmount(), 0);
@@ -287,18 +254,11 @@ fn cache_file_grows_and_shrinks_with_block_cache_size() {
 fn cache_file_resize_keeps_dirty_blocks() {
     let s = Scratch::new();
     let store = s.store();
-    let cache = s.path("cache");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
-    let base = ["--test", "--size=4m", "--blockSize=64k", "--directIO", &file_arg];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|a| a.to_string()).chain([store.to_string_lossy().into_owned()]).collect()
-    };
-    let start = |extra: &[&str]| {
-        let a = with(extra);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        Mount::start(&a, &s.mnt())
-    };
-    let data = pattern(21, 20 * 65536);
+    let (cache, file_arg) = s.cache_file();
+    let with =
+        |extra: &[&str]| test_args(&s, &[&["--size=4m", "--blockSize=64k", "--directIO", &file_arg], extra].concat());
+    let start = |extra: &[&str]| Mount::start_owned(with(extra), &s.mnt());
+    let data = random_bytes(21, 20 * 65536);
     let m = start(&["--blockCacheSize=32", "--blockCacheWriteDelay=600000"]);
     let writer = write_and_hold(&m.file(), 65536, &data);
     m.kill9();
@@ -307,7 +267,6 @@ fn cache_file_resize_keeps_dirty_blocks() {
 
     // Shrinking below the 20 dirty blocks: refused, nothing changes.
     let before = std::fs::read(&cache).unwrap();
-    std::fs::create_dir_all(s.mnt()).unwrap();
     let mut a = with(&["--blockCacheSize=19", "--blockCacheRecoverDirtyBlocks", "-f"]);
     a.push(s.mnt().to_string_lossy().into_owned());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -339,24 +298,14 @@ fn cache_file_resize_keeps_dirty_blocks() {
 fn kill9_during_cache_file_resize() {
     use std::process::{Command, Stdio};
     let s = Scratch::new();
-    let store = s.store();
-    let cache = s.path("cache");
+    let (_, file_arg) = s.cache_file();
     let tmp = s.path("cache.resize");
-    let file_arg = format!("--blockCacheFile={}", cache.display());
-    let with = |extra: &[&str]| -> Vec<String> {
-        ["--test", "--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg]
-            .iter()
-            .chain(extra)
-            .map(|a| a.to_string())
-            .chain([store.to_string_lossy().into_owned()])
-            .collect()
-    };
+    let base = ["--size=128m", "--blockSize=64k", "--directIO", "--blockCacheWriteDelay=600000", &file_arg];
+    let with = |extra: &[&str]| test_args(&s, &[&base[..], extra].concat());
     // 1000 dirty blocks (62.5 MiB) in a 1200-block cache file, never uploaded.
-    let data = pattern(31, 1000 * 65536);
+    let data = random_bytes(31, 1000 * 65536);
     {
-        let a = with(&["--blockCacheSize=1200"]);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let m = Mount::start(&a, &s.mnt());
+        let m = Mount::start_owned(with(&["--blockCacheSize=1200"]), &s.mnt());
         let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
         f.write_all_at(&data, 0).unwrap();
         m.kill9();
@@ -393,18 +342,13 @@ fn kill9_during_cache_file_resize() {
     eprintln!("kill -9 landed mid-resize in {caught} of 4 attempts");
     assert!(caught > 0, "no kill landed during a resize");
 
-    let a = with(&["--blockCacheSize=1000", "--blockCacheRecoverDirtyBlocks"]);
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let m = Mount::start(&a, &s.mnt());
+    let m = Mount::start_owned(with(&["--blockCacheSize=1000", "--blockCacheRecoverDirtyBlocks"]), &s.mnt());
     let all = std::fs::read(m.file()).unwrap();
     assert!(all[..data.len()] == data[..], "recovered data differs");
     assert_eq!(m.unmount(), 0);
     assert!(!tmp.exists());
     // All of it reached the store: read it back without any cache.
-    let m = Mount::start(
-        &["--test", "--size=128m", "--blockSize=64k", "--blockCacheSize=0", store.to_str().unwrap()],
-        &s.mnt(),
-    );
+    let m = Mount::test_dir(&s, &["--size=128m", "--blockSize=64k", "--blockCacheSize=0"]);
     let all = std::fs::read(m.file()).unwrap();
     assert!(all[..data.len()] == data[..], "stored data differs");
     assert_eq!(m.unmount(), 0);

@@ -24,8 +24,7 @@ fn round_trip(extra: &[&str], expect_encoding: &str) {
     a.push(store.to_string_lossy().into_owned());
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
     let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 80, 21);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -72,10 +71,7 @@ fn wrong_password_is_refused_at_mount_and_tampering_is_eio() {
     let right = pwfile(&s, "right");
     let m = Mount::start(&["--test", "--size=1m", "--blockSize=4k", "--encrypt=aes-256-cbc", &right, st], &s.mnt());
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
 
     let wrong = s.path("wrongpw");

@@ -14,7 +14,7 @@ fn mount_via(g: &Garage, p: &FaultProxy, extra: &[&str], s: &Scratch) -> Mount {
     let mut a = g.s3backer_flags_at(&p.base_url());
     a.extend(extra.iter().map(|x| x.to_string()));
     a.push(BUCKET.into());
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt())
+    Mount::start_owned(a.to_vec(), &s.mnt())
 }
 
 /// mkfs.ext4 with discard (its default) on the mounted file; returns the seconds it took.

@@ -168,27 +168,31 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
     tally
 }
 
+/// Twenty races (five at a time) on `server`, volumes named `<tag><i>`: every one has exactly
+/// one winner.
+fn one_winner_per_race(server: &str, tag: &str, flags: &[String], list_keys: &dyn Fn() -> Vec<String>) {
+    let tally = race_pairs(flags, list_keys, tag, 20, 5);
+    eprintln!("{server}: {tally:?}");
+    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+}
+
 #[test]
 fn racing_pairs_on_a_server_with_conditional_writes() {
     let srv = S3sFs::start();
-    let tally = race_pairs(&srv.s3backer_flags(), &|| srv.list_keys(BUCKET), "cas", 20, 5);
-    eprintln!("s3s-fs (conditional writes): {tally:?}");
-    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+    one_winner_per_race("s3s-fs, conditional writes", "cas", &srv.s3backer_flags(), &|| srv.list_keys(BUCKET));
 }
 
 #[test]
 fn racing_pairs_on_a_server_without_conditional_writes() {
     let g = Garage::start();
-    let tally = race_pairs(&g.s3backer_flags(), &|| g.list_keys(BUCKET), "wait", 20, 5);
-    eprintln!("Garage (no conditional writes): {tally:?}");
-    assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
+    one_winner_per_race("Garage, no conditional writes", "wait", &g.s3backer_flags(), &|| g.list_keys(BUCKET));
 }
 
 fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {
     let mut a: Vec<String> = flags.to_vec();
     a.extend(GEOMETRY.iter().chain(extra).map(|x| x.to_string()));
     a.push(format!("{BUCKET}/{vol}"));
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a, mnt)
 }
 
 fn run_vol(flags: &[String], vol: &str, extra: &[&str], mnt: Option<&Path>) -> std::process::Output {
@@ -273,7 +277,7 @@ fn c_s3backer_and_we_see_each_others_token() {
     let mut a = g.s3backer_flags();
     a.extend(GEOMETRY.iter().map(|x| x.to_string()));
     a.push(BUCKET.into());
-    let ours = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &m1p);
+    let ours = Mount::start_owned(a.to_vec(), &m1p);
     let out = Command::new(C_S3BACKER).args(c_args(&m2p)).stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("already mounted"), "C s3backer did not see our token: {err}");

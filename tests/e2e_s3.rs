@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use rand::{RngCore, SeedableRng};
 use s3b_testkit::garage::{BUCKET, Garage};
+use s3b_testkit::listener::Listener;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ fn args(g: &Garage, bucket: &str, extra: &[&str]) -> Vec<String> {
 
 fn mount(g: &Garage, bucket: &str, extra: &[&str], mnt: &std::path::Path) -> Mount {
     let a = args(g, bucket, extra);
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a.to_vec(), mnt)
 }
 
 /// `a` followed by the mount point.
@@ -55,8 +55,7 @@ fn ext4_round_trip_over_s3_with_auto_detect() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 200, 7);
     e.unmount();
     let stats = m.stats();
@@ -137,13 +136,7 @@ fn erase_removes_every_block() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=4m", "--blockSize=4k", "--prefix=vol/"], &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut data = vec![0u8; 4 << 20];
-    rng.fill_bytes(&mut data);
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &random_bytes(3, 4 << 20));
     assert_eq!(m.unmount(), 0);
     assert_eq!(block_keys(&g, BUCKET).len(), 1024);
     // An object outside the volume's prefix survives.
@@ -313,17 +306,6 @@ fn bad_s3_invocations_fail_cleanly_and_write_nothing() {
     assert!(g.list_keys(BUCKET).is_empty(), "a bad invocation wrote to the bucket: {:?}", g.list_keys(BUCKET));
 }
 
-fn pattern(seed: u64, len: usize, block: usize) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len];
-    for (i, chunk) in v.chunks_mut(block).enumerate() {
-        if i % 3 != 1 {
-            rng.fill_bytes(chunk);
-        }
-    }
-    v
-}
-
 fn read_head(file: &std::path::Path, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     std::fs::File::open(file).unwrap().read_exact_at(&mut v, 0).unwrap();
@@ -349,8 +331,7 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
     let mut c_first: Vec<&str> = vec!["--size=32m", "--blockSize=32k"];
     c_first.extend_from_slice(c_extra);
     let m = c_mount(&g, &c_first, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 60, 11);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -378,17 +359,14 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
 
     // Raw bytes with zero blocks in between: ours writes, C reads, and the other way round.
     // 4 MiB of it, with zero blocks in between.
-    let data = pattern(5, 4 << 20, 32 << 10);
+    let data = sparse_pattern(5, 4 << 20, 32 << 10);
     let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     drop_caches();
     let m = c_mount(&g, c_extra, &s.mnt());
     assert!(read_head(&m.file(), data.len()) == data, "C reads different bytes than we wrote");
-    let data2 = pattern(6, 4 << 20, 32 << 10);
+    let data2 = sparse_pattern(6, 4 << 20, 32 << 10);
     std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&data2, 0).unwrap();
     assert_eq!(m.unmount(), 0);
     drop_caches();
@@ -453,10 +431,7 @@ fn c_encrypted_object_decodes_with_our_codec() {
     let pw = pw_flag(&s);
     let m = c_mount(&g, &["--size=1m", "--blockSize=32k", "--encrypt", &pw], &s.mnt());
     let block: Vec<u8> = (0..32768u32).map(|i| (i * 7 % 253) as u8).collect();
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&block, 3 * 32768).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 3 * 32768, &block);
     assert_eq!(m.unmount(), 0);
     let hdr = s.path("headers");
     let (code, body) = g.curl(&["-D", hdr.to_str().unwrap()], &format!("{BUCKET}/00000003"));
@@ -505,11 +480,8 @@ fn list_blocks_survey_avoids_requests_for_zero_blocks() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=16m", "--blockSize=64k", "--blockHashPrefix"], &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
     let data = vec![0xabu8; 4 << 16];
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
 
     let m = mount(&g, BUCKET, &["--blockHashPrefix", "--listBlocks", "--listBlocksThreads=4"], &s.mnt());
@@ -543,58 +515,52 @@ fn list_blocks_survey_avoids_requests_for_zero_blocks() {
 
 /// A minimal EC2 instance-metadata service on 127.0.0.1 that hands out the test server's keys
 /// for role `s3b-role`; with `v2`, only to requests carrying the session token it issued.
-fn metadata_server(v2: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+fn metadata_server(v2: bool) -> (Listener, Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut token_ok = false;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if h.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok-123") {
-                    token_ok = true;
-                }
-            }
-            let (status, body) = if line.starts_with("PUT /latest/api/token") {
-                ("200 OK", "tok-123".to_string())
-            } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2)
-            {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                (
-                    "200 OK",
-                    format!(
-                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}",
-                        s3b_testkit::garage::ACCESS_KEY_ID,
-                        s3b_testkit::garage::SECRET_KEY
-                    ),
-                )
-            } else {
-                ("401 Unauthorized", String::new())
-            };
-            let _ =
-                write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let server = Listener::start(move |mut conn| {
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() {
+            return;
         }
+        let mut token_ok = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+            if h.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok-123") {
+                token_ok = true;
+            }
+        }
+        let (status, body) = if line.starts_with("PUT /latest/api/token") {
+            ("200 OK", "tok-123".to_string())
+        } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/s3b-role ") && (token_ok || !v2) {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                "200 OK",
+                format!(
+                    "{{\"Code\":\"Success\",\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}",
+                    s3b_testkit::garage::ACCESS_KEY_ID,
+                    s3b_testkit::garage::SECRET_KEY
+                ),
+            )
+        } else {
+            ("401 Unauthorized", String::new())
+        };
+        let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     });
-    (port, served)
+    (server, served)
 }
 
 #[test]
 fn ec2_iam_credentials_v1_and_v2() {
     let g = Garage::start();
     for v2 in [false, true] {
-        let (port, served) = metadata_server(v2);
+        let (server, served) = metadata_server(v2);
+        let port = server.port;
         let s = Scratch::new();
         let mut a = vec![
             format!("--baseURL={}", g.base_url()),
@@ -623,7 +589,8 @@ fn ec2_iam_credentials_v1_and_v2() {
         assert!(block_keys(&g, BUCKET).contains(&"00000000".to_string()));
     }
     // A role the metadata service does not know: one clear line, nothing written.
-    let (port, _) = metadata_server(true);
+    let (server, _) = metadata_server(true);
+    let port = server.port;
     let s = Scratch::new();
     let out = Command::new(bin())
         .args([format!("--baseURL={}", g.base_url()), "--accessEC2IAM=other".into(), "--size=1m".into(), "-f".into()])
@@ -644,25 +611,14 @@ fn ec2_iam_credentials_v1_and_v2() {
 /// fetches, vary with timing).
 #[test]
 fn request_counts_of_an_ext4_round_trip_vs_c() {
-    use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+    use s3b_testkit::fault_proxy::FaultProxy;
     let g = Garage::start();
     g.create_bucket("bucket-c");
     let mut results = Vec::new();
     for (name, bucket) in [("ours", BUCKET), ("C 1.5.4", "bucket-c")] {
         let s = Scratch::new();
-        let proxy = FaultProxy::start(
-            g.port,
-            FaultConfig {
-                error_percent: 0,
-                reset_percent: 0,
-                stall_percent: 0,
-                stall: std::time::Duration::ZERO,
-                corrupt_percent: 0,
-            },
-        );
-        proxy.set_faults(false);
-        let mut flags = g.s3backer_flags();
-        flags[0] = format!("--baseURL={}", proxy.base_url());
+        let proxy = FaultProxy::counting(g.port);
+        let flags = g.s3backer_flags_at(&proxy.base_url());
         let start = |geometry: &[&str]| -> Mount {
             let mut a = flags.clone();
             a.extend(geometry.iter().map(|s| s.to_string()));
@@ -678,8 +634,7 @@ fn request_counts_of_an_ext4_round_trip_vs_c() {
             }
         };
         let m = start(&["--size=256m", "--blockSize=64k"]);
-        Ext4::mkfs(&m.file());
-        let e = Ext4::mount(&m.file(), &s.ext4());
+        let e = Ext4::create(&m.file(), &s.ext4());
         let tree = write_tree(&s.ext4(), 200, 21);
         e.unmount();
         assert_eq!(m.unmount(), 0);
@@ -711,7 +666,7 @@ fn ip_tos_is_set_on_connections() {
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--ipTOS=0xb8", "--blockCacheSize=0"], &s.mnt());
     let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&pattern(3, 1 << 20, 64 << 10), 0).unwrap();
+    f.write_all_at(&sparse_pattern(3, 1 << 20, 64 << 10), 0).unwrap();
     f.sync_all().unwrap();
     drop(f);
     let ss = sh(&format!("ss -tnp --tos 'dport = :{}'", g.port));
@@ -792,20 +747,17 @@ fn tls_verification_cacert_and_insecure() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(g.list_keys(BUCKET).is_empty(), "{:?}", g.list_keys(BUCKET));
 
-    let data = pattern(9, 1 << 20, 64 << 10);
+    let data = sparse_pattern(9, 1 << 20, 64 << 10);
     let cacert = format!("--cacert={}", ca.display());
     let a = flags(&[&cacert]);
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     assert!(!block_keys(&g, BUCKET).is_empty());
 
     drop_caches();
     let a = flags(&["--insecure"]);
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
     assert!(read_head(&m.file(), data.len()) == data, "different bytes over TLS");
     assert_eq!(m.unmount(), 0);
     let _ = front.kill();
@@ -827,7 +779,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
     let stats = a.stats();
     assert!(!stats.contains("block_cache_") && !stats.contains("zero_block_cache_"), "{stats}");
 
-    let one = pattern(1, 256 << 10, 32 << 10);
+    let one = sparse_pattern(1, 256 << 10, 32 << 10);
     let fa = std::fs::OpenOptions::new().read(true).write(true).open(a.file()).unwrap();
     let fb = std::fs::OpenOptions::new().read(true).write(true).open(b.file()).unwrap();
     fa.write_all_at(&one, 64 << 10).unwrap();
@@ -835,7 +787,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
     let mut back = vec![0u8; one.len()];
     fb.read_exact_at(&mut back, 64 << 10).unwrap();
     assert!(back == one, "B does not see A's write");
-    let two = pattern(2, 256 << 10, 32 << 10);
+    let two = sparse_pattern(2, 256 << 10, 32 << 10);
     fb.write_all_at(&two, 64 << 10).unwrap();
     fb.sync_all().unwrap();
     fa.read_exact_at(&mut back, 64 << 10).unwrap();
@@ -867,7 +819,7 @@ fn shared_disk_mode_two_mounts_see_each_other() {
 fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
     let g = Garage::start();
     let s = Scratch::new();
-    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let (_, cache) = s.cache_file();
     let flags = ["--size=4m", "--blockSize=64k", "--blockCacheSize=16", cache.as_str()];
     let at = 5u64 << 16;
     let read5 = |m: &Mount| {
@@ -891,13 +843,14 @@ fn block_changed_behind_the_cache_file_is_detected_unless_no_verify() {
         );
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     };
-    let (a, b, c) = (pattern(1, 64 << 10, 64 << 10), pattern(2, 64 << 10, 64 << 10), pattern(3, 64 << 10, 64 << 10));
+    let (a, b, c) = (
+        sparse_pattern(1, 64 << 10, 64 << 10),
+        sparse_pattern(2, 64 << 10, 64 << 10),
+        sparse_pattern(3, 64 << 10, 64 << 10),
+    );
 
     let m = mount(&g, BUCKET, &flags, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&a, at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), at, &a);
     drop_caches();
     assert!(read5(&m) == a);
     assert_eq!(m.unmount(), 0);
@@ -936,7 +889,7 @@ fn s3_secrets_never_leak_and_open_access_file_warns() {
     let file = format!("--accessFile={}", access.display());
     let m = Mount::start(&[&base, &file, "--debug", "--debug-http", "--size=4m", "--blockSize=64k", BUCKET], &s.mnt());
     let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&pattern(4, 1 << 20, 64 << 10), 0).unwrap();
+    f.write_all_at(&sparse_pattern(4, 1 << 20, 64 << 10), 0).unwrap();
     f.sync_all().unwrap();
     drop(f);
     drop_caches();
@@ -1010,8 +963,7 @@ fn consistency_layer_ext4_round_trip_over_s3() {
         "--minWriteDelay=20",
     ];
     let m = mount(&g, BUCKET, &flags, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 80, 41);
     e.unmount();
     drop_caches();
@@ -1034,24 +986,20 @@ fn consistency_layer_ext4_round_trip_over_s3() {
 #[test]
 fn redirect_to_another_region_names_the_region() {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let mut buf = [0u8; 8192];
-            let _ = c.read(&mut buf);
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Region>eu-west-1</Region></Error>";
-            let _ = write!(
-                c,
-                "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+    let server = Listener::start(move |mut c| {
+        let mut buf = [0u8; 8192];
+        let _ = c.read(&mut buf);
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message><Region>eu-west-1</Region></Error>";
+        let _ = write!(
+            c,
+            "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     });
+    let port = server.port;
     let s = Scratch::new();
     let out = run_ours(&[
         format!("--baseURL=http://127.0.0.1:{port}/"),
@@ -1078,24 +1026,12 @@ fn upload_bodies_damaged_in_transit_are_refused_and_sent_again() {
     use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
     let g = Garage::start();
     let s = Scratch::new();
-    let proxy = FaultProxy::start(
-        g.port,
-        FaultConfig {
-            error_percent: 0,
-            reset_percent: 0,
-            stall_percent: 0,
-            stall: std::time::Duration::ZERO,
-            corrupt_percent: 25,
-        },
-    );
+    let proxy = FaultProxy::start(g.port, FaultConfig { corrupt_percent: 25, ..FaultConfig::default() });
     let mut a = args(&g, BUCKET, &["--size=8m", "--blockSize=64k", "--blockCacheSize=0", "--initialRetryPause=20"]);
     a[0] = format!("--baseURL={}", proxy.base_url());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
-    let data = pattern(11, 2 << 20, 64 << 10);
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
+    let data = sparse_pattern(11, 2 << 20, 64 << 10);
+    write_synced(&m.file(), 0, &data);
     let retries = stat_value(&m.stats(), "http_num_retries");
     assert_eq!(m.unmount(), 0);
     let corrupted = proxy.counts().corrupts;

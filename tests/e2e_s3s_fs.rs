@@ -18,7 +18,7 @@ fn args(s: &S3sFs, extra: &[&str]) -> Vec<String> {
 
 fn mount(s: &S3sFs, extra: &[&str], mnt: &std::path::Path) -> Mount {
     let a = args(s, extra);
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
+    Mount::start_owned(a.to_vec(), mnt)
 }
 
 fn block_keys(s: &S3sFs) -> Vec<String> {
@@ -30,8 +30,7 @@ fn ext4_round_trip_mount_token_and_erase_on_s3s_fs() {
     let srv = S3sFs::start();
     let s = Scratch::new();
     let m = mount(&srv, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 150, 31);
     e.unmount();
     // A second mount of the same bucket is refused while the first is up.
@@ -66,16 +65,13 @@ fn cache_file_encryption_and_compression_on_s3s_fs() {
     let s = Scratch::new();
     std::fs::write(s.path("pw"), "s3s-fs secret\n").unwrap();
     let pw = format!("--passwordFile={}", s.path("pw").display());
-    let cache = format!("--blockCacheFile={}", s.path("cache").display());
+    let (_, cache) = s.cache_file();
     let flags = ["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, &cache];
     let data: Vec<u8> = (0..4u32 << 20)
         .map(|i| if (i >> 15) % 3 == 0 { 0 } else { (i.wrapping_mul(2_654_435_761) >> 13) as u8 })
         .collect();
     let m = mount(&srv, &flags, &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 1 << 20).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 1 << 20, &data);
     assert_eq!(m.unmount(), 0);
     // Restart on the cache file: every clean block is verified, and s3s-fs answers each
     // conditional GET with the data (it ignores If-None-Match): still the same bytes.

@@ -9,10 +9,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 fn ext4_round_trip_survives_restart() {
     let s = Scratch::new();
     let store = s.store();
-    let args = ["--test", "--size=256m", "--blockSize=64k", store.to_str().unwrap()];
-    let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let args = ["--size=256m", "--blockSize=64k"];
+    let m = Mount::test_dir(&s, &args);
+    let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 300, 1);
     e.unmount();
     assert_eq!(m.unmount(), 0, "clean exit after unmount");
@@ -23,7 +22,7 @@ fn ext4_round_trip_survives_restart() {
     assert!(names.len() > 10, "blocks were written: {}", names.len());
     assert!(names.iter().all(|n| n.len() == 8 && n.chars().all(|c| c.is_ascii_hexdigit())), "{names:?}");
 
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     fsck_clean(&m.file());
     let e = Ext4::mount(&m.file(), &s.ext4());
     drop_caches();
@@ -37,19 +36,9 @@ fn ext4_round_trip_survives_restart() {
 #[test]
 fn exported_files_modes_sizes_and_stats_reset() {
     let s = Scratch::new();
-    let store = s.store();
-    let m = Mount::start(
-        &[
-            "--test",
-            "--size=1m",
-            "--blockSize=4k",
-            "--test-delays",
-            "--filename=disk",
-            "--statsFilename=st",
-            "--fileMode=0640",
-            store.to_str().unwrap(),
-        ],
-        &s.mnt(),
+    let m = Mount::test_dir(
+        &s,
+        &["--size=1m", "--blockSize=4k", "--test-delays", "--filename=disk", "--statsFilename=st", "--fileMode=0640"],
     );
     let md = std::fs::metadata(s.mnt().join("disk")).unwrap();
     assert_eq!(md.len(), 1 << 20);
@@ -91,7 +80,7 @@ fn read_only_mount_refuses_writes_and_writes_nothing() {
     let store = s.store();
     std::fs::write(store.join("00000001"), vec![9u8; 4096]).unwrap();
     let before = sh(&format!("ls -l --time-style=full-iso {0}; stat -c %y {0}", store.display()));
-    let m = Mount::start(&["--test", "--size=64k", "--readOnly", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=64k", "--readOnly"]);
     let md = std::fs::metadata(m.file()).unwrap();
     assert_eq!(md.mode() & 0o777, 0o400);
     let data = std::fs::read(m.file()).unwrap();
@@ -107,7 +96,7 @@ fn read_only_mount_refuses_writes_and_writes_nothing() {
 fn punch_hole_deletes_whole_blocks_and_zeroes_edges() {
     let s = Scratch::new();
     let store = s.store();
-    let m = Mount::start(&["--test", "--size=64k", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=64k", "--blockSize=4k"]);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     f.write_all_at(&vec![0xabu8; 65536], 0).unwrap();
     f.sync_all().unwrap();
@@ -152,7 +141,7 @@ fn daemon_mode_returns_when_mounted_and_sigterm_flushes() {
     unsafe { libc::kill(pids[0], libc::SIGTERM) };
     wait_for(30, "unmount after SIGTERM", || !is_mounted(&s.mnt()));
     wait_for(30, "daemon exit", || daemon_pids(store.to_str().unwrap()).is_empty());
-    let m = Mount::start(&["--test", "--size=1m", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=1m"]);
     let data = std::fs::read(m.file()).unwrap();
     assert!(data[12345..22345].iter().all(|&b| b == 1));
     assert_eq!(m.unmount(), 0);
@@ -163,7 +152,7 @@ fn wrong_size_block_file_is_eio_with_logged_reason() {
     let s = Scratch::new();
     let store = s.store();
     std::fs::write(store.join("00000002"), b"too short").unwrap();
-    let m = Mount::start(&["--test", "--size=64k", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=64k", "--blockSize=4k"]);
     let f = std::fs::File::open(m.file()).unwrap();
     let mut buf = vec![0u8; 4096];
     f.read_exact_at(&mut buf, 4096).unwrap();
@@ -178,20 +167,8 @@ fn wrong_size_block_file_is_eio_with_logged_reason() {
 #[test]
 fn test_errors_really_injects_errors() {
     let s = Scratch::new();
-    let store = s.store();
     // Without the block cache the injected errors reach the writer.
-    let m = Mount::start(
-        &[
-            "--test",
-            "--size=4m",
-            "--blockSize=4k",
-            "--directIO",
-            "--test-errors",
-            "--blockCacheSize=0",
-            store.to_str().unwrap(),
-        ],
-        &s.mnt(),
-    );
+    let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k", "--directIO", "--test-errors", "--blockCacheSize=0"]);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     let mut failures = 0;
     for i in 0..1024u64 {
@@ -202,24 +179,13 @@ fn test_errors_really_injects_errors() {
     }
     drop(f);
     let stats = m.stats();
-    let injected: u64 = stats
-        .lines()
-        .find(|l| l.starts_with("test_injected_errors"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let injected = stat_value(&stats, "test_injected_errors");
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
     assert_eq!(m.unmount(), 0);
 
     // With the write-back cache they are retried: every write and the fsync succeed, and all
     // the data is in the store afterwards.
-    let m = Mount::start(
-        &["--test", "--size=4m", "--blockSize=4k", "--directIO", "--test-errors", store.to_str().unwrap()],
-        &s.mnt(),
-    );
+    let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k", "--directIO", "--test-errors"]);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     for i in 0..1024u64 {
         f.write_all_at(&[(i % 200) as u8 + 2; 4096], i * 4096).unwrap();
@@ -227,18 +193,10 @@ fn test_errors_really_injects_errors() {
     f.sync_all().unwrap();
     drop(f);
     let stats = m.stats();
-    let injected: u64 = stats
-        .lines()
-        .find(|l| l.starts_with("test_injected_errors"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let injected = stat_value(&stats, "test_injected_errors");
     assert!(injected > 0, "no upload failed and was retried:\n{stats}");
     assert_eq!(m.unmount(), 0);
-    let m = Mount::start(&["--test", "--size=4m", "--blockSize=4k", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k"]);
     let data = std::fs::read(m.file()).unwrap();
     for i in 0..1024usize {
         assert!(data[i * 4096..(i + 1) * 4096].iter().all(|&b| b == (i % 200) as u8 + 2), "block {i}");
@@ -250,10 +208,9 @@ fn test_errors_really_injects_errors() {
 fn killed_daemon_leaves_a_mount_plain_umount_clears() {
     let s = Scratch::new();
     let store = s.store();
-    let args = ["--test", "--size=64m", "--blockSize=64k", store.to_str().unwrap()];
-    let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let args = ["--size=64m", "--blockSize=64k"];
+    let m = Mount::test_dir(&s, &args);
+    let e = Ext4::create(&m.file(), &s.ext4());
     std::fs::write(s.ext4().join("a"), b"hello").unwrap();
     sh("sync");
     let pid = m.child.as_ref().map(|c| c.id()).unwrap();
@@ -270,7 +227,7 @@ fn killed_daemon_leaves_a_mount_plain_umount_clears() {
     // The synced data survived the crash. Mount ext4 first: `sync` makes the journal durable
     // (its commits are flushes that reach us as fsync), not the checkpoint, so the journal must
     // be replayed before e2fsck can judge the file system (as in the crash matrix).
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     let e = Ext4::mount(&m.file(), &s.ext4());
     assert_eq!(std::fs::read(s.ext4().join("a")).unwrap(), b"hello");
     e.unmount();
@@ -282,12 +239,11 @@ fn killed_daemon_leaves_a_mount_plain_umount_clears() {
 fn fsynced_data_survives_kill_9() {
     use rand::{RngCore, SeedableRng};
     let s = Scratch::new();
-    let store = s.store();
-    let args = ["--test", "--size=16m", "--blockSize=4k", store.to_str().unwrap()];
+    let args = ["--size=16m", "--blockSize=4k"];
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let mut model = vec![0u8; 16 << 20];
     for round in 0..3 {
-        let m = Mount::start(&args, &s.mnt());
+        let m = Mount::test_dir(&s, &args);
         let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
         for _ in 0..20 {
             let off = (rng.next_u64() % (16 << 20)) as usize;
@@ -301,7 +257,7 @@ fn fsynced_data_survives_kill_9() {
         // Crash right after fsync returned.
         m.kill9();
         drop(f);
-        let m = Mount::start(&args, &s.mnt());
+        let m = Mount::test_dir(&s, &args);
         drop_caches();
         assert!(std::fs::read(m.file()).unwrap() == model, "round {round}: fsynced data lost after kill -9");
         assert_eq!(m.unmount(), 0);
@@ -313,22 +269,22 @@ fn fsynced_data_survives_kill_9() {
 /// restart.
 #[test]
 fn sigterm_during_heavy_writing_loses_nothing_and_exits_zero() {
-    use rand::{RngCore, SeedableRng};
     let s = Scratch::new();
-    let store = s.store();
-    let args = ["--test", "--size=32m", "--blockSize=64k", "--test-delays", store.to_str().unwrap()];
-    let mut data = vec![0u8; 8 << 20];
-    rand::rngs::StdRng::seed_from_u64(77).fill_bytes(&mut data);
+    let args = ["--size=32m", "--blockSize=64k", "--test-delays"];
+    let data = random_bytes(77, 8 << 20);
     let src = s.path("src");
     std::fs::write(&src, &data).unwrap();
-    let mut m = Mount::start(&args, &s.mnt());
+    let mut m = Mount::test_dir(&s, &args);
     let mut dd = std::process::Command::new("dd")
         .arg(format!("if={}", src.display()))
         .arg(format!("of={}", m.file().display()))
         .args(["bs=64k", "conv=notrunc,fsync", "status=none"])
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for(60, "the writer's blocks at the daemon", || {
+        let stats = m.stats();
+        stat_value(&stats, "block_cache_write_hits") + stat_value(&stats, "block_cache_write_misses") > 0
+    });
     let child = m.child.as_mut().unwrap();
     assert!(child.try_wait().unwrap().is_none(), "exited before SIGTERM");
     // SAFETY: signalling a process we started.
@@ -344,7 +300,7 @@ fn sigterm_during_heavy_writing_loses_nothing_and_exits_zero() {
     assert!(m.stderr().contains("busy"), "the busy mount was detached: {}", m.stderr());
     m.child = None;
     assert!(!is_mounted(&s.mnt()));
-    let m = Mount::start(&args, &s.mnt());
+    let m = Mount::test_dir(&s, &args);
     let back = std::fs::read(m.file()).unwrap();
     assert!(back[..data.len()] == data[..], "data written before and after SIGTERM differs");
     assert_eq!(m.unmount(), 0);

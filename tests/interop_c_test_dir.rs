@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use rand::{RngCore, SeedableRng};
 use std::os::unix::fs::FileExt;
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
@@ -17,14 +16,8 @@ fn c_mount(extra: &[&str], store: &std::path::Path, mnt: &std::path::Path) -> Mo
 }
 
 fn pattern(seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; 2 << 20];
     // Some blocks stay zero so the zero-block rule is exercised both ways.
-    for (i, chunk) in v.chunks_mut(16384).enumerate() {
-        if i % 3 != 1 {
-            rng.fill_bytes(chunk);
-        }
-    }
+    let mut v = sparse_pattern(seed, 2 << 20, 16384);
     // An unaligned partial block.
     for b in &mut v[100_000..100_123] {
         *b = 0x5a;
@@ -61,7 +54,7 @@ fn both_ways(extra: &[&str], c_reads_back: bool) {
     drop(f);
     assert_eq!(m.unmount(), 0);
     let a = ours_args(&s.store());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
     assert!(std::fs::read(m.file()).unwrap() == data, "our read of C's volume differs");
     assert_eq!(m.unmount(), 0);
     let c_names = names(&s.store());
@@ -70,16 +63,13 @@ fn both_ways(extra: &[&str], c_reads_back: bool) {
     let s = Scratch::new();
     let data = pattern(2);
     let a = ours_args(&s.store());
-    let m = Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), &s.mnt());
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    let m = Mount::start_owned(a.to_vec(), &s.mnt());
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     // Same data, same layout: the same object names.
     let s2 = Scratch::new();
     let a2 = ours_args(&s2.store());
-    let m = Mount::start(&a2.iter().map(String::as_str).collect::<Vec<_>>(), &s2.mnt());
+    let m = Mount::start_owned(a2.to_vec(), &s2.mnt());
     std::fs::OpenOptions::new().write(true).open(m.file()).unwrap().write_all_at(&pattern(1), 0).unwrap();
     assert_eq!(m.unmount(), 0);
     assert_eq!(names(&s2.store()), c_names, "object names differ from C's");

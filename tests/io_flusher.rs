@@ -129,10 +129,8 @@ impl Drop for MemCgroup {
 #[test]
 fn ext4_written_far_beyond_a_memory_cgroup_limit_loses_nothing() {
     let s = Scratch::new();
-    let store = s.store();
-    let m = Mount::start(&["--test", "--size=512m", "--blockSize=64k", store.to_str().unwrap()], &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
+    let m = Mount::test_dir(&s, &["--size=512m", "--blockSize=64k"]);
+    let e = Ext4::create(&m.file(), &s.ext4());
     // 24 MiB for the writer; it writes 256 MiB (random, so no block is a zero block).
     let cg = MemCgroup::new(24 << 20);
     let data = s.ext4().join("big.bin");
@@ -150,7 +148,7 @@ fn ext4_written_far_beyond_a_memory_cgroup_limit_loses_nothing() {
     e.unmount();
     assert_eq!(m.unmount(), 0);
 
-    let m = Mount::start(&["--test", "--size=512m", "--blockSize=64k", store.to_str().unwrap()], &s.mnt());
+    let m = Mount::test_dir(&s, &["--size=512m", "--blockSize=64k"]);
     fsck_clean(&m.file());
     let e = Ext4::mount(&m.file(), &s.ext4());
     let got = sh(&format!("sha256sum {} | cut -d' ' -f1", data.display()));

@@ -12,6 +12,7 @@
 
 mod common;
 use bytes::Bytes;
+use common::random_bytes;
 use s3b_store::{BlockData, BlockStore, ReadRequest};
 use s3b_testkit::fault_proxy::FaultProxy;
 use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
@@ -30,13 +31,6 @@ enum Partial {
     Combine,
     /// Read-modify-write, as without it.
     ReadModifyWrite,
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
 }
 
 fn stack(proxy: &FaultProxy, prefix: &str, rt: &tokio::runtime::Runtime) -> Arc<dyn BlockStore> {
@@ -93,8 +87,8 @@ fn run(g: &Garage, proxy: &FaultProxy, prefix: &str, how: Partial) -> u64 {
     // Blocks around the run hold data first, so a partial block merged with zeros would show.
     let first = START / BS;
     let last = (START + RUN - 1) / BS;
-    let before = Bytes::from(pattern(1, BS as usize));
-    let after = Bytes::from(pattern(2, BS as usize));
+    let before = Bytes::from(random_bytes(1, BS as usize));
+    let after = Bytes::from(random_bytes(2, BS as usize));
     let s = stack(proxy, prefix, &rt);
     rt.block_on(async {
         s.write_block(first as u32, BlockData::new(before.clone())).await.unwrap();
@@ -103,7 +97,7 @@ fn run(g: &Garage, proxy: &FaultProxy, prefix: &str, how: Partial) -> u64 {
     });
     drop(s);
 
-    let data = Bytes::from(pattern(3, RUN as usize));
+    let data = Bytes::from(random_bytes(3, RUN as usize));
     let s = stack(proxy, prefix, &rt);
     let gets_before = proxy.method_counts().get("GET").copied().unwrap_or(0);
     rt.block_on(async {

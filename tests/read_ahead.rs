@@ -14,10 +14,7 @@ fn misses(extra: &[&str]) -> (u64, u64) {
     a.push(st);
     let m = Mount::start(&a, &s.mnt());
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8 + 1).collect();
-    let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
-    f.write_all_at(&data, 0).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_synced(&m.file(), 0, &data);
     assert_eq!(m.unmount(), 0);
     let m = Mount::start(&a, &s.mnt());
     let f = std::fs::File::open(m.file()).unwrap();
@@ -28,10 +25,7 @@ fn misses(extra: &[&str]) -> (u64, u64) {
     }
     drop(f);
     let stats = m.stats();
-    let get = |name: &str| -> u64 {
-        stats.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-    };
-    let r = (get("block_cache_read_misses"), get("block_cache_read_hits"));
+    let r = (stat_value(&stats, "block_cache_read_misses"), stat_value(&stats, "block_cache_read_hits"));
     assert_eq!(m.unmount(), 0);
     r
 }

@@ -10,8 +10,8 @@
 
 mod common;
 use bytes::Bytes;
-use common::build_stack as build;
-use rand::{Rng, RngCore, SeedableRng};
+use common::{build_stack as build, random_bytes};
+use rand::{Rng, SeedableRng};
 use s3b_store::{BlockStore, ReadOutcome, ReadRequest, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +26,7 @@ const TASKS: usize = 16;
 type Model = Vec<RwLock<Option<u64>>>;
 
 fn content(seed: u64) -> Bytes {
-    let mut v = vec![0u8; BLOCK_SIZE];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    Bytes::from(v)
+    Bytes::from(random_bytes(seed, BLOCK_SIZE))
 }
 
 #[derive(Default)]

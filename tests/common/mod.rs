@@ -17,16 +17,87 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("run s3backer")
 }
 
-/// Runs a shell command, panicking with its output if it fails.
-pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+/// Runs `cmd` to completion, panicking with its output unless it succeeds (`what` names it in
+/// the message); returns its stdout.
+pub fn checked_output(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    checked_output(Command::new("sh").arg("-c").arg(cmd), cmd)
+}
+
+/// Runs a program, panicking with its output unless it succeeds; returns stdout.
+pub fn cmd(prog: &str, args: &[&str]) -> String {
+    checked_output(Command::new(prog).args(args), &format!("{prog} {args:?}"))
+}
+
+/// Runs Debian's python3 (the one with the `nbd` module) on `script` with `args`.
+pub fn python(script: &str, args: &[&str]) -> String {
+    checked_output(Command::new("/usr/bin/python3").arg("-c").arg(script).args(args), "python")
+}
+
+/// Runs `cmd` with stdin closed and checks that it failed with exit code 1 after one line on
+/// stderr (warnings aside); returns that line.
+pub fn one_error_line(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("run the command");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains(": warning: ")).collect();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
+/// Owned copies of string arguments.
+pub fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// `--test` flags for the scratch store plus `extra`, the store last.
+pub fn test_args(s: &Scratch, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&["--test"]);
+    a.extend(strings(extra));
+    a.push(s.store().to_string_lossy().into_owned());
+    a
+}
+
+/// `len` random bytes from `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// `len` bytes in chunks of `chunk` bytes: every third chunk (1, 4, 7, …) zeros, the others
+/// random from `seed`, so that zero blocks are exercised too.
+pub fn sparse_pattern(seed: u64, len: usize, chunk: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    for (i, c) in v.chunks_mut(chunk).enumerate() {
+        if i % 3 != 1 {
+            rng.fill_bytes(c);
+        }
+    }
+    v
+}
+
+/// Writes `data` at `offset` of `file` and fsyncs it.
+pub fn write_synced(file: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap_or_else(|e| panic!("open {file:?}: {e}"));
+    f.write_all_at(data, offset).unwrap();
+    f.sync_all().unwrap();
 }
 
 /// True when `path` is a mount point right now.
@@ -72,6 +143,12 @@ impl Scratch {
     pub fn ext4(&self) -> PathBuf {
         self.path("ext4")
     }
+    /// The path of a block cache file in the scratch directory, and the flag naming it.
+    pub fn cache_file(&self) -> (PathBuf, String) {
+        let cache = self.path("cache");
+        let flag = format!("--blockCacheFile={}", cache.display());
+        (cache, flag)
+    }
 }
 
 /// A running s3backer (foreground, `-f`) mounted on a directory. Dropping it unmounts and
@@ -111,10 +188,20 @@ impl Mount {
 
     /// Starts our binary in the foreground: `args` then the mount point.
     pub fn start(args: &[&str], mnt: &Path) -> Mount {
-        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        a.push("-f".into());
-        a.push(mnt.to_string_lossy().into_owned());
-        Mount::start_program(bin(), &a, mnt)
+        Mount::start_owned(strings(args), mnt)
+    }
+
+    /// [`Mount::start`] with owned arguments.
+    pub fn start_owned(mut args: Vec<String>, mnt: &Path) -> Mount {
+        args.push("-f".into());
+        args.push(mnt.to_string_lossy().into_owned());
+        Mount::start_program(bin(), &args, mnt)
+    }
+
+    /// Starts our binary in the foreground on the scratch `--test` store with the flags
+    /// `extra`, mounted on the scratch mount point.
+    pub fn test_dir(s: &Scratch, extra: &[&str]) -> Mount {
+        Mount::start_owned(test_args(s, extra), &s.mnt())
     }
 
     /// Path of the exported file (default name).
@@ -195,6 +282,12 @@ impl Ext4 {
         sh(&format!("mkfs.ext4 -q -F -E nodiscard {}", file.display()));
     }
 
+    /// Makes a new ext4 file system on `file` and loop-mounts it on `dir`.
+    pub fn create(file: &Path, dir: &Path) -> Ext4 {
+        Ext4::mkfs(file);
+        Ext4::mount(file, dir)
+    }
+
     /// Loop-mounts `file` on `dir`.
     pub fn mount(file: &Path, dir: &Path) -> Ext4 {
         sh(&format!("mount -o loop {} {}", file.display(), dir.display()));
@@ -231,13 +324,7 @@ impl Drop for Ext4 {
 
 /// Runs `e2fsck -fn` on `file` and panics unless it reports a clean file system.
 pub fn fsck_clean(file: &Path) {
-    let out = Command::new("e2fsck").arg("-fn").arg(file).output().expect("run e2fsck");
-    assert!(
-        out.status.success(),
-        "e2fsck found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    checked_output(Command::new("e2fsck").arg("-fn").arg(file), "e2fsck -fn (problems found)");
 }
 
 /// Writes a tree of `n` files of random sizes and content under `root`; returns

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use super::common::*;
-use rand::{RngCore, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -113,47 +112,9 @@ impl Drop for NbdServer {
     }
 }
 
-pub fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-/// `--test` flags for the scratch store plus `extra`, the store last.
-pub fn test_args(s: &Scratch, extra: &[&str]) -> Vec<String> {
-    let mut a = strings(&["--test"]);
-    a.extend(strings(extra));
-    a.push(s.store().to_string_lossy().into_owned());
-    a
-}
-
-/// Runs a command, panicking with its output unless it succeeds; returns stdout.
-pub fn cmd(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("run {prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs Debian's python3 (the one with the `nbd` module) on `script` with `args`.
-pub fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("/usr/bin/python3").arg("-c").arg(script).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "python failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A random image of `len` bytes with some all-zero 64 KiB stretches, written to `path`.
 pub fn random_image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; len];
-    rng.fill_bytes(&mut data);
+    let mut data = random_bytes(seed, len);
     for (i, chunk) in data.chunks_mut(64 * 1024).enumerate() {
         if i % 5 == 2 {
             chunk.fill(0);

@@ -1,52 +1,22 @@
 //! Criterion micro-benchmarks of the block cache: a cache-hit read of a 64 KiB block, and a
-//! write into the cache (absorbed, uploaded later by the write-back scheduler).
-// Benchmarks, like unit tests, stop at the first failure; criterion_group! makes undocumented functions.
-#![allow(clippy::unwrap_used, missing_docs)]
+//! write into the cache (absorbed, uploaded later by the write-back scheduler), over the
+//! in-memory store of `s3b_store::mock`.
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use s3b_cache::{BlockCache, CacheConfig};
-use s3b_store::{BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result};
+use s3b_store::mock::MemBlocks;
+use s3b_store::{BlockData, BlockStore, ReadRequest};
 use std::sync::Arc;
 use std::time::Duration;
 
 const BS: u32 = 64 << 10;
 
-/// A store that keeps nothing: reads are zeros, writes are dropped.
-struct Null;
-
-#[async_trait]
-impl BlockStore for Null {
-    fn block_size(&self) -> u32 {
-        BS
-    }
-    fn num_blocks(&self) -> u64 {
-        1 << 20
-    }
-    async fn read_block(&self, _n: BlockNum, _r: ReadRequest) -> Result<ReadOutcome> {
-        Ok(ReadOutcome::Zero)
-    }
-    async fn write_block(&self, _n: BlockNum, _d: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
-        let _d = _d.map(s3b_store::BlockData::into_bytes);
-        Ok(None)
-    }
-    async fn flush(&self, _b: Option<&[BlockNum]>) -> Result<()> {
-        Ok(())
-    }
-    async fn survey_non_zero(&self, _s: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        Ok(())
-    }
-    async fn shutdown(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cache = rt.block_on(async {
         BlockCache::new(
-            Arc::new(Null),
+            Arc::new(MemBlocks::new(BS, 1 << 20)),
             CacheConfig {
                 size: 1000,
                 write_delay: Duration::from_millis(250),

@@ -823,7 +823,7 @@ impl CacheFile {
             en.slot = Some(slot);
         } else {
             // The caller inserts the entry right after; park the slot in a fresh one.
-            let mut en = crate::state::Entry::new(std::time::Instant::now());
+            let mut en = crate::state::Entry::new(tokio::time::Instant::now());
             en.slot = Some(slot);
             st.entries.insert(n, en);
         }
@@ -869,7 +869,7 @@ impl CacheFile {
 mod tests {
     use super::*;
     use crate::state::Entry;
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     const BS: u32 = 32;
 

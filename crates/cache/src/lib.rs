@@ -65,8 +65,9 @@ use s3b_store::{
 use state::{Entry, Phase, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 /// Settings of the block cache (upstream's `--blockCache*` and `--readAhead*` flags).
 #[derive(Clone, Debug)]
@@ -786,7 +787,7 @@ async fn writeback_loop(sh: Arc<Shared>) {
         }
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::Shared;
 use crate::state::Entry;
 use s3b_store::BlockNum;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// How far behind the last read block a read may be and still belong to the same run (the
 /// pieces of one request complete out of order).

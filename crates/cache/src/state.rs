@@ -5,7 +5,7 @@ use crate::ranges::ByteRanges;
 use bytes::Bytes;
 use s3b_store::{BlockNum, Etag};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Where a cached block is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

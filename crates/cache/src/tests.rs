@@ -1,126 +1,23 @@
-//! Unit tests of the cache's state machine over an in-memory store with controllable uploads.
+//! Unit tests of the cache's state machine over the in-memory store of `s3b_store::mock`, with
+//! held, delayed and failing operations. Timing runs on tokio's paused clock.
 
 use super::*;
 use s3b_store::StatsSource;
-use s3b_store::StoreError;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use s3b_store::mock::{Fail, Gate, MemBlocks, Op, elapse};
 
 const BS: u32 = 16;
 
-/// An in-memory block store that counts operations, can hold uploads and fail them.
-#[derive(Default)]
-pub(crate) struct Mem {
-    pub blocks: Mutex<HashMap<BlockNum, Bytes>>,
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub zero_writes: AtomicU64,
-    pub fail_writes: AtomicUsize,
-    pub hold_writes: AtomicBool,
-    pub read_delay_ms: AtomicU64,
-    pub released: Notify,
-    /// Reads wait at the store while set (released by `reads_released`).
-    pub hold_reads: AtomicBool,
-    pub reads_released: Notify,
-    /// Uploads inside `write_block` now, the most at once, and a signal for each change.
-    pub writes_in_flight: AtomicUsize,
-    pub max_writes_in_flight: AtomicUsize,
-    pub in_flight_changed: Notify,
+/// The store under the cache: 100 blocks, no ETags.
+fn mem() -> Arc<MemBlocks> {
+    Arc::new(MemBlocks::new(BS, 100).without_etags())
 }
 
-#[async_trait]
-impl BlockStore for Mem {
-    fn block_size(&self) -> u32 {
-        BS
-    }
-    fn num_blocks(&self) -> u64 {
-        100
-    }
-    async fn read_block(&self, n: BlockNum, _req: ReadRequest) -> Result<ReadOutcome> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        while self.hold_reads.load(Ordering::SeqCst) {
-            let w = self.reads_released.notified();
-            if !self.hold_reads.load(Ordering::SeqCst) {
-                break;
-            }
-            w.await;
-        }
-        let d = self.read_delay_ms.load(Ordering::SeqCst);
-        if d > 0 {
-            tokio::time::sleep(Duration::from_millis(d)).await;
-        }
-        Ok(match self.blocks.lock().get(&n) {
-            Some(d) => ReadOutcome::Data { data: d.clone(), etag: None },
-            None => ReadOutcome::Zero,
-        })
-    }
-    async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
-        let data = data.map(s3b_store::BlockData::into_bytes);
-        let now = self.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.in_flight_changed.notify_waiters();
-        let r = self.write_block_inner(n, data).await;
-        self.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.in_flight_changed.notify_waiters();
-        r
-    }
-    async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
-        Ok(())
-    }
-    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        for n in self.blocks.lock().keys() {
-            sink(*n);
-        }
-        Ok(())
-    }
-    async fn shutdown(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl Mem {
-    async fn write_block_inner(&self, n: BlockNum, data: Option<Bytes>) -> Result<Option<Etag>> {
-        while self.hold_writes.load(Ordering::SeqCst) {
-            let w = self.released.notified();
-            if !self.hold_writes.load(Ordering::SeqCst) {
-                break;
-            }
-            w.await;
-        }
-        if self.fail_writes.load(Ordering::SeqCst) > 0 {
-            self.fail_writes.fetch_sub(1, Ordering::SeqCst);
-            return Err(StoreError::Injected);
-        }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        match data {
-            Some(d) => {
-                self.blocks.lock().insert(n, d);
-            }
-            None => {
-                self.zero_writes.fetch_add(1, Ordering::SeqCst);
-                self.blocks.lock().remove(&n);
-            }
-        }
-        Ok(None)
-    }
-
-    /// Waits until exactly `n` uploads are inside the store (a guard turns a hang into a
-    /// failure).
-    async fn until_in_flight(&self, n: usize) {
-        let wait = async {
-            loop {
-                let changed = self.in_flight_changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if self.writes_in_flight.load(Ordering::SeqCst) == n {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(20), wait).await.is_err() {
-            panic!("never {n} uploads in flight (now {})", self.writes_in_flight.load(Ordering::SeqCst));
-        }
+/// Waits until `done` holds, looking again every millisecond; panics after 20 s.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < end, "never {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -136,12 +33,19 @@ async fn read(c: &BlockCache, n: BlockNum) -> Bytes {
     c.read_block(n, ReadRequest::PLAIN).await.unwrap().into_data(BS)
 }
 
-#[tokio::test]
-async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(3, block(3));
-    mem.read_delay_ms.store(50, Ordering::SeqCst);
+/// A cache of 10 blocks over a store that holds block `n` (contents `block(b)`) and answers
+/// every read after `ms` milliseconds.
+fn with_slow_reads(n: BlockNum, b: u8, ms: u64) -> (Arc<MemBlocks>, Arc<BlockCache>) {
+    let mem = mem();
+    mem.put(n, block(b));
+    mem.delay(Op::Read, Duration::from_millis(ms));
     let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    (mem, c)
+}
+
+#[tokio::test(start_paused = true)]
+async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
+    let (mem, c) = with_slow_reads(3, 3, 50);
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let c = c.clone();
@@ -151,88 +55,84 @@ async fn miss_then_hit_and_one_inner_read_for_concurrent_misses() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), block(3));
     }
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "concurrent misses share one inner read");
+    assert_eq!(mem.calls(Op::Read), 1, "concurrent misses share one inner read");
     assert_eq!(read(&c, 3).await, block(3));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(mem.calls(Op::Read), 1);
     let (hits, misses) = c.stats().reads();
     assert_eq!((hits, misses), (8, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_back_after_delay_and_flush() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(10) });
     c.write_block(1, BlockData::new(block(1))).await.unwrap();
     c.write_block(1, BlockData::new(block(2))).await.unwrap();
     assert_eq!(read(&c, 1).await, block(2), "reads see the cached write");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "not uploaded before the delay");
+    elapse(Duration::from_secs(3599)).await;
+    assert_eq!(mem.ok(Op::Write), 0, "not uploaded before the delay");
     c.flush(Some(&[1])).await.unwrap();
-    assert_eq!(mem.blocks.lock().get(&1), Some(&block(2)));
-    assert_eq!(mem.writes.load(Ordering::SeqCst), 1, "two writes, one upload");
+    assert_eq!(mem.get(1), Some(block(2)));
+    assert_eq!(mem.ok(Op::Write), 1, "two writes, one upload");
     assert_eq!(c.dirty_count(), 0);
 
     let c2 = BlockCache::new(mem.clone(), cfg(10));
     c2.write_block(5, BlockData::new(block(5))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(mem.blocks.lock().get(&5), Some(&block(5)), "uploaded after the write delay by itself");
+    elapse(Duration::from_millis(10)).await;
+    assert_eq!(mem.get(5), None, "not uploaded before the write delay");
+    elapse(Duration::from_millis(290)).await;
+    assert_eq!(mem.get(5), Some(block(5)), "uploaded after the write delay by itself");
 }
 
 #[tokio::test]
 async fn redirty_during_upload_keeps_newer_data() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
-    mem.hold_writes.store(true, Ordering::SeqCst);
+    let uploads = mem.hold(Op::Write);
     c.write_block(7, BlockData::new(block(1))).await.unwrap();
     // Wait for the upload of version 1 to be in flight.
-    for _ in 0..100 {
-        if c.shared.state.lock().uploading == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    uploads.arrived(1).await;
     assert_eq!(c.shared.state.lock().uploading, 1);
     c.write_block(7, BlockData::new(block(2))).await.unwrap();
-    mem.hold_writes.store(false, Ordering::SeqCst);
-    mem.released.notify_waiters();
+    uploads.release();
     c.flush(None).await.unwrap();
-    assert_eq!(mem.blocks.lock().get(&7), Some(&block(2)), "the newer version is what is stored");
+    assert_eq!(mem.get(7), Some(block(2)), "the newer version is what is stored");
     assert_eq!(read(&c, 7).await, block(2));
-    assert_eq!(mem.writes.load(Ordering::SeqCst), 2);
+    assert_eq!(mem.ok(Op::Write), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failed_uploads_are_retried() {
-    let mem = Arc::new(Mem::default());
-    mem.fail_writes.store(3, Ordering::SeqCst);
+    let mem = mem();
+    mem.fail(Op::Write, Fail::Next(3));
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
     c.write_block(2, BlockData::new(block(9))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), c.flush(None)).await.expect("flush finishes").unwrap();
-    assert_eq!(mem.blocks.lock().get(&2), Some(&block(9)));
-    assert_eq!(mem.fail_writes.load(Ordering::SeqCst), 0);
+    assert_eq!(mem.get(2), Some(block(9)));
+    assert_eq!(mem.count(Op::Write).failed, 3, "every injected failure was met");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
     for (size, max_dirty) in [(2, 0), (10, 2)] {
-        let mem = Arc::new(Mem::default());
+        let mem = mem();
         let c = Arc::new(BlockCache::new(
             mem.clone(),
             CacheConfig { write_delay: Duration::from_secs(3600), max_dirty, ..cfg(size) },
         ));
-        mem.hold_writes.store(true, Ordering::SeqCst);
+        let uploads = mem.hold(Op::Write);
         c.write_block(0, BlockData::new(block(1))).await.unwrap();
         c.write_block(1, BlockData::new(block(2))).await.unwrap();
         let c2 = c.clone();
         let third = tokio::spawn(async move { c2.write_block(2, BlockData::new(block(3))).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until("the third writer waits for room", || c.shared.state.lock().space_waiters == 1).await;
+        elapse(Duration::from_millis(100)).await;
         assert!(!third.is_finished(), "size {size} max_dirty {max_dirty}: the third writer waits");
-        mem.hold_writes.store(false, Ordering::SeqCst);
-        mem.released.notify_waiters();
+        uploads.release();
         third.await.unwrap().unwrap();
         c.flush(None).await.unwrap();
         for (n, b) in [(0, 1), (1, 2), (2, 3)] {
-            assert_eq!(mem.blocks.lock().get(&n), Some(&block(b)));
+            assert_eq!(mem.get(n), Some(block(b)));
         }
         assert!(c.shared.state.lock().entries.len() <= size);
     }
@@ -240,9 +140,9 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
 
 #[tokio::test]
 async fn only_clean_blocks_are_evicted_lru_first() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     for n in 0..5 {
-        mem.blocks.lock().insert(n, block(n as u8 + 1));
+        mem.put(n, block(n as u8 + 1));
     }
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(3) });
     c.write_block(0, BlockData::new(block(0xaa))).await.unwrap();
@@ -250,58 +150,60 @@ async fn only_clean_blocks_are_evicted_lru_first() {
     read(&c, 2).await;
     read(&c, 1).await; // 2 is now least recently used
     read(&c, 3).await; // evicts 2
-    let reads = mem.reads.load(Ordering::SeqCst);
+    let reads = mem.calls(Op::Read);
     read(&c, 1).await;
-    assert_eq!(mem.reads.load(Ordering::SeqCst), reads, "1 still cached");
+    assert_eq!(mem.calls(Op::Read), reads, "1 still cached");
     read(&c, 2).await;
-    assert_eq!(mem.reads.load(Ordering::SeqCst), reads + 1, "2 was evicted");
+    assert_eq!(mem.calls(Op::Read), reads + 1, "2 was evicted");
     assert_eq!(read(&c, 0).await, block(0xaa), "the dirty block was never evicted");
-    assert!(mem.blocks.lock().get(&0) == Some(&block(1)));
+    assert!(mem.get(0) == Some(block(1)));
     c.shutdown().await.unwrap();
-    assert_eq!(mem.blocks.lock().get(&0), Some(&block(0xaa)), "shutdown uploads");
+    assert_eq!(mem.get(0), Some(block(0xaa)), "shutdown uploads");
 }
 
 #[tokio::test]
 async fn protected_blocks_go_last() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { num_protected: 1, ..cfg(2) });
     read(&c, 0).await;
     read(&c, 5).await;
     read(&c, 6).await; // must evict 5, not the older but protected 0
-    let reads = mem.reads.load(Ordering::SeqCst);
+    let reads = mem.calls(Op::Read);
     read(&c, 0).await;
-    assert_eq!(mem.reads.load(Ordering::SeqCst), reads);
+    assert_eq!(mem.calls(Op::Read), reads);
 }
 
 #[tokio::test]
 async fn zero_writes_delete_and_sync_mode_waits() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(4, block(4));
+    let mem = mem();
+    mem.put(4, block(4));
     let c = BlockCache::new(mem.clone(), CacheConfig { sync: true, write_delay: Duration::ZERO, ..cfg(10) });
     c.write_block(4, BlockData::new(Bytes::from(vec![0u8; BS as usize]))).await.unwrap();
     // Sync: the upload is done when the write returns.
-    assert_eq!(mem.zero_writes.load(Ordering::SeqCst), 1);
-    assert!(!mem.blocks.lock().contains_key(&4));
+    assert_eq!(mem.deletes(), 1);
+    assert!(mem.get(4).is_none());
     assert_eq!(c.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
     c.write_block(8, BlockData::new(block(8))).await.unwrap();
-    assert_eq!(mem.blocks.lock().get(&8), Some(&block(8)));
+    assert_eq!(mem.get(8), Some(block(8)));
     assert!(c.write_block(9, BlockData::new(Bytes::from_static(b"short"))).await.is_err(), "partial block refused");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_clean_blocks_time_out() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { timeout: Some(Duration::from_millis(50)), ..cfg(10) });
     read(&c, 1).await;
     assert_eq!(c.shared.state.lock().entries.len(), 1);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    elapse(Duration::from_millis(40)).await;
+    assert_eq!(c.shared.state.lock().entries.len(), 1, "not idle long enough yet");
+    elapse(Duration::from_millis(660)).await;
     assert_eq!(c.shared.state.lock().entries.len(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn read_ahead_fetches_in_parallel_and_counts_as_hits() {
-    let mem = Arc::new(Mem::default());
-    mem.read_delay_ms.store(20, Ordering::SeqCst);
+    let mem = mem();
+    mem.delay(Op::Read, Duration::from_millis(20));
     let c = BlockCache::new(mem.clone(), CacheConfig { read_ahead: 4, read_ahead_trigger: 2, ..cfg(64) });
     for n in 0..40 {
         read(&c, n).await;
@@ -333,29 +235,25 @@ async fn read_ahead_fetches_in_parallel_and_counts_as_hits() {
 /// Reads for a read-modify-write are cached but start no read-ahead: a writer filling blocks in
 /// order would otherwise fetch every block it is about to overwrite. The same reads as plain
 /// reads do start it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reads_for_update_start_no_read_ahead() {
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { read_ahead: 4, read_ahead_trigger: 2, ..cfg(64) });
     for n in 0..20 {
         c.read_block(n, ReadRequest::FOR_UPDATE).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 20, "read-ahead ran for reads for update");
+    elapse(Duration::from_millis(50)).await;
+    assert_eq!(mem.calls(Op::Read), 20, "read-ahead ran for reads for update");
     // Cached: reading them again costs nothing.
     for n in 0..20 {
         read(&c, n).await;
     }
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 20);
+    assert_eq!(mem.calls(Op::Read), 20);
     // Plain sequential reads of new blocks do fetch ahead (in the background: wait for it).
     for n in 30..40 {
         read(&c, n).await;
     }
-    let end = Instant::now() + Duration::from_secs(5);
-    while mem.reads.load(Ordering::SeqCst) <= 30 && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(mem.reads.load(Ordering::SeqCst) > 30, "no read-ahead for plain reads either");
+    mem.wait_until("read-ahead for plain reads either", |c| c[Op::Read].calls > 30).await;
 }
 
 fn bytes(b: u8, len: usize) -> Bytes {
@@ -373,72 +271,67 @@ fn merged(base: u8, parts: &[(usize, u8, usize)]) -> Bytes {
 
 #[tokio::test]
 async fn partial_writes_covering_a_block_need_no_read() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
+    let mem = mem();
+    mem.put(5, block(9));
     let c = BlockCache::new(mem.clone(), cfg(10));
     c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
     c.write_block_part(5, 4, bytes(2, 12)).await.unwrap();
     assert_eq!(read(&c, 5).await, merged(0, &[(0, 1, 4), (4, 2, 12)]));
     c.flush(None).await.unwrap();
-    assert_eq!(mem.blocks.lock()[&5], merged(0, &[(0, 1, 4), (4, 2, 12)]));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 0, "nothing was read");
+    assert_eq!(mem.get(5).unwrap(), merged(0, &[(0, 1, 4), (4, 2, 12)]));
+    assert_eq!(mem.calls(Op::Read), 0, "nothing was read");
     assert_eq!(c.stats().partial_fills(), 0);
 }
 
 #[tokio::test]
 async fn a_partial_block_is_completed_by_one_read_when_read_or_uploaded() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
-    mem.blocks.lock().insert(6, block(8));
+    let mem = mem();
+    mem.put(5, block(9));
+    mem.put(6, block(8));
     let c = BlockCache::new(mem.clone(), cfg(10));
     c.write_block_part(5, 2, bytes(1, 3)).await.unwrap();
     // The written bytes are served without a read.
     assert_eq!(c.read_block_part(5, 2, 3).await.unwrap(), bytes(1, 3));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(mem.calls(Op::Read), 0);
     // Others need the stored version: one read, merged under the written bytes.
     assert_eq!(c.read_block_part(5, 0, 4).await.unwrap(), Bytes::from(vec![9, 9, 1, 1]));
     assert_eq!(read(&c, 5).await, merged(9, &[(2, 1, 3)]));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(mem.calls(Op::Read), 1);
     // Write-back of a block still partial: one read, then the whole block goes up.
     c.write_block_part(6, 10, Bytes::from(vec![0u8; 6])).await.unwrap();
     c.flush(None).await.unwrap();
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 2);
-    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(2, 1, 3)]));
-    assert_eq!(mem.blocks.lock()[&6], merged(8, &[(10, 0, 6)]));
+    assert_eq!(mem.calls(Op::Read), 2);
+    assert_eq!(mem.get(5).unwrap(), merged(9, &[(2, 1, 3)]));
+    assert_eq!(mem.get(6).unwrap(), merged(8, &[(10, 0, 6)]));
     assert_eq!(c.stats().partial_fills(), 2);
     // A partial write of a block never written before: the rest is zeros.
     c.write_block_part(40, 3, bytes(7, 2)).await.unwrap();
     assert_eq!(read(&c, 40).await, merged(0, &[(3, 7, 2)]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bytes_written_while_the_block_is_being_completed_are_kept() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
-    mem.read_delay_ms.store(100, Ordering::SeqCst);
-    let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
+    let (mem, c) = with_slow_reads(5, 9, 100);
     c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
     let reader = {
         let c = c.clone();
         tokio::spawn(async move { read(&c, 5).await })
     };
     // Wait until the completing read is in flight, then write more of the block.
-    while mem.reads.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    mem.wait_until("the completing read in flight", |c| c[Op::Read].in_flight == 1).await;
     c.write_block_part(5, 8, bytes(2, 4)).await.unwrap();
     let first = reader.await.unwrap();
     assert!(first == merged(9, &[(0, 1, 4)]) || first == merged(9, &[(0, 1, 4), (8, 2, 4)]), "{first:?}");
     assert_eq!(read(&c, 5).await, merged(9, &[(0, 1, 4), (8, 2, 4)]));
     c.flush(None).await.unwrap();
-    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(0, 1, 4), (8, 2, 4)]));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(mem.get(5).unwrap(), merged(9, &[(0, 1, 4), (8, 2, 4)]));
+    assert_eq!(mem.calls(Op::Read), 1);
 }
 
 #[tokio::test]
 async fn scattered_partial_writes_that_end_up_covering_the_block_need_no_read() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
+    let mem = mem();
+    mem.put(5, block(9));
     let c = BlockCache::new(mem.clone(), cfg(10));
     // Bytes 0, 2, ..., 14 (8 ranges, the most a block holds), then the gaps.
     for i in 0..8u32 {
@@ -449,14 +342,14 @@ async fn scattered_partial_writes_that_end_up_covering_the_block_need_no_read() 
     }
     let want: Vec<u8> = (0..BS).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
     assert_eq!(read(&c, 5).await, Bytes::from(want));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(mem.calls(Op::Read), 0);
 }
 
 #[tokio::test]
 async fn a_partial_write_over_an_unverified_reloaded_block_does_not_trust_it() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cache");
-    let mem = Arc::new(Mem::default());
+    let mem = mem();
     {
         let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions { no_verify: true, ..Default::default() }).unwrap());
         let c = BlockCache::with_file(mem.clone(), cfg(8), f);
@@ -464,7 +357,7 @@ async fn a_partial_write_over_an_unverified_reloaded_block_does_not_trust_it() {
         c.shutdown().await.unwrap();
     }
     // The block changed in the store behind the cache's back.
-    mem.blocks.lock().insert(5, block(6));
+    mem.put(5, block(6));
     let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
     let c = BlockCache::with_file(mem.clone(), cfg(8), f);
     c.write_block_part(5, 0, bytes(1, 2)).await.unwrap();
@@ -477,8 +370,8 @@ async fn a_partial_write_over_an_unverified_reloaded_block_does_not_trust_it() {
 async fn a_partial_block_is_recovered_as_partial_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cache");
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
+    let mem = mem();
+    mem.put(5, block(9));
     let slow = CacheConfig { write_delay: Duration::from_secs(600), ..cfg(8) };
     {
         let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
@@ -493,25 +386,26 @@ async fn a_partial_block_is_recovered_as_partial_after_a_crash() {
     f.allow_uploads();
     let c = BlockCache::with_file(mem.clone(), slow, f);
     assert_eq!(c.read_block_part(5, 4, 4).await.unwrap(), bytes(1, 4));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(mem.calls(Op::Read), 0);
     assert_eq!(read(&c, 5).await, merged(9, &[(4, 1, 4)]));
     c.shutdown().await.unwrap();
-    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(4, 1, 4)]));
-    assert!(!mem.blocks.lock().contains_key(&6), "block 6 is zeros (deleted)");
+    assert_eq!(mem.get(5).unwrap(), merged(9, &[(4, 1, 4)]));
+    assert!(mem.get(6).is_none(), "block 6 is zeros (deleted)");
+    assert_eq!(mem.deletes(), 1, "block 6 went down as a delete");
 }
 
 /// The default `write_block_part` of a store without a cache is a read-modify-write.
 #[tokio::test]
 async fn default_write_block_part_is_read_modify_write() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(9));
+    let mem = mem();
+    mem.put(5, block(9));
     mem.write_block_part(5, 3, bytes(1, 2)).await.unwrap();
-    assert_eq!(mem.blocks.lock()[&5], merged(9, &[(3, 1, 2)]));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(mem.get(5).unwrap(), merged(9, &[(3, 1, 2)]));
+    assert_eq!(mem.calls(Op::Read), 1);
     // Unchanged bytes: nothing written.
-    let writes = mem.writes.load(Ordering::SeqCst);
+    let writes = mem.ok(Op::Write);
     mem.write_block_part(5, 3, bytes(1, 2)).await.unwrap();
-    assert_eq!(mem.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(mem.ok(Op::Write), writes);
     let e = mem.write_block_part(5, 15, bytes(1, 2)).await.err().unwrap().to_string();
     assert!(e.contains("pass the end of the block"), "{e}");
     assert_eq!(mem.read_block_part(5, 2, 3).await.unwrap(), Bytes::from(vec![9, 1, 1]));
@@ -520,16 +414,23 @@ async fn default_write_block_part_is_read_modify_write() {
 /// The cache full of dirty blocks, every upload slot taken by an upload that does not finish
 /// and a writer waiting for room: a read of a block that is not cached still goes to the store
 /// at once and comes back, while not one upload has finished.
+/// A cache of `size` blocks with `threads` upload slots, over a store that holds block `n`
+/// (contents `block(n)`) and keeps every upload waiting at the gate returned.
+fn with_uploads_held(threads: usize, size: usize, n: BlockNum) -> (Arc<MemBlocks>, Arc<Gate>, Arc<BlockCache>) {
+    let mem = mem();
+    mem.put(n, block(n as u8));
+    let uploads = mem.hold(Op::Write);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads, write_delay: Duration::ZERO, ..cfg(size) }));
+    (mem, uploads, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(50, block(50));
-    mem.hold_writes.store(true, Ordering::SeqCst);
-    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(8) }));
+    let (mem, uploads, c) = with_uploads_held(4, 8, 50);
     for n in 0..8 {
         c.write_block(n, BlockData::new(block(n as u8 + 1))).await.unwrap();
     }
-    mem.until_in_flight(4).await;
+    mem.wait_until("4 uploads in flight", |c| c[Op::Write].in_flight == 4).await;
     // A ninth block: its writer waits for room.
     let writer = {
         let c = c.clone();
@@ -547,58 +448,47 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
         .await
         .expect("a read miss waited for the upload backlog");
     assert_eq!(got, block(50));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "one read of the store");
-    assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "no upload had finished");
+    assert_eq!(mem.calls(Op::Read), 1, "one read of the store");
+    assert_eq!(mem.ok(Op::Write), 0, "no upload had finished");
     assert!(!writer.is_finished(), "the writer still waits for room");
 
-    mem.hold_writes.store(false, Ordering::SeqCst);
-    mem.released.notify_waiters();
+    uploads.release();
     writer.await.unwrap().unwrap();
     c.flush(None).await.unwrap();
     for n in 0..8u32 {
-        assert_eq!(mem.blocks.lock().get(&n), Some(&block(n as u8 + 1)));
+        assert_eq!(mem.get(n), Some(block(n as u8 + 1)));
     }
-    assert_eq!(mem.blocks.lock().get(&9), Some(&block(9)));
+    assert_eq!(mem.get(9), Some(block(9)));
 }
 
 /// With no reads, uploads fill every one of `threads` slots; a read waiting at the store takes
 /// none of them, and uploads go on (and finish) while it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_use_every_thread_and_waiting_reads_take_none() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(60, block(60));
-    mem.hold_writes.store(true, Ordering::SeqCst);
-    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 8, write_delay: Duration::ZERO, ..cfg(40) }));
+    let (mem, uploads, c) = with_uploads_held(8, 40, 60);
     for n in 0..12 {
         c.write_block(n, BlockData::new(block(1))).await.unwrap();
     }
-    mem.until_in_flight(8).await;
+    mem.wait_until("8 uploads in flight", |c| c[Op::Write].in_flight == 8).await;
     assert_eq!(c.shared.state.lock().uploading, 8);
 
     // A read held at the store: the uploads keep their eight slots and stay in flight.
-    mem.hold_reads.store(true, Ordering::SeqCst);
+    let reads = mem.hold(Op::Read);
     let reader = {
         let c = c.clone();
         tokio::spawn(async move { read(&c, 60).await })
     };
-    let at_store = async {
-        while mem.reads.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), at_store).await.expect("the read reaches the store");
+    reads.arrived(1).await;
     assert_eq!(c.shared.state.lock().uploading, 8);
-    assert_eq!(mem.writes_in_flight.load(Ordering::SeqCst), 8);
+    assert_eq!(mem.count(Op::Write).in_flight, 8);
 
     // Uploads finish while the read is still held, and the next ones start at full width.
-    mem.hold_writes.store(false, Ordering::SeqCst);
-    mem.released.notify_waiters();
+    uploads.release();
     c.flush(None).await.unwrap();
-    assert_eq!(mem.writes.load(Ordering::SeqCst), 12);
-    assert_eq!(mem.max_writes_in_flight.load(Ordering::SeqCst), 8);
+    assert_eq!(mem.ok(Op::Write), 12);
+    assert_eq!(mem.count(Op::Write).max_in_flight, 8);
     assert!(!reader.is_finished());
-    mem.hold_reads.store(false, Ordering::SeqCst);
-    mem.reads_released.notify_waiters();
+    reads.release();
     assert_eq!(reader.await.unwrap(), block(60));
 }
 
@@ -606,35 +496,29 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
 /// entry loading: the load finishes in its own task, and the next read of the block is served.
 #[tokio::test]
 async fn a_dropped_read_leaves_no_entry_loading() {
-    let mem = Arc::new(Mem::default());
-    mem.blocks.lock().insert(5, block(5));
+    let mem = mem();
+    mem.put(5, block(5));
     let c = Arc::new(BlockCache::new(mem.clone(), cfg(10)));
-    mem.hold_reads.store(true, Ordering::SeqCst);
+    let reads = mem.hold(Op::Read);
     let reader = {
         let c = c.clone();
         tokio::spawn(async move { read(&c, 5).await })
     };
-    let at_store = async {
-        while mem.reads.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), at_store).await.expect("the read reaches the store");
+    reads.arrived(1).await;
     reader.abort();
     assert!(reader.await.unwrap_err().is_cancelled());
-    mem.hold_reads.store(false, Ordering::SeqCst);
-    mem.reads_released.notify_waiters();
+    reads.release();
     let again = tokio::time::timeout(Duration::from_secs(20), read(&c, 5)).await;
     assert_eq!(again.expect("a later read is not stuck behind the dropped one"), block(5));
-    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "the dropped read's load served the later read");
+    assert_eq!(mem.calls(Op::Read), 1, "the dropped read's load served the later read");
 }
 
 /// A writer cancelled while it waits for room does not leave the cache believing writers
 /// still wait (which would hurry every later upload).
 #[tokio::test]
 async fn a_cancelled_writer_does_not_stay_counted() {
-    let mem = Arc::new(Mem::default());
-    mem.hold_writes.store(true, Ordering::SeqCst);
+    let mem = mem();
+    let uploads = mem.hold(Op::Write);
     let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 1, ..cfg(2) }));
     c.write_block(0, BlockData::new(block(1))).await.unwrap();
     c.write_block(1, BlockData::new(block(1))).await.unwrap();
@@ -642,16 +526,10 @@ async fn a_cancelled_writer_does_not_stay_counted() {
         let c = c.clone();
         tokio::spawn(async move { c.write_block(2, BlockData::new(block(2))).await })
     };
-    let waiting = async {
-        while c.shared.state.lock().space_waiters == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("the writer waits for room");
+    until("the writer waits for room", || c.shared.state.lock().space_waiters == 1).await;
     writer.abort();
     assert!(writer.await.unwrap_err().is_cancelled());
     assert_eq!(c.shared.state.lock().space_waiters, 0);
-    mem.hold_writes.store(false, Ordering::SeqCst);
-    mem.released.notify_waiters();
+    uploads.release();
     c.flush(None).await.unwrap();
 }

@@ -8,98 +8,27 @@
 //! `recover_dirty` too (every accepted write is in the cache file); after a crash without it,
 //! every block must hold a value written since its last flush or the value it had then —
 //! flushed data is never lost, and no block ever holds data nobody wrote.
-#![allow(clippy::unwrap_used)] // Tests, like unit tests, stop at the first failure.
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use proptest::prelude::*;
-use rand::Rng;
 use s3b_cache::{BlockCache, CacheConfig, CacheFile, FileOptions};
-use s3b_store::{BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use s3b_store::mock::{Fail, MemBlocks, Op as StoreOp};
+use s3b_store::{BlockData, BlockNum, BlockStore, ReadRequest, StoreError};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const BS: u32 = 64;
 const BLOCKS: u32 = 12;
 
-/// Blocks as (content, version); ETag derived from the version.
-#[derive(Default)]
-struct Flaky {
-    blocks: Mutex<HashMap<BlockNum, (Bytes, u64)>>,
-    version: AtomicU64,
-    fail_percent: u32,
-}
-
-fn etag(v: u64) -> Etag {
-    let mut e = [0u8; 16];
-    e[..8].copy_from_slice(&v.to_le_bytes());
-    Etag(e)
-}
-
-impl Flaky {
-    async fn chaos(&self) -> Result<()> {
-        let (delay, fail) = {
-            let mut r = rand::thread_rng();
-            (r.gen_range(0..3u64), r.gen_range(0..100) < self.fail_percent)
-        };
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        if fail { Err(StoreError::Injected) } else { Ok(()) }
+/// The slow, failing store: every read and write takes up to 3 ms and 15 % of them fail.
+fn flaky() -> Arc<MemBlocks> {
+    let m = MemBlocks::new(BS, BLOCKS as u64);
+    for op in [StoreOp::Read, StoreOp::Write] {
+        m.delay_up_to(op, Duration::from_millis(3));
+        m.fail(op, Fail::Percent(15));
     }
-}
-
-#[async_trait]
-impl BlockStore for Flaky {
-    fn block_size(&self) -> u32 {
-        BS
-    }
-    fn num_blocks(&self) -> u64 {
-        BLOCKS as u64
-    }
-    async fn read_block(&self, n: BlockNum, _req: ReadRequest) -> Result<ReadOutcome> {
-        self.chaos().await?;
-        let b = self.blocks.lock().get(&n).cloned();
-        Ok(match b {
-            Some((x, v)) => ReadOutcome::Data { data: x, etag: Some(etag(v)) },
-            None => ReadOutcome::Zero,
-        })
-    }
-    async fn revalidate(&self, n: BlockNum, e: Etag) -> Result<Revalidation> {
-        self.chaos().await?;
-        let b = self.blocks.lock().get(&n).cloned();
-        Ok(match b {
-            Some((_, v)) if etag(v) == e => Revalidation::Unchanged,
-            Some((x, v)) => Revalidation::Changed(ReadOutcome::Data { data: x, etag: Some(etag(v)) }),
-            None => Revalidation::Changed(ReadOutcome::Zero),
-        })
-    }
-    async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
-        let data = data.map(s3b_store::BlockData::into_bytes);
-        self.chaos().await?;
-        let v = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        match data {
-            Some(d) => {
-                assert_eq!(d.len(), BS as usize, "a block is uploaded whole");
-                self.blocks.lock().insert(n, (d, v));
-                Ok(Some(etag(v)))
-            }
-            None => {
-                self.blocks.lock().remove(&n);
-                Ok(None)
-            }
-        }
-    }
-    async fn flush(&self, _: Option<&[BlockNum]>) -> Result<()> {
-        Ok(())
-    }
-    async fn survey_non_zero(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        Ok(())
-    }
-    async fn shutdown(&self) -> Result<()> {
-        Ok(())
-    }
+    Arc::new(m)
 }
 
 #[derive(Clone, Debug)]
@@ -135,7 +64,7 @@ struct Session {
     cache: Arc<BlockCache>,
 }
 
-fn open(store: &Arc<Flaky>, path: Option<&std::path::Path>, recover: bool, delay_ms: u64) -> Session {
+fn open(store: &Arc<MemBlocks>, path: Option<&std::path::Path>, recover: bool, delay_ms: u64) -> Session {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cfg = CacheConfig {
         size: 4,
@@ -165,9 +94,9 @@ fn open(store: &Arc<Flaky>, path: Option<&std::path::Path>, recover: bool, delay
 fn run(ops: Vec<Op>, with_file: bool, delay_ms: u64) -> std::result::Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = with_file.then(|| dir.path().join("cache"));
-    let store = Arc::new(Flaky { fail_percent: 15, ..Default::default() });
+    let store = flaky();
     let zeros = vec![0u8; BS as usize];
-    let stored = |n: BlockNum| store.blocks.lock().get(&n).map_or_else(|| zeros.clone(), |b| b.0.to_vec());
+    let stored = |n: BlockNum| store.get_or_zeros(n).to_vec();
     // For each block: contents it may hold after a crash that loses unflushed writes.
     let mut possible: Vec<BTreeSet<Vec<u8>>> = vec![BTreeSet::from([zeros.clone()]); BLOCKS as usize];
     let mut model = vec![zeros.clone(); BLOCKS as usize];
@@ -304,10 +233,10 @@ fn concurrent_partial_writes_lose_no_byte() {
     for with_file in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let path = with_file.then(|| dir.path().join("cache"));
-        let store = Arc::new(Flaky { fail_percent: 15, ..Default::default() });
+        let store = flaky();
         // Some stored content first, so a byte taken from zeros instead of the store shows.
         for n in 0..BLOCKS {
-            store.blocks.lock().insert(n, (Bytes::from(vec![0xee; BS as usize]), 0));
+            store.put(n, Bytes::from(vec![0xee; BS as usize]));
         }
         let s = open(&store, path.as_deref(), false, 1);
         let writers: Vec<_> = (0..8u32)
@@ -367,7 +296,7 @@ fn concurrent_partial_writes_lose_no_byte() {
         }
         s.rt.block_on(s.cache.shutdown()).unwrap();
         for n in 0..BLOCKS {
-            let stored = store.blocks.lock()[&n].0.clone();
+            let stored = store.get_or_zeros(n);
             for (t, last) in lasts.iter().enumerate() {
                 assert!(stored[t * 8..t * 8 + 8].iter().all(|&b| b == last[n as usize]), "stored block {n} writer {t}");
             }

@@ -112,48 +112,8 @@ pub async fn reset(cfg: &Config, objects: &dyn ObjectStore) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
     use s3b_cache::FileOptions;
-    use s3b_store::{BlockNum, Etag, GetOutcome, ObjectBody, ReadCondition, StoreError, VolumeMeta};
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// An object store that only keeps a mount token.
-    #[derive(Default)]
-    struct Tokens(AtomicU32);
-
-    #[async_trait]
-    impl ObjectStore for Tokens {
-        async fn get_object(&self, _: BlockNum, _: ReadCondition) -> s3b_store::Result<GetOutcome> {
-            Ok(GetOutcome::NotFound)
-        }
-        async fn put_object(
-            &self,
-            _: BlockNum,
-            _: ObjectBody,
-            _: Option<VolumeMeta>,
-        ) -> s3b_store::Result<Option<Etag>> {
-            Err(StoreError::ReadOnly)
-        }
-        async fn delete_object(&self, _: BlockNum) -> s3b_store::Result<()> {
-            Ok(())
-        }
-        async fn list_objects(&self, _: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
-            Ok(())
-        }
-        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
-            Ok(None)
-        }
-        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
-            Ok(match op {
-                TokenOp::Read => self.0.load(Ordering::SeqCst),
-                TokenOp::Clear => self.0.swap(0, Ordering::SeqCst),
-                TokenOp::Set(t) => self.0.swap(t, Ordering::SeqCst),
-            })
-        }
-        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
-            Ok(())
-        }
-    }
+    use s3b_store::mock::{MemObjects, Op};
 
     fn cfg(extra: &[&str]) -> Config {
         let mut a = vec!["--test", "--size=1m", "--blockCacheFile=/unused", "dir", "mnt"];
@@ -162,71 +122,45 @@ mod tests {
         crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
     }
 
-    /// A store whose token another mount sets between our read and our write.
-    #[derive(Default)]
-    struct Raced(Tokens);
-
-    #[async_trait]
-    impl ObjectStore for Raced {
-        async fn get_object(&self, n: BlockNum, c: ReadCondition) -> s3b_store::Result<GetOutcome> {
-            self.0.get_object(n, c).await
-        }
-        async fn put_object(
-            &self,
-            n: BlockNum,
-            b: ObjectBody,
-            v: Option<VolumeMeta>,
-        ) -> s3b_store::Result<Option<Etag>> {
-            self.0.put_object(n, b, v).await
-        }
-        async fn delete_object(&self, n: BlockNum) -> s3b_store::Result<()> {
-            self.0.delete_object(n).await
-        }
-        async fn list_objects(&self, s: &(dyn Fn(BlockNum) + Send + Sync)) -> s3b_store::Result<()> {
-            self.0.list_objects(s).await
-        }
-        async fn read_volume_meta(&self) -> s3b_store::Result<Option<VolumeMeta>> {
-            Ok(None)
-        }
-        async fn mount_token(&self, op: TokenOp) -> s3b_store::Result<u32> {
-            self.0.mount_token(op).await
-        }
-        async fn swap_mount_token(&self, expected: u32, new: u32) -> s3b_store::Result<TokenSwap> {
-            // The other mount wins the race.
-            self.0.0.store(0x1234, Ordering::SeqCst);
-            self.0.swap_mount_token(expected, new).await
-        }
-        async fn flush(&self, _: Option<&[BlockNum]>) -> s3b_store::Result<()> {
-            Ok(())
-        }
+    /// Runs `acquire` while another mount sets its token (0x1234) on `objects` between our read
+    /// of the token and our swap.
+    async fn raced<T>(objects: &MemObjects, acquire: impl std::future::Future<Output = T>) -> T {
+        let gate = objects.hold(Op::Token);
+        gate.allow(1); // our read
+        let other_mount = async {
+            gate.arrived(2).await; // our swap waits at the gate
+            objects.set_token(0x1234);
+            gate.release();
+        };
+        tokio::join!(acquire, other_mount).0
     }
 
     #[tokio::test]
     async fn a_mount_that_loses_the_race_is_refused_and_leaves_the_winner_alone() {
-        let objects = Raced::default();
-        let err = acquire(&cfg(&[]), &objects, None).await.unwrap_err().to_string();
+        let objects = MemObjects::new();
+        let err = raced(&objects, acquire(&cfg(&[]), &objects, None)).await.unwrap_err().to_string();
         assert!(err.contains("already mounted (mount token 00001234"), "{err}");
-        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        assert_eq!(objects.token(), 0x1234);
         // Same with --force: the token it was told to override is not the one there now.
-        objects.0.0.store(0x77, Ordering::SeqCst);
-        let err = acquire(&cfg(&["--force"]), &objects, None).await.unwrap_err().to_string();
+        objects.set_token(0x77);
+        let err = raced(&objects, acquire(&cfg(&["--force"]), &objects, None)).await.unwrap_err().to_string();
         assert!(err.contains("already mounted"), "{err}");
-        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        assert_eq!(objects.token(), 0x1234);
         // Unmounting after someone else took the volume over leaves their token.
-        release(&objects.0, 0x99, None).await.unwrap();
-        assert_eq!(objects.0.0.load(Ordering::SeqCst), 0x1234);
+        release(&objects, 0x99, None).await.unwrap();
+        assert_eq!(objects.token(), 0x1234);
     }
 
     #[tokio::test]
     async fn crashed_mount_with_its_cache_file_recovers_without_force() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache");
-        let objects = Tokens::default();
+        let objects = MemObjects::new();
         let file = CacheFile::open(&path, 4096, 8, FileOptions::default()).unwrap();
         // First mount: token set in both places; then a "crash" (no release).
         let t1 = acquire(&cfg(&[]), &objects, Some(&file)).await.unwrap();
         assert_eq!(file.stored_token(), t1);
-        assert_eq!(objects.0.load(Ordering::SeqCst), t1);
+        assert_eq!(objects.token(), t1);
         drop(file);
 
         let file = CacheFile::open(&path, 4096, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap();
@@ -238,23 +172,23 @@ mod tests {
         assert_ne!(t2, t1);
         assert!(file.uploads_allowed());
         release(&objects, t2, Some(&file)).await.unwrap();
-        assert_eq!((file.stored_token(), objects.0.load(Ordering::SeqCst)), (0, 0));
+        assert_eq!((file.stored_token(), objects.token()), (0, 0));
 
         // Another mount's token (not ours): still refused.
-        objects.0.store(0x55, Ordering::SeqCst);
+        objects.set_token(0x55);
         let err = acquire(&cfg(&["--blockCacheRecoverDirtyBlocks"]), &objects, Some(&file)).await.unwrap_err();
         assert!(err.to_string().contains("already mounted"));
     }
 
     #[tokio::test]
     async fn reset_clears_any_token_but_not_read_only() {
-        let objects = Tokens::default();
+        let objects = MemObjects::new();
         assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0, "nothing set, nothing to clear");
-        objects.0.store(0x42, Ordering::SeqCst);
+        objects.set_token(0x42);
         let err = reset(&cfg(&["--readOnly"]), &objects).await.unwrap_err().to_string();
         assert!(err.contains("--readOnly"), "{err}");
-        assert_eq!(objects.0.load(Ordering::SeqCst), 0x42);
+        assert_eq!(objects.token(), 0x42);
         assert_eq!(reset(&cfg(&[]), &objects).await.unwrap(), 0x42);
-        assert_eq!(objects.0.load(Ordering::SeqCst), 0);
+        assert_eq!(objects.token(), 0);
     }
 }

@@ -26,8 +26,9 @@ use s3b_store::{
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Settings of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +269,7 @@ impl EcProtect {
                 Step::Wait(deadline, counter) => {
                     match deadline {
                         Some(d) => {
-                            let _ = tokio::time::timeout_at(d.into(), notified).await;
+                            let _ = tokio::time::timeout_at(d, notified).await;
                         }
                         None => notified.await,
                     }

@@ -10,10 +10,15 @@
 //! This crate also holds what more than one layer needs: S3 key naming ([`keys`]), the error type
 //! ([`StoreError`]), and the stats registry ([`stats`]) that
 //! renders the `stats` file in upstream's field order.
+//!
+//! With the cargo feature `mock`, [`mock`] offers in-memory test doubles of both traits (with
+//! delays, gates and injected failures) to the tests of the other crates.
 
 pub mod error;
 pub mod faults;
 pub mod keys;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod stats;
 mod types;
 

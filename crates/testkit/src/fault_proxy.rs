@@ -18,14 +18,15 @@
 //! [`FaultProxy::set_deny_listing`] makes it answer every bucket listing with `403
 //! AccessDenied` and forward the rest, as S3 does for a key without `s3:ListBucket`.
 
+use crate::listener::Listener;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How often each fault happens, in percent of requests.
-#[derive(Clone, Copy, Debug)]
+/// How often each fault happens, in percent of requests (the default: never).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FaultConfig {
     /// Answer 503 without forwarding.
     pub error_percent: u32,
@@ -64,7 +65,6 @@ impl FaultCounts {
 #[derive(Default)]
 struct Shared {
     enabled: AtomicBool,
-    stop: AtomicBool,
     requests: AtomicU64,
     errors: AtomicU64,
     resets: AtomicU64,
@@ -81,46 +81,29 @@ pub struct FaultProxy {
     /// Port clients connect to on 127.0.0.1.
     pub port: u16,
     shared: Arc<Shared>,
+    listener: Listener,
 }
 
 impl FaultProxy {
     /// Starts a proxy in front of the server on 127.0.0.1:`upstream`, faults enabled.
     pub fn start(upstream: u16, cfg: FaultConfig) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared::default());
         shared.enabled.store(true, Ordering::SeqCst);
         let sh = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let sh = sh.clone();
-                std::thread::spawn(move || serve(conn, upstream, cfg, &sh));
-            }
-        });
-        FaultProxy { port, shared }
+        let listener = Listener::start(move |conn| serve(conn, upstream, cfg, &sh));
+        FaultProxy { port: listener.port, shared, listener }
     }
 
     /// A proxy that injects no faults: it forwards and counts (see [`FaultProxy::method_counts`]).
     pub fn counting(upstream: u16) -> FaultProxy {
-        let none = FaultConfig {
-            error_percent: 0,
-            reset_percent: 0,
-            stall_percent: 0,
-            stall: Duration::ZERO,
-            corrupt_percent: 0,
-        };
-        let p = FaultProxy::start(upstream, none);
+        let p = FaultProxy::start(upstream, FaultConfig::default());
         p.set_faults(false);
         p
     }
 
     /// Base URL of the proxy, ending in `/`.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        self.listener.base_url()
     }
 
     /// Turns fault injection on or off (requests are always forwarded when off).
@@ -157,12 +140,27 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+/// Answers with an S3 error document; false when the client is gone.
+fn s3_error(out: &mut TcpStream, status: &str, code: &str, message: &str) -> bool {
+    let msg = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    let h = format!("HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n", msg.len());
+    out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg.as_bytes())).is_ok()
+}
+
+/// Reads the body of a request whose head is `head` (answering `Expect: 100-continue` first);
+/// `None` when the client is gone.
+pub(crate) fn read_body(head: &Head, reader: &mut impl Read, out: &mut impl Write) -> Option<Vec<u8>> {
+    if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+        && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+    {
+        return None;
     }
+    let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
 }
 
 /// A parsed request or response head: the first line and the header lines.
@@ -239,24 +237,10 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         sh.requests.fetch_add(1, Ordering::SeqCst);
         let method = head.first.split(' ').next().unwrap_or("").to_string();
         *sh.methods.lock().entry(method).or_default() += 1;
-        if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-        {
-            return;
-        }
-        let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(mut body) = read_body(&head, &mut reader, &mut out) else { return };
         if sh.deny_listing.load(Ordering::SeqCst) && is_listing(&head.first) {
             sh.listings_denied.fetch_add(1, Ordering::SeqCst);
-            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
-            let h = format!(
-                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                msg.len()
-            );
-            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+            if !s3_error(&mut out, "403 Forbidden", "AccessDenied", "Access Denied") {
                 return;
             }
             continue;
@@ -265,12 +249,7 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
         let (e, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
         if r < e {
             sh.errors.fetch_add(1, Ordering::SeqCst);
-            let msg = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>";
-            let h = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                msg.len()
-            );
-            if out.write_all(h.as_bytes()).and_then(|_| out.write_all(msg)).is_err() {
+            if !s3_error(&mut out, "503 Service Unavailable", "SlowDown", "injected") {
                 return;
             }
             continue;

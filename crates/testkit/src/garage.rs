@@ -54,6 +54,21 @@ pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
+/// Writes `garage.toml` into `dir` for a node with its data under `dir`, serving S3 on
+/// 127.0.0.1:`s3_port` and RPC on `rpc`; returns its path.
+pub(crate) fn write_config(dir: &Path, replication_factor: u32, s3_port: u16, rpc: u16, secret: &str) -> PathBuf {
+    let cfg = format!(
+        "metadata_dir = \"{m}\"\ndata_dir = \"{dd}\"\ndb_engine = \"lmdb\"\nreplication_factor = {replication_factor}\n\
+         rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
+         [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\nroot_domain = \".s3.garage.localhost\"\n",
+        m = dir.join("meta").display(),
+        dd = dir.join("data").display(),
+    );
+    let path = dir.join("garage.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
 impl Garage {
     /// Starts a fresh server with bucket [`BUCKET`] and panics if it is not ready in 20 s.
     pub fn start() -> Garage {
@@ -63,14 +78,7 @@ impl Garage {
             let (port, rpc) = (free_port(), free_port());
             let d = dir.path();
             let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + port as usize) % 251)).collect();
-            let cfg = format!(
-                "metadata_dir = \"{m}\"\ndata_dir = \"{dd}\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
-                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
-                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{port}\"\nroot_domain = \".s3.garage.localhost\"\n",
-                m = d.join("meta").display(),
-                dd = d.join("data").display(),
-            );
-            std::fs::write(d.join("garage.toml"), cfg).unwrap();
+            write_config(d, 1, port, rpc, &secret);
             let child = spawn(&bin, d);
             let mut g = Garage { child: Some(child), dir, port };
             if g.wait_ready(Duration::from_secs(20)) {

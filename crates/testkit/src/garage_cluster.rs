@@ -10,7 +10,7 @@
 //! SIGKILL: a crash) and start them again ([`GarageCluster::restart`], same data). Dropping the
 //! handle stops every node and removes their files.
 
-use crate::garage::{ACCESS_KEY_ID, BUCKET, REGION, SECRET_KEY, binary, free_port, list_keys_at, signed_curl};
+use crate::garage::{ACCESS_KEY_ID, BUCKET, SECRET_KEY, binary, free_port, list_keys_at, signed_curl, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -45,15 +45,7 @@ impl GarageCluster {
             let d = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&d).unwrap();
             let (s3_port, rpc) = (free_port(), free_port());
-            let cfg = format!(
-                "metadata_dir = \"{m}\"\ndata_dir = \"{dd}\"\ndb_engine = \"lmdb\"\nreplication_factor = 3\n\
-                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
-                 [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\nroot_domain = \".s3.garage.localhost\"\n",
-                m = d.join("meta").display(),
-                dd = d.join("data").display(),
-            );
-            let config = d.join("garage.toml");
-            std::fs::write(&config, cfg).unwrap();
+            let config = write_config(&d, 3, s3_port, rpc, &secret);
             nodes.push(Node { child: None, config, s3_port });
         }
         let mut c = GarageCluster { nodes, ids: Vec::new(), dir, bin };

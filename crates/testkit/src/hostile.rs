@@ -13,11 +13,12 @@
 //! [`crate::fault_proxy`] does). A hostile answer goes on until the client hangs up (or 1 GiB);
 //! the connection is then closed. [`HostileProxy::counts`] tells what was sent.
 
-use crate::fault_proxy::{Head, forward, read_head};
-use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use crate::fault_proxy::{Head, forward, read_body, read_head};
+use crate::listener::Listener;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A way to answer badly.
@@ -57,7 +58,6 @@ pub struct HostileCounts {
 
 #[derive(Default)]
 struct Shared {
-    stop: AtomicBool,
     armed: parking_lot::Mutex<Option<(Misbehaviour, Target, u64)>>,
     requests: AtomicU64,
     hostile: AtomicU64,
@@ -69,6 +69,7 @@ pub struct HostileProxy {
     /// Port clients connect to on 127.0.0.1.
     pub port: u16,
     shared: Arc<Shared>,
+    listener: Listener,
 }
 
 const GIB: u64 = 1 << 30;
@@ -76,26 +77,15 @@ const GIB: u64 = 1 << 30;
 impl HostileProxy {
     /// Starts a proxy in front of the server on 127.0.0.1:`upstream`, disarmed.
     pub fn start(upstream: u16) -> HostileProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let sh = sh.clone();
-                std::thread::spawn(move || serve(conn, upstream, &sh));
-            }
-        });
-        HostileProxy { port, shared }
+        let listener = Listener::start(move |conn| serve(conn, upstream, &sh));
+        HostileProxy { port: listener.port, shared, listener }
     }
 
     /// Base URL of the proxy, ending in `/`.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        self.listener.base_url()
     }
 
     /// Answers the next `count` requests that match `target` with `m` (replacing what was armed).
@@ -116,13 +106,6 @@ impl HostileProxy {
             hostile: s.hostile.load(Ordering::SeqCst),
             hostile_bytes: s.hostile_bytes.load(Ordering::SeqCst),
         }
-    }
-}
-
-impl Drop for HostileProxy {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
@@ -160,16 +143,7 @@ fn serve(conn: TcpStream, upstream: u16, sh: &Shared) {
     loop {
         let Ok(Some(head)) = read_head(&mut reader) else { return };
         sh.requests.fetch_add(1, Ordering::SeqCst);
-        if head.get("Expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-        {
-            return;
-        }
-        let len: usize = head.get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(body) = read_body(&head, &mut reader, &mut out) else { return };
         if let Some(m) = take(sh, &head) {
             sh.hostile.fetch_add(1, Ordering::SeqCst);
             misbehave(&mut out, m, sh);

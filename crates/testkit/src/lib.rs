@@ -9,10 +9,12 @@
 //! - [`public_http`]: a plain web server publishing a read-only image's block objects.
 //! - [`hostile`]: a proxy that answers chosen requests as a hostile server would (endless or
 //!   oversized bodies, header floods, trickled answers).
+//! - [`listener`]: the accept-a-connection-per-thread skeleton those three servers share.
 
 pub mod fault_proxy;
 pub mod garage;
 pub mod garage_cluster;
 pub mod hostile;
+pub mod listener;
 pub mod public_http;
 pub mod s3s_fs;

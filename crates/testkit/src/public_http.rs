@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fault_proxy::read_head;
+use crate::listener::Listener;
 
 /// One stored object: its body and the extra headers sent with it (e.g. s3backer's size
 /// metadata on block 0).
@@ -27,7 +27,6 @@ struct Shared {
     bucket: String,
     objects: BTreeMap<String, Object>,
     requests: parking_lot::Mutex<Vec<String>>,
-    stop: AtomicBool,
 }
 
 /// A running server; stops accepting on drop.
@@ -35,6 +34,7 @@ pub struct PublicServer {
     /// Port on 127.0.0.1.
     pub port: u16,
     shared: Arc<Shared>,
+    listener: Listener,
 }
 
 /// The files under `dir` as objects keyed by their path relative to `dir` (a `--test` store
@@ -59,31 +59,16 @@ pub fn objects_from_dir(dir: &Path) -> BTreeMap<String, Object> {
 impl PublicServer {
     /// Serves `objects` as the contents of `bucket` (path-style URLs: `/bucket/key`).
     pub fn start(bucket: &str, objects: BTreeMap<String, Object>) -> PublicServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind public server");
-        let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared {
-            bucket: bucket.to_string(),
-            objects,
-            requests: parking_lot::Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
+        let shared =
+            Arc::new(Shared { bucket: bucket.to_string(), objects, requests: parking_lot::Mutex::new(Vec::new()) });
         let sh = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sh.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let sh = sh.clone();
-                std::thread::spawn(move || serve(conn, &sh));
-            }
-        });
-        PublicServer { port, shared }
+        let listener = Listener::start(move |conn| serve(conn, &sh));
+        PublicServer { port: listener.port, shared, listener }
     }
 
     /// Base URL, ending in `/`.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        self.listener.base_url()
     }
 
     /// Every request so far, as `METHOD target` (target = path and query).
@@ -98,13 +83,6 @@ impl PublicServer {
             *m.entry(r.split(' ').next().unwrap_or_default().to_string()).or_default() += 1;
         }
         m
-    }
-}
-
-impl Drop for PublicServer {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -413,47 +413,10 @@ mod model_tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn zero_knowledge_whole_block_ranges_and_ranged_flush() {
-        /// Claims blocks 2 and 3 are known zero.
-        struct Knows(Arc<dyn BlockStore>);
-        #[async_trait::async_trait]
-        impl BlockStore for Knows {
-            fn block_size(&self) -> u32 {
-                self.0.block_size()
-            }
-            fn num_blocks(&self) -> u64 {
-                self.0.num_blocks()
-            }
-            async fn read_block(&self, n: BlockNum, c: ReadRequest) -> Result<s3b_store::ReadOutcome> {
-                self.0.read_block(n, c).await
-            }
-            async fn write_block(
-                &self,
-                n: BlockNum,
-                d: Option<s3b_store::BlockData>,
-            ) -> Result<Option<s3b_store::Etag>> {
-                self.0.write_block(n, d).await
-            }
-            fn known_zero(&self, n: BlockNum) -> bool {
-                n == 2 || n == 3
-            }
-            async fn flush(&self, b: Option<&[BlockNum]>) -> Result<()> {
-                // Blocks 0..=15 exist: a ranged flush names only the blocks it touches.
-                if let Some(b) = b {
-                    assert!(b.iter().all(|&n| (1..=2).contains(&n)), "{b:?}");
-                }
-                self.0.flush(b).await
-            }
-            async fn survey_non_zero(&self, s: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-                self.0.survey_non_zero(s).await
-            }
-            async fn shutdown(&self) -> Result<()> {
-                self.0.shutdown().await
-            }
-        }
-        let d = tempfile::tempdir().unwrap();
-        let dir = Arc::new(DirStore::open(d.path(), BlockKeys::default()).unwrap());
-        let store = Arc::new(CodecStore::new(dir, Codec::new(BS as u32, CodecConfig::default()), BLOCKS));
-        let v = Volume::new(Arc::new(Knows(store)), false);
+        // Blocks 2 and 3 are known zero.
+        let store = Arc::new(s3b_store::mock::MemBlocks::new(BS as u32, BLOCKS));
+        store.set_known_zero(&[2, 3]);
+        let v = Volume::new(store.clone(), false);
         assert_eq!(v.zero_runs(0, SIZE, 100).unwrap(), vec![(2 * BS, false), (2 * BS, true), (12 * BS, false)]);
         assert_eq!(v.zero_runs(BS + 7, 2 * BS, 100).unwrap(), vec![(BS - 7, false), (BS + 7, true)]);
         assert_eq!(v.zero_runs(0, SIZE, 2).unwrap(), vec![(2 * BS, false), (2 * BS, true)]);
@@ -466,6 +429,12 @@ mod model_tests {
         v.write(BS + 5, Bytes::from(vec![1u8; BS as usize])).await.unwrap();
         v.flush_range(BS + 5, BS).await.unwrap();
         v.flush_range(0, 0).await.unwrap();
+        // A ranged flush names only the blocks it touches.
+        let flushes = store.flushes();
+        assert!(flushes.iter().any(Option::is_some), "{flushes:?}");
+        for b in flushes.iter().flatten() {
+            assert!(b.iter().all(|&n| (1..=2).contains(&n)), "{b:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

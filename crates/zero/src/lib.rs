@@ -148,16 +148,21 @@ impl Shared {
         }
         let non_zero = Bitmap::new(n);
         let result = inner.survey_non_zero(&|b| non_zero.set(b, true)).await;
-        self.surveying.store(false, SeqCst);
         match result {
             Ok(()) => {
+                // Still `surveying`: a write that begins while the answer is applied marks its
+                // block touched, and the check after marking undoes a mark it would outlive.
                 // A volume has at most 2^32 blocks, so every number fits a BlockNum.
                 for b in (0..n).map(|b| b as BlockNum) {
                     if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst)
                     {
                         self.zero.set(b, true);
+                        if self.touched.get(b) {
+                            self.zero.set(b, false);
+                        }
                     }
                 }
+                self.surveying.store(false, SeqCst);
                 log::info!(
                     "block survey done in {:.1} s ({why}): {} of {n} blocks are non-zero",
                     started.elapsed().as_secs_f64(),
@@ -166,6 +171,7 @@ impl Shared {
                 true
             }
             Err(e) => {
+                self.surveying.store(false, SeqCst);
                 log::warn!("block survey failed ({why}: {}); zero blocks are learned from use only", Chain(&e));
                 false
             }
@@ -388,96 +394,20 @@ impl BlockStore for ZeroCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
     use s3b_store::StoreError;
-    use std::collections::HashMap;
-    use std::sync::atomic::AtomicUsize;
+    use s3b_store::mock::{Fail, MemBlocks, Op};
 
-    /// An in-memory store that counts requests and can delay them.
-    struct Mem {
-        blocks: Mutex<HashMap<BlockNum, Bytes>>,
-        reads: AtomicUsize,
-        writes: AtomicUsize,
-        n: u64,
-        delay_ms: u64,
-        surveys: AtomicUsize,
-        refuse_survey: AtomicBool,
-        /// Writes of this block wait for `release` (u32::MAX: none do).
-        hold: std::sync::atomic::AtomicU32,
-        release: tokio::sync::Notify,
-    }
-
-    impl Mem {
-        fn new(n: u64, delay_ms: u64) -> Arc<Mem> {
-            Arc::new(Mem {
-                blocks: Mutex::default(),
-                reads: AtomicUsize::new(0),
-                writes: AtomicUsize::new(0),
-                n,
-                delay_ms,
-                surveys: AtomicUsize::new(0),
-                refuse_survey: AtomicBool::new(false),
-                hold: std::sync::atomic::AtomicU32::new(u32::MAX),
-                release: tokio::sync::Notify::new(),
-            })
+    /// An in-memory store of `n` blocks of 4 bytes whose reads, writes and surveys take up to
+    /// `delay_ms`.
+    fn mem(n: u64, delay_ms: u64) -> Arc<MemBlocks> {
+        let m = MemBlocks::new(4, n).without_etags();
+        if delay_ms > 0 {
+            let d = std::time::Duration::from_millis(delay_ms);
+            m.delay_up_to(Op::Read, d);
+            m.delay_up_to(Op::Write, d);
+            m.delay(Op::List, d);
         }
-    }
-
-    #[async_trait]
-    impl BlockStore for Mem {
-        fn block_size(&self) -> u32 {
-            4
-        }
-        fn num_blocks(&self) -> u64 {
-            self.n
-        }
-        async fn read_block(&self, n: BlockNum, _r: ReadRequest) -> Result<ReadOutcome> {
-            self.reads.fetch_add(1, SeqCst);
-            if self.delay_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(rand_ms(self.delay_ms))).await;
-            }
-            Ok(match self.blocks.lock().get(&n) {
-                Some(d) => ReadOutcome::Data { data: d.clone(), etag: None },
-                None => ReadOutcome::Zero,
-            })
-        }
-        async fn write_block(&self, n: BlockNum, data: Option<s3b_store::BlockData>) -> Result<Option<Etag>> {
-            let data = data.map(s3b_store::BlockData::into_bytes);
-            if self.hold.load(SeqCst) == n {
-                self.release.notified().await;
-            }
-            self.writes.fetch_add(1, SeqCst);
-            if self.delay_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(rand_ms(self.delay_ms))).await;
-            }
-            match data {
-                Some(d) if !is_zero(&d) => self.blocks.lock().insert(n, d),
-                _ => self.blocks.lock().remove(&n),
-            };
-            Ok(None)
-        }
-        async fn flush(&self, _b: Option<&[BlockNum]>) -> Result<()> {
-            Ok(())
-        }
-        async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-            self.surveys.fetch_add(1, SeqCst);
-            if self.refuse_survey.load(SeqCst) {
-                return Err(StoreError::Forbidden("bucket \"b\"".into()));
-            }
-            if self.delay_ms > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
-            }
-            let keys: Vec<BlockNum> = self.blocks.lock().keys().copied().collect();
-            keys.into_iter().for_each(sink);
-            Ok(())
-        }
-        async fn shutdown(&self) -> Result<()> {
-            Err(StoreError::NotRunning)
-        }
-    }
-
-    fn rand_ms(max: u64) -> u64 {
-        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64) % max
+        Arc::new(m)
     }
 
     #[test]
@@ -496,8 +426,8 @@ mod tests {
 
     #[tokio::test]
     async fn survey_and_traffic_avoid_requests() {
-        let mem = Mem::new(100, 0);
-        mem.blocks.lock().insert(3, Bytes::from_static(b"abcd"));
+        let mem = mem(100, 0);
+        mem.put(3, Bytes::from_static(b"abcd"));
         let z = ZeroCache::new(mem.clone(), true);
         while z.surveying() {
             tokio::task::yield_now().await;
@@ -505,7 +435,7 @@ mod tests {
         assert!(z.is_known_zero(4) && !z.is_known_zero(3));
         assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         z.write_block(5, None).await.unwrap();
-        assert_eq!(mem.reads.load(SeqCst) + mem.writes.load(SeqCst), 0, "known-zero blocks reached the store");
+        assert_eq!(mem.calls(Op::Read) + mem.calls(Op::Write), 0, "known-zero blocks reached the store");
         z.write_block(4, BlockData::new(Bytes::from_static(b"wxyz"))).await.unwrap();
         assert!(!z.is_known_zero(4));
         assert_eq!(z.read_block(4, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"wxyz"));
@@ -525,8 +455,8 @@ mod tests {
     /// data).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_during_a_write_in_flight_does_not_mark_the_block_zero() {
-        let mem = Mem::new(16, 0);
-        mem.hold.store(7, SeqCst);
+        let mem = mem(16, 0);
+        let gate = mem.hold_block(Op::Write, 7);
         let z = Arc::new(ZeroCache::new(mem.clone(), false));
         let z2 = z.clone();
         let w = tokio::spawn(async move { z2.write_block(7, BlockData::new(Bytes::from_static(b"abcd"))).await });
@@ -536,7 +466,7 @@ mod tests {
         // The object is not there yet: the store answers zero.
         assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap(), ReadOutcome::Zero);
         assert!(!z.is_known_zero(7), "marked zero while a write was in flight");
-        mem.release.notify_one();
+        gate.allow(1);
         w.await.unwrap().unwrap();
         assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"abcd"));
         // Once nothing is in flight, a zero answer is remembered again.
@@ -546,41 +476,41 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_discard_surveys_once_and_deletes_only_blocks_that_exist() {
-        let mem = Mem::new(10_000, 0);
+        let mem = mem(10_000, 0);
         for n in [5, 2000, 9000] {
-            mem.blocks.lock().insert(n, Bytes::from_static(b"data"));
+            mem.put(n, Bytes::from_static(b"data"));
         }
         let z = ZeroCache::new(mem.clone(), false);
         // A small discard: no survey, each block deleted.
         z.bulk_zero(&(100..110).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (0, 10));
+        assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (0, 10));
         // A large one: one survey, then only the blocks that exist are deleted.
         let all: Vec<BlockNum> = (0..5000).collect();
         z.bulk_zero(&all).await.unwrap();
-        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 12));
-        assert!(!mem.blocks.lock().contains_key(&5) && !mem.blocks.lock().contains_key(&2000));
+        assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 12));
+        assert!(mem.get(5).is_none() && mem.get(2000).is_none());
         // The rest of the volume is known zero too; no second survey.
         z.bulk_zero(&(5000..10_000).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 13));
-        assert!(mem.blocks.lock().is_empty());
+        assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 13));
+        assert!(mem.stored().is_empty());
     }
 
     #[tokio::test]
     async fn a_refused_survey_falls_back_to_deleting_every_block() {
-        let mem = Mem::new(4000, 0);
-        mem.refuse_survey.store(true, SeqCst);
+        let mem = mem(4000, 0);
+        mem.fail_with(Op::List, Fail::Always, |_| StoreError::Forbidden("bucket \"b\"".into()));
         let z = ZeroCache::new(mem.clone(), false);
         z.bulk_zero(&(0..2000).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 2000));
+        assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 2000));
         // Not tried again.
         z.bulk_zero(&(2000..4000).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!((mem.surveys.load(SeqCst), mem.writes.load(SeqCst)), (1, 4000));
+        assert_eq!((mem.calls(Op::List), mem.calls(Op::Write)), (1, 4000));
     }
 
     #[tokio::test]
     async fn a_write_under_way_when_the_survey_starts_is_never_taken_for_zero() {
-        let mem = Mem::new(4000, 0);
-        mem.hold.store(7, SeqCst);
+        let mem = mem(4000, 0);
+        let gate = mem.hold_block(Op::Write, 7);
         let z = Arc::new(ZeroCache::new(mem.clone(), false));
         // Block 7's write has begun but not reached the store when the survey lists it.
         let w = {
@@ -591,8 +521,8 @@ mod tests {
             tokio::task::yield_now().await;
         }
         z.bulk_zero(&(100..3000).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!(mem.surveys.load(SeqCst), 1);
-        mem.release.notify_one();
+        assert_eq!(mem.calls(Op::List), 1);
+        gate.allow(1);
         w.await.unwrap();
         assert!(!z.is_known_zero(7));
         assert_eq!(z.read_block(7, ReadRequest::PLAIN).await.unwrap().into_data(4), Bytes::from_static(b"late"));
@@ -609,7 +539,7 @@ mod tests {
         fn matches_a_model(ops in proptest::collection::vec((0u32..8, proptest::option::of(0u8..3)), 1..60)) {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
             rt.block_on(async {
-                let mem = Mem::new(8, 3);
+                let mem = mem(8, 3);
                 let z = Arc::new(ZeroCache::new(mem.clone(), true));
                 let locks: Arc<Vec<tokio::sync::Mutex<Option<u8>>>> = Arc::new((0..8).map(|_| tokio::sync::Mutex::new(None)).collect());
                 let mut tasks = Vec::new();
