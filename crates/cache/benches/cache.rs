@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the block cache: a cache-hit read of a 64 KiB block, and a
 //! write into the cache (absorbed, uploaded later by the write-back scheduler), over the
 //! in-memory store of `s3b_store::mock`.
+// Benchmarks, like unit tests, stop at the first failure; criterion_group! makes undocumented functions.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -8,6 +8,7 @@
 //! `recover_dirty` too (every accepted write is in the cache file); after a crash without it,
 //! every block must hold a value written since its last flush or the value it had then —
 //! flushed data is never lost, and no block ever holds data nobody wrote.
+#![allow(clippy::unwrap_used)] // Tests, like unit tests, stop at the first failure.
 
 use bytes::Bytes;
 use proptest::prelude::*;
