@@ -223,14 +223,21 @@ impl BlockCache {
 }
 
 impl Shared {
+    /// The one way to wait for the state to change: a wait armed now, so that a change made
+    /// after this call (while the caller looks at the state under the lock) still wakes it.
+    /// Every state change is followed by `changed.notify_waiters()`.
+    pub(crate) fn next_change(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut notified = Box::pin(self.changed.notified());
+        notified.as_mut().enable();
+        notified
+    }
+
     /// Returns the data of block `n` from the cache, loading it on a miss. `count` says whether
     /// this is a foreground read (counted in the hit/miss stats).
     pub(crate) async fn get(self: &Arc<Self>, n: BlockNum, count: bool) -> Result<ReadOutcome> {
         let mut counted = !count;
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let notified = self.next_change();
             enum Step {
                 Wait,
                 Done(ReadOutcome),
@@ -456,9 +463,7 @@ impl Shared {
     async fn write_with(self: &Arc<Self>, n: BlockNum, prepare: impl Fn(Option<&Entry>) -> Prepared) -> Result<()> {
         let mut counted = false;
         let ver = loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let notified = self.next_change();
             enum Next {
                 Changed,
                 Room,
@@ -559,9 +564,7 @@ impl Shared {
     /// Returns once the block is whole (at once when it already is).
     pub(crate) async fn fill(self: &Arc<Self>, n: BlockNum) -> Result<()> {
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let notified = self.next_change();
             {
                 let mut st = self.state.lock();
                 match st.entries.get_mut(&n) {
@@ -631,9 +634,7 @@ impl Shared {
     /// cache, which only clean blocks do).
     async fn wait_uploaded(&self, targets: &[(BlockNum, u64)]) {
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let notified = self.next_change();
             {
                 let mut st = self.state.lock();
                 let pending: Vec<BlockNum> = targets
