@@ -4,7 +4,8 @@
 //! SIGKILLed and restarted every `S3B_SOAK_KILL_SECS` (default 120) for `S3B_SOAK_SECS`
 //! (default 1800). At the end: e2fsck clean, the last job verified again after a remount, and
 //! the figures — requests, faults injected, retries, nodes killed, bytes verified, the daemon's
-//! resident memory after the second job (its 64-block cache full) and at the end.
+//! resident memory after the second job (its 64-block cache full) and at the end, and a sample
+//! of it after every job (printed as it goes) to show it levels off rather than grows.
 
 mod common;
 use common::*;
@@ -97,14 +98,23 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
 
     let started = Instant::now();
     let mut next_kill = started + kill_every;
-    let (mut seed, mut kills, mut rss_start) = (0u64, 0u32, 0u64);
+    let (mut seed, mut kills, mut rss_start, mut hwm_start) = (0u64, 0u32, 0u64, 0u64);
     let mut victim = 1;
+    // (seconds since the start, VmRSS in KiB) after every job.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let mut sample = |seed: u64, kills: u32| {
+        let (t, rss) = (started.elapsed().as_secs(), rss_kib(pid, "VmRSS:"));
+        eprintln!("soak sample: {t} s, {seed} jobs, {kills} nodes killed, daemon RSS {rss} KiB");
+        samples.push((t, rss));
+    };
     while started.elapsed() < total {
         seed += 1;
         fio(&s.ext4(), seed, false);
+        sample(seed, kills);
         if seed == 2 {
             // The cache (64 blocks) is full by now: what is resident from here on should stay.
             rss_start = rss_kib(pid, "VmRSS:");
+            hwm_start = rss_kib(pid, "VmHWM:");
         }
         if Instant::now() >= next_kill {
             // A storage node crashes; the next job runs on two of three; then it returns.
@@ -112,6 +122,7 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
             kills += 1;
             seed += 1;
             fio(&s.ext4(), seed, false);
+            sample(seed, kills);
             c.restart(victim);
             victim = if victim == 1 { 2 } else { 1 };
             next_kill = Instant::now() + kill_every;
@@ -141,12 +152,22 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
     fio(&s.ext4(), seed, true);
     e.unmount();
     assert_eq!(m.unmount(), 0);
+    // The median of the samples in each quarter of the run: a leak shows as a rising series.
+    let quarters: Vec<u64> = (0..4)
+        .map(|q| {
+            let mut v: Vec<u64> =
+                samples.iter().filter(|(t, _)| (t * 4 / total.as_secs().max(1)).min(3) == q).map(|&(_, r)| r).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        })
+        .collect();
     let requests =
         stat_value(&stats, "http_gets") + stat_value(&stats, "http_puts") + stat_value(&stats, "http_deletes");
     eprintln!(
         "soak: {} s, {seed} fio jobs verified ({} MiB written and read back), {requests} successful requests, \
          {} proxy requests with {} faults injected ({counts:?}), {} retries, {kills} nodes killed, \
-         daemon RSS {rss_start} KiB after the second job, {rss_end} KiB at the end (peak {hwm} KiB)",
+         daemon RSS {rss_start} KiB after the second job (peak {hwm_start} KiB), {rss_end} KiB at the end \
+         (peak {hwm} KiB); median RSS by quarter of the run: {quarters:?} KiB",
         started.elapsed().as_secs(),
         (seed * JOB_BYTES) >> 20,
         counts.requests,
@@ -155,4 +176,8 @@ fn soak_fio_verify_on_a_cluster_losing_nodes() {
     );
     assert!(kills >= 1 || total < kill_every, "no node was killed");
     assert!(rss_end < rss_start + 64 * 1024, "resident memory grew from {rss_start} to {rss_end} KiB");
+    // After the warm-up (the first quarter), the typical resident size stays within 8 MiB.
+    if quarters[1] > 0 && quarters[3] > 0 {
+        assert!(quarters[3] < quarters[1] + 8 * 1024, "resident memory keeps growing: {quarters:?} KiB");
+    }
 }
