@@ -283,6 +283,12 @@ pub fn stat_value(stats: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
 }
 
+/// Lowercase hex of the SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(data))
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
