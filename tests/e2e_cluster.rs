@@ -18,7 +18,6 @@ use s3b_testkit::garage::BUCKET;
 use s3b_testkit::garage_cluster::GarageCluster;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
@@ -49,30 +48,10 @@ fn mount(c: &GarageCluster, extra: &[&str], mnt: &Path) -> Mount {
 /// One fio job with data verification in `dir`: random writes with an fsync every 8, then a
 /// read-back of everything it wrote (or only the read-back, with `verify_only`).
 fn fio(dir: &Path, seed: u32, verify_only: bool) {
-    let mut c = Command::new("fio");
-    c.args([
-        &format!("--name=cluster{seed}"),
-        "--ioengine=psync",
-        "--rw=randwrite",
-        "--bs=16k",
-        "--size=1m",
-        "--fsync=8",
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        &format!("--randseed={seed}"),
-    ]);
-    c.arg(format!("--directory={}", dir.display()));
-    c.current_dir(dir.parent().unwrap());
-    if verify_only {
-        c.arg("--verify_only");
-    }
-    let out = c.output().expect("run fio (apt-get install fio)");
-    assert!(
-        out.status.success(),
-        "fio seed {seed} {} failed:\n{}\n{}",
-        if verify_only { "verify" } else { "write+verify" },
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    fio_verify(
+        dir,
+        &[&format!("--name=cluster{seed}"), "--size=1m", "--fsync=8", &format!("--randseed={seed}")],
+        verify_only,
     );
 }
 
@@ -144,18 +123,6 @@ fn fio_verify_while_nodes_crash_and_return() {
     fio(&s.ext4(), jobs, true);
     e.unmount();
     assert_eq!(m.unmount(), 0);
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// An O_DIRECT handle on the exported file, with an aligned buffer helper.
