@@ -7,39 +7,12 @@
 mod common;
 use common::*;
 use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
-use s3b_testkit::garage::{BUCKET, Garage};
-use std::process::Command;
+use s3b_testkit::garage::Garage;
 use std::time::Duration;
 
 fn fio(dir: &std::path::Path, verify_only: bool) {
-    let mut c = Command::new("fio");
-    c.args([
-        "--name=chaos",
-        "--ioengine=psync",
-        "--rw=randwrite",
-        "--bs=16k",
-        "--size=1m",
-        "--numjobs=2",
-        "--fsync=8",
-        "--verify=crc32c",
-        "--verify_fatal=1",
-        "--randseed=1234",
-        "--group_reporting",
-    ]);
-    c.arg(format!("--directory={}", dir.display()));
-    // fio keeps its verify state files in the working directory: the scratch directory.
-    c.current_dir(dir.parent().unwrap());
-    if verify_only {
-        c.arg("--verify_only");
-    }
-    let out = c.output().expect("run fio (apt-get install fio)");
-    assert!(
-        out.status.success(),
-        "fio {} failed:\n{}\n{}",
-        if verify_only { "verify" } else { "write+verify" },
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let job = ["--name=chaos", "--size=1m", "--numjobs=2", "--fsync=8", "--randseed=1234", "--group_reporting"];
+    fio_verify(dir, &job, verify_only);
 }
 
 #[test]
@@ -56,24 +29,10 @@ fn fio_verify_survives_faults_and_a_server_restart() {
         },
     );
     let s = Scratch::new();
-    let mut a = vec![
-        format!("--baseURL={}", proxy.base_url()),
-        format!("--accessId={}", s3b_testkit::garage::ACCESS_KEY_ID),
-        format!("--accessKey={}", s3b_testkit::garage::SECRET_KEY),
-        "--size=128m".into(),
-        "--blockSize=4k".into(),
-        "--timeout=2".into(),
-        "--initialRetryPause=100".into(),
-        "--maxRetryPause=60000".into(),
-    ];
-    a.push(BUCKET.into());
+    let flags = ["--size=128m", "--blockSize=4k", "--timeout=2", "--initialRetryPause=100", "--maxRetryPause=60000"];
+    let a = garage_args_at(&proxy.base_url(), &flags);
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    // Set-up without faults (they would only make it slower); fio runs with them.
-    proxy.set_faults(false);
-    let m = Mount::start(&args, &s.mnt());
-    Ext4::mkfs(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    proxy.set_faults(true);
+    let (m, e) = ext4_behind_faults(&proxy, &args, &s);
 
     // Restart the server once while fio runs.
     let restarter = std::thread::spawn(move || {

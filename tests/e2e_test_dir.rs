@@ -183,18 +183,26 @@ fn test_errors_really_injects_errors() {
     assert!(failures > 0 && injected >= failures, "failures {failures}, stats:\n{stats}");
     assert_eq!(m.unmount(), 0);
 
-    // With the write-back cache they are retried: every write and the fsync succeed, and all
-    // the data is in the store afterwards.
+    // With the write-back cache every write succeeds and failed uploads are retried. An fsync
+    // that an upload fails under reports EIO (the block stays dirty), never more often than
+    // errors were injected; fsync again until it succeeds, and all the data is in the store.
     let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k", "--directIO", "--test-errors"]);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.file()).unwrap();
     for i in 0..1024u64 {
         f.write_all_at(&[(i % 200) as u8 + 2; 4096], i * 4096).unwrap();
     }
-    f.sync_all().unwrap();
+    let mut failed_fsyncs = 0;
+    while let Err(e) = f.sync_all() {
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        failed_fsyncs += 1;
+        assert!(failed_fsyncs < 100, "fsync keeps failing");
+    }
     drop(f);
     let stats = m.stats();
     let injected = stat_value(&stats, "test_injected_errors");
     assert!(injected > 0, "no upload failed and was retried:\n{stats}");
+    eprintln!("{failed_fsyncs} fsyncs failed, {injected} errors injected");
+    assert!(failed_fsyncs <= injected, "{failed_fsyncs} fsyncs failed, {injected} errors injected");
     assert_eq!(m.unmount(), 0);
     let m = Mount::test_dir(&s, &["--size=4m", "--blockSize=4k"]);
     let data = std::fs::read(m.file()).unwrap();

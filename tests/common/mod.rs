@@ -370,6 +370,84 @@ pub fn stat_value(stats: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
 }
 
+/// One fio job in `dir` with data verification: random 16 KiB writes, every block checked
+/// (crc32c, first mismatch fatal) when the job ends; `job` gives the rest (`--name`, `--size`,
+/// `--fsync`, `--randseed`…). With `verify_only` it only reads back and checks what the same
+/// job wrote. fio keeps its verify state files in the working directory: the one above `dir`.
+pub fn fio_verify(dir: &Path, job: &[&str], verify_only: bool) {
+    let mut c = Command::new("fio");
+    c.args(["--ioengine=psync", "--rw=randwrite", "--bs=16k", "--verify=crc32c", "--verify_fatal=1"]);
+    c.args(job);
+    c.arg(format!("--directory={}", dir.display()));
+    c.current_dir(dir.parent().unwrap());
+    if verify_only {
+        c.arg("--verify_only");
+    }
+    let out = c.output().expect("run fio (apt-get install fio)");
+    assert!(
+        out.status.success(),
+        "fio {job:?} {} failed:\n{}\n{}",
+        if verify_only { "verify" } else { "write+verify" },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift): test data that differs per seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A memory figure of a process from /proc/PID/status, in KiB: `VmRSS:` (resident now) or
+/// `VmHWM:` (peak resident).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for process {pid}"))
+}
+
+/// Our command line for the test Garage's bucket with requests sent to `base_url` (a proxy in
+/// front of one node or a cluster): credentials, `flags`, then the bucket.
+pub fn garage_args_at(base_url: &str, flags: &[&str]) -> Vec<String> {
+    use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, SECRET_KEY};
+    let mut a = vec![
+        format!("--baseURL={base_url}"),
+        format!("--accessId={ACCESS_KEY_ID}"),
+        format!("--accessKey={SECRET_KEY}"),
+    ];
+    a.extend(flags.iter().map(|f| f.to_string()));
+    a.push(BUCKET.into());
+    a
+}
+
+/// Mounts our binary with `args` behind `proxy` with its faults off (they would only slow the
+/// set-up), makes ext4 on the file and mounts it, then turns the faults on.
+pub fn ext4_behind_faults(proxy: &s3b_testkit::fault_proxy::FaultProxy, args: &[&str], s: &Scratch) -> (Mount, Ext4) {
+    proxy.set_faults(false);
+    let m = Mount::start(args, &s.mnt());
+    Ext4::mkfs(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    proxy.set_faults(true);
+    (m, e)
+}
+
+/// Lowercase hex of the SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(data))
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -17,7 +17,8 @@
 //!   an upload only marks the block clean if no newer write happened meanwhile, so a block
 //!   re-dirtied during its upload keeps the newer data and is uploaded again.
 //! * Failed uploads are logged and retried forever with exponential backoff (upstream retries
-//!   forever too): data accepted by a write is never dropped.
+//!   forever too): data accepted by a write is never dropped. An upload fails only once the
+//!   store below gave up (its own retry budget spent).
 //! * Writers never fail for lack of room: they wait while `max_dirty` blocks are dirty or the
 //!   cache is full of dirty blocks.
 //! * Reads are never queued behind write-back. A cache miss is read in the caller's own task,
@@ -31,7 +32,10 @@
 //!   behind 20 ms it did not make the reads faster.)
 //! * Read-ahead ([`readahead`]) fetches in parallel on its own bounded pool.
 //! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
-//!   uploaded, then flushes the inner store.
+//!   uploaded, then flushes the inner store. If an upload of one of them fails while it waits,
+//!   it returns that error at once rather than pretend or wait for the store to come back: the
+//!   block stays dirty (in the cache file too) and its upload is retried, so a later flush can
+//!   succeed. `shutdown` (unmount) is the exception: it waits however long the store is away.
 //! * A write of part of a block ([`BlockStore::write_block_part`]) that is not cached is
 //!   accepted without reading the block: the entry remembers which byte ranges it holds
 //!   ([`ranges`]). The missing bytes are fetched only when needed: by a read of them, or when
@@ -60,7 +64,7 @@ use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
 use s3b_store::{
     BlockData, BlockNum, BlockStore, ContractError, Etag, ReadIntent, ReadOutcome, ReadRequest, Result, Revalidation,
-    is_zero,
+    StoreError, is_zero,
 };
 use state::{Entry, Phase, State};
 use std::sync::Arc;
@@ -633,17 +637,33 @@ impl Shared {
     /// Waits until each block's upload has reached the given generation (or the block left the
     /// cache, which only clean blocks do).
     async fn wait_uploaded(&self, targets: &[(BlockNum, u64)]) {
+        let _ = self.wait_stored(targets, false).await;
+    }
+
+    /// [`Shared::wait_uploaded`]; with `fail`, an upload attempt of a block still waited for
+    /// that fails meanwhile ends the wait with that attempt's error.
+    async fn wait_stored(&self, targets: &[(BlockNum, u64)], fail: bool) -> Result<()> {
+        let failures_before: Vec<u64> = {
+            let st = self.state.lock();
+            targets.iter().map(|(n, _)| st.entries.get(n).map_or(0, |e| e.failures)).collect()
+        };
         loop {
             let notified = self.next_change();
             {
                 let mut st = self.state.lock();
-                let pending: Vec<BlockNum> = targets
-                    .iter()
-                    .filter(|(n, g)| st.entries.get(n).is_some_and(|e| e.uploaded_gen < *g))
-                    .map(|(n, _)| *n)
-                    .collect();
+                let mut pending = Vec::new();
+                for ((n, g), before) in targets.iter().zip(&failures_before) {
+                    let Some(e) = st.entries.get(n).filter(|e| e.uploaded_gen < *g) else { continue };
+                    if fail && e.failures > *before {
+                        return Err(match &e.upload_error {
+                            Some(source) => StoreError::UploadFailed { block: *n, source: source.clone() },
+                            None => StoreError::NotRunning,
+                        });
+                    }
+                    pending.push(*n);
+                }
                 if pending.is_empty() {
-                    return;
+                    return Ok(());
                 }
                 st.urgent.extend(pending);
             }
@@ -821,6 +841,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
         match res {
             Ok(etag) => {
                 e.retries = 0;
+                e.upload_error = None;
                 e.retry_at = None;
                 e.uploaded_gen = ver;
                 if e.ver == ver {
@@ -840,6 +861,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
             }
             Err(err) => {
                 e.retries += 1;
+                e.failures += 1;
                 let delay = FIRST_RETRY_DELAY.saturating_mul(1 << e.retries.min(10)).min(MAX_RETRY_DELAY);
                 e.retry_at = Some(Instant::now() + delay);
                 let tries = e.retries;
@@ -847,6 +869,7 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
                     "block cache: upload of block {n:#010x} failed (attempt {tries}): {}; retrying in {delay:?}",
                     s3b_store::Chain(&err)
                 );
+                e.upload_error = Some(std::sync::Arc::new(err));
                 if !st.dirty_queue.contains(&n) {
                     st.dirty_queue.push_front(n);
                 }
@@ -935,15 +958,7 @@ impl BlockStore for BlockCache {
     }
 
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
-        let sh = &self.shared;
-        let targets = sh.dirty_targets(blocks);
-        let _all = blocks.is_none().then(|| Raised::new(sh, |st| &mut st.flush_all));
-        sh.wake.notify_one();
-        sh.wait_uploaded(&targets).await;
-        if let Some(f) = &sh.file {
-            f.sync()?;
-        }
-        sh.inner.flush(blocks).await
+        self.flush_blocks(blocks, true).await
     }
 
     async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
@@ -955,13 +970,32 @@ impl BlockStore for BlockCache {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.flush(None).await?;
+        // Waits for every upload however long the store is away: nothing dirty is dropped.
+        self.flush_blocks(None, false).await?;
         self.shared.state.lock().stopped = true;
         self.shared.wake.notify_one();
         if let Some(f) = &self.shared.file {
             f.sync()?;
         }
         self.shared.inner.shutdown().await
+    }
+}
+
+impl BlockCache {
+    /// Uploads the named (or all) dirty blocks, then flushes the inner store. With `fail`, a
+    /// failed upload attempt of one of them ends the wait with its error (see the module docs).
+    async fn flush_blocks(&self, blocks: Option<&[BlockNum]>, fail: bool) -> Result<()> {
+        let sh = &self.shared;
+        let targets = sh.dirty_targets(blocks);
+        let all = blocks.is_none().then(|| Raised::new(sh, |st| &mut st.flush_all));
+        sh.wake.notify_one();
+        let stored = sh.wait_stored(&targets, fail).await;
+        drop(all);
+        if let Some(f) = &sh.file {
+            f.sync()?;
+        }
+        stored?;
+        sh.inner.flush(blocks).await
     }
 }
 

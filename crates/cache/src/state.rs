@@ -3,7 +3,7 @@
 
 use crate::ranges::ByteRanges;
 use bytes::Bytes;
-use s3b_store::{BlockNum, Etag};
+use s3b_store::{BlockNum, Etag, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use tokio::time::Instant;
 
@@ -38,6 +38,11 @@ pub(crate) struct Entry {
     pub(crate) dirty_at: Instant,
     /// Failed upload attempts in a row.
     pub(crate) retries: u32,
+    /// Failed upload attempts ever (never reset): a flush fails when this grows while it waits
+    /// for the block.
+    pub(crate) failures: u64,
+    /// Why the last upload attempt failed.
+    pub(crate) upload_error: Option<std::sync::Arc<StoreError>>,
     /// No new upload attempt before this.
     pub(crate) retry_at: Option<Instant>,
     /// Last read or write.
@@ -66,6 +71,8 @@ impl Entry {
             uploading: None,
             dirty_at: now,
             retries: 0,
+            failures: 0,
+            upload_error: None,
             retry_at: None,
             last_access: now,
             slot: None,

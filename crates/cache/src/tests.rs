@@ -107,9 +107,54 @@ async fn failed_uploads_are_retried() {
     mem.fail(Op::Write, Fail::Next(3));
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
     c.write_block(2, BlockData::new(block(9))).await.unwrap();
+    // A flush does not wait for the store to come back: each one returns the error of the
+    // attempt that failed while it waited. The block stays dirty and readable, its upload is
+    // retried after a pause, and the flush after the last failure succeeds.
+    for attempt in 1..=3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), c.flush(None)).await.expect("flush finishes");
+        assert!(injected_upload_failure(&r), "flush during failed attempt {attempt}: {r:?}");
+        assert_eq!(c.dirty_count(), 1, "dirty after failed attempt {attempt}");
+        assert_eq!(read(&c, 2).await, block(9));
+        assert_eq!(mem.get(2), None);
+    }
     tokio::time::timeout(Duration::from_secs(10), c.flush(None)).await.expect("flush finishes").unwrap();
     assert_eq!(mem.get(2), Some(block(9)));
     assert_eq!(mem.count(Op::Write).failed, 3, "every injected failure was met");
+    assert_eq!(c.dirty_count(), 0);
+}
+
+/// A flush's error for an upload that met an injected failure.
+fn injected_upload_failure(r: &Result<()>) -> bool {
+    matches!(r, Err(StoreError::UploadFailed { source, .. }) if matches!(**source, StoreError::Injected))
+}
+
+#[tokio::test]
+async fn shutdown_waits_out_failing_uploads() {
+    let mem = mem();
+    mem.fail(Op::Write, Fail::Next(3));
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::ZERO, ..cfg(10) });
+    c.write_block(4, BlockData::new(block(5))).await.unwrap();
+    // Unlike a flush, shutdown (unmount) never gives up on dirty data.
+    tokio::time::timeout(Duration::from_secs(10), c.shutdown()).await.expect("shutdown finishes").unwrap();
+    assert_eq!(mem.get(4), Some(block(5)));
+    assert_eq!(mem.count(Op::Write).failed, 3);
+}
+
+#[tokio::test]
+async fn a_flush_of_other_blocks_is_not_failed_by_a_failing_upload() {
+    let mem = mem();
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(10) });
+    c.write_block(1, BlockData::new(block(1))).await.unwrap();
+    c.flush(Some(&[1])).await.unwrap();
+    c.write_block(2, BlockData::new(block(2))).await.unwrap();
+    mem.fail(Op::Write, Fail::Next(1));
+    assert!(injected_upload_failure(&c.flush(Some(&[2])).await));
+    // Block 1 is clean: nothing to wait for, so block 2's failure is not its business.
+    c.write_block(1, BlockData::new(block(3))).await.unwrap();
+    c.flush(Some(&[1])).await.unwrap();
+    assert_eq!(mem.get(1), Some(block(3)));
+    c.flush(Some(&[2])).await.unwrap();
+    assert_eq!(mem.get(2), Some(block(2)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -50,6 +50,7 @@ pub fn is_retryable(e: &StoreError) -> bool {
         | StoreError::CacheFile { .. }
         | StoreError::PastEnd { .. }
         | StoreError::Contract(_)
+        | StoreError::UploadFailed { .. }
         | StoreError::Task(_) => false,
         StoreError::Io { .. }
         | StoreError::Unauthorized(_)

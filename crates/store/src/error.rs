@@ -120,6 +120,17 @@ pub enum StoreError {
     /// A caller broke the [`BlockStore`](crate::BlockStore) contract.
     #[error(transparent)]
     Contract(#[from] ContractError),
+    /// A write-back upload of the block failed (after the transport's retries). The block stays
+    /// dirty and is tried again; every flush that waited for it gets this error, sharing the
+    /// upload's own error as the source (front ends report that one's errno).
+    #[error("upload of block {block:#010x} failed")]
+    UploadFailed {
+        /// The block.
+        block: BlockNum,
+        /// What the upload met.
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
     /// A write was attempted on a read-only volume.
     #[error("volume is read-only")]
     ReadOnly,

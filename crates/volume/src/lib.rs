@@ -85,6 +85,7 @@ pub fn errno(e: &StoreError) -> i32 {
         StoreError::Connect(_) => libc::ENXIO,
         StoreError::ReadOnly => libc::EROFS,
         StoreError::NotRunning => libc::ENOTCONN,
+        StoreError::UploadFailed { source, .. } => errno(source),
         StoreError::Corrupt { .. }
         | StoreError::WrongPassword { .. }
         | StoreError::Http { .. }
