@@ -178,15 +178,9 @@ impl Keys {
         }
         let iv = self.iv(n);
         let c = match self.cipher {
-            Cipher::Aes128Cbc => cbc::Encryptor::<aes::Aes128>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .encrypt_padded_vec_mut::<Pkcs7>(plain),
-            Cipher::Aes192Cbc => cbc::Encryptor::<aes::Aes192>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .encrypt_padded_vec_mut::<Pkcs7>(plain),
-            _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .encrypt_padded_vec_mut::<Pkcs7>(plain),
+            Cipher::Aes128Cbc => cbc_encrypt::<aes::Aes128>(k, &iv, plain),
+            Cipher::Aes192Cbc => cbc_encrypt::<aes::Aes192>(k, &iv, plain),
+            _ => cbc_encrypt::<aes::Aes256>(k, &iv, plain),
         };
         let mac = self.hmac_header(n, &c);
         (c, Some(mac))
@@ -212,18 +206,11 @@ impl Keys {
             return Err(DecodeError::BadLength(data.len()));
         }
         let iv = self.iv(n);
-        let r = match self.cipher {
-            Cipher::Aes128Cbc => cbc::Decryptor::<aes::Aes128>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .decrypt_padded_vec_mut::<Pkcs7>(data),
-            Cipher::Aes192Cbc => cbc::Decryptor::<aes::Aes192>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .decrypt_padded_vec_mut::<Pkcs7>(data),
-            _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(k, &iv)
-                .expect("key and IV lengths fixed by the cipher")
-                .decrypt_padded_vec_mut::<Pkcs7>(data),
-        };
-        r.map_err(|_| DecodeError::BadPadding)
+        match self.cipher {
+            Cipher::Aes128Cbc => cbc_decrypt::<aes::Aes128>(k, &iv, data),
+            Cipher::Aes192Cbc => cbc_decrypt::<aes::Aes192>(k, &iv, data),
+            _ => cbc_decrypt::<aes::Aes256>(k, &iv, data),
+        }
     }
 
     /// Associated data of a GCM object.
@@ -234,6 +221,27 @@ impl Keys {
         aad.extend_from_slice(&n.to_be_bytes());
         aad
     }
+}
+
+/// AES-CBC with PKCS#7 padding, encrypting, for the AES variant `C`.
+fn cbc_encrypt<C>(key: &[u8], iv: &[u8], plain: &[u8]) -> Vec<u8>
+where
+    C: BlockEncryptMut + aes::cipher::BlockCipher + KeyInit,
+{
+    cbc::Encryptor::<C>::new_from_slices(key, iv)
+        .expect("key and IV lengths fixed by the cipher")
+        .encrypt_padded_vec_mut::<Pkcs7>(plain)
+}
+
+/// AES-CBC with PKCS#7 padding, decrypting, for the AES variant `C`.
+fn cbc_decrypt<C>(key: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>, DecodeError>
+where
+    C: BlockDecryptMut + aes::cipher::BlockCipher + KeyInit,
+{
+    cbc::Decryptor::<C>::new_from_slices(key, iv)
+        .expect("key and IV lengths fixed by the cipher")
+        .decrypt_padded_vec_mut::<Pkcs7>(data)
+        .map_err(|_| DecodeError::BadPadding)
 }
 
 #[cfg(test)]
