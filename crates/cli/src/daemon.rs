@@ -186,3 +186,8 @@ pub fn finished(
         }
     }
 }
+
+/// The daemon's tokio runtime (worker threads named `s3backer`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build()
+}

@@ -178,7 +178,7 @@ fn serve(
     pipe: Option<ReadyPipe>,
     flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build() {
+    let rt = match daemon::runtime() {
         Ok(rt) => rt,
         Err(e) => return Err((anyhow::Error::new(e).context("can't start the runtime"), pipe)),
     };
