@@ -599,3 +599,41 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
     mem.reads_released.notify_waiters();
     assert_eq!(reader.await.unwrap(), block(60));
 }
+
+/// Every upload slot taken by an upload that does not finish: a partial block that comes due is
+/// still completed at once (its read does not wait for an upload slot), and uploaded with the
+/// stored bytes merged once a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_partial_block_is_completed_while_every_upload_slot_is_busy() {
+    let mem = Arc::new(Mem::default());
+    mem.blocks.lock().insert(5, block(5));
+    mem.hold_writes.store(true, Ordering::SeqCst);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 2, write_delay: Duration::ZERO, ..cfg(8) }));
+    for n in 0..2 {
+        c.write_block(n, Some(block(1))).await.unwrap();
+    }
+    mem.until_in_flight(2).await;
+    c.write_block_part(5, 2, bytes(9, 3)).await.unwrap();
+    let completed = async {
+        loop {
+            let changed = c.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if c.shared.state.lock().entries.get(&5).is_some_and(|e| e.valid.is_none()) {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), completed).await.expect("the partial block was never completed");
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "one read completed it");
+    assert_eq!(mem.writes_in_flight.load(Ordering::SeqCst), 2, "both upload slots still held");
+    assert_eq!(mem.writes.load(Ordering::SeqCst), 0, "no upload had finished");
+
+    mem.hold_writes.store(false, Ordering::SeqCst);
+    mem.released.notify_waiters();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.blocks.lock().get(&5), Some(&merged(5, &[(2, 9, 3)])));
+    assert_eq!(mem.reads.load(Ordering::SeqCst), 1, "the upload did not read it again");
+    assert_eq!(c.shared.state.lock().fills_ahead, 0);
+}
