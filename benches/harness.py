@@ -23,7 +23,10 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
              through the cache (counted once the cache is half full of dirty blocks, or 2 s into
              the write for a program whose cache never gets that full); reports the loaded
              median and p90 as ratios to the idle median, and the writer's throughput with the
-             reader as a ratio to a run of the same write alone
+             reader as a ratio to a run of the same write alone; also the server's own time per
+             GET (its request-duration metric) and a plain client's GETs (curl, one kept-alive
+             connection) through the same link, idle and under the same load, to tell the
+             daemon's share of the loaded reads' extra time from the link's and the server's
   mkfs       mkfs.ext4 with its defaults (so it discards the whole device first) on a new volume
              of --mkfs-size (1 TiB), through the loop device: seconds and requests
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
