@@ -23,7 +23,10 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
              through the cache (counted once the cache is half full of dirty blocks, or 2 s into
              the write for a program whose cache never gets that full); reports the loaded
              median and p90 as ratios to the idle median, and the writer's throughput with the
-             reader as a ratio to a run of the same write alone
+             reader as a ratio to a run of the same write alone; also the server's own time per
+             GET (its request-duration metric) and a plain client's GETs (curl, one kept-alive
+             connection) through the same link, idle and under the same load, to tell the
+             daemon's share of the loaded reads' extra time from the link's and the server's
   mkfs       mkfs.ext4 with its defaults (so it discards the whole device first) on a new volume
              of --mkfs-size (1 TiB), through the loop device: seconds and requests
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
@@ -55,6 +58,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,9 +344,44 @@ def dirty_ratio(daemon):
     return daemon.stats().get("block_cache_dirty_ratio", 0.0)
 
 
-def readlat(daemon, dev, cfg, result):
+def server_get_time(garage):
+    """(count, seconds) of GetObject requests the server has answered so far, from its own
+    request-duration metric (the time it took to produce each answer, without the network)."""
+    out = sh(f"curl -s http://127.0.0.1:{garage.admin}/metrics", check=False) if garage else ""
+    n = t = 0.0
+    for line in out.splitlines():
+        if 'api_endpoint="GetObject"' in line:
+            if line.startswith("api_s3_request_duration_count{"):
+                n = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("api_s3_request_duration_sum{"):
+                t = float(line.rsplit(" ", 1)[1])
+    return n, t
+
+
+def link_probe(port, n):
+    """Times (ms) of `n` GETs, one after the other on one kept-alive connection, of the probe
+    object (256 KiB) by curl through the same link (port) the daemon uses: what the link and
+    the server alone give a plain client at that moment."""
+    base = f"http://127.0.0.1:{port}/{BUCKET}/bench-link-probe"
+    auth = (f"--aws-sigv4 'aws:amz:us-east-1:s3' --user '{ACCESS}:{SECRET}' "
+            f"-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'")
+    out = sh(f"curl -s {auth} -w '%{{time_total}}\\n' " + " ".join(f"{base} -o /dev/null" for _ in range(n)),
+             check=False)
+    return [1000 * float(x) for x in out.split()]
+
+
+def link_probe_put(port, work):
+    obj = os.path.join(work, "link-probe")
+    with open(obj, "wb") as f:
+        f.write(os.urandom(262144))
+    sh(f"curl -s -f --aws-sigv4 'aws:amz:us-east-1:s3' --user '{ACCESS}:{SECRET}' "
+       f"-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T {obj} http://127.0.0.1:{port}/{BUCKET}/bench-link-probe")
+
+
+def readlat(daemon, dev, cfg, result, garage=None, port=None):
     """Read latency under write-back, on a loop device of a fresh mount whose first cfg.read_mb
-    MiB hold data in the store and nothing in the cache. Fills `result`."""
+    MiB hold data in the store and nothing in the cache. Fills `result`. With `garage`, also the
+    server's own average time per GET, idle and loaded (where the reads' extra time is spent)."""
     bs = block_bytes(cfg)
     nblocks = cfg.read_mb * 1048576 // bs
     rnd = random.Random(7)
@@ -363,7 +402,16 @@ def readlat(daemon, dev, cfg, result):
     alone = cfg.data_mb * 1048576 / (time.time() - t0) / 1e6
     reader = DirectReader(dev)
     try:
+        sg0 = server_get_time(garage)
         idle = [reader.read(offset()) for _ in range(cfg.idle_reads)]
+        sg1 = server_get_time(garage)
+        # A plain client's GETs through the same link, idle and (from a thread, when the
+        # backlog is there) loaded: how much of the loaded reads' extra time the link and the
+        # server add whatever the client.
+        probe = {}
+        if port:
+            link_probe_put(port, os.path.dirname(daemon.err.name))
+            probe["idle"] = link_probe(port, 40)
         # The same write with the reader: reads are counted once the cache is at least half
         # full of dirty blocks (the backlog is there) until the writer has finished (its fsync
         # included, when the write-back drains).
@@ -371,6 +419,7 @@ def readlat(daemon, dev, cfg, result):
         t0 = time.time()
         proc = subprocess.Popen(write, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         loaded, backlog, skipped, dirty_seen = [], False, 0, 0.0
+        prober = None
         try:
             while proc.poll() is None:
                 if not backlog:
@@ -378,6 +427,9 @@ def readlat(daemon, dev, cfg, result):
                     # A program whose writes are slower than its uploads never builds a backlog
                     # (C 1.5.4 at 20 ms): its reads count from 2 s into the write.
                     backlog = dirty_seen >= 0.5 or time.time() - t0 >= 2
+                    if backlog and port:
+                        prober = threading.Thread(target=lambda: probe.update(loaded=link_probe(port, 20)))
+                        prober.start()
                 try:
                     dt = reader.read(offset())
                 except StopIteration:
@@ -394,6 +446,9 @@ def readlat(daemon, dev, cfg, result):
                 proc.wait()
         with_reader = cfg.data_mb * 1048576 / (time.time() - t0) / 1e6
         st1 = daemon.stats()
+        sg2 = server_get_time(garage)
+        if prober:
+            prober.join()
     finally:
         reader.close()
     if len(loaded) < 10:
@@ -411,6 +466,13 @@ def readlat(daemon, dev, cfg, result):
         writer_alone_mbs=round(alone, 1), writer_with_reader_mbs=round(with_reader, 1),
         writer_ratio=round(with_reader / alone, 2),
         idle_ms=[ms(x) for x in idle], loaded_ms=[ms(x) for x in loaded])
+    for label in ("idle", "loaded"):
+        if probe.get(label):
+            result[f"link_probe_median_ms_{label}"] = ms(percentile(probe[label], 0.5) / 1000)
+            result[f"link_probe_p90_ms_{label}"] = ms(percentile(probe[label], 0.9) / 1000)
+    for label, (a, b) in (("idle", (sg0, sg1)), ("loaded", (sg1, sg2))):
+        if b[0] > a[0]:
+            result[f"server_avg_get_ms_{label}"] = round(1000 * (b[1] - a[1]) / (b[0] - a[0]), 1)
     # The transport's own view of GETs during the loaded phase (ours: average GET time).
     # (The stats file gives averages since mount, so the loaded phase's average is worked out
     # from the averages and counts before and after.)
@@ -451,7 +513,7 @@ def run_device_workload(system, workload, cfg, latency, work):
             secs = time.time() - t0
             result.update(value=cfg.data_mb * 1048576 / secs / 1e6, unit="MB/s", offset=off)
         elif workload == "readlat":
-            readlat(daemon, loop.dev, cfg, result)
+            readlat(daemon, loop.dev, cfg, result, garage, port)
         elif workload == "mkfs":
             try:
                 r = subprocess.run(["mkfs.ext4", "-q", "-F", loop.dev], capture_output=True, text=True,
@@ -723,18 +785,21 @@ def table(results, cfg):
                   "(targets: median ≤ 1.2, p90 ≤ 1.5); the "
                   "writer's rate with the reader is compared with the same write alone (target ≥ 0.90).", "",
                   "| latency | system | idle median ms | loaded median ms | loaded p90 ms | median ratio | p90 ratio "
-                  "| reads idle / loaded | dirty | writer alone MB/s | writer with reader MB/s | writer ratio | avg GET / PUT ms (loaded) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| reads idle / loaded | dirty | writer alone MB/s | writer with reader MB/s | writer ratio | avg GET / PUT ms (loaded) | server's own GET ms idle / loaded "
+                  "| curl GET through the same link, median ms idle / loaded (ratio), p90 loaded |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for lat, x, r in rl:
             label = name.get(x, x)
             if "error" in r:
-                lines.append(f"| {lat} ms | {label} | error: {r['error']} |" + " |" * 11)
+                lines.append(f"| {lat} ms | {label} | error: {r['error']} |" + " |" * 13)
                 continue
             lines.append(f"| {lat} ms | {label} | {r['idle_median_ms']} | {r['loaded_median_ms']} | {r['loaded_p90_ms']} "
                          f"| {r['median_ratio']} | {r['p90_ratio']} | {r['reads_idle']} / {r['reads_loaded']} "
                          f"| {r.get('dirty_ratio_when_counting', '–')} "
                          f"| {r['writer_alone_mbs']} | {r['writer_with_reader_mbs']} | {r['writer_ratio']} "
-                         f"| {r.get('loaded_avg_get_ms', '–')} / {r.get('loaded_avg_put_ms', '–')} |")
+                         f"| {r.get('loaded_avg_get_ms', '–')} / {r.get('loaded_avg_put_ms', '–')} "
+                         f"| {r.get('server_avg_get_ms_idle', '–')} / {r.get('server_avg_get_ms_loaded', '–')} "
+                         f"| {link_probe_cell(r)} |")
     mk = [(lat, x, by[(lat, "mkfs", x)]) for lat in cfg.latencies for x in sys_list if (lat, "mkfs", x) in by]
     if mk:
         lines += ["", f"## mkfs.ext4 of a new {cfg.mkfs_size} volume", "",
@@ -748,6 +813,14 @@ def table(results, cfg):
             lines.append(f"| {lat} ms | {name.get(x, x)} | {secs} | {detail} | {r.get('cpu_s', '–')} "
                          f"| {r.get('server_cpu_s', '–')} |")
     return "\n".join(lines) + "\n"
+
+
+def link_probe_cell(r):
+    """The readlat table's cell for the plain client's GETs through the same link."""
+    i, l = r.get("link_probe_median_ms_idle"), r.get("link_probe_median_ms_loaded")
+    if not i or not l:
+        return "–"
+    return f"{i} / {l} ({l / i:.2f}), {r.get('link_probe_p90_ms_loaded', '–')}"
 
 
 def cache_table(results, cfg):

@@ -28,7 +28,9 @@
 //!   below has no connection limit that uploads could use up (each request takes an idle pooled
 //!   connection or opens one), so a read never waits for an upload's connection either; and
 //!   with no read, uploads use all `threads`. What reads and uploads still share is the link
-//!   and the server. (Starting a quarter fewer uploads while a read waited was tried; over Garage
+//!   and the server, and the CPU: the one CPU-heavy step of an upload, hashing its body for
+//!   the signature, runs off the runtime's workers (in the transport), so a burst of uploads
+//!   starting together does not keep the workers from a read's answer. (Starting a quarter fewer uploads while a read waited was tried; over Garage
 //!   behind 20 ms it did not make the reads faster.)
 //! * Read-ahead ([`readahead`]) fetches in parallel on its own bounded pool.
 //! * `flush` waits until the named (or all) dirty blocks, as they were when it was called, are
@@ -43,6 +45,13 @@
 //!   merged under the cache's lock, taking only the bytes nobody has written (so no newer byte
 //!   is overwritten); readers and the uploader of one block share that read. A partial block
 //!   stays dirty, so it is never evicted; in the cache file it is recorded as partial.
+//!   A block still partial when due and dirty for at least `write_delay` is completed on a
+//!   pool of its own (at most `threads` reads beside the `threads` uploads) and only then
+//!   takes an upload slot, so the slot is held for the PUT alone: under random writes, where
+//!   nearly every due block is partial, a block's GET overlaps other blocks' PUTs instead of
+//!   doubling every upload. A younger partial block (due early, under pressure or for a flush)
+//!   is completed in its upload slot as before, so a block a sequential writer is still
+//!   filling is not read while it waits for a slot.
 //! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
 //!   clean data survives restarts and dirty data survives crashes. The file is written (and
 //!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
@@ -750,6 +759,7 @@ async fn writeback_loop(sh: Arc<Shared>) {
         let now = Instant::now();
         let mut next = now + Duration::from_millis(500);
         let mut jobs = Vec::new();
+        let mut fills = Vec::new();
         {
             let mut st = sh.state.lock();
             if st.stopped {
@@ -760,7 +770,10 @@ async fn writeback_loop(sh: Arc<Shared>) {
             let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
             let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
             let mut i = 0;
-            while !paused && i < st.dirty_queue.len() && st.uploading < sh.cfg.threads {
+            while !paused
+                && i < st.dirty_queue.len()
+                && (st.uploading < sh.cfg.threads || st.fills_ahead < sh.cfg.threads)
+            {
                 let n = st.dirty_queue[i];
                 let urgent = pressure || st.flush_all > 0 || st.urgent.contains(&n);
                 let Some(e) = st.entries.get(&n) else {
@@ -781,6 +794,26 @@ async fn writeback_loop(sh: Arc<Shared>) {
                 }
                 if due > now {
                     next = next.min(due);
+                    i += 1;
+                    continue;
+                }
+                // A block still partial when due, and partial for at least the write delay, is
+                // completed ahead of its upload, on its own pool (see fill_ahead), not in an
+                // upload slot. A younger one (due early because of pressure or a flush) may be
+                // the one a sequential writer is completing right now: it goes the old way, so
+                // no read is started for it while every upload slot is busy.
+                if e.valid.is_some() && !e.fill_failed && e.dirty_at + sh.cfg.write_delay <= now {
+                    if e.filling {
+                        // A reader completes it: look again soon.
+                        next = next.min(now + FILL_RECHECK);
+                    } else if st.fills_ahead < sh.cfg.threads {
+                        st.fills_ahead += 1;
+                        fills.push(n);
+                    }
+                    i += 1;
+                    continue;
+                }
+                if st.uploading >= sh.cfg.threads {
                     i += 1;
                     continue;
                 }
@@ -806,11 +839,38 @@ async fn writeback_loop(sh: Arc<Shared>) {
         for (n, ver, data, partial) in jobs {
             tokio::spawn(upload(sh.clone(), n, ver, data, partial));
         }
+        for n in fills {
+            tokio::spawn(fill_ahead(sh.clone(), n));
+        }
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(next) => {}
         }
     }
+}
+
+/// How soon the scheduler looks again at a due partial block that a reader is completing.
+const FILL_RECHECK: Duration = Duration::from_millis(10);
+
+/// Completes a partial block that is due for upload, then wakes the scheduler to upload it.
+/// These reads run beside the uploads (at most `threads` of them), so an upload slot is only
+/// ever held for a PUT: with random writes, where nearly every block is partial when due, the
+/// GET of one block overlaps the PUTs of others instead of doubling each upload's time. A
+/// failed completion is not retried here: the block goes the old way (completed in its upload
+/// slot, with the upload's retries and backoff).
+async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
+    let res = sh.fill(n).await;
+    {
+        let mut st = sh.state.lock();
+        st.fills_ahead -= 1;
+        if let Err(err) = res {
+            log::debug!("block cache: completing block {n:#010x} ahead of its upload failed: {err}");
+            if let Some(e) = st.entries.get_mut(&n) {
+                e.fill_failed = true;
+            }
+        }
+    }
+    sh.wake.notify_one();
 }
 
 /// Uploads one block version and settles the entry afterwards. A block still `partial` is

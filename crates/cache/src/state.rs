@@ -54,6 +54,9 @@ pub(crate) struct Entry {
     pub(crate) valid: Option<ByteRanges>,
     /// A read of the store's version to complete this partial block is in flight.
     pub(crate) filling: bool,
+    /// Completing this partial block ahead of its upload failed: its upload completes it
+    /// instead (with the upload's retries).
+    pub(crate) fill_failed: bool,
     /// Key in the LRU map while the entry is evictable.
     pub(crate) lru_key: Option<u64>,
 }
@@ -78,6 +81,7 @@ impl Entry {
             slot: None,
             valid: None,
             filling: false,
+            fill_failed: false,
             lru_key: None,
         }
     }
@@ -153,6 +157,8 @@ pub(crate) struct State {
     pub(crate) dirty_count: usize,
     /// Uploads in flight.
     pub(crate) uploading: usize,
+    /// Partial blocks being completed ahead of their upload (at most `threads`).
+    pub(crate) fills_ahead: usize,
     /// Writers waiting for room.
     pub(crate) space_waiters: usize,
     /// `flush(None)` calls in progress.
@@ -173,6 +179,7 @@ impl State {
             urgent: HashSet::new(),
             dirty_count: 0,
             uploading: 0,
+            fills_ahead: 0,
             space_waiters: 0,
             flush_all: 0,
             stopped: false,

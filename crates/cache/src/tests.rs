@@ -578,3 +578,38 @@ async fn a_cancelled_writer_does_not_stay_counted() {
     uploads.release();
     c.flush(None).await.unwrap();
 }
+
+/// Every upload slot taken by an upload that does not finish: a partial block that comes due is
+/// still completed at once (its read does not wait for an upload slot), and uploaded with the
+/// stored bytes merged once a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_partial_block_is_completed_while_every_upload_slot_is_busy() {
+    let mem = mem();
+    mem.put(5, block(5));
+    let uploads = mem.hold(Op::Write);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 2, write_delay: Duration::ZERO, ..cfg(8) }));
+    for n in 0..2 {
+        c.write_block(n, BlockData::new(block(1))).await.unwrap();
+    }
+    mem.wait_until("2 uploads in flight", |c| c[Op::Write].in_flight == 2).await;
+    c.write_block_part(5, 2, bytes(9, 3)).await.unwrap();
+    let completed = async {
+        loop {
+            let changed = c.shared.next_change();
+            if c.shared.state.lock().entries.get(&5).is_some_and(|e| e.valid.is_none()) {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), completed).await.expect("the partial block was never completed");
+    assert_eq!(mem.calls(Op::Read), 1, "one read completed it");
+    assert_eq!(mem.count(Op::Write).in_flight, 2, "both upload slots still held");
+    assert_eq!(mem.ok(Op::Write), 0, "no upload had finished");
+
+    uploads.release();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.get(5), Some(merged(5, &[(2, 9, 3)])));
+    assert_eq!(mem.calls(Op::Read), 1, "the upload did not read it again");
+    assert_eq!(c.shared.state.lock().fills_ahead, 0);
+}

@@ -21,7 +21,7 @@ impl S3Store {
             headers.push(("content-md5".into(), content_md5(&req.body)));
         }
         if let Some(keys) = keys {
-            let signed = sign::sigv4_headers(
+            let signed = sign::sigv4_headers_off_runtime(
                 &keys,
                 &self.cfg.region,
                 req.method.as_str(),
@@ -29,7 +29,8 @@ impl S3Store {
                 &headers,
                 &req.body,
                 SystemTime::now(),
-            )?;
+            )
+            .await?;
             headers.extend(signed);
         }
         headers.push(("user-agent".into(), self.user_agent.clone()));
