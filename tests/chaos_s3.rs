@@ -34,14 +34,19 @@ fn fio_verify_survives_faults_and_a_server_restart() {
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
     let (m, e) = ext4_behind_faults(&proxy, &args, &s);
 
-    // Restart the server once while fio runs.
-    let restarter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(4));
-        g.restart();
-        g
+    // Restart the server once while fio runs: as soon as its writes are reaching the server
+    // (seen at the proxy), not after a fixed time that a slow or fast machine would miss.
+    let puts = || proxy.method_counts().get("PUT").copied().unwrap_or(0);
+    let before = puts();
+    let g = std::thread::scope(|scope| {
+        let restarter = scope.spawn(move || {
+            wait_for(120, "fio's writes reaching the server", || puts() >= before + 20);
+            g.restart();
+            g
+        });
+        fio(&s.ext4(), false);
+        restarter.join().unwrap()
     });
-    fio(&s.ext4(), false);
-    let g = restarter.join().unwrap();
     e.unmount();
     proxy.set_faults(false);
     let stats = m.stats();

@@ -68,7 +68,6 @@
 //! needs room for both files while it runs.
 
 use crate::ranges::{ByteRanges, MAX_RANGES};
-use crate::state::State;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use s3b_store::{BlockNum, Etag, Result, StoreError, is_zero};
@@ -781,7 +780,7 @@ impl CacheFile {
 
     /// Frees a slot: its entry is erased now; the slot is reused only after a later
     /// `fdatasync` has made the erasure durable.
-    pub(crate) fn release(&self, _st: &mut State, slot: u32) {
+    pub(crate) fn release(&self, slot: u32) {
         match self.erase(slot) {
             Ok(()) => self.pending.lock().push(slot),
             // Leave the slot unused: its entry may still point at it.
@@ -790,25 +789,26 @@ impl CacheFile {
     }
 
     /// Records block `n` as dirty with `data` (before the cache entry changes); `valid` names
-    /// the bytes a partially written block holds. The slot it had is erased first; data goes
-    /// into a slot, is synced, and only then is the entry written.
+    /// the bytes a partially written block holds. `old` is the slot the block had, erased
+    /// first; data goes into a new slot, is synced, and only then is the entry written. Returns
+    /// the new slot for the caller to keep in its entry (`None`: no slot free, the block lives
+    /// in memory only). The file never touches the cache's state: slots go in and out by value.
     pub(crate) fn write_dirty(
         &self,
-        st: &mut State,
         n: BlockNum,
+        old: Option<u32>,
         data: Option<&Bytes>,
         valid: Option<&ByteRanges>,
-    ) -> Result<()> {
+    ) -> Result<Option<u32>> {
         let e = |x: std::io::Error| {
             StoreError::io(format!("cache file {}: write of block {n:#010x}", self.path.display()), x)
         };
-        let old = st.entries.get_mut(&n).and_then(|en| en.slot.take());
         if let Some(slot) = old {
-            self.release(st, slot);
+            self.release(slot);
         }
         let Some(slot) = self.alloc().map_err(e)? else {
             // No slot (damaged slots leaked): keep the block in memory only.
-            return Ok(());
+            return Ok(None);
         };
         // The cache decided zero-ness when the data was made: `Some` is never all zeros.
         debug_assert!(data.is_none_or(|d| !is_zero(d)), "dirty data of block {n:#010x} is zeros");
@@ -819,47 +819,40 @@ impl CacheFile {
             }
             return Err(e(x));
         }
-        if let Some(en) = st.entries.get_mut(&n) {
-            en.slot = Some(slot);
-        } else {
-            // The caller inserts the entry right after; park the slot in a fresh one.
-            let mut en = crate::state::Entry::new(tokio::time::Instant::now());
-            en.slot = Some(slot);
-            st.entries.insert(n, en);
-        }
-        Ok(())
+        Ok(Some(slot))
     }
 
-    /// Records block `n` (now clean in the cache) in the file: its existing slot is re-labelled
-    /// clean, or a new slot gets the data. Failures only cost the file copy.
-    pub(crate) fn note_clean(&self, st: &mut State, n: BlockNum) {
-        let Some(en) = st.entries.get_mut(&n) else {
-            return;
-        };
-        let (data, etag) = (en.data.clone(), en.etag);
-        if let Some(slot) = en.slot {
-            if let Err(x) = self.write_entry(slot, n, false, data.as_ref(), etag, None) {
+    /// Records block `n`, now clean in the cache with `data` and `etag`, in the file: its slot
+    /// (`slot`) is re-labelled clean, or a new slot gets the data. Returns the slot the entry
+    /// should keep. Failures only cost the file copy.
+    pub(crate) fn note_clean(
+        &self,
+        n: BlockNum,
+        slot: Option<u32>,
+        data: Option<&Bytes>,
+        etag: Option<Etag>,
+    ) -> Option<u32> {
+        if let Some(slot) = slot {
+            if let Err(x) = self.write_entry(slot, n, false, data, etag, None) {
                 log::error!("cache file {}: can't update block {n:#010x}: {x}", self.path.display());
             }
-            return;
+            return Some(slot);
         }
         if etag.is_none() && !self.opts.no_verify {
             // Could not be verified after a restart: not worth a slot.
-            return;
+            return None;
         }
         let Ok(Some(slot)) = self.alloc() else {
-            return;
+            return None;
         };
-        match self
-            .write_data(slot, data.as_ref())
-            .and_then(|_| self.write_entry(slot, n, false, data.as_ref(), etag, None))
-        {
-            Ok(()) => en.slot = Some(slot),
+        match self.write_data(slot, data).and_then(|_| self.write_entry(slot, n, false, data, etag, None)) {
+            Ok(()) => Some(slot),
             Err(x) => {
                 log::error!("cache file {}: can't store block {n:#010x}: {x}", self.path.display());
                 if self.erase(slot).is_ok() {
                     self.pending.lock().push(slot);
                 }
+                None
             }
         }
     }
@@ -868,6 +861,28 @@ impl CacheFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::State;
+
+    /// What the cache does to record block `n` dirty: the old slot goes in, the new one is kept.
+    fn record_dirty(
+        f: &CacheFile,
+        st: &mut State,
+        n: BlockNum,
+        data: Option<&Bytes>,
+        valid: Option<&ByteRanges>,
+    ) -> Result<()> {
+        let old = st.entries.get_mut(&n).and_then(|e| e.slot.take());
+        let slot = f.write_dirty(n, old, data, valid)?;
+        st.entries.entry(n).or_insert_with(|| Entry::new(Instant::now())).slot = slot;
+        Ok(())
+    }
+
+    /// What the cache does to record block `n` clean.
+    fn record_clean(f: &CacheFile, st: &mut State, n: BlockNum) {
+        if let Some(e) = st.entries.get_mut(&n) {
+            e.slot = f.note_clean(n, e.slot, e.data.as_ref(), e.etag);
+        }
+    }
     use crate::state::Entry;
     use tokio::time::Instant;
 
@@ -879,7 +894,7 @@ mod tests {
 
     /// Writes block `n` dirty into the file the way the cache does.
     fn dirty(f: &CacheFile, st: &mut State, n: BlockNum, b: u8) {
-        f.write_dirty(st, n, Some(&data(b)), None).unwrap();
+        record_dirty(f, st, n, Some(&data(b)), None).unwrap();
     }
 
     fn clean(f: &CacheFile, st: &mut State, n: BlockNum, b: u8, etag: u8) {
@@ -887,7 +902,7 @@ mod tests {
         e.data = Some(data(b));
         e.etag = Some(Etag([etag; 16]));
         st.entries.insert(n, e);
-        f.note_clean(st, n);
+        record_clean(f, st, n);
     }
 
     #[test]
@@ -973,7 +988,7 @@ mod tests {
         let f = CacheFile::open(p, BS, 6, FileOptions::default()).unwrap();
         let mut st = State::new(0);
         dirty(&f, &mut st, 10, 1);
-        f.write_dirty(&mut st, 11, None, None).unwrap();
+        record_dirty(&f, &mut st, 11, None, None).unwrap();
         for (n, b) in [(20, 2), (21, 3), (22, 4)] {
             clean(&f, &mut st, n, b, b);
         }
@@ -1063,7 +1078,7 @@ mod tests {
             e.data = Some(data(5));
             st.entries.insert(3, e);
             let nv = CacheFile { opts: FileOptions { no_verify: true, ..Default::default() }, ..f };
-            nv.note_clean(&mut st, 3);
+            record_clean(&nv, &mut st, 3);
         }
         let no_verify = FileOptions { no_verify: true, ..Default::default() };
         let f = CacheFile::open(&p, BS, 8, no_verify).unwrap();
@@ -1198,8 +1213,8 @@ mod tests {
         {
             let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
             let mut st = State::new(0);
-            f.write_dirty(&mut st, 7, Some(&Bytes::from(want.clone())), Some(&valid)).unwrap();
-            f.write_dirty(&mut st, 8, None, Some(&ByteRanges::new(0, 4))).unwrap();
+            record_dirty(&f, &mut st, 7, Some(&Bytes::from(want.clone())), Some(&valid)).unwrap();
+            record_dirty(&f, &mut st, 8, None, Some(&ByteRanges::new(0, 4))).unwrap();
         }
         for slots in [4, 6, 2] {
             let f = CacheFile::open(&p, BS, slots, RECOVER).unwrap();

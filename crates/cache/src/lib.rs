@@ -378,13 +378,13 @@ impl Shared {
                     e.last_access = Instant::now();
                     // A reloaded block that changed in the store: its slot holds the old data.
                     let stale_slot = e.slot.take();
-                    if let (Some(slot), Some(f)) = (stale_slot, &self.file) {
-                        f.release(&mut st, slot);
+                    if let Some(f) = &self.file {
+                        if let Some(slot) = stale_slot {
+                            f.release(slot);
+                        }
+                        e.slot = f.note_clean(n, None, e.data.as_ref(), e.etag);
                     }
                     st.lru_insert(n);
-                    if let Some(f) = &self.file {
-                        f.note_clean(&mut st, n);
-                    }
                     Ok(out)
                 }
                 Err(err) => {
@@ -404,7 +404,7 @@ impl Shared {
         if let Some(e) = st.entries.remove(&n)
             && let (Some(slot), Some(f)) = (e.slot, &self.file)
         {
-            f.release(st, slot);
+            f.release(slot);
         }
     }
 
@@ -542,11 +542,16 @@ impl Shared {
         valid: Option<ByteRanges>,
         now: Instant,
     ) -> Result<u64> {
-        if let Some(f) = &self.file {
-            f.write_dirty(st, n, data.as_ref(), valid.as_ref())?;
-        }
+        let slot = match &self.file {
+            Some(f) => {
+                let old = st.entries.get_mut(&n).and_then(|e| e.slot.take());
+                f.write_dirty(n, old, data.as_ref(), valid.as_ref())?
+            }
+            None => None,
+        };
         st.lru_remove(n);
         let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
+        e.slot = slot;
         if e.phase != Phase::Dirty {
             e.dirty_at = now;
         }
@@ -629,9 +634,13 @@ impl Shared {
                 Ok(Some(data)) => {
                     self.stats.fills.fetch_add(1, Ordering::Relaxed);
                     if let Some(f) = &self.file
-                        && let Err(x) = f.write_dirty(&mut st, n, data.as_ref(), None)
+                        && let Some(e) = st.entries.get_mut(&n)
                     {
-                        log::error!("block cache: can't record completed block {n:#010x}: {x}");
+                        let old = e.slot.take();
+                        match f.write_dirty(n, old, data.as_ref(), None) {
+                            Ok(slot) => e.slot = slot,
+                            Err(x) => log::error!("block cache: can't record completed block {n:#010x}: {x}"),
+                        }
                     }
                     Ok(())
                 }
@@ -908,12 +917,12 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
                     e.phase = Phase::Clean;
                     e.etag = etag;
                     e.last_access = Instant::now();
+                    if let Some(f) = &sh.file {
+                        e.slot = f.note_clean(n, e.slot, e.data.as_ref(), e.etag);
+                    }
                     st.dirty_count -= 1;
                     st.urgent.remove(&n);
                     st.lru_insert(n);
-                    if let Some(f) = &sh.file {
-                        f.note_clean(&mut st, n);
-                    }
                 } else if !st.dirty_queue.contains(&n) {
                     // Re-dirtied during the upload: the newer data goes up next.
                     st.dirty_queue.push_back(n);
