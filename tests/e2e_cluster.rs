@@ -250,7 +250,9 @@ fn with_a_cache_file_an_fsync_in_the_outage_fails_and_nothing_is_lost() {
     assert!(back.as_ref() == &p2[..], "dirty blocks not read back from the cache");
     let log = m.stderr();
     assert!(
-        log.contains("block cache: upload of block") && log.contains("flush failed: HTTP 503"),
+        log.contains("block cache: upload of block")
+            && log.contains("flush failed: upload of block 0x")
+            && log.contains("failed: HTTP 503"),
         "no clear log line for the failed upload and fsync:\n{log}"
     );
     // Closing is a flush too: it fails the same way (close's error is not seen here). Closed
