@@ -190,6 +190,11 @@ SYSTEMS = {
     # Ours over NBD: the built-in server on a Unix socket, the volume file exposed by nbdfuse
     # (several connections, as a kernel NBD client would use), the same ext4 on a loop device.
     "ours-nbd": (OURS, ["--nbd"]),
+    # Raw-device runs, without ext4 (run_raw_workload): fio's nbd engine straight on ours over
+    # NBD, and on nbdkit's S3 plugin as the NBD-on-S3 peer; fio on ours' FUSE file for NBD/FUSE.
+    "ours-fionbd": (OURS, ["--nbd"]),
+    "nbdkit-s3": ("nbdkit", []),
+    "ours-fusefile": (OURS, []),
 }
 
 
@@ -653,6 +658,205 @@ def run_workload(system, workload, cfg, latency, work):
     return result
 
 
+# Raw-device runs (issue 14, item 7): the same fio workloads straight on an exported device,
+# without ext4, so NBD can be compared with the FUSE file and with another NBD-on-S3 server.
+#   ours-fionbd    ours --nbd on a Unix socket; fio's nbd engine (libnbd, one connection)
+#   nbdkit-s3      `nbdkit S3` (Debian nbdkit-plugin-python + python3-boto3) on the same Garage
+#                  bucket, one object per block (object-size = --block-size; nbdkit 1.32 refuses
+#                  more than 64k), behind nbdkit's blocksize filter for requests below that;
+#                  fio's nbd engine
+#   ours-fusefile  ours over FUSE; fio (libaio, O_DIRECT) on the exported file
+# Sequential requests are one block each (the preferred size both NBD servers advertise, and
+# nbdkit S3's maximum), 16 in flight; random ones 4 KiB, 16 in flight. Reads and random writes
+# run on data written before and a freshly started server (nothing cached).
+RAW_SYSTEMS = ("ours-fionbd", "nbdkit-s3", "ours-fusefile")
+# Systems that make main() write the NBD table (nbd_table) instead of the C-vs-ours one.
+NBD_TABLE_SYSTEMS = {"ours-nbd", *RAW_SYSTEMS}
+
+
+class NbdServer:
+    """An NBD server process on a Unix socket: ours (--nbd, foreground) or nbdkit's S3 plugin.
+    Same interface as Daemon (sample, stats, stop); `fio_target` is how fio reaches it."""
+
+    def __init__(self, system, port, cfg, work):
+        self.sock = os.path.join(work, f"{system}-{time.time_ns()}.sock")
+        self.stats_file = self.sock + ".stats"
+        self.err = open(os.path.join(work, f"{system}-{time.time_ns()}.log"), "w")
+        self.system = system
+        env = None
+        if system == "nbdkit-s3":
+            if block_bytes(cfg) > 65536:
+                raise RuntimeError(f"nbdkit S3 refuses object-size {cfg.block_size} (at most 64k): use --block-size 64k")
+            if not shutil.which("nbdkit") or not os.path.exists("/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-S3-plugin"):
+                raise RuntimeError("nbdkit S3 is not installed (apt-get install nbdkit-plugin-python python3-boto3)")
+            # Credentials for boto3 from the environment, nothing on the command line. PATH
+            # without pyenv's directories: the plugin's embedded Python finds its prefix (and
+            # Debian's boto3) through the first python3 on PATH.
+            env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS, AWS_SECRET_ACCESS_KEY=SECRET,
+                       AWS_DEFAULT_REGION="us-east-1", PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+            # The blocksize filter (its man page's advice) lets clients send less than an object:
+            # without it the plugin advertises object-size as the minimum and libnbd refuses 4k.
+            args = ["nbdkit", "-f", "-U", self.sock, "--filter=blocksize", "S3", f"endpoint-url=http://127.0.0.1:{port}",
+                    f"bucket={BUCKET}", "key=vol", f"size={cfg.size.upper()}", f"object-size={cfg.block_size}"]
+        else:
+            args = [OURS, f"--baseURL=http://127.0.0.1:{port}/", f"--accessId={ACCESS}", f"--accessKey={SECRET}",
+                    f"--blockSize={cfg.block_size}", f"--size={cfg.size}", f"--blockCacheSize={cfg.cache_blocks}",
+                    f"--blockCacheThreads={cfg.threads}", "--nbd", f"--nbdListen={self.sock}",
+                    f"--statsFileMirror={self.stats_file}", "--statsFileMirrorInterval=100", "-f", BUCKET]
+        self.proc = subprocess.Popen(args, stdout=self.err, stderr=subprocess.STDOUT, env=env)
+        self.uri = f"nbd+unix:///?socket={self.sock}"
+        self.fio_target = f"--ioengine=nbd --uri={self.uri}"
+        self.cpu, self.rss_kb = 0.0, 0
+        end = time.time() + 60
+        while subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True).returncode != 0:
+            if self.proc.poll() is not None or time.time() > end:
+                raise RuntimeError(f"{system} did not serve: {open(self.err.name).read()[-2000:]}")
+            time.sleep(0.05)
+
+    sample = Daemon.sample
+
+    def stats(self):
+        return Daemon.stats(self) if self.system != "nbdkit-s3" else {}
+
+    @property
+    def nbd(self):
+        return True
+
+    def stop(self):
+        self.sample()
+        if self.system != "nbdkit-s3":
+            time.sleep(0.2)  # one more stats mirror update
+        st = self.stats()
+        self.proc.send_signal(signal.SIGTERM)
+        end = time.time() + 600
+        while self.proc.poll() is None and time.time() < end:
+            self.sample()
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return self.cpu, self.rss_kb / 1024.0, st
+
+
+def raw_server(system, port, cfg, work, mnt):
+    if system == "ours-fusefile":
+        d = Daemon(system, port, mnt, cfg, work)
+        d.fio_target = f"--ioengine=libaio --direct=1 --filename={os.path.join(mnt, 'file')}"
+        return d
+    return NbdServer(system, port, cfg, work)
+
+
+def raw_fio(name, srv, args):
+    out = sh(f"fio --name={name} --output-format=json {srv.fio_target} --refill_buffers --randrepeat=0 {args}")
+    return json.loads(out[out.index("{"):])["jobs"][0]
+
+
+def run_raw_workload(system, workload, cfg, latency, work):
+    """seqwrite / seqread / randread / randwrite with fio straight on the exported device."""
+    garage = Garage(work)
+    proxy = Netsim(garage.port, latency // 2) if latency > 0 else None
+    port = proxy.port if proxy else garage.port
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    srv = None
+    result = {"system": system, "workload": workload, "latency_ms": latency, "block_size": cfg.block_size}
+    seq = f"--bs={block_bytes(cfg)} --iodepth=16 --size={cfg.data_mb}m"
+    rand = f"--bs=4k --iodepth=16 --size={cfg.data_mb}m --time_based --runtime={cfg.rand_secs}"
+    try:
+        srv = raw_server(system, port, cfg, work, mnt)
+        if workload in ("seqread", "randread", "randwrite"):
+            # The data, written and flushed, then a fresh server with nothing cached.
+            raw_fio("prep", srv, f"--rw=write {seq} --end_fsync=1")
+            srv.stop()
+            srv = None
+            srv = raw_server(system, port, cfg, work, mnt)
+            sh("echo 3 > /proc/sys/vm/drop_caches")
+        t0 = time.time()
+        server_cpu0 = proc_cpu(garage.proc.pid)
+        server_req0 = garage.requests()
+        if workload == "seqwrite":
+            raw_fio("seqwrite", srv, f"--rw=write {seq} --end_fsync=1")
+            result.update(value=cfg.data_mb * 1048576 / (time.time() - t0) / 1e6, unit="MB/s")
+        elif workload == "seqread":
+            job = raw_fio("seqread", srv, f"--rw=read {seq}")
+            result.update(value=job["read"]["bw_bytes"] / 1e6, unit="MB/s")
+        elif workload == "randread":
+            job = raw_fio("randread", srv, f"--rw=randread {rand}")
+            result.update(value=job["read"]["iops"], unit="IOPS")
+        elif workload == "randwrite":
+            job = raw_fio("randwrite", srv, f"--rw=randwrite {rand} --end_fsync=1")
+            result.update(value=job["write"]["total_ios"] / (time.time() - t0), unit="IOPS")
+        else:
+            raise RuntimeError(f"workload {workload} has no raw-device form")
+        cpu, rss, st = srv.stop()
+        srv = None
+        result.update(server_cpu_s=round(proc_cpu(garage.proc.pid) - server_cpu0, 2),
+                      wall_s=round(time.time() - t0, 2))
+        req = garage.requests()
+        result.update(server_requests={k: v - server_req0.get(k, 0) for k, v in req.items()
+                                       if v - server_req0.get(k, 0) > 0})
+        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(rss, 1),
+                      http_gets=int(st.get("http_gets", 0)), http_puts=int(st.get("http_puts", 0)))
+    except Exception as e:  # a failed run is reported, not hidden
+        result.update(error=str(e).splitlines()[0][:200])
+    finally:
+        if srv:
+            srv.stop()
+        if proxy:
+            proxy.stop()
+        garage.stop()
+    return result
+
+
+def nbd_table(results, cfg):
+    """The NBD report: every system side by side, with the ratios NBD/FUSE (ext4 on loop, and the
+    raw device) and ours/nbdkit S3, and each system's CPU, peak RSS and S3 requests."""
+    name = {"ours": "FUSE (ext4)", "ours-nbd": "NBD via nbdfuse (ext4)", "ours-fusefile": "FUSE file (fio)",
+            "ours-fionbd": "NBD (fio nbd)", "nbdkit-s3": "nbdkit S3 (fio nbd)"}
+    systems = [x for x in ("ours", "ours-nbd", "ours-fusefile", "ours-fionbd", "nbdkit-s3") if x in cfg.system_list]
+    pairs = [(a, b, label) for a, b, label in (("ours-nbd", "ours", "NBD/FUSE ext4"),
+                                               ("ours-fionbd", "ours-fusefile", "NBD/FUSE raw"),
+                                               ("ours-fionbd", "nbdkit-s3", "ours/nbdkit S3"))
+             if a in systems and b in systems]
+    per = " / ".join(name[x] for x in systems)
+    lines = ["# s3backer-rs over NBD — benchmark results", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+             f"({os.cpu_count()} cores, {platform.platform()}), "
+             + ", ".join(f"{lat} ms: " + ("one run each" if n == 1 else f"median of {n} runs each, systems alternating")
+                         for lat, n in cfg.repeats.items()) + ", side by side.",
+             f"Garage on 127.0.0.1 (fresh per run) behind s3b-netsim; --blockSize={cfg.block_size} --size={cfg.size} "
+             f"--blockCacheSize={cfg.cache_blocks} --blockCacheThreads={cfg.threads}; data {cfg.data_mb} MiB, "
+             f"random I/O {cfg.rand_secs} s.", "",
+             "| latency | workload | " + " | ".join(name[x] for x in systems) + " | "
+             + " | ".join(p[2] for p in pairs) + f" | CPU s {per} | peak RSS MiB {per} | S3 requests {per} |",
+             "|---|---|" + "---|" * (len(systems) + len(pairs) + 3)]
+    by = {(r["latency_ms"], r["workload"], r["system"]): r for r in results}
+    for lat in cfg.latencies:
+        for w in cfg.workloads:
+            rows = {x: by.get((lat, w, x), {}) for x in systems}
+            if not any(rows.values()):
+                continue
+
+            def val(r):
+                return f"error: {r['error']}" if "error" in r else f"{r['value']:.1f} {r['unit']}" if "value" in r else "–"
+
+            def ratio(a, b):
+                return f"{a['value'] / b['value']:.2f}" if a.get("value") and b.get("value") else "–"
+
+            def each(key):
+                return " / ".join(str(rows[x].get(key, "–")) for x in systems)
+
+            reqs = " / ".join(str(sum(rows[x]["server_requests"].values())) if "server_requests" in rows[x] else "–"
+                              for x in systems)
+            lines.append(f"| {lat} ms | {w} | " + " | ".join(val(rows[x]) for x in systems) + " | "
+                         + " | ".join(ratio(rows[a], rows[b]) for a, b, _ in pairs)
+                         + f" | {each('cpu_s')} | {each('peak_rss_mib')} | {reqs} |")
+        ceil = by.get((lat, "ceiling", "raw"))
+        if ceil:
+            lines.append(f"| {lat} ms | ceiling (raw, 16 parallel) | PUT {ceil.get('put_mbs', '–')} MB/s "
+                         f"| GET {ceil.get('get_mbs', '–')} MB/s |" + " |" * (len(systems) + len(pairs) + 1))
+    return "\n".join(lines) + "\n"
+
+
 def run_ceiling(cfg, latency, work):
     """The raw server: PUT then GET objects of the block size with 16 parallel curl transfers
     (PUTs with a signed payload hash, as both s3backers send)."""
@@ -930,7 +1134,9 @@ def main():
                 runs = {s: [] for s in cfg.systems.split(",")}
                 for _ in range(cfg.repeats[lat]):
                     for system in runs:
-                        if w in ("seqwrite-unaligned", "readlat", "mkfs"):
+                        if system in RAW_SYSTEMS:
+                            r = run_raw_workload(system, w, cfg, lat, work)
+                        elif w in ("seqwrite-unaligned", "readlat", "mkfs"):
                             r = run_device_workload(system, w, cfg, lat, work)
                         else:
                             r = run_workload(system, w, cfg, lat, work)
@@ -943,7 +1149,8 @@ def main():
     with open(cfg.json, "w") as f:
         json.dump({"config": {k: v for k, v in vars(cfg).items()}, "results": results}, f, indent=1)
     with open(cfg.out, "w") as f:
-        f.write(cache_table(results, cfg) if cfg.cache_effect else table(results, cfg))
+        f.write(cache_table(results, cfg) if cfg.cache_effect
+                else nbd_table(results, cfg) if set(cfg.system_list) & NBD_TABLE_SYSTEMS else table(results, cfg))
     print(open(cfg.out).read())
 
 

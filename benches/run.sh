@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-s3
+# The NBD benchmarks' peer, `nbdkit S3` (--systems nbdkit-s3); the tests do not need it.
+if ! dpkg -s nbdkit-plugin-python python3-boto3 >/dev/null 2>&1; then
+    echo "run.sh: installing nbdkit-plugin-python python3-boto3" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nbdkit-plugin-python python3-boto3 >/dev/null
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet --bin s3backer
 cargo build --release --quiet -p s3b-netsim
