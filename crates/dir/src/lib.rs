@@ -32,7 +32,7 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Suffix of the sidecar file that holds encoding headers.
 const META_SUFFIX: &str = ".meta";
@@ -48,6 +48,8 @@ struct Inner {
     /// Blocks written or deleted since the last flush; their files (and the directory) need fsync.
     unsynced: Mutex<BTreeSet<BlockNum>>,
     tmp_counter: AtomicU64,
+    /// This process's mount token (see [`ObjectStore::mount_token`] below).
+    token: AtomicU32,
 }
 
 impl DirStore {
@@ -65,7 +67,13 @@ impl DirStore {
             fs::create_dir_all(parent).map_err(|source| OpenError::Unusable { path: parent.to_path_buf(), source })?;
         }
         Ok(DirStore {
-            inner: Arc::new(Inner { dir, keys, unsynced: Mutex::new(BTreeSet::new()), tmp_counter: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                dir,
+                keys,
+                unsynced: Mutex::new(BTreeSet::new()),
+                tmp_counter: AtomicU64::new(0),
+                token: AtomicU32::new(0),
+            }),
         })
     }
 
@@ -295,8 +303,15 @@ impl ObjectStore for DirStore {
         Ok(None)
     }
 
-    async fn mount_token(&self, _op: TokenOp) -> Result<u32> {
-        Ok(0)
+    async fn mount_token(&self, op: TokenOp) -> Result<u32> {
+        // Kept in memory for this process, as upstream's test mode keeps none on disk: the
+        // directory's layout stays upstream's, and a mount clears what it set.
+        let t = &self.inner.token;
+        Ok(match op {
+            TokenOp::Read => t.load(Ordering::SeqCst),
+            TokenOp::Clear => t.swap(0, Ordering::SeqCst),
+            TokenOp::Set(v) => t.swap(v, Ordering::SeqCst),
+        })
     }
 
     async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
@@ -308,6 +323,20 @@ impl ObjectStore for DirStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mount sets its token and clears it again at unmount: the swap finds its own token
+    /// (it did not, when the test mode kept none, and every unmount warned of a take-over).
+    #[tokio::test]
+    async fn the_mount_token_lives_for_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        let s = DirStore::open(d.path(), BlockKeys::default()).unwrap();
+        assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0);
+        assert_eq!(s.swap_mount_token(0, 0x1234).await.unwrap(), s3b_store::TokenSwap::Done);
+        assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0x1234);
+        assert_eq!(s.swap_mount_token(0x1234, 0).await.unwrap(), s3b_store::TokenSwap::Done);
+        assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing written for the token");
+    }
 
     fn body(data: &[u8]) -> ObjectBody {
         ObjectBody { data: Bytes::copy_from_slice(data), ..Default::default() }
