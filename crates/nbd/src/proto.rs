@@ -233,31 +233,26 @@ pub struct BadMagic(pub u32);
 impl Request {
     /// Decodes a request header.
     pub fn decode(b: &[u8; REQUEST_LEN]) -> Result<Request, BadMagic> {
-        let magic = u32::from_be_bytes(b[0..4].try_into().expect("slice of constant length"));
-        if magic != REQUEST_MAGIC {
-            return Err(BadMagic(magic));
-        }
-        Ok(Request {
-            flags: u16::from_be_bytes(b[4..6].try_into().expect("slice of constant length")),
-            kind: u16::from_be_bytes(b[6..8].try_into().expect("slice of constant length")),
-            cookie: u64::from_be_bytes(b[8..16].try_into().expect("slice of constant length")),
-            offset: u64::from_be_bytes(b[16..24].try_into().expect("slice of constant length")),
-            length: u32::from_be_bytes(b[24..28].try_into().expect("slice of constant length")) as u64,
-        })
+        Self::decode_fields(b, REQUEST_MAGIC, u32::from_be_bytes(be(b, 24)).into())
     }
 
     /// Decodes an extended request header.
     pub fn decode_extended(b: &[u8; EXT_REQUEST_LEN]) -> Result<Request, BadMagic> {
-        let magic = u32::from_be_bytes(b[0..4].try_into().expect("slice of constant length"));
-        if magic != EXTENDED_REQUEST_MAGIC {
+        Self::decode_fields(b, EXTENDED_REQUEST_MAGIC, u64::from_be_bytes(be(b, 24)))
+    }
+
+    /// The fields both header forms share (they differ in magic and in the length's width).
+    fn decode_fields(b: &[u8], want: u32, length: u64) -> Result<Request, BadMagic> {
+        let magic = u32::from_be_bytes(be(b, 0));
+        if magic != want {
             return Err(BadMagic(magic));
         }
         Ok(Request {
-            flags: u16::from_be_bytes(b[4..6].try_into().expect("slice of constant length")),
-            kind: u16::from_be_bytes(b[6..8].try_into().expect("slice of constant length")),
-            cookie: u64::from_be_bytes(b[8..16].try_into().expect("slice of constant length")),
-            offset: u64::from_be_bytes(b[16..24].try_into().expect("slice of constant length")),
-            length: u64::from_be_bytes(b[24..32].try_into().expect("slice of constant length")),
+            flags: u16::from_be_bytes(be(b, 4)),
+            kind: u16::from_be_bytes(be(b, 6)),
+            cookie: u64::from_be_bytes(be(b, 8)),
+            offset: u64::from_be_bytes(be(b, 16)),
+            length,
         })
     }
 
@@ -608,10 +603,10 @@ impl<'a> Cursor<'a> {
         Ok(a)
     }
     fn u16(&mut self) -> Result<u16, Malformed> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("slice of constant length")))
+        Ok(u16::from_be_bytes(be(self.take(2)?, 0)))
     }
     fn u32(&mut self) -> Result<u32, Malformed> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("slice of constant length")))
+        Ok(u32::from_be_bytes(be(self.take(4)?, 0)))
     }
     fn string(&mut self) -> Result<String, Malformed> {
         let n = self.u32()? as usize;
@@ -712,6 +707,14 @@ pub fn rep_server(name: &str, description: &str) -> Vec<u8> {
     b.extend_from_slice(name.as_bytes());
     b.extend_from_slice(description.as_bytes());
     b
+}
+
+/// `N` bytes of `b` from `at`, as an array; callers pass fixed-size headers or exact takes, so
+/// the range is always in bounds.
+fn be<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
 }
 
 #[cfg(test)]
@@ -816,7 +819,7 @@ mod tests {
         let mlen = u16::from_be_bytes([c[24], c[25]]) as usize;
         assert!(mlen <= 4096);
         assert!(std::str::from_utf8(&c[26..26 + mlen]).is_ok());
-        assert_eq!(u32::from_be_bytes(c[16..20].try_into().expect("slice of constant length")) as usize, 6 + mlen);
+        assert_eq!(u32::from_be_bytes(c[16..20].try_into().unwrap()) as usize, 6 + mlen);
     }
 
     proptest! {
@@ -836,7 +839,7 @@ mod tests {
             let decoded = if ext {
                 Request::decode_extended(&b).map(|r| (r, r.encode_extended().to_vec()))
             } else {
-                Request::decode(b[..REQUEST_LEN].try_into().expect("slice of constant length")).map(|r| (r, r.encode().to_vec()))
+                Request::decode(b[..REQUEST_LEN].try_into().unwrap()).map(|r| (r, r.encode().to_vec()))
             };
             match decoded {
                 Err(BadMagic(m)) => prop_assert_ne!(m, if ext { EXTENDED_REQUEST_MAGIC } else { REQUEST_MAGIC }),
