@@ -25,8 +25,7 @@ fn cache_file_ext4_round_trip_and_kill9_recovery() {
         &format!("--blockCacheFile={}", cache.display()),
         "--blockCacheRecoverDirtyBlocks",
     ];
-    let m = Mount::test_dir(&s, &args);
-    let e = Ext4::create(&m.file(), &s.ext4());
+    let (m, e) = Mount::test_dir_ext4(&s, &args);
     let tree = write_tree(&s.ext4(), 100, 1);
     e.unmount();
     assert_eq!(m.unmount(), 0);

@@ -8,15 +8,14 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 #[test]
 fn ext4_round_trip_survives_restart() {
     let s = Scratch::new();
-    let store = s.store();
     let args = ["--size=256m", "--blockSize=64k"];
-    let m = Mount::test_dir(&s, &args);
-    let e = Ext4::create(&m.file(), &s.ext4());
+    let (m, e) = Mount::test_dir_ext4(&s, &args);
     let tree = write_tree(&s.ext4(), 300, 1);
     e.unmount();
     assert_eq!(m.unmount(), 0, "clean exit after unmount");
 
     // Blocks are files named like S3 keys; no temp files are left behind.
+    let store = s.store();
     let names: Vec<String> =
         std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.len() > 10, "blocks were written: {}", names.len());
@@ -126,8 +125,7 @@ fn punch_hole_deletes_whole_blocks_and_zeroes_edges() {
 #[test]
 fn daemon_mode_returns_when_mounted_and_sigterm_flushes() {
     let s = Scratch::new();
-    let store = s.store();
-    let out = run(&["--test", "--size=1m", store.to_str().unwrap(), s.mnt().to_str().unwrap()]);
+    let out = run(&["--test", "--size=1m", s.store().to_str().unwrap(), s.mnt().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The parent returned only once the mount was ready.
     assert!(is_mounted(&s.mnt()));
@@ -135,6 +133,7 @@ fn daemon_mode_returns_when_mounted_and_sigterm_flushes() {
     f.write_all_at(&[1u8; 10000], 12345).unwrap();
     drop(f);
     // SIGTERM the daemon: it unmounts, flushes and exits.
+    let store = s.store();
     let pids = daemon_pids(store.to_str().unwrap());
     assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
     // SAFETY: sending a signal to a process we started.
@@ -158,8 +157,8 @@ fn wrong_size_block_file_is_eio_with_logged_reason() {
     f.read_exact_at(&mut buf, 4096).unwrap();
     let err = f.read_exact_at(&mut buf, 2 * 4096).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    drop(f);
     let log = m.stderr();
+    drop(f);
     assert!(log.contains("corrupt block 0x00000002: object is 9 bytes, block size is 4096"), "{log}");
     assert_eq!(m.unmount(), 0);
 }
@@ -217,8 +216,7 @@ fn killed_daemon_leaves_a_mount_plain_umount_clears() {
     let s = Scratch::new();
     let store = s.store();
     let args = ["--size=64m", "--blockSize=64k"];
-    let m = Mount::test_dir(&s, &args);
-    let e = Ext4::create(&m.file(), &s.ext4());
+    let (m, e) = Mount::test_dir_ext4(&s, &args);
     std::fs::write(s.ext4().join("a"), b"hello").unwrap();
     sh("sync");
     let pid = m.child.as_ref().map(|c| c.id()).unwrap();

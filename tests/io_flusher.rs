@@ -129,8 +129,7 @@ impl Drop for MemCgroup {
 #[test]
 fn ext4_written_far_beyond_a_memory_cgroup_limit_loses_nothing() {
     let s = Scratch::new();
-    let m = Mount::test_dir(&s, &["--size=512m", "--blockSize=64k"]);
-    let e = Ext4::create(&m.file(), &s.ext4());
+    let (m, e) = Mount::test_dir_ext4(&s, &["--size=512m", "--blockSize=64k"]);
     // 24 MiB for the writer; it writes 256 MiB (random, so no block is a zero block).
     let cg = MemCgroup::new(24 << 20);
     let data = s.ext4().join("big.bin");

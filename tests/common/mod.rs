@@ -204,6 +204,14 @@ impl Mount {
         Mount::start_owned(test_args(s, extra), &s.mnt())
     }
 
+    /// [`Mount::test_dir`], then a new ext4 on the exported file, mounted on the scratch ext4
+    /// mount point.
+    pub fn test_dir_ext4(s: &Scratch, extra: &[&str]) -> (Mount, Ext4) {
+        let m = Mount::test_dir(s, extra);
+        let e = Ext4::create(&m.file(), &s.ext4());
+        (m, e)
+    }
+
     /// Path of the exported file (default name).
     pub fn file(&self) -> PathBuf {
         self.mnt.join("file")

@@ -70,6 +70,25 @@ pub const FUSE_OPTION_NAMES: &[&str] = &[
     "max_write",
 ];
 
+/// Mount options that come in opposite pairs: (word, its opposite, option, opposite option).
+const OPPOSITES: [(&str, &str, MountOption, MountOption); 6] = [
+    ("ro", "rw", MountOption::RO, MountOption::RW),
+    ("dev", "nodev", MountOption::Dev, MountOption::NoDev),
+    ("suid", "nosuid", MountOption::Suid, MountOption::NoSuid),
+    ("exec", "noexec", MountOption::Exec, MountOption::NoExec),
+    ("atime", "noatime", MountOption::Atime, MountOption::NoAtime),
+    ("sync", "async", MountOption::Sync, MountOption::Async),
+];
+
+/// The option a word of [`OPPOSITES`] sets and the one it clears.
+fn opposite(word: &str) -> Option<(MountOption, MountOption)> {
+    OPPOSITES.iter().find_map(|(yes, no, a, b)| match word {
+        w if w == *yes => Some((a.clone(), b.clone())),
+        w if w == *no => Some((b.clone(), a.clone())),
+        _ => None,
+    })
+}
+
 /// Sets mount flag `on`, dropping its opposite `off` (and any earlier `on`).
 fn either(opts: &mut Vec<MountOption>, on: MountOption, off: MountOption) {
     opts.retain(|o| *o != on && *o != off);
@@ -149,18 +168,7 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
             "gid" => gid = num(value)?,
             // Of two opposite words the last one counts, as with mount(8) (which puts `rw`,
             // `dev` and `suid` in front of what an fstab entry says).
-            "ro" => either(&mut opts, MountOption::RO, MountOption::RW),
-            "rw" => either(&mut opts, MountOption::RW, MountOption::RO),
-            "dev" => either(&mut opts, MountOption::Dev, MountOption::NoDev),
-            "nodev" => either(&mut opts, MountOption::NoDev, MountOption::Dev),
-            "suid" => either(&mut opts, MountOption::Suid, MountOption::NoSuid),
-            "nosuid" => either(&mut opts, MountOption::NoSuid, MountOption::Suid),
-            "exec" => either(&mut opts, MountOption::Exec, MountOption::NoExec),
-            "noexec" => either(&mut opts, MountOption::NoExec, MountOption::Exec),
-            "atime" => either(&mut opts, MountOption::Atime, MountOption::NoAtime),
-            "noatime" => either(&mut opts, MountOption::NoAtime, MountOption::Atime),
-            "sync" => either(&mut opts, MountOption::Sync, MountOption::Async),
-            "async" => either(&mut opts, MountOption::Async, MountOption::Sync),
+            n if let Some((on, off)) = opposite(n) => either(&mut opts, on, off),
             "dirsync" => opts.push(MountOption::DirSync),
             "default_permissions" => {}
             "auto_unmount" => opts.push(MountOption::AutoUnmount),
@@ -233,20 +241,11 @@ fn serve(
     pipe: Option<ReadyPipe>,
     flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
-    let rt = match daemon::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return Err((anyhow::Error::new(e).context("can't start the runtime"), pipe)),
-    };
-    let setup = rt.block_on(async {
-        let stack = stack::build(cfg, codec).await?;
-        let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
-        Ok::<_, anyhow::Error>((stack, token))
-    });
-    let (stack, token) = match setup {
-        Ok(v) => v,
+    let started = match stack::start(cfg, codec) {
+        Ok(s) => s,
         Err(e) => return Err((e, pipe)),
     };
-
+    let (rt, stack) = (&started.rt, &started.stack);
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
     let fs = VolumeFs::new(volume, stack.stats.clone(), fs_cfg, rt.handle().clone());
     let in_flight = fs.in_flight();
@@ -254,7 +253,7 @@ fn serve(
         Ok(s) => s,
         Err(e) => {
             // Undo the token we just set: nothing was mounted.
-            let _ = rt.block_on(crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
+            started.release_token();
             return Err((anyhow::Error::new(e).context(format!("can't mount on {}", mountpoint.display())), pipe));
         }
     };
@@ -315,7 +314,7 @@ fn serve(
     }
     let shutdown = rt.block_on(async {
         in_flight.wait_idle().await;
-        stack.shutdown(token).await
+        stack.shutdown(started.token).await
     });
     Ok(daemon::finished(shutdown, mirror, cfg.quiet, if run_result.is_ok() { 0 } else { 1 }))
 }

@@ -178,28 +178,21 @@ fn serve(
     pipe: Option<ReadyPipe>,
     flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
-    let rt = match daemon::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return Err((anyhow::Error::new(e).context("can't start the runtime"), pipe)),
-    };
     let addr = match &target {
         Target::Listen(a) => a.clone(),
         Target::Device { socket, .. } => ListenAddr::Unix(socket.clone()),
     };
-    let setup = rt.block_on(async {
-        let stack = stack::build(cfg, codec).await?;
-        let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
-        match bind(&addr) {
-            Ok(l) => Ok((stack, token, l)),
-            Err(e) => {
-                let _ = crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await;
-                Err(e)
-            }
-        }
-    });
-    let (stack, token, listener) = match setup {
-        Ok(v) => v,
+    let started = match stack::start(cfg, codec) {
+        Ok(s) => s,
         Err(e) => return Err((e, pipe)),
+    };
+    let (rt, stack) = (&started.rt, &started.stack);
+    let listener = match rt.block_on(async { bind(&addr) }) {
+        Ok(l) => l,
+        Err(e) => {
+            started.release_token();
+            return Err((e, pipe));
+        }
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
     let description =
@@ -263,7 +256,7 @@ fn serve(
         _ => {
             server.shutdown();
             let _ = rt.block_on(serving);
-            let _ = rt.block_on(crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()));
+            started.release_token();
             remove_socket(&addr);
             return Err((anyhow!("can't install signal handlers"), pipe));
         }
@@ -292,10 +285,7 @@ fn serve(
         (Some(e), pipe) => {
             server.shutdown();
             let _ = rt.block_on(serving);
-            let _ = rt.block_on(async {
-                stack.top.shutdown().await?;
-                crate::token::release(stack.objects.as_ref(), token, stack.cache_file.as_deref()).await
-            });
+            let _ = rt.block_on(stack.shutdown(started.token));
             remove_socket(&addr);
             return Err((e, pipe));
         }
@@ -308,7 +298,7 @@ fn serve(
     if !cfg.quiet {
         log::info!("NBD server stopped; flushing dirty data");
     }
-    let shutdown = rt.block_on(stack.shutdown(token));
+    let shutdown = rt.block_on(stack.shutdown(started.token));
     Ok(daemon::finished(shutdown, mirror, cfg.quiet, 0))
 }
 

@@ -100,8 +100,8 @@ mod tests {
 
     #[test]
     fn ip_tos_values_as_upstream() {
-        assert_eq!(s3(&["--ipTOS=lowdelay"]).unwrap().ip_tos, Some(0x10));
-        assert_eq!(s3(&[]).unwrap().ip_tos, None);
+        assert_eq!(s3(&["--ipTOS=lowdelay"]).unwrap().connection.ip_tos, Some(0x10));
+        assert_eq!(s3(&[]).unwrap().connection.ip_tos, None);
         assert!(s3(&["--ipTOS=300"]).is_err());
     }
     #[test]
@@ -114,31 +114,30 @@ mod tests {
         assert!(!c.vhost);
         let c = s3(&["--baseURL=http://127.0.0.1:3900/", "--region=garage"]).unwrap();
         assert!(!c.vhost);
-        assert_eq!(c.max_retry_pause, Duration::from_secs(30));
+        assert_eq!(c.retry.max_total, Duration::from_secs(30));
     }
 
     #[test]
     fn bad_values_are_named() {
-        for (args, needle) in [
-            (&["--baseURL=http://x"][..], "must end with '/'"),
-            (&["--baseURL=ftp://x/"], "http://"),
-            (&["--authVersion=aws2"], "not supported"),
-            (&["--vhost", "--no-vhost"], "cannot be used together"),
-            (&["--accessType=bogus"], "--accessType"),
-            (&["--storageClass=CHEAP"], "--storageClass"),
-            (&["--sse=aws:kms"], "--sse-key-id"),
-            (&["--sse=XYZ"], "--sse"),
-            (&["--timeout=0"], "--timeout"),
-            (&["--timeout=x"], "--timeout"),
-            (&["--maxUploadSpeed=1", "--blockSize=1m"], "--maxUploadSpeed"),
-            (&["--maxDownloadSpeed=800", "--blockSize=1m"], "too slow"),
-            (&["--initialRetryPause=5000", "--maxRetryPause=100"], "--initialRetryPause"),
-            (&["--ssl", "--baseURL=http://h/"], "--ssl"),
-            (&["--cacert=/nonexistent/ca.pem"], "--cacert"),
-        ] {
-            let e = s3(args).unwrap_err().to_string();
-            assert!(e.contains(needle), "{args:?}: {e}");
-            assert_eq!(e.lines().count(), 1, "{e}");
-        }
+        crate::config::assert_refused(
+            s3,
+            &[
+                ("--baseURL=http://x", "must end with '/'"),
+                ("--baseURL=ftp://x/", "http://"),
+                ("--authVersion=aws2", "not supported"),
+                ("--vhost --no-vhost", "cannot be used together"),
+                ("--accessType=bogus", "--accessType"),
+                ("--storageClass=CHEAP", "--storageClass"),
+                ("--sse=aws:kms", "--sse-key-id"),
+                ("--sse=XYZ", "--sse"),
+                ("--timeout=0", "--timeout"),
+                ("--timeout=x", "--timeout"),
+                ("--maxUploadSpeed=1 --blockSize=1m", "--maxUploadSpeed"),
+                ("--maxDownloadSpeed=800 --blockSize=1m", "too slow"),
+                ("--initialRetryPause=5000 --maxRetryPause=100", "--initialRetryPause"),
+                ("--ssl --baseURL=http://h/", "--ssl"),
+                ("--cacert=/nonexistent/ca.pem", "--cacert"),
+            ],
+        );
     }
 }

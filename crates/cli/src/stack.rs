@@ -47,6 +47,41 @@ impl Stack {
     }
 }
 
+/// A volume ready to be offered: the runtime its layers run on, the stack, and the mount token
+/// it holds.
+pub struct Started {
+    /// The daemon's runtime.
+    pub rt: tokio::runtime::Runtime,
+    /// The layers.
+    pub stack: Stack,
+    /// Our mount token (0: none was set).
+    pub token: u32,
+}
+
+/// What a serving daemon does before it offers the volume: starts the runtime, builds the
+/// stack and takes the mount token.
+pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
+    let rt = crate::daemon::runtime().context("can't start the runtime")?;
+    let (stack, token) = rt.block_on(async {
+        let stack = build(cfg, codec).await?;
+        let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
+        Ok::<_, anyhow::Error>((stack, token))
+    })?;
+    Ok(Started { rt, stack, token })
+}
+
+impl Started {
+    /// Gives the mount token back when the volume could not be offered after all (nothing was
+    /// mounted or served, so nothing was written).
+    pub fn release_token(&self) {
+        let s = &self.stack;
+        if let Err(e) = self.rt.block_on(crate::token::release(s.objects.as_ref(), self.token, s.cache_file.as_deref()))
+        {
+            log::warn!("{e:#}");
+        }
+    }
+}
+
 /// Opens the transport named by the configuration and registers its counters.
 pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     match &cfg.location {
@@ -61,7 +96,7 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// Settles block size and block count: given on the command line, detected from block 0, or both
 /// (then they must agree unless `--force`).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
-    let detect = !cfg.is_test() && cfg.auto_detect;
+    let detect = !cfg.is_test() && cfg.geometry.auto_detect;
     let detected =
         if detect { objects.read_volume_meta().await.context("can't auto-detect the volume size")? } else { None };
     let (block_size, size) = match detected {
@@ -74,8 +109,8 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
                 );
             }
             for (what, given, found) in [
-                ("block size", cfg.block_size.map(u64::from), meta.block_size as u64),
-                ("file size", cfg.size, meta.file_size),
+                ("block size", cfg.geometry.block_size.map(u64::from), meta.block_size as u64),
+                ("file size", cfg.geometry.size, meta.file_size),
             ] {
                 if let Some(given) = given.filter(|&g| g != found) {
                     let msg = format!(
@@ -89,16 +124,16 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
                     log::warn!("{msg} (proceeding because of --force)");
                 }
             }
-            (cfg.block_size.unwrap_or(meta.block_size), cfg.size.unwrap_or(meta.file_size))
+            (cfg.geometry.block_size.unwrap_or(meta.block_size), cfg.geometry.size.unwrap_or(meta.file_size))
         }
         None => {
-            let Some(size) = cfg.size else {
+            let Some(size) = cfg.geometry.size else {
                 if cfg.is_test() {
                     bail!("--size is required with --test (a test directory has no size metadata)");
                 }
                 bail!("--size is required: the volume's size could not be auto-detected (no block 0 metadata)");
             };
-            (cfg.block_size.unwrap_or(DEFAULT_BLOCK_SIZE), size)
+            (cfg.geometry.block_size.unwrap_or(DEFAULT_BLOCK_SIZE), size)
         }
     };
     let num_blocks = check_geometry(size, block_size)?;

@@ -32,6 +32,13 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Limit for opening a connection.
     pub connect_timeout: Duration,
+    /// How connections are made.
+    pub connection: ConnectionOptions,
+}
+
+/// How connections are made: HTTP version, certificate checks, IP type of service.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionOptions {
     /// HTTP/1.1 only (no HTTP/2 by ALPN).
     pub http11: bool,
     /// Do not verify the server's certificate.
@@ -223,17 +230,17 @@ impl HttpClient {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(ClientError::Tls)?;
-        let tls = if opts.insecure {
+        let tls = if opts.connection.insecure {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
                 .with_no_client_auth()
         } else {
-            builder.with_root_certificates(root_store(opts.cacert.as_deref())?).with_no_client_auth()
+            builder.with_root_certificates(root_store(opts.connection.cacert.as_deref())?).with_no_client_auth()
         };
-        let tcp = TcpConnector { connect_timeout: opts.connect_timeout, ip_tos: opts.ip_tos };
+        let tcp = TcpConnector { connect_timeout: opts.connect_timeout, ip_tos: opts.connection.ip_tos };
         let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let https = if opts.http11 {
+        let https = if opts.connection.http11 {
             https.enable_http1().wrap_connector(tcp)
         } else {
             https.enable_http1().enable_http2().wrap_connector(tcp)
@@ -368,6 +375,11 @@ fn root_store(cacert: Option<&std::path::Path>) -> Result<rustls::RootCertStore,
 #[derive(Debug)]
 struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
 
+/// The handshake signature's form, as the verifier trait spells it.
+type Dss = DigitallySignedStruct;
+/// The verdict on a handshake signature.
+type Signature = Result<HandshakeSignatureValid, rustls::Error>;
+
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
         &self,
@@ -380,22 +392,12 @@ impl ServerCertVerifier for NoVerification {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls12_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &Dss) -> Signature {
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &Dss) -> Signature {
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -501,10 +503,7 @@ mod tests {
         HttpClient::new(&ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
-            http11: true,
-            insecure: false,
-            cacert: None,
-            ip_tos: None,
+            connection: ConnectionOptions { http11: true, ..Default::default() },
         })
         .unwrap()
     }
@@ -589,10 +588,7 @@ mod tests {
         let c = HttpClient::new(&ClientOptions {
             timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(5),
-            http11: true,
-            insecure: false,
-            cacert: None,
-            ip_tos: None,
+            connection: ConnectionOptions { http11: true, ..Default::default() },
         })
         .unwrap();
         let e = c

@@ -1,8 +1,9 @@
 //! [`S3Config`]: everything the S3 transport needs to know, settled by the command line.
 
+use crate::client::ConnectionOptions;
 use crate::creds::Credentials;
+use crate::retry::RetryPauses;
 use s3b_store::keys::BlockKeys;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the transport needs to know, validated by the command line.
@@ -20,36 +21,48 @@ pub struct S3Config {
     pub credentials: Credentials,
     /// Key naming (prefix, hash prefix).
     pub keys: BlockKeys,
-    /// `x-amz-acl` of new objects.
+    /// What new objects are stored with.
+    pub new_objects: ObjectOptions,
+    /// Time limit of one attempt (connect + transfer).
+    pub timeout: Duration,
+    /// The pauses between the attempts of one operation.
+    pub retry: RetryPauses,
+    /// Per-transfer speed limits.
+    pub speed: SpeedLimits,
+    /// How connections are made.
+    pub connection: ConnectionOptions,
+    /// Log every request and error body.
+    pub debug_http: bool,
+    /// Parallel LIST streams.
+    pub list_threads: usize,
+}
+
+/// The headers every new object is stored with.
+#[derive(Clone, Debug)]
+pub struct ObjectOptions {
+    /// `x-amz-acl`.
     pub access_type: String,
-    /// `x-amz-storage-class` of new objects.
+    /// `x-amz-storage-class`.
     pub storage_class: Option<String>,
     /// `x-amz-server-side-encryption`.
     pub sse: Option<String>,
     /// `x-amz-server-side-encryption-aws-kms-key-id`.
     pub sse_key_id: Option<String>,
-    /// Time limit of one attempt (connect + transfer).
-    pub timeout: Duration,
-    /// First pause before a retry.
-    pub initial_retry_pause: Duration,
-    /// Total pause across the retries of one operation.
-    pub max_retry_pause: Duration,
-    /// Per-transfer upload limit, bytes per second.
-    pub max_upload_speed: Option<u64>,
-    /// Per-transfer download limit, bytes per second.
-    pub max_download_speed: Option<u64>,
-    /// HTTP/1.1 only.
-    pub http11: bool,
-    /// Skip TLS certificate verification.
-    pub insecure: bool,
-    /// Extra CA certificates (PEM) to trust.
-    pub cacert: Option<PathBuf>,
-    /// IP type-of-service byte of every connection (`--ipTOS`).
-    pub ip_tos: Option<u8>,
-    /// Log every request and error body.
-    pub debug_http: bool,
-    /// Parallel LIST streams.
-    pub list_threads: usize,
+}
+
+impl Default for ObjectOptions {
+    fn default() -> Self {
+        ObjectOptions { access_type: "private".into(), storage_class: None, sse: None, sse_key_id: None }
+    }
+}
+
+/// Per-transfer speed limits in bytes per second; `None` = unlimited.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpeedLimits {
+    /// Uploads (PUT bodies).
+    pub upload: Option<u64>,
+    /// Downloads (GET bodies).
+    pub download: Option<u64>,
 }
 
 impl S3Config {
@@ -62,19 +75,11 @@ impl S3Config {
             region: "us-east-1".into(),
             credentials: Credentials::Anonymous,
             keys: BlockKeys::default(),
-            access_type: "private".into(),
-            storage_class: None,
-            sse: None,
-            sse_key_id: None,
+            new_objects: ObjectOptions::default(),
             timeout: Duration::from_secs(30),
-            initial_retry_pause: Duration::from_millis(200),
-            max_retry_pause: Duration::from_millis(30_000),
-            max_upload_speed: None,
-            max_download_speed: None,
-            http11: false,
-            insecure: false,
-            cacert: None,
-            ip_tos: None,
+            retry: RetryPauses::default(),
+            speed: SpeedLimits::default(),
+            connection: ConnectionOptions::default(),
             debug_http: false,
             list_threads: 16,
         }

@@ -50,10 +50,12 @@ pub mod stats;
 mod token;
 pub mod xml;
 
-pub use config::S3Config;
+pub use client::ConnectionOptions;
+pub use config::{ObjectOptions, S3Config, SpeedLimits};
 pub use creds::{Credentials, Keys};
 pub use error::{ServiceError, SetupError, SignError};
 pub use request::{LIST_PAGE_LIMIT, object_size_limit};
+pub use retry::RetryPauses;
 pub use stats::HttpStats;
 pub use token::{SETTLE_BOUND, SETTLE_WAIT};
 
@@ -117,10 +119,7 @@ impl S3Store {
         let client = HttpClient::new(&ClientOptions {
             timeout: cfg.timeout,
             connect_timeout: cfg.timeout.min(Duration::from_secs(15)),
-            http11: cfg.http11,
-            insecure: cfg.insecure,
-            cacert: cfg.cacert.clone(),
-            ip_tos: cfg.ip_tos,
+            connection: cfg.connection.clone(),
         })
         .map_err(SetupError::from)?;
         Ok(S3Store {

@@ -110,14 +110,15 @@ impl S3Store {
     /// Headers every object PUT carries (ACL, storage class, server-side encryption).
     pub(crate) fn put_headers(&self, req: &mut Req, content_type: &str) {
         req.headers.push(("content-type", content_type.to_string()));
-        req.headers.push(("x-amz-acl", self.cfg.access_type.clone()));
-        if let Some(sc) = &self.cfg.storage_class {
+        let o = &self.cfg.new_objects;
+        req.headers.push(("x-amz-acl", o.access_type.clone()));
+        if let Some(sc) = &o.storage_class {
             req.headers.push(("x-amz-storage-class", sc.clone()));
         }
-        if let Some(sse) = &self.cfg.sse {
+        if let Some(sse) = &o.sse {
             req.headers.push(("x-amz-server-side-encryption", sse.clone()));
         }
-        if let Some(id) = &self.cfg.sse_key_id {
+        if let Some(id) = &o.sse_key_id {
             req.headers.push(("x-amz-server-side-encryption-aws-kms-key-id", id.clone()));
         }
     }

@@ -5,6 +5,28 @@
 use s3b_store::StoreError;
 use std::time::Duration;
 
+/// The pauses of one operation's retries: `--initialRetryPause` and `--maxRetryPause`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPauses {
+    /// The first pause.
+    pub initial: Duration,
+    /// All pauses of one operation together.
+    pub max_total: Duration,
+}
+
+impl Default for RetryPauses {
+    fn default() -> Self {
+        RetryPauses { initial: Duration::from_millis(200), max_total: Duration::from_millis(30_000) }
+    }
+}
+
+impl RetryPauses {
+    /// The schedule of a new operation.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial, self.max_total)
+    }
+}
+
 /// The pause schedule of one operation.
 #[derive(Clone, Debug)]
 pub struct Backoff {

@@ -3,7 +3,7 @@
 
 use crate::client;
 use crate::request::{Req, Resp, content_md5};
-use crate::retry::{self, Backoff};
+use crate::retry;
 use crate::stats::{add_time, bump};
 use crate::{S3Config, S3Store, sign, xml};
 use s3b_store::{Result, StoreError};
@@ -43,7 +43,7 @@ impl S3Store {
         if self.cfg.debug_http {
             log::info!("HTTP {} {url} -> {status} ({} ms)", req.method, elapsed.as_millis());
         }
-        let limit = if req.body.is_empty() { self.cfg.max_download_speed } else { self.cfg.max_upload_speed };
+        let limit = if req.body.is_empty() { self.cfg.speed.download } else { self.cfg.speed.upload };
         let moved = req.body.len().max(body.len()) as u64;
         if let Some(rate) = limit.filter(|&r| r > 0) {
             let want = Duration::from_secs_f64(moved as f64 / rate as f64);
@@ -87,7 +87,7 @@ impl S3Store {
         req: &Req,
         retry_if: impl Fn(&StoreError, bool) -> bool,
     ) -> (Result<Resp>, bool) {
-        let mut backoff = Backoff::new(self.cfg.initial_retry_pause, self.cfg.max_retry_pause);
+        let mut backoff = self.cfg.retry.backoff();
         let mut retried = false;
         loop {
             match self.attempt(req).await {

@@ -55,6 +55,18 @@ pub struct Faults {
     pub errors: bool,
 }
 
+/// The volume's geometry as the command line gives it; the rest is read from block 0 of a
+/// bucket or defaulted (see [`crate::stack::resolve_geometry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GivenGeometry {
+    /// `--blockSize`.
+    pub block_size: Option<u32>,
+    /// `--size`.
+    pub size: Option<u64>,
+    /// Read the geometry from block 0 of a bucket (not `--noAutoDetect`).
+    pub auto_detect: bool,
+}
+
 /// A checked configuration: the volume, then one typed part per layer.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -68,12 +80,8 @@ pub struct Config {
     pub prefix: String,
     /// `--blockHashPrefix`.
     pub hash_prefix: bool,
-    /// Block size given on the command line.
-    pub block_size: Option<u32>,
-    /// Volume size given on the command line.
-    pub size: Option<u64>,
-    /// Read the geometry from block 0 of a bucket (not `--noAutoDetect`).
-    pub auto_detect: bool,
+    /// What the command line says of the volume's geometry.
+    pub geometry: GivenGeometry,
     /// `--force`.
     pub force: bool,
     /// `--readOnly`.
@@ -251,9 +259,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         mountpoint,
         prefix,
         hash_prefix: c.block_hash_prefix,
-        block_size: c.block_size,
-        size: c.size,
-        auto_detect: !cli.s3.no_auto_detect,
+        geometry: GivenGeometry { block_size: c.block_size, size: c.size, auto_detect: !cli.s3.no_auto_detect },
         force: c.force,
         read_only: c.read_only,
         shared_disk,
@@ -267,6 +273,18 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         cache,
         nbd,
     })
+}
+
+/// Checks that each of `cases` (flags separated by spaces; a word the error must contain) is
+/// refused by `settle` with a one-line error naming it.
+#[cfg(test)]
+pub(crate) fn assert_refused<T>(settle: impl Fn(&[&str]) -> Result<T>, cases: &[(&str, &str)]) {
+    for (args, needle) in cases {
+        let Err(e) = settle(&args.split(' ').collect::<Vec<_>>()) else { panic!("{args:?} was accepted") };
+        let e = e.to_string();
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
 }
 
 #[cfg(test)]

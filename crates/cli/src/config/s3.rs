@@ -84,9 +84,9 @@ fn endpoint(s: &S3Args, c: &mut S3Config) -> Result<()> {
 /// What new objects are stored with: ACL, storage class, server-side encryption.
 fn object_options(s: &S3Args, c: &mut S3Config) -> Result<()> {
     if let Some(t) = &s.access_type {
-        c.access_type = t.clone();
+        c.new_objects.access_type = t.clone();
     }
-    c.storage_class = match (&s.storage_class, s.rrs) {
+    c.new_objects.storage_class = match (&s.storage_class, s.rrs) {
         (Some(_), true) => bail!("--rrs and --storageClass cannot be used together"),
         (None, true) => Some("REDUCED_REDUNDANCY".to_string()),
         (class, false) => class.clone(),
@@ -96,17 +96,17 @@ fn object_options(s: &S3Args, c: &mut S3Config) -> Result<()> {
         (Some("AES256") | None, Some(_)) => bail!("--sse-key-id requires --sse=aws:kms"),
         _ => {}
     }
-    c.sse = s.sse.clone();
-    c.sse_key_id = s.sse_key_id.clone();
+    c.new_objects.sse = s.sse.clone();
+    c.new_objects.sse_key_id = s.sse_key_id.clone();
     Ok(())
 }
 
 /// Time limits, retry pauses, speed limits, parallel listing, HTTP version and IP TOS.
 fn transfer(s: &S3Args, block_size: Option<u32>, c: &mut S3Config) -> Result<()> {
     c.timeout = s.timeout.unwrap_or(c.timeout);
-    c.initial_retry_pause = s.initial_retry_pause.unwrap_or(c.initial_retry_pause);
-    c.max_retry_pause = s.max_retry_pause.unwrap_or(c.max_retry_pause);
-    if c.initial_retry_pause > c.max_retry_pause {
+    c.retry.initial = s.initial_retry_pause.unwrap_or(c.retry.initial);
+    c.retry.max_total = s.max_retry_pause.unwrap_or(c.retry.max_total);
+    if c.retry.initial > c.retry.max_total {
         bail!("--initialRetryPause must not exceed --maxRetryPause");
     }
     let speed = |bits: Option<u64>, flag: &str| -> Result<Option<u64>> {
@@ -122,11 +122,11 @@ fn transfer(s: &S3Args, block_size: Option<u32>, c: &mut S3Config) -> Result<()>
         }
         Ok(Some(bytes))
     };
-    c.max_upload_speed = speed(s.max_upload_speed, "--maxUploadSpeed")?;
-    c.max_download_speed = speed(s.max_download_speed, "--maxDownloadSpeed")?;
+    c.speed.upload = speed(s.max_upload_speed, "--maxUploadSpeed")?;
+    c.speed.download = speed(s.max_download_speed, "--maxDownloadSpeed")?;
     c.list_threads = s.list_blocks_threads.unwrap_or(c.list_threads);
-    c.http11 = s.http11;
-    c.ip_tos = s.ip_tos;
+    c.connection.http11 = s.http11;
+    c.connection.ip_tos = s.ip_tos;
     Ok(())
 }
 
@@ -135,12 +135,12 @@ fn tls(s: &S3Args, c: &mut S3Config) -> Result<()> {
     if let Some(p) = &s.cacert {
         let p = PathBuf::from(p);
         std::fs::metadata(&p).with_context(|| format!("--cacert {}", p.display()))?;
-        c.cacert = Some(p);
+        c.connection.cacert = Some(p);
     }
     if s.insecure {
         log::warn!("--insecure: the server's TLS certificate will not be verified");
     }
-    c.insecure = s.insecure;
+    c.connection.insecure = s.insecure;
     Ok(())
 }
 
