@@ -72,8 +72,8 @@ use parking_lot::Mutex;
 use ranges::{ByteRanges, MAX_RANGES};
 use readahead::ReadAhead;
 use s3b_store::{
-    BlockData, BlockNum, BlockStore, ContractError, Etag, ReadIntent, ReadOutcome, ReadRequest, Result, Revalidation,
-    StoreError, is_zero,
+    BlockData, BlockNum, BlockStore, ContractError, Etag, Geometry, ReadIntent, ReadOutcome, ReadRequest, Result,
+    Revalidation, StoreError, is_zero,
 };
 use state::{Entry, Phase, State};
 use std::sync::Arc;
@@ -951,12 +951,8 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
 
 #[async_trait]
 impl BlockStore for BlockCache {
-    fn block_size(&self) -> u32 {
-        self.shared.block_size
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.shared.inner.num_blocks()
+    fn geometry(&self) -> Geometry {
+        Geometry { block_size: self.shared.block_size, num_blocks: self.shared.inner.num_blocks() }
     }
 
     async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {

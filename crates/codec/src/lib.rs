@@ -19,7 +19,7 @@ pub use error::DecodeError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockData, BlockNum, BlockStore, ContractError, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition,
+    BlockData, BlockNum, BlockStore, ContractError, Etag, Geometry, GetOutcome, ObjectBody, ObjectStore, ReadCondition,
     ReadOutcome, ReadRequest, Result, Revalidation, StoreError, VolumeMeta,
 };
 use std::fmt;
@@ -207,12 +207,8 @@ impl CodecStore {
 
 #[async_trait]
 impl BlockStore for CodecStore {
-    fn block_size(&self) -> u32 {
-        self.codec.block_size
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
+    fn geometry(&self) -> Geometry {
+        Geometry { block_size: self.codec.block_size, num_blocks: self.num_blocks }
     }
 
     async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {

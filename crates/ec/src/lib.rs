@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use s3b_store::{
-    BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection, StatsSource,
-    StatsWriter, StoreError,
+    BlockData, BlockNum, BlockStore, Etag, Geometry, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection,
+    StatsSource, StatsWriter, StoreError,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -330,12 +330,8 @@ enum ReadPlan {
 
 #[async_trait]
 impl BlockStore for EcProtect {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
     }
 
     async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {

@@ -42,11 +42,8 @@ impl ZeroTracking {
 
 #[async_trait::async_trait]
 impl s3b_store::BlockStore for ZeroTracking {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
+    fn geometry(&self) -> s3b_store::Geometry {
+        self.inner.geometry()
     }
     async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
         self.inner.read_block(n, c).await

@@ -46,11 +46,18 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// happened, and a dropped flush promises nothing.
 #[async_trait]
 pub trait BlockStore: Send + Sync + 'static {
+    /// The volume's geometry (a layer passes its inner store's on).
+    fn geometry(&self) -> Geometry;
+
     /// Size of every block in bytes (a power of two).
-    fn block_size(&self) -> u32;
+    fn block_size(&self) -> u32 {
+        self.geometry().block_size
+    }
 
     /// Number of blocks in the volume.
-    fn num_blocks(&self) -> u64;
+    fn num_blocks(&self) -> u64 {
+        self.geometry().num_blocks
+    }
 
     /// Reads block `n`. With [`ReadRequest::if_match`] the data must be the version with that
     /// ETag ([`StoreError::Stale`] otherwise). The request's [`ReadIntent`] tells caches whether

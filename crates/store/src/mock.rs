@@ -14,7 +14,7 @@
 //! delay, failure, then the map; it stops being in flight when it returns or is dropped.
 
 use crate::{
-    BlockData, BlockNum, BlockStore, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
+    BlockData, BlockNum, BlockStore, Etag, Geometry, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
     ReadRequest, Result, Revalidation, StoreError, TokenOp, TokenSwap, VolumeMeta,
 };
 use async_trait::async_trait;
@@ -522,12 +522,8 @@ impl MemBlocks {
 
 #[async_trait]
 impl BlockStore for MemBlocks {
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
+    fn geometry(&self) -> Geometry {
+        Geometry { block_size: self.block_size, num_blocks: self.num_blocks }
     }
 
     async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {

@@ -9,6 +9,15 @@ use std::fmt;
 /// by the block size is converted to a `BlockNum` once, where the front end computes it.
 pub type BlockNum = u32;
 
+/// A volume's shape: how big each block is and how many there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Size of every block in bytes (a power of two).
+    pub block_size: u32,
+    /// Number of blocks in the volume.
+    pub num_blocks: u64,
+}
+
 /// An S3-style ETag: the 16 bytes of an MD5 digest (of the stored, encoded object).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Etag(pub [u8; 16]);

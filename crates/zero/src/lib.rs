@@ -25,8 +25,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
-    BlockData, BlockNum, BlockStore, Chain, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StatsSection,
-    StatsSource, StatsWriter, is_zero,
+    BlockData, BlockNum, BlockStore, Chain, Etag, Geometry, ReadOutcome, ReadRequest, Result, Revalidation,
+    StatsSection, StatsSource, StatsWriter, is_zero,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
@@ -270,12 +270,8 @@ impl ZeroCache {
 
 #[async_trait]
 impl BlockStore for ZeroCache {
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
     }
 
     async fn read_block(&self, n: BlockNum, req: ReadRequest) -> Result<ReadOutcome> {
