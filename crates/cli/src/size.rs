@@ -1,19 +1,22 @@
 //! Sizes with upstream's suffixes: a number followed by one of k, m, g, t, p, e (powers of two,
 //! any case), e.g. `4k` = 4096, `1G` = 2^30. Also the reverse, for messages (`unparse`).
 
+use crate::args::values::BadValue;
+
 /// Suffix letters and their shifts, smallest first.
 const SUFFIXES: &[(char, u32)] = &[('k', 10), ('m', 20), ('g', 30), ('t', 40), ('p', 50), ('e', 60)];
 
 /// Parses a size; `what` names the value in the error message.
-pub fn parse_size(s: &str, what: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str, what: &str) -> Result<u64, BadValue> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
-    let invalid = || format!("invalid {what} \"{s}\"");
+    let invalid = || BadValue::Invalid { what: what.into(), value: s.into() };
+    let too_big = || BadValue::TooBig { what: what.into(), value: s.into() };
     if digits.is_empty() {
         return Err(invalid());
     }
-    let n: u64 = digits.parse().map_err(|_| format!("{what} \"{s}\" is too big"))?;
+    let n: u64 = digits.parse().map_err(|_| too_big())?;
     let shift = match suffix {
         "" => 0,
         _ => {
@@ -22,7 +25,7 @@ pub fn parse_size(s: &str, what: &str) -> Result<u64, String> {
             SUFFIXES.iter().find(|(l, _)| l.eq_ignore_ascii_case(&c)).map(|&(_, b)| b).ok_or_else(invalid)?
         }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{what} \"{s}\" is too big"))
+    n.checked_mul(1u64 << shift).ok_or_else(too_big)
 }
 
 /// Formats a size with the largest suffix that divides it exactly (`65536` → `64k`).
@@ -40,8 +43,8 @@ pub fn unparse_size(v: u64) -> String {
 }
 
 /// Parses a plain non-negative integer; `what` names the flag in the error.
-pub fn parse_num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
-    s.trim().parse().map_err(|_| format!("invalid {what} \"{s}\""))
+pub fn parse_num<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, BadValue> {
+    s.trim().parse().map_err(|_| BadValue::Invalid { what: what.into(), value: s.into() })
 }
 
 #[cfg(test)]
@@ -58,11 +61,11 @@ mod tests {
         assert_eq!(parse_size("2t", "x"), Ok(2 << 40));
         assert_eq!(parse_size("1e", "x"), Ok(1 << 60));
         assert_eq!(parse_size("0", "x"), Ok(0));
-        assert_eq!(parse_size("16e", "block size"), Err("block size \"16e\" is too big".into()));
+        assert_eq!(parse_size("16e", "block size").unwrap_err().to_string(), "block size \"16e\" is too big");
         for bad in ["", "k", "4kb", "4x", "-1", "1.5m", "4 k", "99999999999999999999999"] {
             assert!(parse_size(bad, "size").is_err(), "{bad}");
         }
-        assert_eq!(parse_size("4q", "block size"), Err("invalid block size \"4q\"".into()));
+        assert_eq!(parse_size("4q", "block size").unwrap_err().to_string(), "invalid block size \"4q\"");
     }
 
     #[test]

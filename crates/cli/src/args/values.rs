@@ -2,7 +2,7 @@
 //! while clap parses, so the layers get typed settings and a bad value stops the program before
 //! anything else happens.
 //!
-//! Each parser is a function `(flag, value) -> Result<T, String>` wrapped in [`Flag`], which
+//! Each parser is a function `(flag, value) -> Result<T, BadValue>` wrapped in [`Flag`], which
 //! hands it the flag's name (`--blockSize`), so every message names the flag it is about. The
 //! message reaches the user as is, as one line: [`BadValue`] is what [`super::parse`] returns.
 //! `-o name=value` options become `--name=value` words first, so they meet the same parsers.
@@ -14,14 +14,97 @@ use s3b_codec::{Cipher, Compression};
 use std::ffi::OsStr;
 use std::time::Duration;
 
-/// A flag value its parser refused; the message names the flag and the problem.
+/// A flag value its parser refused; the message names the flag (or what the value is) and the
+/// problem.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadValue(pub String);
+pub enum BadValue {
+    /// Not a number or size at all.
+    #[error("invalid {what} \"{value}\"")]
+    Invalid {
+        /// The flag, or what the value is (`file size`).
+        what: String,
+        /// The value as given.
+        value: String,
+    },
+    /// A number too big for its type.
+    #[error("{what} \"{value}\" is too big")]
+    TooBig {
+        /// What the value is.
+        what: String,
+        /// The value as given.
+        value: String,
+    },
+    /// A value the flag's rule refuses.
+    #[error("invalid {flag} \"{value}\": {rule}")]
+    Breaks {
+        /// The flag.
+        flag: String,
+        /// The value as given.
+        value: String,
+        /// What the flag takes.
+        rule: &'static str,
+    },
+    /// A word that is not one of the flag's choices.
+    #[error("invalid {flag} \"{value}\": must be one of {}", .choices.join(", "))]
+    NotOneOf {
+        /// The flag.
+        flag: String,
+        /// The value as given.
+        value: String,
+        /// The words the flag takes.
+        choices: &'static [&'static str],
+    },
+    /// `--ipTOS` neither a number up to 255 nor a name.
+    #[error("invalid {flag} value \"{value}\": expected 0..255 or lowdelay, throughput, reliability, lowcost, mincost")]
+    IpTos {
+        /// The flag.
+        flag: String,
+        /// The value as given.
+        value: String,
+    },
+    /// Signature version 2.
+    #[error("{flag}=aws2 is not supported (AWS signature version 2 is deprecated); use aws4")]
+    Aws2 {
+        /// The flag.
+        flag: String,
+    },
+    /// A cipher we do not implement.
+    #[error("unsupported cipher \"{0}\": use AES-128-CBC, AES-192-CBC, AES-256-CBC or AES-256-GCM")]
+    Cipher(String),
+    /// A deflate level out of range.
+    #[error("invalid deflate level {0}: must be between 0 and 9 (or -1 for the default)")]
+    DeflateLevel(i32),
+    /// A block size that is not a power of two.
+    #[error("block size must be a power of 2")]
+    NotPowerOfTwo,
+    /// A block size over 2 GiB.
+    #[error("block size {} is too big (at most 2g)", unparse_size(*.0))]
+    BlockSizeTooBig(u64),
+    /// A size's problem, with the flag named in front.
+    #[error("{flag}: {inner}")]
+    OfFlag {
+        /// The flag.
+        flag: String,
+        /// The size's problem.
+        inner: Box<BadValue>,
+    },
+}
+
+impl BadValue {
+    /// `value` breaks `flag`'s rule.
+    fn breaks(flag: &str, value: &str, rule: &'static str) -> BadValue {
+        BadValue::Breaks { flag: flag.into(), value: value.into(), rule }
+    }
+
+    /// This problem, with `flag` named in front.
+    fn of_flag(self, flag: &str) -> BadValue {
+        BadValue::OfFlag { flag: flag.into(), inner: Box::new(self) }
+    }
+}
 
 /// A flag's value parser: the function gets the flag's name (`--size`) and the value.
 #[derive(Clone, Copy)]
-pub struct Flag<T>(pub fn(&str, &str) -> Result<T, String>);
+pub struct Flag<T>(pub fn(&str, &str) -> Result<T, BadValue>);
 
 impl<T: Clone + Send + Sync + 'static> TypedValueParser for Flag<T> {
     type Value = T;
@@ -30,87 +113,87 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Flag<T> {
         let flag = arg.and_then(Arg::get_long).map_or_else(|| "the value".to_string(), |l| format!("--{l}"));
         let parse = self.0;
         // clap's own wrapper for closures keeps our error as the source of its own.
-        let inner = move |v: &str| parse(&flag, v).map_err(BadValue);
+        let inner = move |v: &str| parse(&flag, v);
         inner.parse_ref(cmd, arg, value)
     }
 }
 
 /// A non-negative integer.
-pub fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+pub fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, BadValue> {
     crate::size::parse_num(v, flag)
 }
 
 /// A duration in milliseconds.
-pub fn millis(flag: &str, v: &str) -> Result<Duration, String> {
+pub fn millis(flag: &str, v: &str) -> Result<Duration, BadValue> {
     num::<u64>(flag, v).map(Duration::from_millis)
 }
 
 /// A duration in milliseconds, at least 1.
-pub fn positive_millis(flag: &str, v: &str) -> Result<Duration, String> {
+pub fn positive_millis(flag: &str, v: &str) -> Result<Duration, BadValue> {
     match v.trim().parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-        _ => Err(format!("invalid {flag} \"{v}\": expected milliseconds, at least 1")),
+        _ => Err(BadValue::breaks(flag, v, "expected milliseconds, at least 1")),
     }
 }
 
 /// A duration in whole seconds, at least 1.
-pub fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+pub fn seconds(flag: &str, v: &str) -> Result<Duration, BadValue> {
     match num::<u64>(flag, v)? {
-        0 => Err(format!("invalid {flag} \"{v}\": must be at least 1 second")),
+        0 => Err(BadValue::breaks(flag, v, "must be at least 1 second")),
         s => Ok(Duration::from_secs(s)),
     }
 }
 
 /// A number from 1 to 16 (parallel listing streams).
-pub fn list_threads(flag: &str, v: &str) -> Result<usize, String> {
+pub fn list_threads(flag: &str, v: &str) -> Result<usize, BadValue> {
     match num::<usize>(flag, v)? {
         n @ 1..=16 => Ok(n),
-        _ => Err(format!("invalid {flag} \"{v}\": must be between 1 and 16")),
+        _ => Err(BadValue::breaks(flag, v, "must be between 1 and 16")),
     }
 }
 
 /// The volume size: a size with an optional suffix (`1g`).
-pub fn file_size(flag: &str, v: &str) -> Result<u64, String> {
-    parse_size(v, "file size").map_err(|e| format!("{flag}: {e}"))
+pub fn file_size(flag: &str, v: &str) -> Result<u64, BadValue> {
+    parse_size(v, "file size").map_err(|e| e.of_flag(flag))
 }
 
 /// The block size: a power of two that fits in 32 bits, with an optional suffix (`64k`).
-pub fn block_size(flag: &str, v: &str) -> Result<u32, String> {
-    let n = parse_size(v, "block size").map_err(|e| format!("{flag}: {e}"))?;
-    check_block_size(n).map_err(|e| format!("{flag}: {e}"))
+pub fn block_size(flag: &str, v: &str) -> Result<u32, BadValue> {
+    let n = parse_size(v, "block size").map_err(|e| e.of_flag(flag))?;
+    check_block_size(n).map_err(|e| e.of_flag(flag))
 }
 
 /// Checks a block size: a power of two that fits in 32 bits.
-pub fn check_block_size(v: u64) -> Result<u32, String> {
+pub fn check_block_size(v: u64) -> Result<u32, BadValue> {
     if v == 0 || !v.is_power_of_two() {
-        return Err("block size must be a power of 2".into());
+        return Err(BadValue::NotPowerOfTwo);
     }
-    u32::try_from(v).map_err(|_| format!("block size {} is too big (at most 2g)", unparse_size(v)))
+    u32::try_from(v).map_err(|_| BadValue::BlockSizeTooBig(v))
 }
 
 /// A speed limit in bits per second, with an optional suffix (`10m`); at least one byte a second.
-pub fn bits_per_second(flag: &str, v: &str) -> Result<u64, String> {
+pub fn bits_per_second(flag: &str, v: &str) -> Result<u64, BadValue> {
     let bits = parse_size(v, flag)?;
     if bits < 8 {
-        return Err(format!("invalid {flag} \"{v}\": must be at least 8 bits per second"));
+        return Err(BadValue::breaks(flag, v, "must be at least 8 bits per second"));
     }
     Ok(bits)
 }
 
 /// Permissions in octal (`0644`).
-pub fn file_mode(flag: &str, v: &str) -> Result<u16, String> {
+pub fn file_mode(flag: &str, v: &str) -> Result<u16, BadValue> {
     match u16::from_str_radix(v.trim(), 8) {
         Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!("invalid {flag} \"{v}\": expected octal permissions such as 0644")),
+        _ => Err(BadValue::breaks(flag, v, "expected octal permissions such as 0644")),
     }
 }
 
 /// One of a fixed list of words.
-fn one_of(flag: &str, v: &str, choices: &[&str]) -> Result<String, String> {
+fn one_of(flag: &str, v: &str, choices: &'static [&'static str]) -> Result<String, BadValue> {
     if choices.contains(&v) {
         Ok(v.to_string())
     } else {
-        Err(format!("invalid {flag} \"{v}\": must be one of {}", choices.join(", ")))
+        Err(BadValue::NotOneOf { flag: flag.into(), value: v.into(), choices })
     }
 }
 
@@ -131,55 +214,55 @@ pub const STORAGE_CLASSES: &[&str] = &[
 ];
 
 /// A canned ACL.
-pub fn access_type(flag: &str, v: &str) -> Result<String, String> {
+pub fn access_type(flag: &str, v: &str) -> Result<String, BadValue> {
     one_of(flag, v, ACCESS_TYPES)
 }
 
 /// A storage class.
-pub fn storage_class(flag: &str, v: &str) -> Result<String, String> {
+pub fn storage_class(flag: &str, v: &str) -> Result<String, BadValue> {
     one_of(flag, v, STORAGE_CLASSES)
 }
 
 /// Server-side encryption: `AES256` or `aws:kms`.
-pub fn sse(flag: &str, v: &str) -> Result<String, String> {
+pub fn sse(flag: &str, v: &str) -> Result<String, BadValue> {
     match v {
         "AES256" | "aws:kms" => Ok(v.to_string()),
-        _ => Err(format!("invalid {flag} \"{v}\": must be AES256 or aws:kms")),
+        _ => Err(BadValue::breaks(flag, v, "must be AES256 or aws:kms")),
     }
 }
 
 /// The request signing version: only `aws4`.
-pub fn auth_version(flag: &str, v: &str) -> Result<String, String> {
+pub fn auth_version(flag: &str, v: &str) -> Result<String, BadValue> {
     match v.trim() {
         "aws4" => Ok("aws4".into()),
-        "aws2" => Err(format!("{flag}=aws2 is not supported (AWS signature version 2 is deprecated); use aws4")),
-        v => Err(format!("invalid {flag} \"{v}\": must be aws4")),
+        "aws2" => Err(BadValue::Aws2 { flag: flag.into() }),
+        v => Err(BadValue::breaks(flag, v, "must be aws4")),
     }
 }
 
 /// An S3 region name (letters, digits and dashes).
-pub fn region(flag: &str, v: &str) -> Result<String, String> {
+pub fn region(flag: &str, v: &str) -> Result<String, BadValue> {
     if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(format!("invalid {flag} \"{v}\""));
+        return Err(BadValue::Invalid { what: flag.into(), value: v.into() });
     }
     Ok(v.to_string())
 }
 
 /// An endpoint URL: `http://` or `https://`, a host, and a trailing `/`.
-pub fn base_url(flag: &str, u: &str) -> Result<String, String> {
+pub fn base_url(flag: &str, u: &str) -> Result<String, BadValue> {
     let scheme_ok = u.starts_with("http://") || u.starts_with("https://");
     if !scheme_ok || u.len() <= u.find("://").unwrap_or(0) + 3 {
-        return Err(format!("invalid {flag} \"{u}\": must start with http:// or https://"));
+        return Err(BadValue::breaks(flag, u, "must start with http:// or https://"));
     }
     if !u.ends_with('/') {
-        return Err(format!("invalid {flag} \"{u}\": must end with '/'"));
+        return Err(BadValue::breaks(flag, u, "must end with '/'"));
     }
     Ok(u.to_string())
 }
 
 /// `--ipTOS` as upstream: a name (`lowdelay`, `throughput`, `reliability`, `lowcost`,
 /// `mincost`) or a number 0..=255 in C notation (decimal, `0x` hex, leading-`0` octal).
-pub fn ip_tos(flag: &str, v: &str) -> Result<u8, String> {
+pub fn ip_tos(flag: &str, v: &str) -> Result<u8, BadValue> {
     let named = match v {
         "lowdelay" => Some(0x10),
         "throughput" => Some(0x08),
@@ -197,19 +280,16 @@ pub fn ip_tos(flag: &str, v: &str) -> Result<u8, String> {
         };
         u8::from_str_radix(digits, radix).ok().filter(|_| !digits.starts_with(['+', '-']))
     };
-    named.or_else(num).ok_or_else(|| {
-        format!("invalid {flag} value \"{v}\": expected 0..255 or lowdelay, throughput, reliability, lowcost, mincost")
-    })
+    named.or_else(num).ok_or_else(|| BadValue::IpTos { flag: flag.into(), value: v.into() })
 }
 
 /// A cipher name.
-pub fn cipher(_flag: &str, v: &str) -> Result<Cipher, String> {
-    Cipher::parse(v)
-        .ok_or_else(|| format!("unsupported cipher \"{v}\": use AES-128-CBC, AES-192-CBC, AES-256-CBC or AES-256-GCM"))
+pub fn cipher(_flag: &str, v: &str) -> Result<Cipher, BadValue> {
+    Cipher::parse(v).ok_or_else(|| BadValue::Cipher(v.into()))
 }
 
 /// `--compress`: `deflate`, `zstd` (any case), or a deflate level (-1 for the default, 0-9).
-pub fn compression(flag: &str, v: &str) -> Result<Compression, String> {
+pub fn compression(flag: &str, v: &str) -> Result<Compression, BadValue> {
     let a = v.trim();
     if a.eq_ignore_ascii_case("deflate") {
         Ok(Compression::Deflate(None))
@@ -218,23 +298,23 @@ pub fn compression(flag: &str, v: &str) -> Result<Compression, String> {
     } else {
         match a.parse::<i32>() {
             Ok(l) => deflate_level(l).map(|l| Compression::Deflate(Some(l))),
-            Err(_) => Err(format!("invalid {flag} \"{a}\": use deflate, zstd, or a deflate level")),
+            Err(_) => Err(BadValue::breaks(flag, a, "use deflate, zstd, or a deflate level")),
         }
     }
 }
 
 /// A deflate level: 0-9, or -1 for zlib's default (6).
-pub fn deflate_level(l: i32) -> Result<u32, String> {
+pub fn deflate_level(l: i32) -> Result<u32, BadValue> {
     match l {
         -1 => Ok(6),
         0..=9 => Ok(l as u32),
-        _ => Err(format!("invalid deflate level {l}: must be between 0 and 9 (or -1 for the default)")),
+        _ => Err(BadValue::DeflateLevel(l)),
     }
 }
 
 /// A signed number (a compression level).
-pub fn level(flag: &str, v: &str) -> Result<i32, String> {
-    v.trim().parse::<i32>().map_err(|_| format!("invalid {flag} \"{v}\": expected a number"))
+pub fn level(flag: &str, v: &str) -> Result<i32, BadValue> {
+    v.trim().parse::<i32>().map_err(|_| BadValue::breaks(flag, v, "expected a number"))
 }
 
 #[cfg(test)]
@@ -331,7 +411,7 @@ mod tests {
             assert_eq!(ip_tos("--ipTOS", v), Ok(want), "{v}");
         }
         for v in ["256", "-1", "+5", "", "0x", "09", "low", "1.5", "0x100"] {
-            let e = ip_tos("--ipTOS", v).unwrap_err();
+            let e = ip_tos("--ipTOS", v).unwrap_err().to_string();
             assert!(e.starts_with("invalid --ipTOS value"), "{v}: {e}");
         }
     }

@@ -64,9 +64,7 @@ fn compression(d: &CodecArgs) -> Result<Option<Compression>> {
     Ok(match (compress, d.compress_level) {
         (c, None) => c,
         (None, Some(_)) => bail!("--compress-level requires --compress or --encrypt"),
-        (Some(Compression::Deflate(_)), Some(l)) => {
-            Some(Compression::Deflate(Some(deflate_level(l).map_err(anyhow::Error::msg)?)))
-        }
+        (Some(Compression::Deflate(_)), Some(l)) => Some(Compression::Deflate(Some(deflate_level(l)?))),
         (Some(Compression::Zstd(_)), Some(l)) => {
             if !(-7..=22).contains(&l) {
                 bail!("invalid --compress-level {l} for zstd: must be between -7 and 22");
