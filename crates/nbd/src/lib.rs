@@ -526,74 +526,26 @@ impl Server {
     /// Runs one checked command; returns the reply frames.
     async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
         let v = &self.volume;
-        let ok = || vec![f.ok()];
-        let fail = |e: StoreError, what: &str, _kind: u16| {
-            let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) {
-                err::ESHUTDOWN
-            } else {
-                nbd_error(&e)
-            };
-            log::error!("NBD {what} failed: {}", Chain(&e));
-            vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
-        };
         match cmd {
             Command::Read { offset, len, df } => match v.read(offset, len).await {
                 Ok(data) => read_reply(&f, offset, data, df, v.block_size()),
-                Err(e) => fail(e, &format!("read of {len} bytes at {offset}"), proto::cmd::READ),
+                Err(e) => self.failure(&f, e, &format!("read of {len} bytes at {offset}")),
             },
             Command::Write { offset, len, fua } => {
-                let data = payload.unwrap_or_default();
-                let r = async {
-                    v.write(offset, data).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("write of {len} bytes at {offset}"), proto::cmd::WRITE),
-                }
+                let r = self.modify(v.write(offset, payload.unwrap_or_default()), offset, len, fua).await;
+                self.reply(&f, r, || format!("write of {len} bytes at {offset}"))
             }
-            Command::Flush => match v.flush().await {
-                Ok(()) => ok(),
-                Err(e) => fail(e, "flush", proto::cmd::FLUSH),
-            },
-            Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, fast: false } => {
-                let r = async {
-                    v.punch_hole(offset, len).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::TRIM),
-                }
+            Command::Flush => self.reply(&f, v.flush().await, || "flush".to_string()),
+            Command::WriteZeroes { offset, len, fast: true, .. } if !v.zeroing_is_whole_blocks(offset, len) => {
+                // A partial block is a read-modify-write: no faster than writing zeros.
+                vec![f.error(err::ENOTSUP, "fast zero needs whole blocks")]
             }
-            Command::WriteZeroes { offset, len, fua, fast: true } => {
-                if !v.zeroing_is_whole_blocks(offset, len) {
-                    // A partial block is a read-modify-write: no faster than writing zeros.
-                    return vec![f.error(err::ENOTSUP, "fast zero needs whole blocks")];
-                }
-                let r = async {
-                    v.punch_hole(offset, len).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::WRITE_ZEROES),
-                }
+            Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, .. } => {
+                let r = self.modify(v.punch_hole(offset, len), offset, len, fua).await;
+                self.reply(&f, r, || format!("zeroing {len} bytes at {offset}"))
             }
             // A hint only; the block cache (if any) fills on the reads that follow.
-            Command::Cache { .. } => ok(),
+            Command::Cache { .. } => vec![f.ok()],
             Command::BlockStatus { offset, len, req_one } => {
                 let max = if req_one { 1 } else { MAX_EXTENTS };
                 // Look at most MAX_STATUS_BLOCKS blocks per request (a shorter answer is fine;
@@ -607,11 +559,43 @@ impl Server {
                             .collect();
                         vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
                     }
-                    Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
+                    Err(e) => self.failure(&f, e, "block status"),
                 }
             }
             Command::Disconnect => Vec::new(),
         }
+    }
+
+    /// Runs a change to the volume; with `fua`, the range it touched is then flushed too.
+    async fn modify<T>(
+        &self,
+        change: impl Future<Output = Result<T, StoreError>>,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<(), StoreError> {
+        change.await?;
+        if fua {
+            self.volume.flush_range(offset, len).await?;
+        }
+        Ok(())
+    }
+
+    /// The reply to a command without data: success, or the error reply to `what` failing.
+    fn reply(&self, f: &proto::Framer, r: Result<(), StoreError>, what: impl FnOnce() -> String) -> Vec<Bytes> {
+        match r {
+            Ok(()) => vec![f.ok()],
+            Err(e) => self.failure(f, e, &what()),
+        }
+    }
+
+    /// The error reply to `what` failing with `e` (logged); `ESHUTDOWN` when the volume
+    /// stopped because the server is shutting down.
+    fn failure(&self, f: &proto::Framer, e: StoreError, what: &str) -> Vec<Bytes> {
+        let code =
+            if self.shutting_down() && matches!(e, StoreError::NotRunning) { err::ESHUTDOWN } else { nbd_error(&e) };
+        log::error!("NBD {what} failed: {}", Chain(&e));
+        vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
     }
 }
 
