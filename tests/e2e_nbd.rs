@@ -26,6 +26,49 @@ fn map(uri: &str) -> Vec<(u64, u64, u32)> {
         .collect()
 }
 
+/// A scratch directory and a `--test` volume in it with some flags, served on `sock` in it.
+struct Export {
+    s: Scratch,
+    sock: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Export {
+    /// A volume in a new scratch directory with `flags`.
+    fn new(flags: &[&str]) -> Export {
+        Export::in_scratch(Scratch::new(), flags)
+    }
+
+    /// A volume in `s` with `flags`.
+    fn in_scratch(s: Scratch, flags: &[&str]) -> Export {
+        Export { sock: s.path("sock"), s, flags: strings(flags) }
+    }
+
+    /// A volume in a new scratch directory with `flags`, and its server started.
+    fn serve(flags: &[&str]) -> (Export, NbdServer) {
+        let e = Export::new(flags);
+        let srv = e.start();
+        (e, srv)
+    }
+
+    /// Starts the server (again).
+    fn start(&self) -> NbdServer {
+        self.start_with(&[])
+    }
+
+    /// Starts the server with `more` flags this time.
+    fn start_with(&self, more: &[&str]) -> NbdServer {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).chain(more.iter().copied()).collect();
+        NbdServer::start(&test_args(&self.s, &flags), &self.sock)
+    }
+
+    /// Stops `srv`, which must exit cleanly, and starts the server again.
+    fn restart(&self, srv: NbdServer) -> NbdServer {
+        assert_eq!(srv.stop(), 0);
+        self.start()
+    }
+}
+
 /// Waits for the `--listBlocks` survey so the map knows every never-written block.
 fn wait_survey(uri: &str, size: u64) {
     wait_for(20, "the block survey", || map(uri).first().is_some_and(|&(o, l, f)| o == 0 && l == size && f == 3));
@@ -33,13 +76,11 @@ fn wait_survey(uri: &str, size: u64) {
 
 #[test]
 fn nbdinfo_shows_size_block_sizes_features_and_holes() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let srv = NbdServer::start(&test_args(&s, &["--size=16m", "--blockSize=64k", "--listBlocks"]), &sock);
+    let (e, srv) = Export::serve(&["--size=16m", "--blockSize=64k", "--listBlocks"]);
     let uri = srv.uri();
     // The socket is private.
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&e.sock).unwrap().permissions().mode() & 0o777, 0o600);
     let info = cmd("nbdinfo", &[&uri]);
     for want in [
         "export-size: 16777216",
@@ -88,18 +129,16 @@ h.shutdown()
     ];
     assert_eq!(m, want, "nbdinfo --map:\n{}", cmd("nbdinfo", &["--map", &uri]));
     assert_eq!(srv.stop(), 0);
-    assert!(!sock.exists(), "the socket is removed at exit");
+    assert!(!e.sock.exists(), "the socket is removed at exit");
     // After a restart with --listBlocks the survey finds the same holes.
-    let srv = NbdServer::start(&test_args(&s, &["--size=16m", "--blockSize=64k", "--listBlocks"]), &sock);
+    let srv = e.start();
     wait_for(20, "the survey after restart", || map(&srv.uri()) == want);
     assert_eq!(srv.stop(), 0);
 }
 
 #[test]
 fn read_only_export_refuses_writes_and_writes_nothing() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let srv = NbdServer::start(&test_args(&s, &["--size=4m", "--readOnly"]), &sock);
+    let (e, srv) = Export::serve(&["--size=4m", "--readOnly"]);
     let uri = srv.uri();
     let st = Command::new("nbdinfo").args(["--is", "read-only", &uri]).status().unwrap();
     assert!(st.success());
@@ -107,35 +146,29 @@ fn read_only_export_refuses_writes_and_writes_nothing() {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("read-only") || text.contains("Operation not permitted") || !out.status.success(), "{text}");
     assert_eq!(srv.stop(), 0);
-    assert_eq!(std::fs::read_dir(s.store()).unwrap().count(), 0, "a read-only export wrote to the store");
+    assert_eq!(std::fs::read_dir(e.s.store()).unwrap().count(), 0, "a read-only export wrote to the store");
 }
 
 #[test]
 fn nbdcopy_in_and_out_through_several_connections_across_a_restart() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let args = test_args(&s, &["--size=32m", "--blockSize=64k", "--listBlocks"]);
-    let img = s.path("img");
+    let e = Export::new(&["--size=32m", "--blockSize=64k", "--listBlocks"]);
+    let img = e.s.path("img");
     let data = random_image(&img, 32 << 20, 1);
-    let srv = NbdServer::start(&args, &sock);
+    let srv = e.start();
     cmd("nbdcopy", &["-C", "4", "-R", "16", "--flush", img.to_str().unwrap(), &srv.uri()]);
-    assert_eq!(srv.stop(), 0);
-    let srv = NbdServer::start(&args, &sock);
-    let back = s.path("back");
+    let srv = e.restart(srv);
+    let back = e.s.path("back");
     cmd("nbdcopy", &["-C", "4", "-R", "16", &srv.uri(), back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == data, "image read back differs");
     // The zero stretches were never stored: one object per non-zero 64 KiB block.
     let nonzero = data.chunks(65536).filter(|c| c.iter().any(|&b| b != 0)).count();
-    assert_eq!(std::fs::read_dir(s.store()).unwrap().count(), nonzero);
+    assert_eq!(std::fs::read_dir(e.s.store()).unwrap().count(), nonzero);
     assert_eq!(srv.stop(), 0);
 }
 
 #[test]
 fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let args = test_args(&s, &["--size=8m", "--blockSize=64k"]);
-    let srv = NbdServer::start(&args, &sock);
+    let (e, srv) = Export::serve(&["--size=8m", "--blockSize=64k"]);
     let uri = srv.uri();
     let out = cmd(
         "qemu-io",
@@ -198,9 +231,8 @@ fn qemu_io_patterns_fua_write_zeroes_discard_flush() {
     let o = Command::new("qemu-io").args(["-f", "raw", "-c", "write -z -n 4096 100", &uri]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(text.contains("Operation not supported"), "{text}");
-    assert_eq!(srv.stop(), 0);
     // Everything persisted across a restart.
-    let srv = NbdServer::start(&args, &sock);
+    let srv = e.restart(srv);
     let out = cmd(
         "qemu-io",
         &[
@@ -279,38 +311,43 @@ impl Drop for NbdFuse {
     }
 }
 
+/// ext4 on `file`, which is served from the export while the guard `expose` returns lives: a
+/// tree written, then its directory `gone` deleted and trimmed (both front ends used here turn
+/// punch-hole into TRIM); after a server restart, fsck is clean and the rest of the tree reads
+/// back.
+fn ext4_survives_a_restart<G>(e: &Export, file: &Path, seed: u64, gone: &str, expose: impl Fn() -> G) {
+    let ext4 = e.s.ext4();
+    let srv = e.start();
+    let tree = {
+        let _exposed = expose();
+        sh(&format!("mkfs.ext4 -q -F {}", file.display()));
+        let fs = Ext4::mount(file, &ext4);
+        let tree = write_tree(&ext4, 60, seed);
+        // Deleting files makes ext4 discard on fstrim.
+        std::fs::remove_dir_all(ext4.join(gone)).unwrap();
+        sh(&format!("fstrim {}", ext4.display()));
+        fs.unmount();
+        fsck_clean(file);
+        tree
+    };
+    let srv = e.restart(srv);
+    {
+        let _exposed = expose();
+        fsck_clean(file);
+        let fs = Ext4::mount(file, &ext4);
+        let prefix = format!("{gone}/");
+        check_tree(&ext4, &tree.into_iter().filter(|(p, _)| !p.starts_with(&prefix)).collect::<Vec<_>>());
+        fs.unmount();
+    }
+    assert_eq!(srv.stop(), 0);
+}
+
 #[test]
 fn ext4_through_nbdfuse_survives_a_restart() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let size = 64u64 << 20;
-    let args = test_args(&s, &["--size=64m", "--blockSize=64k"]);
+    let e = Export::new(&["--size=64m", "--blockSize=64k"]);
     // nbdfuse mounts the directory holding the file: an empty one of its own.
-    let file = s.mnt().join("disk.img");
-    let srv = NbdServer::start(&args, &sock);
-    let tree;
-    {
-        let fuse = NbdFuse::start(&file, &sock, size);
-        sh(&format!("mkfs.ext4 -q -F {}", file.display()));
-        let fs = Ext4::mount(&file, &s.ext4());
-        tree = write_tree(&s.ext4(), 60, 7);
-        // Deleting files makes ext4 discard (nbdfuse turns punch-hole into TRIM) on fstrim.
-        std::fs::remove_dir_all(s.ext4().join("d6")).unwrap();
-        sh(&format!("fstrim {}", s.ext4().display()));
-        fs.unmount();
-        fsck_clean(&file);
-        drop(fuse);
-    }
-    assert_eq!(srv.stop(), 0);
-    let srv = NbdServer::start(&args, &sock);
-    {
-        let _fuse = NbdFuse::start(&file, &sock, size);
-        fsck_clean(&file);
-        let fs = Ext4::mount(&file, &s.ext4());
-        check_tree(&s.ext4(), &tree.iter().filter(|(p, _)| !p.starts_with("d6/")).cloned().collect::<Vec<_>>());
-        fs.unmount();
-    }
-    assert_eq!(srv.stop(), 0);
+    let file = e.s.mnt().join("disk.img");
+    ext4_survives_a_restart(&e, &file, 7, "d6", || NbdFuse::start(&file, &e.sock, 64 << 20));
 }
 
 /// A qemu-storage-daemon FUSE export of an NBD export; killed (which unmounts) on drop.
@@ -359,32 +396,9 @@ impl Drop for QsdFuse {
 
 #[test]
 fn ext4_through_qemu_storage_daemon_survives_a_restart() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let args = test_args(&s, &["--size=64m", "--blockSize=64k"]);
-    let file = s.path("qsd.img");
-    let srv = NbdServer::start(&args, &sock);
-    let tree;
-    {
-        let _q = QsdFuse::start(&file, &sock, s.dir.path());
-        sh(&format!("mkfs.ext4 -q -F {}", file.display()));
-        let fs = Ext4::mount(&file, &s.ext4());
-        tree = write_tree(&s.ext4(), 60, 8);
-        std::fs::remove_dir_all(s.ext4().join("d5")).unwrap();
-        sh(&format!("fstrim {}", s.ext4().display()));
-        fs.unmount();
-        fsck_clean(&file);
-    }
-    assert_eq!(srv.stop(), 0);
-    let srv = NbdServer::start(&args, &sock);
-    {
-        let _q = QsdFuse::start(&file, &sock, s.dir.path());
-        fsck_clean(&file);
-        let fs = Ext4::mount(&file, &s.ext4());
-        check_tree(&s.ext4(), &tree.iter().filter(|(p, _)| !p.starts_with("d5/")).cloned().collect::<Vec<_>>());
-        fs.unmount();
-    }
-    assert_eq!(srv.stop(), 0);
+    let e = Export::new(&["--size=64m", "--blockSize=64k"]);
+    let file = e.s.path("qsd.img");
+    ext4_survives_a_restart(&e, &file, 8, "d5", || QsdFuse::start(&file, &e.sock, e.s.dir.path()));
 }
 
 /// Our aio-parallel-style checker: CONNS connections, each owning a slice of the export, keep
@@ -453,14 +467,12 @@ fn aio_parallel_style_concurrency_checked_against_a_shadow_copy() {
     // Without a block cache (reads racing writes of the same block reach the zero-block cache
     // and the store directly: this found a zero-cache race), then with one.
     for cache in ["--blockCacheSize=0", "--blockCacheSize=1000"] {
-        let s = Scratch::new();
-        let sock = s.path("sock");
-        let args = test_args(&s, &["--size=16m", "--blockSize=4k", cache]);
-        let img = s.path("img");
+        let e = Export::new(&["--size=16m", "--blockSize=4k", cache]);
+        let img = e.s.path("img");
         random_image(&img, 16 << 20, 3);
-        let srv = NbdServer::start(&args, &sock);
+        let srv = e.start();
         cmd("nbdcopy", &["--flush", img.to_str().unwrap(), &srv.uri()]);
-        let shadow = s.path("shadow");
+        let shadow = e.s.path("shadow");
         let out = python(AIO_PARALLEL, &[&srv.uri(), img.to_str().unwrap(), shadow.to_str().unwrap(), "2", "8", "64"]);
         let nums: Vec<u64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
         eprintln!(
@@ -468,10 +480,9 @@ fn aio_parallel_style_concurrency_checked_against_a_shadow_copy() {
             nums[0], nums[1], nums[2]
         );
         assert!(nums[1] >= 64, "a connection made too little progress: {out}");
-        assert_eq!(srv.stop(), 0);
         // The whole export equals the shadow after a restart.
-        let srv = NbdServer::start(&args, &sock);
-        let back = s.path("back");
+        let srv = e.restart(srv);
+        let back = e.s.path("back");
         cmd("nbdcopy", &[&srv.uri(), back.to_str().unwrap()]);
         assert!(
             std::fs::read(&back).unwrap() == std::fs::read(&shadow).unwrap(),
@@ -484,13 +495,12 @@ fn aio_parallel_style_concurrency_checked_against_a_shadow_copy() {
 #[test]
 fn kill9_with_a_cache_file_keeps_every_flushed_and_fua_byte() {
     let s = Scratch::new();
-    let sock = s.path("sock");
-    let cache = s.path("cache");
-    let base = ["--size=8m", "--blockSize=4k", "--blockCacheSize=2000", "--blockCacheWriteDelay=60000"];
-    let cache_flag = format!("--blockCacheFile={}", cache.display());
-    let mut first: Vec<&str> = base.to_vec();
-    first.push(&cache_flag);
-    let srv = NbdServer::start(&test_args(&s, &first), &sock);
+    let (_, cache_flag) = s.cache_file();
+    let e = Export::in_scratch(
+        s,
+        &["--size=8m", "--blockSize=4k", "--blockCacheSize=2000", "--blockCacheWriteDelay=60000", &cache_flag],
+    );
+    let srv = e.start();
     python(
         r#"
 import nbd, sys
@@ -507,10 +517,8 @@ h.shutdown(); h2.shutdown()
         &[&srv.uri()],
     );
     srv.kill9();
-    assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err());
-    let mut again = first.clone();
-    again.push("--blockCacheRecoverDirtyBlocks");
-    let srv = NbdServer::start(&test_args(&s, &again), &sock);
+    assert!(!e.sock.exists() || std::os::unix::net::UnixStream::connect(&e.sock).is_err());
+    let srv = e.start_with(&["--blockCacheRecoverDirtyBlocks"]);
     python(
         r#"
 import nbd, sys
@@ -529,9 +537,7 @@ h.shutdown()
 
 #[test]
 fn hostile_clients_get_errors_or_a_closed_connection_and_others_carry_on() {
-    let s = Scratch::new();
-    let sock = s.path("sock");
-    let srv = NbdServer::start(&test_args(&s, &["--size=4m", "--blockSize=4k"]), &sock);
+    let (e, srv) = Export::serve(&["--size=4m", "--blockSize=4k"]);
     let out = python(
         r#"
 import nbd, socket, struct, sys
@@ -579,7 +585,7 @@ h.shutdown()
 assert good.pread(8192, 4096) == b'G' * 8192
 good.shutdown()
 "#,
-        &[sock.to_str().unwrap()],
+        &[e.sock.to_str().unwrap()],
     );
     for want in [
         "read past the end -> EINVAL",

@@ -29,7 +29,7 @@
 pub mod proto;
 
 use bytes::{Bytes, BytesMut};
-use proto::{Command, Limits, Request, err, info, opt, rep, tflags};
+use proto::{Command, CommandType, Errno, InfoType, Limits, OptionType, ReplyType, Request, TransmissionFlag};
 use s3b_store::{Chain, StoreError};
 use s3b_volume::Volume;
 use std::sync::Arc;
@@ -204,15 +204,18 @@ impl Server {
 
     /// Transmission flags for a session.
     fn transmission_flags(&self, s: &Session) -> u16 {
-        let mut f =
-            tflags::HAS_FLAGS | tflags::SEND_FLUSH | tflags::SEND_FUA | tflags::CAN_MULTI_CONN | tflags::SEND_CACHE;
+        use TransmissionFlag::{
+            CanMultiConn, HasFlags, ReadOnly, SendCache, SendDf, SendFastZero, SendFlush, SendFua, SendTrim,
+            SendWriteZeroes,
+        };
+        let mut f = TransmissionFlag::mask(&[HasFlags, SendFlush, SendFua, CanMultiConn, SendCache]);
         if self.cfg.read_only {
-            f |= tflags::READ_ONLY;
+            f |= ReadOnly.bit();
         } else {
-            f |= tflags::SEND_TRIM | tflags::SEND_WRITE_ZEROES | tflags::SEND_FAST_ZERO;
+            f |= TransmissionFlag::mask(&[SendTrim, SendWriteZeroes, SendFastZero]);
         }
         if s.structured {
-            f |= tflags::SEND_DF;
+            f |= SendDf.bit();
         }
         f
     }
@@ -259,23 +262,25 @@ impl Server {
             }
             let mut data = vec![0u8; len as usize];
             conn.read_exact(&mut data).await?;
-            let reply = |kind: u32, d: &[u8]| proto::option_reply(option, kind, d);
-            if self.shutting_down() && option != opt::ABORT {
-                conn.write_all(&reply(rep::ERR_SHUTDOWN, b"the server is shutting down")).await?;
+            let reply = |kind: ReplyType, d: &[u8]| proto::option_reply(option, kind, d);
+            let kind = OptionType::from_wire(option);
+            if self.shutting_down() && kind != Some(OptionType::Abort) {
+                conn.write_all(&reply(ReplyType::ErrShutdown, b"the server is shutting down")).await?;
                 conn.flush().await?;
                 return Ok(None);
             }
             // With TLS configured, nothing but STARTTLS (or ABORT) before TLS is on.
-            if self.cfg.tls.is_some() && !tls_on && option != opt::STARTTLS && option != opt::ABORT {
-                if option == opt::EXPORT_NAME {
+            if self.cfg.tls.is_some() && !tls_on && !matches!(kind, Some(OptionType::StartTls | OptionType::Abort)) {
+                if kind == Some(OptionType::ExportName) {
                     return Err(protocol_error("OPT_EXPORT_NAME without TLS on a TLS-only server".into()));
                 }
-                conn.write_all(&reply(rep::ERR_TLS_REQD, b"this server requires TLS: send OPT_STARTTLS first")).await?;
+                conn.write_all(&reply(ReplyType::ErrTlsReqd, b"this server requires TLS: send OPT_STARTTLS first"))
+                    .await?;
                 conn.flush().await?;
                 continue;
             }
-            match option {
-                opt::EXPORT_NAME => {
+            match kind {
+                Some(OptionType::ExportName) => {
                     if s.extended {
                         return Err(protocol_error("OPT_EXPORT_NAME after extended headers".into()));
                     }
@@ -294,29 +299,34 @@ impl Server {
                     conn.flush().await?;
                     return Ok(Some((conn, s)));
                 }
-                opt::ABORT => {
+                Some(OptionType::Abort) => {
                     // The client may already be gone: a failed ACK is fine.
-                    let _ = conn.write_all(&reply(rep::ACK, &[])).await;
+                    let _ = conn.write_all(&reply(ReplyType::Ack, &[])).await;
                     let _ = conn.flush().await;
                     return Ok(None);
                 }
-                opt::LIST => {
+                Some(OptionType::List) => {
                     if !data.is_empty() {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_LIST takes no data")).await?;
+                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_LIST takes no data")).await?;
                     } else {
-                        conn.write_all(&reply(rep::SERVER, &proto::rep_server(&self.cfg.name, &self.cfg.description)))
-                            .await?;
-                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(
+                            ReplyType::Server,
+                            &proto::rep_server(&self.cfg.name, &self.cfg.description),
+                        ))
+                        .await?;
+                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
                     }
                 }
-                opt::STARTTLS => match &self.cfg.tls {
-                    None => conn.write_all(&reply(rep::ERR_POLICY, b"TLS is not configured on this server")).await?,
-                    Some(_) if tls_on => conn.write_all(&reply(rep::ERR_INVALID, b"TLS is already on")).await?,
+                Some(OptionType::StartTls) => match &self.cfg.tls {
+                    None => {
+                        conn.write_all(&reply(ReplyType::ErrPolicy, b"TLS is not configured on this server")).await?
+                    }
+                    Some(_) if tls_on => conn.write_all(&reply(ReplyType::ErrInvalid, b"TLS is already on")).await?,
                     Some(_) if !data.is_empty() => {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STARTTLS takes no data")).await?
+                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_STARTTLS takes no data")).await?
                     }
                     Some(cfg) => {
-                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
                         conn.flush().await?;
                         let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(conn).await?;
                         conn = Box::new(tls);
@@ -326,102 +336,105 @@ impl Server {
                         continue;
                     }
                 },
-                opt::INFO | opt::GO => match proto::parse_info(&data) {
-                    Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed OPT_INFO/OPT_GO data")).await?,
+                Some(k @ (OptionType::Info | OptionType::Go)) => match proto::parse_info(&data) {
+                    Err(_) => conn.write_all(&reply(ReplyType::ErrInvalid, b"malformed OPT_INFO/OPT_GO data")).await?,
                     Ok(req) if !self.known_name(&req.name) => {
                         let msg = format!("no export named \"{}\"", req.name);
-                        conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                        conn.write_all(&reply(ReplyType::ErrUnknown, msg.as_bytes())).await?
                     }
                     Ok(req) => {
                         let mut out = Vec::new();
                         out.extend_from_slice(&reply(
-                            rep::INFO,
+                            ReplyType::Info,
                             &proto::info_export(self.volume.size(), self.transmission_flags(&s)),
                         ));
-                        if req.requests.contains(&info::NAME) {
-                            out.extend_from_slice(&reply(rep::INFO, &proto::info_string(info::NAME, &self.cfg.name)));
-                        }
-                        if req.requests.contains(&info::DESCRIPTION) {
+                        if req.wants(InfoType::Name) {
                             out.extend_from_slice(&reply(
-                                rep::INFO,
-                                &proto::info_string(info::DESCRIPTION, &self.cfg.description),
+                                ReplyType::Info,
+                                &proto::info_string(InfoType::Name, &self.cfg.name),
+                            ));
+                        }
+                        if req.wants(InfoType::Description) {
+                            out.extend_from_slice(&reply(
+                                ReplyType::Info,
+                                &proto::info_string(InfoType::Description, &self.cfg.description),
                             ));
                         }
                         let (min, pref, max) = self.block_sizes();
-                        out.extend_from_slice(&reply(rep::INFO, &proto::info_block_size(min, pref, max)));
-                        out.extend_from_slice(&reply(rep::ACK, &[]));
+                        out.extend_from_slice(&reply(ReplyType::Info, &proto::info_block_size(min, pref, max)));
+                        out.extend_from_slice(&reply(ReplyType::Ack, &[]));
                         conn.write_all(&out).await?;
-                        if option == opt::GO {
+                        if k == OptionType::Go {
                             conn.flush().await?;
                             return Ok(Some((conn, s)));
                         }
                     }
                 },
-                opt::STRUCTURED_REPLY => {
+                Some(OptionType::StructuredReply) => {
                     if !data.is_empty() {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_STRUCTURED_REPLY takes no data")).await?;
+                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_STRUCTURED_REPLY takes no data")).await?;
                     } else if s.structured {
                         conn.write_all(&reply(
-                            rep::ERR_INVALID,
+                            ReplyType::ErrInvalid,
                             b"structured replies (or extended headers) are already on",
                         ))
                         .await?;
                     } else {
                         s.structured = true;
-                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
                     }
                 }
-                opt::EXTENDED_HEADERS => {
+                Some(OptionType::ExtendedHeaders) => {
                     if !data.is_empty() {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"OPT_EXTENDED_HEADERS takes no data")).await?;
+                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_EXTENDED_HEADERS takes no data")).await?;
                     } else if s.extended {
-                        conn.write_all(&reply(rep::ERR_INVALID, b"extended headers are already on")).await?;
+                        conn.write_all(&reply(ReplyType::ErrInvalid, b"extended headers are already on")).await?;
                     } else {
                         s.extended = true;
                         s.structured = true;
-                        conn.write_all(&reply(rep::ACK, &[])).await?;
+                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
                     }
                 }
-                opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
-                    let list = option == opt::LIST_META_CONTEXT;
+                Some(k @ (OptionType::ListMetaContext | OptionType::SetMetaContext)) => {
+                    let list = k == OptionType::ListMetaContext;
                     if !list {
                         // Replaces the selection, even when it fails.
                         s.block_status = false;
                     }
                     match proto::parse_meta(&data) {
                         _ if !s.structured => {
-                            conn.write_all(&reply(rep::ERR_INVALID, b"negotiate structured replies first")).await?
+                            conn.write_all(&reply(ReplyType::ErrInvalid, b"negotiate structured replies first")).await?
                         }
-                        Err(_) => conn.write_all(&reply(rep::ERR_INVALID, b"malformed meta context data")).await?,
+                        Err(_) => conn.write_all(&reply(ReplyType::ErrInvalid, b"malformed meta context data")).await?,
                         Ok(m) if !self.known_name(&m.name) => {
                             let msg = format!("no export named \"{}\"", m.name);
-                            conn.write_all(&reply(rep::ERR_UNKNOWN, msg.as_bytes())).await?
+                            conn.write_all(&reply(ReplyType::ErrUnknown, msg.as_bytes())).await?
                         }
                         Ok(m) => {
-                            let selected = if list && m.queries.is_empty() {
+                            let selected = if list && m.items.is_empty() {
                                 true
                             } else {
-                                m.queries.iter().any(|q| proto::query_matches(q, list))
+                                m.items.iter().any(|q| proto::query_matches(q, list))
                             };
                             let mut out = Vec::new();
                             if selected {
                                 let id = if list { 0 } else { proto::BASE_ALLOCATION_ID };
                                 out.extend_from_slice(&reply(
-                                    rep::META_CONTEXT,
+                                    ReplyType::MetaContext,
                                     &proto::meta_context(id, proto::BASE_ALLOCATION),
                                 ));
                                 if !list {
                                     s.block_status = true;
                                 }
                             }
-                            out.extend_from_slice(&reply(rep::ACK, &[]));
+                            out.extend_from_slice(&reply(ReplyType::Ack, &[]));
                             conn.write_all(&out).await?;
                         }
                     }
                 }
-                _ => {
+                None => {
                     let msg = format!("option {option} is not supported");
-                    conn.write_all(&reply(rep::ERR_UNSUP, msg.as_bytes())).await?;
+                    conn.write_all(&reply(ReplyType::ErrUnsup, msg.as_bytes())).await?;
                 }
             }
             conn.flush().await?;
@@ -466,8 +479,10 @@ impl Server {
                     )));
                 }
                 let p1 = requests.clone().acquire_owned().await.expect("never closed");
-                let cost = match req.kind {
-                    proto::cmd::READ | proto::cmd::WRITE => req.length.clamp(1, self.cfg.max_payload as u64) as u32,
+                let cost = match req.command_type() {
+                    Some(CommandType::Read | CommandType::Write) => {
+                        req.length.clamp(1, self.cfg.max_payload as u64) as u32
+                    }
                     _ => 1,
                 };
                 let p2 = bytes.clone().acquire_many_owned(cost).await.expect("never closed");
@@ -501,8 +516,9 @@ impl Server {
             };
             match proto::check(&req, &limits) {
                 Err(code) => {
-                    log::debug!("refusing NBD request {req:?}: error {code}");
-                    let frames = vec![f.error(code, &format!("invalid request (error {code})"))];
+                    let value = code.wire();
+                    log::debug!("refusing NBD request {req:?}: error {value}");
+                    let frames = vec![f.error(code, &format!("invalid request (error {value})"))];
                     let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                 }
                 Ok(Command::Disconnect) => break,
@@ -526,74 +542,26 @@ impl Server {
     /// Runs one checked command; returns the reply frames.
     async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
         let v = &self.volume;
-        let ok = || vec![f.ok()];
-        let fail = |e: StoreError, what: &str, _kind: u16| {
-            let code = if self.shutting_down() && matches!(e, StoreError::NotRunning) {
-                err::ESHUTDOWN
-            } else {
-                nbd_error(&e)
-            };
-            log::error!("NBD {what} failed: {}", Chain(&e));
-            vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
-        };
         match cmd {
             Command::Read { offset, len, df } => match v.read(offset, len).await {
                 Ok(data) => read_reply(&f, offset, data, df, v.block_size()),
-                Err(e) => fail(e, &format!("read of {len} bytes at {offset}"), proto::cmd::READ),
+                Err(e) => self.failure(&f, e, &format!("read of {len} bytes at {offset}")),
             },
             Command::Write { offset, len, fua } => {
-                let data = payload.unwrap_or_default();
-                let r = async {
-                    v.write(offset, data).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("write of {len} bytes at {offset}"), proto::cmd::WRITE),
-                }
+                let r = self.modify(v.write(offset, payload.unwrap_or_default()), offset, len, fua).await;
+                self.reply(&f, r, || format!("write of {len} bytes at {offset}"))
             }
-            Command::Flush => match v.flush().await {
-                Ok(()) => ok(),
-                Err(e) => fail(e, "flush", proto::cmd::FLUSH),
-            },
-            Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, fast: false } => {
-                let r = async {
-                    v.punch_hole(offset, len).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::TRIM),
-                }
+            Command::Flush => self.reply(&f, v.flush().await, || "flush".to_string()),
+            Command::WriteZeroes { offset, len, fast: true, .. } if !v.zeroing_is_whole_blocks(offset, len) => {
+                // A partial block is a read-modify-write: no faster than writing zeros.
+                vec![f.error(Errno::NotSup, "fast zero needs whole blocks")]
             }
-            Command::WriteZeroes { offset, len, fua, fast: true } => {
-                if !v.zeroing_is_whole_blocks(offset, len) {
-                    // A partial block is a read-modify-write: no faster than writing zeros.
-                    return vec![f.error(err::ENOTSUP, "fast zero needs whole blocks")];
-                }
-                let r = async {
-                    v.punch_hole(offset, len).await?;
-                    if fua {
-                        v.flush_range(offset, len).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                }
-                .await;
-                match r {
-                    Ok(()) => ok(),
-                    Err(e) => fail(e, &format!("zeroing {len} bytes at {offset}"), proto::cmd::WRITE_ZEROES),
-                }
+            Command::Trim { offset, len, fua } | Command::WriteZeroes { offset, len, fua, .. } => {
+                let r = self.modify(v.punch_hole(offset, len), offset, len, fua).await;
+                self.reply(&f, r, || format!("zeroing {len} bytes at {offset}"))
             }
             // A hint only; the block cache (if any) fills on the reads that follow.
-            Command::Cache { .. } => ok(),
+            Command::Cache { .. } => vec![f.ok()],
             Command::BlockStatus { offset, len, req_one } => {
                 let max = if req_one { 1 } else { MAX_EXTENTS };
                 // Look at most MAX_STATUS_BLOCKS blocks per request (a shorter answer is fine;
@@ -607,11 +575,43 @@ impl Server {
                             .collect();
                         vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
                     }
-                    Err(e) => fail(e, "block status", proto::cmd::BLOCK_STATUS),
+                    Err(e) => self.failure(&f, e, "block status"),
                 }
             }
             Command::Disconnect => Vec::new(),
         }
+    }
+
+    /// Runs a change to the volume; with `fua`, the range it touched is then flushed too.
+    async fn modify<T>(
+        &self,
+        change: impl Future<Output = Result<T, StoreError>>,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Result<(), StoreError> {
+        change.await?;
+        if fua {
+            self.volume.flush_range(offset, len).await?;
+        }
+        Ok(())
+    }
+
+    /// The reply to a command without data: success, or the error reply to `what` failing.
+    fn reply(&self, f: &proto::Framer, r: Result<(), StoreError>, what: impl FnOnce() -> String) -> Vec<Bytes> {
+        match r {
+            Ok(()) => vec![f.ok()],
+            Err(e) => self.failure(f, e, &what()),
+        }
+    }
+
+    /// The error reply to `what` failing with `e` (logged); `ESHUTDOWN` when the volume
+    /// stopped because the server is shutting down.
+    fn failure(&self, f: &proto::Framer, e: StoreError, what: &str) -> Vec<Bytes> {
+        let code =
+            if self.shutting_down() && matches!(e, StoreError::NotRunning) { Errno::Shutdown } else { nbd_error(&e) };
+        log::error!("NBD {what} failed: {}", Chain(&e));
+        vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
     }
 }
 
@@ -626,13 +626,13 @@ fn protocol_error(msg: String) -> std::io::Error {
 }
 
 /// The NBD error value for a store error.
-fn nbd_error(e: &StoreError) -> u32 {
+fn nbd_error(e: &StoreError) -> Errno {
     match s3b_volume::errno(e) {
-        libc::EPERM | libc::EROFS | libc::EACCES => err::EPERM,
-        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => err::ENOSPC,
-        libc::EINVAL | libc::ESPIPE => err::EINVAL,
-        libc::ENOMEM => err::ENOMEM,
-        _ => err::EIO,
+        libc::EPERM | libc::EROFS | libc::EACCES => Errno::Perm,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Errno::NoSpc,
+        libc::EINVAL | libc::ESPIPE => Errno::Inval,
+        libc::ENOMEM => Errno::NoMem,
+        _ => Errno::Io,
     }
 }
 

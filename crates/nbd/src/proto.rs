@@ -1,6 +1,6 @@
-//! The NBD wire format: constants, the request decoder and checker, option payload parsers and
-//! reply encoders. Everything here is a pure function over bytes, so it can be tested (and
-//! property-tested) without a socket.
+//! The NBD wire format: magic numbers, the protocol's enumerations as typed enums, the request
+//! decoder and checker, option payload parsers and reply encoders. Everything here is a pure
+//! function over bytes, so it can be tested (and property-tested) without a socket.
 //!
 //! Numbers follow the protocol specification (NetworkBlockDevice/nbd, `doc/proto.md`); all
 //! integers on the wire are big-endian.
@@ -33,165 +33,233 @@ pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
 /// Client flag: no zero padding.
 pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 
-/// Transmission flags.
-pub mod tflags {
-    /// Always set.
-    pub const HAS_FLAGS: u16 = 1 << 0;
-    /// The export is read-only.
-    pub const READ_ONLY: u16 = 1 << 1;
-    /// `CMD_FLUSH` is understood.
-    pub const SEND_FLUSH: u16 = 1 << 2;
-    /// `CMD_FLAG_FUA` is understood.
-    pub const SEND_FUA: u16 = 1 << 3;
-    /// `CMD_TRIM` is understood.
-    pub const SEND_TRIM: u16 = 1 << 5;
-    /// `CMD_WRITE_ZEROES` (and `NO_HOLE`) is understood.
-    pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
-    /// `CMD_FLAG_DF` is understood on reads.
-    pub const SEND_DF: u16 = 1 << 7;
-    /// Flush and FUA cover every connection.
-    pub const CAN_MULTI_CONN: u16 = 1 << 8;
-    /// `CMD_CACHE` is understood.
-    pub const SEND_CACHE: u16 = 1 << 10;
-    /// `CMD_FLAG_FAST_ZERO` is understood.
-    pub const SEND_FAST_ZERO: u16 = 1 << 11;
+/// Defines a protocol enumeration: a `#[repr]` enum whose discriminants are its values on the
+/// wire. `values` enums get `wire` (the value to send) and `from_wire` (`None` for a value this
+/// server does not know: the caller answers it as the specification says); `flags` enums name
+/// the bits of a flag field by number and get `bit` and `mask`.
+macro_rules! wire_enum {
+    (@define $(#[$doc:meta])* $name:ident: $repr:ident { $($body:tt)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        pub enum $name { $($body)* }
+    };
+    ($(#[$doc:meta])* values $name:ident: $repr:ident { $($(#[$vdoc:meta])* $variant:ident $(= $value:expr)?,)+ }) => {
+        wire_enum!(@define $(#[$doc])* $name: $repr { $($(#[$vdoc])* $variant $(= $value)?,)+ });
+
+        impl $name {
+            /// The value on the wire.
+            pub const fn wire(self) -> $repr {
+                self as $repr
+            }
+
+            /// The variant a wire value stands for, if it is one.
+            pub fn from_wire(value: $repr) -> Option<Self> {
+                [$(Self::$variant),+].into_iter().find(|v| v.wire() == value)
+            }
+        }
+
+        impl From<$name> for $repr {
+            fn from(v: $name) -> $repr {
+                v.wire()
+            }
+        }
+    };
+    ($(#[$doc:meta])* flags $name:ident: $field:ident { $($(#[$vdoc:meta])* $variant:ident $(= $value:expr)?,)+ }) => {
+        wire_enum!(@define $(#[$doc])* $name: u8 { $($(#[$vdoc])* $variant $(= $value)?,)+ });
+
+        impl $name {
+            /// The flag's bit in the field.
+            pub const fn bit(self) -> $field {
+                1 << self as u8
+            }
+
+            /// The bits of `flags` together.
+            pub fn mask(flags: &[Self]) -> $field {
+                flags.iter().fold(0, |m, f| m | f.bit())
+            }
+        }
+    };
 }
 
-/// Option numbers.
-pub mod opt {
-    /// Choose the export and end negotiation (old clients).
-    pub const EXPORT_NAME: u32 = 1;
-    /// End negotiation without transmission.
-    pub const ABORT: u32 = 2;
-    /// List exports.
-    pub const LIST: u32 = 3;
-    /// Start TLS.
-    pub const STARTTLS: u32 = 5;
-    /// Describe an export.
-    pub const INFO: u32 = 6;
-    /// Describe an export and start transmission.
-    pub const GO: u32 = 7;
-    /// Use structured replies.
-    pub const STRUCTURED_REPLY: u32 = 8;
-    /// List metadata contexts.
-    pub const LIST_META_CONTEXT: u32 = 9;
-    /// Select metadata contexts.
-    pub const SET_META_CONTEXT: u32 = 10;
-    /// Use extended (32-byte) headers.
-    pub const EXTENDED_HEADERS: u32 = 11;
+wire_enum! {
+    /// Transmission flags, by bit number.
+    flags TransmissionFlag: u16 {
+        /// Always set.
+        HasFlags = 0,
+        /// The export is read-only.
+        ReadOnly,
+        /// `CMD_FLUSH` is understood.
+        SendFlush,
+        /// `CMD_FLAG_FUA` is understood.
+        SendFua,
+        /// `CMD_TRIM` is understood (bit 4, rotational, is never set here).
+        SendTrim = 5,
+        /// `CMD_WRITE_ZEROES` (and `NO_HOLE`) is understood.
+        SendWriteZeroes,
+        /// `CMD_FLAG_DF` is understood on reads.
+        SendDf,
+        /// Flush and FUA cover every connection.
+        CanMultiConn,
+        /// `CMD_CACHE` is understood (bit 9, resize, is never set here).
+        SendCache = 10,
+        /// `CMD_FLAG_FAST_ZERO` is understood.
+        SendFastZero,
+    }
 }
 
-/// Option reply types.
-pub mod rep {
-    /// Success, or the end of a list.
-    pub const ACK: u32 = 1;
-    /// One export of a list.
-    pub const SERVER: u32 = 2;
-    /// One piece of information about an export.
-    pub const INFO: u32 = 3;
-    /// One metadata context.
-    pub const META_CONTEXT: u32 = 4;
-    /// Unknown option.
-    pub const ERR_UNSUP: u32 = (1 << 31) + 1;
-    /// Refused by policy.
-    pub const ERR_POLICY: u32 = (1 << 31) + 2;
-    /// Malformed option.
-    pub const ERR_INVALID: u32 = (1 << 31) + 3;
-    /// TLS is required first.
-    pub const ERR_TLS_REQD: u32 = (1 << 31) + 5;
-    /// No such export.
-    pub const ERR_UNKNOWN: u32 = (1 << 31) + 6;
-    /// The server is shutting down.
-    pub const ERR_SHUTDOWN: u32 = (1 << 31) + 7;
-    /// Request or reply too large.
-    pub const ERR_TOO_BIG: u32 = (1 << 31) + 9;
+wire_enum! {
+    /// Option types.
+    values OptionType: u32 {
+        /// Choose the export and end negotiation (old clients).
+        ExportName = 1,
+        /// End negotiation without transmission.
+        Abort,
+        /// List exports.
+        List,
+        /// Start TLS (4, `PEEK_EXPORT`, was withdrawn).
+        StartTls = 5,
+        /// Describe an export.
+        Info,
+        /// Describe an export and start transmission.
+        Go,
+        /// Use structured replies.
+        StructuredReply,
+        /// List metadata contexts.
+        ListMetaContext,
+        /// Select metadata contexts.
+        SetMetaContext,
+        /// Use extended (32-byte) headers.
+        ExtendedHeaders,
+    }
 }
 
-/// Information types of `OPT_INFO`/`OPT_GO`.
-pub mod info {
-    /// Size and transmission flags.
-    pub const EXPORT: u16 = 0;
-    /// Canonical name.
-    pub const NAME: u16 = 1;
-    /// Human-readable description.
-    pub const DESCRIPTION: u16 = 2;
-    /// Minimum, preferred and maximum block sizes.
-    pub const BLOCK_SIZE: u16 = 3;
+/// The bit that marks an option reply type as an error.
+const REP_ERROR: u32 = 1 << 31;
+
+wire_enum! {
+    /// Option reply types.
+    values ReplyType: u32 {
+        /// Success, or the end of a list.
+        Ack = 1,
+        /// One export of a list.
+        Server,
+        /// One piece of information about an export.
+        Info,
+        /// One metadata context.
+        MetaContext,
+        /// Unknown option.
+        ErrUnsup = REP_ERROR + 1,
+        /// Refused by policy.
+        ErrPolicy,
+        /// Malformed option.
+        ErrInvalid,
+        /// TLS is required first (4, `ERR_PLATFORM`, is never sent here).
+        ErrTlsReqd = REP_ERROR + 5,
+        /// No such export.
+        ErrUnknown,
+        /// The server is shutting down.
+        ErrShutdown,
+        /// Request or reply too large (8, `ERR_BLOCK_SIZE_REQD`, is never sent here).
+        ErrTooBig = REP_ERROR + 9,
+    }
 }
 
-/// Command types.
-pub mod cmd {
-    /// Read.
-    pub const READ: u16 = 0;
-    /// Write.
-    pub const WRITE: u16 = 1;
-    /// Disconnect.
-    pub const DISC: u16 = 2;
-    /// Flush.
-    pub const FLUSH: u16 = 3;
-    /// Discard.
-    pub const TRIM: u16 = 4;
-    /// Prefetch hint.
-    pub const CACHE: u16 = 5;
-    /// Write zeroes.
-    pub const WRITE_ZEROES: u16 = 6;
-    /// Block status query.
-    pub const BLOCK_STATUS: u16 = 7;
+wire_enum! {
+    /// Information types of `OPT_INFO`/`OPT_GO`.
+    values InfoType: u16 {
+        /// Size and transmission flags.
+        Export = 0,
+        /// Canonical name.
+        Name,
+        /// Human-readable description.
+        Description,
+        /// Minimum, preferred and maximum block sizes.
+        BlockSize,
+    }
 }
 
-/// Command flags.
-pub mod cflags {
-    /// Forced unit access.
-    pub const FUA: u16 = 1 << 0;
-    /// Write zeroes without punching a hole.
-    pub const NO_HOLE: u16 = 1 << 1;
-    /// Don't fragment a read reply.
-    pub const DF: u16 = 1 << 2;
-    /// One extent per block-status reply.
-    pub const REQ_ONE: u16 = 1 << 3;
-    /// Write zeroes only if fast.
-    pub const FAST_ZERO: u16 = 1 << 4;
-    /// Extended headers: the length is a payload length and the payload follows.
-    pub const PAYLOAD_LEN: u16 = 1 << 5;
+wire_enum! {
+    /// Command types of a request.
+    values CommandType: u16 {
+        /// Read.
+        Read = 0,
+        /// Write.
+        Write,
+        /// Disconnect.
+        Disc,
+        /// Flush.
+        Flush,
+        /// Discard.
+        Trim,
+        /// Prefetch hint.
+        Cache,
+        /// Write zeroes.
+        WriteZeroes,
+        /// Block status query.
+        BlockStatus,
+    }
 }
 
-/// Structured reply chunk types.
-pub mod chunk {
-    /// Nothing (final chunk).
-    pub const NONE: u16 = 0;
-    /// Data at an offset.
-    pub const OFFSET_DATA: u16 = 1;
-    /// Zeros at an offset.
-    pub const OFFSET_HOLE: u16 = 2;
-    /// Block-status descriptors.
-    pub const BLOCK_STATUS: u16 = 5;
-    /// Block-status descriptors with 64-bit lengths (extended headers).
-    pub const BLOCK_STATUS_EXT: u16 = 6;
-    /// An error.
-    pub const ERROR: u16 = (1 << 15) + 1;
+wire_enum! {
+    /// Command flags of a request, by bit number.
+    flags CommandFlag: u16 {
+        /// Forced unit access.
+        Fua = 0,
+        /// Write zeroes without punching a hole.
+        NoHole,
+        /// Don't fragment a read reply.
+        Df,
+        /// One extent per block-status reply.
+        ReqOne,
+        /// Write zeroes only if fast.
+        FastZero,
+        /// Extended headers: the length is a payload length and the payload follows.
+        PayloadLen,
+    }
+}
+
+wire_enum! {
+    /// Structured reply chunk types.
+    values ChunkType: u16 {
+        /// Nothing (final chunk).
+        None = 0,
+        /// Data at an offset.
+        OffsetData,
+        /// Zeros at an offset.
+        OffsetHole,
+        /// Block-status descriptors.
+        BlockStatus = 5,
+        /// Block-status descriptors with 64-bit lengths (extended headers).
+        BlockStatusExt,
+        /// An error.
+        Error = (1 << 15) + 1,
+    }
 }
 
 /// Structured reply flag: last chunk of the reply.
 pub const REPLY_FLAG_DONE: u16 = 1;
 
-/// Error values of the transmission phase.
-pub mod err {
-    /// Operation not permitted (read-only export).
-    pub const EPERM: u32 = 1;
-    /// I/O error.
-    pub const EIO: u32 = 5;
-    /// Out of memory.
-    pub const ENOMEM: u32 = 12;
-    /// Invalid request.
-    pub const EINVAL: u32 = 22;
-    /// Beyond the end of the export.
-    pub const ENOSPC: u32 = 28;
-    /// Too large.
-    pub const EOVERFLOW: u32 = 75;
-    /// Not supported (a fast zero that would not be fast).
-    pub const ENOTSUP: u32 = 95;
-    /// The server is shutting down.
-    pub const ESHUTDOWN: u32 = 108;
+wire_enum! {
+    /// Error values of the transmission phase.
+    values Errno: u32 {
+        /// Operation not permitted (read-only export).
+        Perm = 1,
+        /// I/O error.
+        Io = 5,
+        /// Out of memory.
+        NoMem = 12,
+        /// Invalid request.
+        Inval = 22,
+        /// Beyond the end of the export.
+        NoSpc = 28,
+        /// Too large.
+        Overflow = 75,
+        /// Not supported (a fast zero that would not be fast).
+        NotSup = 95,
+        /// The server is shutting down.
+        Shutdown = 108,
+    }
 }
 
 /// `base:allocation` flag: not allocated.
@@ -214,7 +282,7 @@ pub const EXT_REQUEST_LEN: usize = 32;
 pub struct Request {
     /// Command flags.
     pub flags: u16,
-    /// Command type.
+    /// Command type, as sent: see [`Request::command_type`].
     pub kind: u16,
     /// The client's cookie, echoed in the reply.
     pub cookie: u64,
@@ -258,26 +326,35 @@ impl Request {
 
     /// Encodes an extended request header (the client side; used by tests).
     pub fn encode_extended(&self) -> [u8; EXT_REQUEST_LEN] {
-        let mut b = [0u8; EXT_REQUEST_LEN];
-        b[0..4].copy_from_slice(&EXTENDED_REQUEST_MAGIC.to_be_bytes());
-        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
-        b[6..8].copy_from_slice(&self.kind.to_be_bytes());
-        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
-        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
-        b[24..32].copy_from_slice(&self.length.to_be_bytes());
-        b
+        self.encode_fields(EXTENDED_REQUEST_MAGIC, &self.length.to_be_bytes())
     }
 
     /// Encodes a request header (the client side; used by tests).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
-        let mut b = [0u8; REQUEST_LEN];
-        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
-        b[6..8].copy_from_slice(&self.kind.to_be_bytes());
-        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
-        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
-        b[24..28].copy_from_slice(&(self.length as u32).to_be_bytes());
-        b
+        self.encode_fields(REQUEST_MAGIC, &(self.length as u32).to_be_bytes())
+    }
+
+    /// The fields both header forms share, then `length` (4 or 8 bytes) to fill `N` bytes.
+    fn encode_fields<const N: usize>(&self, magic: u32, length: &[u8]) -> [u8; N] {
+        let head = [
+            &magic.to_be_bytes()[..],
+            &self.flags.to_be_bytes(),
+            &self.kind.to_be_bytes(),
+            &self.cookie.to_be_bytes(),
+            &self.offset.to_be_bytes(),
+            length,
+        ];
+        be(&head.concat(), 0)
+    }
+
+    /// The command type, or `None` for one this server does not know.
+    pub fn command_type(&self) -> Option<CommandType> {
+        CommandType::from_wire(self.kind)
+    }
+
+    /// Whether the request carries command flag `f`.
+    pub fn has(&self, f: CommandFlag) -> bool {
+        self.flags & f.bit() != 0
     }
 }
 
@@ -363,106 +440,96 @@ pub enum Command {
 
 /// Why a request is refused: the error value to reply with. A write's payload must still be
 /// read (or the connection closed) by the caller.
-pub type Refusal = u32;
+pub type Refusal = Errno;
 
 /// True when the request carries a payload of `length` bytes after its header: a write, or
 /// with extended headers any request flagged `PAYLOAD_LEN`. (The extension says a write must
 /// carry the flag, but qemu 10's client leaves it off, so a write always has its payload.)
 pub fn has_payload(r: &Request, extended: bool) -> bool {
-    r.kind == cmd::WRITE || (extended && r.flags & cflags::PAYLOAD_LEN != 0)
+    r.command_type() == Some(CommandType::Write) || (extended && r.has(CommandFlag::PayloadLen))
 }
 
 /// Checks a request against what was negotiated. Never panics, whatever the fields.
 pub fn check(r: &Request, l: &Limits) -> Result<Command, Refusal> {
-    let allowed = |mask: u16| r.flags & !mask == 0;
+    use CommandFlag::{Df, FastZero, Fua, NoHole, PayloadLen, ReqOne};
+    let allowed = |ok: &[CommandFlag]| r.flags & !CommandFlag::mask(ok) == 0;
     let end = r.offset as u128 + r.length as u128;
     let in_range = end <= l.size as u128;
     let (offset, len) = (r.offset, r.length);
-    let fua = r.flags & cflags::FUA != 0;
-    if l.extended && r.kind != cmd::WRITE && r.flags & cflags::PAYLOAD_LEN != 0 {
-        // No other command takes a payload here (it has been read and is discarded).
-        return Err(err::EINVAL);
-    }
-    match r.kind {
-        cmd::READ => {
-            let mask = cflags::FUA | if l.structured { cflags::DF } else { 0 };
-            if !allowed(mask) || !in_range {
-                return Err(err::EINVAL);
-            }
-            if len > l.max_payload as u64 {
-                return Err(if l.structured { err::EOVERFLOW } else { err::EINVAL });
-            }
-            Ok(Command::Read { offset, len, df: r.flags & cflags::DF != 0 })
+    let fua = r.has(Fua);
+    // A change to the export: its flags, then read-only, then the range (`beyond_end` when it
+    // runs past the end).
+    let change = |ok: &[CommandFlag], beyond_end: Errno| {
+        if !allowed(ok) {
+            Err(Errno::Inval)
+        } else if l.read_only {
+            Err(Errno::Perm)
+        } else if !in_range {
+            Err(beyond_end)
+        } else {
+            Ok(())
         }
-        cmd::WRITE => {
-            let payload = if l.extended { cflags::PAYLOAD_LEN } else { 0 };
-            if !allowed(cflags::FUA | payload) {
-                return Err(err::EINVAL);
+    };
+    let Some(kind) = r.command_type() else {
+        return Err(Errno::Inval);
+    };
+    if l.extended && kind != CommandType::Write && r.has(PayloadLen) {
+        // No other command takes a payload here (it has been read and is discarded).
+        return Err(Errno::Inval);
+    }
+    match kind {
+        CommandType::Read => {
+            if !allowed(if l.structured { &[Fua, Df] } else { &[Fua] }) || !in_range {
+                return Err(Errno::Inval);
             }
             if len > l.max_payload as u64 {
-                return Err(err::EINVAL);
+                return Err(if l.structured { Errno::Overflow } else { Errno::Inval });
             }
-            if l.read_only {
-                return Err(err::EPERM);
+            Ok(Command::Read { offset, len, df: r.has(Df) })
+        }
+        CommandType::Write => {
+            if len > l.max_payload as u64 {
+                return Err(Errno::Inval);
             }
-            if !in_range {
-                return Err(err::ENOSPC);
-            }
+            change(if l.extended { &[Fua, PayloadLen] } else { &[Fua] }, Errno::NoSpc)?;
             Ok(Command::Write { offset, len, fua })
         }
-        cmd::DISC => Ok(Command::Disconnect),
-        cmd::FLUSH => {
-            if !allowed(cflags::FUA) || offset != 0 || len != 0 {
-                return Err(err::EINVAL);
+        CommandType::Disc => Ok(Command::Disconnect),
+        CommandType::Flush => {
+            if !allowed(&[Fua]) || offset != 0 || len != 0 {
+                return Err(Errno::Inval);
             }
             Ok(Command::Flush)
         }
-        cmd::TRIM => {
-            if !allowed(cflags::FUA) {
-                return Err(err::EINVAL);
-            }
-            if l.read_only {
-                return Err(err::EPERM);
-            }
-            if !in_range {
-                return Err(err::EINVAL);
-            }
+        CommandType::Trim => {
+            change(&[Fua], Errno::Inval)?;
             Ok(Command::Trim { offset, len, fua })
         }
-        cmd::CACHE => {
-            if !allowed(cflags::FUA) || !in_range {
-                return Err(err::EINVAL);
+        CommandType::Cache => {
+            if !allowed(&[Fua]) || !in_range {
+                return Err(Errno::Inval);
             }
             Ok(Command::Cache { offset, len })
         }
-        cmd::WRITE_ZEROES => {
-            if !allowed(cflags::FUA | cflags::NO_HOLE | cflags::FAST_ZERO) {
-                return Err(err::EINVAL);
-            }
-            if l.read_only {
-                return Err(err::EPERM);
-            }
-            if !in_range {
-                return Err(err::ENOSPC);
-            }
-            Ok(Command::WriteZeroes { offset, len, fua, fast: r.flags & cflags::FAST_ZERO != 0 })
+        CommandType::WriteZeroes => {
+            change(&[Fua, NoHole, FastZero], Errno::NoSpc)?;
+            Ok(Command::WriteZeroes { offset, len, fua, fast: r.has(FastZero) })
         }
-        cmd::BLOCK_STATUS => {
-            if !allowed(cflags::FUA | cflags::REQ_ONE) || !l.structured || !l.block_status || !in_range || len == 0 {
-                return Err(err::EINVAL);
+        CommandType::BlockStatus => {
+            if !allowed(&[Fua, ReqOne]) || !l.structured || !l.block_status || !in_range || len == 0 {
+                return Err(Errno::Inval);
             }
-            Ok(Command::BlockStatus { offset, len, req_one: r.flags & cflags::REQ_ONE != 0 })
+            Ok(Command::BlockStatus { offset, len, req_one: r.has(ReqOne) })
         }
-        _ => Err(err::EINVAL),
     }
 }
 
 /// An option reply: header plus data.
-pub fn option_reply(option: u32, kind: u32, data: &[u8]) -> Bytes {
+pub fn option_reply(option: u32, kind: ReplyType, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(20 + data.len());
     b.put_u64(OPT_REPLY_MAGIC);
     b.put_u32(option);
-    b.put_u32(kind);
+    b.put_u32(kind.wire());
     b.put_u32(data.len() as u32);
     b.put_slice(data);
     b.freeze()
@@ -485,19 +552,19 @@ pub struct Framer {
 
 impl Framer {
     /// A chunk header for a payload of `len` bytes (which follows separately).
-    fn header(&self, flags: u16, kind: u16, len: u64, extra: usize) -> BytesMut {
+    fn header(&self, flags: u16, kind: ChunkType, len: u64, extra: usize) -> BytesMut {
         let mut b = BytesMut::with_capacity(32 + extra);
         if self.extended {
             b.put_u32(EXTENDED_REPLY_MAGIC);
             b.put_u16(flags);
-            b.put_u16(kind);
+            b.put_u16(kind.wire());
             b.put_u64(self.cookie);
             b.put_u64(self.offset);
             b.put_u64(len);
         } else {
             b.put_u32(STRUCTURED_REPLY_MAGIC);
             b.put_u16(flags);
-            b.put_u16(kind);
+            b.put_u16(kind.wire());
             b.put_u64(self.cookie);
             b.put_u32(len as u32);
         }
@@ -520,9 +587,9 @@ impl Framer {
 
     /// A failure: a final `ERROR` chunk with a message (cut to 4096 bytes), or a simple reply
     /// with the error when structured replies are off.
-    pub fn error(&self, error: u32, msg: &str) -> Bytes {
+    pub fn error(&self, error: Errno, msg: &str) -> Bytes {
         if !self.structured {
-            return self.simple(error);
+            return self.simple(error.wire());
         }
         let mut m = msg.as_bytes();
         if m.len() > 4096 {
@@ -532,8 +599,8 @@ impl Framer {
             }
             m = &m[..cut];
         }
-        let mut b = self.header(REPLY_FLAG_DONE, chunk::ERROR, 6 + m.len() as u64, 6 + m.len());
-        b.put_u32(error);
+        let mut b = self.header(REPLY_FLAG_DONE, ChunkType::Error, 6 + m.len() as u64, 6 + m.len());
+        b.put_u32(error.wire());
         b.put_u16(m.len() as u16);
         b.put_slice(m);
         b.freeze()
@@ -541,14 +608,14 @@ impl Framer {
 
     /// An `OFFSET_DATA` chunk header (header and offset; `len` data bytes follow).
     pub fn data_header(&self, done: bool, offset: u64, len: u32) -> Bytes {
-        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_DATA, len as u64 + 8, 8);
+        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, ChunkType::OffsetData, len as u64 + 8, 8);
         b.put_u64(offset);
         b.freeze()
     }
 
     /// An `OFFSET_HOLE` chunk.
     pub fn hole(&self, done: bool, offset: u64, len: u32) -> Bytes {
-        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, chunk::OFFSET_HOLE, 12, 12);
+        let mut b = self.header(if done { REPLY_FLAG_DONE } else { 0 }, ChunkType::OffsetHole, 12, 12);
         b.put_u64(offset);
         b.put_u32(len);
         b.freeze()
@@ -556,7 +623,7 @@ impl Framer {
 
     /// The final empty chunk.
     pub fn none(&self) -> Bytes {
-        self.header(REPLY_FLAG_DONE, chunk::NONE, 0, 0).freeze()
+        self.header(REPLY_FLAG_DONE, ChunkType::None, 0, 0).freeze()
     }
 
     /// A final block-status chunk for context `id` with `(length, flags)` descriptors:
@@ -564,7 +631,7 @@ impl Framer {
     pub fn block_status(&self, id: u32, extents: &[(u64, u32)]) -> Bytes {
         if self.extended {
             let len = 8 + 16 * extents.len();
-            let mut b = self.header(REPLY_FLAG_DONE, chunk::BLOCK_STATUS_EXT, len as u64, len);
+            let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatusExt, len as u64, len);
             b.put_u32(id);
             b.put_u32(extents.len() as u32);
             for &(l, f) in extents {
@@ -574,7 +641,7 @@ impl Framer {
             b.freeze()
         } else {
             let len = 4 + 8 * extents.len();
-            let mut b = self.header(REPLY_FLAG_DONE, chunk::BLOCK_STATUS, len as u64, len);
+            let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatus, len as u64, len);
             b.put_u32(id);
             for &(l, f) in extents {
                 b.put_u32(l as u32);
@@ -618,46 +685,72 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The data of `OPT_INFO`/`OPT_GO`: export name and requested information types.
+/// The data of `OPT_INFO`/`OPT_GO` and of the meta-context options: an export name, then a
+/// list of items (information types, or queries).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InfoRequest {
+pub struct ExportQuery<T> {
     /// Export name.
     pub name: String,
-    /// Requested information types.
-    pub requests: Vec<u16>,
+    /// Requested information types, or meta-context queries.
+    pub items: Vec<T>,
+}
+
+/// `OPT_INFO`/`OPT_GO` data: the information types are kept as sent (unknown ones are ignored).
+pub type InfoRequest = ExportQuery<u16>;
+
+/// `OPT_LIST_META_CONTEXT`/`OPT_SET_META_CONTEXT` data.
+pub type MetaRequest = ExportQuery<String>;
+
+impl InfoRequest {
+    /// Whether the client asked for information type `t`.
+    pub fn wants(&self, t: InfoType) -> bool {
+        self.items.contains(&t.wire())
+    }
+}
+
+/// Parses option data naming an export, then a count (read by `count`) of items (each read by
+/// `item`), and nothing after them.
+fn parse_query<'d, T>(
+    data: &'d [u8],
+    count: fn(&mut Cursor<'d>) -> Result<usize, Malformed>,
+    item: fn(&mut Cursor<'d>) -> Result<T, Malformed>,
+) -> Result<ExportQuery<T>, Malformed> {
+    let mut c = Cursor(data);
+    let name = c.string()?;
+    let n = count(&mut c)?;
+    // Each item takes at least 2 bytes: refuse counts the data cannot hold before allocating.
+    if n > data.len() / 2 {
+        return Err(Malformed);
+    }
+    let items = (0..n).map(|_| item(&mut c)).collect::<Result<Vec<_>, _>>()?;
+    c.end()?;
+    Ok(ExportQuery { name, items })
 }
 
 /// Parses `OPT_INFO`/`OPT_GO` data.
 pub fn parse_info(data: &[u8]) -> Result<InfoRequest, Malformed> {
-    let mut c = Cursor(data);
-    let name = c.string()?;
-    let n = c.u16()? as usize;
-    let requests = (0..n).map(|_| c.u16()).collect::<Result<Vec<_>, _>>()?;
-    c.end()?;
-    Ok(InfoRequest { name, requests })
-}
-
-/// The data of `OPT_LIST_META_CONTEXT`/`OPT_SET_META_CONTEXT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetaRequest {
-    /// Export name.
-    pub name: String,
-    /// Queries.
-    pub queries: Vec<String>,
+    parse_query(data, |c| c.u16().map(usize::from), Cursor::u16)
 }
 
 /// Parses meta-context option data.
 pub fn parse_meta(data: &[u8]) -> Result<MetaRequest, Malformed> {
-    let mut c = Cursor(data);
-    let name = c.string()?;
-    let n = c.u32()? as usize;
-    // Each query takes at least 4 bytes: refuse counts the data cannot hold before allocating.
-    if n > data.len() / 4 {
-        return Err(Malformed);
-    }
-    let queries = (0..n).map(|_| c.string()).collect::<Result<Vec<_>, _>>()?;
-    c.end()?;
-    Ok(MetaRequest { name, queries })
+    parse_query(data, |c| c.u32().map(|n| n as usize), Cursor::string)
+}
+
+/// Encodes `OPT_INFO`/`OPT_GO` data (the client side; used by tests).
+pub fn encode_info(name: &str, requests: &[u16]) -> Vec<u8> {
+    let mut b = wire_string(name);
+    b.extend_from_slice(&(requests.len() as u16).to_be_bytes());
+    b.extend(requests.iter().flat_map(|r| r.to_be_bytes()));
+    b
+}
+
+/// Encodes meta-context option data (the client side; used by tests).
+pub fn encode_meta(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut b = wire_string(name);
+    b.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    b.extend(queries.iter().flat_map(|q| wire_string(q)));
+    b
 }
 
 /// Whether a query selects `base:allocation`: when listing (`list`), `base:` is a wildcard too.
@@ -665,48 +758,35 @@ pub fn query_matches(query: &str, list: bool) -> bool {
     query == BASE_ALLOCATION || (list && query == "base:")
 }
 
+/// A string as option data carries it: its 32-bit length, then its bytes.
+fn wire_string(s: &str) -> Vec<u8> {
+    [&(s.len() as u32).to_be_bytes()[..], s.as_bytes()].concat()
+}
+
 /// `NBD_INFO_EXPORT` payload.
 pub fn info_export(size: u64, flags: u16) -> Vec<u8> {
-    let mut b = Vec::with_capacity(12);
-    b.extend_from_slice(&info::EXPORT.to_be_bytes());
-    b.extend_from_slice(&size.to_be_bytes());
-    b.extend_from_slice(&flags.to_be_bytes());
-    b
+    [&InfoType::Export.wire().to_be_bytes()[..], &size.to_be_bytes(), &flags.to_be_bytes()].concat()
 }
 
 /// `NBD_INFO_NAME` / `NBD_INFO_DESCRIPTION` payload.
-pub fn info_string(kind: u16, s: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(2 + s.len());
-    b.extend_from_slice(&kind.to_be_bytes());
-    b.extend_from_slice(s.as_bytes());
-    b
+pub fn info_string(kind: InfoType, s: &str) -> Vec<u8> {
+    [&kind.wire().to_be_bytes()[..], s.as_bytes()].concat()
 }
 
 /// `NBD_INFO_BLOCK_SIZE` payload.
 pub fn info_block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(14);
-    b.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-    b.extend_from_slice(&min.to_be_bytes());
-    b.extend_from_slice(&preferred.to_be_bytes());
-    b.extend_from_slice(&max.to_be_bytes());
-    b
+    let sizes = [min, preferred, max].map(u32::to_be_bytes);
+    [&InfoType::BlockSize.wire().to_be_bytes()[..], sizes.as_flattened()].concat()
 }
 
 /// `NBD_REP_META_CONTEXT` payload.
 pub fn meta_context(id: u32, name: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(4 + name.len());
-    b.extend_from_slice(&id.to_be_bytes());
-    b.extend_from_slice(name.as_bytes());
-    b
+    [&id.to_be_bytes()[..], name.as_bytes()].concat()
 }
 
 /// `NBD_REP_SERVER` payload: name, then a description.
 pub fn rep_server(name: &str, description: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(4 + name.len() + description.len());
-    b.extend_from_slice(&(name.len() as u32).to_be_bytes());
-    b.extend_from_slice(name.as_bytes());
-    b.extend_from_slice(description.as_bytes());
-    b
+    [wire_string(name).as_slice(), description.as_bytes()].concat()
 }
 
 /// `N` bytes of `b` from `at`, as an array; callers pass fixed-size headers or exact takes, so
@@ -735,7 +815,7 @@ mod tests {
 
     #[test]
     fn request_round_trip_and_bad_magic() {
-        let r = Request { flags: 1, kind: cmd::WRITE, cookie: 0xdead_beef, offset: 4096, length: 512 };
+        let r = Request { flags: 1, kind: CommandType::Write.wire(), cookie: 0xdead_beef, offset: 4096, length: 512 };
         assert_eq!(Request::decode(&r.encode()), Ok(r));
         let big = Request { length: 1 << 40, ..r };
         assert_eq!(Request::decode_extended(&big.encode_extended()), Ok(big));
@@ -746,43 +826,58 @@ mod tests {
     }
 
     #[test]
+    fn wire_values_follow_the_specification_and_unknown_ones_are_none() {
+        assert_eq!(CommandType::from_wire(6), Some(CommandType::WriteZeroes));
+        assert_eq!((CommandType::from_wire(8), OptionType::from_wire(4)), (None, None));
+        assert_eq!((OptionType::StartTls.wire(), OptionType::ExtendedHeaders.wire()), (5, 11));
+        assert_eq!(ReplyType::from_wire((1 << 31) + 7), Some(ReplyType::ErrShutdown));
+        assert_eq!((ReplyType::MetaContext.wire(), ReplyType::ErrTooBig.wire()), (4, (1 << 31) + 9));
+        assert_eq!((ChunkType::BlockStatusExt.wire(), ChunkType::Error.wire()), (6, (1 << 15) + 1));
+        assert_eq!((InfoType::BlockSize.wire(), Errno::Shutdown.wire()), (3, 108));
+        assert_eq!((TransmissionFlag::SendDf.bit(), TransmissionFlag::SendFastZero.bit()), (1 << 7, 1 << 11));
+        assert_eq!(CommandFlag::mask(&[CommandFlag::Fua, CommandFlag::PayloadLen]), 0b10_0001);
+    }
+
+    #[test]
     fn checks() {
         let l = limits();
-        let req = |kind, flags, offset, length| Request { flags, kind, cookie: 1, offset, length };
-        assert_eq!(check(&req(cmd::READ, 0, 0, 512), &l), Ok(Command::Read { offset: 0, len: 512, df: false }));
-        assert_eq!(check(&req(cmd::READ, 0, (1 << 20) - 1, 2), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::READ, 0, u64::MAX, 2), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::READ, cflags::NO_HOLE, 0, 2), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::READ, 0, 0, 1 << 17), &l), Err(err::EOVERFLOW));
-        assert_eq!(check(&req(cmd::WRITE, 0, 1 << 20, 1), &l), Err(err::ENOSPC));
-        assert_eq!(check(&req(cmd::WRITE, 0, 0, 1), &Limits { read_only: true, ..l }), Err(err::EPERM));
-        assert_eq!(check(&req(cmd::TRIM, 0, 0, 1), &Limits { read_only: true, ..l }), Err(err::EPERM));
-        assert_eq!(check(&req(cmd::FLUSH, 0, 1, 0), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::FLUSH, cflags::FUA, 0, 0), &l), Ok(Command::Flush));
-        assert_eq!(check(&req(cmd::BLOCK_STATUS, 0, 0, 1), &Limits { block_status: false, ..l }), Err(err::EINVAL));
+        use CommandFlag::{Df, FastZero, Fua, NoHole, PayloadLen};
+        use CommandType::{BlockStatus, Cache, Flush, Read, Trim, Write, WriteZeroes};
+        let req = |kind: CommandType, flags: &[CommandFlag], offset, length| Request {
+            flags: CommandFlag::mask(flags),
+            kind: kind.wire(),
+            cookie: 1,
+            offset,
+            length,
+        };
+        assert_eq!(check(&req(Read, &[], 0, 512), &l), Ok(Command::Read { offset: 0, len: 512, df: false }));
+        assert_eq!(check(&req(Read, &[], (1 << 20) - 1, 2), &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Read, &[], u64::MAX, 2), &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Read, &[NoHole], 0, 2), &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Read, &[], 0, 1 << 17), &l), Err(Errno::Overflow));
+        assert_eq!(check(&req(Write, &[], 1 << 20, 1), &l), Err(Errno::NoSpc));
+        assert_eq!(check(&req(Write, &[], 0, 1), &Limits { read_only: true, ..l }), Err(Errno::Perm));
+        assert_eq!(check(&req(Trim, &[], 0, 1), &Limits { read_only: true, ..l }), Err(Errno::Perm));
+        assert_eq!(check(&req(Flush, &[], 1, 0), &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Flush, &[Fua], 0, 0), &l), Ok(Command::Flush));
+        assert_eq!(check(&req(BlockStatus, &[], 0, 1), &Limits { block_status: false, ..l }), Err(Errno::Inval));
         assert_eq!(
-            check(&req(cmd::WRITE_ZEROES, cflags::FAST_ZERO | cflags::NO_HOLE, 0, 4096), &l),
+            check(&req(WriteZeroes, &[FastZero, NoHole], 0, 4096), &l),
             Ok(Command::WriteZeroes { offset: 0, len: 4096, fua: false, fast: true })
         );
-        assert_eq!(check(&req(99, 0, 0, 0), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::CACHE, cflags::DF, 0, 1), &l), Err(err::EINVAL));
+        assert_eq!(check(&Request { kind: 99, ..req(Read, &[], 0, 0) }, &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Cache, &[Df], 0, 1), &l), Err(Errno::Inval));
         // Extended headers: writes may say PAYLOAD_LEN, other commands must not.
         let x = Limits { extended: true, ..l };
-        assert_eq!(check(&req(cmd::WRITE, 0, 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
-        assert_eq!(
-            check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &x),
-            Ok(Command::Write { offset: 0, len: 4, fua: false })
-        );
-        assert_eq!(check(&req(cmd::WRITE, cflags::PAYLOAD_LEN, 0, 4), &l), Err(err::EINVAL));
-        assert_eq!(check(&req(cmd::READ, cflags::PAYLOAD_LEN, 0, 4), &x), Err(err::EINVAL));
-        assert_eq!(
-            check(&req(cmd::TRIM, 0, 0, 1 << 20), &x),
-            Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false })
-        );
-        assert!(has_payload(&req(cmd::BLOCK_STATUS, cflags::PAYLOAD_LEN, 0, 4), true));
-        assert!(has_payload(&req(cmd::WRITE, 0, 0, 4), true));
-        assert!(!has_payload(&req(cmd::TRIM, 0, 0, 4), true));
-        assert!(has_payload(&req(cmd::WRITE, 0, 0, 4), false));
+        assert_eq!(check(&req(Write, &[], 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
+        assert_eq!(check(&req(Write, &[PayloadLen], 0, 4), &x), Ok(Command::Write { offset: 0, len: 4, fua: false }));
+        assert_eq!(check(&req(Write, &[PayloadLen], 0, 4), &l), Err(Errno::Inval));
+        assert_eq!(check(&req(Read, &[PayloadLen], 0, 4), &x), Err(Errno::Inval));
+        assert_eq!(check(&req(Trim, &[], 0, 1 << 20), &x), Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false }));
+        assert!(has_payload(&req(BlockStatus, &[PayloadLen], 0, 4), true));
+        assert!(has_payload(&req(Write, &[], 0, 4), true));
+        assert!(!has_payload(&req(Trim, &[], 0, 4), true));
+        assert!(has_payload(&req(Write, &[], 0, 4), false));
     }
 
     #[test]
@@ -791,9 +886,10 @@ mod tests {
         d.extend_from_slice(&3u32.to_be_bytes());
         d.extend_from_slice(b"abc");
         d.extend_from_slice(&2u16.to_be_bytes());
-        d.extend_from_slice(&info::NAME.to_be_bytes());
-        d.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-        assert_eq!(parse_info(&d), Ok(InfoRequest { name: "abc".into(), requests: vec![1, 3] }));
+        d.extend_from_slice(&InfoType::Name.wire().to_be_bytes());
+        d.extend_from_slice(&InfoType::BlockSize.wire().to_be_bytes());
+        assert_eq!(parse_info(&d), Ok(InfoRequest { name: "abc".into(), items: vec![1, 3] }));
+        assert_eq!(encode_info("abc", &[1, 3]), d);
         assert_eq!(parse_info(&d[..d.len() - 1]), Err(Malformed));
         let mut long = d.clone();
         long.push(0);
@@ -804,7 +900,8 @@ mod tests {
         m.extend_from_slice(&1u32.to_be_bytes());
         m.extend_from_slice(&15u32.to_be_bytes());
         m.extend_from_slice(b"base:allocation");
-        assert_eq!(parse_meta(&m), Ok(MetaRequest { name: String::new(), queries: vec![BASE_ALLOCATION.into()] }));
+        assert_eq!(parse_meta(&m), Ok(MetaRequest { name: String::new(), items: vec![BASE_ALLOCATION.into()] }));
+        assert_eq!(encode_meta("", &[BASE_ALLOCATION]), m);
         // A count the data cannot hold.
         let mut huge = Vec::new();
         huge.extend_from_slice(&0u32.to_be_bytes());
@@ -815,7 +912,7 @@ mod tests {
     #[test]
     fn error_chunk_cuts_long_messages_on_a_char_boundary() {
         let msg = "é".repeat(3000);
-        let c = Framer { structured: true, extended: false, cookie: 7, offset: 0 }.error(err::EIO, &msg);
+        let c = Framer { structured: true, extended: false, cookie: 7, offset: 0 }.error(Errno::Io, &msg);
         let mlen = u16::from_be_bytes([c[24], c[25]]) as usize;
         assert!(mlen <= 4096);
         assert!(std::str::from_utf8(&c[26..26 + mlen]).is_ok());
@@ -878,12 +975,7 @@ mod tests {
         /// Well-formed info requests parse back to what was encoded.
         #[test]
         fn info_round_trip(name in "[a-z/]{0,20}", reqs in prop::collection::vec(any::<u16>(), 0..8)) {
-            let mut d = Vec::new();
-            d.extend_from_slice(&(name.len() as u32).to_be_bytes());
-            d.extend_from_slice(name.as_bytes());
-            d.extend_from_slice(&(reqs.len() as u16).to_be_bytes());
-            for r in &reqs { d.extend_from_slice(&r.to_be_bytes()); }
-            prop_assert_eq!(parse_info(&d), Ok(InfoRequest { name, requests: reqs }));
+            prop_assert_eq!(parse_info(&encode_info(&name, &reqs)), Ok(InfoRequest { name, items: reqs }));
         }
     }
 }
