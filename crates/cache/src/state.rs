@@ -367,6 +367,7 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Nothing cached; blocks numbered below `num_protected` are evicted last.
     pub(crate) fn new(num_protected: u32) -> State {
         State {
             entries: Entries::default(),
