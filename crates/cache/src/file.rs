@@ -115,21 +115,30 @@ pub struct FileOptions {
 
 /// A block found in the file at open.
 #[derive(Debug)]
-pub struct Loaded {
-    /// Block number.
-    pub block: BlockNum,
-    /// Slot index.
-    pub slot: u32,
+pub(crate) struct Loaded {
+    pub(crate) block: BlockNum,
+    pub(crate) slot: u32,
     /// Data (`None` = zeros).
-    pub data: Option<Bytes>,
-    /// ETag of the stored version.
-    pub etag: Option<Etag>,
-    /// Dirty (to upload).
-    pub dirty: bool,
-    /// Clean, to check against the store on first read.
-    pub verify: bool,
-    /// For a partially written (dirty) block: the byte ranges it holds; `None` = all of it.
-    pub valid: Option<ByteRanges>,
+    pub(crate) data: Option<Bytes>,
+    pub(crate) state: LoadedState,
+}
+
+/// What a block found in the file comes back as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LoadedState {
+    /// The stored version (ETag `etag`), to check against the store on first read when
+    /// `verify`.
+    Clean { etag: Option<Etag>, verify: bool },
+    /// Newer than the stored version (to upload): all of the block, or only the byte ranges
+    /// `valid` of a partially written one.
+    Dirty { valid: Option<ByteRanges> },
+}
+
+impl Loaded {
+    /// Whether the block is dirty (to upload).
+    pub(crate) fn is_dirty(&self) -> bool {
+        matches!(self.state, LoadedState::Dirty { .. })
+    }
 }
 
 /// An open cache file.
@@ -582,7 +591,7 @@ impl CacheFile {
             let keep = cf.load_entry(slot, raw, &mut seen).map_err(|e| io("can't read", e))?;
             match keep {
                 Some(l) => {
-                    if l.dirty {
+                    if l.is_dirty() {
                         cf.dirty_found += 1;
                     }
                     loaded.push(l)
@@ -621,7 +630,11 @@ impl CacheFile {
             return Ok(None);
         }
         let EntryMeta { block, dirty, zero, etag, data_sum, valid } = meta;
-        let verify = !dirty && !self.opts.no_verify;
+        let state = if dirty {
+            LoadedState::Dirty { valid }
+        } else {
+            LoadedState::Clean { etag, verify: !self.opts.no_verify }
+        };
         let data = if zero {
             None
         } else {
@@ -637,7 +650,7 @@ impl CacheFile {
             }
             Some(Bytes::from(buf))
         };
-        Ok(Some(Loaded { block, slot, data, etag, dirty, verify, valid }))
+        Ok(Some(Loaded { block, slot, data, state }))
     }
 
     fn slot_off(&self, slot: u32) -> u64 {
@@ -861,30 +874,43 @@ impl CacheFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::State;
+    use std::collections::HashMap;
+
+    /// The slot of each block, as the cache keeps them in its entries (the file hands slots
+    /// out and takes them back by value).
+    type Slots = HashMap<BlockNum, u32>;
 
     /// What the cache does to record block `n` dirty: the old slot goes in, the new one is kept.
     fn record_dirty(
         f: &CacheFile,
-        st: &mut State,
+        st: &mut Slots,
         n: BlockNum,
         data: Option<&Bytes>,
         valid: Option<&ByteRanges>,
     ) -> Result<()> {
-        let old = st.entries.get_mut(&n).and_then(|e| e.slot.take());
-        let slot = f.write_dirty(n, old, data, valid)?;
-        st.entries.entry(n).or_insert_with(|| Entry::new(Instant::now())).slot = slot;
+        let old = st.remove(&n);
+        st.extend(f.write_dirty(n, old, data, valid)?.map(|slot| (n, slot)));
         Ok(())
     }
 
-    /// What the cache does to record block `n` clean.
-    fn record_clean(f: &CacheFile, st: &mut State, n: BlockNum) {
-        if let Some(e) = st.entries.get_mut(&n) {
-            e.slot = f.note_clean(n, e.slot, e.data.as_ref(), e.etag);
+    /// What the cache does to record block `n` clean with `data` and `etag`.
+    fn record_clean(f: &CacheFile, st: &mut Slots, n: BlockNum, data: Option<&Bytes>, etag: Option<Etag>) {
+        let old = st.remove(&n);
+        st.extend(f.note_clean(n, old, data, etag).map(|slot| (n, slot)));
+    }
+
+    /// The cache file at `p` with `slots` slots, opened with `opts`, and no slot recorded yet.
+    fn new_file(p: &Path, slots: u32, opts: FileOptions) -> (CacheFile, Slots) {
+        (CacheFile::open(p, BS, slots, opts).unwrap(), Slots::new())
+    }
+
+    /// ETag of a block found clean.
+    fn etag_of(l: &Loaded) -> Option<Etag> {
+        match l.state {
+            LoadedState::Clean { etag, .. } => etag,
+            LoadedState::Dirty { .. } => None,
         }
     }
-    use crate::state::Entry;
-    use tokio::time::Instant;
 
     const BS: u32 = 32;
 
@@ -893,16 +919,12 @@ mod tests {
     }
 
     /// Writes block `n` dirty into the file the way the cache does.
-    fn dirty(f: &CacheFile, st: &mut State, n: BlockNum, b: u8) {
+    fn dirty(f: &CacheFile, st: &mut Slots, n: BlockNum, b: u8) {
         record_dirty(f, st, n, Some(&data(b)), None).unwrap();
     }
 
-    fn clean(f: &CacheFile, st: &mut State, n: BlockNum, b: u8, etag: u8) {
-        let mut e = Entry::new(Instant::now());
-        e.data = Some(data(b));
-        e.etag = Some(Etag([etag; 16]));
-        st.entries.insert(n, e);
-        record_clean(f, st, n);
+    fn clean(f: &CacheFile, st: &mut Slots, n: BlockNum, b: u8, etag: u8) {
+        record_clean(f, st, n, Some(&data(b)), Some(Etag([etag; 16])));
     }
 
     #[test]
@@ -910,8 +932,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         {
-            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
-            let mut st = State::new(0);
+            let (f, mut st) = new_file(&p, 4, FileOptions::default());
             dirty(&f, &mut st, 7, 1);
             dirty(&f, &mut st, 7, 2); // rewrite: old slot erased first
             clean(&f, &mut st, 9, 3, 0xab);
@@ -925,8 +946,9 @@ mod tests {
         let mut l = f.take_loaded();
         l.sort_by_key(|l| l.block);
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].block, l[0].dirty, l[0].data.clone()), (7, true, Some(data(2))));
-        assert_eq!((l[1].block, l[1].dirty, l[1].verify, l[1].etag), (9, false, true, Some(Etag([0xab; 16]))));
+        assert_eq!((l[0].block, l[0].is_dirty(), l[0].data.clone()), (7, true, Some(data(2))));
+        let clean = LoadedState::Clean { etag: Some(Etag([0xab; 16])), verify: true };
+        assert_eq!((l[1].block, &l[1].state), (9, &clean));
         drop(f);
         // Without recovery the dirty block is discarded (and erased from the file).
         let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
@@ -942,8 +964,7 @@ mod tests {
         let p = dir.path().join("c");
         let data_off;
         {
-            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
-            let mut st = State::new(0);
+            let (f, mut st) = new_file(&p, 4, FileOptions::default());
             clean(&f, &mut st, 1, 5, 1);
             clean(&f, &mut st, 2, 6, 2);
             data_off = f.data_off;
@@ -985,8 +1006,7 @@ mod tests {
     /// A 6-slot file holding dirty blocks 10 (data) and 11 (zeros), clean blocks 20, 21, 22,
     /// and the mount token 0x77.
     fn six_slot_file(p: &Path) {
-        let f = CacheFile::open(p, BS, 6, FileOptions::default()).unwrap();
-        let mut st = State::new(0);
+        let (f, mut st) = new_file(p, 6, FileOptions::default());
         dirty(&f, &mut st, 10, 1);
         record_dirty(&f, &mut st, 11, None, None).unwrap();
         for (n, b) in [(20, 2), (21, 3), (22, 4)] {
@@ -1017,10 +1037,10 @@ mod tests {
         let l = f.take_loaded();
         for x in &l {
             assert_eq!(x.data, six_slot_data(x.block), "block {}", x.block);
-            assert_eq!(x.dirty, x.block < 20, "block {}", x.block);
+            assert_eq!(x.is_dirty(), x.block < 20, "block {}", x.block);
             assert!((x.slot as usize) < slots as usize);
         }
-        let n_clean = l.iter().filter(|x| !x.dirty).count();
+        let n_clean = l.iter().filter(|x| !x.is_dirty()).count();
         assert_eq!(n_clean, clean.unwrap_or(3), "{l:?}");
         *f.loaded.lock() = l;
         f
@@ -1036,7 +1056,7 @@ mod tests {
         assert_eq!(f.slots(), 10);
         assert_eq!(f.free.lock().len(), 5);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096 + 10 * BS as u64);
-        let mut st = State::new(0);
+        let mut st = Slots::new();
         dirty(&f, &mut st, 30, 9);
         drop(f);
         let f = CacheFile::open(&p, BS, 10, RECOVER).unwrap();
@@ -1045,7 +1065,7 @@ mod tests {
         // Shrink to 4: block 30 (dirty) and the other two dirty blocks stay, one clean one.
         let f = CacheFile::open(&p, BS, 4, RECOVER).unwrap();
         let l = f.take_loaded();
-        assert_eq!(l.iter().filter(|x| x.dirty).count(), 3);
+        assert_eq!(l.iter().filter(|x| x.is_dirty()).count(), 3);
         assert_eq!(l.len(), 4);
         assert_eq!(l.iter().find(|x| x.block == 30).unwrap().data, Some(data(9)));
         drop(f);
@@ -1062,7 +1082,7 @@ mod tests {
         let f = CacheFile::open(&p, BS, 1, FileOptions::default()).unwrap();
         let l = f.take_loaded();
         assert_eq!(l.len(), 1);
-        assert!(!l[0].dirty);
+        assert!(!l[0].is_dirty());
         assert_eq!(l[0].data, six_slot_data(l[0].block));
         assert_eq!(f.stored_token(), 0x77);
     }
@@ -1072,13 +1092,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         {
-            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
-            let mut st = State::new(0);
-            let mut e = Entry::new(Instant::now());
-            e.data = Some(data(5));
-            st.entries.insert(3, e);
-            let nv = CacheFile { opts: FileOptions { no_verify: true, ..Default::default() }, ..f };
-            record_clean(&nv, &mut st, 3);
+            let (nv, mut st) = new_file(&p, 4, FileOptions { no_verify: true, ..Default::default() });
+            record_clean(&nv, &mut st, 3, Some(&data(5)), None);
         }
         let no_verify = FileOptions { no_verify: true, ..Default::default() };
         let f = CacheFile::open(&p, BS, 8, no_verify).unwrap();
@@ -1177,8 +1192,8 @@ mod tests {
         assert_eq!(f.dirty_found(), 1);
         let mut l = f.take_loaded();
         l.sort_by_key(|x| x.block);
-        assert_eq!((l[0].block, l[0].dirty, l[0].data.clone()), (7, true, Some(data(1))));
-        assert_eq!((l[1].block, l[1].etag, l[1].data.clone()), (9, Some(Etag([0xab; 16])), Some(data(3))));
+        assert_eq!((l[0].block, l[0].is_dirty(), l[0].data.clone()), (7, true, Some(data(1))));
+        assert_eq!((l[1].block, etag_of(&l[1]), l[1].data.clone()), (9, Some(Etag([0xab; 16])), Some(data(3))));
         drop(f);
         let raw = std::fs::read(&p).unwrap();
         assert_eq!(u32_at(&raw, 8), VERSION);
@@ -1211,8 +1226,7 @@ mod tests {
         let mut valid = ByteRanges::new(3, 9);
         valid.insert(20, 22);
         {
-            let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
-            let mut st = State::new(0);
+            let (f, mut st) = new_file(&p, 4, FileOptions::default());
             record_dirty(&f, &mut st, 7, Some(&Bytes::from(want.clone())), Some(&valid)).unwrap();
             record_dirty(&f, &mut st, 8, None, Some(&ByteRanges::new(0, 4))).unwrap();
         }
@@ -1221,9 +1235,10 @@ mod tests {
             let mut l = f.take_loaded();
             l.sort_by_key(|x| x.block);
             assert_eq!(l.len(), 2);
-            assert_eq!((l[0].block, l[0].dirty, l[0].valid.clone()), (7, true, Some(valid.clone())));
+            assert_eq!((l[0].block, &l[0].state), (7, &LoadedState::Dirty { valid: Some(valid.clone()) }));
             assert_eq!(l[0].data, Some(Bytes::from(want.clone())));
-            assert_eq!((l[1].block, l[1].data.clone(), l[1].valid.clone()), (8, None, Some(ByteRanges::new(0, 4))));
+            let zeros = LoadedState::Dirty { valid: Some(ByteRanges::new(0, 4)) };
+            assert_eq!((l[1].block, l[1].data.clone(), &l[1].state), (8, None, &zeros));
         }
     }
 
@@ -1265,8 +1280,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("c");
             {
-                let f = CacheFile::open(&p, BS, 4, FileOptions::default()).unwrap();
-                let mut st = State::new(0);
+                let (f, mut st) = new_file(&p, 4, FileOptions::default());
                 dirty(&f, &mut st, 7, 1);
                 clean(&f, &mut st, 9, 3, 0xab);
                 dirty(&f, &mut st, 11, 4);

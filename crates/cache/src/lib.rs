@@ -8,7 +8,12 @@
 //!
 //! How it works (see [`BlockCache`]):
 //! * Each cached block is *loading* (one inner read in flight, other readers of the block wait
-//!   for it), *clean* (equal to the stored version) or *dirty* (newer than the store). Only
+//!   for it), *clean* (equal to the stored version) or *dirty* (newer than the store). Its
+//!   entry's state is an enum whose variants carry what only that phase has: a clean block its
+//!   ETag and LRU position, a dirty block its upload's progress (failures, retry time, whether
+//!   somebody waits) and, when written only in part, its byte ranges; so a clean block with an
+//!   upload error, say, cannot be written down. Phases change only through the transitions of
+//!   the bookkeeping (module `state`), which keep the LRU list and the dirty count in step. Only
 //!   clean blocks are evicted, least recently used first; blocks numbered below
 //!   `num_protected` are evicted only when no other clean block is left.
 //! * Dirty blocks are uploaded by a write-back scheduler after `write_delay` (sooner when the
@@ -75,7 +80,7 @@ use s3b_store::{
     BlockData, BlockNum, BlockStore, ContractError, Etag, Geometry, ReadIntent, ReadOutcome, ReadRequest, Result,
     Revalidation, StoreError, is_zero,
 };
-use state::{Entry, Phase, State};
+use state::{BlockState, Entry, State};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -125,6 +130,12 @@ impl Default for CacheConfig {
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Longest delay between two attempts to upload a block.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How long to wait before the next attempt to upload a block after `retries` failures in a
+/// row.
+fn retry_delay(retries: u32) -> Duration {
+    FIRST_RETRY_DELAY.saturating_mul(1 << retries.min(10)).min(MAX_RETRY_DELAY)
+}
 
 /// The block cache. Build it with [`BlockCache::new`] inside a tokio runtime (it spawns its
 /// write-back scheduler there).
@@ -180,24 +191,14 @@ impl BlockCache {
         let mut state = State::new(cfg.num_protected);
         for l in loaded {
             let now = Instant::now();
-            let mut e = Entry::new(now);
-            e.data = l.data;
-            e.etag = l.etag;
-            e.slot = Some(l.slot);
-            e.valid = l.valid;
-            if l.dirty {
-                e.phase = Phase::Dirty;
-                e.ver = 1;
-                e.dirty_at = now;
-                state.dirty_count += 1;
-                state.dirty_queue.push_back(l.block);
-            } else {
-                e.phase = Phase::Clean;
-                e.verify = l.verify;
-            }
-            state.entries.insert(l.block, e);
-            if !l.dirty {
-                state.lru_insert(l.block);
+            match l.state {
+                // Recovered: as if written again, so it is uploaded.
+                file::LoadedState::Dirty { valid } => drop(state.write(l.block, l.data, valid, Some(l.slot), now)),
+                file::LoadedState::Clean { etag, verify } => {
+                    let e = state.insert_loading(l.block, now);
+                    (e.data, e.slot) = (l.data, Some(l.slot));
+                    state.set_clean(l.block, etag, verify);
+                }
             }
         }
         stats.initial_size.store(state.entries.len() as u64, Ordering::Relaxed);
@@ -231,7 +232,7 @@ impl BlockCache {
 
     /// Number of dirty blocks right now.
     pub fn dirty_count(&self) -> usize {
-        self.shared.state.lock().dirty_count
+        self.shared.state.lock().dirty_count()
     }
 }
 
@@ -261,8 +262,8 @@ impl Shared {
             let step = {
                 let mut st = self.state.lock();
                 let now = Instant::now();
-                match st.entries.get_mut(&n) {
-                    Some(e) if e.phase == Phase::Loading => {
+                match st.entries.get(&n) {
+                    Some(e) if matches!(e.state(), BlockState::Loading) => {
                         if !counted {
                             // Somebody (read-ahead or another reader) is already fetching it.
                             self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +271,7 @@ impl Shared {
                         }
                         Step::Wait
                     }
-                    Some(e) if e.valid.is_some() => {
+                    Some(e) if e.partial().is_some() => {
                         // Written only in part: the rest comes from the store first.
                         if !counted {
                             self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
@@ -278,20 +279,15 @@ impl Shared {
                         }
                         Step::Fill
                     }
-                    Some(e) if e.phase == Phase::Clean && e.verify => {
+                    Some(e) if matches!(e.state(), BlockState::Clean(c) if c.verify) => {
                         // Reloaded from the cache file: check it against the store first.
-                        e.phase = Phase::Loading;
-                        let etag = e.etag;
-                        st.lru_remove(n);
+                        let etag = e.etag();
+                        st.start_verify(n);
                         Step::Load(etag)
                     }
                     Some(e) => {
-                        e.last_access = now;
-                        let out = outcome(&e.data, e.etag);
-                        let clean = e.phase == Phase::Clean && e.uploading.is_none();
-                        if clean {
-                            st.lru_touch(n);
-                        }
+                        let out = outcome(&e.data, e.etag());
+                        st.touch(n, now);
                         if !counted {
                             self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
                         }
@@ -302,7 +298,7 @@ impl Shared {
                             self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
                         }
                         if self.make_room(&mut st) {
-                            st.entries.insert(n, Entry::loading(now));
+                            st.insert_loading(n, now);
                             Step::Load(None)
                         } else {
                             // Full of dirty or busy blocks: read through without caching.
@@ -342,25 +338,25 @@ impl Shared {
                 Err(e) => Some(Err(e)),
             };
         };
-        if e.phase != Phase::Loading && e.valid.is_some() {
+        let loading = matches!(e.state(), BlockState::Loading);
+        if !loading && e.partial().is_some() {
             // Replaced (and since evicted and written in part) while we read: what we read may
             // predate the block's last upload, so it must not complete the partial block.
             drop(st);
             self.changed.notify_waiters();
             return None;
         }
-        let result = if e.phase != Phase::Loading {
+        let result = if !loading {
             // A write replaced the block while we were reading: its data wins.
-            Ok(outcome(&e.data, e.etag))
+            Ok(outcome(&e.data, e.etag()))
         } else {
             match res {
                 Ok(Revalidation::Unchanged) => {
+                    // Only a check of a reloaded block (`verify` is its ETag) answers this.
                     self.stats.verified.fetch_add(1, Ordering::Relaxed);
-                    e.verify = false;
-                    e.phase = Phase::Clean;
                     e.last_access = Instant::now();
-                    let out = outcome(&e.data, e.etag);
-                    st.lru_insert(n);
+                    let out = outcome(&e.data, verify);
+                    st.set_clean(n, verify, false);
                     Ok(out)
                 }
                 Ok(Revalidation::Changed(out)) => {
@@ -372,9 +368,6 @@ impl Shared {
                         _ => (None, None),
                     };
                     e.data = data;
-                    e.etag = etag;
-                    e.verify = false;
-                    e.phase = Phase::Clean;
                     e.last_access = Instant::now();
                     // A reloaded block that changed in the store: its slot holds the old data.
                     let stale_slot = e.slot.take();
@@ -382,9 +375,9 @@ impl Shared {
                         if let Some(slot) = stale_slot {
                             f.release(slot);
                         }
-                        e.slot = f.note_clean(n, None, e.data.as_ref(), e.etag);
+                        e.slot = f.note_clean(n, None, e.data.as_ref(), etag);
                     }
-                    st.lru_insert(n);
+                    st.set_clean(n, etag, false);
                     Ok(out)
                 }
                 Err(err) => {
@@ -400,8 +393,7 @@ impl Shared {
 
     /// Removes a clean or loading entry and frees its file slot.
     fn drop_entry(&self, st: &mut State, n: BlockNum) {
-        st.lru_remove(n);
-        if let Some(e) = st.entries.remove(&n)
+        if let Some(e) = st.remove(n)
             && let (Some(slot), Some(f)) = (e.slot, &self.file)
         {
             f.release(slot);
@@ -434,20 +426,21 @@ impl Shared {
         self.write_with(n, |e| {
             // What is known of the block: all of it, some ranges, or nothing (not cached, or
             // reloaded from the cache file and not verified yet: its data may be stale).
-            let (base, valid) = match e {
-                Some(e) if e.phase == Phase::Loading => return Prepared::Wait,
-                Some(e) if !(e.phase == Phase::Clean && e.verify) => (e.data.clone(), e.valid.clone()),
-                _ => (None, Some(ByteRanges::default())),
+            let known = match e.map(|e| (e, e.state())) {
+                Some((_, BlockState::Loading)) => return Prepared::Wait,
+                Some((_, BlockState::Clean(c))) if c.verify => None,
+                other => other,
+            };
+            let (base, valid) = match known {
+                Some((e, _)) => (e.data.clone(), e.partial().cloned()),
+                None => (None, Some(ByteRanges::default())),
             };
             if let Some(v) = &valid
                 && v.len_after(off, end) > MAX_RANGES
             {
                 return Prepared::Fill;
             }
-            if let Some(e) = e
-                && e.phase == Phase::Clean
-                && !e.verify
-            {
+            if let Some((_, BlockState::Clean(_))) = known {
                 let same =
                     base.as_deref().map_or_else(|| is_zero(&part), |d| d[off as usize..end as usize] == part[..]);
                 if same {
@@ -497,8 +490,8 @@ impl Shared {
                     Prepared::Wait => Next::Changed,
                     Prepared::Fill => Next::Fill,
                     Prepared::Data(data, valid) => {
-                        let already_dirty = present && st.entries[&n].phase == Phase::Dirty;
-                        let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count >= self.cfg.max_dirty;
+                        let already_dirty = st.entries.get(&n).is_some_and(Entry::is_dirty);
+                        let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count() >= self.cfg.max_dirty;
                         if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
                             Next::Room
                         } else {
@@ -520,7 +513,7 @@ impl Shared {
                 Next::Room => {
                     // Counted while waiting (uploads hurry meanwhile), uncounted however the
                     // wait ends, a cancelled caller included.
-                    let _waiting = Raised::new(self, |st| &mut st.space_waiters);
+                    let _waiting = Raised::new(self, |st| &mut st.waiters.room);
                     self.wake.notify_one();
                     notified.await;
                 }
@@ -549,31 +542,13 @@ impl Shared {
             }
             None => None,
         };
-        st.lru_remove(n);
-        let e = st.entries.entry(n).or_insert_with(|| Entry::new(now));
-        e.slot = slot;
-        if e.phase != Phase::Dirty {
-            e.dirty_at = now;
+        let e = st.write(n, data, valid, slot, now);
+        if self.cfg.sync
+            && let Some(d) = e.dirty_mut()
+        {
+            d.upload.urgent = true;
         }
-        let became_dirty = e.phase != Phase::Dirty;
-        e.phase = Phase::Dirty;
-        e.verify = false;
-        e.data = data;
-        e.valid = valid;
-        e.etag = None;
-        e.ver += 1;
-        e.last_access = now;
-        let ver = e.ver;
-        if became_dirty {
-            st.dirty_count += 1;
-            if !st.dirty_queue.contains(&n) {
-                st.dirty_queue.push_back(n);
-            }
-        }
-        if self.cfg.sync {
-            st.urgent.insert(n);
-        }
-        Ok(ver)
+        Ok(e.ver)
     }
 
     /// Completes a partially written block: reads the stored version once and merges it under
@@ -585,14 +560,14 @@ impl Shared {
             let notified = self.next_change();
             {
                 let mut st = self.state.lock();
-                match st.entries.get_mut(&n) {
-                    Some(e) if e.valid.is_some() => {
-                        if !e.filling {
-                            e.filling = true;
+                match st.entries.get_mut(&n).and_then(Entry::partial_mut) {
+                    Some(p) => {
+                        if !p.filling {
+                            p.filling = true;
                             break;
                         }
                     }
-                    _ => return Ok(()),
+                    None => return Ok(()),
                 }
             }
             notified.await;
@@ -607,13 +582,15 @@ impl Shared {
                     Ok(None)
                 }
                 Some(e) => {
-                    e.filling = false;
+                    if let Some(p) = e.partial_mut() {
+                        p.filling = false;
+                    }
                     match res {
                         Err(err) => Err(err),
-                        Ok(out) => match (out.into_data(bs), e.valid.take()) {
+                        Ok(out) => match (out.into_data(bs), e.dirty_mut().and_then(|d| d.partial.take())) {
                             // Completed meanwhile by a whole-block write.
                             (_, None) => Ok(None),
-                            (stored, Some(valid)) => {
+                            (stored, Some(state::Partial { valid, .. })) => {
                                 let mut buf = BytesMut::from(&stored[..]);
                                 for &(a, b) in valid.ranges() {
                                     let (a, b) = (a as usize, b as usize);
@@ -663,7 +640,7 @@ impl Shared {
     async fn wait_stored(&self, targets: &[(BlockNum, u64)], fail: bool) -> Result<()> {
         let failures_before: Vec<u64> = {
             let st = self.state.lock();
-            targets.iter().map(|(n, _)| st.entries.get(n).map_or(0, |e| e.failures)).collect()
+            targets.iter().map(|(n, _)| st.entries.get(n).map_or(0, Entry::failures)).collect()
         };
         loop {
             let notified = self.next_change();
@@ -671,10 +648,10 @@ impl Shared {
                 let mut st = self.state.lock();
                 let mut pending = Vec::new();
                 for ((n, g), before) in targets.iter().zip(&failures_before) {
-                    let Some(e) = st.entries.get(n).filter(|e| e.uploaded_gen < *g) else { continue };
-                    if fail && e.failures > *before {
-                        return Err(match &e.upload_error {
-                            Some(source) => StoreError::UploadFailed { block: *n, source: source.clone() },
+                    let Some(e) = st.entries.get(n).filter(|e| e.stored_ver() < *g) else { continue };
+                    if fail && e.failures() > *before {
+                        return Err(match e.dirty().and_then(|d| d.upload.failing.as_ref()) {
+                            Some(f) => StoreError::UploadFailed { block: *n, source: f.error.clone() },
                             None => StoreError::NotRunning,
                         });
                     }
@@ -683,7 +660,11 @@ impl Shared {
                 if pending.is_empty() {
                     return Ok(());
                 }
-                st.urgent.extend(pending);
+                for n in pending {
+                    if let Some(d) = st.entries.get_mut(&n).and_then(Entry::dirty_mut) {
+                        d.upload.urgent = true;
+                    }
+                }
             }
             self.wake.notify_one();
             notified.await;
@@ -693,11 +674,10 @@ impl Shared {
     fn dirty_targets(&self, blocks: Option<&[BlockNum]>) -> Vec<(BlockNum, u64)> {
         let st = self.state.lock();
         match blocks {
-            Some(list) => list
-                .iter()
-                .filter_map(|n| st.entries.get(n).filter(|e| e.phase == Phase::Dirty).map(|e| (*n, e.ver)))
-                .collect(),
-            None => st.entries.iter().filter(|(_, e)| e.phase == Phase::Dirty).map(|(n, e)| (*n, e.ver)).collect(),
+            Some(list) => {
+                list.iter().filter_map(|n| st.entries.get(n).filter(|e| e.is_dirty()).map(|e| (*n, e.ver))).collect()
+            }
+            None => st.entries.iter().filter(|(_, e)| e.is_dirty()).map(|(n, e)| (*n, e.ver)).collect(),
         }
     }
 }
@@ -777,29 +757,26 @@ async fn writeback_loop(sh: Arc<Shared>) {
             // Upload early when writers wait, a flush asks, or dirty blocks pile up.
             let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
             let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
-            let pressure = st.space_waiters > 0 || st.dirty_count * 10 >= limit * 9;
+            let pressure = st.waiters.room > 0 || st.dirty_count() * 10 >= limit * 9;
+            let threads = sh.cfg.threads;
             let mut i = 0;
             while !paused
                 && i < st.dirty_queue.len()
-                && (st.uploading < sh.cfg.threads || st.fills_ahead < sh.cfg.threads)
+                && (st.in_flight.uploads < threads || st.in_flight.fills < threads)
             {
                 let n = st.dirty_queue[i];
-                let urgent = pressure || st.flush_all > 0 || st.urgent.contains(&n);
-                let Some(e) = st.entries.get(&n) else {
+                let Some((e, d)) = st.entries.get(&n).and_then(|e| Some((e, e.dirty()?))) else {
                     st.dirty_queue.remove(i);
                     continue;
                 };
-                if e.phase != Phase::Dirty {
-                    st.dirty_queue.remove(i);
-                    continue;
-                }
-                if e.uploading.is_some() {
+                if d.upload.in_flight {
                     i += 1;
                     continue;
                 }
-                let mut due = if urgent { now } else { e.dirty_at + sh.cfg.write_delay };
-                if let Some(r) = e.retry_at {
-                    due = due.max(r);
+                let urgent = pressure || st.waiters.flush_all > 0 || d.upload.urgent;
+                let mut due = if urgent { now } else { d.since + sh.cfg.write_delay };
+                if let Some(f) = &d.upload.failing {
+                    due = due.max(f.retry_at);
                 }
                 if due > now {
                     next = next.min(due);
@@ -811,32 +788,35 @@ async fn writeback_loop(sh: Arc<Shared>) {
                 // upload slot. A younger one (due early because of pressure or a flush) may be
                 // the one a sequential writer is completing right now: it goes the old way, so
                 // no read is started for it while every upload slot is busy.
-                if e.valid.is_some() && !e.fill_failed && e.dirty_at + sh.cfg.write_delay <= now {
-                    if e.filling {
+                if let Some(p) = &d.partial
+                    && !p.fill_failed
+                    && d.since + sh.cfg.write_delay <= now
+                {
+                    if p.filling {
                         // A reader completes it: look again soon.
                         next = next.min(now + FILL_RECHECK);
-                    } else if st.fills_ahead < sh.cfg.threads {
-                        st.fills_ahead += 1;
+                    } else if st.in_flight.fills < threads {
+                        st.in_flight.fills += 1;
                         fills.push(n);
                     }
                     i += 1;
                     continue;
                 }
-                if st.uploading >= sh.cfg.threads {
+                if st.in_flight.uploads >= threads {
                     i += 1;
                     continue;
                 }
-                let (ver, data, partial) = (e.ver, e.data.clone(), e.valid.is_some());
-                if let Some(e) = st.entries.get_mut(&n) {
-                    e.uploading = Some(ver);
+                let (ver, data, partial) = (e.ver, e.data.clone(), d.partial.is_some());
+                if let Some(d) = st.entries.get_mut(&n).and_then(Entry::dirty_mut) {
+                    d.upload.in_flight = true;
                 }
-                st.uploading += 1;
+                st.in_flight.uploads += 1;
                 st.dirty_queue.remove(i);
                 jobs.push((n, ver, data, partial));
             }
             if let Some(t) = sh.cfg.timeout {
                 while let Some(victim) = st.lru_oldest() {
-                    let idle = st.entries[&victim].last_access + t;
+                    let idle = st.entries.get(&victim).expect("evictable blocks are cached").last_access + t;
                     if idle > now {
                         next = next.min(idle);
                         break;
@@ -871,16 +851,19 @@ async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
     let res = sh.fill(n).await;
     {
         let mut st = sh.state.lock();
-        st.fills_ahead -= 1;
+        st.in_flight.fills -= 1;
         if let Err(err) = res {
             log::debug!("block cache: completing block {n:#010x} ahead of its upload failed: {err}");
-            if let Some(e) = st.entries.get_mut(&n) {
-                e.fill_failed = true;
+            if let Some(p) = st.entries.get_mut(&n).and_then(Entry::partial_mut) {
+                p.fill_failed = true;
             }
         }
     }
     sh.wake.notify_one();
 }
+
+/// Why a block with an upload in flight is dirty: nothing but that upload makes it clean.
+const ONLY_UPLOADS_CLEAN: &str = "a block being uploaded stays dirty";
 
 /// Uploads one block version and settles the entry afterwards. A block still `partial` is
 /// completed first, and then its version at that moment is uploaded.
@@ -889,10 +872,9 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
         match sh.fill(n).await {
             Ok(()) => {
                 let data = {
-                    let mut st = sh.state.lock();
-                    let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
+                    let st = sh.state.lock();
+                    let e = st.entries.get(&n).expect("dirty entries are never evicted");
                     ver = e.ver;
-                    e.uploading = Some(ver);
                     e.data.clone()
                 };
                 sh.inner.write_block(n, data.map(BlockData::already_checked)).await
@@ -904,44 +886,33 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
     };
     {
         let mut st = sh.state.lock();
-        st.uploading -= 1;
+        st.in_flight.uploads -= 1;
         let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
-        e.uploading = None;
+        let upload = &mut e.dirty_mut().expect(ONLY_UPLOADS_CLEAN).upload;
         match res {
             Ok(etag) => {
-                e.retries = 0;
-                e.upload_error = None;
-                e.retry_at = None;
-                e.uploaded_gen = ver;
+                upload.succeeded(ver);
                 if e.ver == ver {
-                    e.phase = Phase::Clean;
-                    e.etag = etag;
                     e.last_access = Instant::now();
                     if let Some(f) = &sh.file {
-                        e.slot = f.note_clean(n, e.slot, e.data.as_ref(), e.etag);
+                        e.slot = f.note_clean(n, e.slot, e.data.as_ref(), etag);
                     }
-                    st.dirty_count -= 1;
-                    st.urgent.remove(&n);
-                    st.lru_insert(n);
-                } else if !st.dirty_queue.contains(&n) {
+                    st.set_clean(n, etag, false);
+                } else {
                     // Re-dirtied during the upload: the newer data goes up next.
                     st.dirty_queue.push_back(n);
                 }
             }
             Err(err) => {
-                e.retries += 1;
-                e.failures += 1;
-                let delay = FIRST_RETRY_DELAY.saturating_mul(1 << e.retries.min(10)).min(MAX_RETRY_DELAY);
-                e.retry_at = Some(Instant::now() + delay);
-                let tries = e.retries;
+                let now = Instant::now();
+                let f = upload.failed(err, retry_delay, now);
                 log::warn!(
-                    "block cache: upload of block {n:#010x} failed (attempt {tries}): {}; retrying in {delay:?}",
-                    s3b_store::Chain(&err)
+                    "block cache: upload of block {n:#010x} failed (attempt {}): {}; retrying in {:?}",
+                    f.retries,
+                    s3b_store::Chain(&*f.error),
+                    f.retry_at - now
                 );
-                e.upload_error = Some(std::sync::Arc::new(err));
-                if !st.dirty_queue.contains(&n) {
-                    st.dirty_queue.push_front(n);
-                }
+                st.dirty_queue.push_front(n);
             }
         }
     }
@@ -1008,7 +979,7 @@ impl BlockStore for BlockCache {
             // Written in part, and the bytes asked for are among those written: no read.
             let mut st = sh.state.lock();
             if let Some(e) = st.entries.get_mut(&n)
-                && e.valid.as_ref().is_some_and(|v| v.covers(off as u32, end as u32))
+                && e.partial().is_some_and(|v| v.covers(off as u32, end as u32))
             {
                 e.last_access = Instant::now();
                 sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
@@ -1027,7 +998,7 @@ impl BlockStore for BlockCache {
     }
 
     async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        let cached: Vec<BlockNum> = self.shared.state.lock().entries.keys().copied().collect();
+        let cached: Vec<BlockNum> = self.shared.state.lock().entries.iter().map(|(n, _)| *n).collect();
         for n in cached {
             sink(n);
         }
@@ -1052,7 +1023,7 @@ impl BlockCache {
     async fn flush_blocks(&self, blocks: Option<&[BlockNum]>, fail: bool) -> Result<()> {
         let sh = &self.shared;
         let targets = sh.dirty_targets(blocks);
-        let all = blocks.is_none().then(|| Raised::new(sh, |st| &mut st.flush_all));
+        let all = blocks.is_none().then(|| Raised::new(sh, |st| &mut st.waiters.flush_all));
         sh.wake.notify_one();
         let stored = sh.wait_stored(&targets, fail).await;
         drop(all);

@@ -6,7 +6,6 @@
 //! batch are fetched at once on a bounded pool. Any non-sequential read resets the window.
 
 use crate::Shared;
-use crate::state::Entry;
 use s3b_store::BlockNum;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -114,7 +113,7 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
             if !sh.make_room(&mut st) {
                 break;
             }
-            st.entries.insert(b, Entry::loading(Instant::now()));
+            st.insert_loading(b, Instant::now());
         }
         let sh = sh.clone();
         tokio::spawn(async move {

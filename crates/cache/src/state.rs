@@ -1,94 +1,286 @@
 //! The cache's bookkeeping: one [`Entry`] per cached block, the LRU order of clean blocks
 //! (two lists, so that protected blocks go last) and the queue of dirty blocks.
+//!
+//! An entry's [`BlockState`] carries what only one phase of a block's life has: a clean block
+//! its ETag and LRU position, a dirty block its upload progress and, when written only in part,
+//! the byte ranges it holds. A block enters and leaves a phase only through [`State`]'s
+//! transitions ([`State::insert_loading`], [`State::start_verify`], [`State::set_clean`],
+//! [`State::write`], [`State::remove`]), which keep the LRU and the dirty count in step with
+//! it; what changes within a phase (an upload starting or failing, a partial block being
+//! completed) is changed in place through [`Entry::dirty_mut`].
 
 use crate::ranges::ByteRanges;
 use bytes::Bytes;
 use s3b_store::{BlockNum, Etag, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use tokio::time::Instant;
-
-/// Where a cached block is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// One inner read is in flight; other readers wait for it.
-    Loading,
-    /// Same as the stored version.
-    Clean,
-    /// Newer than the stored version.
-    Dirty,
-}
 
 /// One cached block.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) phase: Phase,
-    /// The data; `None` means all zeros.
+    /// The data; `None` means all zeros. While loading: nothing yet, or the reloaded data being
+    /// checked against the store.
     pub(crate) data: Option<Bytes>,
-    /// ETag of the stored version, when clean and known.
-    pub(crate) etag: Option<Etag>,
-    /// Clean but reloaded from the cache file: to be checked against the store on first read.
-    pub(crate) verify: bool,
-    /// Bumped by every write.
+    /// Generation: bumped by every write, and kept while the block is clean, so that it keeps
+    /// growing for as long as the block stays cached (a flush waits until
+    /// [`Entry::stored_ver`] reaches the generation it saw).
     pub(crate) ver: u64,
-    /// Generation of the last successful upload.
-    pub(crate) uploaded_gen: u64,
-    /// Generation being uploaded now, if any.
-    pub(crate) uploading: Option<u64>,
-    /// When the block last went from clean to dirty.
-    pub(crate) dirty_at: Instant,
-    /// Failed upload attempts in a row.
-    pub(crate) retries: u32,
-    /// Failed upload attempts ever (never reset): a flush fails when this grows while it waits
-    /// for the block.
-    pub(crate) failures: u64,
-    /// Why the last upload attempt failed.
-    pub(crate) upload_error: Option<std::sync::Arc<StoreError>>,
-    /// No new upload attempt before this.
-    pub(crate) retry_at: Option<Instant>,
     /// Last read or write.
     pub(crate) last_access: Instant,
     /// Slot in the cache file, if any.
     pub(crate) slot: Option<u32>,
-    /// A block written only in part (always dirty): the byte ranges `data` holds; the other
-    /// bytes are placeholders until the store's version is merged in. `None` = all of it.
-    pub(crate) valid: Option<ByteRanges>,
-    /// A read of the store's version to complete this partial block is in flight.
-    pub(crate) filling: bool,
-    /// Completing this partial block ahead of its upload failed: its upload completes it
-    /// instead (with the upload's retries).
-    pub(crate) fill_failed: bool,
-    /// Key in the LRU map while the entry is evictable.
-    pub(crate) lru_key: Option<u64>,
+    /// Where the block is in its life, with what only that phase has.
+    state: BlockState,
 }
 
 impl Entry {
-    /// A fresh entry (the caller sets its phase and data).
-    pub(crate) fn new(now: Instant) -> Entry {
-        Entry {
-            phase: Phase::Clean,
-            data: None,
-            etag: None,
-            verify: false,
-            ver: 0,
-            uploaded_gen: 0,
-            uploading: None,
-            dirty_at: now,
-            retries: 0,
-            failures: 0,
-            upload_error: None,
-            retry_at: None,
-            last_access: now,
-            slot: None,
-            valid: None,
-            filling: false,
-            fill_failed: false,
-            lru_key: None,
+    /// Where the block is in its life.
+    pub(crate) fn state(&self) -> &BlockState {
+        &self.state
+    }
+
+    /// What the block has while dirty.
+    pub(crate) fn dirty(&self) -> Option<&Dirty> {
+        match &self.state {
+            BlockState::Dirty(d) => Some(d),
+            _ => None,
         }
     }
 
-    /// An entry whose first read is in flight.
-    pub(crate) fn loading(now: Instant) -> Entry {
-        Entry { phase: Phase::Loading, ..Entry::new(now) }
+    /// What the block has while dirty, to change within that phase.
+    pub(crate) fn dirty_mut(&mut self) -> Option<&mut Dirty> {
+        match &mut self.state {
+            BlockState::Dirty(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether the block is dirty.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty().is_some()
+    }
+
+    /// For a block written only in part: the byte ranges it holds.
+    pub(crate) fn partial(&self) -> Option<&ByteRanges> {
+        self.dirty()?.partial.as_ref().map(|p| &p.valid)
+    }
+
+    /// For a block written only in part: its ranges and completion, to change.
+    pub(crate) fn partial_mut(&mut self) -> Option<&mut Partial> {
+        self.dirty_mut()?.partial.as_mut()
+    }
+
+    /// ETag of the version the block holds (known only while clean).
+    pub(crate) fn etag(&self) -> Option<Etag> {
+        match &self.state {
+            BlockState::Clean(c) => c.etag,
+            _ => None,
+        }
+    }
+
+    /// Generation the store holds: every generation of a block that is not dirty.
+    pub(crate) fn stored_ver(&self) -> u64 {
+        self.dirty().map_or(self.ver, |d| d.upload.stored_ver)
+    }
+
+    /// Failed upload attempts since the block last turned dirty (none when it is not).
+    pub(crate) fn failures(&self) -> u64 {
+        self.dirty().map_or(0, |d| d.upload.failures)
+    }
+}
+
+/// Where a cached block is in its life.
+#[derive(Debug)]
+pub(crate) enum BlockState {
+    /// One inner read is in flight; other readers wait for it.
+    Loading,
+    /// Same as the stored version.
+    Clean(Clean),
+    /// Newer than the stored version.
+    Dirty(Dirty),
+}
+
+/// What a clean block has.
+#[derive(Debug)]
+pub(crate) struct Clean {
+    /// ETag of the stored version, when known.
+    pub(crate) etag: Option<Etag>,
+    /// Reloaded from the cache file: to be checked against the store on first read.
+    pub(crate) verify: bool,
+    /// Key in the LRU map: every clean block is evictable.
+    lru_key: u64,
+}
+
+/// What a dirty block has: its upload's progress, and the byte ranges of a block written only
+/// in part.
+///
+/// It lasts from the write that made the block dirty to the upload that makes it clean, and is
+/// dropped then. Nothing in it needs to outlive that: a flush waiting for the block waits for a
+/// generation, and once the block is clean every generation it had is stored, so the wait is
+/// over even if the block turns dirty again (its [`Upload::stored_ver`] starts at the
+/// generation it had).
+#[derive(Debug)]
+pub(crate) struct Dirty {
+    /// When the block went from clean (or not cached) to dirty.
+    pub(crate) since: Instant,
+    /// How uploading it goes.
+    pub(crate) upload: Upload,
+    /// For a block written only in part, what it holds and how its completion goes.
+    pub(crate) partial: Option<Partial>,
+}
+
+impl Dirty {
+    /// A block that has just turned dirty from generation `ver`, written in part when `valid`
+    /// is given.
+    fn new(ver: u64, valid: Option<ByteRanges>, now: Instant) -> Dirty {
+        Dirty {
+            since: now,
+            upload: Upload { urgent: false, stored_ver: ver, in_flight: false, failures: 0, failing: None },
+            partial: valid.map(Partial::new),
+        }
+    }
+
+    /// A new write: the block now holds `valid` only (`None`: all of it). A block still
+    /// partial keeps its completion state (a read in flight completes it all the same).
+    fn rewritten(&mut self, valid: Option<ByteRanges>) {
+        match (&mut self.partial, valid) {
+            (Some(p), Some(v)) => p.valid = v,
+            (_, v) => self.partial = v.map(Partial::new),
+        }
+    }
+}
+
+/// How uploading a dirty block goes.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    /// Somebody waits for it (flush, sync write): started without delay.
+    pub(crate) urgent: bool,
+    /// Generation the store holds: the block's generation when it turned dirty, then that of
+    /// each successful upload.
+    pub(crate) stored_ver: u64,
+    /// An upload is in flight (the task doing it knows which generation it sends).
+    pub(crate) in_flight: bool,
+    /// Failed attempts since the block turned dirty (a successful upload of an older generation
+    /// does not reset it): a flush fails when this grows while it waits for the block.
+    pub(crate) failures: u64,
+    /// The failed attempts since the last successful one, if the last attempt failed.
+    pub(crate) failing: Option<Failing>,
+}
+
+impl Upload {
+    /// The upload of generation `ver` succeeded.
+    pub(crate) fn succeeded(&mut self, ver: u64) {
+        self.in_flight = false;
+        self.failing = None;
+        self.stored_ver = ver;
+    }
+
+    /// The upload in flight failed with `error`; the next attempt waits `backoff(n)` after
+    /// `now`, where `n` counts the failures in a row. Returns this failure's record.
+    pub(crate) fn failed(
+        &mut self,
+        error: StoreError,
+        backoff: impl FnOnce(u32) -> std::time::Duration,
+        now: Instant,
+    ) -> &Failing {
+        self.in_flight = false;
+        self.failures += 1;
+        let retries = self.failing.as_ref().map_or(0, |f| f.retries) + 1;
+        self.failing.insert(Failing { retries, error: Arc::new(error), retry_at: now + backoff(retries) })
+    }
+}
+
+/// The failed upload attempts of a dirty block since its last successful one.
+#[derive(Debug)]
+pub(crate) struct Failing {
+    /// Failed attempts in a row (at least 1).
+    pub(crate) retries: u32,
+    /// Why the last one failed.
+    pub(crate) error: Arc<StoreError>,
+    /// No new attempt before this.
+    pub(crate) retry_at: Instant,
+}
+
+/// A block written only in part (always dirty): `Entry::data` holds the bytes of `valid`; the
+/// other bytes are placeholders until the store's version is merged in.
+#[derive(Debug)]
+pub(crate) struct Partial {
+    /// The byte ranges written.
+    pub(crate) valid: ByteRanges,
+    /// A read of the store's version to complete the block is in flight.
+    pub(crate) filling: bool,
+    /// Completing the block ahead of its upload failed: its upload completes it instead
+    /// (with the upload's retries).
+    pub(crate) fill_failed: bool,
+}
+
+impl Partial {
+    /// A block holding `valid` only, with no completion tried yet.
+    fn new(valid: ByteRanges) -> Partial {
+        Partial { valid, filling: false, fill_failed: false }
+    }
+}
+
+/// The cached blocks, to look at and to change within their phase. Adding and removing an
+/// entry, and changing its phase, go through [`State`].
+#[derive(Debug, Default)]
+pub(crate) struct Entries(HashMap<BlockNum, Entry>);
+
+impl Entries {
+    /// The entry of block `n`.
+    pub(crate) fn get(&self, n: &BlockNum) -> Option<&Entry> {
+        self.0.get(n)
+    }
+
+    /// The entry of block `n`, to change.
+    pub(crate) fn get_mut(&mut self, n: &BlockNum) -> Option<&mut Entry> {
+        self.0.get_mut(n)
+    }
+
+    /// Whether block `n` is cached.
+    pub(crate) fn contains_key(&self, n: &BlockNum) -> bool {
+        self.0.contains_key(n)
+    }
+
+    /// Number of cached blocks.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The cached blocks and their entries.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&BlockNum, &Entry)> {
+        self.0.iter()
+    }
+}
+
+/// The evictable (clean) blocks by last use, in two lists so that protected blocks go last.
+#[derive(Debug)]
+struct Lru {
+    /// Unprotected blocks.
+    lo: BTreeMap<u64, BlockNum>,
+    /// Protected blocks (numbers below `num_protected`).
+    hi: BTreeMap<u64, BlockNum>,
+    tick: u64,
+    num_protected: u32,
+}
+
+impl Lru {
+    /// Adds block `n` as the most recently used; returns its key.
+    fn insert(&mut self, n: BlockNum) -> u64 {
+        self.tick += 1;
+        if n < self.num_protected { &mut self.hi } else { &mut self.lo }.insert(self.tick, n);
+        self.tick
+    }
+
+    fn remove(&mut self, key: u64) {
+        self.lo.remove(&key);
+        self.hi.remove(&key);
+    }
+
+    /// The least recently used unprotected block, else protected one.
+    fn oldest(&self) -> Option<BlockNum> {
+        self.lo.values().next().or_else(|| self.hi.values().next()).copied()
     }
 }
 
@@ -102,6 +294,7 @@ pub(crate) struct DirtyQueue {
 
 impl DirtyQueue {
     /// Whether block `n` is queued.
+    #[cfg(test)]
     pub(crate) fn contains(&self, n: &BlockNum) -> bool {
         self.members.contains(n)
     }
@@ -140,87 +333,157 @@ impl std::ops::Index<usize> for DirtyQueue {
     }
 }
 
+/// The write-back scheduler's work in flight, each kind at most `threads` at a time.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    /// Uploads.
+    pub(crate) uploads: usize,
+    /// Partial blocks being completed ahead of their upload.
+    pub(crate) fills: usize,
+}
+
+/// Callers waiting on write-back as a whole (a flush or sync write waiting for one block marks
+/// it [`Upload::urgent`] instead). Counted while they wait: uploads hurry meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// Writers waiting for room.
+    pub(crate) room: usize,
+    /// `flush(None)` calls in progress.
+    pub(crate) flush_all: usize,
+}
+
 /// All bookkeeping, under one mutex.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) entries: HashMap<BlockNum, Entry>,
-    /// Evictable (clean, idle) unprotected blocks by last use.
-    lru_lo: BTreeMap<u64, BlockNum>,
-    /// Evictable protected blocks (numbers below `num_protected`) by last use.
-    lru_hi: BTreeMap<u64, BlockNum>,
-    tick: u64,
-    num_protected: u32,
+    pub(crate) entries: Entries,
+    lru: Lru,
     /// Dirty blocks waiting for an upload, oldest first.
     pub(crate) dirty_queue: DirtyQueue,
-    /// Dirty blocks someone waits for (flush, sync write): uploaded without delay.
-    pub(crate) urgent: HashSet<BlockNum>,
-    pub(crate) dirty_count: usize,
-    /// Uploads in flight.
-    pub(crate) uploading: usize,
-    /// Partial blocks being completed ahead of their upload (at most `threads`).
-    pub(crate) fills_ahead: usize,
-    /// Writers waiting for room.
-    pub(crate) space_waiters: usize,
-    /// `flush(None)` calls in progress.
-    pub(crate) flush_all: usize,
+    dirty_count: usize,
+    pub(crate) in_flight: InFlight,
+    pub(crate) waiters: Waiters,
     /// Set by shutdown: the scheduler exits.
     pub(crate) stopped: bool,
 }
 
 impl State {
+    /// Nothing cached; blocks numbered below `num_protected` are evicted last.
     pub(crate) fn new(num_protected: u32) -> State {
         State {
-            entries: HashMap::new(),
-            lru_lo: BTreeMap::new(),
-            lru_hi: BTreeMap::new(),
-            tick: 0,
-            num_protected,
+            entries: Entries::default(),
+            lru: Lru { lo: BTreeMap::new(), hi: BTreeMap::new(), tick: 0, num_protected },
             dirty_queue: DirtyQueue::default(),
-            urgent: HashSet::new(),
             dirty_count: 0,
-            uploading: 0,
-            fills_ahead: 0,
-            space_waiters: 0,
-            flush_all: 0,
+            in_flight: InFlight::default(),
+            waiters: Waiters::default(),
             stopped: false,
         }
     }
 
-    /// Makes block `n` (a clean entry) evictable, as the most recently used.
-    pub(crate) fn lru_insert(&mut self, n: BlockNum) {
-        self.lru_remove(n);
-        self.tick += 1;
-        let tick = self.tick;
+    /// Number of dirty blocks.
+    pub(crate) fn dirty_count(&self) -> usize {
+        self.dirty_count
+    }
+
+    /// Caches block `n` (not cached yet) as loading, with no data; returns its entry.
+    pub(crate) fn insert_loading(&mut self, n: BlockNum, now: Instant) -> &mut Entry {
+        debug_assert!(!self.entries.contains_key(&n), "block {n:#010x} is cached already");
+        self.leave(n);
+        let e = Entry { data: None, ver: 0, last_access: now, slot: None, state: BlockState::Loading };
+        self.entries.0.entry(n).insert_entry(e).into_mut()
+    }
+
+    /// Clean block `n`, reloaded from the cache file and not yet checked against the store,
+    /// goes back to loading for the check (no longer evictable).
+    pub(crate) fn start_verify(&mut self, n: BlockNum) {
+        if let Some(BlockState::Clean(c)) = self.entries.get(&n).map(Entry::state) {
+            self.lru.remove(c.lru_key);
+            if let Some(e) = self.entries.get_mut(&n) {
+                e.state = BlockState::Loading;
+            }
+        }
+    }
+
+    /// Block `n` now holds the stored version (ETag `etag`), or with `verify` a reloaded
+    /// version to check on first read: clean, and evictable as the most recently used.
+    pub(crate) fn set_clean(&mut self, n: BlockNum, etag: Option<Etag>, verify: bool) {
+        if !self.entries.contains_key(&n) {
+            return;
+        }
+        self.leave(n);
+        let lru_key = self.lru.insert(n);
         if let Some(e) = self.entries.get_mut(&n) {
-            e.lru_key = Some(tick);
-            if n < self.num_protected { &mut self.lru_hi } else { &mut self.lru_lo }.insert(tick, n);
+            e.state = BlockState::Clean(Clean { etag, verify, lru_key });
         }
     }
 
-    /// Marks an evictable block as just used.
-    pub(crate) fn lru_touch(&mut self, n: BlockNum) {
-        if self.entries.get(&n).is_some_and(|e| e.lru_key.is_some()) {
-            self.lru_insert(n);
+    /// A write of block `n` (cached or not, in any phase): it holds `data`, all of it or, with
+    /// `valid`, those byte ranges, and its file copy is in `slot`. Dirty from now on: a block
+    /// that was not is queued for upload. Returns the entry, at its new generation.
+    pub(crate) fn write(
+        &mut self,
+        n: BlockNum,
+        data: Option<Bytes>,
+        valid: Option<ByteRanges>,
+        slot: Option<u32>,
+        now: Instant,
+    ) -> &mut Entry {
+        if !self.entries.contains_key(&n) {
+            self.insert_loading(n, now);
+        }
+        if !self.entries.get(&n).is_some_and(Entry::is_dirty) {
+            self.leave(n);
+            self.dirty_count += 1;
+            self.dirty_queue.push_back(n);
+        }
+        let e = self.entries.get_mut(&n).expect("inserted above");
+        match &mut e.state {
+            BlockState::Dirty(d) => d.rewritten(valid),
+            state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now)),
+        }
+        e.data = data;
+        e.slot = slot;
+        e.ver += 1;
+        e.last_access = now;
+        e
+    }
+
+    /// Marks block `n` as just used (`now`): a clean block becomes the most recently used.
+    pub(crate) fn touch(&mut self, n: BlockNum, now: Instant) {
+        let Some(e) = self.entries.get_mut(&n) else { return };
+        e.last_access = now;
+        if let BlockState::Clean(c) = &mut e.state {
+            self.lru.remove(c.lru_key);
+            c.lru_key = self.lru.insert(n);
         }
     }
 
-    /// Makes block `n` not evictable.
-    pub(crate) fn lru_remove(&mut self, n: BlockNum) {
-        if let Some(key) = self.entries.get_mut(&n).and_then(|e| e.lru_key.take()) {
-            self.lru_lo.remove(&key);
-            self.lru_hi.remove(&key);
+    /// Takes block `n` out of the cache (clean or loading: dirty blocks are never evicted).
+    pub(crate) fn remove(&mut self, n: BlockNum) -> Option<Entry> {
+        debug_assert!(!self.entries.get(&n).is_some_and(Entry::is_dirty), "dirty block {n:#010x} evicted");
+        self.leave(n);
+        self.entries.0.remove(&n)
+    }
+
+    /// Undoes what block `n`'s current phase adds to the bookkeeping (LRU position, dirty
+    /// count), before the block leaves that phase.
+    fn leave(&mut self, n: BlockNum) {
+        match self.entries.get(&n).map(Entry::state) {
+            Some(BlockState::Clean(c)) => self.lru.remove(c.lru_key),
+            Some(BlockState::Dirty(_)) => self.dirty_count -= 1,
+            Some(BlockState::Loading) | None => {}
         }
     }
 
     /// The block to evict next: the least recently used unprotected one, else protected one.
     pub(crate) fn lru_oldest(&self) -> Option<BlockNum> {
-        self.lru_lo.values().next().or_else(|| self.lru_hi.values().next()).copied()
+        self.lru.oldest()
     }
 
     /// Number of evictable blocks.
     #[cfg(test)]
     pub(crate) fn lru_len(&self) -> usize {
-        self.lru_lo.len() + self.lru_hi.len()
+        self.lru.lo.len() + self.lru.hi.len()
     }
 }
 
@@ -229,8 +492,25 @@ mod tests {
     use super::*;
 
     fn clean(st: &mut State, n: BlockNum) {
-        st.entries.insert(n, Entry::new(Instant::now()));
-        st.lru_insert(n);
+        st.insert_loading(n, Instant::now());
+        st.set_clean(n, None, false);
+    }
+
+    /// Checks that the bookkeeping agrees with the entries' phases: every clean block is in
+    /// the LRU once, the dirty count counts the dirty ones.
+    fn check(st: &State) {
+        let clean: HashSet<BlockNum> =
+            st.entries.iter().filter(|(_, e)| matches!(e.state(), BlockState::Clean(_))).map(|(n, _)| *n).collect();
+        let in_lru: Vec<BlockNum> = st.lru.lo.values().chain(st.lru.hi.values()).copied().collect();
+        assert_eq!(in_lru.len(), clean.len(), "LRU {in_lru:?}, clean {clean:?}");
+        assert_eq!(in_lru.iter().copied().collect::<HashSet<_>>(), clean);
+        for (n, e) in st.entries.iter() {
+            if let BlockState::Clean(c) = e.state() {
+                let list = if *n < st.lru.num_protected { &st.lru.hi } else { &st.lru.lo };
+                assert_eq!(list.get(&c.lru_key), Some(n));
+            }
+        }
+        assert_eq!(st.dirty_count(), st.entries.iter().filter(|(_, e)| e.is_dirty()).count());
     }
 
     #[test]
@@ -252,24 +532,82 @@ mod tests {
     #[test]
     fn lru_order_touch_and_protection() {
         let mut st = State::new(2);
+        let now = Instant::now();
         for n in [5, 1, 6, 0, 7] {
             clean(&mut st, n);
         }
         assert_eq!(st.lru_oldest(), Some(5));
-        st.lru_touch(5);
+        st.touch(5, now);
         assert_eq!(st.lru_oldest(), Some(6));
-        st.lru_remove(6);
-        st.lru_remove(7);
+        st.remove(6);
+        st.remove(7);
         assert_eq!(st.lru_oldest(), Some(5));
-        st.lru_remove(5);
+        // Written: dirty, so no longer evictable.
+        st.write(5, None, None, None, now);
         // Only protected blocks left: oldest of them.
         assert_eq!(st.lru_oldest(), Some(1));
         assert_eq!(st.lru_len(), 2);
-        st.lru_remove(1);
-        st.lru_remove(0);
+        st.remove(1);
+        st.remove(0);
         assert_eq!(st.lru_oldest(), None);
         // Touching a non-evictable entry does not make it evictable.
-        st.lru_touch(5);
+        st.touch(5, now);
         assert_eq!(st.lru_oldest(), None);
+        check(&st);
+    }
+
+    /// A block that turns dirty again after an upload starts from the generation the store
+    /// holds, with its upload history of the earlier dirty spell gone; a partial block being
+    /// completed keeps its completion when written in part again, and drops it when written
+    /// whole.
+    #[test]
+    fn transitions_carry_what_each_phase_needs() {
+        let mut st = State::new(0);
+        let now = Instant::now();
+        assert_eq!(st.write(3, None, Some(ByteRanges::new(0, 4)), Some(9), now).ver, 1);
+        let e = st.entries.get_mut(&3).unwrap();
+        assert_eq!((e.stored_ver(), e.partial(), e.slot), (0, Some(&ByteRanges::new(0, 4)), Some(9)));
+        e.partial_mut().unwrap().filling = true;
+        let e = st.write(3, None, Some(ByteRanges::new(0, 8)), None, now);
+        assert_eq!((e.ver, e.partial_mut().map(|p| p.filling)), (2, Some(true)));
+        let d = st.write(3, None, None, None, now).dirty_mut().unwrap();
+        assert!(d.partial.is_none());
+        d.upload.in_flight = true;
+        d.upload.failed(StoreError::Injected, |_| std::time::Duration::ZERO, now);
+        assert_eq!((d.upload.failures, d.upload.failing.as_ref().map(|f| f.retries)), (1, Some(1)));
+        assert_eq!(st.dirty_count(), 1);
+        st.set_clean(3, Some(Etag([1; 16])), false);
+        let e = st.entries.get(&3).unwrap();
+        assert_eq!((e.stored_ver(), e.failures(), e.etag(), e.is_dirty()), (3, 0, Some(Etag([1; 16])), false));
+        assert_eq!((st.dirty_count(), st.lru_oldest()), (0, Some(3)));
+        let e = st.write(3, None, None, None, now);
+        assert_eq!((e.ver, e.stored_ver(), e.etag()), (4, 3, None));
+        assert!(e.dirty().is_some_and(|d| d.upload.failing.is_none() && !d.upload.urgent && !d.upload.in_flight));
+        assert_eq!((st.dirty_count(), st.lru_oldest()), (1, None));
+        check(&st);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of transitions keeps the LRU and the dirty count in step with the
+        /// entries' phases.
+        #[test]
+        fn bookkeeping_follows_the_phases(ops in proptest::collection::vec((0u8..6, 0u32..6), 0..60)) {
+            let mut st = State::new(2);
+            let now = Instant::now();
+            for (op, n) in ops {
+                let cached = st.entries.contains_key(&n);
+                let dirty = st.entries.get(&n).is_some_and(Entry::is_dirty);
+                match op {
+                    0 if !cached => drop(st.insert_loading(n, now)),
+                    1 if cached => st.set_clean(n, None, n % 2 == 0),
+                    2 => drop(st.write(n, None, (n % 2 == 0).then(|| ByteRanges::new(0, 1)), None, now)),
+                    3 => st.touch(n, now),
+                    4 if cached && !dirty => drop(st.remove(n)),
+                    5 => st.start_verify(n),
+                    _ => {}
+                }
+                check(&st);
+            }
+        }
     }
 }

@@ -51,7 +51,7 @@ impl StatsSource for CacheStats {
         let (size, dirty, cap) = match self.cache.lock().as_ref().and_then(Weak::upgrade) {
             Some(sh) => {
                 let st = sh.state.lock();
-                (st.entries.len() as u64, st.dirty_count as f64, sh.cfg.size as f64)
+                (st.entries.len() as u64, st.dirty_count() as f64, sh.cfg.size as f64)
             }
             None => (0, 0.0, 1.0),
         };

@@ -92,7 +92,7 @@ async fn redirty_during_upload_keeps_newer_data() {
     c.write_block(7, BlockData::new(block(1))).await.unwrap();
     // Wait for the upload of version 1 to be in flight.
     uploads.arrived(1).await;
-    assert_eq!(c.shared.state.lock().uploading, 1);
+    assert_eq!(c.shared.state.lock().in_flight.uploads, 1);
     c.write_block(7, BlockData::new(block(2))).await.unwrap();
     uploads.release();
     c.flush(None).await.unwrap();
@@ -170,7 +170,7 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
         c.write_block(1, BlockData::new(block(2))).await.unwrap();
         let c2 = c.clone();
         let third = tokio::spawn(async move { c2.write_block(2, BlockData::new(block(3))).await });
-        until("the third writer waits for room", || c.shared.state.lock().space_waiters == 1).await;
+        until("the third writer waits for room", || c.shared.state.lock().waiters.room == 1).await;
         elapse(Duration::from_millis(100)).await;
         assert!(!third.is_finished(), "size {size} max_dirty {max_dirty}: the third writer waits");
         uploads.release();
@@ -482,7 +482,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
         tokio::spawn(async move { c.write_block(9, BlockData::new(block(9))).await })
     };
     let waiting = async {
-        while c.shared.state.lock().space_waiters == 0 {
+        while c.shared.state.lock().waiters.room == 0 {
             tokio::task::yield_now().await;
         }
     };
@@ -515,7 +515,7 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
         c.write_block(n, BlockData::new(block(1))).await.unwrap();
     }
     mem.wait_until("8 uploads in flight", |c| c[Op::Write].in_flight == 8).await;
-    assert_eq!(c.shared.state.lock().uploading, 8);
+    assert_eq!(c.shared.state.lock().in_flight.uploads, 8);
 
     // A read held at the store: the uploads keep their eight slots and stay in flight.
     let reads = mem.hold(Op::Read);
@@ -524,7 +524,7 @@ async fn uploads_use_every_thread_and_waiting_reads_take_none() {
         tokio::spawn(async move { read(&c, 60).await })
     };
     reads.arrived(1).await;
-    assert_eq!(c.shared.state.lock().uploading, 8);
+    assert_eq!(c.shared.state.lock().in_flight.uploads, 8);
     assert_eq!(mem.count(Op::Write).in_flight, 8);
 
     // Uploads finish while the read is still held, and the next ones start at full width.
@@ -571,10 +571,10 @@ async fn a_cancelled_writer_does_not_stay_counted() {
         let c = c.clone();
         tokio::spawn(async move { c.write_block(2, BlockData::new(block(2))).await })
     };
-    until("the writer waits for room", || c.shared.state.lock().space_waiters == 1).await;
+    until("the writer waits for room", || c.shared.state.lock().waiters.room == 1).await;
     writer.abort();
     assert!(writer.await.unwrap_err().is_cancelled());
-    assert_eq!(c.shared.state.lock().space_waiters, 0);
+    assert_eq!(c.shared.state.lock().waiters.room, 0);
     uploads.release();
     c.flush(None).await.unwrap();
 }
@@ -596,7 +596,7 @@ async fn a_due_partial_block_is_completed_while_every_upload_slot_is_busy() {
     let completed = async {
         loop {
             let changed = c.shared.next_change();
-            if c.shared.state.lock().entries.get(&5).is_some_and(|e| e.valid.is_none()) {
+            if c.shared.state.lock().entries.get(&5).is_some_and(|e| e.partial().is_none()) {
                 return;
             }
             changed.await;
@@ -611,5 +611,5 @@ async fn a_due_partial_block_is_completed_while_every_upload_slot_is_busy() {
     c.flush(None).await.unwrap();
     assert_eq!(mem.get(5), Some(merged(5, &[(2, 9, 3)])));
     assert_eq!(mem.calls(Op::Read), 1, "the upload did not read it again");
-    assert_eq!(c.shared.state.lock().fills_ahead, 0);
+    assert_eq!(c.shared.state.lock().in_flight.fills, 0);
 }
