@@ -557,76 +557,75 @@ impl Shared {
     /// Returns once the block is whole (at once when it already is).
     pub(crate) async fn fill(self: &Arc<Self>, n: BlockNum) -> Result<()> {
         loop {
+            let Some(born) = self.start_fill(n).await else { return Ok(()) };
+            let res = self.inner.read_block(n, ReadRequest::PLAIN).await;
+            let merged = self.merge_fill(n, born, res);
+            self.changed.notify_waiters();
+            if merged? {
+                return Ok(());
+            }
+            // A newer partial block than the one the read was for: it needs a read of its own.
+        }
+    }
+
+    /// Waits until no other completion of block `n` is in flight, then marks one as ours and
+    /// returns the [`state::Partial::born`] of the partial block it is for; `None` when the
+    /// block is whole (or not cached).
+    async fn start_fill(&self, n: BlockNum) -> Option<u64> {
+        loop {
             let notified = self.next_change();
             {
                 let mut st = self.state.lock();
-                match st.entries.get_mut(&n).and_then(Entry::partial_mut) {
-                    Some(p) => {
-                        if !p.filling {
-                            p.filling = true;
-                            break;
-                        }
-                    }
-                    None => return Ok(()),
+                let p = st.entries.get_mut(&n).and_then(Entry::partial_mut)?;
+                if !p.filling {
+                    p.filling = true;
+                    return Some(p.born);
                 }
             }
             notified.await;
         }
-        let res = self.inner.read_block(n, ReadRequest::PLAIN).await;
-        let bs = self.block_size;
-        let result = {
-            let mut st = self.state.lock();
-            let merged = match st.entries.get_mut(&n) {
-                None => {
-                    unreachable_entry(n);
-                    Ok(None)
-                }
-                Some(e) => {
-                    if let Some(p) = e.partial_mut() {
-                        p.filling = false;
-                    }
-                    match res {
-                        Err(err) => Err(err),
-                        Ok(out) => match (out.into_data(bs), e.dirty_mut().and_then(|d| d.partial.take())) {
-                            // Completed meanwhile by a whole-block write.
-                            (_, None) => Ok(None),
-                            (stored, Some(state::Partial { valid, .. })) => {
-                                let mut buf = BytesMut::from(&stored[..]);
-                                for &(a, b) in valid.ranges() {
-                                    let (a, b) = (a as usize, b as usize);
-                                    match &e.data {
-                                        Some(d) => buf[a..b].copy_from_slice(&d[a..b]),
-                                        None => buf[a..b].fill(0),
-                                    }
-                                }
-                                let data = (!is_zero(&buf)).then(|| buf.freeze());
-                                e.data = data.clone();
-                                Ok(Some(data))
-                            }
-                        },
-                    }
-                }
-            };
-            match merged {
-                Ok(Some(data)) => {
-                    self.stats.fills.fetch_add(1, Ordering::Relaxed);
-                    if let Some(f) = &self.file
-                        && let Some(e) = st.entries.get_mut(&n)
-                    {
-                        let old = e.slot.take();
-                        match f.write_dirty(n, old, data.as_ref(), None) {
-                            Ok(slot) => e.slot = slot,
-                            Err(x) => log::error!("block cache: can't record completed block {n:#010x}: {x}"),
-                        }
-                    }
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            }
+    }
+
+    /// Merges the stored version of block `n` (`res`, read for the partial block born at
+    /// generation `born`) into it. True when the block is whole now (or was already), false
+    /// when the read was for an older partial block than the one cached now: it may predate
+    /// the stored version, so nothing of it is used.
+    fn merge_fill(&self, n: BlockNum, born: u64, res: Result<ReadOutcome>) -> Result<bool> {
+        let mut st = self.state.lock();
+        let Some(e) = st.entries.get_mut(&n) else {
+            unreachable_entry(n);
+            return Ok(true);
         };
-        self.changed.notify_waiters();
-        result
+        match e.partial_mut() {
+            // Completed meanwhile by a whole-block write.
+            None => return res.map(|_| true),
+            // Whatever the read brought (an error included) was about an older block.
+            Some(p) if p.born != born => return Ok(false),
+            Some(p) => p.filling = false,
+        }
+        let stored = res?.into_data(self.block_size);
+        let Some(state::Partial { valid, .. }) = e.dirty_mut().and_then(|d| d.partial.take()) else {
+            return Ok(true);
+        };
+        let mut buf = BytesMut::from(&stored[..]);
+        for &(a, b) in valid.ranges() {
+            let (a, b) = (a as usize, b as usize);
+            match &e.data {
+                Some(d) => buf[a..b].copy_from_slice(&d[a..b]),
+                None => buf[a..b].fill(0),
+            }
+        }
+        let data = (!is_zero(&buf)).then(|| buf.freeze());
+        e.data = data.clone();
+        self.stats.fills.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = &self.file {
+            let old = e.slot.take();
+            match f.write_dirty(n, old, data.as_ref(), None) {
+                Ok(slot) => e.slot = slot,
+                Err(x) => log::error!("block cache: can't record completed block {n:#010x}: {x}"),
+            }
+        }
+        Ok(true)
     }
 
     /// Waits until each block's upload has reached the given generation (or the block left the

@@ -22,9 +22,10 @@ pub(crate) struct Entry {
     /// The data; `None` means all zeros. While loading: nothing yet, or the reloaded data being
     /// checked against the store.
     pub(crate) data: Option<Bytes>,
-    /// Generation: bumped by every write, and kept while the block is clean, so that it keeps
-    /// growing for as long as the block stays cached (a flush waits until
-    /// [`Entry::stored_ver`] reaches the generation it saw).
+    /// Generation: every write gives the block the cache's next generation, and a new entry
+    /// starts at the newest one handed out, so a block's generation only grows, across
+    /// evictions too. A flush waits until [`Entry::stored_ver`] reaches the generation it saw:
+    /// a block that was stored, evicted and cached again meanwhile is past it at once.
     pub(crate) ver: u64,
     /// Last read or write.
     pub(crate) last_access: Instant,
@@ -131,22 +132,23 @@ pub(crate) struct Dirty {
 }
 
 impl Dirty {
-    /// A block that has just turned dirty from generation `ver`, written in part when `valid`
-    /// is given.
-    fn new(ver: u64, valid: Option<ByteRanges>, now: Instant) -> Dirty {
+    /// A block that has just turned dirty from generation `ver` by the write of generation
+    /// `generation`, written in part when `valid` is given.
+    fn new(ver: u64, valid: Option<ByteRanges>, now: Instant, generation: u64) -> Dirty {
         Dirty {
             since: now,
             upload: Upload { urgent: false, stored_ver: ver, in_flight: false, failures: 0, failing: None },
-            partial: valid.map(Partial::new),
+            partial: valid.map(|v| Partial::new(v, generation)),
         }
     }
 
-    /// A new write: the block now holds `valid` only (`None`: all of it). A block still
-    /// partial keeps its completion state (a read in flight completes it all the same).
-    fn rewritten(&mut self, valid: Option<ByteRanges>) {
+    /// A new write, of generation `generation`: the block now holds `valid` only (`None`: all
+    /// of it). A block still partial keeps its completion state (a read in flight completes it
+    /// all the same: the stored version it completes from has not changed).
+    fn rewritten(&mut self, valid: Option<ByteRanges>, generation: u64) {
         match (&mut self.partial, valid) {
             (Some(p), Some(v)) => p.valid = v,
-            (_, v) => self.partial = v.map(Partial::new),
+            (_, v) => self.partial = v.map(|v| Partial::new(v, generation)),
         }
     }
 }
@@ -213,12 +215,18 @@ pub(crate) struct Partial {
     /// Completing the block ahead of its upload failed: its upload completes it instead
     /// (with the upload's retries).
     pub(crate) fill_failed: bool,
+    /// Generation of the write that made the block partial. A completion read applies only to
+    /// the partial block it was started for: while it was in flight the block may have been
+    /// written whole, stored, evicted and written in part again, and then the read may predate
+    /// the stored version.
+    pub(crate) born: u64,
 }
 
 impl Partial {
-    /// A block holding `valid` only, with no completion tried yet.
-    fn new(valid: ByteRanges) -> Partial {
-        Partial { valid, filling: false, fill_failed: false }
+    /// A block holding `valid` only since the write of generation `born`, with no completion
+    /// tried yet.
+    fn new(valid: ByteRanges, born: u64) -> Partial {
+        Partial { valid, filling: false, fill_failed: false, born }
     }
 }
 
@@ -364,6 +372,8 @@ pub(crate) struct State {
     pub(crate) waiters: Waiters,
     /// Set by shutdown: the scheduler exits.
     pub(crate) stopped: bool,
+    /// The newest generation handed out, to any block (see [`Entry::ver`]).
+    generation: u64,
 }
 
 impl State {
@@ -377,6 +387,7 @@ impl State {
             in_flight: InFlight::default(),
             waiters: Waiters::default(),
             stopped: false,
+            generation: 0,
         }
     }
 
@@ -389,7 +400,7 @@ impl State {
     pub(crate) fn insert_loading(&mut self, n: BlockNum, now: Instant) -> &mut Entry {
         debug_assert!(!self.entries.contains_key(&n), "block {n:#010x} is cached already");
         self.leave(n);
-        let e = Entry { data: None, ver: 0, last_access: now, slot: None, state: BlockState::Loading };
+        let e = Entry { data: None, ver: self.generation, last_access: now, slot: None, state: BlockState::Loading };
         self.entries.0.entry(n).insert_entry(e).into_mut()
     }
 
@@ -436,14 +447,16 @@ impl State {
             self.dirty_count += 1;
             self.dirty_queue.push_back(n);
         }
+        self.generation += 1;
+        let generation = self.generation;
         let e = self.entries.get_mut(&n).expect("inserted above");
         match &mut e.state {
-            BlockState::Dirty(d) => d.rewritten(valid),
-            state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now)),
+            BlockState::Dirty(d) => d.rewritten(valid, generation),
+            state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now, generation)),
         }
         e.data = data;
         e.slot = slot;
-        e.ver += 1;
+        e.ver = generation;
         e.last_access = now;
         e
     }

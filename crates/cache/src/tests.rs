@@ -374,6 +374,57 @@ async fn bytes_written_while_the_block_is_being_completed_are_kept() {
 }
 
 #[tokio::test]
+async fn a_completing_read_that_arrives_late_does_not_complete_a_newer_partial_block() {
+    let mem = mem();
+    mem.put(5, block(9));
+    // Two blocks of room (one dirty block is no pressure to upload early): reading two others
+    // evicts block 5 once it is clean.
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(2) }));
+    c.write_block_part(5, 0, bytes(1, 4)).await.unwrap();
+    // A reader completes the partial block: its read takes the stored version (9s) at once and
+    // is held with it.
+    let late = mem.hold_answers(Op::Read, 5);
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move { read(&c, 5).await })
+    };
+    late.arrived(1).await;
+    // Meanwhile the block is written whole, stored, evicted and written in part again.
+    c.write_block(5, BlockData::new(block(2))).await.unwrap();
+    c.flush(Some(&[5])).await.unwrap();
+    assert_eq!(mem.get(5), Some(block(2)));
+    assert_eq!(read(&c, 6).await, block(0));
+    assert_eq!(read(&c, 7).await, block(0));
+    assert!(!c.shared.state.lock().entries.contains_key(&5), "block 5 was evicted");
+    c.write_block_part(5, 8, bytes(3, 4)).await.unwrap();
+    // The old answer arrives: the new partial block is completed from the version stored now.
+    late.release();
+    assert_eq!(reader.await.unwrap(), merged(2, &[(8, 3, 4)]));
+    assert_eq!(read(&c, 5).await, merged(2, &[(8, 3, 4)]));
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.get(5).unwrap(), merged(2, &[(8, 3, 4)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_that_saw_a_block_dirty_is_over_once_it_was_stored_evicted_and_cached_again() {
+    let mem = mem();
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(1) });
+    c.write_block(5, BlockData::new(block(1))).await.unwrap();
+    c.write_block(5, BlockData::new(block(2))).await.unwrap();
+    // What a flush starting now waits for: block 5 at its current generation.
+    let targets = c.shared.dirty_targets(Some(&[5]));
+    assert_eq!(targets.len(), 1);
+    // Before that flush looks again, the block is stored, evicted and read back in.
+    c.flush(Some(&[5])).await.unwrap();
+    assert_eq!(read(&c, 6).await, block(0));
+    assert_eq!(read(&c, 5).await, block(2));
+    // The waiting flush is over: what it waited for is stored.
+    tokio::time::timeout(Duration::from_secs(3600), c.shared.wait_uploaded(&targets))
+        .await
+        .expect("a flush waited for a generation the block already had in the store");
+}
+
+#[tokio::test]
 async fn scattered_partial_writes_that_end_up_covering_the_block_need_no_read() {
     let mem = mem();
     mem.put(5, block(9));

@@ -6,12 +6,14 @@
 //!   successes, failures — and [`Hooks::wait_until`] to wait for a state of those counts;
 //! - delays (fixed or random up to a bound), which cost nothing on tokio's paused clock;
 //! - gates ([`Gate`]): operations wait at a gate until the test lets them through, and the test
-//!   can wait until an operation has arrived there;
+//!   can wait until an operation has arrived there; a gate behind an operation holds its answer
+//!   instead (an answer that is old by the time it arrives);
 //! - failures ([`Fail`]): the next N operations, every operation on one block, every one, or a
 //!   share of them, with [`StoreError::Injected`] or an error the test chooses.
 //!
 //! An operation goes through its hooks in this order: counted as called (and in flight), gates,
-//! delay, failure, then the map; it stops being in flight when it returns or is dropped.
+//! delay, failure, the map, then the gates behind it; it stops being in flight when it returns
+//! or is dropped.
 
 use crate::{
     BlockData, BlockNum, BlockStore, Etag, Geometry, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
@@ -202,18 +204,34 @@ impl Hooks {
 
     /// Closes a new gate in front of every operation of kind `op`.
     pub fn hold(&self, op: Op) -> Arc<Gate> {
-        self.add_gate(op, None)
+        self.add_gate(op, None, false)
     }
 
     /// Closes a new gate in front of the operations of kind `op` on block `n`.
     pub fn hold_block(&self, op: Op, n: BlockNum) -> Arc<Gate> {
-        self.add_gate(op, Some(n))
+        self.add_gate(op, Some(n), false)
     }
 
-    fn add_gate(&self, op: Op, block: Option<BlockNum>) -> Arc<Gate> {
-        let g = Arc::new(Gate { op, block, state: watch::Sender::new(GateState::default()) });
+    /// Closes a new gate behind the operations of kind `op` on block `n`: each is done on the
+    /// map at once and waits at the gate with its answer.
+    pub fn hold_answers(&self, op: Op, n: BlockNum) -> Arc<Gate> {
+        self.add_gate(op, Some(n), true)
+    }
+
+    fn add_gate(&self, op: Op, block: Option<BlockNum>, behind: bool) -> Arc<Gate> {
+        let g = Arc::new(Gate { op, block, behind, state: watch::Sender::new(GateState::default()) });
         self.gates.lock().push(g.clone());
         g
+    }
+
+    /// The gates in front of (or, with `behind`, behind) an operation of kind `op` on `n`.
+    fn gates_of(&self, op: Op, n: Option<BlockNum>, behind: bool) -> Vec<Arc<Gate>> {
+        let gates = self.gates.lock();
+        gates
+            .iter()
+            .filter(|g| g.op == op && g.behind == behind && (g.block.is_none() || g.block == n))
+            .cloned()
+            .collect()
     }
 
     /// Runs an operation through the hooks, then `body` (the operation on the map).
@@ -225,9 +243,7 @@ impl Hooks {
             k.max_in_flight = k.max_in_flight.max(k.in_flight);
         });
         let _in_flight = InFlight(self, op);
-        let gates: Vec<Arc<Gate>> =
-            self.gates.lock().iter().filter(|g| g.op == op && (g.block.is_none() || g.block == n)).cloned().collect();
-        for g in gates {
+        for g in self.gates_of(op, n, false) {
             g.pass().await;
         }
         let delay = self.delays.lock().get(&op).copied();
@@ -240,6 +256,9 @@ impl Hooks {
             return Err(e);
         }
         let r = body();
+        for g in self.gates_of(op, n, true) {
+            g.pass().await;
+        }
         if r.is_ok() {
             self.counts.send_modify(|c| c.0[op as usize].ok += 1);
         }
@@ -280,11 +299,13 @@ pub struct GateState {
     pub waiting: u64,
 }
 
-/// A gate in front of operations: closed when made, operations wait at it until the test
-/// lets them through ([`allow`](Self::allow), [`release`](Self::release)).
+/// A gate in front of (or behind) operations: closed when made, operations wait at it until the
+/// test lets them through ([`allow`](Self::allow), [`release`](Self::release)).
 pub struct Gate {
     op: Op,
     block: Option<BlockNum>,
+    /// Behind the operation (it waits with its answer) rather than in front of it.
+    behind: bool,
     state: watch::Sender<GateState>,
 }
 
