@@ -13,4 +13,6 @@ done
 # Style first: the tree is formatted with rustfmt.toml.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Every doc link resolves (the crates' docs describe the stack).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/s3backer-test.log

@@ -57,7 +57,7 @@
 //!   doubling every upload. A younger partial block (due early, under pressure or for a flush)
 //!   is completed in its upload slot as before, so a block a sequential writer is still
 //!   filling is not read while it waits for a slot.
-//! * With a cache file ([`file`]) every cached block also lives in a slot of a local file, so
+//! * With a cache file ([`file`](mod@file)) every cached block also lives in a slot of a local file, so
 //!   clean data survives restarts and dirty data survives crashes. The file is written (and
 //!   `fdatasync`ed, once per cached write) under the cache's lock, on the calling thread: simple
 //!   and ordered, at the cost of serialising cache operations while the disk syncs.
@@ -569,8 +569,8 @@ impl Shared {
     }
 
     /// Waits until no other completion of block `n` is in flight, then marks one as ours and
-    /// returns the [`state::Partial::born`] of the partial block it is for; `None` when the
-    /// block is whole (or not cached).
+    /// returns the generation ([`state::Partial::born`]) of the partial block it is for; `None`
+    /// when the block is whole (or not cached).
     async fn start_fill(&self, n: BlockNum) -> Option<u64> {
         loop {
             let notified = self.next_change();
@@ -579,7 +579,7 @@ impl Shared {
                 let p = st.entries.get_mut(&n).and_then(Entry::partial_mut)?;
                 if !p.filling {
                     p.filling = true;
-                    return Some(p.born);
+                    return Some(p.born());
                 }
             }
             notified.await;
@@ -600,7 +600,7 @@ impl Shared {
             // Completed meanwhile by a whole-block write.
             None => return res.map(|_| true),
             // Whatever the read brought (an error included) was about an older block.
-            Some(p) if p.born != born => return Ok(false),
+            Some(p) if p.born() != born => return Ok(false),
             Some(p) => p.filling = false,
         }
         let stored = res?.into_data(self.block_size);

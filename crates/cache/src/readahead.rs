@@ -52,7 +52,7 @@ impl ReadAhead {
     /// Reads arrive as the kernel sends them: a block is often read in several pieces, and the
     /// pieces of one large request are read in parallel, so they finish slightly out of order.
     /// Neither breaks a sequential run: another read of the last block, or of one just before
-    /// it, is ignored, and a step of up to [`MAX_STEP`] blocks forward counts as sequential.
+    /// it, is ignored, and a step of up to `MAX_STEP` blocks forward counts as sequential.
     pub fn on_read(&mut self, n: BlockNum, num_blocks: u64) -> Option<std::ops::Range<u64>> {
         if let Some(l) = self.last
             && n <= l

@@ -215,11 +215,9 @@ pub(crate) struct Partial {
     /// Completing the block ahead of its upload failed: its upload completes it instead
     /// (with the upload's retries).
     pub(crate) fill_failed: bool,
-    /// Generation of the write that made the block partial. A completion read applies only to
-    /// the partial block it was started for: while it was in flight the block may have been
-    /// written whole, stored, evicted and written in part again, and then the read may predate
-    /// the stored version.
-    pub(crate) born: u64,
+    /// Generation of the write that made the block partial (fixed for the partial block's
+    /// life, see [`Partial::born`]).
+    born: u64,
 }
 
 impl Partial {
@@ -227,6 +225,14 @@ impl Partial {
     /// tried yet.
     fn new(valid: ByteRanges, born: u64) -> Partial {
         Partial { valid, filling: false, fill_failed: false, born }
+    }
+
+    /// Generation of the write that made the block partial. A completion read applies only to
+    /// the partial block it was started for: while it was in flight the block may have been
+    /// written whole, stored, evicted and written in part again, and then the read may predate
+    /// the stored version.
+    pub(crate) fn born(&self) -> u64 {
+        self.born
     }
 }
 

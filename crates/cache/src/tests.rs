@@ -409,7 +409,6 @@ async fn a_completing_read_that_arrives_late_does_not_complete_a_newer_partial_b
 async fn a_flush_that_saw_a_block_dirty_is_over_once_it_was_stored_evicted_and_cached_again() {
     let mem = mem();
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(1) });
-    c.write_block(5, BlockData::new(block(1))).await.unwrap();
     c.write_block(5, BlockData::new(block(2))).await.unwrap();
     // What a flush starting now waits for: block 5 at its current generation.
     let targets = c.shared.dirty_targets(Some(&[5]));

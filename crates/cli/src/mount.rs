@@ -28,7 +28,7 @@ const ALREADY_SO_OPTIONS: &[&str] = &["kernel_cache", "auto_cache", "use_ino", "
 const NO_EFFECT_OPTIONS: &[&str] = &["sync_read", "negative_timeout", "max_read", "max_write"];
 
 /// Every FUSE option name the `-o` lists accept (with or without `=value`); the command-line
-/// expansion and [`fuse_settings`] use this one list.
+/// expansion and `fuse_settings` use this one list.
 pub const FUSE_OPTION_NAMES: &[&str] = &[
     "allow_other",
     "allow_root",

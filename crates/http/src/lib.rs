@@ -1,4 +1,4 @@
-//! The S3 transport: an [`ObjectStore`] that keeps each block as one object in an S3 bucket,
+//! The S3 transport: an [`ObjectStore`](s3b_store::ObjectStore) that keeps each block as one object in an S3 bucket,
 //! byte-for-byte as C s3backer does, so volumes move between the two implementations.
 //!
 //! Requests go over hyper ([`client`]: rustls, HTTP/1.1 or HTTP/2, our own sockets for
@@ -7,7 +7,7 @@
 //! signature and resends the whole body. Failures are retried as upstream does (see [`retry`]):
 //! everything but 404 and 304, with a doubling pause whose total is capped by `--maxRetryPause`.
 //!
-//! Object layout (reference §3): block keys from [`BlockKeys`]; PUTs carry `Content-Type:
+//! Object layout (reference §3): block keys from [`BlockKeys`](s3b_store::keys::BlockKeys); PUTs carry `Content-Type:
 //! application/x-s3backer-block`, `x-amz-acl`, the codec's `Content-Encoding` and
 //! HMAC headers, and for block 0 the volume geometry headers that size auto-detection reads back;
 //! an all-zero block is a DELETE and a missing object reads as zeros. The mount token is the
@@ -32,7 +32,7 @@
 
 //! Modules: [`config`] (what the command line settles), `request` (building one request: URL,
 //! headers, body limits), `send` (one attempt, and the retry loop around it), `objects` (the
-//! [`ObjectStore`] operations), `listing` (LIST streams), `token` (the mount-token protocol),
+//! [`ObjectStore`](s3b_store::ObjectStore) operations), `listing` (LIST streams), `token` (the mount-token protocol),
 //! [`client`] (the HTTP client), [`creds`] and [`sign`] (credentials and signing), [`retry`]
 //! (the retry policy, decided in one place), [`stats`], [`xml`].
 

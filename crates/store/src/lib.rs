@@ -11,7 +11,7 @@
 //! ([`StoreError`]), and the stats registry ([`stats`]) that
 //! renders the `stats` file in upstream's field order.
 //!
-//! With the cargo feature `mock`, [`mock`] offers in-memory test doubles of both traits (with
+//! With the cargo feature `mock`, `mock` offers in-memory test doubles of both traits (with
 //! delays, gates and injected failures) to the tests of the other crates.
 
 pub mod error;

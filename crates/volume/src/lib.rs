@@ -185,7 +185,7 @@ impl Volume {
     }
 
     /// Zeroes `[offset, offset + len)`: whole blocks are deleted with bulk calls of at most
-    /// [`BULK_ZERO_CHUNK`] blocks, partial ones are read-modify-written. Upstream's
+    /// `BULK_ZERO_CHUNK` blocks, partial ones are read-modify-written. Upstream's
     /// fallocate(PUNCH_HOLE) semantics. Works in chunks, so discarding a huge volume needs no
     /// memory proportional to its size.
     pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
