@@ -222,7 +222,7 @@ class Daemon:
         self.proc = subprocess.Popen(args, stdout=self.err, stderr=subprocess.STDOUT)
         self.cpu = 0.0
         self.rss_kb = 0
-        self.figures = (0.0, 0.0, {})
+        self.figures, self.stopped = (0.0, 0.0, {}), False
         end = time.time() + 60
         if self.nbd:
             uri = f"nbd+unix:///?socket={self.sock}"
@@ -268,8 +268,9 @@ class Daemon:
     def stop(self):
         """Unmounts (which flushes) and returns (cpu seconds, peak RSS MiB, http stats); again,
         the same figures."""
-        if self.proc.poll() is not None:
+        if self.stopped:
             return self.figures
+        self.stopped = True
         self.sample()
         if self.nbd:
             time.sleep(0.2)  # one more stats mirror update
@@ -724,7 +725,7 @@ class NbdServer:
         self.uri = f"nbd+unix:///?socket={self.sock}"
         self.fio_target = f"--ioengine=nbd --uri={self.uri}"
         self.cpu, self.rss_kb = 0.0, 0
-        self.figures = (0.0, 0.0, {})
+        self.figures, self.stopped = (0.0, 0.0, {}), False
         end = time.time() + 60
         while subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True).returncode != 0:
             if self.proc.poll() is not None or time.time() > end:
@@ -742,8 +743,9 @@ class NbdServer:
         return True
 
     def stop(self):
-        if self.proc.poll() is not None:
+        if self.stopped:
             return self.figures
+        self.stopped = True
         self.sample()
         if self.system != "nbdkit-s3":
             time.sleep(0.2)  # one more stats mirror update

@@ -72,12 +72,13 @@ pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
 
 impl Started {
     /// Gives the mount token back when the volume could not be offered after all (nothing was
-    /// mounted or served, so nothing was written).
+    /// mounted or served, so nothing was written). A failure here is only logged for debugging:
+    /// the error that stopped the start is the one line the user gets.
     pub fn release_token(&self) {
         let s = &self.stack;
         if let Err(e) = self.rt.block_on(crate::token::release(s.objects.as_ref(), self.token, s.cache_file.as_deref()))
         {
-            log::warn!("{e:#}");
+            log::debug!("releasing the mount token: {e:#}");
         }
     }
 }

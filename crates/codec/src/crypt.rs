@@ -1,6 +1,6 @@
 //! Encryption: upstream's CBC scheme exactly, and our AES-256-GCM.
 //!
-//! Upstream (reference §4): `key = PBKDF2-HMAC-SHA1(password, "<bucket>/<prefix>", 5000, keylen)`,
+//! Upstream C s3backer: `key = PBKDF2-HMAC-SHA1(password, "<bucket>/<prefix>", 5000, keylen)`,
 //! `ivkey = PBKDF2-HMAC-SHA1(key, key, 5000, keylen)`; the IV of block `n` is the encryption of
 //! `"%08x"(n)` padded with NULs to 16 bytes under `ivkey`, one CBC block with `ivkey[..16]` as
 //! IV; the data is AES-CBC with PKCS#7 padding; then
@@ -248,10 +248,10 @@ where
 mod tests {
     use super::*;
 
-    /// The reference's vectors (§4), computed from a reading of the C code; the interop tests
-    /// confirm the scheme against objects C s3backer 1.5.4 really writes.
+    /// Known-answer vectors for upstream's key and IV derivation, computed from a reading of
+    /// the C code; the interop tests confirm the scheme against objects C s3backer 1.5.4 really writes.
     #[test]
-    fn reference_vectors() {
+    fn known_answer_vectors() {
         let k = Keys::derive(Cipher::Aes128Cbc, b"password", "mybucket/", None);
         assert_eq!(hex::encode(&*k.key), "7cdd755be4fd90db79fd27d99f1f3cbd");
         assert_eq!(hex::encode(&*k.ivkey), "82849858ec20fd02815fea709b84c1e8");

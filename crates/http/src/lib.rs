@@ -7,8 +7,8 @@
 //! signature and resends the whole body. Failures are retried as upstream does (see [`retry`]):
 //! everything but 404 and 304, with a doubling pause whose total is capped by `--maxRetryPause`.
 //!
-//! Object layout (reference §3): block keys from [`BlockKeys`](s3b_store::keys::BlockKeys); PUTs carry `Content-Type:
-//! application/x-s3backer-block`, `x-amz-acl`, the codec's `Content-Encoding` and
+//! Object layout, as upstream's: block keys from [`BlockKeys`](s3b_store::keys::BlockKeys);
+//! PUTs carry `Content-Type: application/x-s3backer-block`, `x-amz-acl`, the codec's `Content-Encoding` and
 //! HMAC headers, and for block 0 the volume geometry headers that size auto-detection reads back;
 //! an all-zero block is a DELETE and a missing object reads as zeros. The mount token is the
 //! object `<prefix>s3backer-mounted`. Listing (for `--listBlocks` and `--erase`) runs one LIST

@@ -1,4 +1,4 @@
-//! Retry policy of the S3 transport, as upstream's (reference §7): which outcomes are worth
+//! Retry policy of the S3 transport, as upstream C s3backer's: which outcomes are worth
 //! another attempt, and the pause schedule — `--initialRetryPause`, doubling each time, the last
 //! pause clipped so that the pauses of one operation add up to at most `--maxRetryPause`.
 

@@ -78,7 +78,7 @@ fn parse_hex8(s: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
-    /// Vectors from the upstream reference (§3 of upstream-s3backer.md).
+    /// Known-answer vectors of upstream C s3backer's hashed key names (`--blockHashPrefix`).
     #[test]
     fn hash_prefix_vectors() {
         let k = BlockKeys::new("", true);
