@@ -26,10 +26,12 @@
 //! magic, an unknown flag in the handshake, a write payload larger than the maximum); never a
 //! panic and never a stall of other connections.
 
+pub mod negotiate;
 pub mod proto;
 
 use bytes::{Bytes, BytesMut};
-use proto::{Command, CommandType, Errno, InfoType, Limits, OptionType, ReplyType, Request, TransmissionFlag};
+use negotiate::{Negotiation, Next, Offer, Session};
+use proto::{Command, CommandType, Errno, Limits, Request};
 use s3b_store::{Chain, StoreError};
 use s3b_volume::Volume;
 use std::sync::Arc;
@@ -38,14 +40,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Largest option payload accepted during negotiation; a longer one closes the connection.
-const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// Most descriptors in one block-status reply (the specification's limit is 2^20).
 const MAX_EXTENTS: usize = 1 << 16;
 /// Most blocks looked at for one block-status request.
 const MAX_STATUS_BLOCKS: u64 = 1 << 20;
 /// How long replies may take to drain once the server is shutting down.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(10);
+/// Requests in flight per connection by default: enough to keep the stack below busy (the
+/// Linux client queues 128, qemu 16) while bounding the tasks and replies one client can pile up.
+pub const DEFAULT_MAX_REQUESTS: usize = 64;
 /// The specification's "never treat as abuse" payload size: 32 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
 
@@ -76,7 +79,7 @@ impl ExportConfig {
             description: description.into(),
             read_only,
             max_payload: DEFAULT_MAX_PAYLOAD,
-            max_requests: 64,
+            max_requests: DEFAULT_MAX_REQUESTS,
             max_bytes: 2 * DEFAULT_MAX_PAYLOAD as usize,
             tls: None,
         }
@@ -116,16 +119,6 @@ pub struct Server {
     volume: Arc<Volume>,
     cfg: ExportConfig,
     shutdown: watch::Sender<bool>,
-}
-
-/// What one connection negotiated.
-#[derive(Debug, Clone, Copy, Default)]
-struct Session {
-    /// Structured replies (also on with extended headers).
-    structured: bool,
-    /// Extended headers: 32-byte requests, extended reply chunks.
-    extended: bool,
-    block_status: bool,
 }
 
 /// One reply on its way to the writer, with the permits it holds until written.
@@ -202,242 +195,65 @@ impl Server {
         }
     }
 
-    /// Transmission flags for a session.
-    fn transmission_flags(&self, s: &Session) -> u16 {
-        use TransmissionFlag::{
-            CanMultiConn, HasFlags, ReadOnly, SendCache, SendDf, SendFastZero, SendFlush, SendFua, SendTrim,
-            SendWriteZeroes,
-        };
-        let mut f = TransmissionFlag::mask(&[HasFlags, SendFlush, SendFua, CanMultiConn, SendCache]);
-        if self.cfg.read_only {
-            f |= ReadOnly.bit();
-        } else {
-            f |= TransmissionFlag::mask(&[SendTrim, SendWriteZeroes, SendFastZero]);
-        }
-        if s.structured {
-            f |= SendDf.bit();
-        }
-        f
-    }
-
-    fn known_name(&self, name: &str) -> bool {
-        name.is_empty() || name == self.cfg.name
-    }
-
     /// Block sizes: any alignment works (the volume does read-modify-write), whole blocks are
     /// preferred, payloads up to the configured maximum.
-    fn block_sizes(&self) -> (u32, u32, u32) {
+    fn block_sizes(&self) -> [u32; 3] {
         let preferred = self.volume.block_size().clamp(512, self.cfg.max_payload.max(512));
-        (1, preferred, self.cfg.max_payload.max(preferred))
+        [1, preferred, self.cfg.max_payload.max(preferred)]
     }
 
-    /// Fixed newstyle negotiation. `None`: the client ended it without transmission.
-    async fn handshake(&self, mut conn: Box<dyn Conn>) -> std::io::Result<Option<(Box<dyn Conn>, Session)>> {
-        let mut hello = Vec::with_capacity(18);
-        hello.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
-        hello.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
-        hello.extend_from_slice(&(proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES).to_be_bytes());
-        conn.write_all(&hello).await?;
-        conn.flush().await?;
-        let client_flags = conn.read_u32().await?;
-        if client_flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
-            return Err(protocol_error(format!("unknown client flags {client_flags:#x}")));
+    /// What negotiation offers: this export, as the volume and the configuration describe it.
+    fn offer(&self) -> Offer {
+        Offer {
+            name: self.cfg.name.clone(),
+            description: self.cfg.description.clone(),
+            size: self.volume.size(),
+            read_only: self.cfg.read_only,
+            block_sizes: self.block_sizes(),
+            tls: self.cfg.tls.is_some(),
         }
-        let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
-        let mut s = Session::default();
-        let mut tls_on = false;
+    }
+
+    /// Fixed newstyle negotiation: reads options and writes what [`Negotiation`] answers.
+    /// `None`: the client ended it without transmission (or the server is shutting down).
+    async fn handshake(&self, mut conn: Box<dyn Conn>) -> std::io::Result<Option<(Box<dyn Conn>, Session)>> {
+        conn.write_all(&negotiate::greeting()).await?;
+        conn.flush().await?;
+        let mut n = Negotiation::new(self.offer(), conn.read_u32().await?).map_err(violation)?;
         let mut stop = self.shutdown.subscribe();
         loop {
             let magic = tokio::select! {
                 _ = stopped(&mut stop) => return Ok(None),
                 m = conn.read_u64() => m?,
             };
-            if magic != proto::IHAVEOPT {
-                return Err(protocol_error(format!("bad option magic {magic:#x}")));
-            }
             let option = conn.read_u32().await?;
-            let len = conn.read_u32().await?;
-            if len > MAX_OPTION_LEN {
-                return Err(protocol_error(format!("option {option} with {len} bytes of data")));
-            }
-            let mut data = vec![0u8; len as usize];
+            let len = negotiate::option_header(magic, option, conn.read_u32().await?).map_err(violation)?;
+            let mut data = vec![0u8; len];
             conn.read_exact(&mut data).await?;
-            let reply = |kind: ReplyType, d: &[u8]| proto::option_reply(option, kind, d);
-            let kind = OptionType::from_wire(option);
-            if self.shutting_down() && kind != Some(OptionType::Abort) {
-                conn.write_all(&reply(ReplyType::ErrShutdown, b"the server is shutting down")).await?;
-                conn.flush().await?;
-                return Ok(None);
-            }
-            // With TLS configured, nothing but STARTTLS (or ABORT) before TLS is on.
-            if self.cfg.tls.is_some() && !tls_on && !matches!(kind, Some(OptionType::StartTls | OptionType::Abort)) {
-                if kind == Some(OptionType::ExportName) {
-                    return Err(protocol_error("OPT_EXPORT_NAME without TLS on a TLS-only server".into()));
+            let step = n.option(option, &data, self.shutting_down()).map_err(violation)?;
+            let written = async {
+                conn.write_all(&step.out).await?;
+                conn.flush().await
+            };
+            match step.next {
+                Next::Option => written.await?,
+                Next::Transmission(session) => {
+                    written.await?;
+                    return Ok(Some((conn, session)));
                 }
-                conn.write_all(&reply(ReplyType::ErrTlsReqd, b"this server requires TLS: send OPT_STARTTLS first"))
-                    .await?;
-                conn.flush().await?;
-                continue;
-            }
-            match kind {
-                Some(OptionType::ExportName) => {
-                    if s.extended {
-                        return Err(protocol_error("OPT_EXPORT_NAME after extended headers".into()));
-                    }
-                    let name = String::from_utf8_lossy(&data);
-                    if !self.known_name(&name) {
-                        // The specification leaves no way to refuse but closing.
-                        return Err(protocol_error(format!("unknown export \"{name}\"")));
-                    }
-                    let mut b = Vec::with_capacity(134);
-                    b.extend_from_slice(&self.volume.size().to_be_bytes());
-                    b.extend_from_slice(&self.transmission_flags(&s).to_be_bytes());
-                    if !no_zeroes {
-                        b.extend_from_slice(&[0u8; 124]);
-                    }
-                    conn.write_all(&b).await?;
-                    conn.flush().await?;
-                    return Ok(Some((conn, s)));
-                }
-                Some(OptionType::Abort) => {
-                    // The client may already be gone: a failed ACK is fine.
-                    let _ = conn.write_all(&reply(ReplyType::Ack, &[])).await;
-                    let _ = conn.flush().await;
+                Next::Close => {
+                    // The client may already be gone: a reply it never reads is fine.
+                    let _ = written.await;
                     return Ok(None);
                 }
-                Some(OptionType::List) => {
-                    if !data.is_empty() {
-                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_LIST takes no data")).await?;
-                    } else {
-                        conn.write_all(&reply(
-                            ReplyType::Server,
-                            &proto::rep_server(&self.cfg.name, &self.cfg.description),
-                        ))
-                        .await?;
-                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
-                    }
-                }
-                Some(OptionType::StartTls) => match &self.cfg.tls {
-                    None => {
-                        conn.write_all(&reply(ReplyType::ErrPolicy, b"TLS is not configured on this server")).await?
-                    }
-                    Some(_) if tls_on => conn.write_all(&reply(ReplyType::ErrInvalid, b"TLS is already on")).await?,
-                    Some(_) if !data.is_empty() => {
-                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_STARTTLS takes no data")).await?
-                    }
-                    Some(cfg) => {
-                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
-                        conn.flush().await?;
-                        let tls = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(conn).await?;
-                        conn = Box::new(tls);
-                        tls_on = true;
-                        // Nothing negotiated before TLS survives it.
-                        s = Session::default();
-                        continue;
-                    }
-                },
-                Some(k @ (OptionType::Info | OptionType::Go)) => match proto::parse_info(&data) {
-                    Err(_) => conn.write_all(&reply(ReplyType::ErrInvalid, b"malformed OPT_INFO/OPT_GO data")).await?,
-                    Ok(req) if !self.known_name(&req.name) => {
-                        let msg = format!("no export named \"{}\"", req.name);
-                        conn.write_all(&reply(ReplyType::ErrUnknown, msg.as_bytes())).await?
-                    }
-                    Ok(req) => {
-                        let mut out = Vec::new();
-                        out.extend_from_slice(&reply(
-                            ReplyType::Info,
-                            &proto::info_export(self.volume.size(), self.transmission_flags(&s)),
-                        ));
-                        if req.wants(InfoType::Name) {
-                            out.extend_from_slice(&reply(
-                                ReplyType::Info,
-                                &proto::info_string(InfoType::Name, &self.cfg.name),
-                            ));
-                        }
-                        if req.wants(InfoType::Description) {
-                            out.extend_from_slice(&reply(
-                                ReplyType::Info,
-                                &proto::info_string(InfoType::Description, &self.cfg.description),
-                            ));
-                        }
-                        let (min, pref, max) = self.block_sizes();
-                        out.extend_from_slice(&reply(ReplyType::Info, &proto::info_block_size(min, pref, max)));
-                        out.extend_from_slice(&reply(ReplyType::Ack, &[]));
-                        conn.write_all(&out).await?;
-                        if k == OptionType::Go {
-                            conn.flush().await?;
-                            return Ok(Some((conn, s)));
-                        }
-                    }
-                },
-                Some(OptionType::StructuredReply) => {
-                    if !data.is_empty() {
-                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_STRUCTURED_REPLY takes no data")).await?;
-                    } else if s.structured {
-                        conn.write_all(&reply(
-                            ReplyType::ErrInvalid,
-                            b"structured replies (or extended headers) are already on",
-                        ))
-                        .await?;
-                    } else {
-                        s.structured = true;
-                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
-                    }
-                }
-                Some(OptionType::ExtendedHeaders) => {
-                    if !data.is_empty() {
-                        conn.write_all(&reply(ReplyType::ErrInvalid, b"OPT_EXTENDED_HEADERS takes no data")).await?;
-                    } else if s.extended {
-                        conn.write_all(&reply(ReplyType::ErrInvalid, b"extended headers are already on")).await?;
-                    } else {
-                        s.extended = true;
-                        s.structured = true;
-                        conn.write_all(&reply(ReplyType::Ack, &[])).await?;
-                    }
-                }
-                Some(k @ (OptionType::ListMetaContext | OptionType::SetMetaContext)) => {
-                    let list = k == OptionType::ListMetaContext;
-                    if !list {
-                        // Replaces the selection, even when it fails.
-                        s.block_status = false;
-                    }
-                    match proto::parse_meta(&data) {
-                        _ if !s.structured => {
-                            conn.write_all(&reply(ReplyType::ErrInvalid, b"negotiate structured replies first")).await?
-                        }
-                        Err(_) => conn.write_all(&reply(ReplyType::ErrInvalid, b"malformed meta context data")).await?,
-                        Ok(m) if !self.known_name(&m.name) => {
-                            let msg = format!("no export named \"{}\"", m.name);
-                            conn.write_all(&reply(ReplyType::ErrUnknown, msg.as_bytes())).await?
-                        }
-                        Ok(m) => {
-                            let selected = if list && m.items.is_empty() {
-                                true
-                            } else {
-                                m.items.iter().any(|q| proto::query_matches(q, list))
-                            };
-                            let mut out = Vec::new();
-                            if selected {
-                                let id = if list { 0 } else { proto::BASE_ALLOCATION_ID };
-                                out.extend_from_slice(&reply(
-                                    ReplyType::MetaContext,
-                                    &proto::meta_context(id, proto::BASE_ALLOCATION),
-                                ));
-                                if !list {
-                                    s.block_status = true;
-                                }
-                            }
-                            out.extend_from_slice(&reply(ReplyType::Ack, &[]));
-                            conn.write_all(&out).await?;
-                        }
-                    }
-                }
-                None => {
-                    let msg = format!("option {option} is not supported");
-                    conn.write_all(&reply(ReplyType::ErrUnsup, msg.as_bytes())).await?;
+                Next::StartTls => {
+                    written.await?;
+                    let Some(cfg) = &self.cfg.tls else {
+                        return Err(protocol_error("TLS started without a TLS configuration".into()));
+                    };
+                    conn = Box::new(tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(conn).await?);
                 }
             }
-            conn.flush().await?;
         }
     }
 
@@ -623,6 +439,11 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// An I/O error for a protocol violation (the connection closes).
 fn protocol_error(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// An I/O error for a violation of the negotiation rules (the connection closes).
+fn violation(v: negotiate::Violation) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, v)
 }
 
 /// The NBD error value for a store error.

@@ -2,7 +2,7 @@
 //! negotiation, every command, and broken or hostile clients.
 
 use super::*;
-use proto::{ChunkType, CommandFlag, Errno};
+use proto::{ChunkType, CommandFlag, Errno, InfoType, OptionType, ReplyType, TransmissionFlag};
 use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
 use s3b_store::keys::BlockKeys;
@@ -17,11 +17,18 @@ struct Fixture {
 }
 
 fn fixture(read_only: bool) -> Fixture {
+    fixture_over(read_only, |coded| Arc::new(ZeroTracking::new(coded)))
+}
+
+/// A fixture whose volume sits on `top` over the coded directory store.
+fn fixture_over(
+    read_only: bool,
+    top: impl FnOnce(Arc<dyn s3b_store::BlockStore>) -> Arc<dyn s3b_store::BlockStore>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(DirStore::open(dir.path(), BlockKeys::default()).unwrap());
     let coded = Arc::new(CodecStore::new(store, Codec::new(BS, CodecConfig::default()), BLOCKS));
-    let zero = Arc::new(ZeroTracking::new(coded));
-    let volume = Arc::new(Volume::new(zero, read_only));
+    let volume = Arc::new(Volume::new(top(coded), read_only));
     let mut cfg = ExportConfig::new("vol", "test volume", read_only);
     cfg.max_payload = 1 << 20;
     cfg.max_bytes = 2 << 20;
