@@ -30,10 +30,12 @@ pub mod negotiate;
 pub mod proto;
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use negotiate::{Negotiation, Next, Offer, Session};
 use proto::{Command, CommandType, Errno, Limits, Request};
 use s3b_store::{Chain, StoreError};
 use s3b_volume::Volume;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -342,7 +344,7 @@ impl Server {
                     let me = self.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
-                        let frames = me.execute(cmd, f, payload).await;
+                        let frames = me.answer(cmd, f, payload).await;
                         let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                     });
                 }
@@ -353,6 +355,19 @@ impl Server {
         drop(tx);
         let _ = writer.await;
         result
+    }
+
+    /// Runs one checked command and returns the reply frames. A command whose handler panics
+    /// is answered with `EIO` (and the panic logged), so the client never waits for a reply
+    /// that will not come.
+    async fn answer(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
+        match AssertUnwindSafe(self.execute(cmd, f, payload)).catch_unwind().await {
+            Ok(frames) => frames,
+            Err(panic) => {
+                log::error!("NBD request {cmd:?} failed: its handler panicked: {}", panic_message(&*panic));
+                vec![f.error(Errno::Io, "internal error: the request's handler panicked")]
+            }
+        }
     }
 
     /// Runs one checked command; returns the reply frames.
@@ -429,6 +444,15 @@ impl Server {
         log::error!("NBD {what} failed: {}", Chain(&e));
         vec![f.error(code, &format!("{what} failed: {}", Chain(&e)))]
     }
+}
+
+/// The message of a panic's payload (a `&str` or `String`, as `panic!` makes them).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Returns once the server is shutting down (never holds the watch's lock across an await).

@@ -546,3 +546,88 @@ async fn extended_headers() {
     c.s.write_all(&send(&[], CommandType::Flush, 8, 0, 0)).await.unwrap();
     assert_eq!(c.ext_chunk().await.1, ChunkType::None);
 }
+
+/// A store that panics on any read or write of one block, standing in for a bug below.
+struct PanicsOn {
+    inner: Arc<dyn s3b_store::BlockStore>,
+    block: u32,
+}
+
+#[async_trait::async_trait]
+impl s3b_store::BlockStore for PanicsOn {
+    fn geometry(&self) -> s3b_store::Geometry {
+        self.inner.geometry()
+    }
+    async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
+        assert_ne!(n, self.block, "reading the poisoned block");
+        self.inner.read_block(n, c).await
+    }
+    async fn write_block(&self, n: u32, d: Option<s3b_store::BlockData>) -> s3b_store::Result<Option<s3b_store::Etag>> {
+        assert_ne!(n, self.block, "writing the poisoned block");
+        self.inner.write_block(n, d).await
+    }
+    async fn flush(&self, b: Option<&[u32]>) -> s3b_store::Result<()> {
+        self.inner.flush(b).await
+    }
+    async fn survey_non_zero(&self, sink: &(dyn Fn(u32) + Send + Sync)) -> s3b_store::Result<()> {
+        self.inner.survey_non_zero(sink).await
+    }
+    async fn shutdown(&self) -> s3b_store::Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_its_request_with_eio() {
+    let f = fixture_over(false, |inner| Arc::new(PanicsOn { inner, block: 3 }));
+    for structured in [false, true] {
+        let (mut c, h) = connect(&f);
+        if structured {
+            c.negotiate().await;
+        } else {
+            c.greet().await;
+            c.go().await;
+        }
+        // A read and a write of the poisoned block, then a write elsewhere: each gets its own
+        // answer, EIO for the two that panicked. The client then stops sending, so a missing
+        // answer shows as the end of the stream, not as a wait.
+        let poisoned = 3 * BS as u64;
+        let data = vec![9u8; BS as usize];
+        c.request(CommandType::Read, &[], 1, poisoned, BS, &[]).await;
+        c.request(CommandType::Write, &[], 2, poisoned, BS, &data).await;
+        c.request(CommandType::Write, &[], 3, 0, BS, &data).await;
+        c.s.shutdown().await.unwrap();
+        let mut answers = std::collections::BTreeMap::new();
+        for _ in 0..3 {
+            let (error, cookie) = if structured {
+                match c.s.read_u32().await.unwrap() {
+                    proto::SIMPLE_REPLY_MAGIC => (c.s.read_u32().await.unwrap(), c.s.read_u64().await.unwrap()),
+                    magic => {
+                        assert_eq!(magic, proto::STRUCTURED_REPLY_MAGIC);
+                        let (flags, kind) = (c.s.read_u16().await.unwrap(), c.s.read_u16().await.unwrap());
+                        assert_eq!(
+                            (flags, ChunkType::from_wire(kind)),
+                            (proto::REPLY_FLAG_DONE, Some(ChunkType::Error))
+                        );
+                        let cookie = c.s.read_u64().await.unwrap();
+                        let mut d = vec![0; c.s.read_u32().await.unwrap() as usize];
+                        c.s.read_exact(&mut d).await.unwrap();
+                        (u32::from_be_bytes(d[..4].try_into().unwrap()), cookie)
+                    }
+                }
+            } else {
+                c.simple().await
+            };
+            answers.insert(cookie, error);
+        }
+        let eio = Errno::Io.wire();
+        assert_eq!(answers.into_iter().collect::<Vec<_>>(), vec![(1, eio), (2, eio), (3, 0)]);
+        h.await.unwrap().unwrap();
+        // The server goes on: what the connection wrote after the panics reads back.
+        let (mut c, h) = connect(&f);
+        c.negotiate().await;
+        assert_eq!(c.read(4, 0, BS).await.unwrap(), data);
+        drop(c);
+        h.await.unwrap().unwrap();
+    }
+}
