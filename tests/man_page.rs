@@ -18,3 +18,18 @@ fn man_page_documents_every_flag() {
     }
     assert!(missing.is_empty(), "flags missing from man/s3backer.1: {missing:?}");
 }
+
+#[test]
+fn man_page_documents_every_fuse_option() {
+    let man = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/s3backer.1")).unwrap();
+    let missing: Vec<&str> = s3b_cli::fuse_options::TABLE
+        .iter()
+        .map(|o| o.name)
+        .filter(|name| {
+            // In bold, alone or followed by its `=`.
+            let escaped = format!("\\fB{}", name.replace('-', "\\-"));
+            !man.contains(&format!("{escaped}\\fR")) && !man.contains(&format!("{escaped}=\\fR"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "FUSE options missing from man/s3backer.1: {missing:?}");
+}

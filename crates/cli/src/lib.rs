@@ -4,10 +4,12 @@
 //! nothing is written to the store before the configuration has been fully checked.
 
 pub mod args;
+pub mod bad_value;
 pub mod caching;
 pub mod config;
 pub mod daemon;
 pub mod encoding;
+pub mod fuse_options;
 pub mod logging;
 pub mod mount;
 pub mod nbd;

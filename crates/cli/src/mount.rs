@@ -7,100 +7,14 @@
 
 use crate::config::Config;
 use crate::daemon::{self, ReadyPipe, ServeError};
+use crate::fuse_options::MountSettings;
 use crate::stack;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use fuser::{MountOption, SessionACL};
 use s3b_fuse::{FuseConfig, FuseTuning, VolumeFs};
 use s3b_volume::Volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// FUSE options (libfuse 3, and libfuse 2 for command lines and fstab entries written for
-/// s3backer 1.x) that are already what we do, so they need nothing: `kernel_cache` and
-/// `auto_cache` (the page cache is kept across opens and stays valid, since the volume changes
-/// only through this mount; `--directIO` bypasses it), `use_ino` (our inode numbers are fixed),
-/// `nonempty` (FUSE 3 mounts over non-empty directories anyway), `big_writes` and `large_read`
-/// (always on in FUSE 3).
-const ALREADY_SO_OPTIONS: &[&str] = &["kernel_cache", "auto_cache", "use_ino", "nonempty", "big_writes", "large_read"];
-
-/// FUSE options accepted so that existing command lines and fstab entries keep working, but
-/// that this implementation cannot honour: each gives a one-line warning.
-const NO_EFFECT_OPTIONS: &[&str] = &["sync_read", "negative_timeout", "max_read", "max_write"];
-
-/// Every FUSE option name the `-o` lists accept (with or without `=value`); the command-line
-/// expansion and `fuse_settings` use this one list.
-pub const FUSE_OPTION_NAMES: &[&str] = &[
-    "allow_other",
-    "allow_root",
-    "default_permissions",
-    "uid",
-    "gid",
-    "ro",
-    "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "sync",
-    "async",
-    "dirsync",
-    "fsname",
-    "subtype",
-    "auto_unmount",
-    "direct_io",
-    "debug",
-    "entry_timeout",
-    "attr_timeout",
-    "max_background",
-    "congestion_threshold",
-    "max_readahead",
-    "kernel_cache",
-    "auto_cache",
-    "use_ino",
-    "nonempty",
-    "big_writes",
-    "large_read",
-    "sync_read",
-    "negative_timeout",
-    "max_read",
-    "max_write",
-];
-
-/// Mount options that come in opposite pairs: (word, its opposite, option, opposite option).
-const OPPOSITES: [(&str, &str, MountOption, MountOption); 6] = [
-    ("ro", "rw", MountOption::RO, MountOption::RW),
-    ("dev", "nodev", MountOption::Dev, MountOption::NoDev),
-    ("suid", "nosuid", MountOption::Suid, MountOption::NoSuid),
-    ("exec", "noexec", MountOption::Exec, MountOption::NoExec),
-    ("atime", "noatime", MountOption::Atime, MountOption::NoAtime),
-    ("sync", "async", MountOption::Sync, MountOption::Async),
-];
-
-/// The option a word of [`OPPOSITES`] sets and the one it clears.
-fn opposite(word: &str) -> Option<(MountOption, MountOption)> {
-    OPPOSITES.iter().find_map(|(yes, no, a, b)| match word {
-        w if w == *yes => Some((a.clone(), b.clone())),
-        w if w == *no => Some((b.clone(), a.clone())),
-        _ => None,
-    })
-}
-
-/// Sets mount flag `on`, dropping its opposite `off` (and any earlier `on`).
-fn either(opts: &mut Vec<MountOption>, on: MountOption, off: MountOption) {
-    opts.retain(|o| *o != on && *o != off);
-    opts.push(on);
-}
-
-/// Parses a FUSE timeout in seconds (`entry_timeout=1.5`).
-fn parse_timeout(o: &str, v: Option<&str>) -> Result<std::time::Duration> {
-    v.and_then(|v| v.parse::<f64>().ok())
-        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number of seconds"))
-}
 
 /// Checks the mount point before anything else happens.
 fn check_mountpoint(p: &Path) -> Result<PathBuf> {
@@ -138,11 +52,19 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Fewest FUSE session threads of a multi-threaded mount: one request doing the work of its
+/// first poll on its thread (a cache-file write and sync, see s3b_fuse) must not hold up the
+/// cache hits behind it.
+const MIN_FUSE_THREADS: usize = 2;
+/// Most FUSE session threads: one per core up to here bounds threads and stacks; what waits
+/// (S3, uploads) runs on the runtime, not on these threads, so more would not add throughput.
+const MAX_FUSE_THREADS: usize = 8;
+
 /// The FUSE mount options and file-system settings from the configuration.
 fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     // SAFETY: getuid/getgid cannot fail.
-    let (mut uid, mut gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut opts = vec![
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let options = vec![
         MountOption::FSName(cfg.describe()),
         MountOption::Subtype("s3backer".into()),
         MountOption::DefaultPermissions,
@@ -150,53 +72,18 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
         MountOption::NoSuid,
     ];
     // Upstream mounts with allow_other by default.
-    let mut acl = SessionACL::All;
-    let mut tuning = FuseTuning::default();
+    let mut m = MountSettings { options, acl: SessionACL::All, uid, gid, tuning: FuseTuning::default() };
     for o in &cfg.front.fuse_options {
-        let (name, value) = o.split_once('=').map_or((o.as_str(), None), |(n, v)| (n, Some(v)));
-        let num = |v: Option<&str>| -> Result<u32> {
-            v.and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number"))
-        };
-        let small = |v: Option<&str>| -> Result<u16> {
-            v.and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("invalid mount option \"{o}\": expected a number up to 65535"))
-        };
-        match name {
-            "allow_other" => acl = SessionACL::All,
-            "allow_root" => acl = SessionACL::RootAndOwner,
-            "uid" => uid = num(value)?,
-            "gid" => gid = num(value)?,
-            // Of two opposite words the last one counts, as with mount(8) (which puts `rw`,
-            // `dev` and `suid` in front of what an fstab entry says).
-            n if let Some((on, off)) = opposite(n) => either(&mut opts, on, off),
-            "dirsync" => opts.push(MountOption::DirSync),
-            "default_permissions" => {}
-            "auto_unmount" => opts.push(MountOption::AutoUnmount),
-            "fsname" => {
-                opts.retain(|m| !matches!(m, MountOption::FSName(_)));
-                opts.push(MountOption::FSName(value.unwrap_or_default().to_string()));
-            }
-            "subtype" => {
-                opts.retain(|m| !matches!(m, MountOption::Subtype(_)));
-                opts.push(MountOption::Subtype(value.unwrap_or_default().to_string()));
-            }
-            "entry_timeout" => tuning.entry_ttl = parse_timeout(o, value)?,
-            "attr_timeout" => tuning.attr_ttl = parse_timeout(o, value)?,
-            "max_background" => tuning.max_background = small(value)?,
-            "congestion_threshold" => tuning.congestion_threshold = small(value)?,
-            "max_readahead" => tuning.max_readahead = Some(num(value)?),
-            n if ALREADY_SO_OPTIONS.contains(&n) => log::debug!("mount option {o}: already the behaviour"),
-            n if NO_EFFECT_OPTIONS.contains(&n) => log::warn!("mount option {o} has no effect here; ignored"),
-            _ => bail!("unknown mount option \"{o}\""),
-        }
+        m.apply(o)?;
     }
     if cfg.read_only {
-        either(&mut opts, MountOption::RO, MountOption::RW);
+        m.read_only();
     }
+    let MountSettings { options: opts, acl, uid, gid, tuning } = m;
     // Requests that hit the cache are answered on these threads (see s3b_fuse), so there is
-    // one per core, at least two and at most eight; `-s` keeps upstream's single thread.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = if cfg.front.single_thread { 1 } else { cores.clamp(2, 8) };
+    // one per core within the bounds; `-s` keeps upstream's single thread.
+    let cores = std::thread::available_parallelism().map_or(MIN_FUSE_THREADS, |n| n.get());
+    let threads = if cfg.front.single_thread { 1 } else { cores.clamp(MIN_FUSE_THREADS, MAX_FUSE_THREADS) };
     let mut fc = fuser::Config::default();
     fc.mount_options = opts;
     fc.acl = acl;
@@ -334,6 +221,7 @@ fn lazy_unmount(path: &std::path::Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuse_options::Value;
 
     fn settings(o: &str) -> Result<(fuser::Config, FuseConfig)> {
         let a: Vec<String> = ["--test", "--size=1m", "-o", o, "dir", "mnt"].iter().map(|s| s.to_string()).collect();
@@ -342,20 +230,13 @@ mod tests {
 
     #[test]
     fn fstab_options_from_libfuse_2_and_3_are_accepted() {
-        // Every option the -o lists accept is understood here too.
-        for name in FUSE_OPTION_NAMES.iter().filter(|n| !["debug", "direct_io", "fsname", "subtype"].contains(n)) {
-            let o = match *name {
-                "uid"
-                | "gid"
-                | "max_background"
-                | "congestion_threshold"
-                | "max_readahead"
-                | "max_read"
-                | "max_write" => {
-                    format!("{name}=7")
-                }
-                "entry_timeout" | "attr_timeout" | "negative_timeout" => format!("{name}=0.5"),
-                n => n.to_string(),
+        // Every option of the table, with a value of its kind, goes through the whole parse.
+        for opt in crate::fuse_options::TABLE {
+            let o = match opt.value {
+                Value::None => opt.name.to_string(),
+                Value::Number => format!("{}=7", opt.name),
+                Value::Seconds => format!("{}=0.5", opt.name),
+                Value::Text => format!("{}=x", opt.name),
             };
             settings(&o).unwrap_or_else(|e| panic!("{o}: {e:#}"));
         }

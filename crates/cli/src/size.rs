@@ -1,7 +1,7 @@
 //! Sizes with upstream's suffixes: a number followed by one of k, m, g, t, p, e (powers of two,
 //! any case), e.g. `4k` = 4096, `1G` = 2^30. Also the reverse, for messages (`unparse`).
 
-use crate::args::values::BadValue;
+use crate::bad_value::BadValue;
 
 /// Suffix letters and their shifts, smallest first.
 const SUFFIXES: &[(char, u32)] = &[('k', 10), ('m', 20), ('g', 30), ('t', 40), ('p', 50), ('e', 60)];

@@ -303,15 +303,28 @@ impl Negotiation {
         r.add(ReplyType::Ack, &[]).then(Next::StartTls)
     }
 
+    /// Option data naming an export (`what` option's), parsed: the query, or the step refusing
+    /// it (malformed, or another export's name).
+    fn query<T>(
+        &self,
+        r: Replies,
+        parsed: Result<proto::ExportQuery<T>, proto::Malformed>,
+        what: &str,
+    ) -> Result<(Replies, proto::ExportQuery<T>), Step> {
+        match parsed {
+            Err(_) => Err(r.only(ReplyType::ErrInvalid, format!("malformed {what} data").as_bytes())),
+            Ok(q) if !self.offer.known_name(&q.name) => {
+                Err(r.only(ReplyType::ErrUnknown, format!("no export named \"{}\"", q.name).as_bytes()))
+            }
+            Ok(q) => Ok((r, q)),
+        }
+    }
+
     /// `OPT_INFO`, or with `go` `OPT_GO`: the export's information, then (`go`) transmission.
     fn info(&mut self, r: Replies, go: bool, data: &[u8]) -> Step {
-        let req = match proto::parse_info(data) {
-            Err(_) => return r.only(ReplyType::ErrInvalid, b"malformed OPT_INFO/OPT_GO data"),
-            Ok(req) if !self.offer.known_name(&req.name) => {
-                let msg = format!("no export named \"{}\"", req.name);
-                return r.only(ReplyType::ErrUnknown, msg.as_bytes());
-            }
-            Ok(req) => req,
+        let (r, req) = match self.query(r, proto::parse_info(data), "OPT_INFO/OPT_GO") {
+            Ok(v) => v,
+            Err(refused) => return refused,
         };
         let o = &self.offer;
         let mut r = r.add(ReplyType::Info, &proto::info_export(o.size, o.transmission_flags(&self.session)));
@@ -336,13 +349,9 @@ impl Negotiation {
         if !self.session.structured {
             return r.only(ReplyType::ErrInvalid, b"negotiate structured replies first");
         }
-        let m = match proto::parse_meta(data) {
-            Err(_) => return r.only(ReplyType::ErrInvalid, b"malformed meta context data"),
-            Ok(m) if !self.offer.known_name(&m.name) => {
-                let msg = format!("no export named \"{}\"", m.name);
-                return r.only(ReplyType::ErrUnknown, msg.as_bytes());
-            }
-            Ok(m) => m,
+        let (r, m) = match self.query(r, proto::parse_meta(data), "meta context") {
+            Ok(v) => v,
+            Err(refused) => return refused,
         };
         let selected = (list && m.items.is_empty()) || m.items.iter().any(|q| proto::query_matches(q, list));
         let r = if selected {

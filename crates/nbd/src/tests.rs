@@ -35,15 +35,17 @@ fn fixture_over(
     Fixture { _dir: dir, server: Server::new(volume, cfg) }
 }
 
-/// A pass-through store that remembers zero writes, standing in for the zero cache.
+/// A pass-through store that remembers zero writes, standing in for the zero cache; with
+/// `panics_on`, any read or write of that block panics, standing in for a bug below.
 struct ZeroTracking {
     inner: Arc<dyn s3b_store::BlockStore>,
     zero: parking_lot::Mutex<std::collections::HashSet<u32>>,
+    panics_on: Option<u32>,
 }
 
 impl ZeroTracking {
     fn new(inner: Arc<dyn s3b_store::BlockStore>) -> Self {
-        ZeroTracking { inner, zero: Default::default() }
+        ZeroTracking { inner, zero: Default::default(), panics_on: None }
     }
 }
 
@@ -53,9 +55,11 @@ impl s3b_store::BlockStore for ZeroTracking {
         self.inner.geometry()
     }
     async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
+        assert_ne!(Some(n), self.panics_on, "reading the poisoned block");
         self.inner.read_block(n, c).await
     }
     async fn write_block(&self, n: u32, d: Option<s3b_store::BlockData>) -> s3b_store::Result<Option<s3b_store::Etag>> {
+        assert_ne!(Some(n), self.panics_on, "writing the poisoned block");
         let zero = d.is_none();
         self.zero.lock().remove(&n);
         let r = self.inner.write_block(n, d).await;
@@ -547,39 +551,9 @@ async fn extended_headers() {
     assert_eq!(c.ext_chunk().await.1, ChunkType::None);
 }
 
-/// A store that panics on any read or write of one block, standing in for a bug below.
-struct PanicsOn {
-    inner: Arc<dyn s3b_store::BlockStore>,
-    block: u32,
-}
-
-#[async_trait::async_trait]
-impl s3b_store::BlockStore for PanicsOn {
-    fn geometry(&self) -> s3b_store::Geometry {
-        self.inner.geometry()
-    }
-    async fn read_block(&self, n: u32, c: s3b_store::ReadRequest) -> s3b_store::Result<s3b_store::ReadOutcome> {
-        assert_ne!(n, self.block, "reading the poisoned block");
-        self.inner.read_block(n, c).await
-    }
-    async fn write_block(&self, n: u32, d: Option<s3b_store::BlockData>) -> s3b_store::Result<Option<s3b_store::Etag>> {
-        assert_ne!(n, self.block, "writing the poisoned block");
-        self.inner.write_block(n, d).await
-    }
-    async fn flush(&self, b: Option<&[u32]>) -> s3b_store::Result<()> {
-        self.inner.flush(b).await
-    }
-    async fn survey_non_zero(&self, sink: &(dyn Fn(u32) + Send + Sync)) -> s3b_store::Result<()> {
-        self.inner.survey_non_zero(sink).await
-    }
-    async fn shutdown(&self) -> s3b_store::Result<()> {
-        self.inner.shutdown().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_answers_its_request_with_eio() {
-    let f = fixture_over(false, |inner| Arc::new(PanicsOn { inner, block: 3 }));
+    let f = fixture_over(false, |coded| Arc::new(ZeroTracking { panics_on: Some(3), ..ZeroTracking::new(coded) }));
     for structured in [false, true] {
         let (mut c, h) = connect(&f);
         if structured {

@@ -77,6 +77,6 @@ pub struct CoreArgs {
     #[arg(long = "configFile", short = 'F', value_name = "FILE", help_heading = "Process")]
     pub config_file: Vec<String>,
     /// Mount option(s), comma separated: any --flag as name=value, or a FUSE option.
-    #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Process")]
+    #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Process", long_help = crate::fuse_options::help())]
     pub options: Vec<String>,
 }

@@ -90,7 +90,7 @@ pub fn parse(args: &[String]) -> Result<Cli> {
     let argv = std::iter::once("s3backer".to_string()).chain(expanded);
     Cli::try_parse_from(argv).map_err(|e| {
         // A value our parsers refused: their message is the whole story (it names the flag).
-        match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<values::BadValue>()) {
+        match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<crate::bad_value::BadValue>()) {
             Some(bad) => anyhow::Error::new(bad.clone()),
             None => e.into(),
         }
@@ -152,7 +152,7 @@ fn expand_into(args: &[String], ours: &HashSet<String>, out: &mut Vec<String>, s
                     expand_into(&words, ours, out, subs)?;
                 } else if ours.contains(name) {
                     out.push(format!("--{opt}"));
-                } else if crate::mount::FUSE_OPTION_NAMES.contains(&name) {
+                } else if crate::fuse_options::find(name).is_some() {
                     out.push("-o".into());
                     out.push(opt.to_string());
                 } else if MOUNT_HELPER_WORDS.contains(&name) || name.starts_with("x-") {

@@ -7,100 +7,13 @@
 //! message reaches the user as is, as one line: [`BadValue`] is what [`super::parse`] returns.
 //! `-o name=value` options become `--name=value` words first, so they meet the same parsers.
 
+use crate::bad_value::BadValue;
 use crate::size::{parse_size, unparse_size};
 use clap::builder::TypedValueParser;
 use clap::{Arg, Command};
 use s3b_codec::{Cipher, Compression};
 use std::ffi::OsStr;
 use std::time::Duration;
-
-/// A flag value its parser refused; the message names the flag (or what the value is) and the
-/// problem.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadValue {
-    /// Not a number or size at all.
-    #[error("invalid {what} \"{value}\"")]
-    Invalid {
-        /// The flag, or what the value is (`file size`).
-        what: String,
-        /// The value as given.
-        value: String,
-    },
-    /// A number too big for its type.
-    #[error("{what} \"{value}\" is too big")]
-    TooBig {
-        /// What the value is.
-        what: String,
-        /// The value as given.
-        value: String,
-    },
-    /// A value the flag's rule refuses.
-    #[error("invalid {flag} \"{value}\": {rule}")]
-    Breaks {
-        /// The flag.
-        flag: String,
-        /// The value as given.
-        value: String,
-        /// What the flag takes.
-        rule: &'static str,
-    },
-    /// A word that is not one of the flag's choices.
-    #[error("invalid {flag} \"{value}\": must be one of {}", .choices.join(", "))]
-    NotOneOf {
-        /// The flag.
-        flag: String,
-        /// The value as given.
-        value: String,
-        /// The words the flag takes.
-        choices: &'static [&'static str],
-    },
-    /// `--ipTOS` neither a number up to 255 nor a name.
-    #[error("invalid {flag} value \"{value}\": expected 0..255 or lowdelay, throughput, reliability, lowcost, mincost")]
-    IpTos {
-        /// The flag.
-        flag: String,
-        /// The value as given.
-        value: String,
-    },
-    /// Signature version 2.
-    #[error("{flag}=aws2 is not supported (AWS signature version 2 is deprecated); use aws4")]
-    Aws2 {
-        /// The flag.
-        flag: String,
-    },
-    /// A cipher we do not implement.
-    #[error("unsupported cipher \"{0}\": use AES-128-CBC, AES-192-CBC, AES-256-CBC or AES-256-GCM")]
-    Cipher(String),
-    /// A deflate level out of range.
-    #[error("invalid deflate level {0}: must be between 0 and 9 (or -1 for the default)")]
-    DeflateLevel(i32),
-    /// A block size that is not a power of two.
-    #[error("block size must be a power of 2")]
-    NotPowerOfTwo,
-    /// A block size over 2 GiB.
-    #[error("block size {} is too big (at most 2g)", unparse_size(*.0))]
-    BlockSizeTooBig(u64),
-    /// A size's problem, with the flag named in front.
-    #[error("{flag}: {inner}")]
-    OfFlag {
-        /// The flag.
-        flag: String,
-        /// The size's problem.
-        inner: Box<BadValue>,
-    },
-}
-
-impl BadValue {
-    /// `value` breaks `flag`'s rule.
-    fn breaks(flag: &str, value: &str, rule: &'static str) -> BadValue {
-        BadValue::Breaks { flag: flag.into(), value: value.into(), rule }
-    }
-
-    /// This problem, with `flag` named in front.
-    fn of_flag(self, flag: &str) -> BadValue {
-        BadValue::OfFlag { flag: flag.into(), inner: Box::new(self) }
-    }
-}
 
 /// A flag's value parser: the function gets the flag's name (`--size`) and the value.
 #[derive(Clone, Copy)]
@@ -168,7 +81,7 @@ pub fn check_block_size(v: u64) -> Result<u32, BadValue> {
     if v == 0 || !v.is_power_of_two() {
         return Err(BadValue::NotPowerOfTwo);
     }
-    u32::try_from(v).map_err(|_| BadValue::BlockSizeTooBig(v))
+    u32::try_from(v).map_err(|_| BadValue::BlockSizeTooBig(unparse_size(v)))
 }
 
 /// A speed limit in bits per second, with an optional suffix (`10m`); at least one byte a second.

@@ -3,6 +3,7 @@
 
 use crate::args::cache::CacheArgs;
 use crate::args::core::CoreArgs;
+use crate::fuse_options::Effect;
 use crate::stats_mirror::MirrorConfig;
 use anyhow::{Result, bail};
 
@@ -55,12 +56,13 @@ pub(super) fn settings(c: &CoreArgs, k: &CacheArgs) -> Result<Process> {
     let mut foreground = c.foreground || c.fuse_debug;
     let mut direct_io = c.direct_io || k.shared_disk_mode;
     for o in &c.options {
-        match o.as_str() {
-            "debug" => {
+        let (name, _) = crate::fuse_options::split(o);
+        match crate::fuse_options::find(name).map(|f| &f.effect) {
+            Some(Effect::Debug) => {
                 debug = true;
                 foreground = true;
             }
-            "direct_io" => direct_io = true,
+            Some(Effect::DirectIo) => direct_io = true,
             _ => fuse_options.push(o.clone()),
         }
     }
