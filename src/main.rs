@@ -1,5 +1,9 @@
 //! The `s3backer` binary: all the work lives in the `s3b-cli` crate.
 
+// The root package does not take the workspace lints (its integration tests unwrap and cast
+// freely); the binary itself takes the unsafe and cast discipline of the library crates.
+#![warn(clippy::undocumented_unsafe_blocks, clippy::cast_possible_truncation)]
+
 fn main() {
     tune_allocator();
     std::process::exit(s3b_cli::main());

@@ -42,7 +42,7 @@ pub fn wrap(
         return Ok(Caching { top: inner, cache_file: None });
     };
     let mut cache_cfg = s.cache.clone();
-    cache_cfg.size = cache_cfg.size.min(inner.num_blocks().min(usize::MAX as u64) as usize);
+    cache_cfg.size = cache_cfg.size.min(usize::try_from(inner.num_blocks()).unwrap_or(usize::MAX));
     if read_only {
         // Nothing is ever dirty on a read-only mount.
         cache_cfg.max_dirty = 0;

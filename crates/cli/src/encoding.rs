@@ -22,12 +22,14 @@ fn salt(cfg: &Config) -> String {
 fn prompt_password() -> Result<Zeroizing<String>> {
     let stdin = std::io::stdin();
     let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr/tcsetattr only read/write it for a valid fd.
+    // SAFETY: termios is plain data, for which all zeros is a valid value.
     let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr only writes the termios it is given; a bad fd is an error return.
     let have_term = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
     let saved = term;
     if have_term {
         term.c_lflag &= !libc::ECHO;
+        // SAFETY: tcsetattr only reads the termios it is given, filled by tcgetattr above.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
     }
     eprint!("Password: ");
@@ -35,6 +37,7 @@ fn prompt_password() -> Result<Zeroizing<String>> {
     let mut line = Zeroizing::new(String::new());
     let r = stdin.lock().read_line(&mut line);
     if have_term {
+        // SAFETY: as above; `saved` is the settings tcgetattr returned.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
         eprintln!();
     }

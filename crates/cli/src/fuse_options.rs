@@ -4,7 +4,8 @@
 //!
 //! It promises that an option is either in [`TABLE`] and means the same everywhere, or is
 //! refused with one line naming it; what an option does is an [`Effect`], so adding an option
-//! with a new kind of effect does not compile until [`apply`] (or the front end) handles it.
+//! with a new kind of effect does not compile until [`MountSettings::apply`] (or the front end)
+//! handles it.
 //! Options come from libfuse 3 and libfuse 2 (command lines and fstab entries written for
 //! s3backer 1.x keep working): those that are already what this implementation does need
 //! nothing, and those it cannot honour are accepted with a one-line warning.

@@ -14,7 +14,7 @@ fn block(len: usize) -> Bytes {
         (0..len)
             .map(|i| {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if (i / 64) % 2 == 0 { b"the quick brown fox "[i % 20] } else { (x >> 16) as u8 }
+                if (i / 64) % 2 == 0 { b"the quick brown fox "[i % 20] } else { (x >> 16).to_le_bytes()[0] }
             })
             .collect::<Vec<u8>>(),
     )
@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function("plain_copy", |b| b.iter(|| black_box(data.to_vec())));
         for (name, cfg) in &configs {
-            let codec = Codec::new(len as u32, cfg.clone());
+            let codec = Codec::new(u32::try_from(len).unwrap(), cfg.clone());
             let obj = codec.encode(1, data.clone()).unwrap();
             g.bench_function(format!("{name}_encode"), |b| {
                 b.iter(|| black_box(codec.encode(1, data.clone()).unwrap()))

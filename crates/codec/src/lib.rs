@@ -8,6 +8,8 @@
 //! (EIO with a logged reason), never garbage data. All-zero blocks are never stored: writing one
 //! deletes the object, and a missing object reads as zeros.
 
+#![forbid(unsafe_code)]
+
 pub mod compress;
 pub mod crypt;
 pub mod error;
@@ -323,7 +325,9 @@ mod tests {
     }
 
     fn block(n: u8) -> Bytes {
-        Bytes::from((0..4096u32).map(|i| (i as u8).wrapping_mul(n) ^ (i >> 7) as u8).collect::<Vec<_>>())
+        Bytes::from(
+            (0..4096u32).map(|i| i.to_le_bytes()[0].wrapping_mul(n) ^ (i >> 7).to_le_bytes()[0]).collect::<Vec<_>>(),
+        )
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! of the data it belongs to, so a crash between the two renames is detected, not decoded); plain
 //! volumes have none and stay byte-compatible with upstream.
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};

@@ -16,6 +16,8 @@
 //! The layer is off by default (as in upstream 2.x) and sits between the block cache and the
 //! codec. Stats lines `md5_cache_*` as upstream.
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -73,7 +75,7 @@ impl EcConfig {
             return Err(ConfigError::ForeverTooSmall { size, blocks });
         }
         Ok(Some(EcConfig {
-            cache_size: size.min(blocks).min(usize::MAX as u64).max(1) as usize,
+            cache_size: usize::try_from(size.min(blocks).max(1)).unwrap_or(usize::MAX),
             cache_time: (time_ms > 0).then(|| Duration::from_millis(time_ms)),
             min_write_delay: Duration::from_millis(min_write_delay_ms),
             stale_retries: 6,
@@ -274,7 +276,8 @@ impl EcProtect {
                         None => notified.await,
                     }
                     if let Some(c) = counter {
-                        c(&self.stats.counters).fetch_add(now.elapsed().as_micros() as u64, Relaxed);
+                        c(&self.stats.counters)
+                            .fetch_add(u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX), Relaxed);
                     }
                 }
             }

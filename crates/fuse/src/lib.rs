@@ -11,6 +11,8 @@
 //! the store below — stronger than upstream 1.5.4, where both are no-ops. The `stats` file is
 //! rendered afresh on each open; unlinking it resets the counters, as upstream.
 
+#![forbid(unsafe_code)]
+
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
@@ -418,7 +420,7 @@ impl Filesystem for VolumeFs {
             STATS_INO => {
                 let snap = self.shared.stats_handles.lock().get(&fh.0).cloned();
                 let snap = snap.unwrap_or_else(|| Arc::new(self.shared.stats.render().into_bytes()));
-                let start = (offset as usize).min(snap.len());
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(snap.len());
                 let end = start.saturating_add(size as usize).min(snap.len());
                 self.shared.times.lock().stats_atime = SystemTime::now();
                 reply.data(&snap[start..end]);
@@ -452,7 +454,8 @@ impl Filesystem for VolumeFs {
             match s.volume.write(offset, data).await {
                 Ok(n) => {
                     s.times.lock().file_mtime = SystemTime::now();
-                    reply.written(n as u32)
+                    // All of `data` was written, and a FUSE write carries fewer than 2^32 bytes.
+                    reply.written(u32::try_from(n).unwrap_or(u32::MAX))
                 }
                 Err(e) => {
                     log::error!("write of {len} bytes at offset {offset} failed: {}", Chain(&e));
@@ -522,7 +525,7 @@ impl Filesystem for VolumeFs {
             (FILE_INO, FileType::RegularFile, s.config.filename.as_str()),
             (STATS_INO, FileType::RegularFile, s.config.stats_filename.as_str()),
         ];
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
             if reply.add(*ino, (i + 1) as u64, *kind, name) {
                 break;
             }

@@ -318,7 +318,7 @@ impl HttpClient {
             if success && expected > limit as u64 {
                 return Err(too_large(expected.to_string()));
             }
-            let mut buf = bytes::BytesMut::with_capacity((expected as usize).min(limit));
+            let mut buf = bytes::BytesMut::with_capacity(usize::try_from(expected).unwrap_or(usize::MAX).min(limit));
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|source| TransportError::Body { url: url.to_string(), source })?;
                 if let Ok(data) = frame.into_data() {

@@ -30,6 +30,8 @@
 //! as soon as it is announced or received; so a broken or hostile server costs bounded memory,
 //! and (with the whole-exchange `--timeout`) bounded time, on every attempt.
 
+#![forbid(unsafe_code)]
+
 //! Modules: [`config`] (what the command line settles), `request` (building one request: URL,
 //! headers, body limits), `send` (one attempt, and the retry loop around it), `objects` (the
 //! [`ObjectStore`](s3b_store::ObjectStore) operations), `listing` (LIST streams), `token` (the mount-token protocol),

@@ -60,7 +60,7 @@ pub(crate) fn bump(c: &AtomicU64) {
 
 /// Adds a duration, in microseconds, to a counter.
 pub(crate) fn add_time(c: &AtomicU64, d: Duration) {
-    c.fetch_add(d.as_micros() as u64, Relaxed);
+    c.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
 }
 
 impl HttpStats {

@@ -26,6 +26,8 @@
 //! magic, an unknown flag in the handshake, a write payload larger than the maximum); never a
 //! panic and never a stall of other connections.
 
+#![forbid(unsafe_code)]
+
 pub mod negotiate;
 pub mod proto;
 
@@ -299,13 +301,14 @@ impl Server {
                 let p1 = requests.clone().acquire_owned().await.expect("never closed");
                 let cost = match req.command_type() {
                     Some(CommandType::Read | CommandType::Write) => {
-                        req.length.clamp(1, self.cfg.max_payload as u64) as u32
+                        u32::try_from(req.length.clamp(1, self.cfg.max_payload.into())).unwrap_or(self.cfg.max_payload)
                     }
                     _ => 1,
                 };
                 let p2 = bytes.clone().acquire_many_owned(cost).await.expect("never closed");
                 let payload = if payload_len {
-                    let mut buf = BytesMut::zeroed(req.length as usize);
+                    // At most the maximum payload (checked above).
+                    let mut buf = BytesMut::zeroed(usize::try_from(req.length).unwrap_or(usize::MAX));
                     r.read_exact(&mut buf).await?;
                     Some(buf.freeze())
                 } else {
@@ -483,6 +486,11 @@ fn nbd_error(e: &StoreError) -> Errno {
 
 /// The reply to a successful read. Structured: block-aligned runs of zeros become hole chunks
 /// and the rest data chunks (one data chunk with `df`).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a read carries at most the maximum payload, a u32, so every length and offset \
+              inside `data` fits both a u32 and a usize"
+)]
 fn read_reply(f: &proto::Framer, offset: u64, data: Bytes, df: bool, block_size: u32) -> Vec<Bytes> {
     if !f.structured {
         return vec![f.simple(0), data];

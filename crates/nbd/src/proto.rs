@@ -331,7 +331,7 @@ impl Request {
 
     /// Encodes a request header (the client side; used by tests).
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
-        self.encode_fields(REQUEST_MAGIC, &(self.length as u32).to_be_bytes())
+        self.encode_fields(REQUEST_MAGIC, &wire_len(self.length).to_be_bytes())
     }
 
     /// The fields both header forms share, then `length` (4 or 8 bytes) to fill `N` bytes.
@@ -530,7 +530,7 @@ pub fn option_reply(option: u32, kind: ReplyType, data: &[u8]) -> Bytes {
     b.put_u64(OPT_REPLY_MAGIC);
     b.put_u32(option);
     b.put_u32(kind.wire());
-    b.put_u32(data.len() as u32);
+    b.put_u32(wire_len(data.len()));
     b.put_slice(data);
     b.freeze()
 }
@@ -566,7 +566,7 @@ impl Framer {
             b.put_u16(flags);
             b.put_u16(kind.wire());
             b.put_u64(self.cookie);
-            b.put_u32(len as u32);
+            b.put_u32(wire_len(len));
         }
         b
     }
@@ -601,7 +601,7 @@ impl Framer {
         }
         let mut b = self.header(REPLY_FLAG_DONE, ChunkType::Error, 6 + m.len() as u64, 6 + m.len());
         b.put_u32(error.wire());
-        b.put_u16(m.len() as u16);
+        b.put_u16(u16::try_from(m.len()).expect("cut to 4096 bytes above"));
         b.put_slice(m);
         b.freeze()
     }
@@ -633,7 +633,7 @@ impl Framer {
             let len = 8 + 16 * extents.len();
             let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatusExt, len as u64, len);
             b.put_u32(id);
-            b.put_u32(extents.len() as u32);
+            b.put_u32(wire_len(extents.len()));
             for &(l, f) in extents {
                 b.put_u64(l);
                 b.put_u64(f as u64);
@@ -644,7 +644,7 @@ impl Framer {
             let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatus, len as u64, len);
             b.put_u32(id);
             for &(l, f) in extents {
-                b.put_u32(l as u32);
+                b.put_u32(wire_len(l));
                 b.put_u32(f);
             }
             b.freeze()
@@ -740,7 +740,7 @@ pub fn parse_meta(data: &[u8]) -> Result<MetaRequest, Malformed> {
 /// Encodes `OPT_INFO`/`OPT_GO` data (the client side; used by tests).
 pub fn encode_info(name: &str, requests: &[u16]) -> Vec<u8> {
     let mut b = wire_string(name);
-    b.extend_from_slice(&(requests.len() as u16).to_be_bytes());
+    b.extend_from_slice(&u16::try_from(requests.len()).expect("at most 65535 information types").to_be_bytes());
     b.extend(requests.iter().flat_map(|r| r.to_be_bytes()));
     b
 }
@@ -748,7 +748,7 @@ pub fn encode_info(name: &str, requests: &[u16]) -> Vec<u8> {
 /// Encodes meta-context option data (the client side; used by tests).
 pub fn encode_meta(name: &str, queries: &[&str]) -> Vec<u8> {
     let mut b = wire_string(name);
-    b.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    b.extend_from_slice(&wire_len(queries.len()).to_be_bytes());
     b.extend(queries.iter().flat_map(|q| wire_string(q)));
     b
 }
@@ -760,7 +760,7 @@ pub fn query_matches(query: &str, list: bool) -> bool {
 
 /// A string as option data carries it: its 32-bit length, then its bytes.
 fn wire_string(s: &str) -> Vec<u8> {
-    [&(s.len() as u32).to_be_bytes()[..], s.as_bytes()].concat()
+    [&wire_len(s.len()).to_be_bytes()[..], s.as_bytes()].concat()
 }
 
 /// `NBD_INFO_EXPORT` payload.
@@ -787,6 +787,15 @@ pub fn meta_context(id: u32, name: &str) -> Vec<u8> {
 /// `NBD_REP_SERVER` payload: name, then a description.
 pub fn rep_server(name: &str, description: &str) -> Vec<u8> {
     [wire_string(name).as_slice(), description.as_bytes()].concat()
+}
+
+/// A length as a 32-bit field of the wire carries it. Every caller bounds what it frames:
+/// option data and strings (names and messages of this server, a client's within the option
+/// limit), payloads (the maximum payload is a `u32`), extents (a bounded count per reply, each
+/// within 32 bits in compact mode). One that does not fit is a bug here, and panics rather than
+/// send a corrupt frame (a request's handler answers `EIO` for it).
+fn wire_len<T: TryInto<u32> + Copy + std::fmt::Display>(n: T) -> u32 {
+    n.try_into().unwrap_or_else(|_| panic!("length {n} does not fit a 32-bit field"))
 }
 
 /// `N` bytes of `b` from `at`, as an array; callers pass fixed-size headers or exact takes, so

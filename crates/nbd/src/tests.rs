@@ -1,6 +1,8 @@
 //! In-process tests of the server with a minimal hand-written client over in-memory pipes:
 //! negotiation, every command, and broken or hostile clients.
 
+#![allow(clippy::cast_possible_truncation, reason = "test values are small constants and offsets within them")]
+
 use super::*;
 use proto::{ChunkType, CommandFlag, Errno, InfoType, OptionType, ReplyType, TransmissionFlag};
 use s3b_codec::{Codec, CodecConfig, CodecStore};

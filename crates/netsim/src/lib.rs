@@ -10,6 +10,8 @@
 //! It only ever binds and connects to addresses it is given; the binary refuses anything but
 //! loopback.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -11,6 +11,8 @@
 //! Out-of-range behaviour is upstream's: an offset past the end is `ESPIPE`, a range running
 //! past the end is cut at the end.
 
+#![forbid(unsafe_code)]
+
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use s3b_store::{BlockData, BlockNum, BlockStore, ReadRequest, Result, StoreError};
@@ -27,7 +29,7 @@ const BULK_ZERO_CHUNK: u64 = 1000;
 /// A front-end-independent view of the volume as one flat range of bytes.
 pub struct Volume {
     store: Arc<dyn BlockStore>,
-    block_size: u64,
+    block_size: u32,
     size: u64,
     read_only: bool,
     locks: Vec<Mutex<()>>,
@@ -45,7 +47,20 @@ struct Piece {
     buf_off: usize,
 }
 
+impl Piece {
+    /// Offset inside the block, as the store takes it.
+    fn start_in_block(&self) -> u32 {
+        u32::try_from(self.start).unwrap_or(u32::MAX)
+    }
+}
+
 /// Splits `[offset, offset + len)` into per-block pieces.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "callers clip the range to the volume and to a buffer they hold: a block number is \
+              below num_blocks (at most 2^32), an offset or length inside a block below the block \
+              size (a u32), an offset inside the range below the buffer's length (a usize)"
+)]
 fn pieces(block_size: u64, offset: u64, len: u64) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut pos = offset;
@@ -104,8 +119,8 @@ pub fn errno(e: &StoreError) -> i32 {
 impl Volume {
     /// A volume over `store`; writes fail with EROFS when `read_only`.
     pub fn new(store: Arc<dyn BlockStore>, read_only: bool) -> Self {
-        let block_size = store.block_size() as u64;
-        let size = block_size * store.num_blocks();
+        let block_size = store.block_size();
+        let size = u64::from(block_size) * store.num_blocks();
         Volume { store, block_size, size, read_only, locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect() }
     }
 
@@ -116,7 +131,12 @@ impl Volume {
 
     /// Block size in bytes.
     pub fn block_size(&self) -> u32 {
-        self.block_size as u32
+        self.block_size
+    }
+
+    /// Block size in bytes, for offset arithmetic.
+    fn bs(&self) -> u64 {
+        u64::from(self.block_size)
     }
 
     /// The store below.
@@ -137,17 +157,20 @@ impl Volume {
     }
 
     async fn read_whole(&self, n: BlockNum) -> Result<Bytes> {
-        Ok(self.store.read_block(n, ReadRequest::PLAIN).await?.into_data(self.block_size as u32))
+        Ok(self.store.read_block(n, ReadRequest::PLAIN).await?.into_data(self.block_size))
     }
 
     /// Reads `len` bytes at `offset` (fewer at the end of the volume).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let len = self.clip(offset, len)?;
-        let ps = pieces(self.block_size, offset, len);
+        let ps = pieces(self.bs(), offset, len);
         if let [p] = ps[..] {
             // One block: hand out a slice of it without copying.
-            if p.len as u64 != self.block_size {
-                return self.store.read_block_part(p.block, p.start as u32, p.len as u32).await;
+            if p.len as u64 != self.bs() {
+                return self
+                    .store
+                    .read_block_part(p.block, p.start_in_block(), u32::try_from(p.len).unwrap_or(u32::MAX))
+                    .await;
             }
             let data = self.read_whole(p.block).await?;
             return Ok(data.slice(p.start..p.start + p.len));
@@ -157,7 +180,8 @@ impl Volume {
             Ok::<_, StoreError>((p, data))
         }))
         .await?;
-        let mut out = BytesMut::zeroed(len as usize);
+        // On 64-bit targets always exact; elsewhere a read too large for memory fails to allocate.
+        let mut out = BytesMut::zeroed(usize::try_from(len).unwrap_or(usize::MAX));
         for (p, data) in parts {
             out[p.buf_off..p.buf_off + p.len].copy_from_slice(&data[p.start..p.start + p.len]);
         }
@@ -172,7 +196,7 @@ impl Volume {
             return Err(StoreError::ReadOnly);
         }
         let len = self.clip(offset, data.len() as u64)?;
-        let ps = pieces(self.block_size, offset, len);
+        let ps = pieces(self.bs(), offset, len);
         let piece = |p: &Piece| {
             if p.buf_off == 0 && p.len == data.len() {
                 data.clone()
@@ -181,7 +205,8 @@ impl Volume {
             }
         };
         try_join_all(ps.iter().map(|p| self.write_piece(*p, Some(piece(p))))).await?;
-        Ok(len as usize)
+        // At most `data.len()`.
+        Ok(usize::try_from(len).unwrap_or(data.len()))
     }
 
     /// Zeroes `[offset, offset + len)`: whole blocks are deleted with bulk calls of at most
@@ -197,7 +222,7 @@ impl Volume {
             return Ok(());
         }
         let end = offset + len;
-        let bs = self.block_size;
+        let bs = self.bs();
         // Whole blocks: [first_whole, end_whole).
         let first_whole = offset.div_ceil(bs);
         let end_whole = end / bs;
@@ -220,7 +245,7 @@ impl Volume {
         let mut start = first_whole;
         while start < end_whole {
             let stop = (start + BULK_ZERO_CHUNK).min(end_whole);
-            let blocks: Vec<BlockNum> = (start..stop).map(|n| n as BlockNum).collect();
+            let blocks: Vec<BlockNum> = (start..stop).map_while(|n| BlockNum::try_from(n).ok()).collect();
             // Hold the locks of the blocks being zeroed so no read-modify-write interleaves;
             // taken in shard order, so two punches cannot deadlock.
             let mut shards: Vec<usize> = blocks.iter().map(|&n| n as usize % LOCK_SHARDS).collect();
@@ -240,14 +265,14 @@ impl Volume {
     /// Writes one piece: `data = None` means zeros.
     async fn write_piece(&self, p: Piece, data: Option<Bytes>) -> Result<()> {
         let _guard = self.lock(p.block).lock().await;
-        if p.len as u64 == self.block_size {
+        if p.len as u64 == self.bs() {
             // Zero-ness of a whole block is decided here, once, for every layer below.
             self.store.write_block(p.block, data.and_then(BlockData::new)).await?;
             return Ok(());
         }
         // A partial block: the store merges it (the block cache without reading the block).
         let part = data.unwrap_or_else(|| Bytes::from(vec![0u8; p.len]));
-        self.store.write_block_part(p.block, p.start as u32, part).await
+        self.store.write_block_part(p.block, p.start_in_block(), part).await
     }
 
     /// Returns once every byte written so far is durable in the store.
@@ -262,9 +287,9 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        let first = offset / self.block_size;
-        let last = (offset + len - 1) / self.block_size;
-        let blocks: Vec<BlockNum> = (first..=last).map(|n| n as BlockNum).collect();
+        let first = offset / self.bs();
+        let last = (offset + len - 1) / self.bs();
+        let blocks: Vec<BlockNum> = (first..=last).map_while(|n| BlockNum::try_from(n).ok()).collect();
         self.store.flush(Some(&blocks)).await
     }
 
@@ -273,7 +298,7 @@ impl Volume {
     /// only deletes whole blocks.
     pub fn zeroing_is_whole_blocks(&self, offset: u64, len: u64) -> bool {
         let end = offset.saturating_add(len).min(self.size);
-        offset.is_multiple_of(self.block_size) && (end.is_multiple_of(self.block_size) || end == self.size)
+        offset.is_multiple_of(self.bs()) && (end.is_multiple_of(self.bs()) || end == self.size)
     }
 
     /// True when block `n` is known to be all zeros without asking the store (never written,
@@ -292,9 +317,11 @@ impl Volume {
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
-            let block = pos / self.block_size;
-            let stop = ((block + 1) * self.block_size).min(end);
-            let z = self.known_zero(block as BlockNum);
+            let block = pos / self.bs();
+            let stop = ((block + 1) * self.bs()).min(end);
+            // Below num_blocks, so a BlockNum (a volume has at most 2^32 blocks).
+            let Ok(n) = BlockNum::try_from(block) else { break };
+            let z = self.known_zero(n);
             match out.last_mut() {
                 Some((l, lz)) if *lz == z => *l += stop - pos,
                 _ => {
@@ -311,6 +338,7 @@ impl Volume {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test values are small constants and offsets within them")]
 mod tests {
     use super::*;
 
@@ -330,6 +358,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "test values are small constants and offsets within them")]
 mod model_tests {
     use super::*;
     use proptest::prelude::*;

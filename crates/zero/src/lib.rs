@@ -22,6 +22,8 @@
 //! may not list the bucket it is refused, and the discard deletes every block as before. Nothing
 //! is listed at startup unless `--listBlocks` asks for it.
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use s3b_store::{
@@ -51,7 +53,8 @@ pub struct Bitmap {
 impl Bitmap {
     /// A bitmap of `len` bits, all clear.
     pub fn new(len: u64) -> Self {
-        let n = len.div_ceil(CHUNK_BITS) as usize;
+        // A volume has at most 2^32 blocks: 2^26 chunks, which fit a usize anywhere.
+        let n = usize::try_from(len.div_ceil(CHUNK_BITS)).unwrap_or(usize::MAX);
         Bitmap { chunks: (0..n).map(|_| OnceLock::new()).collect(), count: AtomicU64::new(0) }
     }
 
@@ -153,7 +156,7 @@ impl Shared {
                 // Still `surveying`: a write that begins while the answer is applied marks its
                 // block touched, and the check after marking undoes a mark it would outlive.
                 // A volume has at most 2^32 blocks, so every number fits a BlockNum.
-                for b in (0..n).map(|b| b as BlockNum) {
+                for b in (0..n).map_while(|b| BlockNum::try_from(b).ok()) {
                     if !non_zero.get(b) && !self.touched.get(b) && !self.busy_at_start[b as usize % SHARDS].load(SeqCst)
                     {
                         self.zero.set(b, true);

@@ -38,7 +38,7 @@ impl EcFlags {
     /// The layer's configuration for a volume of `num_blocks` (`None` while unknown). `None`
     /// when the layer is off (the default, and always on read-only mounts).
     pub fn config(&self, num_blocks: Option<u64>) -> Result<Option<EcConfig>> {
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let ec = EcConfig::from_flags(self.size, ms(self.time), ms(self.min_write_delay), num_blocks)?;
         Ok(ec.filter(|_| !self.read_only))
     }
