@@ -8,6 +8,7 @@
 //! [`crate::token`]'s.
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
+use crate::daemon::Started;
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
 use s3b_cache::CacheFile;
@@ -47,19 +48,9 @@ impl Stack {
     }
 }
 
-/// A volume ready to be offered: the runtime its layers run on, the stack, and the mount token
-/// it holds.
-pub struct Started {
-    /// The daemon's runtime.
-    pub rt: tokio::runtime::Runtime,
-    /// The layers.
-    pub stack: Stack,
-    /// Our mount token (0: none was set).
-    pub token: u32,
-}
-
 /// What a serving daemon does before it offers the volume: starts the runtime, builds the
-/// stack and takes the mount token.
+/// stack and takes the mount token. From the moment the token is ours, the returned guard owns
+/// "the volume is started" (see [`Started`]).
 pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
     let rt = crate::daemon::runtime().context("can't start the runtime")?;
     let (stack, token) = rt.block_on(async {
@@ -67,20 +58,7 @@ pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
         let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     })?;
-    Ok(Started { rt, stack, token })
-}
-
-impl Started {
-    /// Gives the mount token back when the volume could not be offered after all (nothing was
-    /// mounted or served, so nothing was written). A failure here is only logged for debugging:
-    /// the error that stopped the start is the one line the user gets.
-    pub fn release_token(&self) {
-        let s = &self.stack;
-        if let Err(e) = self.rt.block_on(crate::token::release(s.objects.as_ref(), self.token, s.cache_file.as_deref()))
-        {
-            log::debug!("releasing the mount token: {e:#}");
-        }
-    }
+    Ok(Started::new(rt, stack, token))
 }
 
 /// Opens the transport named by the configuration and registers its counters.

@@ -245,8 +245,9 @@ pub enum TokenOp {
 /// Outcome of [`crate::ObjectStore::swap_mount_token`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenSwap {
-    /// The token was `expected` and is now the new value.
-    Done,
+    /// The token was `expected` and is now this value: the one asked for, or another this
+    /// mount wrote (the S3 transport writes a fresh value per attempt); 0 once cleared.
+    Done(u32),
     /// The token was not (or no longer) `expected`: it is this value now, left as it is.
     Changed(u32),
 }
