@@ -169,6 +169,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads the volume size metadata (kept with block 0), if any.
     async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>>;
 
+    /// What block 0 tells about the geometry: its size metadata, or the length of a block 0
+    /// without it. The default knows only the metadata.
+    async fn probe_volume(&self) -> Result<VolumeProbe> {
+        Ok(match self.read_volume_meta().await? {
+            Some(meta) => VolumeProbe::Meta(meta),
+            None => VolumeProbe::Nothing,
+        })
+    }
+
     /// Reads and optionally changes the mount token; returns the previous value (0 = none).
     async fn mount_token(&self, op: TokenOp) -> Result<u32>;
 
