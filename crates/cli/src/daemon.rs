@@ -42,11 +42,14 @@ pub fn daemonize() -> Result<ReadyPipe> {
             unsafe { libc::close(fds[0]) };
             // SAFETY: detach from the controlling terminal's session.
             unsafe { libc::setsid() };
-            Ok(ReadyPipe { file: unsafe { File::from_raw_fd(fds[1]) } })
+            // SAFETY: fds[1] is a valid pipe end that nothing else owns.
+            let file = unsafe { File::from_raw_fd(fds[1]) };
+            Ok(ReadyPipe { file })
         }
         _child => {
             // SAFETY: fds[1] is ours to close; fds[0] becomes the parent's File.
             unsafe { libc::close(fds[1]) };
+            // SAFETY: fds[0] is a valid pipe end that nothing else owns.
             let mut f = unsafe { File::from_raw_fd(fds[0]) };
             let mut msg = String::new();
             let _ = f.read_to_string(&mut msg);

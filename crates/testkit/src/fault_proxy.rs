@@ -216,7 +216,7 @@ fn roll(sh: &Shared) -> u32 {
     let mut z = sh.seq.fetch_add(1, Ordering::SeqCst).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((z ^ (z >> 31)) % 100) as u32
+    u32::try_from((z ^ (z >> 31)) % 100).expect("below 100")
 }
 
 fn reset(conn: &TcpStream) {
@@ -235,7 +235,7 @@ fn socket_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).expect("linger fits a socklen_t"),
         )
     };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
