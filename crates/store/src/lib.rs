@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod faults;
+pub mod fence;
 pub mod keys;
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -23,6 +24,7 @@ pub mod stats;
 mod types;
 
 pub use error::{BoxError, Chain, ContractError, StoreError};
+pub use fence::{TokenCondition, TokenObject, TokenState};
 pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
 pub use types::*;
 
@@ -167,12 +169,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads the volume size metadata (kept with block 0), if any.
     async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>>;
 
+    /// What block 0 tells about the geometry: its size metadata, or the length of a block 0
+    /// without it. The default knows only the metadata.
+    async fn probe_volume(&self) -> Result<VolumeProbe> {
+        Ok(match self.read_volume_meta().await? {
+            Some(meta) => VolumeProbe::Meta(meta),
+            None => VolumeProbe::Nothing,
+        })
+    }
+
     /// Reads and optionally changes the mount token; returns the previous value (0 = none).
     async fn mount_token(&self, op: TokenOp) -> Result<u32>;
 
     /// Changes the mount token from `expected` to `new` (0 clears it), but only if it is still
     /// `expected`: of several mounts that start at once, at most one may succeed. Returns
-    /// [`TokenSwap::Changed`] with the token found when another mount got there first.
+    /// [`TokenSwap::Done`] with the token now set (`new`, or another value of this mount's for a
+    /// transport that writes a fresh value per attempt), or [`TokenSwap::Changed`] with the
+    /// token found when another mount got there first.
     ///
     /// The default reads, compares and writes, which is only atomic for a store no other
     /// process uses at the same time; transports shared between hosts override it.
@@ -182,7 +195,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             return Ok(TokenSwap::Changed(current));
         }
         self.mount_token(if new == 0 { TokenOp::Clear } else { TokenOp::Set(new) }).await?;
-        Ok(TokenSwap::Done)
+        Ok(TokenSwap::Done(new))
     }
 
     /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
