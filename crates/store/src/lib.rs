@@ -216,9 +216,26 @@ pub fn part_bounds(n: BlockNum, offset: u32, len: usize, block_size: u32) -> Res
     }
 }
 
-/// A byte buffer of `len` zeros, shared so that zero blocks cost no allocation per read.
+/// Length of the static zero buffer [`zero_block`] slices: blocks up to 1 MiB (nearly all
+/// volumes) cost neither an allocation nor a reference count.
+const STATIC_ZEROS: usize = 1 << 20;
+/// In the zero-initialised data segment: pages nobody writes are the kernel's shared zero page.
+static ZEROS: [u8; STATIC_ZEROS] = [0; STATIC_ZEROS];
+
+/// A byte buffer of `len` zeros, shared: every call returns a view of one buffer, so a zero
+/// block read (a hole) costs no allocation and no zeroing. Blocks up to 1 MiB slice a static
+/// buffer; larger ones share one heap buffer, grown (once per larger size) when needed.
 pub fn zero_block(len: u32) -> Bytes {
-    Bytes::from(vec![0u8; len as usize])
+    let len = len as usize;
+    if len <= STATIC_ZEROS {
+        return Bytes::from_static(&ZEROS[..len]);
+    }
+    static LARGE: std::sync::Mutex<Option<Bytes>> = std::sync::Mutex::new(None);
+    let mut large = LARGE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*large {
+        Some(b) if b.len() >= len => b.slice(..len),
+        _ => large.insert(Bytes::from(vec![0u8; len])).clone(),
+    }
 }
 
 /// True when every byte of `data` is zero.
@@ -232,6 +249,19 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zero blocks of every size are zeros of that length, and share one buffer per size
+    /// class instead of allocating one each.
+    #[test]
+    fn zero_blocks_share_one_buffer() {
+        for len in [0u32, 1, 4096, 65536, 1 << 20, (1 << 20) + 1, 3 << 20, 2 << 20] {
+            let (a, b) = (zero_block(len), zero_block(len));
+            assert_eq!(a.len(), len as usize);
+            assert!(is_zero(&a));
+            assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for blocks of {len} bytes");
+        }
+        assert_eq!(zero_block(4096).as_ptr(), zero_block(65536).as_ptr());
+    }
 
     #[test]
     fn zero_detection() {
