@@ -56,6 +56,7 @@ pub fn wrap(
                     inner.block_size()
                 );
             }
+            crate::notify::status("reading the block cache file");
             let file = Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options)?);
             if file.dirty_found() > 0 && read_only {
                 bail!(

@@ -143,8 +143,8 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     // SAFETY: getuid/getgid cannot fail.
     let (mut uid, mut gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut opts = vec![
-        MountOption::FSName(cfg.describe()),
-        MountOption::Subtype("s3backer".into()),
+        MountOption::FSName(crate::identity::mount_source(cfg)),
+        crate::identity::subtype(crate::identity::SUBTYPE),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -177,8 +177,8 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
                 opts.push(MountOption::FSName(value.unwrap_or_default().to_string()));
             }
             "subtype" => {
-                opts.retain(|m| !matches!(m, MountOption::Subtype(_)));
-                opts.push(MountOption::Subtype(value.unwrap_or_default().to_string()));
+                opts.retain(|m| !crate::identity::is_subtype(m));
+                opts.push(crate::identity::subtype(value.unwrap_or_default()));
             }
             "entry_timeout" => tuning.entry_ttl = parse_timeout(o, value)?,
             "attr_timeout" => tuning.attr_ttl = parse_timeout(o, value)?,
@@ -305,6 +305,7 @@ fn serve(
 
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let run_result = session.run();
+    crate::notify::stopping("unmounted; flushing dirty blocks");
     sig_handle.close();
     if let Err(e) = &run_result {
         log::error!("FUSE session ended with an error: {e}");

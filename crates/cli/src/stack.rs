@@ -62,6 +62,7 @@ pub struct Started {
 /// stack and takes the mount token.
 pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
     let rt = crate::daemon::runtime().context("can't start the runtime")?;
+    crate::notify::status("opening the volume");
     let (stack, token) = rt.block_on(async {
         let stack = build(cfg, codec).await?;
         let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
@@ -98,6 +99,9 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// (then they must agree unless `--force`).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && cfg.geometry.auto_detect;
+    if detect {
+        crate::notify::status("auto-detecting the volume's size");
+    }
     let detected =
         if detect { objects.read_volume_meta().await.context("can't auto-detect the volume size")? } else { None };
     let (block_size, size) = match detected {
