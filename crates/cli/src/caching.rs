@@ -43,6 +43,7 @@ pub fn wrap(
     };
     let mut cache_cfg = s.cache.clone();
     cache_cfg.size = cache_cfg.size.min(inner.num_blocks().min(usize::MAX as u64) as usize);
+    crate::metrics::cache_slots(cache_cfg.size);
     if read_only {
         // Nothing is ever dirty on a read-only mount.
         cache_cfg.max_dirty = 0;

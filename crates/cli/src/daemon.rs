@@ -154,6 +154,7 @@ pub fn now_serving(
     mirror: Option<crate::stats_mirror::MirrorConfig>,
     stats: std::sync::Arc<s3b_store::StatsRegistry>,
 ) -> Option<crate::stats_mirror::StatsMirror> {
+    crate::metrics::start(stats.clone());
     crate::notify::ready("serving");
     if let Some(p) = pipe {
         p.ready();

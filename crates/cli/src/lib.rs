@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod encoding;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod nbd;
 pub mod notify;
@@ -66,6 +67,10 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     logging::set_debug(cfg.debug);
+    if let Err(e) = metrics::prepare(&cfg) {
+        eprintln!("s3backer: {}", one_line(&e));
+        return 1;
+    }
     let result = match cfg.mode {
         Mode::Mount => mount::run(cfg),
         Mode::Nbd => nbd::run(cfg),

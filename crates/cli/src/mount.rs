@@ -247,6 +247,7 @@ fn serve(
     };
     let (rt, stack) = (&started.rt, &started.stack);
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    crate::metrics::observe_volume(&volume, "fuse");
     let fs = VolumeFs::new(volume, stack.stats.clone(), fs_cfg, rt.handle().clone());
     let in_flight = fs.in_flight();
     let mut session = match fuser::Session::new(fs, mountpoint, &fuse_cfg) {

@@ -195,6 +195,7 @@ fn serve(
         }
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    crate::metrics::observe_volume(&volume, "nbd");
     let description =
         format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
     let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);

@@ -21,6 +21,7 @@ fn store(cfg: &Config) -> Result<S3Store> {
 pub async fn open_bucket(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     let store = store(cfg)?;
     stats.register(store.stats());
+    crate::metrics::observe_http(&store);
     Ok(Arc::new(store))
 }
 

@@ -23,7 +23,7 @@ pub mod stats;
 mod types;
 
 pub use error::{BoxError, Chain, ContractError, StoreError};
-pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
+pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsValue, StatsWriter};
 pub use types::*;
 
 use async_trait::async_trait;

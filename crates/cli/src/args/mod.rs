@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod codec;
 pub mod core;
+pub mod metrics;
 pub mod nbd;
 pub mod s3;
 pub mod values;
@@ -59,6 +60,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub nbd: nbd::NbdArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: metrics::MetricsArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,
