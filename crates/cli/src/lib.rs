@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod caching;
+pub mod completions;
 pub mod config;
 pub mod daemon;
 pub mod encoding;
@@ -22,6 +23,9 @@ pub mod stats_mirror;
 pub mod token;
 
 use config::Mode;
+
+/// What `--version` prints after the program name: the version and the commit built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("S3BACKER_COMMIT"), ")");
 
 /// An I/O error's message without Rust's "(os error N)" suffix.
 pub(crate) fn io_msg(e: &std::io::Error) -> String {

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 #[derive(Parser, Debug, Clone, Default)]
 #[command(
     name = "s3backer",
-    version,
+    version = crate::VERSION,
     about = "FUSE-based single file backing store via Amazon S3",
     override_usage = "s3backer [options] bucket[/subdir] /mount/point\n       \
                       s3backer --test [options] directory /mount/point\n       \
