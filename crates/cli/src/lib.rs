@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mount;
 pub mod nbd;
 pub mod notify;
+pub mod progress;
 pub mod s3;
 mod shared;
 pub mod size;
