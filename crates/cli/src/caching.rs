@@ -43,6 +43,7 @@ pub fn wrap(
     };
     let mut cache_cfg = s.cache.clone();
     cache_cfg.size = cache_cfg.size.min(usize::try_from(inner.num_blocks()).unwrap_or(usize::MAX));
+    crate::metrics::cache_slots(cache_cfg.size);
     if read_only {
         // Nothing is ever dirty on a read-only mount.
         cache_cfg.max_dirty = 0;
@@ -56,6 +57,7 @@ pub fn wrap(
                     inner.block_size()
                 );
             }
+            crate::notify::status("reading the block cache file");
             let file = Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options)?);
             if file.dirty_found() > 0 && read_only {
                 bail!(

@@ -156,6 +156,8 @@ pub fn now_serving(
     mirror: Option<crate::stats_mirror::MirrorConfig>,
     stats: std::sync::Arc<s3b_store::StatsRegistry>,
 ) -> Option<crate::stats_mirror::StatsMirror> {
+    crate::metrics::start(stats.clone());
+    crate::notify::ready("serving");
     if let Some(p) = pipe {
         p.ready();
         detach_stdio();
@@ -175,6 +177,7 @@ pub fn finished(
     if let Some(m) = mirror {
         m.stop();
     }
+    crate::notify::status(if shutdown.is_ok() { "flushed; exiting" } else { "flushing failed; exiting" });
     match shutdown {
         Ok(()) => {
             if !quiet {

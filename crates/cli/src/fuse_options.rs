@@ -207,8 +207,8 @@ impl MountSettings {
                 self.options.push(M::FSName(value.unwrap_or_default().to_string()));
             }
             E::Subtype => {
-                self.options.retain(|m| !matches!(m, M::Subtype(_)));
-                self.options.push(M::Subtype(value.unwrap_or_default().to_string()));
+                self.options.retain(|m| !crate::identity::is_subtype(m));
+                self.options.push(crate::identity::subtype(value.unwrap_or_default()));
             }
             E::EntryTimeout => self.tuning.entry_ttl = seconds(word, value)?,
             E::AttrTimeout => self.tuning.attr_ttl = seconds(word, value)?,

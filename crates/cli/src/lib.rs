@@ -6,13 +6,18 @@
 pub mod args;
 pub mod bad_value;
 pub mod caching;
+pub mod completions;
 pub mod config;
 pub mod daemon;
 pub mod encoding;
 pub mod fuse_options;
+pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod nbd;
+pub mod notify;
+pub mod progress;
 pub mod s3;
 mod shared;
 pub mod size;
@@ -21,6 +26,9 @@ pub mod stats_mirror;
 pub mod token;
 
 use config::Mode;
+
+/// What `--version` prints after the program name: the version and the commit built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("S3BACKER_COMMIT"), ")");
 
 /// An I/O error's message without Rust's "(os error N)" suffix.
 pub(crate) fn io_msg(e: &std::io::Error) -> String {
@@ -66,6 +74,10 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     logging::set_debug(cfg.debug);
+    if let Err(e) = metrics::prepare(&cfg) {
+        eprintln!("s3backer: {}", one_line(&e));
+        return 1;
+    }
     let result = match cfg.mode {
         Mode::Mount => mount::run(cfg),
         Mode::Nbd => nbd::run(cfg),

@@ -65,8 +65,8 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = vec![
-        MountOption::FSName(cfg.describe()),
-        MountOption::Subtype("s3backer".into()),
+        MountOption::FSName(crate::identity::mount_source(cfg)),
+        crate::identity::subtype(crate::identity::SUBTYPE),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -137,6 +137,7 @@ fn serve(
     };
     let (rt, stack) = (&started.rt, &started.stack);
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    crate::metrics::observe_volume(&volume, "fuse");
     let fs = VolumeFs::new(volume, stack.stats.clone(), fs_cfg, rt.handle().clone());
     let in_flight = fs.in_flight();
     let mut session = match fuser::Session::new(fs, mountpoint, &fuse_cfg) {
@@ -169,6 +170,7 @@ fn serve(
 
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let run_result = session.run();
+    crate::notify::stopping("unmounted; flushing dirty blocks");
     sig_handle.close();
     if let Err(e) = &run_result {
         log::error!("FUSE session ended with an error: {e}");

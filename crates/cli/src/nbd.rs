@@ -194,6 +194,7 @@ fn serve(
         Err(e) => return Err((e, pipe)),
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
+    crate::metrics::observe_volume(&volume, "nbd");
     let description =
         format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
     let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);
@@ -290,6 +291,7 @@ fn serve(
     };
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let _ = rt.block_on(serving);
+    crate::notify::stopping("NBD server stopped; flushing dirty blocks");
     signals.abort();
     remove_socket(&addr);
     if !cfg.quiet {

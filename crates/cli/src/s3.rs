@@ -21,6 +21,7 @@ fn store(cfg: &Config) -> Result<S3Store> {
 pub async fn open_bucket(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<dyn ObjectStore>> {
     let store = store(cfg)?;
     stats.register(store.stats());
+    crate::metrics::observe_http(&store);
     Ok(Arc::new(store))
 }
 
@@ -49,23 +50,27 @@ pub fn erase(cfg: Config) -> Result<i32> {
                 return Ok(1);
             }
         }
-        let blocks = store.list_blocks().await.context("can't list the blocks")?;
-        let total = blocks.len();
-        let show = std::io::stderr().is_terminal() && !cfg.quiet;
-        let mut done = 0usize;
+        let listing = crate::progress::Progress::start("listing the blocks", None, cfg.quiet);
+        let found = parking_lot::Mutex::new(Vec::new());
+        store
+            .list_objects(&|n| {
+                found.lock().push(n);
+                listing.inc(1);
+            })
+            .await
+            .context("can't list the blocks")?;
+        let blocks = found.into_inner();
+        let total = blocks.len() as u64;
+        let listed = listing.finish(total);
+        let erasing = crate::progress::Progress::start("erasing", Some(total), cfg.quiet);
         for chunk in blocks.chunks(s3b_http::MAX_DELETE_KEYS) {
             store.delete_objects(chunk).await.context("can't delete blocks")?;
-            done += chunk.len();
-            if show {
-                eprint!("\rs3backer: erasing: {done}/{total} blocks ({}%)", done * 100 / total.max(1));
-            }
-        }
-        if show {
-            eprintln!();
+            erasing.inc(chunk.len() as u64);
         }
         store.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
+        let erased = erasing.finish(total);
         if !cfg.quiet {
-            eprintln!("s3backer: erased {total} blocks of {what}");
+            eprintln!("s3backer: erased {total} blocks of {what} (listed {listed}; deleted {erased})");
         }
         Ok(0)
     })

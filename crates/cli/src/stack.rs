@@ -53,6 +53,7 @@ impl Stack {
 /// "the volume is started" (see [`Started`]).
 pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
     let rt = crate::daemon::runtime().context("can't start the runtime")?;
+    crate::notify::status("opening the volume");
     let (stack, token) = rt.block_on(async {
         let stack = build(cfg, codec).await?;
         let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
@@ -78,6 +79,9 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// ([`bare_block_size`]).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && cfg.geometry.auto_detect;
+    if detect {
+        crate::notify::status("auto-detecting the volume's size");
+    }
     let probe = if detect {
         objects.probe_volume().await.context("can't auto-detect the volume size")?
     } else {
@@ -211,7 +215,8 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     }
     let caching = crate::caching::wrap(&cfg.cache, cfg.read_only, coded, &stats)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
-    let zero = ZeroCache::new(caching.top, cfg.cache.list_blocks);
+    let survey = cfg.cache.list_blocks.then(|| crate::progress::Survey::start(cfg.foreground, cfg.quiet) as _);
+    let zero = ZeroCache::with_progress(caching.top, cfg.cache.list_blocks, survey);
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })

@@ -44,6 +44,7 @@ pub mod creds;
 pub mod error;
 mod listing;
 mod objects;
+pub mod observe;
 mod request;
 pub mod retry;
 mod send;
@@ -99,6 +100,8 @@ pub struct S3Store {
     cond: token::CondWrites,
     /// Most bytes of an object's body (from the block size, once known).
     object_limit: std::sync::atomic::AtomicUsize,
+    /// Monitoring of each attempt ([`observe`]).
+    observer: observe::Slot,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -135,6 +138,7 @@ impl S3Store {
             contacted: AtomicBool::new(false),
             cond: token::CondWrites::default(),
             object_limit: std::sync::atomic::AtomicUsize::new(request::DEFAULT_OBJECT_LIMIT),
+            observer: observe::Slot::default(),
         })
     }
 

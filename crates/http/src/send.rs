@@ -91,7 +91,11 @@ impl S3Store {
         let mut backoff = self.cfg.retry.backoff();
         let mut retried = false;
         loop {
-            match self.attempt(req).await {
+            let started = Instant::now();
+            let result = self.attempt(req).await;
+            let received = result.as_ref().map(|r| r.body.len() as u64);
+            self.observed(req.method.as_str(), &received, started.elapsed(), req.body.len() as u64);
+            match result {
                 Ok(r) => {
                     self.contacted.store(true, Relaxed);
                     return (Ok(r), retried);
@@ -103,6 +107,7 @@ impl S3Store {
                         return (Err(e), retried);
                     };
                     retried = true;
+                    self.observed_retry(&e);
                     log::warn!(
                         "{} {}: {}; retrying in {} ms",
                         req.method,

@@ -25,7 +25,7 @@ mod types;
 
 pub use error::{BoxError, Chain, ContractError, StoreError};
 pub use fence::{TokenCondition, TokenObject, TokenState};
-pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
+pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsValue, StatsWriter};
 pub use types::*;
 
 use async_trait::async_trait;

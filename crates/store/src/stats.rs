@@ -37,28 +37,51 @@ pub trait StatsSource: Send + Sync {
     fn reset_stats(&self);
 }
 
-/// Formats stats lines exactly as upstream's `printf` calls do.
+/// One line of the stats file as a typed value (for monitoring: the Prometheus metrics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StatsValue {
+    /// A count (`"%u"`).
+    Count(u64),
+    /// A number of blocks (`"%u blocks"`).
+    Blocks(u64),
+    /// A ratio or other fraction.
+    Ratio(f64),
+    /// A duration in seconds (`"%.3f sec"`).
+    Seconds(f64),
+}
+
+/// Formats stats lines exactly as upstream's `printf` calls do, and keeps each line's typed
+/// value ([`StatsWriter::entries`]).
 #[derive(Default)]
 pub struct StatsWriter {
     out: String,
+    entries: Vec<(String, StatsValue)>,
 }
 
 impl StatsWriter {
     /// `"%-28s %u"`.
     pub fn count(&mut self, name: &str, v: u64) {
         let _ = writeln!(self.out, "{name:<28} {v}");
+        self.entries.push((name.to_string(), StatsValue::Count(v)));
     }
     /// `"%-28s %u blocks"`.
     pub fn blocks(&mut self, name: &str, v: u64) {
         let _ = writeln!(self.out, "{name:<28} {v} blocks");
+        self.entries.push((name.to_string(), StatsValue::Blocks(v)));
     }
     /// `"%-28s %.Nf"` with `decimals` digits.
     pub fn ratio(&mut self, name: &str, v: f64, decimals: usize) {
         let _ = writeln!(self.out, "{name:<28} {v:.decimals$}");
+        self.entries.push((name.to_string(), StatsValue::Ratio(v)));
     }
     /// `"%-28s %.3f sec"`.
     pub fn seconds(&mut self, name: &str, secs: f64) {
         let _ = writeln!(self.out, "{name:<28} {secs:.3} sec");
+        self.entries.push((name.to_string(), StatsValue::Seconds(secs)));
+    }
+    /// Every line written so far, by name, in order.
+    pub fn entries(self) -> Vec<(String, StatsValue)> {
+        self.entries
     }
     /// The rendered text so far.
     pub fn into_string(self) -> String {
@@ -85,6 +108,15 @@ impl StatsRegistry {
 
     /// Renders the whole stats file.
     pub fn render(&self) -> String {
+        self.write().into_string()
+    }
+
+    /// The lines of the stats file as typed values, in the file's order.
+    pub fn entries(&self) -> Vec<(String, StatsValue)> {
+        self.write().entries()
+    }
+
+    fn write(&self) -> StatsWriter {
         let mut sources = self.sources.lock().clone();
         sources.sort_by_key(|s| s.section());
         let mut w = StatsWriter::default();
@@ -93,7 +125,7 @@ impl StatsRegistry {
         }
         // Rust aborts on allocation failure, so this counter is always zero; kept for tools.
         w.count("out_of_memory_errors", 0);
-        w.into_string()
+        w
     }
 
     /// Resets every source's counters.
@@ -131,6 +163,7 @@ mod tests {
             r.render(),
             "http_gets                    7\nmd5_cache_data_hits          3\nout_of_memory_errors         0\n"
         );
+        assert_eq!(r.entries()[0], ("http_gets".to_string(), StatsValue::Count(7)));
         r.reset();
         assert!(r.render().starts_with("http_gets                    0\n"));
     }

@@ -19,6 +19,9 @@ use s3b_store::{BlockData, BlockNum, BlockStore, ReadRequest, Result, StoreError
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+pub mod observe;
+pub use observe::{Op, VolumeObserver};
+
 /// Number of lock shards; blocks `n` and `n + LOCK_SHARDS` share a lock, which only costs a
 /// little concurrency when both are written at the same moment.
 const LOCK_SHARDS: usize = 4096;
@@ -33,6 +36,7 @@ pub struct Volume {
     size: u64,
     read_only: bool,
     locks: Vec<Mutex<()>>,
+    observer: observe::Slot,
 }
 
 /// One block's share of a byte range.
@@ -121,7 +125,14 @@ impl Volume {
     pub fn new(store: Arc<dyn BlockStore>, read_only: bool) -> Self {
         let block_size = store.block_size();
         let size = u64::from(block_size) * store.num_blocks();
-        Volume { store, block_size, size, read_only, locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect() }
+        Volume {
+            store,
+            block_size,
+            size,
+            read_only,
+            locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            observer: observe::Slot::default(),
+        }
     }
 
     /// Size of the volume in bytes.
@@ -144,6 +155,20 @@ impl Volume {
         &self.store
     }
 
+    /// Installs `observer` for every later request (the first one installed stays).
+    pub fn observe(&self, observer: Arc<dyn VolumeObserver>) {
+        let _ = self.observer.0.set(observer);
+    }
+
+    /// Runs a request, reporting its duration to the observer, if any.
+    async fn timed<T>(&self, op: Op, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let Some(o) = self.observer.0.get() else { return request.await };
+        let started = std::time::Instant::now();
+        let result = request.await;
+        o.request(op, started.elapsed(), result.is_ok());
+        result
+    }
+
     fn lock(&self, n: BlockNum) -> &Mutex<()> {
         &self.locks[n as usize % LOCK_SHARDS]
     }
@@ -162,6 +187,10 @@ impl Volume {
 
     /// Reads `len` bytes at `offset` (fewer at the end of the volume).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        self.timed(Op::Read, self.read_untimed(offset, len)).await
+    }
+
+    async fn read_untimed(&self, offset: u64, len: u64) -> Result<Bytes> {
         let len = self.clip(offset, len)?;
         let ps = pieces(self.bs(), offset, len);
         if let [p] = ps[..] {
@@ -192,6 +221,10 @@ impl Volume {
     /// of exactly one block is handed down without copying; the blocks of a larger write are
     /// copied out, so a cached block never keeps a bigger request buffer alive.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<usize> {
+        self.timed(Op::Write, self.write_untimed(offset, data)).await
+    }
+
+    async fn write_untimed(&self, offset: u64, data: Bytes) -> Result<usize> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -214,6 +247,10 @@ impl Volume {
     /// fallocate(PUNCH_HOLE) semantics. Works in chunks, so discarding a huge volume needs no
     /// memory proportional to its size.
     pub async fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        self.timed(Op::Trim, self.punch_hole_untimed(offset, len)).await
+    }
+
+    async fn punch_hole_untimed(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -277,12 +314,20 @@ impl Volume {
 
     /// Returns once every byte written so far is durable in the store.
     pub async fn flush(&self) -> Result<()> {
+        self.timed(Op::Flush, self.flush_untimed()).await
+    }
+
+    async fn flush_untimed(&self) -> Result<()> {
         self.store.flush(None).await
     }
 
     /// Returns once the blocks overlapping `[offset, offset + len)` (clipped to the volume) are
     /// durable in the store: what a forced-unit-access write needs.
     pub async fn flush_range(&self, offset: u64, len: u64) -> Result<()> {
+        self.timed(Op::Flush, self.flush_range_untimed(offset, len)).await
+    }
+
+    async fn flush_range_untimed(&self, offset: u64, len: u64) -> Result<()> {
         let len = self.clip(offset, len)?;
         if len == 0 {
             return Ok(());

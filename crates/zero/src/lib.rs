@@ -117,6 +117,16 @@ struct Shared {
     /// Blocks not known to be zero that discards have asked to zero so far.
     discarded_unknown: AtomicU64,
     counters: Counters,
+    /// Told of the `--listBlocks` survey's progress, if anyone is.
+    progress: Option<Arc<dyn SurveyProgress>>,
+}
+
+/// Follows the `--listBlocks` survey at startup (a progress bar, a service manager's status).
+pub trait SurveyProgress: Send + Sync {
+    /// One more stored block was found.
+    fn found(&self);
+    /// The survey ended: `Some(non_zero)` when it completed, `None` when it failed.
+    fn finished(&self, non_zero: Option<u64>);
 }
 
 impl Shared {
@@ -150,7 +160,18 @@ impl Shared {
             busy.store(count.load(SeqCst) > 0, SeqCst);
         }
         let non_zero = Bitmap::new(n);
-        let result = inner.survey_non_zero(&|b| non_zero.set(b, true)).await;
+        let progress = self.progress.as_deref().filter(|_| why == LIST_BLOCKS);
+        let result = inner
+            .survey_non_zero(&|b| {
+                non_zero.set(b, true);
+                if let Some(p) = progress {
+                    p.found();
+                }
+            })
+            .await;
+        if let Some(p) = progress {
+            p.finished(result.as_ref().ok().map(|()| non_zero.count()));
+        }
         match result {
             Ok(()) => {
                 // Still `surveying`: a write that begins while the answer is applied marks its
@@ -181,6 +202,9 @@ impl Shared {
         }
     }
 }
+
+/// Why the startup survey runs (the flag that asked for it).
+const LIST_BLOCKS: &str = "--listBlocks";
 
 /// The zero-block cache layer.
 pub struct ZeroCache {
@@ -233,6 +257,11 @@ impl ZeroCache {
     /// Wraps `inner`. With `survey`, a background task (on the current tokio runtime) lists the
     /// store and marks every block it does not report as zero.
     pub fn new(inner: Arc<dyn BlockStore>, survey: bool) -> Self {
+        Self::with_progress(inner, survey, None)
+    }
+
+    /// [`ZeroCache::new`], telling `progress` how the startup survey (if any) goes.
+    pub fn with_progress(inner: Arc<dyn BlockStore>, survey: bool, progress: Option<Arc<dyn SurveyProgress>>) -> Self {
         let n = inner.num_blocks();
         let shared = Arc::new(Shared {
             zero: Bitmap::new(n),
@@ -244,12 +273,13 @@ impl ZeroCache {
             survey: tokio::sync::OnceCell::new(),
             discarded_unknown: AtomicU64::new(0),
             counters: Counters::default(),
+            progress,
         });
         let me = ZeroCache { inner, shared };
         if survey {
             let (inner, shared) = (me.inner.clone(), me.shared.clone());
             tokio::spawn(async move {
-                shared.survey.get_or_init(|| shared.survey(inner.as_ref(), "--listBlocks")).await;
+                shared.survey.get_or_init(|| shared.survey(inner.as_ref(), LIST_BLOCKS)).await;
             });
         }
         me

@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod codec;
 pub mod core;
+pub mod metrics;
 pub mod nbd;
 pub mod s3;
 pub mod values;
@@ -26,7 +27,7 @@ use std::collections::HashSet;
 #[derive(Parser, Debug, Clone, Default)]
 #[command(
     name = "s3backer",
-    version,
+    version = crate::VERSION,
     about = "FUSE-based single file backing store via Amazon S3",
     override_usage = "s3backer [options] bucket[/subdir] /mount/point\n       \
                       s3backer --test [options] directory /mount/point\n       \
@@ -59,6 +60,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub nbd: nbd::NbdArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub metrics: metrics::MetricsArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,

@@ -106,6 +106,8 @@ pub struct Config {
     pub cache: cache::CacheSettings,
     /// The NBD front end.
     pub nbd: nbd::NbdSettings,
+    /// `--metricsListen`: where the Prometheus metrics are served, if anywhere.
+    pub metrics: Option<crate::metrics::MetricsAddr>,
 }
 
 impl Config {
@@ -272,6 +274,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         codec,
         cache,
         nbd,
+        metrics: crate::metrics::settings(&cli.metrics, mode)?,
     })
 }
 

@@ -1,0 +1,89 @@
+//! Progress of long work: on a terminal (a pty from script(1)) a bar or spinner is drawn and
+//! cleared; off a terminal only one summary line is written. Covers the `--listBlocks` survey
+//! at startup (a `--test` directory) and `--erase` (Garage on 127.0.0.1).
+
+mod common;
+use common::*;
+use s3b_testkit::garage::{BUCKET, Garage};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Runs `args` (our binary first) on a pseudo-terminal with script(1); returns the child and the
+/// typescript file that collects what the terminal showed.
+fn on_a_terminal(args: &[String], typescript: &Path) -> std::process::Child {
+    let line: Vec<String> = std::iter::once(bin().to_string()).chain(args.iter().cloned()).collect();
+    Command::new("script")
+        .args(["-qefc", &line.join(" ")])
+        .arg(typescript)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script(1)")
+}
+
+/// A volume of 300 stored blocks in the scratch directory.
+fn stored_blocks(s: &Scratch) {
+    let m = Mount::test_dir(s, &["--size=64m", "--blockSize=64k"]);
+    write_synced(&m.file(), 0, &random_bytes(1, 300 << 16));
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn list_blocks_survey_shows_a_spinner_on_a_terminal_and_one_line_off_it() {
+    let s = Scratch::new();
+    stored_blocks(&s);
+    let mut args = test_args(&s, &["--size=64m", "--blockSize=64k", "--listBlocks"]);
+    args.extend(strings(&["-f", s.mnt().to_str().unwrap()]));
+
+    // On a terminal: the spinner, then the summary.
+    let ts = s.path("typescript");
+    let mut child = on_a_terminal(&args, &ts);
+    wait_for(30, "the mount", || is_mounted(&s.mnt()));
+    let survey_done = || std::fs::read_to_string(&ts).unwrap_or_default().contains("block survey done");
+    wait_for(30, "the survey", survey_done);
+    cmd("umount", &[s.mnt().to_str().unwrap()]);
+    assert!(child.wait().unwrap().success());
+    let screen = std::fs::read_to_string(&ts).unwrap();
+    assert!(screen.contains("s3backer: surveying the stored blocks"), "no spinner:\n{screen}");
+    assert!(screen.contains("\x1b[2K"), "the spinner was not cleared:\n{screen}");
+    assert!(screen.contains("300 of 1024 blocks are non-zero"), "{screen}");
+
+    // Off a terminal: one line.
+    let m = Mount::start_owned(test_args(&s, &["--size=64m", "--blockSize=64k", "--listBlocks"]), &s.mnt());
+    wait_for(30, "the survey", || m.stderr().contains("block survey done"));
+    let err = m.stderr();
+    assert!(!err.contains("surveying the stored blocks") && !err.contains('\r'), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("block survey")).count(), 1, "{err}");
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn erase_shows_a_bar_on_a_terminal_and_one_line_off_it() {
+    let g = Garage::start();
+    let s = Scratch::new();
+    let fill = |g: &Garage| {
+        let mut a = g.s3backer_flags();
+        a.extend(strings(&["--size=16m", "--blockSize=4k", BUCKET]));
+        let m = Mount::start_owned(a, &s.mnt());
+        write_synced(&m.file(), 0, &random_bytes(2, 1500 << 12));
+        assert_eq!(m.unmount(), 0);
+    };
+    let mut erase = g.s3backer_flags();
+    erase.extend(strings(&["--erase", "--force", BUCKET]));
+
+    fill(&g);
+    let ts = s.path("typescript");
+    assert!(on_a_terminal(&erase, &ts).wait().unwrap().success());
+    let screen = std::fs::read_to_string(&ts).unwrap();
+    assert!(screen.contains("s3backer: erasing ["), "no bar:\n{screen}");
+    assert!(screen.contains("erased 1500 blocks of"), "{screen}");
+
+    fill(&g);
+    let out = Command::new(bin()).args(&erase).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains(": warning: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("s3backer: erased 1500 blocks of") && !err.contains('\r'), "{err}");
+}
