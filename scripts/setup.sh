@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 for pair in fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fio:fio losetup:mount \
             pkg-config:pkg-config cc:gcc curl:curl strace:strace unshare:util-linux pgrep:procps \
-            /usr/bin/python3:python3 openssl:openssl; do
+            /usr/bin/python3:python3 openssl:openssl mksquashfs:squashfs-tools mkfs.erofs:erofs-utils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ -x /usr/bin/s3backer ] || need+=(s3backer)

@@ -2,12 +2,14 @@
 //! same instant (two threads released by one barrier, each starting the real binary), over a
 //! server with conditional writes (s3s-fs) and over one without (Garage). Exactly one mount of
 //! each pair comes up; the other fails with "already mounted" and leaves the winner's token.
+//! The same through the fault-injecting proxy (10 % 503, 2 % 500, 3 % resets): never both up.
 //! Also: `--force` still overrides, a crashed mount is still recoverable, and C s3backer 1.5.4
 //! and we still see each other's token.
 
 mod common;
 use common::*;
-use s3b_testkit::garage::{BUCKET, Garage};
+use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
+use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
 use s3b_testkit::s3s_fs::S3sFs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,6 +63,12 @@ impl Racer {
     }
 }
 
+/// The program the races run: ours, or for a measurement by hand the one named by
+/// `$S3BACKER_MEASURE` (see [`measure_racing_pairs_through_faults`]).
+fn program() -> String {
+    std::env::var("S3BACKER_MEASURE").unwrap_or_else(|_| bin().to_string())
+}
+
 /// Starts the binary with `args` + `-f` + `mnt` for each (args, mnt) at the same instant.
 fn start_together(mounts: &[(Vec<String>, PathBuf)]) -> Vec<Racer> {
     let barrier = Arc::new(Barrier::new(mounts.len()));
@@ -74,8 +82,13 @@ fn start_together(mounts: &[(Vec<String>, PathBuf)]) -> Vec<Racer> {
                 let stderr = mnt.with_extension("stderr");
                 let f = std::fs::File::create(&stderr).unwrap();
                 barrier.wait();
-                let child =
-                    Command::new(bin()).args(&a).stdin(Stdio::null()).stdout(Stdio::null()).stderr(f).spawn().unwrap();
+                let child = Command::new(program())
+                    .args(&a)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(f)
+                    .spawn()
+                    .unwrap();
                 Racer { child, mnt, stderr }
             })
         })
@@ -96,6 +109,28 @@ struct Tally {
 /// its own volume `BUCKET/<tag><i>`, and checks every one: exactly one mount up, the other
 /// refused with "already mounted", the token cleared at the winner's unmount.
 fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, pairs: usize, batch: usize) -> Tally {
+    races(flags, list_keys, tag, pairs, batch, true)
+}
+
+/// [`race_pairs`] that only counts (for measurements of other programs).
+fn race_pairs_counted(
+    flags: &[String],
+    list_keys: &dyn Fn() -> Vec<String>,
+    tag: &str,
+    pairs: usize,
+    batch: usize,
+) -> Tally {
+    races(flags, list_keys, tag, pairs, batch, false)
+}
+
+fn races(
+    flags: &[String],
+    list_keys: &dyn Fn() -> Vec<String>,
+    tag: &str,
+    pairs: usize,
+    batch: usize,
+    strict: bool,
+) -> Tally {
     let s = Scratch::new();
     let mut tally = Tally::default();
     for first in (0..pairs).step_by(batch) {
@@ -138,7 +173,7 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
                 2 => tally.both_up += 1,
                 _ => tally.none_up += 1,
             }
-            for o in pair {
+            for o in pair.iter().filter(|_| strict) {
                 if let Outcome::Refused(code, err) = o {
                     assert!(
                         *code != 0 && err.contains("already mounted"),
@@ -146,7 +181,7 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
                     );
                 }
             }
-            if up > 0 {
+            if up > 0 && strict {
                 assert!(
                     list_keys().contains(&format!("{tag}{i}/s3backer-mounted")),
                     "pair {i}: no token while mounted"
@@ -155,10 +190,11 @@ fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, 
         }
         for (r, o) in racers.into_iter().zip(&outcomes) {
             if matches!(o, Outcome::Mounted) {
-                assert_eq!(r.unmount(), 0, "a winner's unmount failed");
+                let code = r.unmount();
+                assert!(code == 0 || !strict, "a winner's unmount failed");
             }
         }
-        for &i in &ids {
+        for &i in ids.iter().filter(|_| strict) {
             assert!(
                 !list_keys().contains(&format!("{tag}{i}/s3backer-mounted")),
                 "pair {i}: token left after the winner's clean unmount"
@@ -186,6 +222,53 @@ fn racing_pairs_on_a_server_with_conditional_writes() {
 fn racing_pairs_on_a_server_without_conditional_writes() {
     let g = Garage::start();
     one_winner_per_race("Garage, no conditional writes", "wait", &g.s3backer_flags(), &|| g.list_keys(BUCKET));
+}
+
+/// The proxy of the fault tests: `e503` % 503, `e500` % 500, `resets` % resets (half after
+/// forwarding), in front of 127.0.0.1:`port`.
+fn faulty_proxy(port: u16, (e503, e500, resets): (u32, u32, u32)) -> FaultProxy {
+    let p =
+        FaultProxy::start(port, FaultConfig { error_percent: e503, reset_percent: resets, ..FaultConfig::default() });
+    p.set_internal_error_percent(e500);
+    p
+}
+
+fn flags_at(base_url: &str) -> Vec<String> {
+    vec![format!("--baseURL={base_url}"), format!("--accessId={ACCESS_KEY_ID}"), format!("--accessKey={SECRET_KEY}")]
+}
+
+#[test]
+fn racing_pairs_through_faults_on_a_server_with_conditional_writes() {
+    let srv = S3sFs::start();
+    let proxy = faulty_proxy(srv.port, (10, 2, 3));
+    one_winner_per_race("s3s-fs through faults", "fcas", &flags_at(&proxy.base_url()), &|| srv.list_keys(BUCKET));
+    assert!(proxy.counts().faults() > 0);
+}
+
+#[test]
+fn racing_pairs_through_faults_on_a_server_without_conditional_writes() {
+    let g = Garage::start();
+    let proxy = faulty_proxy(g.port, (10, 2, 3));
+    one_winner_per_race("Garage through faults", "fwait", &flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET));
+    assert!(proxy.counts().faults() > 0);
+}
+
+/// Figures for a report, not a check: 20 racing pairs through each fault rate on s3s-fs and on
+/// Garage, run with `$S3BACKER_MEASURE` (default: ours), printed as "pairs / one up / both up /
+/// none up". Run by hand: `cargo test --test e2e_fencing measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_racing_pairs_through_faults() {
+    for rates in [(0, 0, 0), (10, 2, 3), (20, 5, 5)] {
+        let srv = S3sFs::start();
+        let proxy = faulty_proxy(srv.port, rates);
+        let t = race_pairs_counted(&flags_at(&proxy.base_url()), &|| srv.list_keys(BUCKET), "m", 20, 5);
+        eprintln!("MEASURE races s3s-fs {rates:?}: {t:?}");
+        let g = Garage::start();
+        let proxy = faulty_proxy(g.port, rates);
+        let t = race_pairs_counted(&flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET), "m", 20, 5);
+        eprintln!("MEASURE races Garage {rates:?}: {t:?}");
+    }
 }
 
 fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {

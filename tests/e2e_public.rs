@@ -74,6 +74,10 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
     assert!(ours.keys().all(|m| m == "GET" || m == "HEAD"), "ours sent more than HEAD and GET: {ours:?}");
     assert!(ours.get("GET").copied().unwrap_or(0) > 10, "{ours:?}");
 
+    // Without --blockSize: taken from block 0's length (it has no size metadata).
+    let sized = read_public_image(bin(), &["--size=64m"], &objects, &s, &tree);
+    assert!(sized.keys().all(|m| m == "GET" || m == "HEAD"), "{sized:?}");
+
     // The same image from C s3backer 1.5.4, for comparison.
     let c = read_public_image(C_S3BACKER, &["--size=64m", "--blockSize=64k"], &objects, &s, &tree);
     assert!(c.keys().all(|m| m == "GET" || m == "HEAD"), "{c:?}");
@@ -196,4 +200,75 @@ fn least_privilege_keys_that_may_not_list_work_and_list_blocks_degrades() {
     let line = one_error_line(Command::new(bin()).args(flags(&g, &p, &["--prefix=ours/", "--erase", "--force"])));
     assert!(line.contains("can't list the blocks") && line.contains("access denied"), "{line}");
     assert_eq!(g.list_keys(BUCKET), keys_before, "--erase deleted something");
+}
+
+/// The images people publish are usually squashfs or erofs: each, written through our `--test`
+/// store into 64 KiB block objects, served by the plain web server without size metadata and
+/// mounted with `--size` only. The block size comes from block 0's length (said in the log),
+/// the kernel mounts the image read-only from the exported file, and every file reads back. A
+/// `--blockSize` that contradicts block 0 is refused at mount with one line naming the size
+/// found and the flag to give, before anything but a HEAD was sent.
+#[test]
+fn published_squashfs_and_erofs_images_mount_without_block_size() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    std::fs::create_dir(&src).unwrap();
+    let tree = write_tree(&src, 40, 31);
+    let home = s.path("empty-home");
+    std::fs::create_dir_all(&home).unwrap();
+    for (fs_type, make) in [
+        ("squashfs", vec!["mksquashfs", "SRC", "IMG", "-noappend", "-no-progress"]),
+        ("erofs", vec!["mkfs.erofs", "IMG", "SRC"]),
+    ] {
+        let image = s.path(&format!("image.{fs_type}"));
+        let store = s.path(&format!("store-{fs_type}"));
+        std::fs::create_dir(&store).unwrap();
+        let argv: Vec<String> = make
+            .iter()
+            .map(|a| match *a {
+                "SRC" => src.to_string_lossy().into_owned(),
+                "IMG" => image.to_string_lossy().into_owned(),
+                a => a.to_string(),
+            })
+            .collect();
+        cmd(&argv[0], &argv[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        let bytes = std::fs::read(&image).unwrap();
+        assert!(bytes.len() < 8 << 20, "{fs_type} image too big: {}", bytes.len());
+        // Published as s3backer would store it: 64 KiB blocks, zero blocks left out.
+        let m = Mount::start(&["--test", "--size=8m", "--blockSize=64k", store.to_str().unwrap()], &s.mnt());
+        write_synced(&m.file(), 0, &bytes);
+        assert_eq!(m.unmount(), 0);
+        let objects = objects_from_dir(&store);
+        assert!(objects.contains_key("00000000"), "{fs_type}: no block 0");
+
+        let server = PublicServer::start(PUBLIC_BUCKET, objects);
+        let mut c = anonymous(bin(), &home);
+        c.args(["-f", "--readOnly", "--size=8m", &format!("--baseURL={}", server.base_url())]);
+        c.args([PUBLIC_BUCKET, s.mnt().to_str().unwrap()]);
+        let m = Mount::start_command(c, &s.mnt());
+        let log = m.stderr();
+        assert!(log.contains("auto-detected block size=64k from the size of block 0"), "{fs_type}: {log}");
+        assert!(log.contains("128 blocks of 65536 bytes"), "{fs_type}: {log}");
+        sh(&format!("mount -t {fs_type} -o loop,ro {} {}", m.file().display(), s.ext4().display()));
+        let e = Ext4 { dir: s.ext4() };
+        check_tree(&s.ext4(), &tree);
+        e.unmount();
+        assert_eq!(m.unmount(), 0);
+        assert!(server.method_counts().keys().all(|m| m == "GET" || m == "HEAD"));
+
+        // A contradicting --blockSize: one line, nothing but the HEAD of block 0.
+        let server = PublicServer::start(PUBLIC_BUCKET, objects_from_dir(&store));
+        let line = one_error_line(anonymous(bin(), &home).args([
+            "-f",
+            "--readOnly",
+            "--size=8m",
+            "--blockSize=4k",
+            &format!("--baseURL={}", server.base_url()),
+            PUBLIC_BUCKET,
+            s.mnt().to_str().unwrap(),
+        ]));
+        assert!(line.ends_with("block 0 is 65536 bytes, but the block size is 4k: give --blockSize=64k"), "{line}");
+        assert_eq!(server.method_counts().into_iter().collect::<Vec<_>>(), vec![("HEAD".to_string(), 1)]);
+        assert!(!is_mounted(&s.mnt()));
+    }
 }

@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("partial write 4k at unaligned offsets", |b| {
         b.to_async(&rt).iter(|| {
             let blk = 600 + ((pos / BS as u64) % 300) as u32;
-            let off = (pos % BS as u64) as u32;
+            let off = u32::try_from(pos % u64::from(BS)).unwrap();
             let len = 4096.min(BS - off) as usize;
             pos += 4096;
             let d = piece.slice(..len);

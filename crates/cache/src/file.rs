@@ -79,11 +79,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAGIC: &[u8; 8] = b"S3BRSCF1";
 const VERSION: u32 = 2;
-const HEADER_LEN: u64 = 64;
+/// Header length in bytes, as a buffer length ...
+const HEADER_BYTES: usize = 64;
+/// ... and as a file offset.
+const HEADER_LEN: u64 = HEADER_BYTES as u64;
 /// Entry length of the current version.
-const ENTRY_LEN: u64 = 128;
+const ENTRY_BYTES: usize = 128;
+/// [`ENTRY_BYTES`] as a file offset.
+const ENTRY_LEN: u64 = ENTRY_BYTES as u64;
 /// Entry length of version 1 files.
-const V1_ENTRY_LEN: u64 = 48;
+const V1_ENTRY_BYTES: usize = 48;
 const ALIGN: u64 = 4096;
 
 const F_USED: u32 = 1;
@@ -93,13 +98,19 @@ const F_ETAG: u32 = 8;
 const F_PARTIAL: u32 = 16;
 
 /// Entry length of format `version`.
-fn entry_len(version: u32) -> u64 {
-    if version == 1 { V1_ENTRY_LEN } else { ENTRY_LEN }
+fn entry_bytes(version: u32) -> usize {
+    if version == 1 { V1_ENTRY_BYTES } else { ENTRY_BYTES }
+}
+
+/// The bytes of entry `slot` (entries of `elen` bytes) in a directory read whole.
+fn entry_at(dir: &[u8], slot: u32, elen: usize) -> &[u8] {
+    let start = slot as usize * elen;
+    &dir[start..start + elen]
 }
 
 /// Offset of the first data slot.
 fn data_offset(version: u32, slots: u32) -> u64 {
-    (HEADER_LEN + entry_len(version) * slots as u64).div_ceil(ALIGN) * ALIGN
+    (HEADER_LEN + entry_bytes(version) as u64 * slots as u64).div_ceil(ALIGN) * ALIGN
 }
 
 /// How to open the cache file.
@@ -150,12 +161,17 @@ pub struct CacheFile {
     data_off: u64,
     opts: FileOptions,
     free: Mutex<Vec<u32>>,
+    /// Slots released but whose entry is not erased yet: erased before the next `fdatasync`
+    /// (so releasing a slot costs no I/O, and can be done under the cache's lock).
+    unerased: Mutex<Vec<u32>>,
     /// Slots whose entry was erased but not yet synced: free after the next `fdatasync`.
     pending: Mutex<Vec<u32>>,
     loaded: Mutex<Vec<Loaded>>,
     token: Mutex<u32>,
     dirty_found: usize,
     uploads_allowed: AtomicBool,
+    /// Signalled when uploads become allowed.
+    allowed: tokio::sync::Notify,
 }
 
 /// Gives a new cache file its full length with the space reserved (`fallocate`), so that a file
@@ -250,8 +266,8 @@ fn decode_entry(raw: &[u8], version: u32, block_size: u32) -> Option<EntryMeta> 
 }
 
 /// Encodes an entry in the current format.
-fn encode_entry(m: &EntryMeta) -> [u8; ENTRY_LEN as usize] {
-    let mut e = [0u8; ENTRY_LEN as usize];
+fn encode_entry(m: &EntryMeta) -> [u8; ENTRY_BYTES] {
+    let mut e = [0u8; ENTRY_BYTES];
     let mut flags = F_USED;
     if m.dirty {
         flags |= F_DIRTY;
@@ -265,11 +281,13 @@ fn encode_entry(m: &EntryMeta) -> [u8; ENTRY_LEN as usize] {
     }
     if let Some(r) = &m.valid {
         flags |= F_PARTIAL;
-        e[24..28].copy_from_slice(&(r.len() as u32).to_le_bytes());
+        let mut count = 0u32;
         for (i, &(a, b)) in r.ranges().iter().take(MAX_RANGES).enumerate() {
             e[40 + 8 * i..44 + 8 * i].copy_from_slice(&a.to_le_bytes());
             e[44 + 8 * i..48 + 8 * i].copy_from_slice(&b.to_le_bytes());
+            count += 1;
         }
+        e[24..28].copy_from_slice(&count.to_le_bytes());
     }
     e[0..4].copy_from_slice(&m.block.to_le_bytes());
     e[4..8].copy_from_slice(&flags.to_le_bytes());
@@ -414,15 +432,15 @@ fn resize(
     let io = |what: &'static str| move |e: std::io::Error| ResizeError::Io(what, e);
     let old = File::open(path).map_err(io("can't open"))?;
     let old_off = data_offset(old_version, old_slots);
-    let old_elen = entry_len(old_version);
-    let mut dir = vec![0u8; (old_elen * old_slots as u64) as usize];
+    let old_elen = entry_bytes(old_version);
+    let mut dir = vec![0u8; old_elen * old_slots as usize];
     old.read_exact_at(&mut dir, HEADER_LEN).map_err(io("can't read directory"))?;
     // What the open would keep: dirty entries first (all must fit), then clean ones.
     let mut seen = std::collections::HashSet::new();
     let (mut dirty, mut clean) = (Vec::new(), Vec::new());
     // From the last slot down, as the open goes (which matters only for duplicates).
     for slot in (0..old_slots).rev() {
-        let raw = &dir[(slot as u64 * old_elen) as usize..((slot as u64 + 1) * old_elen) as usize];
+        let raw = entry_at(&dir, slot, old_elen);
         if raw.iter().all(|&b| b == 0) {
             continue;
         }
@@ -445,7 +463,7 @@ fn resize(
     let new_off = data_offset(VERSION, new_slots);
     let new_len = new_off + new_slots as u64 * block_size as u64;
     steps.step("can't reserve space for the new file", || reserve(&tmp, new_len))?;
-    let mut h = [0u8; HEADER_LEN as usize];
+    let mut h = [0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&block_size.to_le_bytes());
@@ -454,7 +472,7 @@ fn resize(
     let sum = fnv(&h[0..24]);
     h[24..32].copy_from_slice(&sum.to_le_bytes());
     steps.step("can't write the header", || tmp.write_all_at(&h, 0))?;
-    let mut new_dir = vec![0u8; (ENTRY_LEN * new_slots as u64) as usize];
+    let mut new_dir = vec![0u8; ENTRY_BYTES * new_slots as usize];
     let mut next = 0u32;
     let (mut kept_dirty, mut kept_clean) = (0usize, 0usize);
     let mut buf = vec![0u8; block_size as usize];
@@ -472,8 +490,7 @@ fn resize(
             let at = new_off + next as u64 * block_size as u64;
             steps.step("can't write a block", || tmp.write_all_at(&buf, at))?;
         }
-        new_dir[(next as u64 * ENTRY_LEN) as usize..((next as u64 + 1) * ENTRY_LEN) as usize]
-            .copy_from_slice(&encode_entry(meta));
+        new_dir[next as usize * ENTRY_BYTES..(next as usize + 1) * ENTRY_BYTES].copy_from_slice(&encode_entry(meta));
         next += 1;
         if meta.dirty {
             kept_dirty += 1;
@@ -530,11 +547,13 @@ impl CacheFile {
             data_off,
             opts,
             free: Mutex::new(Vec::new()),
+            unerased: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             loaded: Mutex::new(Vec::new()),
             token: Mutex::new(0),
             dirty_found: 0,
             uploads_allowed: AtomicBool::new(true),
+            allowed: tokio::sync::Notify::new(),
         };
         if len == 0 {
             if let Err(source) = reserve(&cf.file, full_len) {
@@ -547,7 +566,7 @@ impl CacheFile {
             *cf.free.lock() = (0..slots).rev().collect();
             return Ok(cf);
         }
-        let mut h = [0u8; HEADER_LEN as usize];
+        let mut h = [0u8; HEADER_BYTES];
         cf.file.read_exact_at(&mut h, 0).map_err(|_| err(FileError::ShortHeader))?;
         if &h[0..8] != MAGIC || fnv(&h[0..24]) != u64_at(&h, 24) {
             return Err(err(FileError::BadHeader));
@@ -576,14 +595,14 @@ impl CacheFile {
             return Err(err(FileError::Truncated { len, expected: full_len }));
         }
         *cf.token.lock() = u32_at(&h, 20);
-        let mut dir = vec![0u8; (ENTRY_LEN * slots as u64) as usize];
+        let mut dir = vec![0u8; ENTRY_BYTES * slots as usize];
         cf.file.read_exact_at(&mut dir, HEADER_LEN).map_err(|e| io("can't read directory", e))?;
         let mut free = Vec::new();
         let mut loaded = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut dropped = 0usize;
         for slot in (0..slots).rev() {
-            let raw = &dir[(slot as u64 * ENTRY_LEN) as usize..((slot as u64 + 1) * ENTRY_LEN) as usize];
+            let raw = entry_at(&dir, slot, ENTRY_BYTES);
             if raw.iter().all(|&b| b == 0) {
                 free.push(slot);
                 continue;
@@ -672,7 +691,7 @@ impl CacheFile {
     }
 
     fn write_header(&self, token: u32) -> std::io::Result<()> {
-        let mut h = [0u8; HEADER_LEN as usize];
+        let mut h = [0u8; HEADER_BYTES];
         h[0..8].copy_from_slice(MAGIC);
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
         h[12..16].copy_from_slice(&self.block_size.to_le_bytes());
@@ -684,7 +703,7 @@ impl CacheFile {
     }
 
     fn erase(&self, slot: u32) -> std::io::Result<()> {
-        self.file.write_all_at(&[0u8; ENTRY_LEN as usize], HEADER_LEN + slot as u64 * ENTRY_LEN)
+        self.file.write_all_at(&[0u8; ENTRY_BYTES], HEADER_LEN + slot as u64 * ENTRY_LEN)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -714,7 +733,7 @@ impl CacheFile {
         if let Some(d) = data {
             self.file.write_all_at(d, self.slot_off(slot))?;
         }
-        if data.is_some() || !self.pending.lock().is_empty() {
+        if data.is_some() || self.releases_pending() {
             self.synced()?;
         }
         if data.is_some() {
@@ -723,8 +742,22 @@ impl CacheFile {
         Ok(())
     }
 
-    /// `fdatasync`, then the slots erased before it are free for reuse.
+    /// Whether released slots wait for their erasure or its sync.
+    fn releases_pending(&self) -> bool {
+        !self.unerased.lock().is_empty() || !self.pending.lock().is_empty()
+    }
+
+    /// Erases the entries of released slots, `fdatasync`s, then the slots erased before it are
+    /// free for reuse.
     fn synced(&self) -> std::io::Result<()> {
+        let unerased = std::mem::take(&mut *self.unerased.lock());
+        for slot in unerased {
+            match self.erase(slot) {
+                Ok(()) => self.pending.lock().push(slot),
+                // Leave the slot unused: its entry may still point at it.
+                Err(e) => log::error!("cache file {}: can't erase slot {slot}: {e}", self.path.display()),
+            }
+        }
         let erased: Vec<u32> = self.pending.lock().clone();
         self.file.sync_data()?;
         self.pending.lock().retain(|s| !erased.contains(s));
@@ -737,7 +770,7 @@ impl CacheFile {
         if let Some(s) = self.free.lock().pop() {
             return Ok(Some(s));
         }
-        if self.pending.lock().is_empty() {
+        if !self.releases_pending() {
             return Ok(None);
         }
         self.synced()?;
@@ -758,6 +791,13 @@ impl CacheFile {
     /// this call, so that nothing is written to a volume before its mount token is checked.
     pub fn allow_uploads(&self) {
         self.uploads_allowed.store(true, Ordering::SeqCst);
+        self.allowed.notify_waiters();
+    }
+
+    /// Completes once [`CacheFile::allow_uploads`] is called after this call (take it before
+    /// looking at [`CacheFile::uploads_allowed`], so the call between is not missed).
+    pub(crate) fn allowed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.allowed.notified()
     }
 
     /// Whether uploads may start (see [`CacheFile::allow_uploads`]).
@@ -791,14 +831,13 @@ impl CacheFile {
         self.synced().map_err(|e| StoreError::io(format!("cache file {}: sync failed", self.path.display()), e))
     }
 
-    /// Frees a slot: its entry is erased now; the slot is reused only after a later
-    /// `fdatasync` has made the erasure durable.
+    /// Frees a slot, without I/O: its entry is erased before the next `fdatasync` (which every
+    /// new entry's data write and every sync does first), and the slot is reused only after that
+    /// `fdatasync` has made the erasure durable. Until then the entry still names the block
+    /// with data its checksum vouches for, and no other entry of that block is written before
+    /// the erasure (a new entry is always written after a sync).
     pub(crate) fn release(&self, slot: u32) {
-        match self.erase(slot) {
-            Ok(()) => self.pending.lock().push(slot),
-            // Leave the slot unused: its entry may still point at it.
-            Err(e) => log::error!("cache file {}: can't erase slot {slot}: {e}", self.path.display()),
-        }
+        self.unerased.lock().push(slot);
     }
 
     /// Records block `n` as dirty with `data` (before the cache entry changes); `valid` names

@@ -5,7 +5,7 @@
 //! cache (so read-ahead never evicts what the reader is about to use), and all blocks of a
 //! batch are fetched at once on a bounded pool. Any non-sequential read resets the window.
 
-use crate::Shared;
+use crate::shared::Shared;
 use s3b_store::BlockNum;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -102,7 +102,8 @@ pub(crate) fn after_read(sh: &Arc<Shared>, n: BlockNum) {
     let range = sh.ra.lock().on_read(n, sh.inner.num_blocks());
     let Some(range) = range else { return };
     for b in range {
-        let b = b as BlockNum;
+        // The range ends at most at the volume's last block, which is a BlockNum.
+        let Ok(b) = BlockNum::try_from(b) else { break };
         {
             // Claim the entry now, so the reader arriving next waits for this fetch instead of
             // starting its own.

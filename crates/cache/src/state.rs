@@ -1,19 +1,23 @@
 //! The cache's bookkeeping: one [`Entry`] per cached block, the LRU order of clean blocks
-//! (two lists, so that protected blocks go last) and the queue of dirty blocks.
+//! (two lists, so that protected blocks go last), the set of dirty blocks and the write-back
+//! [`Schedule`] of those waiting for an upload.
 //!
 //! An entry's [`BlockState`] carries what only one phase of a block's life has: a clean block
 //! its ETag and LRU position, a dirty block its upload progress and, when written only in part,
 //! the byte ranges it holds. A block enters and leaves a phase only through [`State`]'s
 //! transitions ([`State::insert_loading`], [`State::start_verify`], [`State::set_clean`],
 //! [`State::write`], [`State::remove`]), which keep the LRU and the dirty count in step with
-//! it; what changes within a phase (an upload starting or failing, a partial block being
+//! it (a block turning dirty is scheduled for upload, one leaving that phase unscheduled); what
+//! changes within a phase (an upload starting or failing, a partial block being
 //! completed) is changed in place through [`Entry::dirty_mut`].
 
 use crate::ranges::ByteRanges;
+use crate::schedule::Schedule;
 use bytes::Bytes;
 use s3b_store::{BlockNum, Etag, StoreError};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// One cached block.
@@ -29,8 +33,11 @@ pub(crate) struct Entry {
     pub(crate) ver: u64,
     /// Last read or write.
     pub(crate) last_access: Instant,
-    /// Slot in the cache file, if any.
+    /// Slot in the cache file, if any (taken out while the file's record of the block is
+    /// being rewritten).
     pub(crate) slot: Option<u32>,
+    /// What the slot's record holds (`None`: nothing known to be current).
+    pub(crate) slot_image: Option<Image>,
     /// Where the block is in its life, with what only that phase has.
     state: BlockState,
 }
@@ -89,6 +96,28 @@ impl Entry {
     pub(crate) fn failures(&self) -> u64 {
         self.dirty().map_or(0, |d| d.upload.failures)
     }
+
+    /// What the cache file should hold for the block now (`None` while it loads: nothing).
+    pub(crate) fn image(&self) -> Option<Image> {
+        match &self.state {
+            BlockState::Loading => None,
+            BlockState::Clean(_) => Some(Image { ver: self.ver, dirty: false, partial: false }),
+            BlockState::Dirty(d) => Some(Image { ver: self.ver, dirty: true, partial: d.partial.is_some() }),
+        }
+    }
+}
+
+/// What a cache-file record says of a block: which generation, and whether dirty or partial.
+/// The file's copy of a block is current when its record's image is the entry's
+/// [`Entry::image`]: rewriting it is skipped then ("commit by generation").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Image {
+    /// The block's generation the record holds.
+    pub(crate) ver: u64,
+    /// Recorded dirty.
+    pub(crate) dirty: bool,
+    /// Recorded partial.
+    pub(crate) partial: bool,
 }
 
 /// Where a cached block is in its life.
@@ -298,55 +327,6 @@ impl Lru {
     }
 }
 
-/// The dirty blocks waiting for an upload, in order, each at most once: a queue with a set
-/// beside it, so that "is it queued?" costs the same however long the queue is.
-#[derive(Debug, Default)]
-pub(crate) struct DirtyQueue {
-    order: VecDeque<BlockNum>,
-    members: HashSet<BlockNum>,
-}
-
-impl DirtyQueue {
-    /// Whether block `n` is queued.
-    #[cfg(test)]
-    pub(crate) fn contains(&self, n: &BlockNum) -> bool {
-        self.members.contains(n)
-    }
-
-    /// Queues `n` last, unless it is queued already.
-    pub(crate) fn push_back(&mut self, n: BlockNum) {
-        if self.members.insert(n) {
-            self.order.push_back(n);
-        }
-    }
-
-    /// Queues `n` first, unless it is queued already.
-    pub(crate) fn push_front(&mut self, n: BlockNum) {
-        if self.members.insert(n) {
-            self.order.push_front(n);
-        }
-    }
-
-    /// Takes the block at position `i` out of the queue.
-    pub(crate) fn remove(&mut self, i: usize) -> Option<BlockNum> {
-        let n = self.order.remove(i)?;
-        self.members.remove(&n);
-        Some(n)
-    }
-
-    /// Blocks queued.
-    pub(crate) fn len(&self) -> usize {
-        self.order.len()
-    }
-}
-
-impl std::ops::Index<usize> for DirtyQueue {
-    type Output = BlockNum;
-    fn index(&self, i: usize) -> &BlockNum {
-        &self.order[i]
-    }
-}
-
 /// The write-back scheduler's work in flight, each kind at most `threads` at a time.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
@@ -371,9 +351,18 @@ pub(crate) struct Waiters {
 pub(crate) struct State {
     pub(crate) entries: Entries,
     lru: Lru,
-    /// Dirty blocks waiting for an upload, oldest first.
-    pub(crate) dirty_queue: DirtyQueue,
-    dirty_count: usize,
+    /// The dirty blocks.
+    dirty: HashSet<BlockNum>,
+    /// The dirty blocks waiting for an upload (all but those being uploaded or completed).
+    pub(crate) sched: Schedule,
+    /// How long a block stays dirty before it is due for upload.
+    write_delay: Duration,
+    /// Set when a change needs the write-back scheduler to look again (see
+    /// [`State::take_kick`]).
+    kick: bool,
+    /// Failed upload attempts so far, of any block: a flush watching for failures looks at its
+    /// blocks only when this grew.
+    pub(crate) upload_failures: u64,
     pub(crate) in_flight: InFlight,
     pub(crate) waiters: Waiters,
     /// Set by shutdown: the scheduler exits.
@@ -383,13 +372,17 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Nothing cached; blocks numbered below `num_protected` are evicted last.
-    pub(crate) fn new(num_protected: u32) -> State {
+    /// Nothing cached; blocks numbered below `num_protected` are evicted last; a block is due
+    /// for upload `write_delay` after it turned dirty.
+    pub(crate) fn new(num_protected: u32, write_delay: Duration) -> State {
         State {
             entries: Entries::default(),
             lru: Lru { lo: BTreeMap::new(), hi: BTreeMap::new(), tick: 0, num_protected },
-            dirty_queue: DirtyQueue::default(),
-            dirty_count: 0,
+            dirty: HashSet::new(),
+            sched: Schedule::default(),
+            write_delay,
+            kick: false,
+            upload_failures: 0,
             in_flight: InFlight::default(),
             waiters: Waiters::default(),
             stopped: false,
@@ -399,14 +392,42 @@ impl State {
 
     /// Number of dirty blocks.
     pub(crate) fn dirty_count(&self) -> usize {
-        self.dirty_count
+        self.dirty.len()
+    }
+
+    /// The dirty blocks.
+    pub(crate) fn dirty_blocks(&self) -> impl Iterator<Item = BlockNum> + '_ {
+        self.dirty.iter().copied()
+    }
+
+    /// When block `n`, dirty since `since`, is due for upload.
+    pub(crate) fn due(&self, since: Instant) -> Instant {
+        since + self.write_delay
+    }
+
+    /// Asks the write-back scheduler to look again when the lock is released.
+    pub(crate) fn kick(&mut self) {
+        self.kick = true;
+    }
+
+    /// Whether a change since the last call needs the write-back scheduler to look again (a
+    /// block due earlier than it sleeps, or due now); clears the request.
+    pub(crate) fn take_kick(&mut self) -> bool {
+        std::mem::take(&mut self.kick)
     }
 
     /// Caches block `n` (not cached yet) as loading, with no data; returns its entry.
     pub(crate) fn insert_loading(&mut self, n: BlockNum, now: Instant) -> &mut Entry {
         debug_assert!(!self.entries.contains_key(&n), "block {n:#010x} is cached already");
         self.leave(n);
-        let e = Entry { data: None, ver: self.generation, last_access: now, slot: None, state: BlockState::Loading };
+        let e = Entry {
+            data: None,
+            ver: self.generation,
+            last_access: now,
+            slot: None,
+            slot_image: None,
+            state: BlockState::Loading,
+        };
         self.entries.0.entry(n).insert_entry(e).into_mut()
     }
 
@@ -435,14 +456,13 @@ impl State {
     }
 
     /// A write of block `n` (cached or not, in any phase): it holds `data`, all of it or, with
-    /// `valid`, those byte ranges, and its file copy is in `slot`. Dirty from now on: a block
-    /// that was not is queued for upload. Returns the entry, at its new generation.
+    /// `valid`, those byte ranges. Dirty from now on: a block that was not is scheduled for
+    /// upload after the write delay. Returns the entry, at its new generation.
     pub(crate) fn write(
         &mut self,
         n: BlockNum,
         data: Option<Bytes>,
         valid: Option<ByteRanges>,
-        slot: Option<u32>,
         now: Instant,
     ) -> &mut Entry {
         if !self.entries.contains_key(&n) {
@@ -450,8 +470,10 @@ impl State {
         }
         if !self.entries.get(&n).is_some_and(Entry::is_dirty) {
             self.leave(n);
-            self.dirty_count += 1;
-            self.dirty_queue.push_back(n);
+            self.dirty.insert(n);
+            if self.sched.wait_until(n, now + self.write_delay) {
+                self.kick = true;
+            }
         }
         self.generation += 1;
         let generation = self.generation;
@@ -461,7 +483,6 @@ impl State {
             state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now, generation)),
         }
         e.data = data;
-        e.slot = slot;
         e.ver = generation;
         e.last_access = now;
         e
@@ -489,7 +510,10 @@ impl State {
     fn leave(&mut self, n: BlockNum) {
         match self.entries.get(&n).map(Entry::state) {
             Some(BlockState::Clean(c)) => self.lru.remove(c.lru_key),
-            Some(BlockState::Dirty(_)) => self.dirty_count -= 1,
+            Some(BlockState::Dirty(_)) => {
+                self.dirty.remove(&n);
+                self.sched.remove(n);
+            }
             Some(BlockState::Loading) | None => {}
         }
     }
@@ -530,27 +554,16 @@ mod tests {
             }
         }
         assert_eq!(st.dirty_count(), st.entries.iter().filter(|(_, e)| e.is_dirty()).count());
-    }
-
-    #[test]
-    fn dirty_queue_keeps_order_and_each_block_once() {
-        let mut q = DirtyQueue::default();
-        q.push_back(3);
-        q.push_back(5);
-        q.push_front(7);
-        q.push_back(3);
-        q.push_front(5);
-        assert_eq!((q.len(), q[0], q[1], q[2]), (3, 7, 3, 5));
-        assert!(q.contains(&3) && !q.contains(&4));
-        assert_eq!(q.remove(1), Some(3));
-        assert!(!q.contains(&3));
-        q.push_back(3);
-        assert_eq!((q.len(), q[2]), (3, 3));
+        // Without uploads in flight, every dirty block is scheduled, and only they are.
+        for (n, e) in st.entries.iter() {
+            assert_eq!(st.sched.contains(*n), e.is_dirty(), "block {n}");
+        }
+        st.sched.check();
     }
 
     #[test]
     fn lru_order_touch_and_protection() {
-        let mut st = State::new(2);
+        let mut st = State::new(2, std::time::Duration::ZERO);
         let now = Instant::now();
         for n in [5, 1, 6, 0, 7] {
             clean(&mut st, n);
@@ -562,7 +575,7 @@ mod tests {
         st.remove(7);
         assert_eq!(st.lru_oldest(), Some(5));
         // Written: dirty, so no longer evictable.
-        st.write(5, None, None, None, now);
+        st.write(5, None, None, now);
         // Only protected blocks left: oldest of them.
         assert_eq!(st.lru_oldest(), Some(1));
         assert_eq!(st.lru_len(), 2);
@@ -581,15 +594,15 @@ mod tests {
     /// whole.
     #[test]
     fn transitions_carry_what_each_phase_needs() {
-        let mut st = State::new(0);
+        let mut st = State::new(0, std::time::Duration::ZERO);
         let now = Instant::now();
-        assert_eq!(st.write(3, None, Some(ByteRanges::new(0, 4)), Some(9), now).ver, 1);
+        assert_eq!(st.write(3, None, Some(ByteRanges::new(0, 4)), now).ver, 1);
         let e = st.entries.get_mut(&3).unwrap();
-        assert_eq!((e.stored_ver(), e.partial(), e.slot), (0, Some(&ByteRanges::new(0, 4)), Some(9)));
+        assert_eq!((e.stored_ver(), e.partial()), (0, Some(&ByteRanges::new(0, 4))));
         e.partial_mut().unwrap().filling = true;
-        let e = st.write(3, None, Some(ByteRanges::new(0, 8)), None, now);
+        let e = st.write(3, None, Some(ByteRanges::new(0, 8)), now);
         assert_eq!((e.ver, e.partial_mut().map(|p| p.filling)), (2, Some(true)));
-        let d = st.write(3, None, None, None, now).dirty_mut().unwrap();
+        let d = st.write(3, None, None, now).dirty_mut().unwrap();
         assert!(d.partial.is_none());
         d.upload.in_flight = true;
         d.upload.failed(StoreError::Injected, |_| std::time::Duration::ZERO, now);
@@ -599,7 +612,7 @@ mod tests {
         let e = st.entries.get(&3).unwrap();
         assert_eq!((e.stored_ver(), e.failures(), e.etag(), e.is_dirty()), (3, 0, Some(Etag([1; 16])), false));
         assert_eq!((st.dirty_count(), st.lru_oldest()), (0, Some(3)));
-        let e = st.write(3, None, None, None, now);
+        let e = st.write(3, None, None, now);
         assert_eq!((e.ver, e.stored_ver(), e.etag()), (4, 3, None));
         assert!(e.dirty().is_some_and(|d| d.upload.failing.is_none() && !d.upload.urgent && !d.upload.in_flight));
         assert_eq!((st.dirty_count(), st.lru_oldest()), (1, None));
@@ -611,7 +624,7 @@ mod tests {
         /// entries' phases.
         #[test]
         fn bookkeeping_follows_the_phases(ops in proptest::collection::vec((0u8..6, 0u32..6), 0..60)) {
-            let mut st = State::new(2);
+            let mut st = State::new(2, std::time::Duration::ZERO);
             let now = Instant::now();
             for (op, n) in ops {
                 let cached = st.entries.contains_key(&n);
@@ -619,7 +632,7 @@ mod tests {
                 match op {
                     0 if !cached => drop(st.insert_loading(n, now)),
                     1 if cached => st.set_clean(n, None, n % 2 == 0),
-                    2 => drop(st.write(n, None, (n % 2 == 0).then(|| ByteRanges::new(0, 1)), None, now)),
+                    2 => drop(st.write(n, None, (n % 2 == 0).then(|| ByteRanges::new(0, 1)), now)),
                     3 => st.touch(n, now),
                     4 if cached && !dirty => drop(st.remove(n)),
                     5 => st.start_verify(n),

@@ -1,6 +1,6 @@
 //! The `block_cache_*` lines of the stats file, with upstream's names, order and formats.
 
-use crate::Shared;
+use crate::shared::Shared;
 use parking_lot::Mutex;
 use s3b_store::{StatsSection, StatsSource, StatsWriter};
 use std::sync::Weak;

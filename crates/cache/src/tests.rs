@@ -2,8 +2,8 @@
 //! held, delayed and failing operations. Timing runs on tokio's paused clock.
 
 use super::*;
-use s3b_store::StatsSource;
 use s3b_store::mock::{Fail, Gate, MemBlocks, Op, elapse};
+use s3b_store::{StatsSource, StoreError};
 
 const BS: u32 = 16;
 
@@ -187,7 +187,7 @@ async fn writers_wait_when_full_of_dirty_and_at_dirty_limit() {
 async fn only_clean_blocks_are_evicted_lru_first() {
     let mem = mem();
     for n in 0..5 {
-        mem.put(n, block(n as u8 + 1));
+        mem.put(n, block(u8::try_from(n).unwrap() + 1));
     }
     let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(3) });
     c.write_block(0, BlockData::new(block(0xaa))).await.unwrap();
@@ -513,7 +513,7 @@ async fn default_write_block_part_is_read_modify_write() {
 /// (contents `block(n)`) and keeps every upload waiting at the gate returned.
 fn with_uploads_held(threads: usize, size: usize, n: BlockNum) -> (Arc<MemBlocks>, Arc<Gate>, Arc<BlockCache>) {
     let mem = mem();
-    mem.put(n, block(n as u8));
+    mem.put(n, block(u8::try_from(n).unwrap()));
     let uploads = mem.hold(Op::Write);
     let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads, write_delay: Duration::ZERO, ..cfg(size) }));
     (mem, uploads, c)
@@ -523,7 +523,7 @@ fn with_uploads_held(threads: usize, size: usize, n: BlockNum) -> (Arc<MemBlocks
 async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
     let (mem, uploads, c) = with_uploads_held(4, 8, 50);
     for n in 0..8 {
-        c.write_block(n, BlockData::new(block(n as u8 + 1))).await.unwrap();
+        c.write_block(n, BlockData::new(block(u8::try_from(n).unwrap() + 1))).await.unwrap();
     }
     mem.wait_until("4 uploads in flight", |c| c[Op::Write].in_flight == 4).await;
     // A ninth block: its writer waits for room.
@@ -551,7 +551,7 @@ async fn read_miss_is_not_queued_behind_a_full_upload_backlog() {
     writer.await.unwrap().unwrap();
     c.flush(None).await.unwrap();
     for n in 0..8u32 {
-        assert_eq!(mem.get(n), Some(block(n as u8 + 1)));
+        assert_eq!(mem.get(n), Some(block(u8::try_from(n).unwrap() + 1)));
     }
     assert_eq!(mem.get(9), Some(block(9)));
 }

@@ -259,7 +259,7 @@ fn concurrent_partial_writes_lose_no_byte() {
                     let mut last = vec![0xeeu8; BLOCKS as usize];
                     for round in 0..40u32 {
                         let n = (round * 7 + t * 3) % BLOCKS;
-                        let v = (t * 16 + round % 16) as u8;
+                        let v = u8::try_from(t * 16 + round % 16).unwrap();
                         // Without a fill nothing can fail; a fill (too many ranges) may.
                         if cache.write_block_part(n, t * 8, Bytes::from(vec![v; 8])).await.is_ok() {
                             last[n as usize] = v;

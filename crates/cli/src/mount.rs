@@ -128,6 +128,9 @@ fn serve(
     pipe: Option<ReadyPipe>,
     flusher: std::io::Result<()>,
 ) -> std::result::Result<i32, ServeError> {
+    // From here on `started` owns "the volume is started": every return below gives it back
+    // (flushed, token cleared) when `started` is dropped, after the session it is declared
+    // before.
     let started = match stack::start(cfg, codec) {
         Ok(s) => s,
         Err(e) => return Err((e, pipe)),
@@ -139,8 +142,6 @@ fn serve(
     let mut session = match fuser::Session::new(fs, mountpoint, &fuse_cfg) {
         Ok(s) => s,
         Err(e) => {
-            // Undo the token we just set: nothing was mounted.
-            started.release_token();
             return Err((anyhow::Error::new(e).context(format!("can't mount on {}", mountpoint.display())), pipe));
         }
     };
@@ -159,13 +160,34 @@ fn serve(
     }
 
     // Signals end the session the way umount does.
-    let mut unmounter = session.unmount_callable();
-    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => return Err((anyhow::Error::new(e).context("can't install signal handlers"), pipe)),
     };
     let sig_handle = signals.handle();
-    let detach_path = mountpoint.to_path_buf();
+    spawn_unmounter(signals, session.unmount_callable(), mountpoint.to_path_buf());
+
+    let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
+    let run_result = session.run();
+    sig_handle.close();
+    if let Err(e) = &run_result {
+        log::error!("FUSE session ended with an error: {e}");
+    }
+    if !cfg.quiet {
+        log::info!("unmounted; flushing dirty data");
+    }
+    rt.block_on(in_flight.wait_idle());
+    let shutdown = started.finish();
+    Ok(daemon::finished(shutdown, mirror, cfg.quiet, if run_result.is_ok() { 0 } else { 1 }))
+}
+
+/// Ends the session the way umount does on SIGINT, SIGTERM or SIGHUP (a busy mount point is
+/// detached instead, and the session ends once its last user lets go).
+fn spawn_unmounter(
+    mut signals: signal_hook::iterator::Signals,
+    mut unmounter: fuser::SessionUnmounter,
+    detach_path: PathBuf,
+) {
     std::thread::spawn(move || {
         for sig in signals.forever() {
             log::info!("caught signal {sig}, unmounting");
@@ -189,21 +211,6 @@ fn serve(
             }
         }
     });
-
-    let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
-    let run_result = session.run();
-    sig_handle.close();
-    if let Err(e) = &run_result {
-        log::error!("FUSE session ended with an error: {e}");
-    }
-    if !cfg.quiet {
-        log::info!("unmounted; flushing dirty data");
-    }
-    let shutdown = rt.block_on(async {
-        in_flight.wait_idle().await;
-        stack.shutdown(started.token).await
-    });
-    Ok(daemon::finished(shutdown, mirror, cfg.quiet, if run_result.is_ok() { 0 } else { 1 }))
 }
 
 /// Detaches a busy mount point (`umount -l`).

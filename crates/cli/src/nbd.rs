@@ -182,6 +182,8 @@ fn serve(
         Target::Listen(a) => a.clone(),
         Target::Device { socket, .. } => ListenAddr::Unix(socket.clone()),
     };
+    // From here on `started` owns "the volume is started": every return below gives it back
+    // (flushed, token cleared) when `started` is dropped.
     let started = match stack::start(cfg, codec) {
         Ok(s) => s,
         Err(e) => return Err((e, pipe)),
@@ -189,10 +191,7 @@ fn serve(
     let (rt, stack) = (&started.rt, &started.stack);
     let listener = match rt.block_on(async { bind(&addr) }) {
         Ok(l) => l,
-        Err(e) => {
-            started.release_token();
-            return Err((e, pipe));
-        }
+        Err(e) => return Err((e, pipe)),
     };
     let volume = Arc::new(Volume::new(stack.top.clone(), cfg.read_only));
     let description =
@@ -256,7 +255,6 @@ fn serve(
         _ => {
             server.shutdown();
             let _ = rt.block_on(serving);
-            started.release_token();
             remove_socket(&addr);
             return Err((anyhow!("can't install signal handlers"), pipe));
         }
@@ -285,7 +283,6 @@ fn serve(
         (Some(e), pipe) => {
             server.shutdown();
             let _ = rt.block_on(serving);
-            let _ = rt.block_on(stack.shutdown(started.token));
             remove_socket(&addr);
             return Err((e, pipe));
         }
@@ -298,7 +295,7 @@ fn serve(
     if !cfg.quiet {
         log::info!("NBD server stopped; flushing dirty data");
     }
-    let shutdown = rt.block_on(stack.shutdown(started.token));
+    let shutdown = started.finish();
     Ok(daemon::finished(shutdown, mirror, cfg.quiet, 0))
 }
 

@@ -8,6 +8,7 @@
 //! [`crate::token`]'s.
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
+use crate::daemon::Started;
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
 use s3b_cache::CacheFile;
@@ -15,7 +16,7 @@ use s3b_codec::{Codec, CodecConfig, CodecStore};
 use s3b_dir::DirStore;
 use s3b_store::faults::{FaultConfig, FaultyObjects};
 use s3b_store::keys::BlockKeys;
-use s3b_store::{BlockStore, ObjectStore, StatsRegistry};
+use s3b_store::{BlockStore, ObjectStore, StatsRegistry, VolumeProbe};
 use s3b_zero::ZeroCache;
 use std::sync::Arc;
 
@@ -47,19 +48,9 @@ impl Stack {
     }
 }
 
-/// A volume ready to be offered: the runtime its layers run on, the stack, and the mount token
-/// it holds.
-pub struct Started {
-    /// The daemon's runtime.
-    pub rt: tokio::runtime::Runtime,
-    /// The layers.
-    pub stack: Stack,
-    /// Our mount token (0: none was set).
-    pub token: u32,
-}
-
 /// What a serving daemon does before it offers the volume: starts the runtime, builds the
-/// stack and takes the mount token.
+/// stack and takes the mount token. From the moment the token is ours, the returned guard owns
+/// "the volume is started" (see [`Started`]).
 pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
     let rt = crate::daemon::runtime().context("can't start the runtime")?;
     let (stack, token) = rt.block_on(async {
@@ -67,20 +58,7 @@ pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
         let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     })?;
-    Ok(Started { rt, stack, token })
-}
-
-impl Started {
-    /// Gives the mount token back when the volume could not be offered after all (nothing was
-    /// mounted or served, so nothing was written). A failure here is only logged for debugging:
-    /// the error that stopped the start is the one line the user gets.
-    pub fn release_token(&self) {
-        let s = &self.stack;
-        if let Err(e) = self.rt.block_on(crate::token::release(s.objects.as_ref(), self.token, s.cache_file.as_deref()))
-        {
-            log::debug!("releasing the mount token: {e:#}");
-        }
-    }
+    Ok(Started::new(rt, stack, token))
 }
 
 /// Opens the transport named by the configuration and registers its counters.
@@ -95,22 +73,27 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 }
 
 /// Settles block size and block count: given on the command line, detected from block 0, or both
-/// (then they must agree unless `--force`).
+/// (then they must agree unless `--force`). A block 0 without size metadata (a disk image on a
+/// plain web server) still tells the block size by its length, unless compressed or encrypted
+/// ([`bare_block_size`]).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && cfg.geometry.auto_detect;
-    let detected =
-        if detect { objects.read_volume_meta().await.context("can't auto-detect the volume size")? } else { None };
-    let (block_size, size) = match detected {
-        Some(meta) => {
+    let probe = if detect {
+        objects.probe_volume().await.context("can't auto-detect the volume size")?
+    } else {
+        VolumeProbe::Nothing
+    };
+    let (block_size, size) = match probe {
+        VolumeProbe::Meta(meta) => {
             if !cfg.quiet {
                 log::info!(
                     "auto-detected block size={} and total size={}",
-                    unparse_size(meta.block_size as u64),
+                    unparse_size(u64::from(meta.block_size)),
                     unparse_size(meta.file_size)
                 );
             }
             for (what, given, found) in [
-                ("block size", cfg.geometry.block_size.map(u64::from), meta.block_size as u64),
+                ("block size", cfg.geometry.block_size.map(u64::from), u64::from(meta.block_size)),
                 ("file size", cfg.geometry.size, meta.file_size),
             ] {
                 if let Some(given) = given.filter(|&g| g != found) {
@@ -127,7 +110,13 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
             }
             (cfg.geometry.block_size.unwrap_or(meta.block_size), cfg.geometry.size.unwrap_or(meta.file_size))
         }
-        None => {
+        VolumeProbe::Bare(len) => {
+            let Some(size) = cfg.geometry.size else {
+                bail!("--size is required: the volume's size could not be auto-detected (no block 0 metadata)");
+            };
+            (bare_block_size(cfg, len)?, size)
+        }
+        VolumeProbe::Nothing => {
             let Some(size) = cfg.geometry.size else {
                 if cfg.is_test() {
                     bail!("--size is required with --test (a test directory has no size metadata)");
@@ -139,6 +128,55 @@ pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result
     };
     let num_blocks = check_geometry(size, block_size)?;
     Ok((block_size, num_blocks))
+}
+
+/// The block size of a volume whose block 0 is `len` bytes and has no size metadata. Without
+/// compression or encryption every block object is exactly one block long, so a power of two
+/// is the block size (logged, as auto-detection is), and a `--blockSize` that differs would
+/// only fail every read: refused, naming the size found. Compressed or encrypted objects are
+/// of any length: `--blockSize` is needed then.
+fn bare_block_size(cfg: &Config, len: Option<u64>) -> Result<u32> {
+    let coded = cfg.codec.compress.is_some() || cfg.codec.encrypt.is_some();
+    let given = cfg.geometry.block_size;
+    let Some(len) = len else {
+        return Ok(given.unwrap_or(DEFAULT_BLOCK_SIZE));
+    };
+    if coded {
+        return given.with_context(|| {
+            format!(
+                "can't tell the block size: block 0 ({len} bytes) has no size metadata and the volume is \
+                 compressed or encrypted; give --blockSize"
+            )
+        });
+    }
+    let found = u32::try_from(len).ok().filter(|n| n.is_power_of_two());
+    match (found, given) {
+        (Some(found), None) => {
+            if !cfg.quiet {
+                log::info!(
+                    "auto-detected block size={} from the size of block 0 (it has no size metadata)",
+                    unparse_size(u64::from(found))
+                );
+            }
+            Ok(found)
+        }
+        (Some(found), Some(given)) if found == given => Ok(given),
+        (Some(found), Some(given)) => bail!(
+            "block 0 is {} bytes, but the block size is {}: give --blockSize={}",
+            len,
+            unparse_size(u64::from(given)),
+            unparse_size(u64::from(found))
+        ),
+        (None, None) => bail!(
+            "block 0 is {len} bytes, which is not a power of two, and it has no size metadata: give --blockSize \
+             (and --compress or --encrypt if the image was made with them)"
+        ),
+        (None, Some(given)) => bail!(
+            "block 0 is {len} bytes, but the block size is {}: give the volume's --blockSize (and --compress or \
+             --encrypt if the image was made with them)",
+            unparse_size(u64::from(given))
+        ),
+    }
 }
 
 /// Builds the whole stack for a mount, with the codec settings from
@@ -177,4 +215,30 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &[&str]) -> Config {
+        let mut a = vec!["--test", "--size=1m", "dir", "mnt"];
+        a.extend_from_slice(extra);
+        let a: Vec<String> = a.into_iter().map(String::from).collect();
+        crate::config::validate(crate::args::parse(&a).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_bare_block_0_gives_the_block_size_unless_coded_or_contradicted() {
+        assert_eq!(bare_block_size(&cfg(&[]), Some(65536)).unwrap(), 65536);
+        assert_eq!(bare_block_size(&cfg(&["--blockSize=64k"]), Some(65536)).unwrap(), 65536);
+        assert_eq!(bare_block_size(&cfg(&[]), None).unwrap(), DEFAULT_BLOCK_SIZE, "no length: as before");
+        let e = bare_block_size(&cfg(&["--blockSize=4k"]), Some(65536)).unwrap_err().to_string();
+        assert_eq!(e, "block 0 is 65536 bytes, but the block size is 4k: give --blockSize=64k");
+        let e = bare_block_size(&cfg(&[]), Some(1000)).unwrap_err().to_string();
+        assert!(e.starts_with("block 0 is 1000 bytes, which is not a power of two"), "{e}");
+        let e = bare_block_size(&cfg(&["--compress"]), Some(1234)).unwrap_err().to_string();
+        assert!(e.contains("compressed or encrypted; give --blockSize"), "{e}");
+        assert_eq!(bare_block_size(&cfg(&["--compress", "--blockSize=8k"]), Some(1234)).unwrap(), 8192);
+    }
 }

@@ -63,16 +63,23 @@ pub async fn acquire(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option
         }
     };
     // A compare-and-swap from the token read above: of mounts starting at the same instant, at
-    // most one gets past this line.
-    match objects.swap_mount_token(old, token).await.context("can't set the mount token")? {
-        TokenSwap::Done => {}
+    // most one gets past this line. The transport may have written another value of ours than
+    // `token` (a fresh one per attempt): the one in place is ours from here on.
+    let token = match objects.swap_mount_token(old, token).await.context("can't set the mount token")? {
+        TokenSwap::Done(now) => now,
         TokenSwap::Changed(now) => bail!(
             "volume appears to be already mounted (mount token {now:08x}, set by another mount while this one was starting); \
              if it is not, use --reset-mounted-flag, or --force to override"
         ),
-    }
+    };
     if let Some(f) = cache_file {
-        f.set_token(token)?;
+        if let Err(e) = f.set_token(token) {
+            // Not started after all: give the volume back as it was.
+            if let Err(r) = release(objects, token, None).await {
+                log::debug!("releasing the mount token: {r:#}");
+            }
+            return Err(e.into());
+        }
         f.allow_uploads();
     }
     Ok(token)
@@ -82,7 +89,7 @@ pub async fn acquire(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option
 pub async fn release(objects: &dyn ObjectStore, token: u32, cache_file: Option<&CacheFile>) -> Result<()> {
     if token != 0 {
         match objects.swap_mount_token(token, 0).await.context("can't clear the mount token")? {
-            TokenSwap::Done => {}
+            TokenSwap::Done(_) => {}
             // Someone replaced ours (--force, or --reset-mounted-flag and a new mount): theirs stays.
             TokenSwap::Changed(now) => log::warn!(
                 "the volume's mount token is {now:08x}, not ours ({token:08x}): another mount took the volume over; left it in place"

@@ -333,9 +333,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = DirStore::open(d.path(), BlockKeys::default()).unwrap();
         assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0);
-        assert_eq!(s.swap_mount_token(0, 0x1234).await.unwrap(), s3b_store::TokenSwap::Done);
+        assert_eq!(s.swap_mount_token(0, 0x1234).await.unwrap(), s3b_store::TokenSwap::Done(0x1234));
         assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0x1234);
-        assert_eq!(s.swap_mount_token(0x1234, 0).await.unwrap(), s3b_store::TokenSwap::Done);
+        assert_eq!(s.swap_mount_token(0x1234, 0).await.unwrap(), s3b_store::TokenSwap::Done(0));
         assert_eq!(s.mount_token(TokenOp::Read).await.unwrap(), 0);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing written for the token");
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Method;
 use s3b_store::{
     BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, TokenSwap,
-    VolumeMeta,
+    VolumeMeta, VolumeProbe,
 };
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -155,19 +155,26 @@ impl ObjectStore for S3Store {
     }
 
     async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>> {
+        Ok(match self.probe_volume().await? {
+            VolumeProbe::Meta(meta) => Some(meta),
+            VolumeProbe::Bare(_) | VolumeProbe::Nothing => None,
+        })
+    }
+
+    async fn probe_volume(&self) -> Result<VolumeProbe> {
         let req = Req::new(Method::HEAD, Some(self.cfg.keys.block_key(0)));
         bump(&self.stats.http_heads);
         let resp = self.send(&req, true).await?;
         if resp.status == 404 {
-            return Ok(None);
+            return Ok(VolumeProbe::Nothing);
         }
         let num = |h: &str| resp.header(h).and_then(|v| v.trim().parse::<u64>().ok()).filter(|&v| v > 0);
         match (num(BLOCK_SIZE_HEADER), num(FILE_SIZE_HEADER)) {
             (Some(bs), Some(fs)) => {
                 let block_size = u32::try_from(bs).map_err(|_| ServiceError::BlockSizeHeader(bs))?;
-                Ok(Some(VolumeMeta { block_size, file_size: fs }))
+                Ok(VolumeProbe::Meta(VolumeMeta { block_size, file_size: fs }))
             }
-            _ => Ok(None),
+            _ => Ok(VolumeProbe::Bare(resp.header("content-length").and_then(|v| v.trim().parse::<u64>().ok()))),
         }
     }
 

@@ -68,7 +68,7 @@ pub fn is_retryable(e: &StoreError) -> bool {
         | StoreError::NotRunning
         | StoreError::NoSuchBucket { .. }
         | StoreError::Request(_)
-        | StoreError::TokenUncertain { .. }
+        | StoreError::TokenUnsettled(_)
         | StoreError::CacheFile { .. }
         | StoreError::PastEnd { .. }
         | StoreError::Contract(_)

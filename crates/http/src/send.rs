@@ -8,7 +8,8 @@ use crate::stats::{add_time, bump};
 use crate::{S3Config, S3Store, sign, xml};
 use s3b_store::{Result, StoreError};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 impl S3Store {
     /// Sends one attempt and reads the whole answer.

@@ -87,19 +87,10 @@ pub enum StoreError {
     /// A request could not be built (bad base URL, signing failure).
     #[error("can't build the request")]
     Request(#[source] BoxError),
-    /// The mount token could not be set safely: another mount starting at the same moment
-    /// cannot be ruled out.
-    #[error(
-        "setting the mount token took {took_ms} ms or needed a retry, so another mount starting at the same time \
-         cannot be ruled out (the limit is {limit_ms} ms); if no other mount is running, use --reset-mounted-flag \
-         and try again"
-    )]
-    TokenUncertain {
-        /// How long setting the token took.
-        took_ms: u128,
-        /// The most it may take.
-        limit_ms: u128,
-    },
+    /// The mount token would not settle: this mount's token kept disappearing from the store
+    /// (another program deleting it) within one retry budget.
+    #[error("the mount token did not settle: {0}")]
+    TokenUnsettled(String),
     /// The persistent cache file is unusable.
     #[error("cache file {}", path.display())]
     CacheFile {

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod faults;
+pub mod fence;
 pub mod keys;
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -23,6 +24,7 @@ pub mod stats;
 mod types;
 
 pub use error::{BoxError, Chain, ContractError, StoreError};
+pub use fence::{TokenCondition, TokenObject, TokenState};
 pub use stats::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
 pub use types::*;
 
@@ -167,12 +169,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Reads the volume size metadata (kept with block 0), if any.
     async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>>;
 
+    /// What block 0 tells about the geometry: its size metadata, or the length of a block 0
+    /// without it. The default knows only the metadata.
+    async fn probe_volume(&self) -> Result<VolumeProbe> {
+        Ok(match self.read_volume_meta().await? {
+            Some(meta) => VolumeProbe::Meta(meta),
+            None => VolumeProbe::Nothing,
+        })
+    }
+
     /// Reads and optionally changes the mount token; returns the previous value (0 = none).
     async fn mount_token(&self, op: TokenOp) -> Result<u32>;
 
     /// Changes the mount token from `expected` to `new` (0 clears it), but only if it is still
     /// `expected`: of several mounts that start at once, at most one may succeed. Returns
-    /// [`TokenSwap::Changed`] with the token found when another mount got there first.
+    /// [`TokenSwap::Done`] with the token now set (`new`, or another value of this mount's for a
+    /// transport that writes a fresh value per attempt), or [`TokenSwap::Changed`] with the
+    /// token found when another mount got there first.
     ///
     /// The default reads, compares and writes, which is only atomic for a store no other
     /// process uses at the same time; transports shared between hosts override it.
@@ -182,7 +195,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             return Ok(TokenSwap::Changed(current));
         }
         self.mount_token(if new == 0 { TokenOp::Clear } else { TokenOp::Set(new) }).await?;
-        Ok(TokenSwap::Done)
+        Ok(TokenSwap::Done(new))
     }
 
     /// Makes the given objects (all for `None`) durable. Stateless transports return at once.
@@ -203,9 +216,26 @@ pub fn part_bounds(n: BlockNum, offset: u32, len: usize, block_size: u32) -> Res
     }
 }
 
-/// A byte buffer of `len` zeros, shared so that zero blocks cost no allocation per read.
+/// Length of the static zero buffer [`zero_block`] slices: blocks up to 1 MiB (nearly all
+/// volumes) cost neither an allocation nor a reference count.
+const STATIC_ZEROS: usize = 1 << 20;
+/// In the zero-initialised data segment: pages nobody writes are the kernel's shared zero page.
+static ZEROS: [u8; STATIC_ZEROS] = [0; STATIC_ZEROS];
+
+/// A byte buffer of `len` zeros, shared: every call returns a view of one buffer, so a zero
+/// block read (a hole) costs no allocation and no zeroing. Blocks up to 1 MiB slice a static
+/// buffer; larger ones share one heap buffer, grown (once per larger size) when needed.
 pub fn zero_block(len: u32) -> Bytes {
-    Bytes::from(vec![0u8; len as usize])
+    let len = len as usize;
+    if len <= STATIC_ZEROS {
+        return Bytes::from_static(&ZEROS[..len]);
+    }
+    static LARGE: std::sync::Mutex<Option<Bytes>> = std::sync::Mutex::new(None);
+    let mut large = LARGE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*large {
+        Some(b) if b.len() >= len => b.slice(..len),
+        _ => large.insert(Bytes::from(vec![0u8; len])).clone(),
+    }
 }
 
 /// True when every byte of `data` is zero.
@@ -219,6 +249,19 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zero blocks of every size are zeros of that length, and share one buffer per size
+    /// class instead of allocating one each.
+    #[test]
+    fn zero_blocks_share_one_buffer() {
+        for len in [0u32, 1, 4096, 65536, 1 << 20, (1 << 20) + 1, 3 << 20, 2 << 20] {
+            let (a, b) = (zero_block(len), zero_block(len));
+            assert_eq!(a.len(), len as usize);
+            assert!(is_zero(&a));
+            assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for blocks of {len} bytes");
+        }
+        assert_eq!(zero_block(4096).as_ptr(), zero_block(65536).as_ptr());
+    }
 
     #[test]
     fn zero_detection() {

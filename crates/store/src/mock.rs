@@ -11,13 +11,17 @@
 //! - failures ([`Fail`]): the next N operations, every operation on one block, every one, or a
 //!   share of them, with [`StoreError::Injected`] or an error the test chooses.
 //!
+//! [`MemTokenObject`] is a third double: an S3 server holding one mount token object, with the
+//! faults S3 documents (503, 500), lost answers, dropped requests and late application.
+//!
 //! An operation goes through its hooks in this order: counted as called (and in flight), gates,
 //! delay, failure, the map, then the gates behind it; it stops being in flight when it returns
 //! or is dropped.
 
 use crate::{
     BlockData, BlockNum, BlockStore, Etag, Geometry, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
-    ReadRequest, Result, Revalidation, StoreError, TokenOp, TokenSwap, VolumeMeta,
+    ReadRequest, Result, Revalidation, StoreError, TokenCondition, TokenObject, TokenOp, TokenState, TokenSwap,
+    VolumeMeta,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -689,7 +693,7 @@ impl ObjectStore for MemObjects {
         self.hooks
             .run(Op::Token, None, || {
                 Ok(match self.token.compare_exchange(expected, new, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => TokenSwap::Done,
+                    Ok(_) => TokenSwap::Done(new),
                     Err(now) => TokenSwap::Changed(now),
                 })
             })
@@ -698,6 +702,315 @@ impl ObjectStore for MemObjects {
 
     async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
         self.hooks.run(Op::Flush, None, || Ok(())).await
+    }
+}
+
+/// A token request kind, for [`MemTokenObject`]'s scripts and counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenReq {
+    /// [`TokenObject::head_token`].
+    Head,
+    /// [`TokenObject::put_token`].
+    Put,
+    /// [`TokenObject::delete_token`].
+    Delete,
+}
+
+/// What [`MemTokenObject`] does with one request instead of answering it plainly: the errors S3
+/// documents and the ones a network adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFault {
+    /// Refused with this HTTP status, nothing done (503 SlowDown, 500 InternalError, 429).
+    Refuse(u16),
+    /// Done, then answered with this status (a 500 from a server that stored the write).
+    DoneThenStatus(u16),
+    /// Done, but the answer is lost: the client sees a reset connection.
+    LostAnswer,
+    /// Never reaches the server: the client sees a reset connection.
+    Dropped,
+    /// The answer is lost now (a reset), and the server applies the request this long after it
+    /// arrived (it was still working on it when the client gave up). A HEAD is just lost.
+    AppliedLater(Duration),
+}
+
+/// How [`MemTokenObject`] treats the preconditions of writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenPreconditions {
+    /// Checked and applied atomically (AWS S3).
+    Atomic,
+    /// Ignored: every write is done (Garage 2.5).
+    Ignored,
+    /// Checked when the request arrives, applied when it is answered: two writes that arrive
+    /// together both pass (s3s-fs 0.14).
+    CheckThenWrite,
+}
+
+/// Random faults and latencies of [`MemTokenObject`], in percent of requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenChaos {
+    /// Seed of the random choices (runs are reproducible).
+    pub seed: u64,
+    /// Refused with 503.
+    pub refuse_503: u32,
+    /// Refused with 500.
+    pub refuse_500: u32,
+    /// Done, answered 500.
+    pub done_500: u32,
+    /// Done, answer lost.
+    pub lost: u32,
+    /// Dropped before the server.
+    pub dropped: u32,
+    /// Applied up to `later_max` after arrival, answer lost.
+    pub later: u32,
+    /// Longest delay of a late application.
+    pub later_max: Duration,
+    /// Each request takes a random time below this to arrive, and again to be answered.
+    pub latency_max: Duration,
+}
+
+/// A write waiting to be applied.
+#[derive(Clone, Debug)]
+struct TokenWrite {
+    /// The new token; 0 deletes the object.
+    token: u32,
+    cond: TokenCondition,
+}
+
+struct TokenServer {
+    /// 0: no object.
+    token: u32,
+    version: u64,
+    pending: Vec<(tokio::time::Instant, TokenWrite)>,
+    history: Vec<(tokio::time::Instant, u32)>,
+    scripts: HashMap<TokenReq, std::collections::VecDeque<Option<TokenFault>>>,
+    chaos: Option<(rand::rngs::StdRng, TokenChaos)>,
+    requests: HashMap<TokenReq, u64>,
+    conditions_seen: u64,
+    /// Whether late writes are checked against their precondition when they take effect.
+    check_late: bool,
+}
+
+/// An in-memory S3 server holding one mount token object, for the fenced mount protocol's tests
+/// (it implements [`TokenObject`]): it answers each request after a latency, and can refuse it
+/// (503, 500), lose its answer after doing it, drop it, or apply it later, by script
+/// ([`script`](Self::script)) or at random ([`chaos`](Self::chaos)). Preconditions are honoured
+/// as one of the real servers does ([`TokenPreconditions`]). Every applied write is recorded
+/// with the time it took effect ([`history`](Self::history)). Time is tokio's, so on the paused
+/// clock a test is a deterministic script.
+pub struct MemTokenObject {
+    server: Mutex<TokenServer>,
+    preconditions: TokenPreconditions,
+}
+
+impl MemTokenObject {
+    /// A server without a token object, honouring preconditions as `preconditions` says.
+    pub fn new(preconditions: TokenPreconditions) -> Self {
+        MemTokenObject {
+            server: Mutex::new(TokenServer {
+                token: 0,
+                version: 0,
+                pending: Vec::new(),
+                history: Vec::new(),
+                scripts: HashMap::new(),
+                chaos: None,
+                requests: HashMap::new(),
+                conditions_seen: 0,
+                check_late: preconditions != TokenPreconditions::Ignored,
+            }),
+            preconditions,
+        }
+    }
+
+    /// The next requests of kind `req` meet these faults in turn (`None`: answered plainly);
+    /// after the script come the random ones, if any.
+    pub fn script(&self, req: TokenReq, faults: &[Option<TokenFault>]) {
+        self.server.lock().scripts.entry(req).or_default().extend(faults.iter().copied());
+    }
+
+    /// Random faults and latencies from now on.
+    pub fn chaos(&self, chaos: TokenChaos) {
+        use rand::SeedableRng;
+        self.server.lock().chaos = Some((rand::rngs::StdRng::seed_from_u64(chaos.seed), chaos));
+    }
+
+    /// The token now (0: none), with every late write due by now applied.
+    pub fn token(&self) -> u32 {
+        let mut s = self.server.lock();
+        s.apply_due(tokio::time::Instant::now());
+        s.token
+    }
+
+    /// Stores a token past the faults, as another program would (0 deletes it).
+    pub fn set_token(&self, token: u32) {
+        let mut s = self.server.lock();
+        s.apply(tokio::time::Instant::now(), token);
+    }
+
+    /// Every write applied so far: when it took effect and the token it left (0: deleted).
+    pub fn history(&self) -> Vec<(tokio::time::Instant, u32)> {
+        let mut s = self.server.lock();
+        s.apply_due(tokio::time::Instant::now());
+        s.history.clone()
+    }
+
+    /// Late writes not applied yet.
+    pub fn pending(&self) -> usize {
+        self.server.lock().pending.len()
+    }
+
+    /// Requests of kind `req` received so far.
+    pub fn requests(&self, req: TokenReq) -> u64 {
+        self.server.lock().requests.get(&req).copied().unwrap_or(0)
+    }
+
+    /// Writes received so far that carried a precondition.
+    pub fn conditional_requests(&self) -> u64 {
+        self.server.lock().conditions_seen
+    }
+
+    /// Runs one request: `write` is `None` for a HEAD.
+    async fn request(&self, req: TokenReq, write: Option<TokenWrite>) -> Result<TokenState> {
+        let (fault, arrive, answer) = {
+            let mut s = self.server.lock();
+            *s.requests.entry(req).or_default() += 1;
+            if write.as_ref().is_some_and(|w| w.cond != TokenCondition::None) {
+                s.conditions_seen += 1;
+            }
+            let scripted = s.scripts.get_mut(&req).and_then(|q| q.pop_front());
+            let (fault, arrive, answer) = s.roll();
+            (scripted.unwrap_or(fault), arrive, answer)
+        };
+        tokio::time::sleep(arrive).await;
+        let reset = || StoreError::Transport("connection reset by peer (injected)".into());
+        let status = |status: u16| StoreError::Http { status, message: "injected".into() };
+        let outcome = match fault {
+            Some(TokenFault::Dropped) => return Err(reset()),
+            Some(TokenFault::Refuse(code)) => Err(status(code)),
+            Some(TokenFault::AppliedLater(d)) => {
+                if let Some(w) = write {
+                    self.server.lock().pending.push((tokio::time::Instant::now() + d, w));
+                }
+                Err(reset())
+            }
+            _ => self.act(write, answer).await,
+        };
+        tokio::time::sleep(answer).await;
+        match (fault, outcome) {
+            (Some(TokenFault::LostAnswer), _) => Err(reset()),
+            (Some(TokenFault::DoneThenStatus(code)), _) => Err(status(code)),
+            (_, outcome) => outcome,
+        }
+    }
+
+    /// Does a request that reached the server; a write that checks and then writes takes
+    /// `answer` (half of it) between the two.
+    async fn act(&self, write: Option<TokenWrite>, answer: Duration) -> Result<TokenState> {
+        let checked_only = {
+            let now = tokio::time::Instant::now();
+            let mut s = self.server.lock();
+            s.apply_due(now);
+            match (&write, self.preconditions) {
+                (None, _) => return Ok(s.state()),
+                (Some(w), TokenPreconditions::Atomic) => return s.write(now, w, true),
+                (Some(w), TokenPreconditions::Ignored) => return s.write(now, w, false),
+                (Some(w), TokenPreconditions::CheckThenWrite) => {
+                    s.check(&w.cond)?;
+                    w.clone()
+                }
+            }
+        };
+        tokio::time::sleep(answer / 2).await;
+        let now = tokio::time::Instant::now();
+        let mut s = self.server.lock();
+        s.apply_due(now);
+        s.write(now, &checked_only, false)
+    }
+}
+
+impl TokenServer {
+    fn state(&self) -> TokenState {
+        TokenState { token: self.token, etag: (self.token != 0).then(|| format!("\"v{}\"", self.version)) }
+    }
+
+    /// A fault for the next request (if chaos is on) and its two latencies.
+    fn roll(&mut self) -> (Option<TokenFault>, Duration, Duration) {
+        let Some((rng, c)) = self.chaos.as_mut() else {
+            return (None, Duration::ZERO, Duration::ZERO);
+        };
+        let mut lat =
+            || if c.latency_max.is_zero() { Duration::ZERO } else { rng.gen_range(Duration::ZERO..c.latency_max) };
+        let (arrive, answer) = (lat(), lat());
+        let r = rng.gen_range(0..100u32);
+        let mut edge = 0;
+        let mut pick = |pct: u32| {
+            edge += pct;
+            r < edge
+        };
+        let fault = if pick(c.refuse_503) {
+            Some(TokenFault::Refuse(503))
+        } else if pick(c.refuse_500) {
+            Some(TokenFault::Refuse(500))
+        } else if pick(c.done_500) {
+            Some(TokenFault::DoneThenStatus(500))
+        } else if pick(c.lost) {
+            Some(TokenFault::LostAnswer)
+        } else if pick(c.dropped) {
+            Some(TokenFault::Dropped)
+        } else if pick(c.later) {
+            let max = c.later_max.max(Duration::from_millis(1));
+            Some(TokenFault::AppliedLater(rng.gen_range(Duration::ZERO..max)))
+        } else {
+            None
+        };
+        (fault, arrive, answer)
+    }
+
+    fn check(&self, cond: &TokenCondition) -> Result<()> {
+        let holds = match cond {
+            TokenCondition::None => true,
+            TokenCondition::Absent => self.token == 0,
+            TokenCondition::Is(etag) => self.state().etag.as_deref() == Some(etag.as_str()),
+        };
+        if holds { Ok(()) } else { Err(StoreError::Stale(0)) }
+    }
+
+    fn write(&mut self, now: tokio::time::Instant, w: &TokenWrite, checked: bool) -> Result<TokenState> {
+        if checked {
+            self.check(&w.cond)?;
+        }
+        self.apply(now, w.token);
+        Ok(self.state())
+    }
+
+    fn apply(&mut self, at: tokio::time::Instant, token: u32) {
+        self.token = token;
+        self.version += 1;
+        self.history.push((at, token));
+    }
+
+    /// Applies the late writes due by `now`, in order, each checked (unless preconditions are
+    /// ignored) as the server would then.
+    fn apply_due(&mut self, now: tokio::time::Instant) {
+        self.pending.sort_by_key(|(at, _)| *at);
+        while self.pending.first().is_some_and(|(at, _)| *at <= now) {
+            let (at, w) = self.pending.remove(0);
+            let _ = self.write(at, &w, self.check_late);
+        }
+    }
+}
+
+#[async_trait]
+impl TokenObject for MemTokenObject {
+    async fn head_token(&self) -> Result<TokenState> {
+        self.request(TokenReq::Head, None).await
+    }
+
+    async fn put_token(&self, token: u32, cond: &TokenCondition) -> Result<()> {
+        self.request(TokenReq::Put, Some(TokenWrite { token, cond: cond.clone() })).await.map(drop)
+    }
+
+    async fn delete_token(&self, cond: &TokenCondition) -> Result<()> {
+        self.request(TokenReq::Delete, Some(TokenWrite { token: 0, cond: cond.clone() })).await.map(drop)
     }
 }
 
@@ -806,7 +1119,7 @@ mod tests {
         assert_eq!(m.read_volume_meta().await.unwrap(), Some(meta));
         m.delete_object(0).await.unwrap();
         assert_eq!(m.get_object(0, ReadCondition::None).await.unwrap(), GetOutcome::NotFound);
-        assert_eq!(m.swap_mount_token(0, 5).await.unwrap(), TokenSwap::Done);
+        assert_eq!(m.swap_mount_token(0, 5).await.unwrap(), TokenSwap::Done(5));
         assert_eq!(m.swap_mount_token(0, 6).await.unwrap(), TokenSwap::Changed(5));
         assert_eq!(m.mount_token(TokenOp::Clear).await.unwrap(), 5);
         assert_eq!((m.token(), m.calls(Op::Token), m.calls(Op::Write)), (0, 3, 2));

@@ -234,6 +234,18 @@ pub struct VolumeMeta {
     pub file_size: u64,
 }
 
+/// What block 0 tells about the volume's geometry ([`crate::ObjectStore::probe_volume`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeProbe {
+    /// Block 0 carries the size metadata.
+    Meta(VolumeMeta),
+    /// Block 0 exists without size metadata (a disk image published by a plain web server);
+    /// its object is this many bytes (`None`: the server did not say).
+    Bare(Option<u64>),
+    /// No block 0, or a store that cannot tell.
+    Nothing,
+}
+
 /// An operation on the mount token (upstream `set_mount_token`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenOp {
@@ -248,8 +260,9 @@ pub enum TokenOp {
 /// Outcome of [`crate::ObjectStore::swap_mount_token`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenSwap {
-    /// The token was `expected` and is now the new value.
-    Done,
+    /// The token was `expected` and is now this value: the one asked for, or another this
+    /// mount wrote (the S3 transport writes a fresh value per attempt); 0 once cleared.
+    Done(u32),
     /// The token was not (or no longer) `expected`: it is this value now, left as it is.
     Changed(u32),
 }

@@ -1,7 +1,8 @@
 //! A failure-injecting HTTP proxy on 127.0.0.1, put between an S3 client and the real server.
 //!
 //! Each request read from the client is, at random (with the configured percentages):
-//! - answered with `503 SlowDown` without reaching the server (a 5xx),
+//! - answered with `503 SlowDown` without reaching the server (a 5xx), or with `500
+//!   InternalError` ([`FaultProxy::set_internal_error_percent`]),
 //! - forwarded, and then the client connection is reset before any answer (the server did
 //!   the work but the client cannot know), or reset without forwarding,
 //! - stalled: held for [`FaultConfig::stall`] (longer than the client's timeout), then dropped,
@@ -47,6 +48,8 @@ pub struct FaultCounts {
     pub requests: u64,
     /// 503 answers injected.
     pub errors: u64,
+    /// 500 answers injected.
+    pub internal_errors: u64,
     /// Connections reset.
     pub resets: u64,
     /// Requests stalled.
@@ -58,7 +61,7 @@ pub struct FaultCounts {
 impl FaultCounts {
     /// All injected faults.
     pub fn faults(&self) -> u64 {
-        self.errors + self.resets + self.stalls + self.corrupts
+        self.errors + self.internal_errors + self.resets + self.stalls + self.corrupts
     }
 }
 
@@ -67,6 +70,8 @@ struct Shared {
     enabled: AtomicBool,
     requests: AtomicU64,
     errors: AtomicU64,
+    internal_percent: std::sync::atomic::AtomicU32,
+    internal_errors: AtomicU64,
     resets: AtomicU64,
     stalls: AtomicU64,
     corrupts: AtomicU64,
@@ -111,6 +116,12 @@ impl FaultProxy {
         self.shared.enabled.store(on, Ordering::SeqCst);
     }
 
+    /// Answers this percentage of requests (rolled after the 503s) with `500 InternalError`
+    /// without forwarding them.
+    pub fn set_internal_error_percent(&self, percent: u32) {
+        self.shared.internal_percent.store(percent, Ordering::SeqCst);
+    }
+
     /// Refuses (or, with `false`, forwards again) every listing of a bucket with `403
     /// AccessDenied`, whatever the fault settings.
     pub fn set_deny_listing(&self, on: bool) {
@@ -133,6 +144,7 @@ impl FaultProxy {
         FaultCounts {
             requests: s.requests.load(Ordering::SeqCst),
             errors: s.errors.load(Ordering::SeqCst),
+            internal_errors: s.internal_errors.load(Ordering::SeqCst),
             resets: s.resets.load(Ordering::SeqCst),
             stalls: s.stalls.load(Ordering::SeqCst),
             corrupts: s.corrupts.load(Ordering::SeqCst),
@@ -204,7 +216,7 @@ fn roll(sh: &Shared) -> u32 {
     let mut z = sh.seq.fetch_add(1, Ordering::SeqCst).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    ((z ^ (z >> 31)) % 100) as u32
+    u32::try_from((z ^ (z >> 31)) % 100).expect("below 100")
 }
 
 fn reset(conn: &TcpStream) {
@@ -223,7 +235,7 @@ fn socket_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).expect("linger fits a socklen_t"),
         )
     };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
@@ -246,10 +258,18 @@ fn serve(conn: TcpStream, upstream: u16, cfg: FaultConfig, sh: &Shared) {
             continue;
         }
         let r = if sh.enabled.load(Ordering::SeqCst) { roll(sh) } else { 100 };
-        let (e, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
-        if r < e {
+        let (e5, rs, st) = (cfg.error_percent, cfg.reset_percent, cfg.stall_percent);
+        if r < e5 {
             sh.errors.fetch_add(1, Ordering::SeqCst);
             if !s3_error(&mut out, "503 Service Unavailable", "SlowDown", "injected") {
+                return;
+            }
+            continue;
+        }
+        let e = e5 + sh.internal_percent.load(Ordering::SeqCst);
+        if r < e {
+            sh.internal_errors.fetch_add(1, Ordering::SeqCst);
+            if !s3_error(&mut out, "500 Internal Server Error", "InternalError", "injected") {
                 return;
             }
             continue;

@@ -107,7 +107,7 @@ pub fn errno(e: &StoreError) -> i32 {
         | StoreError::Transport(_)
         | StoreError::Refused(_)
         | StoreError::Request(_)
-        | StoreError::TokenUncertain { .. }
+        | StoreError::TokenUnsettled(_)
         | StoreError::CacheFile { .. }
         | StoreError::Contract(_)
         | StoreError::Injected

@@ -1,0 +1,619 @@
+//! The state the cache and its background tasks share ([`Shared`]), and the operations on it
+//! that the front end, read-ahead and the write-back engine ([`crate::writeback`]) all use:
+//! looking a block up or loading it, accepting writes, completing partial blocks, waiting for
+//! uploads, and keeping the cache file's copy of a block current.
+//!
+//! The bookkeeping ([`State`]) is under one mutex, held only for in-memory work: never across
+//! a read or write of the store, nor of the cache file. A change to a block's cache-file record
+//! is decided under the lock (the entry changes, its slot is taken out), written outside it by
+//! [`Shared::persist`], and committed back under the lock; the record's generation
+//! ([`crate::state::Image`]) tells whether it is current, so a rewrite a newer one made
+//! pointless is skipped. Cache-file writes run one at a time, in the order they are asked
+//! for, so the file's ordering rules (data synced before the entry naming it) hold as before,
+//! while cache hits and other blocks' operations never wait for the disk.
+
+use crate::file::CacheFile;
+use crate::ranges::{ByteRanges, MAX_RANGES};
+use crate::readahead::ReadAhead;
+use crate::state::{self, BlockState, Entry, State};
+use crate::stats::CacheStats;
+use crate::{CacheConfig, writeback};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use s3b_store::{
+    BlockData, BlockNum, BlockStore, Etag, ReadOutcome, ReadRequest, Result, Revalidation, StoreError, is_zero,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+/// What the cache and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) inner: Arc<dyn BlockStore>,
+    pub(crate) cfg: CacheConfig,
+    pub(crate) block_size: u32,
+    pub(crate) state: Mutex<State>,
+    /// Signalled (notify_waiters) whenever an entry changes phase or leaves the cache.
+    pub(crate) changed: Notify,
+    /// Wakes the write-back scheduler.
+    pub(crate) wake: Notify,
+    /// Bounds read-ahead fetches.
+    pub(crate) ra_pool: Arc<Semaphore>,
+    pub(crate) ra: Mutex<ReadAhead>,
+    pub(crate) stats: Arc<CacheStats>,
+    pub(crate) file: Option<Arc<CacheFile>>,
+    /// Taken by each cache-file write ([`Shared::persist`]): one at a time, first come first
+    /// served (tokio's mutex is fair).
+    pub(crate) file_turn: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// The one way to wait for the state to change: a wait armed now, so that a change made
+    /// after this call (while the caller looks at the state under the lock) still wakes it.
+    /// Every state change is followed by `changed.notify_waiters()`.
+    pub(crate) fn next_change(&self) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+        let mut notified = Box::pin(self.changed.notified());
+        notified.as_mut().enable();
+        notified
+    }
+
+    /// Returns the data of block `n` from the cache, loading it on a miss. `count` says whether
+    /// this is a foreground read (counted in the hit/miss stats).
+    pub(crate) async fn get(self: &Arc<Self>, n: BlockNum, count: bool) -> Result<ReadOutcome> {
+        let mut counted = !count;
+        loop {
+            let notified = self.next_change();
+            enum Step {
+                Wait,
+                Done(ReadOutcome),
+                Through,
+                Load(Option<Etag>),
+                Fill,
+            }
+            let step = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                match st.entries.get(&n) {
+                    Some(e) if matches!(e.state(), BlockState::Loading) => {
+                        if !counted {
+                            // Somebody (read-ahead or another reader) is already fetching it.
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                        Step::Wait
+                    }
+                    Some(e) if e.partial().is_some() => {
+                        // Written only in part: the rest comes from the store first.
+                        if !counted {
+                            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
+                        }
+                        Step::Fill
+                    }
+                    Some(e) if matches!(e.state(), BlockState::Clean(c) if c.verify) => {
+                        // Reloaded from the cache file: check it against the store first.
+                        let etag = e.etag();
+                        st.start_verify(n);
+                        Step::Load(etag)
+                    }
+                    Some(e) => {
+                        let out = outcome(&e.data, e.etag());
+                        st.touch(n, now);
+                        if !counted {
+                            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Step::Done(out)
+                    }
+                    None => {
+                        if !counted {
+                            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if self.make_room(&mut st) {
+                            st.insert_loading(n, now);
+                            Step::Load(None)
+                        } else {
+                            // Full of dirty or busy blocks: read through without caching.
+                            Step::Through
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Wait => notified.await,
+                Step::Done(out) => return Ok(out),
+                Step::Through => return self.inner.read_block(n, ReadRequest::PLAIN).await,
+                Step::Load(etag) => {
+                    if let Some(r) = detached(self, move |sh| async move { sh.load(n, etag).await }).await? {
+                        return r;
+                    }
+                }
+                Step::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
+            }
+        }
+    }
+
+    /// Performs the inner read for an entry this task put in the loading phase. `None` when
+    /// the entry became a partially written block meanwhile: ask again with [`Shared::get`].
+    pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Option<Result<ReadOutcome>> {
+        let res = match verify {
+            Some(etag) => self.inner.revalidate(n, etag).await,
+            None => self.inner.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed),
+        };
+        let mut st = self.state.lock();
+        let Some(e) = st.entries.get_mut(&n) else {
+            unreachable_entry(n);
+            // Without the entry an unchanged answer has no data to give: ask again.
+            return match res {
+                Ok(Revalidation::Unchanged) => None,
+                Ok(Revalidation::Changed(out)) => Some(Ok(out)),
+                Err(e) => Some(Err(e)),
+            };
+        };
+        let loading = matches!(e.state(), BlockState::Loading);
+        if !loading && e.partial().is_some() {
+            // Replaced (and since evicted and written in part) while we read: what we read may
+            // predate the block's last upload, so it must not complete the partial block.
+            drop(st);
+            self.changed.notify_waiters();
+            return None;
+        }
+        let result = if !loading {
+            // A write replaced the block while we were reading: its data wins.
+            Ok(outcome(&e.data, e.etag()))
+        } else {
+            match res {
+                Ok(Revalidation::Unchanged) => {
+                    // Only a check of a reloaded block (`verify` is its ETag) answers this.
+                    self.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    e.last_access = Instant::now();
+                    let out = outcome(&e.data, verify);
+                    st.set_clean(n, verify, false);
+                    Ok(out)
+                }
+                Ok(Revalidation::Changed(out)) => {
+                    if verify.is_some() {
+                        self.stats.mismatch.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let (data, etag) = match &out {
+                        ReadOutcome::Data { data, etag } => (Some(data.clone()), *etag),
+                        _ => (None, None),
+                    };
+                    e.data = data;
+                    e.last_access = Instant::now();
+                    // A reloaded block that changed in the store: its slot holds the old data.
+                    e.slot_image = None;
+                    st.set_clean(n, etag, false);
+                    if self.file.is_some() {
+                        // Recorded in the background: a reader does not wait for the disk.
+                        let sh = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = sh.persist(n).await {
+                                log::error!("block cache: can't record block {n:#010x} in the cache file: {e}");
+                            }
+                        });
+                    }
+                    Ok(out)
+                }
+                Err(err) => {
+                    self.drop_entry(&mut st, n);
+                    Err(err)
+                }
+            }
+        };
+        drop(st);
+        self.changed.notify_waiters();
+        Some(result)
+    }
+
+    /// Removes a clean or loading entry and frees its file slot.
+    pub(crate) fn drop_entry(&self, st: &mut State, n: BlockNum) {
+        if let Some(e) = st.remove(n)
+            && let (Some(slot), Some(f)) = (e.slot, &self.file)
+        {
+            f.release(slot);
+        }
+    }
+
+    /// Makes room for one more entry by evicting a clean block if needed. False when the cache
+    /// is full and nothing can be evicted.
+    pub(crate) fn make_room(&self, st: &mut State) -> bool {
+        while st.entries.len() >= self.cfg.size {
+            let Some(victim) = st.lru_oldest() else {
+                return false;
+            };
+            self.drop_entry(st, victim);
+        }
+        true
+    }
+
+    /// Accepts a write of a whole block into the cache, waiting for room when needed.
+    pub(crate) async fn write(self: &Arc<Self>, n: BlockNum, data: Option<BlockData>) -> Result<()> {
+        let data = data.map(BlockData::into_bytes);
+        self.write_with(n, |_| Prepared::Data(data.clone(), None)).await
+    }
+
+    /// Accepts `part` at byte `off` of block `n` (not the whole block) without reading the
+    /// block when it is not cached.
+    pub(crate) async fn write_part(self: &Arc<Self>, n: BlockNum, off: u32, end: u32, part: Bytes) -> Result<()> {
+        let bs = self.block_size;
+        self.write_with(n, |e| {
+            // What is known of the block: all of it, some ranges, or nothing (not cached, or
+            // reloaded from the cache file and not verified yet: its data may be stale).
+            let known = match e.map(|e| (e, e.state())) {
+                Some((_, BlockState::Loading)) => return Prepared::Wait,
+                Some((_, BlockState::Clean(c))) if c.verify => None,
+                other => other,
+            };
+            let (base, valid) = match known {
+                Some((e, _)) => (e.data.clone(), e.partial().cloned()),
+                None => (None, Some(ByteRanges::default())),
+            };
+            if let Some(v) = &valid
+                && v.len_after(off, end) > MAX_RANGES
+            {
+                return Prepared::Fill;
+            }
+            if let Some((_, BlockState::Clean(_))) = known {
+                let same =
+                    base.as_deref().map_or_else(|| is_zero(&part), |d| d[off as usize..end as usize] == part[..]);
+                if same {
+                    return Prepared::Unchanged;
+                }
+            }
+            let mut buf = match &base {
+                Some(d) => BytesMut::from(&d[..]),
+                None => BytesMut::zeroed(bs as usize),
+            };
+            buf[off as usize..end as usize].copy_from_slice(&part);
+            let valid = valid
+                .map(|mut v| {
+                    v.insert(off, end);
+                    v
+                })
+                .filter(|v| !v.is_full(bs));
+            let data = (!is_zero(&buf)).then(|| buf.freeze());
+            Prepared::Data(data, valid)
+        })
+        .await
+    }
+
+    /// Accepts a write into the cache, waiting for room when needed. `prepare` sees the
+    /// block's entry (under the lock) and says what the block becomes.
+    async fn write_with(self: &Arc<Self>, n: BlockNum, prepare: impl Fn(Option<&Entry>) -> Prepared) -> Result<()> {
+        let mut counted = false;
+        let ver = loop {
+            let notified = self.next_change();
+            enum Next {
+                Changed,
+                Room,
+                Fill,
+                Done(u64),
+            }
+            let next = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                let present = st.entries.contains_key(&n);
+                if !counted {
+                    let c = if present { &self.stats.write_hits } else { &self.stats.write_misses };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    counted = true;
+                }
+                match prepare(st.entries.get(&n)) {
+                    Prepared::Unchanged => return Ok(()),
+                    Prepared::Wait => Next::Changed,
+                    Prepared::Fill => Next::Fill,
+                    Prepared::Data(data, valid) => {
+                        let already_dirty = st.entries.get(&n).is_some_and(Entry::is_dirty);
+                        let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count() >= self.cfg.max_dirty;
+                        if (!already_dirty && over_dirty_limit) || (!present && !self.make_room(&mut st)) {
+                            Next::Room
+                        } else {
+                            let ver = self.apply_write(&mut st, n, data, valid, now);
+                            if st.take_kick() || writeback::hurried(self, &st) {
+                                self.wake.notify_one();
+                            }
+                            Next::Done(ver)
+                        }
+                    }
+                }
+            };
+            match next {
+                Next::Done(ver) => {
+                    self.changed.notify_waiters();
+                    // Recorded in the cache file before the write returns, outside the lock (in
+                    // a task of its own, so a caller that stops waiting does not skip it).
+                    if self.file.is_some() {
+                        detached(self, move |sh| async move { sh.persist(n).await }).await??;
+                    }
+                    break ver;
+                }
+                Next::Changed => notified.await,
+                Next::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
+                Next::Room => {
+                    // Counted while waiting (uploads hurry meanwhile), uncounted however the
+                    // wait ends, a cancelled caller included.
+                    let _waiting = Raised::new(self, |st| &mut st.waiters.room);
+                    self.wake.notify_one();
+                    notified.await;
+                }
+            }
+        };
+        if self.cfg.sync {
+            self.wait_uploaded(&[(n, ver)]).await;
+        }
+        Ok(())
+    }
+
+    /// Makes block `n` dirty with `data` (partial when `valid` is given) in its entry (the
+    /// caller then records it in the cache file with [`Shared::persist`]). Returns the block's
+    /// new generation.
+    fn apply_write(
+        &self,
+        st: &mut State,
+        n: BlockNum,
+        data: Option<Bytes>,
+        valid: Option<ByteRanges>,
+        now: Instant,
+    ) -> u64 {
+        let e = st.write(n, data, valid, now);
+        let ver = e.ver;
+        if self.cfg.sync
+            && let Some(d) = e.dirty_mut()
+        {
+            d.upload.urgent = true;
+            if st.sched.hurry(n) {
+                st.kick();
+            }
+        }
+        ver
+    }
+
+    /// Makes the cache file's record of block `n` what its entry is now (nothing without a
+    /// cache file, or when the record is current already). The change is decided under the
+    /// lock, the slot taken out of the entry; the writes and the `fdatasync` run outside it,
+    /// one `persist` at a time in the order called; then the slot goes back into the entry,
+    /// labelled with the generation written. A write after the decision leaves the entry
+    /// newer than the record: its own `persist` follows this one and rewrites it.
+    ///
+    /// An entry gone meanwhile (evicted) gets its slot freed. Errors are about the file only:
+    /// the cached block is unaffected, but the file no longer holds it.
+    pub(crate) async fn persist(&self, n: BlockNum) -> Result<()> {
+        let Some(f) = &self.file else { return Ok(()) };
+        let _turn = self.file_turn.lock().await;
+        let (image, old, old_image, data, valid, etag) = {
+            let mut st = self.state.lock();
+            let Some(e) = st.entries.get_mut(&n) else { return Ok(()) };
+            let Some(image) = e.image() else { return Ok(()) };
+            if e.slot.is_some() && e.slot_image == Some(image) {
+                return Ok(());
+            }
+            (image, e.slot.take(), e.slot_image.take(), e.data.clone(), e.partial().cloned(), e.etag())
+        };
+        let written = if image.dirty {
+            f.write_dirty(n, old, data.as_ref(), valid.as_ref())
+        } else {
+            // Clean: a slot holding this generation is relabelled, any other one replaced.
+            let current = old.filter(|_| old_image.is_some_and(|i| i.ver == image.ver));
+            if let (Some(stale), None) = (old, current) {
+                f.release(stale);
+            }
+            Ok(f.note_clean(n, current, data.as_ref(), etag))
+        };
+        let mut st = self.state.lock();
+        let slot = match written {
+            Ok(slot) => slot,
+            Err(e) => return Err(e),
+        };
+        match st.entries.get_mut(&n) {
+            Some(e) if e.slot.is_none() => (e.slot, e.slot_image) = (slot, slot.map(|_| image)),
+            _ => {
+                if let Some(slot) = slot {
+                    f.release(slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes a partially written block: reads the stored version once and merges it under
+    /// the lock, taking only the bytes outside the block's ranges as they are at merge time, so
+    /// a byte written during the read is never overwritten. Several callers share one read.
+    /// Returns once the block is whole (at once when it already is).
+    pub(crate) async fn fill(self: &Arc<Self>, n: BlockNum) -> Result<()> {
+        loop {
+            let Some(born) = self.start_fill(n).await else { return Ok(()) };
+            let res = self.inner.read_block(n, ReadRequest::PLAIN).await;
+            let merged = self.merge_fill(n, born, res);
+            self.changed.notify_waiters();
+            if self.state.lock().sched.unpark(n) {
+                // The scheduler set the block aside while we completed it: it is due.
+                self.wake.notify_one();
+            }
+            if merged? {
+                if let Err(x) = self.persist(n).await {
+                    log::error!("block cache: can't record completed block {n:#010x}: {x}");
+                }
+                return Ok(());
+            }
+            // A newer partial block than the one the read was for: it needs a read of its own.
+        }
+    }
+
+    /// Waits until no other completion of block `n` is in flight, then marks one as ours and
+    /// returns the generation ([`state::Partial::born`]) of the partial block it is for; `None`
+    /// when the block is whole (or not cached).
+    async fn start_fill(&self, n: BlockNum) -> Option<u64> {
+        loop {
+            let notified = self.next_change();
+            {
+                let mut st = self.state.lock();
+                let p = st.entries.get_mut(&n).and_then(Entry::partial_mut)?;
+                if !p.filling {
+                    p.filling = true;
+                    return Some(p.born());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Merges the stored version of block `n` (`res`, read for the partial block born at
+    /// generation `born`) into it. True when the block is whole now (or was already), false
+    /// when the read was for an older partial block than the one cached now: it may predate
+    /// the stored version, so nothing of it is used.
+    fn merge_fill(&self, n: BlockNum, born: u64, res: Result<ReadOutcome>) -> Result<bool> {
+        let mut st = self.state.lock();
+        let Some(e) = st.entries.get_mut(&n) else {
+            unreachable_entry(n);
+            return Ok(true);
+        };
+        match e.partial_mut() {
+            // Completed meanwhile by a whole-block write.
+            None => return res.map(|_| true),
+            // Whatever the read brought (an error included) was about an older block.
+            Some(p) if p.born() != born => return Ok(false),
+            Some(p) => p.filling = false,
+        }
+        let stored = res?.into_data(self.block_size);
+        let Some(state::Partial { valid, .. }) = e.dirty_mut().and_then(|d| d.partial.take()) else {
+            return Ok(true);
+        };
+        let mut buf = BytesMut::from(&stored[..]);
+        for &(a, b) in valid.ranges() {
+            let (a, b) = (a as usize, b as usize);
+            match &e.data {
+                Some(d) => buf[a..b].copy_from_slice(&d[a..b]),
+                None => buf[a..b].fill(0),
+            }
+        }
+        e.data = (!is_zero(&buf)).then(|| buf.freeze());
+        self.stats.fills.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Waits until each block's upload has reached the given generation (or the block left the
+    /// cache, which only clean blocks do).
+    pub(crate) async fn wait_uploaded(&self, targets: &[(BlockNum, u64)]) {
+        let _ = self.wait_stored(targets, false).await;
+    }
+
+    /// [`Shared::wait_uploaded`]; with `fail`, an upload attempt of a block still waited for
+    /// that fails meanwhile ends the wait with that attempt's error.
+    ///
+    /// The blocks are marked urgent (due now) once; then each change looks only at the blocks
+    /// not yet known stored, from the first one on, stopping at one still pending, and at all
+    /// of them only when an upload failed since the last look: waiting for n blocks costs O(n)
+    /// in all, not O(n) per upload.
+    pub(crate) async fn wait_stored(&self, targets: &[(BlockNum, u64)], fail: bool) -> Result<()> {
+        let (failures_before, mut failures_seen) = {
+            let mut st = self.state.lock();
+            let before: Vec<u64> = targets.iter().map(|(n, _)| st.entries.get(n).map_or(0, Entry::failures)).collect();
+            let mut moved = false;
+            for (n, _) in targets {
+                if let Some(d) = st.entries.get_mut(n).and_then(Entry::dirty_mut) {
+                    d.upload.urgent = true;
+                    moved |= st.sched.hurry(*n);
+                }
+            }
+            drop(st);
+            if moved {
+                self.wake.notify_one();
+            }
+            (before, None)
+        };
+        let mut done = 0;
+        loop {
+            let notified = self.next_change();
+            {
+                let st = self.state.lock();
+                let pending = |(n, g): &(BlockNum, u64)| st.entries.get(n).filter(|e| e.stored_ver() < *g);
+                if fail && failures_seen != Some(st.upload_failures) {
+                    failures_seen = Some(st.upload_failures);
+                    for (t, before) in targets[done..].iter().zip(&failures_before[done..]) {
+                        let Some(e) = pending(t) else { continue };
+                        if e.failures() > *before {
+                            return Err(match e.dirty().and_then(|d| d.upload.failing.as_ref()) {
+                                Some(f) => StoreError::UploadFailed { block: t.0, source: f.error.clone() },
+                                None => StoreError::NotRunning,
+                            });
+                        }
+                    }
+                }
+                while done < targets.len() && pending(&targets[done]).is_none() {
+                    done += 1;
+                }
+                if done == targets.len() {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn dirty_targets(&self, blocks: Option<&[BlockNum]>) -> Vec<(BlockNum, u64)> {
+        let st = self.state.lock();
+        match blocks {
+            Some(list) => {
+                list.iter().filter_map(|n| st.entries.get(n).filter(|e| e.is_dirty()).map(|e| (*n, e.ver))).collect()
+            }
+            None => st.dirty_blocks().filter_map(|n| Some((n, st.entries.get(&n)?.ver))).collect(),
+        }
+    }
+}
+
+/// Runs `f(sh)` as its own task and waits for it. Work that puts an entry in a transient
+/// state (loading, filling) and settles it after a read below must finish even when the caller
+/// stops waiting (a dropped future): in its own task it does, so no entry is left loading.
+pub(crate) async fn detached<T, F, Fut>(sh: &Arc<Shared>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(f(sh.clone())).await.map_err(|e| s3b_store::StoreError::Task(e.into()))
+}
+
+/// A counter of the state raised for as long as this value lives: lowered on drop, so a caller
+/// cancelled while it waits does not leave it raised.
+pub(crate) struct Raised<'a> {
+    sh: &'a Shared,
+    field: fn(&mut State) -> &mut usize,
+}
+
+impl<'a> Raised<'a> {
+    pub(crate) fn new(sh: &'a Shared, field: fn(&mut State) -> &mut usize) -> Self {
+        *field(&mut sh.state.lock()) += 1;
+        Raised { sh, field }
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        *(self.field)(&mut self.sh.state.lock()) -= 1;
+    }
+}
+
+fn unreachable_entry(n: BlockNum) {
+    log::error!("block cache: loading entry for block {n:#010x} vanished");
+}
+
+/// What a write makes of a block, decided under the lock from its current entry.
+enum Prepared {
+    /// The block is loading: wait for it.
+    Wait,
+    /// The block must be completed from the store first (too many ranges).
+    Fill,
+    /// The write changes nothing (clean block already holding these bytes).
+    Unchanged,
+    /// New content, and for a partial block the ranges it holds.
+    Data(Option<Bytes>, Option<ByteRanges>),
+}
+
+/// A cached block as a read result.
+pub(crate) fn outcome(data: &Option<Bytes>, etag: Option<Etag>) -> ReadOutcome {
+    match data {
+        Some(d) => ReadOutcome::Data { data: d.clone(), etag },
+        None => ReadOutcome::Zero,
+    }
+}

@@ -1,0 +1,266 @@
+//! The write-back engine: starts the uploads of due dirty blocks (at most `threads` at a time),
+//! completes partially written blocks ahead of their upload (at most `threads` more), retries
+//! failed uploads with backoff, and evicts clean blocks idle past the timeout.
+//!
+//! What it promises: every dirty block is uploaded, however often its upload fails (data
+//! accepted by a write is never dropped), no sooner than the write delay unless somebody waits
+//! for it or the cache fills with dirty blocks; and each step costs O(log n) in the number of
+//! dirty blocks. The scheduler never walks the dirty blocks: they wait in the
+//! [`Schedule`](crate::schedule::Schedule), ordered by due time, and the scheduler sleeps until
+//! the earliest due time or until an event makes a block due now (a write under pressure, a
+//! flush, a sync write, a finished upload or completion, uploads being allowed). There is no
+//! periodic poll.
+
+use crate::schedule::Lane;
+use crate::shared::Shared;
+use crate::state::{Entries, Entry, State};
+use bytes::Bytes;
+use s3b_store::{BlockData, BlockNum};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// First retry delay after a failed upload; doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Longest delay between two attempts to upload a block.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Write-back hurries (starts waiting blocks before their delay) once this many tenths of the
+/// dirty limit are dirty: early enough that uploads run before writers must wait for room,
+/// late enough that a burst of writes below it is still absorbed by the write delay.
+const PRESSURE_TENTHS: usize = 9;
+
+/// How long to wait before the next attempt to upload a block after `retries` failures in a
+/// row.
+pub(crate) fn retry_delay(retries: u32) -> Duration {
+    FIRST_RETRY_DELAY.saturating_mul(1 << retries.min(10)).min(MAX_RETRY_DELAY)
+}
+
+/// Whether write-back hurries: writers wait for room, a flush of everything is in progress,
+/// or the dirty blocks near the limit (`max_dirty`, else the cache size).
+pub(crate) fn hurried(sh: &Shared, st: &State) -> bool {
+    let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
+    st.waiters.room > 0 || st.waiters.flush_all > 0 || st.dirty_count() * 10 >= limit * PRESSURE_TENTHS
+}
+
+/// The lane a block whose time has come goes to: a block still partial (and not failed to
+/// complete) is completed on the fill pool first, so an upload slot is only held for a PUT.
+fn lane_of(entries: &Entries, n: BlockNum) -> Lane {
+    let partial = entries.get(&n).and_then(|e| e.dirty()?.partial.as_ref());
+    if partial.is_some_and(|p| !p.fill_failed) { Lane::Fill } else { Lane::Upload }
+}
+
+/// Puts dirty block `n`, no longer uploaded or completed, back into the schedule: due now
+/// when somebody waits for it or it was due already, else at its due time.
+pub(crate) fn reschedule(st: &mut State, n: BlockNum, now: Instant) {
+    let Some(d) = st.entries.get(&n).and_then(Entry::dirty) else { return };
+    let due = st.due(d.since);
+    if d.upload.urgent || due <= now {
+        let lane = if due <= now { lane_of(&st.entries, n) } else { Lane::Upload };
+        st.sched.ready(n, lane);
+        st.kick();
+    } else if st.sched.wait_until(n, due) {
+        st.kick();
+    }
+}
+
+/// The scheduler task (spawned by the cache): runs until the cache stops.
+pub(crate) async fn run(sh: Arc<Shared>) {
+    loop {
+        let notified = sh.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Recovered dirty blocks wait until uploads are allowed: that is an event too.
+        let allowed = sh.file.as_ref().map(|f| f.allowed());
+        let now = Instant::now();
+        let mut jobs = Vec::new();
+        let mut fills = Vec::new();
+        let (next, paused) = {
+            let mut st = sh.state.lock();
+            if st.stopped {
+                return;
+            }
+            st.take_kick();
+            let paused = sh.file.as_ref().is_some_and(|f| !f.uploads_allowed());
+            if !paused {
+                start_due(&sh, &mut st, now, &mut jobs, &mut fills);
+            }
+            let mut next = st.sched.next_deadline();
+            if let Some(t) = sh.cfg.timeout {
+                next = evict_idle(&sh, &mut st, now, t).map_or(next, |idle| Some(next.map_or(idle, |n| n.min(idle))));
+            }
+            (next, paused)
+        };
+        for (n, ver, data, partial) in jobs {
+            tokio::spawn(upload(sh.clone(), n, ver, data, partial));
+        }
+        for n in fills {
+            tokio::spawn(fill_ahead(sh.clone(), n));
+        }
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let allowed = async {
+            match allowed {
+                Some(a) if paused => a.await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = sleep => {}
+            _ = allowed => {}
+        }
+    }
+}
+
+/// Starts what is due, while slots are free: completions of partial blocks on the fill pool,
+/// uploads on the upload pool (when write-back hurries, waiting blocks too, earliest first).
+fn start_due(
+    sh: &Shared,
+    st: &mut State,
+    now: Instant,
+    jobs: &mut Vec<(BlockNum, u64, Option<Bytes>, bool)>,
+    fills: &mut Vec<BlockNum>,
+) {
+    let threads = sh.cfg.threads;
+    {
+        let State { sched, entries, .. } = &mut *st;
+        sched.promote(now, |n| lane_of(entries, n));
+    }
+    while st.in_flight.fills < threads
+        && let Some(n) = st.sched.first(Lane::Fill)
+    {
+        match st.entries.get(&n).and_then(|e| e.dirty()?.partial.as_ref()) {
+            // Completed meanwhile (written whole), or its completion failed: upload it.
+            None => st.sched.ready(n, Lane::Upload),
+            Some(p) if p.fill_failed => st.sched.ready(n, Lane::Upload),
+            // A reader completes it: it comes back when that read ends.
+            Some(p) if p.filling => st.sched.park(n),
+            Some(_) => {
+                st.sched.remove(n);
+                st.in_flight.fills += 1;
+                fills.push(n);
+            }
+        }
+    }
+    let hurry = hurried(sh, st);
+    while st.in_flight.uploads < threads {
+        let Some(n) = st.sched.first(Lane::Upload).or_else(|| hurry.then(|| st.sched.earliest_waiting()).flatten())
+        else {
+            break;
+        };
+        st.sched.remove(n);
+        let Some(e) = st.entries.get_mut(&n) else { continue };
+        let (ver, data) = (e.ver, e.data.clone());
+        let Some(d) = e.dirty_mut() else { continue };
+        d.upload.in_flight = true;
+        let partial = d.partial.is_some();
+        st.in_flight.uploads += 1;
+        jobs.push((n, ver, data, partial));
+    }
+}
+
+/// Evicts clean blocks idle for `timeout`, least recently used first; returns when the next
+/// one is due to go. With no clean block cached, the first one to become clean can go no
+/// sooner than `timeout` from now.
+fn evict_idle(sh: &Shared, st: &mut State, now: Instant, timeout: Duration) -> Option<Instant> {
+    while let Some(victim) = st.lru_oldest() {
+        let idle = st.entries.get(&victim).map_or(now, |e| e.last_access) + timeout;
+        if idle > now {
+            return Some(idle);
+        }
+        sh.drop_entry(st, victim);
+    }
+    Some(now + timeout)
+}
+
+/// Completes a partial block that is due for upload, then puts it back in the schedule to
+/// upload it. These reads run beside the uploads (at most `threads` of them), so an upload slot
+/// is only ever held for a PUT: with random writes, where nearly every block is partial when
+/// due, the GET of one block overlaps the PUTs of others instead of doubling each upload's
+/// time. A failed completion is not retried here: the block goes the old way (completed in its
+/// upload slot, with the upload's retries and backoff).
+async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
+    let res = sh.fill(n).await;
+    {
+        let mut st = sh.state.lock();
+        st.in_flight.fills -= 1;
+        if let Err(err) = res {
+            log::debug!("block cache: completing block {n:#010x} ahead of its upload failed: {err}");
+            if let Some(p) = st.entries.get_mut(&n).and_then(Entry::partial_mut) {
+                p.fill_failed = true;
+            }
+        }
+        if !st.sched.contains(n) && !st.entries.get(&n).and_then(Entry::dirty).is_none_or(|d| d.upload.in_flight) {
+            reschedule(&mut st, n, Instant::now());
+        }
+    }
+    sh.wake.notify_one();
+}
+
+/// Why a block with an upload in flight is dirty: nothing but that upload makes it clean.
+const ONLY_UPLOADS_CLEAN: &str = "a block being uploaded stays dirty";
+
+/// Uploads one block version and settles the entry afterwards. A block still `partial` is
+/// completed first, and then its version at that moment is uploaded.
+async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>, partial: bool) {
+    let res = if partial {
+        match sh.fill(n).await {
+            Ok(()) => {
+                let data = {
+                    let st = sh.state.lock();
+                    let e = st.entries.get(&n).expect("dirty entries are never evicted");
+                    ver = e.ver;
+                    e.data.clone()
+                };
+                sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+    };
+    let clean = {
+        let mut st = sh.state.lock();
+        st.in_flight.uploads -= 1;
+        let now = Instant::now();
+        let e = st.entries.get_mut(&n).expect("dirty entries are never evicted");
+        let upload = &mut e.dirty_mut().expect(ONLY_UPLOADS_CLEAN).upload;
+        match res {
+            Ok(etag) => {
+                upload.succeeded(ver);
+                if e.ver == ver {
+                    e.last_access = now;
+                    st.set_clean(n, etag, false);
+                    true
+                } else {
+                    // Re-dirtied during the upload: the newer data goes up next.
+                    reschedule(&mut st, n, now);
+                    false
+                }
+            }
+            Err(err) => {
+                let f = upload.failed(err, retry_delay, now);
+                log::warn!(
+                    "block cache: upload of block {n:#010x} failed (attempt {}): {}; retrying in {:?}",
+                    f.retries,
+                    s3b_store::Chain(&*f.error),
+                    f.retry_at - now
+                );
+                let at = f.retry_at;
+                st.upload_failures += 1;
+                st.sched.back_off(n, at);
+                false
+            }
+        }
+    };
+    sh.changed.notify_waiters();
+    sh.wake.notify_one();
+    if clean && let Err(e) = sh.persist(n).await {
+        log::error!("block cache: can't record block {n:#010x} as clean in the cache file: {e}");
+    }
+}
