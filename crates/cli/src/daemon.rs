@@ -192,53 +192,6 @@ pub fn finished(
     }
 }
 
-/// The volume is started: its stack is built and the mount token (if any) is ours. One owner
-/// for that, shared by the FUSE and NBD modes, so that every way out after the token was set
-/// gives the volume back: [`finish`](Self::finish) once serving has ended, or — on any early
-/// return, an error after the token was set, a panic unwinding — dropping the guard, which
-/// does the same: writes every dirty block down, then clears our mount token (left in place
-/// when the flush fails, so that a cache file's dirty blocks can still be recovered).
-///
-/// Drop it outside the runtime (it blocks on it), after whatever still uses the volume (the
-/// FUSE session, the NBD server) has stopped.
-pub struct Started {
-    /// The daemon's runtime.
-    pub rt: tokio::runtime::Runtime,
-    /// The layers.
-    pub stack: crate::stack::Stack,
-    /// Our mount token (0: none was set).
-    pub token: u32,
-    /// Set once the volume was given back.
-    finished: bool,
-}
-
-impl Started {
-    /// Takes ownership of a volume whose mount token `token` was just set.
-    pub fn new(rt: tokio::runtime::Runtime, stack: crate::stack::Stack, token: u32) -> Self {
-        Started { rt, stack, token, finished: false }
-    }
-
-    /// Gives the volume back after serving: flushes it and clears the token; the error says
-    /// what failed (the flush: the token is kept).
-    pub fn finish(mut self) -> Result<()> {
-        self.finished = true;
-        self.rt.block_on(self.stack.shutdown(self.token))
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        // A start that failed after the token was set: the error that stopped it is the one
-        // line the user gets; what goes wrong here is only logged.
-        if let Err(e) = self.rt.block_on(self.stack.shutdown(self.token)) {
-            log::warn!("giving the volume back after a failed start: {}", crate::one_line(&e));
-        }
-    }
-}
-
 /// The daemon's tokio runtime (worker threads named `s3backer`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3backer").build()

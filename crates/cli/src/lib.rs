@@ -2,6 +2,12 @@
 //!
 //! Errors end the process with one line `s3backer: <what went wrong>` on stderr and exit code 1;
 //! nothing is written to the store before the configuration has been fully checked.
+//!
+//! The modules run in one direction: [`args`] (what the command line says) → [`config`] (the
+//! checked settings, per layer) → [`stack`] (the layers built from them) → a mode ([`mount`],
+//! [`nbd`], [`s3`] for the bucket commands). What both ends need sits at the bottom:
+//! [`bad_value`] and [`fuse_options`] import nothing of this crate, [`size`] only
+//! [`bad_value`]; so no module imports one that imports it (tests/no_import_cycles.rs checks).
 
 pub mod args;
 pub mod bad_value;

@@ -8,7 +8,6 @@
 //! [`crate::token`]'s.
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE, Location, check_geometry};
-use crate::daemon::Started;
 use crate::size::unparse_size;
 use anyhow::{Context, Result, bail};
 use s3b_cache::CacheFile;
@@ -76,7 +75,7 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// Settles block size and block count: given on the command line, detected from block 0, or both
 /// (then they must agree unless `--force`). A block 0 without size metadata (a disk image on a
 /// plain web server) still tells the block size by its length, unless compressed or encrypted
-/// ([`bare_block_size`]).
+/// (`bare_block_size`).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && cfg.geometry.auto_detect;
     if detect {
@@ -220,6 +219,53 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })
+}
+
+/// The volume is started: its stack is built and the mount token (if any) is ours. One owner
+/// for that, shared by the FUSE and NBD modes, so that every way out after the token was set
+/// gives the volume back: [`finish`](Self::finish) once serving has ended, or — on any early
+/// return, an error after the token was set, a panic unwinding — dropping the guard, which
+/// does the same: writes every dirty block down, then clears our mount token (left in place
+/// when the flush fails, so that a cache file's dirty blocks can still be recovered).
+///
+/// Drop it outside the runtime (it blocks on it), after whatever still uses the volume (the
+/// FUSE session, the NBD server) has stopped.
+pub struct Started {
+    /// The daemon's runtime.
+    pub rt: tokio::runtime::Runtime,
+    /// The layers.
+    pub stack: Stack,
+    /// Our mount token (0: none was set).
+    pub token: u32,
+    /// Set once the volume was given back.
+    finished: bool,
+}
+
+impl Started {
+    /// Takes ownership of a volume whose mount token `token` was just set.
+    pub fn new(rt: tokio::runtime::Runtime, stack: Stack, token: u32) -> Self {
+        Started { rt, stack, token, finished: false }
+    }
+
+    /// Gives the volume back after serving: flushes it and clears the token; the error says
+    /// what failed (the flush: the token is kept).
+    pub fn finish(mut self) -> Result<()> {
+        self.finished = true;
+        self.rt.block_on(self.stack.shutdown(self.token))
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // A start that failed after the token was set: the error that stopped it is the one
+        // line the user gets; what goes wrong here is only logged.
+        if let Err(e) = self.rt.block_on(self.stack.shutdown(self.token)) {
+            log::warn!("giving the volume back after a failed start: {}", crate::one_line(&e));
+        }
+    }
 }
 
 #[cfg(test)]

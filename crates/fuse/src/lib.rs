@@ -81,7 +81,8 @@ pub struct FuseConfig {
     pub tuning: FuseTuning,
 }
 
-/// The FUSE file system. Cheap to clone: all state is shared.
+/// The FUSE file system of one mount. Not `Clone`: fuser's session owns it, and the tasks a
+/// request hands to the runtime hold a clone of its shared state (one `Arc`) instead.
 pub struct VolumeFs {
     shared: Arc<Shared>,
 }

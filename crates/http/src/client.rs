@@ -210,6 +210,15 @@ impl ConnectError {
     }
 }
 
+/// How long a pooled connection may sit idle before it is closed: below the 60 s idle timeout
+/// common in front of S3 servers (load balancers), so the pool drops a connection before the
+/// server does and a request never goes out on one the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Idle time before TCP keepalive probes start, as C s3backer sets it (200 s): a connection
+/// whose server vanished without a word is found dead while it waits in the pool.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(200);
+
 /// An HTTP(S) client with a connection pool.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -246,7 +255,7 @@ impl HttpClient {
             https.enable_http1().enable_http2().wrap_connector(tcp)
         };
         let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(https);
         Ok(HttpClient { inner, timeout: opts.timeout })
@@ -455,7 +464,7 @@ impl TcpConnector {
         )?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
-        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(200)))?;
+        sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE))?;
         if let Some(tos) = self.ip_tos {
             if addr.is_ipv4() {
                 sock.set_tos_v4(u32::from(tos))?;

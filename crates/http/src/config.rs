@@ -1,4 +1,6 @@
-//! [`S3Config`]: everything the S3 transport needs to know, settled by the command line.
+//! [`S3Config`]: everything the S3 transport needs to know, settled by the command line. Plain
+//! data with every value already checked, so the transport never parses or refuses a setting
+//! itself, and tests can build one directly.
 
 use crate::client::ConnectionOptions;
 use crate::creds::Credentials;

@@ -19,10 +19,10 @@
 //! Integrity of uploads: a signed request carries the SHA-256 of its body in the signature
 //! (`x-amz-content-sha256`), which the server checks before storing anything, so a body damaged
 //! on the way is refused. Upstream also sends `Content-MD5`; with the signed hash that is a
-//! second check of the same bytes, and MD5 (no CPU support) cost about three times what
-//! SHA-256 does — 43 % of the daemon's CPU on a sequential write. So `Content-MD5` is sent only
-//! on unsigned (anonymous) uploads, where it is the only check, and on multi-object DELETE,
-//! which S3 requires it for.
+//! second check of the same bytes, and MD5 has no CPU support, so it costs several times what
+//! SHA-256 does (the measurement is in docs/design-notes.md). So `Content-MD5` is sent only on
+//! unsigned (anonymous) uploads, where it is the only check, and on multi-object DELETE, which
+//! S3 requires it for.
 //!
 //! Bounded answers: every request knows how long a successful answer's body can be
 //! ([`object_size_limit`] for an object GET once the block size is known, [`LIST_PAGE_LIMIT`] for
@@ -30,13 +30,13 @@
 //! as soon as it is announced or received; so a broken or hostile server costs bounded memory,
 //! and (with the whole-exchange `--timeout`) bounded time, on every attempt.
 
-#![forbid(unsafe_code)]
-
 //! Modules: [`config`] (what the command line settles), `request` (building one request: URL,
 //! headers, body limits), `send` (one attempt, and the retry loop around it), `objects` (the
 //! [`ObjectStore`](s3b_store::ObjectStore) operations), `listing` (LIST streams), `token` (the mount-token protocol),
 //! [`client`] (the HTTP client), [`creds`] and [`sign`] (credentials and signing), [`retry`]
 //! (the retry policy, decided in one place), [`stats`], [`xml`].
+
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;

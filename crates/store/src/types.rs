@@ -1,4 +1,7 @@
-//! Plain data types exchanged between layers.
+//! Plain data types exchanged between layers: geometry, block data, read requests and their
+//! outcomes, entity tags, object bodies and the mount-token operations. They carry their own
+//! invariants where there are any (block data is never all zeros), so a layer that receives one
+//! need not check it again.
 
 use bytes::Bytes;
 use std::fmt;

@@ -1,4 +1,7 @@
-//! Block cache, read-ahead, zero cache and consistency-layer flags. Owned by crates/cache and crates/ec.
+//! Block cache, read-ahead, zero cache and consistency-layer flags, with upstream's names and
+//! defaults. Owned by crates/cache and crates/ec: a flag of those layers is added here, next to
+//! its siblings, and checked against the others in `config::cache`. Each value is typed by its
+//! parser ([`super::values`]), so a bad one is refused before anything starts.
 
 use super::values::{self, Flag};
 use clap::Args;

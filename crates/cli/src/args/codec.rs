@@ -1,4 +1,6 @@
-//! Compression and encryption flags. Owned by crates/codec.
+//! Compression and encryption flags, with upstream's names. Owned by crates/codec; how they
+//! combine is checked in `config::codec`, and the password itself is read (file or prompt) only
+//! after every check passed.
 
 use super::values::{self, Flag};
 use clap::Args;

@@ -1,4 +1,7 @@
-//! Core flags: volume geometry, the exported files, modes, logging. Owned by the front end.
+//! Core flags: volume geometry, the exported files, modes, the process and logging. Owned by the
+//! front end; every flag has upstream's spelling (a test keeps each in the man page), and its
+//! value is typed by its parser ([`super::values`]), so a bad one is refused before anything
+//! starts.
 
 use super::values::{self, Flag};
 use clap::Args;

@@ -1,4 +1,6 @@
-//! NBD flags: the `--nbd` mode, where it listens, and upstream's nbdkit pass-through flags.
+//! NBD flags: the `--nbd` mode, where it listens, and upstream's nbdkit pass-through flags
+//! (accepted so that existing command lines work; what they mean here is checked in
+//! `config::nbd`).
 
 use clap::Args;
 

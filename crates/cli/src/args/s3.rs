@@ -1,4 +1,6 @@
-//! S3 transport flags. Owned by the S3 transport (crates/http).
+//! S3 transport flags, with upstream's names and defaults. Owned by the S3 transport
+//! (crates/http); they are checked, credentials included, before the process daemonizes
+//! (`config::s3`), so a bad one is reported on the terminal.
 
 use super::values::{self, Flag};
 use clap::Args;
