@@ -75,7 +75,7 @@ pub async fn open_transport(cfg: &Config, stats: &StatsRegistry) -> Result<Arc<d
 /// Settles block size and block count: given on the command line, detected from block 0, or both
 /// (then they must agree unless `--force`). A block 0 without size metadata (a disk image on a
 /// plain web server) still tells the block size by its length, unless compressed or encrypted
-/// (`bare_block_size`).
+/// (see `bare_block_size`).
 pub async fn resolve_geometry(cfg: &Config, objects: &dyn ObjectStore) -> Result<(u32, u64)> {
     let detect = !cfg.is_test() && cfg.geometry.auto_detect;
     if detect {

@@ -4,7 +4,10 @@
 //! A mount refuses a volume that appears mounted unless `--force`, sets its own random token
 //! while mounted and clears it on clean unmount; read-only mounts write nothing at all.
 //! Setting and clearing are compare-and-swaps ([`ObjectStore::swap_mount_token`]), so two
-//! mounts that start at the same instant cannot both come up. `--sharedDiskMode` volumes carry
+//! mounts that start at the same instant cannot both come up; the S3 transport retries the
+//! errors S3 documents inside that swap and may leave another value of this mount's than the
+//! one asked for, which is then the token (see `s3b_http::token`). A start that fails after the
+//! token was set gives it back (the guard `crate::daemon::Started`). `--sharedDiskMode` volumes carry
 //! the shared token [`SHARED_DISK_TOKEN`], which other shared mounts accept, plain mounts
 //! refuse, and unmount leaves set. The block cache file remembers the token of its last mount,
 //! so a crashed mount's dirty blocks can be recovered. `--reset-mounted-flag` clears the token

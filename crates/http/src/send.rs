@@ -12,8 +12,19 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 impl S3Store {
-    /// Sends one attempt and reads the whole answer.
+    /// Sends one attempt and reads the whole answer; the metrics observer (if any) sees its
+    /// method, outcome, duration and bytes. Every request, the mount token's too, goes through
+    /// here.
     pub(crate) async fn attempt(&self, req: &Req) -> Result<Resp> {
+        let started = Instant::now();
+        let result = self.attempt_unobserved(req).await;
+        let received = result.as_ref().map(|r| r.body.len() as u64);
+        self.observed(req.method.as_str(), &received, started.elapsed(), req.body.len() as u64);
+        result
+    }
+
+    /// One attempt: sign, send, pace, classify the answer.
+    async fn attempt_unobserved(&self, req: &Req) -> Result<Resp> {
         let url = self.url(req.key.as_deref(), &req.query);
         let mut headers: Vec<(String, String)> = req.headers.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         let keys = self.creds.keys(&self.client).await?;
@@ -77,36 +88,26 @@ impl S3Store {
     /// Until the server has answered once, only passing trouble is retried (see
     /// [`retry::is_transient`]), so a wrong setting fails at once.
     pub(crate) async fn send_with(&self, req: &Req, retry_if: fn(&StoreError) -> bool) -> Result<Resp> {
-        self.send_retrying(req, |e, first_contact| retry_if(e) && (!first_contact || retry::is_transient(e))).await.0
+        self.send_retrying(req, |e, first_contact| retry_if(e) && (!first_contact || retry::is_transient(e))).await
     }
 
-    /// The retry loop of every request: attempts until one succeeds or `retry_if(error, first
-    /// contact)` declines or the pause budget is spent; counts and logs each retry. Also tells
-    /// whether any attempt failed (an earlier attempt might still be applied by the server).
-    pub(crate) async fn send_retrying(
-        &self,
-        req: &Req,
-        retry_if: impl Fn(&StoreError, bool) -> bool,
-    ) -> (Result<Resp>, bool) {
+    /// The retry loop of every request but the mount token's (see [`crate::token`]): attempts
+    /// until one succeeds or `retry_if(error, first contact)` declines or the pause budget is
+    /// spent; counts and logs each retry.
+    async fn send_retrying(&self, req: &Req, retry_if: impl Fn(&StoreError, bool) -> bool) -> Result<Resp> {
         let mut backoff = self.cfg.retry.backoff();
-        let mut retried = false;
         loop {
-            let started = Instant::now();
-            let result = self.attempt(req).await;
-            let received = result.as_ref().map(|r| r.body.len() as u64);
-            self.observed(req.method.as_str(), &received, started.elapsed(), req.body.len() as u64);
-            match result {
+            match self.attempt(req).await {
                 Ok(r) => {
                     self.contacted.store(true, Relaxed);
-                    return (Ok(r), retried);
+                    return Ok(r);
                 }
                 Err(e) => {
                     self.stats.count_error(&e);
                     let retry = retry_if(&e, !self.contacted.load(Relaxed));
                     let Some(pause) = (if retry { backoff.next_pause() } else { None }) else {
-                        return (Err(e), retried);
+                        return Err(e);
                     };
-                    retried = true;
                     self.observed_retry(&e);
                     log::warn!(
                         "{} {}: {}; retrying in {} ms",
