@@ -841,3 +841,32 @@ async fn concurrent_writes_recover_the_newest_version_from_the_cache_file() {
     c.shutdown().await.unwrap();
     assert_eq!([mem.get(0), mem.get(1)], last.map(Some));
 }
+
+/// A miss while the link is idle fetches the next `--readAhead` blocks beside it (so a file
+/// system's next dependent reads nearby hit); a miss while an upload is in flight fetches only
+/// itself.
+#[tokio::test(start_paused = true)]
+async fn a_miss_on_an_idle_link_fetches_its_neighbours() {
+    let mem = mem();
+    for n in 0..40 {
+        mem.put(n, block(u8::try_from(n).unwrap()));
+    }
+    let c = BlockCache::new(
+        mem.clone(),
+        CacheConfig { read_ahead: 3, read_ahead_trigger: 100, write_delay: Duration::ZERO, ..cfg(50) },
+    );
+    assert_eq!(read(&c, 5).await, block(5));
+    until("the neighbours are fetched", || mem.ok(Op::Read) == 4).await;
+    for n in [7, 6, 8] {
+        assert_eq!(read(&c, n).await, block(u8::try_from(n).unwrap()));
+    }
+    assert_eq!(mem.calls(Op::Read), 4, "6, 7 and 8 were hits");
+    let uploads = mem.hold(Op::Write);
+    c.write_block(30, BlockData::new(block(1))).await.unwrap();
+    uploads.arrived(1).await;
+    assert_eq!(read(&c, 20).await, block(20));
+    elapse(Duration::from_millis(100)).await;
+    assert_eq!(mem.calls(Op::Read), 5, "with an upload in flight, only the miss itself");
+    uploads.release();
+    c.flush(None).await.unwrap();
+}
