@@ -31,6 +31,20 @@ with --direct-io=on, so the daemon, not the page cache, is measured:
              of --mkfs-size (1 TiB), through the loop device: seconds and requests
   ceiling    the raw server: parallel PUT then GET of objects of the block size (curl; PUTs
              signed with the body's SHA-256 like the uploads of both s3backers)
+  scale      what the cache costs at the sizes people run, on the exported file itself (no
+             ext4), 64 KiB blocks, --blockCacheThreads=16, run by itself (--workloads=scale):
+             write: 1.5 GiB (--scale-write-mb) written in 1 MiB pieces (fio psync, random data)
+               onto the file, ending in fsync, with caches of 256, 32768 and 262144 blocks
+               (--scale-caches), in memory and with --blockCacheFile: MB/s, the daemon's CPU
+               seconds per GiB during the write, its peak RSS;
+             restart: a cache file of --scale-file-gib (16) GiB filled (that much written and
+               flushed, then unmounted), then the daemon started again on it: seconds until
+               the file is mounted, RSS after, and RSS per cached block;
+             hits: 4 KiB blocks; --scale-hit-entries (1M) blocks written and flushed into a
+               cache of that many entries, then fio 4 KiB random reads (iodepth 16, O_DIRECT)
+               of those blocks only, so all hit; beside the same with 256 entries: IOPS and
+               daemon CPU microseconds per read.
+             A part that needs more disk than is free is reported as an error, not shrunk.
 
 With --cache-effect it instead compares ours with the block cache and read-ahead, with the cache
 but no read-ahead, and with no cache at all, on seqwrite and seqread at 20 ms (benches/CACHE.md).
@@ -201,8 +215,9 @@ SYSTEMS = {
 class Daemon:
     """One s3backer process (either implementation) in the foreground, with /proc sampling."""
 
-    def __init__(self, system, port, mnt, cfg, logdir, size=None):
+    def __init__(self, system, port, mnt, cfg, logdir, size=None, more=()):
         program, extra = SYSTEMS[system]
+        extra = list(extra) + list(more)
         common = [f"--baseURL=http://127.0.0.1:{port}/", f"--accessId={ACCESS}", f"--accessKey={SECRET}",
                   f"--blockSize={cfg.block_size}", f"--size={size or cfg.size}",
                   f"--blockCacheSize={cfg.cache_blocks}", f"--blockCacheThreads={cfg.threads}"]
@@ -595,6 +610,234 @@ def run_device_workload(system, workload, cfg, latency, work):
     finally:
         stop_all(loop, daemon, proxy, garage)
     return result
+
+
+def scale_cfg(cfg, block_size, cache_blocks, size):
+    """A copy of cfg with the scale workload's geometry."""
+    c = argparse.Namespace(**vars(cfg))
+    c.block_size, c.cache_blocks, c.threads, c.size = block_size, cache_blocks, 16, size
+    return c
+
+
+def disk_free(path):
+    return shutil.disk_usage(path).free
+
+
+def need_disk(work, nbytes, what):
+    """Raises when `what` needs more than the free disk (with 1 GiB to spare)."""
+    free = disk_free(work)
+    if nbytes + (1 << 30) > free:
+        raise RuntimeError(f"{what} needs {nbytes / 2**30:.1f} GiB of disk, {free / 2**30:.1f} GiB free")
+
+
+def file_fio(name, path, args):
+    """fio straight on the exported file (psync: one request at a time, as dd does)."""
+    out = sh(f"fio --name={name} --output-format=json --filename={path} --refill_buffers --randrepeat=0 {args}")
+    return json.loads(out[out.index("{"):])["jobs"][0]
+
+
+def vm_rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def run_scale_write(system, cfg, latency, work, cache_blocks, with_file):
+    """The scale workload's write part: one daemon, one 1.5 GiB write (see the module docs)."""
+    garage, proxy, port = start_server(work, latency)
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    daemon = None
+    result = {"system": system, "workload": "scale-write", "latency_ms": latency, "cache_blocks": cache_blocks,
+              "cache_file": with_file}
+    try:
+        c = scale_cfg(cfg, "64k", cache_blocks, "4g")
+        more = []
+        if with_file:
+            need_disk(work, cache_blocks * 65536 + cfg.scale_write_mb * 1048576, f"a cache file of {cache_blocks} blocks")
+            more = [f"--blockCacheFile={os.path.join(work, f'cachefile-{system}-{cache_blocks}')}"]
+        daemon = Daemon(system, port, mnt, c, work, more=more)
+        cpu0 = proc_cpu(daemon.proc.pid)
+        m = Measured(garage)
+        file_fio("scale-write", os.path.join(mnt, "file"),
+                 f"--ioengine=psync --rw=write --bs=1M --size={cfg.scale_write_mb}m --end_fsync=1")
+        secs = m.secs()
+        cpu = proc_cpu(daemon.proc.pid) - cpu0
+        daemon.sample()
+        gib = cfg.scale_write_mb / 1024
+        result.update(value=cfg.scale_write_mb * 1048576 / secs / 1e6, unit="MB/s",
+                      cpu_per_gib=round(cpu / gib, 2), write_cpu_s=round(cpu, 2))
+        m.record(result, daemon)
+    except Exception as e:
+        failed(result, e)
+    finally:
+        stop_all(daemon, proxy, garage)
+        for f in os.listdir(work):
+            if f.startswith("cachefile-"):
+                os.unlink(os.path.join(work, f))
+    return result
+
+
+def run_scale_restart(system, cfg, latency, work):
+    """The scale workload's restart part: fill a cache file, unmount, start again on it."""
+    garage, proxy, port = start_server(work, latency)
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    daemon = None
+    gib = cfg.scale_file_gib
+    slots = int(gib * 16384)
+    result = {"system": system, "workload": "scale-restart", "latency_ms": latency, "cache_blocks": slots,
+              "file_gib": gib}
+    path = os.path.join(work, f"cachefile-{system}-restart")
+    try:
+        # The file, and the same data in the store.
+        need_disk(work, 2 * slots * 65536, f"a {gib} GiB cache file and its data in the store")
+        c = scale_cfg(cfg, "64k", slots, f"{max(2, math.ceil(gib) + 1)}g")
+        daemon = Daemon(system, port, mnt, c, work, more=[f"--blockCacheFile={path}"])
+        file_fio("scale-fill", os.path.join(mnt, "file"),
+                 f"--ioengine=psync --rw=write --bs=1M --size={slots * 64 // 1024}m --end_fsync=1")
+        daemon.stop()
+        sh("echo 3 > /proc/sys/vm/drop_caches")
+        t0 = time.time()
+        daemon = Daemon(system, port, mnt, c, work, more=[f"--blockCacheFile={path}"])
+        mount_secs = time.time() - t0
+        daemon.sample()
+        rss = vm_rss_mib(daemon.proc.pid)
+        st = daemon.stats()
+        cached = int(st.get("block_cache_current_size", 0))
+        result.update(value=mount_secs, unit="s to mount", rss_mib=round(rss, 1),
+                      cached_blocks=cached, rss_bytes_per_slot=round(rss * 1048576 / slots, 1),
+                      bound_mib=round(64 + 64 * slots / 1048576, 1))
+        cpu, peak, _ = daemon.stop()
+        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(peak, 1))
+    except Exception as e:
+        failed(result, e)
+    finally:
+        stop_all(daemon, proxy, garage)
+        if os.path.exists(path):
+            os.unlink(path)
+    return result
+
+
+def run_scale_hits(system, cfg, latency, work, entries):
+    """The scale workload's hits part: `entries` 4 KiB blocks written and flushed into a cache of
+    that many entries, then random reads of them only."""
+    garage, proxy, port = start_server(work, latency)
+    mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
+    daemon = None
+    result = {"system": system, "workload": "scale-hits", "latency_ms": latency, "cache_blocks": entries}
+    try:
+        size_mb = entries * 4 // 1024 if entries >= 256 else 1
+        c = scale_cfg(cfg, "4k", entries, f"{max(1, math.ceil(size_mb / 1024) + 1)}g")
+        daemon = Daemon(system, port, mnt, c, work)
+        f = os.path.join(mnt, "file")
+        file_fio("scale-hits-fill", f, f"--ioengine=libaio --iodepth=16 --direct=1 --rw=write --bs=64k "
+                                        f"--size={entries * 4}k --end_fsync=1")
+        cpu0 = proc_cpu(daemon.proc.pid)
+        st0 = daemon.stats()
+        job = file_fio("scale-hits", f, f"--ioengine=libaio --iodepth=16 --direct=1 --rw=randread --bs=4k "
+                                        f"--size={entries * 4}k --time_based --runtime={cfg.rand_secs}")
+        cpu = proc_cpu(daemon.proc.pid) - cpu0
+        st1 = daemon.stats()
+        ios = job["read"]["total_ios"]
+        misses = st1.get("block_cache_read_misses", 0) - st0.get("block_cache_read_misses", 0)
+        result.update(value=job["read"]["iops"], unit="IOPS", cpu_us_per_read=round(1e6 * cpu / max(ios, 1), 1),
+                      reads=ios, cache_misses=int(misses))
+        m_cpu, peak, _ = daemon.stop()
+        result.update(cpu_s=round(m_cpu, 2), peak_rss_mib=round(peak, 1))
+    except Exception as e:
+        failed(result, e)
+    finally:
+        stop_all(daemon, proxy, garage)
+    return result
+
+
+def run_scale(cfg, lat, work, systems):
+    """All parts of the scale workload at latency `lat`, systems side by side."""
+    out = []
+
+    def emit(r):
+        print(json.dumps(r), flush=True)
+        out.append(r)
+
+    for n in cfg.scale_caches:
+        for with_file in (False, True):
+            for system in systems:
+                emit(run_scale_write(system, cfg, lat, work, n, with_file))
+    if cfg.scale_file_gib > 0:
+        for system in systems:
+            emit(run_scale_restart(system, cfg, lat, work))
+    for entries in (256, cfg.scale_hit_entries):
+        for system in systems:
+            emit(run_scale_hits(system, cfg, lat, work, entries))
+    return out
+
+
+def scale_table(results, cfg, name):
+    """The scale workload's report (see the module docs)."""
+    rs = [r for r in results if r["workload"].startswith("scale-")]
+    if not rs:
+        return []
+    systems = [x for x in cfg.system_list if any(r["system"] == x for r in rs)]
+    label = lambda x: name.get(x, x)  # noqa: E731
+    lines = ["", "## The cache at scale", "",
+             f"64 KiB blocks, --blockCacheThreads=16, on the exported file (no ext4). Write: "
+             f"{cfg.scale_write_mb} MiB in 1 MiB pieces ending in fsync; CPU s/GiB is the daemon's CPU "
+             "during the write. Targets: MB/s and CPU/GiB with 262144 blocks within 10 % of 256 blocks; "
+             "≥ 1.2× C's MB/s at every size.", "",
+             "| latency | cache blocks | cache file | " + " | ".join(f"{label(x)} MB/s" for x in systems)
+             + " | " + " | ".join(f"{label(x)} CPU s/GiB" for x in systems)
+             + " | " + " | ".join(f"{label(x)} peak RSS MiB" for x in systems) + " | ours/C MB/s |",
+             "|---|---|---|" + "---|" * (3 * len(systems) + 1)]
+    by = {(r["latency_ms"], r["workload"], r.get("cache_blocks"), r.get("cache_file"), r["system"]): r for r in rs}
+
+    def cell(r, key, fmt="{:.1f}"):
+        if r is None:
+            return "–"
+        if "error" in r:
+            return f"error: {r['error']}"
+        return fmt.format(r[key]) if key in r else "–"
+
+    for lat in cfg.latencies:
+        for n in cfg.scale_caches:
+            for with_file in (False, True):
+                row = [by.get((lat, "scale-write", n, with_file, x)) for x in systems]
+                if not any(row):
+                    continue
+                o, others = row[-1], row[:-1]
+                ratio = " / ".join(f"{o['value'] / r['value']:.2f}" for r in others
+                                   if r and o and "value" in r and "value" in o) or "–"
+                lines.append(f"| {lat} ms | {n} | {'yes' if with_file else 'no'} | "
+                             + " | ".join(cell(r, "value") for r in row) + " | "
+                             + " | ".join(cell(r, "cpu_per_gib", "{:.2f}") for r in row) + " | "
+                             + " | ".join(cell(r, "peak_rss_mib") for r in row) + f" | {ratio} |")
+        rr = [r for r in rs if r["workload"] == "scale-restart" and r["latency_ms"] == lat]
+        if rr:
+            lines += ["", f"Restart on a full cache file of {cfg.scale_file_gib} GiB (target: mounted in ≤ 2 s; "
+                      "RSS ≤ 64 MiB + 64 bytes per slot):", "",
+                      "| latency | system | slots | blocks reloaded | s to mount | RSS MiB after mount | bytes per slot | bound MiB |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in rr:
+                if "error" in r:
+                    lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | error: {r['error']} | | | | |")
+                    continue
+                lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | {r['cached_blocks']} "
+                             f"| {r['value']:.2f} | {r['rss_mib']} | {r['rss_bytes_per_slot']} | {r['bound_mib']} |")
+        hr = [r for r in rs if r["workload"] == "scale-hits" and r["latency_ms"] == lat]
+        if hr:
+            lines += ["", "Random 4 KiB reads that all hit (4 KiB blocks, O_DIRECT, iodepth 16):", "",
+                      "| latency | system | cache entries | IOPS | CPU µs per read | misses | peak RSS MiB |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in hr:
+                if "error" in r:
+                    lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | error: {r['error']} | | | |")
+                    continue
+                lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | {r['value']:.0f} "
+                             f"| {r['cpu_us_per_read']} | {r['cache_misses']} | {r.get('peak_rss_mib', '–')} |")
+    return lines
 
 
 def fio(name, args):
@@ -1012,6 +1255,7 @@ def table(results, cfg):
             secs = f"error: {r['error']}" if "error" in r else f"{r['value']:.1f}"
             lines.append(f"| {lat} ms | {name.get(x, x)} | {secs} | {detail} | {r.get('cpu_s', '–')} "
                          f"| {r.get('server_cpu_s', '–')} |")
+    lines += scale_table(results, cfg, name)
     return "\n".join(lines) + "\n"
 
 
@@ -1072,6 +1316,12 @@ def main():
     p.add_argument("--block-size", default="256k")
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--scale-caches", default="256,32768,262144", help="scale workload: cache sizes in blocks")
+    p.add_argument("--scale-write-mb", type=int, default=1536, help="scale workload: MiB written per cache size")
+    p.add_argument("--scale-file-gib", type=float, default=16,
+                   help="scale workload: size of the cache file filled and restarted on (0: skip)")
+    p.add_argument("--scale-hit-entries", type=int, default=1048576,
+                   help="scale workload: cache entries (4 KiB blocks) the random reads hit")
     p.add_argument("--out", default=os.path.join(ROOT, "benches/RESULTS.md"))
     p.add_argument("--json", default=os.path.join(ROOT, "benches/results.json"))
     cfg = p.parse_args()
@@ -1104,6 +1354,7 @@ def main():
     reps = [int(x) for x in cfg.repeat.split(",")]
     cfg.repeats = {lat: reps[min(i, len(reps) - 1)] for i, lat in enumerate(cfg.latencies)}
     cfg.workloads = cfg.workloads.split(",")
+    cfg.scale_caches = [int(x) for x in cfg.scale_caches.split(",")]
     cfg.data_mb = 64 if cfg.quick else 512
     cfg.size = "1g" if cfg.quick else "4g"
     cfg.rand_secs = 5 if cfg.quick else 20
@@ -1122,11 +1373,14 @@ def main():
     results = []
     try:
         for lat in cfg.latencies:
-            if not cfg.cache_effect:
+            if not cfg.cache_effect and cfg.workloads != ["scale"]:
                 r = run_ceiling(cfg, lat, work)
                 print(json.dumps(r), flush=True)
                 results.append(r)
             for w in cfg.workloads:
+                if w == "scale":
+                    results += run_scale(cfg, lat, work, cfg.system_list)
+                    continue
                 runs = {s: [] for s in cfg.systems.split(",")}
                 for _ in range(cfg.repeats[lat]):
                     for system in runs:

@@ -222,9 +222,12 @@ impl BlockStore for BlockCache {
             sh.wait_uploaded(&sh.dirty_targets(Some(&[n]))).await;
             return sh.inner.read_block(n, req).await;
         }
-        let out = sh.get(n, true).await?;
         // Reads for an update are cached like any read, but start no read-ahead: a writer
         // filling blocks in order would otherwise fetch the blocks it is about to overwrite.
+        if req.intent == ReadIntent::Read {
+            readahead::on_miss(sh, n);
+        }
+        let out = sh.get(n, true).await?;
         if req.intent == ReadIntent::Read {
             readahead::after_read(sh, n);
         }

@@ -122,9 +122,15 @@ impl Shared {
             match step {
                 Step::Wait => notified.await,
                 Step::Done(out) => return Ok(out),
-                Step::Through => return self.inner.read_block(n, ReadRequest::PLAIN).await,
+                Step::Through => {
+                    let _reading = count.then(|| Raised::new(self, |st| &mut st.in_flight.reads));
+                    return self.inner.read_block(n, ReadRequest::PLAIN).await;
+                }
                 Step::Load(etag) => {
-                    if let Some(r) = detached(self, move |sh| async move { sh.load(n, etag).await }).await? {
+                    let reading = count.then(|| Raised::new(self, |st| &mut st.in_flight.reads));
+                    let loaded = detached(self, move |sh| async move { sh.load(n, etag).await }).await?;
+                    drop(reading);
+                    if let Some(r) = loaded {
                         return r;
                     }
                 }

@@ -334,6 +334,9 @@ pub(crate) struct InFlight {
     pub(crate) uploads: usize,
     /// Partial blocks being completed ahead of their upload.
     pub(crate) fills: usize,
+    /// Foreground reads of the store (misses) in flight: with uploads, what tells whether the
+    /// link is idle (see [`crate::readahead::on_miss`]).
+    pub(crate) reads: usize,
 }
 
 /// Callers waiting on write-back as a whole (a flush or sync write waiting for one block marks

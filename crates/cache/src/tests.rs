@@ -663,3 +663,210 @@ async fn a_due_partial_block_is_completed_while_every_upload_slot_is_busy() {
     assert_eq!(mem.calls(Op::Read), 1, "the upload did not read it again");
     assert_eq!(c.shared.state.lock().in_flight.fills, 0);
 }
+
+/// Waits until `done` holds without letting the paused clock move: only other tasks run
+/// meanwhile (a bounded number of turns), so what `done` waits for happens "at once".
+async fn at_once(what: &str, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    for _ in 0..10_000 {
+        if done() {
+            assert_eq!(Instant::now(), t, "{what}: the clock moved");
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not at once");
+}
+
+/// The block whose upload is in flight now (at most one with one upload thread).
+fn uploading(c: &BlockCache) -> Vec<BlockNum> {
+    let st = c.shared.state.lock();
+    let mut v: Vec<BlockNum> = st
+        .dirty_blocks()
+        .filter(|n| st.entries.get(n).and_then(|e| e.dirty()).is_some_and(|d| d.upload.in_flight))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Waits (on the paused clock, without letting time pass beyond `limit`) until the uploads in
+/// flight are `want`.
+async fn until_uploading(c: &BlockCache, want: &[BlockNum], limit: Duration) {
+    let end = Instant::now() + limit;
+    while uploading(c) != want {
+        assert!(Instant::now() < end, "uploading {:?}, not {want:?}", uploading(c));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
+/// With one upload thread, dirty blocks go up in the order they come due, each no sooner than
+/// the write delay after it turned dirty, and a block somebody flushes goes first, before
+/// blocks not due yet.
+#[tokio::test(start_paused = true)]
+async fn uploads_start_in_due_order_and_a_flushed_block_jumps_the_queue() {
+    let mem = mem();
+    let uploads = mem.hold(Op::Write);
+    let c = Arc::new(BlockCache::new(
+        mem.clone(),
+        CacheConfig { threads: 1, write_delay: Duration::from_millis(100), ..cfg(20) },
+    ));
+    let t0 = Instant::now();
+    for (i, n) in [5, 3, 8, 1].into_iter().enumerate() {
+        tokio::time::sleep_until(t0 + Duration::from_millis(10 * i as u64)).await;
+        c.write_block(n, BlockData::new(block(7))).await.unwrap();
+    }
+    tokio::time::sleep_until(t0 + Duration::from_millis(99)).await;
+    assert_eq!(uploading(&c), Vec::<BlockNum>::new(), "nothing before its write delay");
+    until_uploading(&c, &[5], Duration::from_millis(2)).await;
+    // At 100 ms: 3 (due at 110), 8 (120) and 1 (130) are not due yet; a flush of 1 makes it
+    // due now, so it goes up next.
+    let flush = tokio::spawn({
+        let c = c.clone();
+        async move { c.flush(Some(&[1])).await }
+    });
+    tokio::task::yield_now().await;
+    uploads.allow(1);
+    until_uploading(&c, &[1], Duration::from_millis(1)).await;
+    uploads.allow(1);
+    flush.await.unwrap().unwrap();
+    until_uploading(&c, &[], Duration::from_millis(1)).await;
+    // Then the others, each at its time.
+    until_uploading(&c, &[3], Duration::from_millis(15)).await;
+    assert!(Instant::now() >= t0 + Duration::from_millis(110));
+    uploads.allow(1);
+    until_uploading(&c, &[8], Duration::from_millis(15)).await;
+    assert!(Instant::now() >= t0 + Duration::from_millis(120));
+    uploads.release();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.ok(Op::Write), 4);
+}
+
+/// Write-back is woken by the event that makes blocks due, not by a periodic look: the cache
+/// filling up with dirty blocks starts uploads at once, though their write delay is an hour.
+#[tokio::test(start_paused = true)]
+async fn a_cache_filling_with_dirty_blocks_starts_uploads_at_once() {
+    let mem = mem();
+    let c = BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_secs(3600), ..cfg(10) });
+    for n in 0..8 {
+        c.write_block(n, BlockData::new(block(1))).await.unwrap();
+    }
+    elapse(Duration::from_millis(100)).await;
+    assert_eq!(mem.ok(Op::Write), 0, "8 of 10 dirty: below the pressure threshold, nothing due");
+    c.write_block(8, BlockData::new(block(1))).await.unwrap();
+    // 9 of 10: uploads start now, with no time passing on the paused clock.
+    at_once("uploads of 9 blocks", || mem.ok(Op::Write) == 9).await;
+}
+
+/// Recovered dirty blocks wait for the mount token check, then go up as soon as uploads are
+/// allowed (no time passes in between on the paused clock).
+#[tokio::test(start_paused = true)]
+async fn recovered_dirty_blocks_go_up_when_uploads_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = mem();
+    let slow = CacheConfig { write_delay: Duration::ZERO, ..cfg(8) };
+    {
+        let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
+        let c = BlockCache::with_file(mem.clone(), CacheConfig { write_delay: Duration::from_secs(600), ..cfg(8) }, f);
+        c.write_block(2, BlockData::new(block(4))).await.unwrap();
+        // Crash: dropped without flushing.
+    }
+    let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap());
+    let c = BlockCache::with_file(mem.clone(), slow, f.clone());
+    elapse(Duration::from_secs(5)).await;
+    assert_eq!(mem.get(2), None, "not before the token check");
+    f.allow_uploads();
+    at_once("the recovered block uploaded once allowed", || mem.get(2).is_some()).await;
+    assert_eq!(mem.get(2), Some(block(4)));
+    c.shutdown().await.unwrap();
+}
+
+/// A due partial block a reader is completing is set aside, and uploaded as soon as that read
+/// ends (the read answers after 30 ms; the upload follows within a millisecond).
+#[tokio::test(start_paused = true)]
+async fn a_due_partial_block_a_reader_completes_goes_up_when_the_read_ends() {
+    let mem = mem();
+    mem.put(5, block(5));
+    let reads = mem.hold(Op::Read);
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { write_delay: Duration::from_millis(10), ..cfg(8) }));
+    c.write_block_part(5, 2, bytes(9, 3)).await.unwrap();
+    let reader = tokio::spawn({
+        let c = c.clone();
+        async move { read(&c, 5).await }
+    });
+    reads.arrived(1).await;
+    elapse(Duration::from_millis(50)).await;
+    assert_eq!(mem.calls(Op::Read), 1, "the scheduler does not read it again");
+    assert_eq!(mem.ok(Op::Write), 0, "not uploaded while partial");
+    reads.release();
+    assert_eq!(reader.await.unwrap(), merged(5, &[(2, 9, 3)]));
+    at_once("the completed block uploaded", || mem.ok(Op::Write) == 1).await;
+    assert_eq!(mem.get(5), Some(merged(5, &[(2, 9, 3)])));
+    assert_eq!(mem.calls(Op::Read), 1);
+}
+
+/// Concurrent writes of the same blocks with a cache file: the file's records are written
+/// outside the state lock, yet after a crash each block's recovered version is the one the
+/// cache held last, and each block has one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_recover_the_newest_version_from_the_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = mem();
+    let slow = CacheConfig { write_delay: Duration::from_secs(600), ..cfg(8) };
+    let last = {
+        let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
+        let c = Arc::new(BlockCache::with_file(mem.clone(), slow.clone(), f));
+        for round in 0..20u8 {
+            // Two writers per block, racing.
+            let writers: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let c = c.clone();
+                    let data = block(round * 4 + t + 1);
+                    tokio::spawn(async move { c.write_block(u32::from(t % 2), BlockData::new(data)).await })
+                })
+                .collect();
+            for w in writers {
+                w.await.unwrap().unwrap();
+            }
+        }
+        [read(&c, 0).await, read(&c, 1).await]
+        // Crash: dropped without flushing.
+    };
+    let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions { recover_dirty: true, ..Default::default() }).unwrap());
+    assert_eq!(f.dirty_found(), 2, "one record per block");
+    f.allow_uploads();
+    let c = BlockCache::with_file(mem.clone(), slow, f);
+    c.shutdown().await.unwrap();
+    assert_eq!([mem.get(0), mem.get(1)], last.map(Some));
+}
+
+/// A miss while the link is idle fetches the next `--readAhead` blocks beside it (so a file
+/// system's next dependent reads nearby hit); a miss while an upload is in flight fetches only
+/// itself.
+#[tokio::test(start_paused = true)]
+async fn a_miss_on_an_idle_link_fetches_its_neighbours() {
+    let mem = mem();
+    for n in 0..40 {
+        mem.put(n, block(u8::try_from(n).unwrap()));
+    }
+    let c = BlockCache::new(
+        mem.clone(),
+        CacheConfig { read_ahead: 3, read_ahead_trigger: 100, write_delay: Duration::ZERO, ..cfg(50) },
+    );
+    assert_eq!(read(&c, 5).await, block(5));
+    until("the neighbours are fetched", || mem.ok(Op::Read) == 4).await;
+    for n in [7, 6, 8] {
+        assert_eq!(read(&c, n).await, block(u8::try_from(n).unwrap()));
+    }
+    assert_eq!(mem.calls(Op::Read), 4, "6, 7 and 8 were hits");
+    let uploads = mem.hold(Op::Write);
+    c.write_block(30, BlockData::new(block(1))).await.unwrap();
+    uploads.arrived(1).await;
+    assert_eq!(read(&c, 20).await, block(20));
+    elapse(Duration::from_millis(100)).await;
+    assert_eq!(mem.calls(Op::Read), 5, "with an upload in flight, only the miss itself");
+    uploads.release();
+    c.flush(None).await.unwrap();
+}

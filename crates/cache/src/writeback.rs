@@ -85,7 +85,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             if !paused {
                 start_due(&sh, &mut st, now, &mut jobs, &mut fills);
             }
-            let mut next = st.sched.next_deadline();
+            // While paused, due blocks wait for uploads to be allowed, not for their time.
+            let mut next = if paused { None } else { st.sched.next_deadline() };
             if let Some(t) = sh.cfg.timeout {
                 next = evict_idle(&sh, &mut st, now, t).map_or(next, |idle| Some(next.map_or(idle, |n| n.min(idle))));
             }
