@@ -201,6 +201,11 @@ impl S3Store {
             self.cond.set_unsupported();
             (written, late) = self.write_token(&put, Precondition::None).await?;
         }
+        if let (Written::PreconditionFailed, Precondition::Is(etag)) = (&written, pre) {
+            let retried;
+            (written, retried) = self.retry_if_match(&put, &current, etag).await?;
+            late |= retried;
+        }
         let took = started.elapsed();
         late |= took > SETTLE_BOUND;
         if let Written::PreconditionFailed = written {
@@ -226,6 +231,27 @@ impl S3Store {
             return Err(StoreError::TokenUncertain { took_ms: took.as_millis(), limit_ms: SETTLE_BOUND.as_millis() });
         }
         Ok(TokenSwap::Done)
+    }
+
+    /// After a PUT under `If-Match: <etag>` was refused: if the token is still the version that
+    /// ETag names, the refusal came from how the server compares, not from another mount. Ceph's
+    /// RGW 16 compares a PUT's `If-Match` with its stored ETag without quotes, so the quoted
+    /// ETag it sent on HEAD never matches; it is sent again unquoted, and if that is refused too
+    /// while the token is unchanged, without the header (the protocol does not need it).
+    async fn retry_if_match(&self, put: &Req, was: &Current, etag: &str) -> Result<(Written, bool)> {
+        let mut late = false;
+        for pre in [Precondition::Is(etag.trim_matches('"')), Precondition::None] {
+            let (now, _) = self.read_token().await?;
+            if now.token != was.token || now.etag != was.etag {
+                return Ok((Written::PreconditionFailed, late));
+            }
+            let (written, retried) = self.write_token(put, pre).await?;
+            late |= retried;
+            if !matches!(written, Written::PreconditionFailed) {
+                return Ok((written, late));
+            }
+        }
+        Ok((Written::PreconditionFailed, late))
     }
 
     /// Clears the token if it is still `expected`.
