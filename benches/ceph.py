@@ -168,6 +168,21 @@ def run_rbd(workload, cfg, latency, work):
     return result
 
 
+def rbd_probe(latency, work):
+    """Mean latency (ms) of 4 KiB random reads, one at a time, for 3 s on a small RBD image, with
+    the delay for `latency` in place: what the injection really adds."""
+    CLUSTER.runs += 1
+    image = f"probe{CLUSTER.runs:03d}"
+    subprocess.run(["rbd", "--conf", CLUSTER.conf, "create", "--size", "64M", f"rbd/{image}"], check=True)
+    try:
+        rbd_fio("prep", CLUSTER.conf, image, "--rw=write --bs=1M --size=16m")
+        job, _ = rbd_fio("probe", delayed_conf(work, latency), image,
+                         "--rw=randread --bs=4k --iodepth=1 --size=16m --time_based --runtime=3")
+        return round(job["read"]["lat_ns"]["mean"] / 1e6, 2)
+    finally:
+        subprocess.run(["rbd", "--conf", CLUSTER.conf, "rm", "--no-progress", f"rbd/{image}"], capture_output=True)
+
+
 def gib_moved(r, cfg):
     """GiB the measured part moved: the data size, or IOPS x seconds x 4 KiB."""
     if r["workload"].startswith("seq"):
@@ -191,6 +206,8 @@ def table(results, cfg):
              "fio jobs, no file system; latency added by delaying each OSD reply at the client, uniform in "
              "[0, 2L] (mean L; fio's librbd reaches the monitor and each OSD on their own ports, so no single "
              "proxy can carry it).",
+             "RBD's mean 4 KiB read latency, one at a time: "
+             + ", ".join(f"{v} ms with {lat} ms added" for lat, v in cfg.probes.items()) + ".",
              f"Data size {cfg.data_mb} MiB, random I/O {cfg.rand_secs} s (4 KiB, iodepth 16). Client CPU: the "
              "s3backer daemon's whole life, or fio's (librbd runs in it). Cluster CPU: every Ceph daemon over "
              "the measured part and the flush."]
@@ -256,7 +273,11 @@ def main():
     work = tempfile.mkdtemp(prefix="s3b-bench-ceph-", dir="/tmp")
     CLUSTER = Cluster(cfg.osds)
     results = []
+    cfg.probes = {}
     try:
+        if "rbd" in cfg.systems:
+            cfg.probes = {lat: rbd_probe(lat, work) for lat in cfg.latencies}
+            print(json.dumps({"rbd_probe_ms": cfg.probes}), flush=True)
         for lat in cfg.latencies:
             for w in cfg.workloads:
                 for system in cfg.systems:

@@ -4,7 +4,7 @@
 //! them), `--listBlocks`, `--erase`, discard, the block cache file across a kill -9, NBD, a
 //! public read-only image, and racing mounts with RGW's conditional writes.
 //!
-//! One cluster serves every test of this file (starting one takes about 15 s); each test has
+//! One cluster serves every test of this file (starting one takes about 10 s); each test has
 //! its own bucket.
 
 mod common;

@@ -112,19 +112,6 @@ fn write_conf(dir: &Path, fsid: &str, mon_port: u16, rgw_port: u16, osds: usize)
     path
 }
 
-/// Runs a command to completion, panicking with its output unless it succeeds.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A random UUID from the kernel.
 fn uuid() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("read a random UUID").trim().to_string()
@@ -172,12 +159,12 @@ impl Ceph {
         };
         c.make_keys();
         let monmap = c.dir.join("monmap");
-        run_ok(
+        c.run_ok(
             Command::new("monmaptool")
                 .args(["--create", "--fsid", &fsid, "--addv", "a", &format!("[v2:127.0.0.1:{mon_port}]")])
                 .arg(&monmap),
         );
-        run_ok(&mut c.daemon_cmd("ceph-mon", &["-i", "a", "--mkfs", "--monmap"]).arg(&monmap));
+        c.run_ok(&mut c.daemon_cmd("ceph-mon", &["-i", "a", "--mkfs", "--monmap"]).arg(&monmap));
         c.spawn("mon.a", c.daemon_cmd("ceph-mon", &["-i", "a", "-f"]));
         c.spawn("mgr.x", c.daemon_cmd("ceph-mgr", &["-i", "x", "-f"]));
         std::thread::scope(|s| {
@@ -188,12 +175,12 @@ impl Ceph {
                     let u = uuid();
                     c.ceph(&["osd", "new", &u, &id]);
                     std::fs::create_dir(c.dir.join(format!("osd{i}"))).unwrap();
-                    run_ok(&mut c.daemon_cmd("ceph-osd", &["-i", &id, "--mkfs", "--osd-uuid", &u]));
+                    c.run_ok(&mut c.daemon_cmd("ceph-osd", &["-i", &id, "--mkfs", "--osd-uuid", &u]));
                     c.start_osd(i);
                 });
             }
         });
-        run_ok(&mut c.daemon_cmd(
+        c.run_ok(&mut c.daemon_cmd(
             "radosgw-admin",
             &[
                 "user",
@@ -236,8 +223,39 @@ impl Ceph {
             for pair in caps.chunks(2) {
                 cmd.args(["--cap", pair[0], pair[1]]);
             }
-            run_ok(&mut cmd);
+            self.run_ok(&mut cmd);
         }
+    }
+
+    /// Runs a command to completion (the watchdog knows its pid: a command waiting for a dead
+    /// cluster does not outlive the test), panicking with its output unless it succeeds.
+    fn run_ok(&self, cmd: &mut Command) -> String {
+        let out = self.run(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command to completion, whatever the outcome, its pid told to the watchdog.
+    fn run(&self, cmd: &mut Command) -> Output {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        self.tell_watchdog(child.id());
+        child.wait_with_output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+    }
+
+    fn tell_watchdog(&self, pid: u32) {
+        let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")).unwrap();
+        writeln!(pids, "{pid}").unwrap();
     }
 
     /// `program --conf <ours> args…`.
@@ -258,19 +276,18 @@ impl Ceph {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("pids")).unwrap();
-        writeln!(pids, "{}", child.id()).unwrap();
+        self.tell_watchdog(child.id());
         self.daemons.lock().insert(name.to_string(), child);
     }
 
     /// Runs the `ceph` command line as the admin; panics unless it succeeds; returns stdout.
     pub fn ceph(&self, args: &[&str]) -> String {
-        run_ok(&mut self.daemon_cmd("ceph", args))
+        self.run_ok(&mut self.daemon_cmd("ceph", args))
     }
 
     /// Runs the `ceph` command line as the admin, whatever the outcome.
     pub fn ceph_output(&self, args: &[&str]) -> Output {
-        self.daemon_cmd("ceph", args).stdin(Stdio::null()).output().expect("run ceph")
+        self.run(&mut self.daemon_cmd("ceph", args))
     }
 
     /// The cluster's configuration file (for `CEPH_CONF`, fio's `rbd` engine, `rbd`).
