@@ -332,7 +332,7 @@ fn public_image_through_an_anonymous_read_bucket_policy() {
     let refused = |what: &str, want: &str| {
         let out = anonymous(bin(), &quick).stdin(std::process::Stdio::null()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().filter(|l| !l.contains(": warning: ")).last().unwrap_or("");
+        let last = err.lines().rfind(|l| !l.contains(": warning: ")).unwrap_or("");
         assert!(!out.status.success() && last.contains(want) && last.contains("access denied"), "{what}: {err}");
         assert!(!is_mounted(&s.mnt()));
     };

@@ -164,7 +164,7 @@ impl Ceph {
                 .args(["--create", "--fsid", &fsid, "--addv", "a", &format!("[v2:127.0.0.1:{mon_port}]")])
                 .arg(&monmap),
         );
-        c.run_ok(&mut c.daemon_cmd("ceph-mon", &["-i", "a", "--mkfs", "--monmap"]).arg(&monmap));
+        c.run_ok(c.daemon_cmd("ceph-mon", &["-i", "a", "--mkfs", "--monmap"]).arg(&monmap));
         c.spawn("mon.a", c.daemon_cmd("ceph-mon", &["-i", "a", "-f"]));
         c.spawn("mgr.x", c.daemon_cmd("ceph-mgr", &["-i", "x", "-f"]));
         std::thread::scope(|s| {
