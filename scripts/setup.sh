@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what s3backer-rs needs to build, demo and test, on Debian as root. Idempotent: a
 # second run installs nothing. Usage: scripts/setup.sh [--with-s3]   (--with-s3: also the S3
-# servers the tests use, Garage and s3s-fs; their first builds take about 13 minutes, then reused).
+# servers the tests use, Garage and s3s-fs, whose first builds take about 13 minutes, then
+# reused, and Ceph's packages for the RGW tests).
 set -euo pipefail
 need=()
 for pair in fusermount3:fuse3 mkfs.ext4:e2fsprogs e2fsck:e2fsprogs fio:fio losetup:mount \
@@ -54,6 +55,17 @@ if [ "${1:-}" = "--with-s3" ]; then
     if ! command -v s3s-fs >/dev/null 2>&1; then
         echo "setup: building the s3s-fs S3 server (once, about 3 minutes)" >&2
         cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+    fi
+    # Ceph from Debian's packages: the RGW tests' cluster, and RBD for benches/ceph.py.
+    ceph=()
+    for p in ceph-mon ceph-osd ceph-mgr radosgw ceph-common; do
+        dpkg -s "$p" >/dev/null 2>&1 || ceph+=("$p")
+    done
+    if [ ${#ceph[@]} -gt 0 ]; then
+        echo "setup: installing ${ceph[*]} (about a minute)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
     fi
 fi
 # Loop devices and FUSE must be usable (CI and a root shell on Debian have both).

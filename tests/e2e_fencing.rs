@@ -4,10 +4,11 @@
 //! each pair comes up; the other fails with "already mounted" and leaves the winner's token.
 //! The same through the fault-injecting proxy (10 % 503, 2 % 500, 3 % resets): never both up.
 //! Also: `--force` still overrides, a crashed mount is still recoverable, and C s3backer 1.5.4
-//! and we still see each other's token.
+//! and we still see each other's token. The same on Ceph's RGW, which honours the headers.
 
 mod common;
 use common::*;
+use s3b_testkit::ceph::Ceph;
 use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
 use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
 use s3b_testkit::s3s_fs::S3sFs;
@@ -269,6 +270,49 @@ fn measure_racing_pairs_through_faults() {
         let t = race_pairs_counted(&flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET), "m", 20, 5);
         eprintln!("MEASURE races Garage {rates:?}: {t:?}");
     }
+}
+
+/// One RGW for the tests of this file that need it.
+fn rgw() -> &'static Ceph {
+    static RGW: std::sync::OnceLock<Ceph> = std::sync::OnceLock::new();
+    RGW.get_or_init(|| Ceph::start(1))
+}
+
+/// RGW checks `If-None-Match: *` and writes atomically: of the token PUTs of each race exactly
+/// one was stored (200); the others were answered 412, as its access log shows.
+#[test]
+fn racing_pairs_on_rgw_with_atomic_conditional_writes() {
+    let c = rgw();
+    one_winner_per_race("RGW, conditional writes", "rgw", &c.s3backer_flags(), &|| c.list_keys(BUCKET));
+    let mut answers: std::collections::BTreeMap<(usize, String), usize> = Default::default();
+    for line in c.rgw_log().lines() {
+        let Some(rest) = line.split(&format!("\"PUT /{BUCKET}/rgw")).nth(1) else { continue };
+        let Some((pair, after)) = rest.split_once("/s3backer-mounted HTTP/1.1\" ") else { continue };
+        let code = after.split_whitespace().next().unwrap_or("").to_string();
+        *answers.entry((pair.parse().unwrap(), code)).or_default() += 1;
+    }
+    let count = |code: &str| answers.iter().filter(|((_, c), _)| c == code).map(|(_, n)| n).sum::<usize>();
+    eprintln!("RGW's answers to the racing token PUTs: {} × 200, {} × 412", count("200"), count("412"));
+    for i in 0..20 {
+        assert_eq!(answers.get(&(i, "200".to_string())), Some(&1), "race {i}: {answers:?}");
+    }
+}
+
+/// RGW 16 compares a PUT's `If-Match` with the ETag it stores without quotes, so the quoted
+/// ETag its own HEAD returns never matches (GET compares correctly). `--force` and crash
+/// recovery replace a token under `If-Match`, and still work there.
+#[test]
+fn force_and_crash_recovery_on_rgw_whose_put_if_match_wants_an_unquoted_etag() {
+    let c = rgw();
+    assert_eq!(c.curl(&["-X", "PUT", "--data-binary", "a"], &format!("{BUCKET}/ifmatch")).0, 200);
+    let etag = "0cc175b9c0f1b6a831c399e269772661"; // MD5 of "a"
+    let put_if = |tag: String| {
+        c.curl(&["-X", "PUT", "--data-binary", "a", "-H", &format!("If-Match: {tag}")], &format!("{BUCKET}/ifmatch")).0
+    };
+    assert_eq!(put_if(format!("\"{etag}\"")), 412, "RGW now matches a quoted If-Match on PUT");
+    assert_eq!(put_if(etag.to_string()), 200);
+    assert_eq!(c.curl(&["-H", &format!("If-Match: \"{etag}\"")], &format!("{BUCKET}/ifmatch")).0, 200);
+    force_and_crash_recovery(&c.s3backer_flags(), &|| c.list_keys(BUCKET));
 }
 
 fn mount_vol(flags: &[String], vol: &str, extra: &[&str], mnt: &Path) -> Mount {

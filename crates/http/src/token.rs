@@ -162,6 +162,26 @@ struct Run<'a, T: ?Sized> {
     conditions: bool,
     /// Writes sent.
     writes: u32,
+    /// How `If-Match` carries the ETag (see [`IfMatchForm`]).
+    if_match: IfMatchForm,
+    /// The token and ETag that the last `If-Match` write was refused over.
+    refused_over: Option<(u32, Option<String>)>,
+}
+
+/// How a token write replacing a token carries its ETag. A refused `If-Match` while the token
+/// and its ETag stay as they were means the server compares differently, not that another
+/// mount wrote: Ceph's RGW 16 compares a PUT's `If-Match` with the stored ETag without quotes,
+/// so the quoted ETag its own HEAD returns never matches. The next form is tried then: the ETag
+/// unquoted, then no header at all (the protocol does not need it; it only makes losers fail
+/// sooner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfMatchForm {
+    /// The ETag as the HEAD returned it.
+    AsGiven,
+    /// The ETag without its quotes.
+    Unquoted,
+    /// No `If-Match`.
+    Omitted,
 }
 
 /// A fresh token value that is none of `taken` (nor 0 or the shared-disk token).
@@ -184,6 +204,8 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
             settled: Instant::now(),
             conditions: obj.conditional_writes(),
             writes: 0,
+            if_match: IfMatchForm::AsGiven,
+            refused_over: None,
         }
     }
 
@@ -217,7 +239,11 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
     fn condition(&self, cur: &TokenState) -> TokenCondition {
         match (&cur.etag, cur.token) {
             _ if !self.conditions => TokenCondition::None,
-            (Some(etag), _) => TokenCondition::Is(etag.clone()),
+            (Some(etag), _) => match self.if_match {
+                IfMatchForm::AsGiven => TokenCondition::Is(etag.clone()),
+                IfMatchForm::Unquoted => TokenCondition::Is(etag.trim_matches('"').to_string()),
+                IfMatchForm::Omitted => TokenCondition::None,
+            },
             (None, 0) => TokenCondition::Absent,
             (None, _) => TokenCondition::None,
         }
@@ -279,6 +305,14 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
             self.count_write()?;
             let value = if self.ours.is_empty() { first } else { fresh_token(&self.ours) };
             self.ours.push(value);
+            if self.refused_over.as_ref() == Some(&(cur.token, cur.etag.clone())) {
+                // Refused although nothing changed: the server compares another way.
+                self.if_match = match self.if_match {
+                    IfMatchForm::AsGiven => IfMatchForm::Unquoted,
+                    IfMatchForm::Unquoted | IfMatchForm::Omitted => IfMatchForm::Omitted,
+                };
+                log::debug!("the server refused If-Match over an unchanged token; now {:?}", self.if_match);
+            }
             let cond = self.condition(&cur);
             let sent = Instant::now();
             match Self::timed(self.obj.put_token(value, &cond)).await {
@@ -292,7 +326,11 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
                     sleep_until(self.settled + SETTLE_WAIT).await;
                 }
                 // Refused, so not written: the next HEAD shows who holds the volume.
-                Err(StoreError::Stale(_)) => {}
+                Err(StoreError::Stale(_)) => {
+                    if let TokenCondition::Is(_) = cond {
+                        self.refused_over = Some((cur.token, cur.etag.clone()));
+                    }
+                }
                 Err(StoreError::Http { status: 501, .. }) if cond != TokenCondition::None => {
                     self.conditions = false;
                     self.obj.no_conditional_writes();

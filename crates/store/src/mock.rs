@@ -743,6 +743,10 @@ pub enum TokenPreconditions {
     /// Checked when the request arrives, applied when it is answered: two writes that arrive
     /// together both pass (s3s-fs 0.14).
     CheckThenWrite,
+    /// Checked and applied atomically, as Ceph's RGW 16 does it: a PUT's `If-Match` is compared
+    /// with the ETag without its quotes, so the quoted ETag a HEAD returns never matches, and a
+    /// DELETE's precondition is ignored.
+    AtomicUnquotedPut,
 }
 
 /// Random faults and latencies of [`MemTokenObject`], in percent of requests.
@@ -788,6 +792,8 @@ struct TokenServer {
     conditions_seen: u64,
     /// Whether late writes are checked against their precondition when they take effect.
     check_late: bool,
+    /// [`TokenPreconditions::AtomicUnquotedPut`].
+    unquoted_put: bool,
 }
 
 /// An in-memory S3 server holding one mount token object, for the fenced mount protocol's tests
@@ -816,6 +822,7 @@ impl MemTokenObject {
                 requests: HashMap::new(),
                 conditions_seen: 0,
                 check_late: preconditions != TokenPreconditions::Ignored,
+                unquoted_put: preconditions == TokenPreconditions::AtomicUnquotedPut,
             }),
             preconditions,
         }
@@ -911,10 +918,12 @@ impl MemTokenObject {
             s.apply_due(now);
             match (&write, self.preconditions) {
                 (None, _) => return Ok(s.state()),
-                (Some(w), TokenPreconditions::Atomic) => return s.write(now, w, true),
+                (Some(w), TokenPreconditions::Atomic | TokenPreconditions::AtomicUnquotedPut) => {
+                    return s.write(now, w, true);
+                }
                 (Some(w), TokenPreconditions::Ignored) => return s.write(now, w, false),
                 (Some(w), TokenPreconditions::CheckThenWrite) => {
-                    s.check(&w.cond)?;
+                    s.check(w)?;
                     w.clone()
                 }
             }
@@ -965,18 +974,24 @@ impl TokenServer {
         (fault, arrive, answer)
     }
 
-    fn check(&self, cond: &TokenCondition) -> Result<()> {
-        let holds = match cond {
+    fn check(&self, w: &TokenWrite) -> Result<()> {
+        let stored = self.state().etag;
+        let holds = match &w.cond {
             TokenCondition::None => true,
+            // A DELETE (token 0) under RGW's rules: its precondition is ignored.
+            _ if self.unquoted_put && w.token == 0 => true,
             TokenCondition::Absent => self.token == 0,
-            TokenCondition::Is(etag) => self.state().etag.as_deref() == Some(etag.as_str()),
+            TokenCondition::Is(etag) if self.unquoted_put => {
+                stored.as_deref().map(|e| e.trim_matches('"')) == Some(etag.as_str())
+            }
+            TokenCondition::Is(etag) => stored.as_deref() == Some(etag.as_str()),
         };
         if holds { Ok(()) } else { Err(StoreError::Stale(0)) }
     }
 
     fn write(&mut self, now: tokio::time::Instant, w: &TokenWrite, checked: bool) -> Result<TokenState> {
         if checked {
-            self.check(&w.cond)?;
+            self.check(w)?;
         }
         self.apply(now, w.token);
         Ok(self.state())

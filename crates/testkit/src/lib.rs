@@ -4,6 +4,8 @@
 //!   the S3 tests run against (never a mock of our own).
 //! - [`garage_cluster`]: a 3-node Garage cluster (replication factor 3) whose nodes tests kill.
 //! - [`s3s_fs`]: a throw-away s3s-fs, a second S3 implementation with other quirks.
+//! - [`ceph`]: a throw-away single-host Ceph cluster (monitor, manager, OSDs, RADOS Gateway):
+//!   RGW is the S3 server people self-host, and the cluster also serves RBD for comparison.
 //! - [`fault_proxy`]: a failure-injecting HTTP proxy (5xx, resets, stalls) in front of it,
 //!   which can also refuse every listing, as a least-privilege key's bucket policy does.
 //! - [`public_http`]: a plain web server publishing a read-only image's block objects.
@@ -11,6 +13,7 @@
 //!   oversized bodies, header floods, trickled answers).
 //! - [`listener`]: the accept-a-connection-per-thread skeleton those three servers share.
 
+pub mod ceph;
 pub mod fault_proxy;
 pub mod garage;
 pub mod garage_cluster;

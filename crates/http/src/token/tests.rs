@@ -183,6 +183,26 @@ async fn clearing_survives_faults_and_leaves_another_mounts_token() {
     assert_eq!(set_token(&obj, pauses(), 0x3333, 0x5555).await.unwrap(), TokenSwap::Changed(0x4444));
 }
 
+/// A server that compares a PUT's `If-Match` with the ETag unquoted (Ceph's RGW 16) refuses
+/// every `--force` replacement sent with the quoted ETag its HEAD returned. The refusal over an
+/// unchanged token is recognised: the ETag is sent unquoted next, and the replacement is done;
+/// another mount's token is still refused, and a mount over a free volume needs no retry.
+#[tokio::test(start_paused = true)]
+async fn a_refused_if_match_over_an_unchanged_token_is_sent_again_unquoted() {
+    let obj = MemTokenObject::new(TokenPreconditions::AtomicUnquotedPut);
+    obj.set_token(0x3333);
+    // The second write carries a fresh value of this mount's, as every write after the first.
+    let TokenSwap::Done(ours) = set_token(&obj, pauses(), 0x3333, 0x4444).await.unwrap() else {
+        panic!("the replacement was refused")
+    };
+    assert!(ours != 0x3333 && obj.token() == ours);
+    assert_eq!(obj.requests(TokenReq::Put), 2, "one refused quoted If-Match, one unquoted");
+    assert_eq!(set_token(&obj, pauses(), 0x3333, 0x5555).await.unwrap(), TokenSwap::Changed(ours));
+    assert_eq!(clear_token(&obj, pauses(), &[ours]).await.unwrap(), TokenSwap::Done(0));
+    assert_eq!(mount(&obj, 0x6666).await.unwrap(), TokenSwap::Done(0x6666));
+    assert_eq!(obj.requests(TokenReq::Put), 3);
+}
+
 /// The fault rates on one mount at a time: every mount comes up, every unmount clears.
 #[tokio::test(start_paused = true)]
 async fn one_mount_at_a_time_always_comes_up_under_random_faults() {
