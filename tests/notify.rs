@@ -59,15 +59,37 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-fn spawn(args: &[String], notify: &Path, stderr: &Path) -> Child {
-    Command::new(bin())
+/// The daemon under test; if a check fails, dropping it unmounts `mnt` (if mounted), stops the
+/// process and waits for it, so a failed test leaves nothing running.
+struct Daemon {
+    child: Child,
+    mnt: Option<std::path::PathBuf>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[String], notify: &Path, stderr: &Path, mnt: Option<&Path>) -> Daemon {
+    let child = Command::new(bin())
         .args(args)
         .env("NOTIFY_SOCKET", notify)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
-        .expect("spawn s3backer")
+        .expect("spawn s3backer");
+    Daemon { child, mnt: mnt.map(Path::to_path_buf) }
 }
 
 fn statuses(msgs: &[Vec<String>]) -> Vec<String> {
@@ -97,9 +119,10 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
     let mgr = Manager::bind(&notify);
     let mut args = test_args(&s, &["--size=4m", "--blockSize=64k"]);
     args.extend(strings(&["-f", s.mnt().to_str().unwrap()]));
-    let mut child = spawn(&args, &notify, &stderr);
+    let mut daemon = spawn(&args, &notify, &stderr, Some(&s.mnt()));
+    let child = &mut daemon.child;
 
-    let start = mgr.until("READY=1", &mut child, &stderr);
+    let start = mgr.until("READY=1", child, &stderr);
     // At READY the volume is mounted and answers.
     assert!(is_mounted(&s.mnt()), "READY=1 before the mount: {start:?}");
     assert_eq!(std::fs::metadata(s.mnt().join("file")).unwrap().len(), 4 << 20);
@@ -110,14 +133,14 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
     std::fs::write(s.mnt().join("file"), random_bytes(7, 256 << 10)).unwrap();
     cmd("umount", &[s.mnt().to_str().unwrap()]);
 
-    let stop = mgr.until("STOPPING=1", &mut child, &stderr);
+    let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!is_mounted(&s.mnt()), "STOPPING=1 while still mounted");
     assert_eq!(statuses(&stop), vec!["unmounted; flushing dirty blocks".to_string()], "{stop:?}");
-    let last = mgr.next(&mut child, &stderr);
+    let last = mgr.next(child, &stderr);
     assert_eq!(last, vec!["STATUS=flushed; exiting".to_string()]);
     // The last status comes only once the four written blocks are in the store.
     assert_eq!(block_files(&s.store()), 4);
-    assert_eq!(wait_exit(&mut child, &stderr), 0, "{}", read(&stderr));
+    assert_eq!(wait_exit(child, &stderr), 0, "{}", read(&stderr));
     let all: Vec<Vec<String>> = start.into_iter().chain(stop).chain([last]).collect();
     eprintln!("notify messages of a FUSE mount: {all:?}");
 }
@@ -131,9 +154,10 @@ fn nbd_server_notifies_ready_once_listening() {
     let mgr = Manager::bind(&notify);
     let mut args = strings(&["--nbd", "-f", &format!("--nbdListen={}", sock.display())]);
     args.extend(test_args(&s, &["--size=4m", "--blockSize=64k"]));
-    let mut child = spawn(&args, &notify, &stderr);
+    let mut daemon = spawn(&args, &notify, &stderr, None);
+    let child = &mut daemon.child;
 
-    let start = mgr.until("READY=1", &mut child, &stderr);
+    let start = mgr.until("READY=1", child, &stderr);
     // At READY a client gets the export.
     let size = cmd("nbdinfo", &["--size", &format!("nbd+unix:///?socket={}", sock.display())]);
     assert_eq!(size.trim(), (4u64 << 20).to_string(), "{start:?}");
@@ -141,9 +165,9 @@ fn nbd_server_notifies_ready_once_listening() {
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    let stop = mgr.until("STOPPING=1", &mut child, &stderr);
+    let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err(), "still listening");
     assert_eq!(statuses(&stop), vec!["NBD server stopped; flushing dirty blocks".to_string()], "{stop:?}");
-    assert_eq!(mgr.next(&mut child, &stderr), vec!["STATUS=flushed; exiting".to_string()]);
-    assert_eq!(wait_exit(&mut child, &stderr), 0, "{}", read(&stderr));
+    assert_eq!(mgr.next(child, &stderr), vec!["STATUS=flushed; exiting".to_string()]);
+    assert_eq!(wait_exit(child, &stderr), 0, "{}", read(&stderr));
 }
