@@ -41,6 +41,18 @@ impl Manager {
         }
     }
 
+    /// The first message after the flush's progress reports (`STATUS=flushing: N dirty blocks
+    /// left`, sent every second while it runs), each of which must be a lone status line.
+    fn after_flush(&self, child: &mut Child, stderr: &Path) -> Vec<String> {
+        loop {
+            let m = self.next(child, stderr);
+            match &m[..] {
+                [l] if l.starts_with("STATUS=flushing: ") && l.ends_with(" dirty blocks left") => {}
+                _ => return m,
+            }
+        }
+    }
+
     /// Messages until one contains `key` (e.g. `READY=1`); returns all of them, that one last.
     fn until(&self, key: &str, child: &mut Child, stderr: &Path) -> Vec<Vec<String>> {
         let mut got = Vec::new();
@@ -136,7 +148,7 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
     let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!is_mounted(&s.mnt()), "STOPPING=1 while still mounted");
     assert_eq!(statuses(&stop), vec!["unmounted; flushing dirty blocks".to_string()], "{stop:?}");
-    let last = mgr.next(child, &stderr);
+    let last = mgr.after_flush(child, &stderr);
     assert_eq!(last, vec!["STATUS=flushed; exiting".to_string()]);
     // The last status comes only once the four written blocks are in the store.
     assert_eq!(block_files(&s.store()), 4);
@@ -146,14 +158,18 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
 }
 
 #[test]
-fn nbd_server_notifies_ready_once_listening() {
+fn nbd_server_notifies_ready_once_listening_and_the_flush_progress() {
     let s = Scratch::new();
     let notify = s.path("notify");
     let stderr = s.path("stderr");
     let sock = s.path("nbd.sock");
     let mgr = Manager::bind(&notify);
     let mut args = strings(&["--nbd", "-f", &format!("--nbdListen={}", sock.display())]);
-    args.extend(test_args(&s, &["--size=4m", "--blockSize=64k"]));
+    // Slow uploads (random delays, two at a time) that wait for the shutdown: its flush takes
+    // seconds, and reports the dirty blocks left meanwhile.
+    let slow =
+        ["--size=4m", "--blockSize=64k", "--test-delays", "--blockCacheThreads=2", "--blockCacheWriteDelay=600000"];
+    args.extend(test_args(&s, &slow));
     let mut daemon = spawn(&args, &notify, &stderr, None);
     let child = &mut daemon.child;
 
@@ -162,12 +178,35 @@ fn nbd_server_notifies_ready_once_listening() {
     let size = cmd("nbdinfo", &["--size", &format!("nbd+unix:///?socket={}", sock.display())]);
     assert_eq!(size.trim(), (4u64 << 20).to_string(), "{start:?}");
     assert_eq!(statuses(&start).first().map(String::as_str), Some("opening the volume"), "{start:?}");
+    // 64 blocks written and not flushed (NBD_CMD_DISC does not flush).
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    python(
+        "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pwrite(bytes([7]) * (4 << 20), 0)\nh.shutdown()",
+        &[&uri],
+    );
+    assert_eq!(block_files(&s.store()), 0, "uploaded before the shutdown");
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err(), "still listening");
     assert_eq!(statuses(&stop), vec!["NBD server stopped; flushing dirty blocks".to_string()], "{stop:?}");
-    assert_eq!(mgr.next(child, &stderr), vec!["STATUS=flushed; exiting".to_string()]);
+    let mut progress = Vec::new();
+    let last = loop {
+        let m = mgr.next(child, &stderr);
+        match &m[..] {
+            [l] if l.starts_with("STATUS=flushing: ") => progress.push(l.clone()),
+            _ => break m,
+        }
+    };
+    assert_eq!(last, vec!["STATUS=flushed; exiting".to_string()], "{progress:?}");
+    assert!(!progress.is_empty(), "no progress during a flush of seconds");
+    let left: Vec<u64> = progress
+        .iter()
+        .map(|l| l.trim_start_matches("STATUS=flushing: ").trim_end_matches(" dirty blocks left").parse().unwrap())
+        .collect();
+    assert!(left.windows(2).all(|w| w[0] >= w[1]) && left[0] <= 64, "{progress:?}");
+    assert_eq!(block_files(&s.store()), 64, "the last status before every block was stored");
     assert_eq!(wait_exit(child, &stderr), 0, "{}", read(&stderr));
+    eprintln!("flush progress of an NBD server: {progress:?}");
 }
