@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked
 cargo run --release --locked --quiet -p s3b-cli --example completions -- target/completions >/dev/null
-cargo deb --no-build "$@"
+cargo deb --no-build --strip "$@"

@@ -19,7 +19,7 @@ fn build_deb(out: &Path) -> PathBuf {
     let built = checked_output(
         Command::new("cargo")
             .current_dir(ROOT)
-            .args(["deb", "--no-build", "--profile", "dev", "--fast", "-q", "-o"])
+            .args(["deb", "--no-build", "--strip", "--profile", "dev", "--fast", "-q", "-o"])
             .arg(out),
         "cargo deb (scripts/setup.sh installs cargo-deb)",
     );

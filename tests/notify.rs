@@ -41,6 +41,18 @@ impl Manager {
         }
     }
 
+    /// The first message after the flush's progress reports (`STATUS=flushing: N dirty blocks
+    /// left`, sent every second while it runs), each of which must be a lone status line.
+    fn after_flush(&self, child: &mut Child, stderr: &Path) -> Vec<String> {
+        loop {
+            let m = self.next(child, stderr);
+            match &m[..] {
+                [l] if l.starts_with("STATUS=flushing: ") && l.ends_with(" dirty blocks left") => {}
+                _ => return m,
+            }
+        }
+    }
+
     /// Messages until one contains `key` (e.g. `READY=1`); returns all of them, that one last.
     fn until(&self, key: &str, child: &mut Child, stderr: &Path) -> Vec<Vec<String>> {
         let mut got = Vec::new();
@@ -59,15 +71,37 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-fn spawn(args: &[String], notify: &Path, stderr: &Path) -> Child {
-    Command::new(bin())
+/// The daemon under test; if a check fails, dropping it unmounts `mnt` (if mounted), stops the
+/// process and waits for it, so a failed test leaves nothing running.
+struct Daemon {
+    child: Child,
+    mnt: Option<std::path::PathBuf>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[String], notify: &Path, stderr: &Path, mnt: Option<&Path>) -> Daemon {
+    let child = Command::new(bin())
         .args(args)
         .env("NOTIFY_SOCKET", notify)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
-        .expect("spawn s3backer")
+        .expect("spawn s3backer");
+    Daemon { child, mnt: mnt.map(Path::to_path_buf) }
 }
 
 fn statuses(msgs: &[Vec<String>]) -> Vec<String> {
@@ -97,9 +131,10 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
     let mgr = Manager::bind(&notify);
     let mut args = test_args(&s, &["--size=4m", "--blockSize=64k"]);
     args.extend(strings(&["-f", s.mnt().to_str().unwrap()]));
-    let mut child = spawn(&args, &notify, &stderr);
+    let mut daemon = spawn(&args, &notify, &stderr, Some(&s.mnt()));
+    let child = &mut daemon.child;
 
-    let start = mgr.until("READY=1", &mut child, &stderr);
+    let start = mgr.until("READY=1", child, &stderr);
     // At READY the volume is mounted and answers.
     assert!(is_mounted(&s.mnt()), "READY=1 before the mount: {start:?}");
     assert_eq!(std::fs::metadata(s.mnt().join("file")).unwrap().len(), 4 << 20);
@@ -110,40 +145,68 @@ fn fuse_mount_notifies_ready_once_mounted_and_stopping_before_the_flush() {
     std::fs::write(s.mnt().join("file"), random_bytes(7, 256 << 10)).unwrap();
     cmd("umount", &[s.mnt().to_str().unwrap()]);
 
-    let stop = mgr.until("STOPPING=1", &mut child, &stderr);
+    let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!is_mounted(&s.mnt()), "STOPPING=1 while still mounted");
     assert_eq!(statuses(&stop), vec!["unmounted; flushing dirty blocks".to_string()], "{stop:?}");
-    let last = mgr.next(&mut child, &stderr);
+    let last = mgr.after_flush(child, &stderr);
     assert_eq!(last, vec!["STATUS=flushed; exiting".to_string()]);
     // The last status comes only once the four written blocks are in the store.
     assert_eq!(block_files(&s.store()), 4);
-    assert_eq!(wait_exit(&mut child, &stderr), 0, "{}", read(&stderr));
+    assert_eq!(wait_exit(child, &stderr), 0, "{}", read(&stderr));
     let all: Vec<Vec<String>> = start.into_iter().chain(stop).chain([last]).collect();
     eprintln!("notify messages of a FUSE mount: {all:?}");
 }
 
 #[test]
-fn nbd_server_notifies_ready_once_listening() {
+fn nbd_server_notifies_ready_once_listening_and_the_flush_progress() {
     let s = Scratch::new();
     let notify = s.path("notify");
     let stderr = s.path("stderr");
     let sock = s.path("nbd.sock");
     let mgr = Manager::bind(&notify);
     let mut args = strings(&["--nbd", "-f", &format!("--nbdListen={}", sock.display())]);
-    args.extend(test_args(&s, &["--size=4m", "--blockSize=64k"]));
-    let mut child = spawn(&args, &notify, &stderr);
+    // Slow uploads (random delays, two at a time) that wait for the shutdown: its flush takes
+    // seconds, and reports the dirty blocks left meanwhile.
+    let slow =
+        ["--size=4m", "--blockSize=64k", "--test-delays", "--blockCacheThreads=2", "--blockCacheWriteDelay=600000"];
+    args.extend(test_args(&s, &slow));
+    let mut daemon = spawn(&args, &notify, &stderr, None);
+    let child = &mut daemon.child;
 
-    let start = mgr.until("READY=1", &mut child, &stderr);
+    let start = mgr.until("READY=1", child, &stderr);
     // At READY a client gets the export.
     let size = cmd("nbdinfo", &["--size", &format!("nbd+unix:///?socket={}", sock.display())]);
     assert_eq!(size.trim(), (4u64 << 20).to_string(), "{start:?}");
     assert_eq!(statuses(&start).first().map(String::as_str), Some("opening the volume"), "{start:?}");
+    // 64 blocks written and not flushed (NBD_CMD_DISC does not flush).
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    python(
+        "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pwrite(bytes([7]) * (4 << 20), 0)\nh.shutdown()",
+        &[&uri],
+    );
+    assert_eq!(block_files(&s.store()), 0, "uploaded before the shutdown");
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    let stop = mgr.until("STOPPING=1", &mut child, &stderr);
+    let stop = mgr.until("STOPPING=1", child, &stderr);
     assert!(!sock.exists() || std::os::unix::net::UnixStream::connect(&sock).is_err(), "still listening");
     assert_eq!(statuses(&stop), vec!["NBD server stopped; flushing dirty blocks".to_string()], "{stop:?}");
-    assert_eq!(mgr.next(&mut child, &stderr), vec!["STATUS=flushed; exiting".to_string()]);
-    assert_eq!(wait_exit(&mut child, &stderr), 0, "{}", read(&stderr));
+    let mut progress = Vec::new();
+    let last = loop {
+        let m = mgr.next(child, &stderr);
+        match &m[..] {
+            [l] if l.starts_with("STATUS=flushing: ") => progress.push(l.clone()),
+            _ => break m,
+        }
+    };
+    assert_eq!(last, vec!["STATUS=flushed; exiting".to_string()], "{progress:?}");
+    assert!(!progress.is_empty(), "no progress during a flush of seconds");
+    let left: Vec<u64> = progress
+        .iter()
+        .map(|l| l.trim_start_matches("STATUS=flushing: ").trim_end_matches(" dirty blocks left").parse().unwrap())
+        .collect();
+    assert!(left.windows(2).all(|w| w[0] >= w[1]) && left[0] <= 64, "{progress:?}");
+    assert_eq!(block_files(&s.store()), 64, "the last status before every block was stored");
+    assert_eq!(wait_exit(child, &stderr), 0, "{}", read(&stderr));
+    eprintln!("flush progress of an NBD server: {progress:?}");
 }

@@ -8,18 +8,44 @@ use s3b_testkit::garage::{BUCKET, Garage};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Runs `args` (our binary first) on a pseudo-terminal with script(1); returns the child and the
-/// typescript file that collects what the terminal showed.
-fn on_a_terminal(args: &[String], typescript: &Path) -> std::process::Child {
+/// A command run on a terminal; if a check fails, dropping it unmounts `mnt` (if given and
+/// mounted), which ends our daemon, then waits for script(1).
+struct OnTerminal {
+    child: std::process::Child,
+    mnt: Option<std::path::PathBuf>,
+}
+
+impl OnTerminal {
+    fn wait_success(mut self) -> bool {
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for OnTerminal {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `args` (our binary first) on a pseudo-terminal with script(1); the typescript file
+/// collects what the terminal showed. `mnt`: the mount point it mounts, if any.
+fn on_a_terminal(args: &[String], typescript: &Path, mnt: Option<&Path>) -> OnTerminal {
     let line: Vec<String> = std::iter::once(bin().to_string()).chain(args.iter().cloned()).collect();
-    Command::new("script")
+    let child = Command::new("script")
         .args(["-qefc", &line.join(" ")])
         .arg(typescript)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("run script(1)")
+        .expect("run script(1)");
+    OnTerminal { child, mnt: mnt.map(Path::to_path_buf) }
 }
 
 /// A volume of 300 stored blocks in the scratch directory.
@@ -38,12 +64,12 @@ fn list_blocks_survey_shows_a_spinner_on_a_terminal_and_one_line_off_it() {
 
     // On a terminal: the spinner, then the summary.
     let ts = s.path("typescript");
-    let mut child = on_a_terminal(&args, &ts);
+    let child = on_a_terminal(&args, &ts, Some(&s.mnt()));
     wait_for(30, "the mount", || is_mounted(&s.mnt()));
     let survey_done = || std::fs::read_to_string(&ts).unwrap_or_default().contains("block survey done");
     wait_for(30, "the survey", survey_done);
     cmd("umount", &[s.mnt().to_str().unwrap()]);
-    assert!(child.wait().unwrap().success());
+    assert!(child.wait_success());
     let screen = std::fs::read_to_string(&ts).unwrap();
     assert!(screen.contains("s3backer: surveying the stored blocks"), "no spinner:\n{screen}");
     assert!(screen.contains("\x1b[2K"), "the spinner was not cleared:\n{screen}");
@@ -74,7 +100,7 @@ fn erase_shows_a_bar_on_a_terminal_and_one_line_off_it() {
 
     fill(&g);
     let ts = s.path("typescript");
-    assert!(on_a_terminal(&erase, &ts).wait().unwrap().success());
+    assert!(on_a_terminal(&erase, &ts, None).wait_success());
     let screen = std::fs::read_to_string(&ts).unwrap();
     assert!(screen.contains("s3backer: erasing ["), "no bar:\n{screen}");
     assert!(screen.contains("erased 1500 blocks of"), "{screen}");

@@ -115,9 +115,10 @@ fn request_histogram() -> Histogram {
 struct State {
     recorded: Arc<Recorded>,
     listener: Mutex<Option<Listener>>,
-    /// Slots of the block cache (0: none), to turn the dirty ratio into blocks.
-    cache_slots: AtomicU64,
 }
+
+/// Slots of the block cache (0: none), to turn the stats file's dirty ratio into blocks.
+static CACHE_SLOTS: AtomicU64 = AtomicU64::new(0);
 
 static STATE: OnceLock<State> = OnceLock::new();
 
@@ -151,7 +152,7 @@ pub fn prepare(cfg: &crate::config::Config) -> Result<()> {
         requests: Family::new_with_constructor(request_histogram),
     });
     STATE
-        .set(State { recorded, listener: Mutex::new(Some(listener)), cache_slots: AtomicU64::new(0) })
+        .set(State { recorded, listener: Mutex::new(Some(listener)) })
         .map_err(|_| anyhow!("the metrics endpoint is already set up"))?;
     if !cfg.quiet {
         log::info!("serving metrics on {addr}");
@@ -173,11 +174,26 @@ pub fn observe_volume(volume: &s3b_volume::Volume, frontend: &'static str) {
     }
 }
 
-/// Notes the block cache's size in blocks (for the dirty-block gauge).
+/// Notes the block cache's size in blocks (for the dirty-block count).
 pub fn cache_slots(slots: usize) {
-    if let Some(st) = STATE.get() {
-        st.cache_slots.store(u64::try_from(slots).unwrap_or(u64::MAX), Relaxed);
-    }
+    CACHE_SLOTS.store(u64::try_from(slots).unwrap_or(u64::MAX), Relaxed);
+}
+
+/// The dirty blocks of the block cache (waiting to be uploaded; a whole number), from the stats
+/// file's dirty ratio and the cache's size; `None` without a block cache.
+pub fn dirty_blocks(stats: &StatsRegistry) -> Option<f64> {
+    let ratio = stats.entries().into_iter().find_map(|(name, v)| match v {
+        StatsValue::Ratio(r) if name == "block_cache_dirty_ratio" => Some(r),
+        _ => None,
+    })?;
+    dirty_from_ratio(ratio)
+}
+
+/// `ratio` (dirty / slots) as a number of blocks. The ratio is computed in f64 from two
+/// integers, so rounding gives the count back exactly for any cache below 2^52 blocks.
+fn dirty_from_ratio(ratio: f64) -> Option<f64> {
+    let slots = CACHE_SLOTS.load(Relaxed);
+    (slots > 0).then(|| (ratio * slots as f64).round())
 }
 
 impl s3b_http::observe::RequestObserver for Recorded {
@@ -256,11 +272,7 @@ impl Collector for StatsLines {
                 }
             }
         }
-        let slots = STATE.get().map_or(0, |s| s.cache_slots.load(Relaxed));
-        if let Some(ratio) = dirty_ratio.filter(|_| slots > 0) {
-            // The ratio is dirty / slots, computed in f64 from two integers: rounding gives the
-            // count back exactly for any cache size below 2^52 blocks.
-            let dirty = (ratio * slots as f64).round();
+        if let Some(dirty) = dirty_ratio.and_then(dirty_from_ratio) {
             let g = ConstGauge::new(dirty);
             let unit = Unit::Other("blocks".into());
             let help = "Dirty blocks in the block cache, waiting to be uploaded";
