@@ -41,6 +41,7 @@ pub mod config;
 pub mod creds;
 pub mod error;
 mod listing;
+mod named;
 mod objects;
 mod request;
 pub mod retry;
