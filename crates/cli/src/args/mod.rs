@@ -16,6 +16,7 @@ pub mod codec;
 pub mod core;
 pub mod nbd;
 pub mod s3;
+pub mod snap;
 pub mod values;
 
 use anyhow::{Context, Result, bail};
@@ -33,7 +34,8 @@ use std::collections::HashSet;
                       s3backer --erase [options] bucket[/subdir]\n       \
                       s3backer --reset-mounted-flag [options] bucket[/subdir]\n       \
                       s3backer --nbd --nbdListen=ADDR [options] bucket[/subdir]\n       \
-                      s3backer --nbd [options] bucket[/subdir] /dev/nbdN",
+                      s3backer --nbd [options] bucket[/subdir] /dev/nbdN\n       \
+                      s3backer --snapshot=NAME|--listSnapshots|--deleteSnapshot=NAME [options] bucket[/subdir]",
     disable_version_flag = true,
     disable_help_flag = true,
     // As with upstream's libfuse option parser, a later flag overrides an earlier one (fstab
@@ -59,6 +61,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub nbd: nbd::NbdArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub snap: snap::SnapArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,
