@@ -41,6 +41,17 @@ pub async fn layer(
     if cfg.read_only {
         return Ok(objects);
     }
+    if cfg.shared_disk {
+        // Several hosts would each copy blocks and mark the index: not supported.
+        let has = match transport.named() {
+            Some(named) => book::read_index(named).await?.is_some_and(|i| !i.snaps.is_empty()),
+            None => false,
+        };
+        if has {
+            bail!("--sharedDiskMode cannot be used on a volume with snapshots");
+        }
+        return Ok(objects);
+    }
     s3b_snap::open(objects, transport.clone()).await.context("can't read the volume's snapshots")
 }
 

@@ -248,6 +248,58 @@ async fn a_long_lived_view_follows_writes_new_snapshots_and_deletions() {
     assert_eq!(value(&va, 0).await.unwrap(), 1);
 }
 
+/// Views read while a writer copies, writes and flushes at the same time, every request of
+/// both delayed at random: each read still answers the snapshot (the race of a live read
+/// against a first write is what the view's index check settles).
+#[tokio::test(start_paused = true, flavor = "current_thread")]
+async fn views_beside_a_busy_writer_always_answer_the_snapshot() {
+    use s3b_store::mock::Op;
+    use std::time::Duration;
+    let mem = Arc::new(MemObjects::new());
+    let (_, s) = live(&mem, Crashy::alive()).await;
+    for n in 0..BLOCKS {
+        if n != 2 {
+            write(s.as_ref(), n, n as u8 + 1).await.unwrap();
+        }
+    }
+    let want = |n: BlockNum| if n == 2 { 0 } else { n as u8 + 1 };
+    book::create(mem.as_ref(), "a", 8, 48, 1).await.unwrap();
+    let early = Arc::new(view(&mem, "a").await.unwrap());
+    for op in [Op::Read, Op::Write, Op::List] {
+        mem.delay_up_to(op, Duration::from_millis(3));
+    }
+    let (_, s) = live(&mem, Crashy::alive()).await;
+    let writer = tokio::spawn(async move {
+        for i in 0..300u32 {
+            let n = (i * 7 + i / 5) % BLOCKS;
+            write(s.as_ref(), n, u8::try_from(10 + i % 200).unwrap()).await.unwrap();
+            if i % 13 == 0 {
+                s.flush(None).await.unwrap();
+            }
+        }
+        s.flush(None).await.unwrap();
+    });
+    let mut readers = Vec::new();
+    for r in 0..3u32 {
+        let (mem, early) = (mem.clone(), early.clone());
+        readers.push(tokio::spawn(async move {
+            let late = view(&mem, "a").await.unwrap();
+            for i in 0..200u32 {
+                let n = (i + r) % BLOCKS;
+                let v = if i % 2 == 0 { &*early } else { &late };
+                assert_eq!(value(v, n).await.unwrap(), want(n), "reader {r}, read {i}, block {n}");
+            }
+        }));
+    }
+    for t in readers {
+        t.await.unwrap();
+    }
+    writer.await.unwrap();
+    for n in 0..BLOCKS {
+        assert_eq!(value(&*early, n).await.unwrap(), want(n));
+    }
+}
+
 /// A step of the model test.
 #[derive(Clone, Debug)]
 enum Step {
