@@ -166,15 +166,18 @@ fn snapshots_of_ext4(srv: Server, flags: &[&str]) {
     // One line for each mistake, nothing written.
     let before = srv.index();
     for (extra, needle) in [
-        (vec!["--snapshot=one"], "exists already"),
-        (vec!["--deleteSnapshot=two"], "no snapshot named \"two\""),
-        (vec!["--readOnly", "--fromSnapshot=two", "-f", d[0].to_str().unwrap()], "no snapshot named \"two\""),
+        (vec!["--quiet", "--snapshot=one"], "exists already"),
+        (vec!["--quiet", "--deleteSnapshot=two"], "no snapshot named \"two\""),
+        (
+            vec!["--quiet", "--readOnly", "--fromSnapshot=two", "-f", d[0].to_str().unwrap()],
+            "no snapshot named \"two\"",
+        ),
     ] {
         let line = one_error_line(Command::new(bin()).args(srv.args(&extra)));
         assert!(line.contains(needle), "{extra:?}: {line}");
     }
     let live = Mount::start_owned(srv.args(flags), &s.mnt());
-    let line = one_error_line(Command::new(bin()).args(srv.args(&["--snapshot=four"])));
+    let line = one_error_line(Command::new(bin()).args(srv.args(&["--quiet", "--snapshot=four"])));
     assert!(line.contains("not implemented yet"), "{line}");
     assert_eq!(live.unmount(), 0);
     assert_eq!(srv.index(), before);
@@ -316,6 +319,7 @@ fn kill_during_delete(srv: Server) {
     assert_eq!(volume_sum(&srv, Some("one"), &d[0]), one);
     assert_eq!(volume_sum(&srv, Some("three"), &d[0]), three);
     let line = one_error_line(Command::new(bin()).args(srv.args(&[
+        "--quiet",
         "--readOnly",
         "--fromSnapshot=two",
         "-f",
@@ -323,8 +327,9 @@ fn kill_during_delete(srv: Server) {
     ])));
     assert!(line.contains("no snapshot named \"two\""), "{line}");
 
-    // The next command finishes it.
-    srv.run(&["--snapshot=four"]);
+    // The next command finishes it (with --force: the killed command left its mount token, as
+    // a killed mount does).
+    srv.run(&["--force", "--snapshot=four"]);
     assert!(!srv.index().contains(" deleting "), "{}", srv.index());
     assert_eq!(copies(&srv, 2), 0);
     assert!(!srv.keys().iter().any(|k| k == "s3backer-snapmap/00000002"));
