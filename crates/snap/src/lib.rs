@@ -33,7 +33,9 @@
 //! PUT or DELETE of block `n` after `Sk` was taken, [`LiveStore`] copies the stored object of
 //! `n` to `Sk`'s copy (CopyObject; an empty object if `n` has none). Then the write goes ahead.
 //! A block already in `Sk`'s map is written with no extra request. Reads of the live volume
-//! cost nothing extra ever.
+//! cost nothing extra ever. The index is read at a mount's first write, not when the stack is
+//! built: only then does the mount hold the volume (its mount token), so that no snapshot can
+//! be taken between the read and the writes; a volume without snapshots pays that one GET.
 //!
 //! **Chain rule.** Block `n` of snapshot `Si` is the first copy of `n` among `Si, Si+1, …, Sk`,
 //! else the live block. Because `n` was copied into `Sj` at its first write after `Sj` was taken,

@@ -13,23 +13,25 @@ use std::sync::Arc;
 /// Stripes of per-block locks: two first writes of one block never preserve it twice.
 const STRIPES: usize = 64;
 
-/// Puts the snapshot layer over `blocks` when the volume has snapshots, else returns `blocks`
-/// as it is (a volume without snapshots costs one GET of the index at mount, nothing more).
-/// `transport` is the store below (it holds the bookkeeping); `blocks` the store block
-/// operations go to (the transport, or a fault-injecting wrapper of it).
+/// Puts the snapshot layer over `blocks` (when the transport can hold snapshots; otherwise
+/// `blocks` is returned as it is). `transport` is the store below (it holds the bookkeeping);
+/// `blocks` the store block operations go to (the transport, or a fault-injecting wrapper).
+///
+/// Nothing is read here: the mount does not hold the volume yet (its mount token is taken
+/// after the stack is built), so a snapshot could still be taken before it does. The index is
+/// read at the first write instead, when the token is held and no snapshot can be taken or
+/// deleted until the mount ends: a volume without snapshots costs that one GET per mount.
 pub async fn open(blocks: Arc<dyn ObjectStore>, transport: Arc<dyn ObjectStore>) -> Result<Arc<dyn ObjectStore>> {
-    let Some(named) = transport.named() else { return Ok(blocks) };
-    let Some(idx) = read_index(named).await? else { return Ok(blocks) };
-    let Some(newest) = idx.snaps.last() else { return Ok(blocks) };
-    // A map saved by a mount that then crashed may lack copies: the first write checks.
-    let preserved = read_map(named, newest.id).await?;
+    if transport.named().is_none() {
+        return Ok(blocks);
+    }
     let session = loop {
         let s = rand::random::<u32>();
         if s != 0 {
             break s;
         }
     };
-    let state = State { newest: Some(newest.id), preserved, unsaved: false };
+    let state = State { loaded: false, newest: None, preserved: Map::new(), unsaved: false };
     Ok(Arc::new(LiveStore {
         blocks,
         transport,
@@ -42,7 +44,9 @@ pub async fn open(blocks: Arc<dyn ObjectStore>, transport: Arc<dyn ObjectStore>)
 }
 
 struct State {
-    /// The snapshot first writes preserve into (`None`: all were deleted since the mount).
+    /// The index was read (by the first write): `newest` and `preserved` are known.
+    loaded: bool,
+    /// The snapshot first writes preserve into (`None`: the volume has none).
     newest: Option<u32>,
     /// What it holds.
     preserved: Map,
@@ -72,7 +76,7 @@ impl LiveStore {
     /// True when block `n` needs no preserving (held already, or no snapshot is left).
     fn settled(&self, n: BlockNum) -> bool {
         let st = self.state.lock();
-        st.newest.is_none() || st.preserved.contains_key(&n)
+        st.loaded && (st.newest.is_none() || st.preserved.contains_key(&n))
     }
 
     /// Makes sure the newest snapshot holds block `n` as it is now, before it changes: a
@@ -102,26 +106,33 @@ impl LiveStore {
         Ok(())
     }
 
-    /// Before our first copy: records in the index that we may hold copies our saved map does
-    /// not list. If another mount's mark is found there, that mount crashed: the newest map is
-    /// rebuilt from the copies on the server first.
+    /// Before our first copy: reads the index (the mount holds the volume by now), and records
+    /// in it that we may hold copies our saved map does not list. If another mount's mark is
+    /// found there, that mount crashed: the newest map is rebuilt from the copies on the server.
     async fn mark_writer(&self) -> Result<()> {
         let mut writer = self.writer.lock().await;
-        if writer.is_some() {
+        let none_left = {
+            let st = self.state.lock();
+            st.loaded && st.newest.is_none()
+        };
+        if writer.is_some() || none_left {
             return Ok(());
         }
         let named = self.named()?;
         let mut idx = read_index(named).await?.unwrap_or_default();
         let newest = idx.snaps.last().map(|p| p.id);
         let crashed = idx.writer != 0 && idx.writer != self.session;
-        let changed = newest != self.state.lock().newest;
-        if crashed || changed {
+        let (loaded, known) = {
+            let st = self.state.lock();
+            (st.loaded, st.newest)
+        };
+        if crashed || !loaded || newest != known {
             let preserved = match newest {
                 Some(id) if crashed => list_map(named, id).await?,
                 Some(id) => read_map(named, id).await?,
                 None => Map::new(),
             };
-            *self.state.lock() = State { newest, preserved, unsaved: crashed };
+            *self.state.lock() = State { loaded: true, newest, preserved, unsaved: crashed };
         }
         if newest.is_none() {
             return Ok(());

@@ -166,6 +166,19 @@ async fn snapshot_keeps_the_old_blocks_and_zero_blocks_read_as_zeros() {
     assert_eq!(mem.named_objects(), vec![INDEX_NAME.to_string()]);
 }
 
+/// A mount's stack is built before it holds the volume, so a snapshot can be taken in between:
+/// the layer reads the index at the first write, not when it is built.
+#[tokio::test]
+async fn a_stack_built_before_a_snapshot_still_preserves_its_first_writes() {
+    let mem = Arc::new(MemObjects::new());
+    let (_, s) = live(&mem, Crashy::alive()).await;
+    write(s.as_ref(), 0, 1).await.unwrap();
+    let (_, s) = live(&mem, Crashy::alive()).await;
+    book::create(mem.as_ref(), "a", 8, 48, 1).await.unwrap();
+    write(s.as_ref(), 0, 2).await.unwrap();
+    assert_eq!(value(&view(&mem, "a").await.unwrap(), 0).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn a_clean_flush_leaves_nothing_to_recover_and_a_crash_is_recovered_by_list() {
     let mem = Arc::new(MemObjects::new());
