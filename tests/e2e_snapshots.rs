@@ -5,6 +5,7 @@
 //! daemon during the first writes after a snapshot, and of `--deleteSnapshot` half-way.
 
 mod common;
+mod nbd_common;
 use common::*;
 use s3b_testkit::garage::{BUCKET, Garage, signed_curl};
 use s3b_testkit::s3s_fs::S3sFs;
@@ -357,4 +358,29 @@ fn kill9_during_delete_snapshot_on_garage() {
 #[test]
 fn kill9_during_delete_snapshot_on_s3s_fs() {
     kill_during_delete(s3s_fs());
+}
+
+/// `--nbd --readOnly --fromSnapshot` serves the snapshot while the live volume is mounted and
+/// being changed: nbdcopy reads back exactly the snapshot.
+#[test]
+fn nbd_serves_a_snapshot_beside_the_live_mount_on_garage() {
+    let srv = garage();
+    let s = Scratch::new();
+    let a = pattern(8 << 20, 21);
+    let m = Mount::start_owned(srv.args(&["--size=8m", "--blockSize=64k"]), &s.mnt());
+    write_synced(&m.file(), 0, &a);
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=img"]);
+    let live = Mount::start_owned(srv.args(&[]), &s.mnt());
+    let b = pattern(4 << 20, 22);
+    write_synced(&live.file(), 1 << 20, &b);
+    let sock = s.path("sock");
+    let nbd = nbd_common::NbdServer::start(&srv.args(&["--readOnly", "--fromSnapshot=img"]), &sock);
+    let back = s.path("back");
+    cmd("nbdcopy", &[&nbd.uri(), back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == a, "the snapshot served over NBD differs");
+    assert_eq!(nbd.stop(), 0);
+    let now = std::fs::read(live.file()).unwrap();
+    assert!(now[1 << 20..5 << 20] == b[..] && now[..1 << 20] == a[..1 << 20]);
+    assert_eq!(live.unmount(), 0);
 }
