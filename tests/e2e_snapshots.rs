@@ -137,6 +137,10 @@ fn snapshots_of_ext4(srv: Server, flags: &[&str]) {
     check_tree(&d[1], &t1);
     check_tree(&d[3], &t2);
     check_tree(&s.ext4(), &t3b);
+    // At most one copy per block, however often it was written.
+    let st = live.stats();
+    let made = stat_value(&st, "snapshot_copies") + stat_value(&st, "snapshot_zero_copies");
+    assert!(made > 0 && made <= 1024, "{st}");
     e1.unmount();
     e2.unmount();
     assert_eq!(m1.unmount(), 0);

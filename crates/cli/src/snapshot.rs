@@ -24,6 +24,7 @@ pub async fn layer(
     objects: Arc<dyn ObjectStore>,
     block_size: u32,
     num_blocks: u64,
+    stats: &StatsRegistry,
 ) -> Result<Arc<dyn ObjectStore>> {
     if let Some(name) = &cfg.snap.from {
         let view = SnapshotView::open(objects, transport.clone(), name).await?;
@@ -52,7 +53,7 @@ pub async fn layer(
         }
         return Ok(objects);
     }
-    s3b_snap::open(objects, transport.clone()).await.context("can't read the volume's snapshots")
+    s3b_snap::open(objects, transport.clone(), stats).await.context("can't read the volume's snapshots")
 }
 
 /// Runs a snapshot command.

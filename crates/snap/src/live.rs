@@ -8,7 +8,10 @@ use s3b_store::named::NamedObjects;
 use s3b_store::{
     BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, TokenOp, TokenSwap, VolumeMeta,
 };
+use s3b_store::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Stripes of per-block locks: two first writes of one block never preserve it twice.
 const STRIPES: usize = 64;
@@ -21,10 +24,16 @@ const STRIPES: usize = 64;
 /// after the stack is built), so a snapshot could still be taken before it does. The index is
 /// read at the first write instead, when the token is held and no snapshot can be taken or
 /// deleted until the mount ends: a volume without snapshots costs that one GET per mount.
-pub async fn open(blocks: Arc<dyn ObjectStore>, transport: Arc<dyn ObjectStore>) -> Result<Arc<dyn ObjectStore>> {
+pub async fn open(
+    blocks: Arc<dyn ObjectStore>,
+    transport: Arc<dyn ObjectStore>,
+    stats: &StatsRegistry,
+) -> Result<Arc<dyn ObjectStore>> {
     if transport.named().is_none() {
         return Ok(blocks);
     }
+    let counters = Arc::new(Counters::default());
+    stats.register(counters.clone());
     let session = loop {
         let s = rand::random::<u32>();
         if s != 0 {
@@ -40,7 +49,35 @@ pub async fn open(blocks: Arc<dyn ObjectStore>, transport: Arc<dyn ObjectStore>)
         gate: tokio::sync::RwLock::new(()),
         writer: tokio::sync::Mutex::new(None),
         stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        counters,
     }))
+}
+
+/// The layer's lines in the stats file.
+#[derive(Default)]
+struct Counters {
+    /// Blocks copied into the newest snapshot before their first write.
+    copies: AtomicU64,
+    /// Blocks that were zeros when first written (an empty copy).
+    zero_copies: AtomicU64,
+    /// Saves of the newest snapshot's map.
+    map_saves: AtomicU64,
+}
+
+impl StatsSource for Counters {
+    fn section(&self) -> StatsSection {
+        StatsSection::Extra
+    }
+    fn write_stats(&self, w: &mut StatsWriter) {
+        w.count("snapshot_copies", self.copies.load(Relaxed));
+        w.count("snapshot_zero_copies", self.zero_copies.load(Relaxed));
+        w.count("snapshot_map_saves", self.map_saves.load(Relaxed));
+    }
+    fn reset_stats(&self) {
+        for c in [&self.copies, &self.zero_copies, &self.map_saves] {
+            c.store(0, Relaxed);
+        }
+    }
 }
 
 struct State {
@@ -66,6 +103,7 @@ pub struct LiveStore {
     /// Our copy of the index while its writer field is ours (`None`: not set).
     writer: tokio::sync::Mutex<Option<Index>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    counters: Arc<Counters>,
 }
 
 impl LiveStore {
@@ -95,9 +133,11 @@ impl LiveStore {
         let named = self.named()?;
         let name = copy_name(id, n);
         let kind = if named.copy_block(n, &name).await? {
+            self.counters.copies.fetch_add(1, Relaxed);
             Kind::Data
         } else {
             named.put_named(&name, ObjectBody::default()).await?;
+            self.counters.zero_copies.fetch_add(1, Relaxed);
             Kind::Zero
         };
         let mut st = self.state.lock();
@@ -154,6 +194,7 @@ impl LiveStore {
         };
         if let (Some(id), Some(map)) = (newest, map) {
             write_map(named, id, &map).await?;
+            self.counters.map_saves.fetch_add(1, Relaxed);
             self.state.lock().unsaved = false;
         }
         if let Some(mut idx) = writer.take() {

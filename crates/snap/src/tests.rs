@@ -129,7 +129,8 @@ async fn write(store: &dyn ObjectStore, n: BlockNum, v: u8) -> Result<()> {
 async fn live(mem: &Arc<MemObjects>, budget: i64) -> (Arc<Crashy>, Arc<dyn ObjectStore>) {
     let c = Crashy::new(mem, budget);
     let t: Arc<dyn ObjectStore> = c.clone();
-    let store = crate::open(t.clone(), t).await.unwrap_or_else(|_| Crashy::new(mem, 0));
+    let store =
+        crate::open(t.clone(), t, &s3b_store::StatsRegistry::new()).await.unwrap_or_else(|_| Crashy::new(mem, 0));
     (c, store)
 }
 
