@@ -307,6 +307,11 @@ fn kill_during_delete(srv: Server) {
     let three = sha256_hex(&vol);
     srv.run(&["--snapshot=three"]);
     assert_eq!((copies(&srv, 1), copies(&srv, 2)), (4096, 8192));
+    // Name, date, time, blocks held, blocks changed since.
+    let list = srv.run(&["--listSnapshots"]);
+    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let counts: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0], r[3], r[4])).collect();
+    assert_eq!(counts, [("one", "4096", "8192"), ("two", "8192", "8192"), ("three", "0", "0")], "{list}");
 
     // Deleting "two" hands its copies of the second half on to "one", then frees the rest.
     let mut del = Command::new(bin())
