@@ -228,9 +228,39 @@ fn dd_direct(data_file: &Path, file: &Path) -> std::process::Child {
         .expect("run dd")
 }
 
+/// How many copies snapshot `id` holds, by a LIST of its prefix.
 fn copies(srv: &Server, id: u32) -> usize {
-    let prefix = format!("s3backer-snap/{id:08x}/");
-    srv.keys().iter().filter(|k| k.starts_with(&prefix)).count()
+    loop {
+        if let Some(n) = try_copies(srv, id) {
+            return n;
+        }
+    }
+}
+
+/// [`copies`], or `None` when the server fails the LIST (s3s-fs answers 500 when a file goes
+/// away while it walks the directory, as during a deletion).
+fn try_copies(srv: &Server, id: u32) -> Option<usize> {
+    let mut count = 0;
+    let mut marker = String::new();
+    loop {
+        // Parameters in sorted order: curl signs the query as written.
+        let mut path = format!("{BUCKET}?");
+        if !marker.is_empty() {
+            path.push_str(&format!("marker={}&", marker.replace('/', "%2F")));
+        }
+        path.push_str(&format!("max-keys=1000&prefix=s3backer-snap%2F{id:08x}%2F"));
+        let (code, body) = signed_curl(srv.port, &[], &path);
+        if code != 200 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let keys: Vec<&str> = text.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).collect();
+        count += keys.len();
+        match keys.last() {
+            Some(last) if text.contains("<IsTruncated>true</IsTruncated>") => marker = last.to_string(),
+            _ => return Some(count),
+        }
+    }
 }
 
 /// Reads the whole volume of snapshot `name` (or the live one) and returns its SHA-256.
@@ -320,7 +350,9 @@ fn kill_during_delete(srv: Server) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(60, "the deletion to be under way", || copies(&srv, 1) > 4096 || copies(&srv, 2) < 8192);
+    wait_for(60, "the deletion to be under way", || {
+        try_copies(&srv, 1).is_some_and(|n| n > 4096) || try_copies(&srv, 2).is_some_and(|n| n < 8192)
+    });
     del.kill().unwrap();
     let _ = del.wait();
     let idx = srv.index();
