@@ -2,7 +2,7 @@
 //!
 //! Each of these runs while the caller holds the volume (its mount token), so no writer
 //! copies blocks at the same time; snapshot views may read concurrently and cope with the
-//! changes they see (see [`crate::view`]).
+//! changes they see (see [`crate::SnapshotView`]).
 
 use crate::format::{self, INDEX_NAME, Index, Kind, Map, Snap, copy_name, copy_prefix, map_name};
 use crate::{CONCURRENCY, SnapError};

@@ -9,7 +9,7 @@
 //! keys are hex digits; these start with `s3backer-`), and which C s3backer never lists:
 //!
 //! - `s3backer-snapshots` — the index: each snapshot's id, name, time, geometry and state, the
-//!   next id, a generation counter, and the *writer mark* (see below). Text; see [`format`].
+//!   next id, a generation counter, and the *writer mark* (see below). Text; see [`mod@format`].
 //! - `s3backer-snap/<id>/<block>` — snapshot `id`'s preserved copy of a block: a server-side
 //!   copy of the block's object as it was stored (encoded: compressed and/or encrypted, with its
 //!   `Content-Encoding` and HMAC headers), or an **empty** object when the block was all zeros
