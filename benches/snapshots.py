@@ -31,6 +31,7 @@ def flags(port, args):
 
 def command(port, args):
     """Runs one of our commands to completion; returns seconds."""
+    say(f"s3backer {' '.join(args)}")
     t0 = time.time()
     sh(" ".join([OURS] + flags(port, args) + [BUCKET]))
     return time.time() - t0
@@ -52,7 +53,12 @@ class Mounted:
         self.proc.wait(600)
 
 
+def say(what):
+    print(f"snapshots bench: {what}", file=sys.stderr, flush=True)
+
+
 def fio(file, args):
+    say(f"fio {args}")
     out = sh(f"fio --name=w --output-format=json --ioengine=libaio --direct=1 --refill_buffers --randrepeat=0 "
              f"--filename={file} {args}")
     job = json.loads(out[out.index("{"):])["jobs"][0]
