@@ -27,6 +27,7 @@ pub mod progress;
 pub mod s3;
 mod shared;
 pub mod size;
+pub mod snapshot;
 pub mod stack;
 pub mod stats_mirror;
 pub mod token;
@@ -89,6 +90,7 @@ pub fn run(args: &[String]) -> i32 {
         Mode::Nbd => nbd::run(cfg),
         Mode::Erase => s3::erase(cfg),
         Mode::ResetMountedFlag => s3::reset_mounted_flag(cfg),
+        Mode::Snapshot | Mode::ListSnapshots | Mode::DeleteSnapshot => snapshot::run(cfg),
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,11 @@ pub fn erase(cfg: Config) -> Result<i32> {
             bail!("volume appears to be mounted (mount token {token:08x}); unmount it first, or use --force");
         }
         let what = cfg.describe();
+        let snapshots = s3b_snap::book::read_index(&store).await?.map_or(0, |i| i.snaps.len());
+        if snapshots > 0 {
+            // Snapshots read the blocks they did not copy from the live volume.
+            bail!("{what} has {snapshots} snapshot(s): delete them first (--deleteSnapshot), then --erase");
+        }
         if !cfg.force {
             if !std::io::stdin().is_terminal() {
                 bail!("--erase needs confirmation on a terminal; use --force to erase without asking");

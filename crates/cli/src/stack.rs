@@ -205,6 +205,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
+    let objects = crate::snapshot::layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);

@@ -27,6 +27,10 @@ use s3b_store::{ObjectStore, SHARED_DISK_TOKEN, TokenOp, TokenSwap};
 /// and `--blockCacheRecoverDirtyBlocks` is given, the "already mounted" conflict is waived: the
 /// volume was last mounted by this cache, whose dirty blocks are about to be recovered.
 pub async fn acquire(cfg: &Config, objects: &dyn ObjectStore, cache_file: Option<&CacheFile>) -> Result<u32> {
+    if cfg.snap.from.is_some() {
+        // A snapshot never changes: it may be mounted beside the live volume's mount.
+        return Ok(0);
+    }
     let old = objects.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
     let cached = cache_file.map_or(0, |f| f.stored_token());
     let recover_dirty = cfg.cache.block_cache.as_ref().is_some_and(|b| b.file_options.recover_dirty);

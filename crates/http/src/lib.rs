@@ -43,6 +43,7 @@ pub mod config;
 pub mod creds;
 pub mod error;
 mod listing;
+mod named;
 mod objects;
 pub mod observe;
 mod request;

@@ -9,8 +9,13 @@ use http::Method;
 use s3b_store::{BlockNum, ObjectStore, Result};
 
 impl S3Store {
-    /// Lists the keys under `prefix`, calling `each` with every key, one page at a time.
-    async fn list_prefix(&self, prefix: &str, each: &(dyn Fn(&str) + Send + Sync)) -> Result<()> {
+    /// Lists the keys under `prefix`, calling `each` with every key and its size, one page at a
+    /// time.
+    pub(crate) async fn list_prefix(
+        &self,
+        prefix: &str,
+        each: &(dyn for<'k> Fn(&'k str, u64) + Send + Sync),
+    ) -> Result<()> {
         let mut marker = String::new();
         loop {
             let mut req = Req::new(Method::GET, None);
@@ -26,8 +31,10 @@ impl S3Store {
             }
             let doc = String::from_utf8_lossy(&resp.body);
             let keys = xml::elements(&doc, "Key");
-            for k in &keys {
-                each(k);
+            for entry in xml::elements(&doc, "Contents") {
+                if let Some(k) = xml::first(&entry, "Key") {
+                    each(&k, xml::first(&entry, "Size").and_then(|s| s.trim().parse().ok()).unwrap_or(0));
+                }
             }
             let truncated = xml::first(&doc, "IsTruncated").is_some_and(|t| t.trim() == "true");
             let next = xml::first(&doc, "NextMarker").filter(|m| !m.is_empty()).or_else(|| keys.last().cloned());
@@ -48,7 +55,7 @@ impl S3Store {
     /// Lists every stored block object, calling `sink` with each block number found.
     pub(crate) async fn list_all(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
         let keys = &self.cfg.keys;
-        let each = |k: &str| {
+        let each = |k: &str, _size: u64| {
             if let Some(n) = keys.parse_key(k) {
                 sink(n)
             }

@@ -214,4 +214,8 @@ impl ObjectStore for S3Store {
     async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
         Ok(())
     }
+
+    fn named(&self) -> Option<&dyn s3b_store::named::NamedObjects> {
+        Some(self)
+    }
 }

@@ -20,6 +20,7 @@ pub mod fence;
 pub mod keys;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod named;
 pub mod stats;
 mod types;
 
@@ -204,6 +205,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Tells the transport the volume's block size once it is settled, so that it can refuse an
     /// answer longer than any object of the volume can be. The default ignores it.
     fn set_block_size(&self, _block_size: u32) {}
+
+    /// The transport's objects besides the blocks ([`named::NamedObjects`]), if it can store
+    /// them. The default cannot.
+    fn named(&self) -> Option<&dyn named::NamedObjects> {
+        None
+    }
 }
 
 /// Checks that `len` bytes from `offset` lie inside one block of `block_size` bytes; returns

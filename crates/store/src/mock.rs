@@ -18,6 +18,7 @@
 //! delay, failure, the map, then the gates behind it; it stops being in flight when it returns
 //! or is dropped.
 
+use crate::named::{NamedObject, NamedObjects};
 use crate::{
     BlockData, BlockNum, BlockStore, Etag, Geometry, GetOutcome, ObjectBody, ObjectStore, ReadCondition, ReadOutcome,
     ReadRequest, Result, Revalidation, StoreError, TokenCondition, TokenObject, TokenOp, TokenState, TokenSwap,
@@ -591,6 +592,7 @@ impl BlockStore for MemBlocks {
 #[derive(Default)]
 pub struct MemObjects {
     objects: Mutex<HashMap<BlockNum, (ObjectBody, Etag)>>,
+    named: Mutex<std::collections::BTreeMap<String, (ObjectBody, Etag)>>,
     meta: Mutex<Option<VolumeMeta>>,
     token: AtomicU32,
     version: AtomicU64,
@@ -625,6 +627,15 @@ impl MemObjects {
         let mut v: Vec<BlockNum> = self.objects.lock().keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// The names of the stored named objects, in order.
+    pub fn named_objects(&self) -> Vec<String> {
+        self.named.lock().keys().cloned().collect()
+    }
+
+    fn new_etag(&self) -> Etag {
+        version_etag(self.version.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
     fn get_now(&self, n: BlockNum, cond: ReadCondition) -> Result<GetOutcome> {
@@ -702,6 +713,81 @@ impl ObjectStore for MemObjects {
 
     async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
         self.hooks.run(Op::Flush, None, || Ok(())).await
+    }
+
+    fn named(&self) -> Option<&dyn NamedObjects> {
+        Some(self)
+    }
+}
+
+/// Named objects in a second map; reads, writes (copies and deletes too) and lists go through
+/// the hooks as [`Op::Read`], [`Op::Write`] and [`Op::List`] without a block number.
+#[async_trait]
+impl NamedObjects for MemObjects {
+    async fn get_named(&self, name: &str) -> Result<Option<NamedObject>> {
+        let found = self.hooks.run(Op::Read, None, || Ok(self.named.lock().get(name).cloned())).await?;
+        Ok(found.map(|(body, etag)| NamedObject { body, etag: Some(etag) }))
+    }
+
+    async fn put_named(&self, name: &str, body: ObjectBody) -> Result<()> {
+        self.hooks
+            .run(Op::Write, None, || {
+                let e = self.new_etag();
+                self.named.lock().insert(name.to_string(), (body, e));
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_named(&self, name: &str) -> Result<()> {
+        self.hooks
+            .run(Op::Write, None, || {
+                self.named.lock().remove(name);
+                Ok(())
+            })
+            .await
+    }
+
+    async fn copy_block(&self, n: BlockNum, to: &str) -> Result<bool> {
+        self.hooks
+            .run(Op::Write, None, || {
+                let Some((body, _)) = self.objects.lock().get(&n).cloned() else { return Ok(false) };
+                let e = self.new_etag();
+                self.named.lock().insert(to.to_string(), (body, e));
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn copy_named(&self, from: &str, to: &str) -> Result<bool> {
+        self.hooks
+            .run(Op::Write, None, || {
+                let mut named = self.named.lock();
+                let Some((body, _)) = named.get(from).cloned() else { return Ok(false) };
+                let e = self.new_etag();
+                named.insert(to.to_string(), (body, e));
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn list_named(&self, prefix: &str, sink: &(dyn for<'k> Fn(&'k str, u64) + Send + Sync)) -> Result<()> {
+        let found: Vec<(String, u64)> = self
+            .hooks
+            .run(Op::List, None, || {
+                Ok(self
+                    .named
+                    .lock()
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, (b, _))| (k.clone(), b.data.len() as u64))
+                    .collect())
+            })
+            .await?;
+        for (k, size) in found {
+            sink(&k, size);
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ pub mod core;
 pub mod metrics;
 pub mod nbd;
 pub mod s3;
+pub mod snap;
 pub mod values;
 
 use anyhow::{Context, Result, bail};
@@ -34,7 +35,8 @@ use std::collections::HashSet;
                       s3backer --erase [options] bucket[/subdir]\n       \
                       s3backer --reset-mounted-flag [options] bucket[/subdir]\n       \
                       s3backer --nbd --nbdListen=ADDR [options] bucket[/subdir]\n       \
-                      s3backer --nbd [options] bucket[/subdir] /dev/nbdN",
+                      s3backer --nbd [options] bucket[/subdir] /dev/nbdN\n       \
+                      s3backer --snapshot=NAME|--listSnapshots|--deleteSnapshot=NAME [options] bucket[/subdir]",
     disable_version_flag = true,
     disable_help_flag = true,
     // As with upstream's libfuse option parser, a later flag overrides an earlier one (fstab
@@ -63,6 +65,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub metrics: metrics::MetricsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub snap: snap::SnapArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,

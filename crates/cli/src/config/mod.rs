@@ -12,6 +12,7 @@ pub mod codec;
 pub mod front;
 pub mod nbd;
 pub mod s3;
+pub mod snap;
 
 use crate::args::Cli;
 use crate::args::core::CoreArgs;
@@ -33,6 +34,27 @@ pub enum Mode {
     ResetMountedFlag,
     /// `--nbd`: serve the volume over NBD.
     Nbd,
+    /// `--snapshot=NAME`.
+    Snapshot,
+    /// `--listSnapshots`.
+    ListSnapshots,
+    /// `--deleteSnapshot=NAME`.
+    DeleteSnapshot,
+}
+
+impl Mode {
+    /// The flag that asks for the mode (`--nbd` for NBD, nothing for a mount).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Mount => "a mount",
+            Mode::Erase => "--erase",
+            Mode::ResetMountedFlag => "--reset-mounted-flag",
+            Mode::Nbd => "--nbd",
+            Mode::Snapshot => "--snapshot",
+            Mode::ListSnapshots => "--listSnapshots",
+            Mode::DeleteSnapshot => "--deleteSnapshot",
+        }
+    }
 }
 
 /// Where the blocks live.
@@ -108,6 +130,8 @@ pub struct Config {
     pub nbd: nbd::NbdSettings,
     /// `--metricsListen`: where the Prometheus metrics are served, if anywhere.
     pub metrics: Option<crate::metrics::MetricsAddr>,
+    /// Snapshot commands and `--fromSnapshot`.
+    pub snap: snap::SnapSettings,
 }
 
 impl Config {
@@ -196,10 +220,7 @@ fn target(mode: Mode, c: &CoreArgs, pos: &[String]) -> Result<(Location, String,
         (Mode::Mount, 2) => (&pos[0], Some(PathBuf::from(&pos[1]))),
         (Mode::Mount, _) => bail!("too many arguments: \"{}\"", pos[2..].join(" ")),
         (_, 1) => (&pos[0], None),
-        (_, _) => bail!(
-            "too many arguments: a mount point cannot be given with --{}",
-            if mode == Mode::Erase { "erase" } else { "reset-mounted-flag" }
-        ),
+        (_, _) => bail!("too many arguments: a mount point cannot be given with {}", mode.flag()),
     };
     if target.is_empty() {
         bail!("empty {what} name");
@@ -231,13 +252,14 @@ fn target(mode: Mode, c: &CoreArgs, pos: &[String]) -> Result<(Location, String,
 pub fn validate(mut cli: Cli) -> Result<Config> {
     absolute_paths(&mut cli);
     let c = &cli.core;
-    let mode = nbd::check_mode(&cli.nbd, mode(c)?)?;
+    let mode = nbd::check_mode(&cli.nbd, snap::check_mode(&cli.snap, mode(c)?)?)?;
     let (location, prefix, mountpoint) = target(mode, c, &cli.positional)?;
     if let Some(size) = c.size {
         check_geometry(size, c.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
     }
     let front = front::settings(c, &cli.cache)?;
     let nbd = nbd::settings(&cli.nbd, mode, mountpoint.as_deref())?;
+    let snap = snap::settings(&cli.snap, mode, c.test, c.read_only)?;
     crate::shared::check(&cli.cache, &cli.s3)?;
     let shared_disk = cli.cache.shared_disk_mode;
     let cache = cache::settings(&cli.cache, cli.s3.list_blocks, c.read_only)?;
@@ -275,6 +297,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         cache,
         nbd,
         metrics: crate::metrics::settings(&cli.metrics, mode)?,
+        snap,
     })
 }
 

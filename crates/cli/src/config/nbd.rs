@@ -58,6 +58,7 @@ pub fn check_mode(a: &NbdArgs, mode: Mode) -> Result<Mode> {
         Mode::Mount | Mode::Nbd => Ok(Mode::Nbd),
         Mode::Erase => bail!("--nbd cannot be used with --erase"),
         Mode::ResetMountedFlag => bail!("--nbd cannot be used with --reset-mounted-flag"),
+        other => bail!("--nbd cannot be used with {}", other.flag()),
     }
 }
 

@@ -1,0 +1,184 @@
+//! The snapshot commands (`--snapshot`, `--listSnapshots`, `--deleteSnapshot`) and the snapshot
+//! layer of a mount's stack (copy-on-first-write on the live volume, or the read-only view of
+//! `--fromSnapshot`). The format and the crash-safety argument are [`s3b_snap`]'s.
+//!
+//! Taking and deleting a snapshot hold the volume the way a mount does (its mount token), so no
+//! writer runs meanwhile; a mounted volume is refused with one line, since asking the mounted
+//! daemon to do it (a control socket) is not implemented yet. Listing only reads.
+
+use crate::config::{Config, Mode};
+use anyhow::{Context, Result, bail};
+use s3b_snap::SnapshotView;
+use s3b_snap::book::{self, SnapInfo};
+use s3b_store::{ObjectStore, StatsRegistry, TokenOp};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The snapshot layer for a mount: over `objects` (the store block operations go to; the
+/// transport `transport` holds the bookkeeping). A read-write mount of a volume with snapshots
+/// gets copy-on-first-write; `--fromSnapshot` gets the snapshot's read-only view; anything else
+/// is left as it is.
+pub async fn layer(
+    cfg: &Config,
+    transport: &Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStore>,
+    block_size: u32,
+    num_blocks: u64,
+    stats: &StatsRegistry,
+) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(name) = &cfg.snap.from {
+        let view = SnapshotView::open(objects, transport.clone(), name).await?;
+        let meta = view.meta();
+        let size = num_blocks * u64::from(block_size);
+        if (meta.block_size, meta.file_size) != (block_size, size) {
+            bail!(
+                "snapshot \"{name}\" has block size {} and size {}, not the {block_size} and {size} given or detected",
+                meta.block_size,
+                meta.file_size
+            );
+        }
+        return Ok(Arc::new(view));
+    }
+    if cfg.read_only {
+        return Ok(objects);
+    }
+    if cfg.shared_disk {
+        // Several hosts would each copy blocks and mark the index: not supported.
+        let has = match transport.named() {
+            Some(named) => book::read_index(named).await?.is_some_and(|i| !i.snaps.is_empty()),
+            None => false,
+        };
+        if has {
+            bail!("--sharedDiskMode cannot be used on a volume with snapshots");
+        }
+        return Ok(objects);
+    }
+    s3b_snap::open(objects, transport.clone(), stats).await.context("can't read the volume's snapshots")
+}
+
+/// Runs a snapshot command.
+pub fn run(cfg: Config) -> Result<i32> {
+    let rt = crate::daemon::runtime().context("can't start the runtime")?;
+    rt.block_on(async {
+        let stats = StatsRegistry::new();
+        let transport = crate::stack::open_transport(&cfg, &stats).await?;
+        let Some(named) = transport.named() else {
+            bail!("snapshots need a bucket: this volume cannot have snapshots")
+        };
+        let what = cfg.describe();
+        let name = cfg.snap.name.clone().unwrap_or_default();
+        match cfg.mode {
+            Mode::ListSnapshots => {
+                let list = book::list(named).await.context("can't list the snapshots")?;
+                if list.is_empty() && !cfg.quiet {
+                    eprintln!("s3backer: {what} has no snapshots");
+                }
+                print!("{}", render_list(&list));
+            }
+            Mode::Snapshot => {
+                let (block_size, num_blocks) = crate::stack::resolve_geometry(&cfg, transport.as_ref()).await?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let size = num_blocks * u64::from(block_size);
+                hold(&cfg, transport.as_ref(), "taking a snapshot", book::create(named, &name, block_size, size, now))
+                    .await?;
+                if !cfg.quiet {
+                    eprintln!("s3backer: took snapshot \"{name}\" of {what}");
+                }
+            }
+            Mode::DeleteSnapshot => {
+                hold(&cfg, transport.as_ref(), "deleting a snapshot", book::delete(named, &name)).await?;
+                if !cfg.quiet {
+                    eprintln!("s3backer: deleted snapshot \"{name}\" of {what}");
+                }
+            }
+            other => bail!("{} is not a snapshot command", other.flag()),
+        }
+        Ok(0)
+    })
+}
+
+/// Runs `op` holding the volume (its mount token), as a mount would; refuses a mounted volume.
+async fn hold<T>(
+    cfg: &Config,
+    transport: &dyn ObjectStore,
+    what: &str,
+    op: impl Future<Output = std::result::Result<T, s3b_snap::SnapError>>,
+) -> Result<T> {
+    let old = transport.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
+    if old != 0 && !cfg.force {
+        bail!(
+            "volume is mounted (mount token {old:08x}): {what} of a mounted volume through its daemon's control socket \
+             is not implemented yet; unmount it first (or, if no mount is running, use --reset-mounted-flag)"
+        );
+    }
+    let token = crate::token::acquire(cfg, transport, None).await?;
+    let result = op.await;
+    let released = crate::token::release(transport, token, None).await;
+    let value = result?;
+    released?;
+    Ok(value)
+}
+
+/// The `--listSnapshots` table.
+fn render_list(list: &[SnapInfo]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let width = list.iter().map(|i| i.snap.name.len()).max().unwrap_or(0).max(4);
+    let mut out =
+        format!("{:<width$}  {:<20}  {:>12}  {:>13}\n", "NAME", "TAKEN (UTC)", "BLOCKS HELD", "CHANGED SINCE");
+    for i in list {
+        out.push_str(&format!(
+            "{:<width$}  {:<20}  {:>12}  {:>13}\n",
+            i.snap.name,
+            utc(i.snap.time),
+            i.held,
+            i.changed
+        ));
+    }
+    out
+}
+
+/// `YYYY-mm-dd HH:MM:SS` of `secs` since 1970 (UTC).
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar, 400-year eras).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_825_599), "2000-02-29 11:59:59");
+        assert_eq!(utc(1_893_553_445), "2030-01-02 03:04:05");
+    }
+
+    #[test]
+    fn list_table() {
+        let snap = s3b_snap::format::Snap {
+            id: 1,
+            name: "monday".into(),
+            time: 0,
+            deleting: false,
+            block_size: 4096,
+            file_size: 1 << 20,
+        };
+        let t = render_list(&[SnapInfo { snap, held: 3, changed: 7 }]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME  "), "{t}");
+        assert!(lines[1].starts_with("monday  1970-01-01 00:00:00") && lines[1].ends_with(" 3              7"), "{t}");
+    }
+}

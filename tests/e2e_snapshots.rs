@@ -1,0 +1,427 @@
+//! Snapshots end to end, as a user runs them, on Garage and on s3s-fs: ext4 on the live volume,
+//! snapshots taken between rounds of writes, each snapshot mounted read-only beside the live
+//! mount and every file checked by SHA-256 against what was there when it was taken, e2fsck
+//! clean; the middle of three snapshots deleted, the others still identical; and kill -9 of the
+//! daemon during the first writes after a snapshot, and of `--deleteSnapshot` half-way.
+
+mod common;
+mod nbd_common;
+use common::*;
+use s3b_testkit::garage::{BUCKET, Garage, signed_curl};
+use s3b_testkit::s3s_fs::S3sFs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running S3 server: flags that point us at it, and its port for listing and GETs.
+struct Server {
+    flags: Vec<String>,
+    port: u16,
+    _keep: Box<dyn std::any::Any>,
+}
+
+fn garage() -> Server {
+    let g = Garage::start();
+    let port = g.base_url().trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    Server { flags: g.s3backer_flags(), port, _keep: Box::new(g) }
+}
+
+fn s3s_fs() -> Server {
+    let s = S3sFs::start();
+    Server { flags: s.s3backer_flags(), port: s.port, _keep: Box::new(s) }
+}
+
+impl Server {
+    /// Our flags for this server, `extra`, then the bucket.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut a = self.flags.clone();
+        a.extend(strings(extra));
+        a.push(BUCKET.into());
+        a
+    }
+
+    /// Runs a command of ours to completion and returns its stdout (panics on failure).
+    fn run(&self, extra: &[&str]) -> String {
+        checked_output(Command::new(bin()).args(self.args(extra)).stdin(Stdio::null()), &format!("s3backer {extra:?}"))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        s3b_testkit::garage::list_keys_at(self.port, BUCKET)
+    }
+
+    fn index(&self) -> String {
+        let (code, body) = signed_curl(self.port, &[], &format!("{BUCKET}/s3backer-snapshots"));
+        assert_eq!(code, 200, "GET index");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+}
+
+/// Stands for the mount point in argument lists (it goes after the bucket).
+const MNT: &str = "<mount point>";
+
+/// A read-only FUSE mount of snapshot `name` on `mnt`, and its ext4 mounted read-only on `dir`.
+fn mount_snapshot(srv: &Server, flags: &[&str], name: &str, mnt: &Path, dir: &Path) -> (Mount, Ext4) {
+    let from = format!("--fromSnapshot={name}");
+    let mut extra = vec!["--readOnly", from.as_str()];
+    extra.extend_from_slice(flags);
+    let m = Mount::start_owned(srv.args(&extra), mnt);
+    fsck_clean(&m.file());
+    sh(&format!("mount -o loop,ro {} {}", m.file().display(), dir.display()));
+    (m, Ext4 { dir: dir.to_path_buf() })
+}
+
+fn dirs(s: &Scratch, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| {
+            let p = s.path(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Files changed in a second round: some rewritten, some removed, some new.
+fn second_round(root: &Path, tree: &[(String, String)], seed: u64) -> Vec<(String, String)> {
+    let mut now = Vec::new();
+    for (i, (rel, sum)) in tree.iter().enumerate() {
+        match i % 4 {
+            0 => std::fs::remove_file(root.join(rel)).unwrap(),
+            1 => {
+                let data = pattern(5000 + i * 31, seed + i as u64);
+                std::fs::write(root.join(rel), &data).unwrap();
+                now.push((rel.clone(), sha256_hex(&data)));
+            }
+            _ => now.push((rel.clone(), sum.clone())),
+        }
+    }
+    let extra = write_tree(&root.join(format!("round{seed}")), 30, seed);
+    now.extend(extra.into_iter().map(|(rel, sum)| (format!("round{seed}/{rel}"), sum)));
+    now
+}
+
+fn snapshots_of_ext4(srv: Server, flags: &[&str]) {
+    let s = Scratch::new();
+    let d = dirs(&s, &["snap1", "snap1fs", "snap2", "snap2fs", "snap3", "snap3fs"]);
+    let mut live_flags = vec!["--size=64m", "--blockSize=64k"];
+    live_flags.extend_from_slice(flags);
+
+    // Round 1, then snapshot "one" (the volume unmounted: the daemon path is not there yet).
+    let m = Mount::start_owned(srv.args(&live_flags), &s.mnt());
+    let e = Ext4::create(&m.file(), &s.ext4());
+    let t1 = write_tree(&s.ext4(), 80, 1);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=one"]);
+
+    // Round 2, snapshot "two".
+    let m = Mount::start_owned(srv.args(flags), &s.mnt());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    let t2 = second_round(&s.ext4(), &t1, 2);
+    e.unmount();
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=two"]);
+    let copies_before = srv.keys().iter().filter(|k| k.starts_with("s3backer-snap/")).count();
+
+    // Round 3 with the live volume mounted; both snapshots mounted beside it.
+    let live = Mount::start_owned(srv.args(flags), &s.mnt());
+    let e = Ext4::mount(&live.file(), &s.ext4());
+    let t3 = second_round(&s.ext4(), &t2, 3);
+    sh("sync");
+    let copies_after = srv.keys().iter().filter(|k| k.starts_with("s3backer-snap/")).count();
+    assert!(copies_after > copies_before, "writes after a snapshot preserve blocks first");
+    let (m1, e1) = mount_snapshot(&srv, flags, "one", &d[0], &d[1]);
+    let (m2, e2) = mount_snapshot(&srv, flags, "two", &d[2], &d[3]);
+    check_tree(&d[1], &t1);
+    check_tree(&d[3], &t2);
+    // The live volume keeps changing beside them; they do not.
+    let t3b = second_round(&s.ext4(), &t3, 4);
+    sh("sync");
+    drop_caches();
+    check_tree(&d[1], &t1);
+    check_tree(&d[3], &t2);
+    check_tree(&s.ext4(), &t3b);
+    // At most one copy per block, however often it was written.
+    let st = live.stats();
+    let made = stat_value(&st, "snapshot_copies") + stat_value(&st, "snapshot_zero_copies");
+    assert!(made > 0 && made <= 1024, "{st}");
+    e1.unmount();
+    e2.unmount();
+    assert_eq!(m1.unmount(), 0);
+    assert_eq!(m2.unmount(), 0);
+    e.unmount();
+    assert_eq!(live.unmount(), 0);
+    fsck_clean_volume(&srv, flags, &s);
+
+    // A third snapshot; the middle one deleted; the others identical.
+    srv.run(&["--snapshot=three"]);
+    let list = srv.run(&["--listSnapshots"]);
+    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["one", "two", "three"], "{list}");
+    srv.run(&["--deleteSnapshot=two"]);
+    let list = srv.run(&["--listSnapshots"]);
+    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["one", "three"], "{list}");
+    assert!(!srv.keys().iter().any(|k| k.starts_with("s3backer-snap/00000002/")), "two's copies are gone");
+    let (m1, e1) = mount_snapshot(&srv, flags, "one", &d[0], &d[1]);
+    let (m3, e3) = mount_snapshot(&srv, flags, "three", &d[4], &d[5]);
+    check_tree(&d[1], &t1);
+    check_tree(&d[5], &t3b);
+    e1.unmount();
+    e3.unmount();
+    assert_eq!(m1.unmount(), 0);
+    assert_eq!(m3.unmount(), 0);
+
+    // One line for each mistake, nothing written.
+    let before = srv.index();
+    for (extra, needle) in [
+        (vec!["--quiet", "--snapshot=one"], "exists already"),
+        (vec!["--quiet", "--deleteSnapshot=two"], "no snapshot named \"two\""),
+        (vec!["--quiet", "--readOnly", "--fromSnapshot=two", "-f", MNT], "no snapshot named \"two\""),
+    ] {
+        let mut a = srv.args(&extra[..extra.len() - usize::from(extra.last() == Some(&MNT))]);
+        if extra.last() == Some(&MNT) {
+            a.push(d[0].to_string_lossy().into_owned());
+        }
+        let line = one_error_line(Command::new(bin()).args(a));
+        assert!(line.contains(needle), "{extra:?}: {line}");
+    }
+    let live = Mount::start_owned(srv.args(flags), &s.mnt());
+    let line = one_error_line(Command::new(bin()).args(srv.args(&["--quiet", "--snapshot=four"])));
+    assert!(line.contains("not implemented yet"), "{line}");
+    assert_eq!(live.unmount(), 0);
+    assert_eq!(srv.index(), before);
+}
+
+/// e2fsck of the live volume (mounted read-only for the check).
+fn fsck_clean_volume(srv: &Server, flags: &[&str], s: &Scratch) {
+    let mut extra = vec!["--readOnly"];
+    extra.extend_from_slice(flags);
+    let m = Mount::start_owned(srv.args(&extra), &s.mnt());
+    fsck_clean(&m.file());
+    assert_eq!(m.unmount(), 0);
+}
+
+#[test]
+fn snapshots_of_ext4_on_garage() {
+    snapshots_of_ext4(garage(), &[]);
+}
+
+#[test]
+fn snapshots_of_encrypted_compressed_ext4_on_s3s_fs() {
+    let pw = Scratch::new();
+    let file = pw.path("pw");
+    std::fs::write(&file, "secret\n").unwrap();
+    let flag = format!("--passwordFile={}", file.display());
+    snapshots_of_ext4(s3s_fs(), &["--encrypt", "--compress", &flag]);
+}
+
+/// Writes `data` over the exported file with O_DIRECT writes of 1 MiB (each reaches the daemon
+/// at once), in a child process that can be left running.
+fn dd_direct(data_file: &Path, file: &Path) -> std::process::Child {
+    Command::new("dd")
+        .arg(format!("if={}", data_file.display()))
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "oflag=direct", "conv=notrunc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dd")
+}
+
+/// How many copies snapshot `id` holds, by a LIST of its prefix.
+fn copies(srv: &Server, id: u32) -> usize {
+    loop {
+        if let Some(n) = try_copies(srv, id) {
+            return n;
+        }
+    }
+}
+
+/// [`copies`], or `None` when the server fails the LIST (s3s-fs answers 500 when a file goes
+/// away while it walks the directory, as during a deletion).
+fn try_copies(srv: &Server, id: u32) -> Option<usize> {
+    let mut count = 0;
+    let mut marker = String::new();
+    loop {
+        // Parameters in sorted order: curl signs the query as written.
+        let mut path = format!("{BUCKET}?");
+        if !marker.is_empty() {
+            path.push_str(&format!("marker={}&", marker.replace('/', "%2F")));
+        }
+        path.push_str(&format!("max-keys=1000&prefix=s3backer-snap%2F{id:08x}%2F"));
+        let (code, body) = signed_curl(srv.port, &[], &path);
+        if code != 200 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let keys: Vec<&str> = text.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).collect();
+        count += keys.len();
+        match keys.last() {
+            Some(last) if text.contains("<IsTruncated>true</IsTruncated>") => marker = last.to_string(),
+            _ => return Some(count),
+        }
+    }
+}
+
+/// Reads the whole volume of snapshot `name` (or the live one) and returns its SHA-256.
+fn volume_sum(srv: &Server, name: Option<&str>, mnt: &Path) -> String {
+    let from = name.map(|n| format!("--fromSnapshot={n}"));
+    let mut extra = vec!["--readOnly"];
+    extra.extend(from.as_deref());
+    let m = Mount::start_owned(srv.args(&extra), mnt);
+    let sum = sha256_hex(&std::fs::read(m.file()).unwrap());
+    assert_eq!(m.unmount(), 0);
+    sum
+}
+
+/// kill -9 of the daemon while it writes blocks for the first time after a snapshot: the
+/// snapshot reads back exactly as it was, the volume mounts again (with --force, as after any
+/// crashed mount) and the next command repairs the bookkeeping by itself.
+fn kill_during_first_writes(srv: Server) {
+    let s = Scratch::new();
+    let d = dirs(&s, &["view"]);
+    let size = 32 << 20;
+    let a = pattern(size, 1);
+    let b_file = s.path("b.bin");
+    std::fs::write(&b_file, pattern(size, 2)).unwrap();
+    let m = Mount::start_owned(srv.args(&["--size=32m", "--blockSize=16k", "--blockCacheSize=0"]), &s.mnt());
+    write_synced(&m.file(), 0, &a);
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=before"]);
+
+    let m = Mount::start_owned(srv.args(&["--blockCacheSize=0"]), &s.mnt());
+    let mut dd = dd_direct(&b_file, &m.file());
+    wait_for(60, "first copies after the snapshot", || copies(&srv, 1) >= 100);
+    m.kill9();
+    let _ = dd.wait();
+    let preserved = copies(&srv, 1);
+    assert!(preserved < 2048, "the kill came before the end ({preserved} copies)");
+    eprintln!("killed after {preserved} copies; index:\n{}", srv.index());
+
+    assert_eq!(volume_sum(&srv, Some("before"), &d[0]), sha256_hex(&a), "the snapshot is as it was");
+    let m = Mount::start_owned(srv.args(&["--force"]), &s.mnt());
+    write_synced(&m.file(), 0, &pattern(1 << 20, 3));
+    assert_eq!(m.unmount(), 0);
+    assert_eq!(volume_sum(&srv, Some("before"), &d[0]), sha256_hex(&a));
+    srv.run(&["--snapshot=after"]);
+    assert!(srv.index().lines().any(|l| l == "writer 00000000"), "{}", srv.index());
+    let list = srv.run(&["--listSnapshots"]);
+    assert!(list.lines().nth(1).is_some_and(|l| l.starts_with("before")), "{list}");
+    assert_eq!(volume_sum(&srv, Some("before"), &d[0]), sha256_hex(&a));
+}
+
+/// kill -9 of `--deleteSnapshot` of the middle of three snapshots half-way: the other two read
+/// back exactly, the half-deleted one is no longer listed, and the next command finishes the
+/// deletion (nothing of it is left on the server).
+fn kill_during_delete(srv: Server) {
+    let s = Scratch::new();
+    let d = dirs(&s, &["view"]);
+    let size: usize = 32 << 20;
+    let geometry = ["--size=32m", "--blockSize=4k", "--blockCacheSize=0"];
+    let mut vol = pattern(size, 10);
+    let m = Mount::start_owned(srv.args(&geometry), &s.mnt());
+    write_synced(&m.file(), 0, &vol);
+    assert_eq!(m.unmount(), 0);
+    let one = sha256_hex(&vol);
+    srv.run(&["--snapshot=one"]);
+    // Half the blocks change before "two", all of them before "three".
+    let m = Mount::start_owned(srv.args(&["--blockCacheSize=0"]), &s.mnt());
+    let half = pattern(size / 2, 11);
+    write_synced(&m.file(), 0, &half);
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=two"]);
+    let m = Mount::start_owned(srv.args(&["--blockCacheSize=0"]), &s.mnt());
+    vol = pattern(size, 12);
+    write_synced(&m.file(), 0, &vol);
+    assert_eq!(m.unmount(), 0);
+    let three = sha256_hex(&vol);
+    srv.run(&["--snapshot=three"]);
+    assert_eq!((copies(&srv, 1), copies(&srv, 2)), (4096, 8192));
+    // Name, date, time, blocks held, blocks changed since.
+    let list = srv.run(&["--listSnapshots"]);
+    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let counts: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0], r[3], r[4])).collect();
+    assert_eq!(counts, [("one", "4096", "8192"), ("two", "8192", "8192"), ("three", "0", "0")], "{list}");
+
+    // Deleting "two" hands its copies of the second half on to "one", then frees the rest.
+    let mut del = Command::new(bin())
+        .args(srv.args(&["--deleteSnapshot=two"]))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(60, "the deletion to be under way", || {
+        try_copies(&srv, 1).is_some_and(|n| n > 4096) || try_copies(&srv, 2).is_some_and(|n| n < 8192)
+    });
+    del.kill().unwrap();
+    let _ = del.wait();
+    let idx = srv.index();
+    assert!(idx.contains(" deleting "), "the kill came half-way:\n{idx}");
+    eprintln!("killed with {} and {} copies", copies(&srv, 1), copies(&srv, 2));
+
+    let list = srv.run(&["--listSnapshots"]);
+    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["one", "three"], "{list}");
+    assert_eq!(volume_sum(&srv, Some("one"), &d[0]), one);
+    assert_eq!(volume_sum(&srv, Some("three"), &d[0]), three);
+    let mut a = srv.args(&["--quiet", "--readOnly", "--fromSnapshot=two", "-f"]);
+    a.push(d[0].to_string_lossy().into_owned());
+    let line = one_error_line(Command::new(bin()).args(a));
+    assert!(line.contains("no snapshot named \"two\""), "{line}");
+
+    // The next command finishes it (with --force: the killed command left its mount token, as
+    // a killed mount does).
+    srv.run(&["--force", "--snapshot=four"]);
+    assert!(!srv.index().contains(" deleting "), "{}", srv.index());
+    assert_eq!(copies(&srv, 2), 0);
+    assert!(!srv.keys().iter().any(|k| k == "s3backer-snapmap/00000002"));
+    assert_eq!(copies(&srv, 1), 8192, "one holds every block now");
+    assert_eq!(volume_sum(&srv, Some("one"), &d[0]), one);
+    assert_eq!(volume_sum(&srv, Some("three"), &d[0]), three);
+    assert_eq!(volume_sum(&srv, None, &d[0]), three);
+}
+
+#[test]
+fn kill9_during_first_writes_after_a_snapshot_on_garage() {
+    kill_during_first_writes(garage());
+}
+
+#[test]
+fn kill9_during_first_writes_after_a_snapshot_on_s3s_fs() {
+    kill_during_first_writes(s3s_fs());
+}
+
+#[test]
+fn kill9_during_delete_snapshot_on_garage() {
+    kill_during_delete(garage());
+}
+
+#[test]
+fn kill9_during_delete_snapshot_on_s3s_fs() {
+    kill_during_delete(s3s_fs());
+}
+
+/// `--nbd --readOnly --fromSnapshot` serves the snapshot while the live volume is mounted and
+/// being changed: nbdcopy reads back exactly the snapshot.
+#[test]
+fn nbd_serves_a_snapshot_beside_the_live_mount_on_garage() {
+    let srv = garage();
+    let s = Scratch::new();
+    let a = pattern(8 << 20, 21);
+    let m = Mount::start_owned(srv.args(&["--size=8m", "--blockSize=64k"]), &s.mnt());
+    write_synced(&m.file(), 0, &a);
+    assert_eq!(m.unmount(), 0);
+    srv.run(&["--snapshot=img"]);
+    let live = Mount::start_owned(srv.args(&[]), &s.mnt());
+    let b = pattern(4 << 20, 22);
+    write_synced(&live.file(), 1 << 20, &b);
+    let sock = s.path("sock");
+    let nbd = nbd_common::NbdServer::start(&srv.args(&["--readOnly", "--fromSnapshot=img"]), &sock);
+    let back = s.path("back");
+    cmd("nbdcopy", &[&nbd.uri(), back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == a, "the snapshot served over NBD differs");
+    assert_eq!(nbd.stop(), 0);
+    let now = std::fs::read(live.file()).unwrap();
+    assert!(now[1 << 20..5 << 20] == b[..] && now[..1 << 20] == a[..1 << 20]);
+    assert_eq!(live.unmount(), 0);
+}
