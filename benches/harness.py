@@ -655,7 +655,8 @@ def run_scale_write(system, cfg, latency, work, cache_blocks, with_file):
     result = {"system": system, "workload": "scale-write", "latency_ms": latency, "cache_blocks": cache_blocks,
               "cache_file": with_file}
     try:
-        c = scale_cfg(cfg, "64k", cache_blocks, "4g")
+        # A volume of at least the cache's size (a cache larger than the volume is clamped to it).
+        c = scale_cfg(cfg, "64k", cache_blocks, f"{max(4, math.ceil(cache_blocks * 65536 / 2**30))}g")
         more = []
         if with_file:
             need_disk(work, cache_blocks * 65536 + cfg.scale_write_mb * 1048576, f"a cache file of {cache_blocks} blocks")
