@@ -4,6 +4,10 @@
 //! at `--readAhead` and doubles each time the reader reaches the previous batch, up to half the
 //! cache (so read-ahead never evicts what the reader is about to use), and all blocks of a
 //! batch are fetched at once on a bounded pool. Any non-sequential read resets the window.
+//!
+//! Besides, a miss while the link is idle fetches the `--readAhead` blocks after it
+//! ([`on_miss`]): the dependent, mostly forward reads of a file system after a mount (inode
+//! tables, directories, small files) are not sequential, but nearby.
 
 use crate::shared::Shared;
 use s3b_store::BlockNum;

@@ -259,9 +259,11 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
             }
         }
     };
-    sh.changed.notify_waiters();
+    // The slot is free: the next upload may start while the file's record is updated. Waiters
+    // (a flush, shutdown) hear of the change once the record says clean too.
     sh.wake.notify_one();
     if clean && let Err(e) = sh.persist(n).await {
         log::error!("block cache: can't record block {n:#010x} as clean in the cache file: {e}");
     }
+    sh.changed.notify_waiters();
 }
