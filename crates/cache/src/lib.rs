@@ -29,17 +29,19 @@
 //!   block), and the state lock is never held across I/O, the cache file's included.
 //!
 //! How it is built, module by module:
-//! * [`state`](mod@state): the entries and their phases (loading, clean, dirty; partial
+//! * `state`: the entries and their phases (loading, clean, dirty; partial
 //!   blocks), the LRU of clean blocks, the dirty set; phases change only through its
 //!   transitions.
-//! * [`schedule`](mod@schedule): the dirty blocks waiting for upload, ordered by due time,
+//! * `schedule`: the dirty blocks waiting for upload, ordered by due time,
 //!   with ready lanes and an urgent path.
-//! * [`shared`](mod@shared): the state the cache and its tasks share, and the operations on
+//! * `shared`: the state the cache and its tasks share, and the operations on
 //!   it (lookups and loads, writes, completing partial blocks, waiting for uploads, keeping the
 //!   cache file current outside the lock).
-//! * [`writeback`](mod@writeback): the write-back engine (due uploads, completions of partial
+//! * `writeback`: the write-back engine (due uploads, completions of partial
 //!   blocks ahead of their upload, retries, idle eviction), woken by events, never polling.
-//! * [`readahead`]: sequential-read detection and parallel fetches ahead of the reader.
+//! * [`readahead`]: sequential-read detection (the window of blocks to fetch ahead).
+//! * `prefetch`: the fetches ahead of the reader, in parallel on a bounded pool, and the
+//!   neighbours of a miss while the link is idle.
 //! * [`ranges`]: the byte ranges a partially written block holds. A write of part of a block
 //!   that is not cached is accepted without reading the block; the missing bytes are fetched
 //!   once, when a read needs them or the block is due for upload, and merged without
@@ -52,6 +54,7 @@
 //! repository's `benches/CACHE.md`.
 
 pub mod file;
+mod prefetch;
 pub mod ranges;
 pub mod readahead;
 mod schedule;
@@ -194,7 +197,8 @@ impl BlockCache {
     /// The counters, to register with the stats registry.
     pub fn stats(&self) -> Arc<CacheStats> {
         let st = self.shared.stats.clone();
-        st.attach(Arc::downgrade(&self.shared));
+        let shared: Arc<dyn stats::Occupancy> = self.shared.clone();
+        st.attach(Arc::downgrade(&shared));
         st
     }
 
@@ -225,11 +229,11 @@ impl BlockStore for BlockCache {
         // Reads for an update are cached like any read, but start no read-ahead: a writer
         // filling blocks in order would otherwise fetch the blocks it is about to overwrite.
         if req.intent == ReadIntent::Read {
-            readahead::on_miss(sh, n);
+            prefetch::on_miss(sh, n);
         }
         let out = sh.get(n, true).await?;
         if req.intent == ReadIntent::Read {
-            readahead::after_read(sh, n);
+            prefetch::after_read(sh, n);
         }
         Ok(out)
     }

@@ -12,12 +12,12 @@
 //! for, so the file's ordering rules (data synced before the entry naming it) hold as before,
 //! while cache hits and other blocks' operations never wait for the disk.
 
+use crate::CacheConfig;
 use crate::file::CacheFile;
 use crate::ranges::{ByteRanges, MAX_RANGES};
 use crate::readahead::ReadAhead;
 use crate::state::{self, BlockState, Entry, State};
-use crate::stats::CacheStats;
-use crate::{CacheConfig, writeback};
+use crate::stats::{CacheStats, Occupancy};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use s3b_store::{
@@ -48,7 +48,28 @@ pub(crate) struct Shared {
     pub(crate) file_turn: tokio::sync::Mutex<()>,
 }
 
+/// Write-back hurries (starts waiting blocks before their delay) once this many tenths of the
+/// dirty limit are dirty: early enough that uploads run before writers must wait for room,
+/// late enough that a burst of writes below it is still absorbed by the write delay.
+const PRESSURE_TENTHS: usize = 9;
+
+impl Occupancy for Shared {
+    fn occupancy(&self) -> (u64, u64, u64) {
+        let st = self.state.lock();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        (count(st.entries.len()), count(st.dirty_count()), count(self.cfg.size))
+    }
+}
+
 impl Shared {
+    /// Whether write-back hurries (starts waiting blocks before their delay): writers wait for
+    /// room, a flush of everything is in progress, or the dirty blocks near the limit
+    /// (`max_dirty`, else the cache size).
+    pub(crate) fn hurried(&self, st: &State) -> bool {
+        let limit = if self.cfg.max_dirty > 0 { self.cfg.max_dirty.min(self.cfg.size) } else { self.cfg.size };
+        st.waiters.room > 0 || st.waiters.flush_all > 0 || st.dirty_count() * 10 >= limit * PRESSURE_TENTHS
+    }
+
     /// The one way to wait for the state to change: a wait armed now, so that a change made
     /// after this call (while the caller looks at the state under the lock) still wakes it.
     /// Every state change is followed by `changed.notify_waiters()`.
@@ -316,7 +337,7 @@ impl Shared {
                             Next::Room
                         } else {
                             let ver = self.apply_write(&mut st, n, data, valid, now);
-                            if st.take_kick() || writeback::hurried(self, &st) {
+                            if st.take_kick() || self.hurried(&st) {
                                 self.wake.notify_one();
                             }
                             Next::Done(ver)

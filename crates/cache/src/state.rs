@@ -335,7 +335,7 @@ pub(crate) struct InFlight {
     /// Partial blocks being completed ahead of their upload.
     pub(crate) fills: usize,
     /// Foreground reads of the store (misses) in flight: with uploads, what tells whether the
-    /// link is idle (see [`crate::readahead::on_miss`]).
+    /// link is idle (see `prefetch::on_miss`).
     pub(crate) reads: usize,
 }
 

@@ -1,6 +1,5 @@
 //! The `block_cache_*` lines of the stats file, with upstream's names, order and formats.
 
-use crate::shared::Shared;
 use parking_lot::Mutex;
 use s3b_store::{StatsSection, StatsSource, StatsWriter};
 use std::sync::Weak;
@@ -19,11 +18,18 @@ pub struct CacheStats {
     /// Partially written blocks completed with a read of the store (not in the stats file,
     /// whose fields are upstream's).
     pub(crate) fills: AtomicU64,
-    cache: Mutex<Option<Weak<Shared>>>,
+    cache: Mutex<Option<Weak<dyn Occupancy>>>,
+}
+
+/// How full the cache is, as the stats lines show it: what the cache's shared state tells the
+/// counters (kept as a trait so that this module needs nothing of the cache's internals).
+pub(crate) trait Occupancy: Send + Sync {
+    /// Blocks cached, blocks dirty, and the cache's size in blocks.
+    fn occupancy(&self) -> (u64, u64, u64);
 }
 
 impl CacheStats {
-    pub(crate) fn attach(&self, sh: Weak<Shared>) {
+    pub(crate) fn attach(&self, sh: Weak<dyn Occupancy>) {
         *self.cache.lock() = Some(sh);
     }
 
@@ -50,8 +56,8 @@ impl StatsSource for CacheStats {
     fn write_stats(&self, w: &mut StatsWriter) {
         let (size, dirty, cap) = match self.cache.lock().as_ref().and_then(Weak::upgrade) {
             Some(sh) => {
-                let st = sh.state.lock();
-                (st.entries.len() as u64, st.dirty_count() as f64, sh.cfg.size as f64)
+                let (entries, dirty, size) = sh.occupancy();
+                (entries, dirty as f64, size as f64)
             }
             None => (0, 0.0, 1.0),
         };

@@ -25,22 +25,10 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Longest delay between two attempts to upload a block.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// Write-back hurries (starts waiting blocks before their delay) once this many tenths of the
-/// dirty limit are dirty: early enough that uploads run before writers must wait for room,
-/// late enough that a burst of writes below it is still absorbed by the write delay.
-const PRESSURE_TENTHS: usize = 9;
-
 /// How long to wait before the next attempt to upload a block after `retries` failures in a
 /// row.
 pub(crate) fn retry_delay(retries: u32) -> Duration {
     FIRST_RETRY_DELAY.saturating_mul(1 << retries.min(10)).min(MAX_RETRY_DELAY)
-}
-
-/// Whether write-back hurries: writers wait for room, a flush of everything is in progress,
-/// or the dirty blocks near the limit (`max_dirty`, else the cache size).
-pub(crate) fn hurried(sh: &Shared, st: &State) -> bool {
-    let limit = if sh.cfg.max_dirty > 0 { sh.cfg.max_dirty.min(sh.cfg.size) } else { sh.cfg.size };
-    st.waiters.room > 0 || st.waiters.flush_all > 0 || st.dirty_count() * 10 >= limit * PRESSURE_TENTHS
 }
 
 /// The lane a block whose time has come goes to: a block still partial (and not failed to
@@ -148,7 +136,7 @@ fn start_due(
             }
         }
     }
-    let hurry = hurried(sh, st);
+    let hurry = sh.hurried(st);
     while st.in_flight.uploads < threads {
         let Some(n) = st.sched.first(Lane::Upload).or_else(|| hurry.then(|| st.sched.earliest_waiting()).flatten())
         else {

@@ -207,8 +207,8 @@ impl MountSettings {
                 self.options.push(M::FSName(value.unwrap_or_default().to_string()));
             }
             E::Subtype => {
-                self.options.retain(|m| !crate::identity::is_subtype(m));
-                self.options.push(crate::identity::subtype(value.unwrap_or_default()));
+                self.options.retain(|m| !is_subtype(m));
+                self.options.push(subtype(value.unwrap_or_default()));
             }
             E::EntryTimeout => self.tuning.entry_ttl = seconds(word, value)?,
             E::AttrTimeout => self.tuning.attr_ttl = seconds(word, value)?,
@@ -242,6 +242,23 @@ fn seconds(word: &str, v: Option<&str>) -> Result<Duration> {
     v.and_then(|v| v.parse::<f64>().ok())
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .ok_or_else(|| anyhow!("invalid mount option \"{word}\": expected a number of seconds"))
+}
+
+/// The mount option that sets the FUSE subtype. fuser's own `MountOption::Subtype` reaches only
+/// fusermount3: when fuser mounts by itself (as root, with mount(2)) it drops it, and the type
+/// stays plain `fuse`. Passed as a kernel option (`subtype=NAME` in the mount data), the kernel
+/// records it either way, and fusermount3 accepts it too.
+pub fn subtype(name: &str) -> MountOption {
+    MountOption::CUSTOM(format!("subtype={name}"))
+}
+
+/// Whether `o` sets the subtype (as [`subtype`] does, or fuser's own option).
+pub fn is_subtype(o: &MountOption) -> bool {
+    match o {
+        MountOption::Subtype(_) => true,
+        MountOption::CUSTOM(c) => c.starts_with("subtype="),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -6,27 +6,10 @@
 //! `-o subtype=…` still override both.
 
 use crate::config::{Config, Location};
-use fuser::MountOption;
 
-/// The FUSE subtype: the mount table shows the type `fuse.s3backer`.
+/// The FUSE subtype: the mount table shows the type `fuse.s3backer` (set with
+/// [`crate::fuse_options::subtype`]).
 pub const SUBTYPE: &str = "s3backer";
-
-/// The mount option that sets the FUSE subtype. fuser's own `MountOption::Subtype` reaches only
-/// fusermount3: when fuser mounts by itself (as root, with mount(2)) it drops it, and the type
-/// stays plain `fuse`. Passed as a kernel option (`subtype=NAME` in the mount data), the kernel
-/// records it either way, and fusermount3 accepts it too.
-pub fn subtype(name: &str) -> MountOption {
-    MountOption::CUSTOM(format!("subtype={name}"))
-}
-
-/// Whether `o` sets the subtype (as [`subtype`] does, or fuser's own option).
-pub fn is_subtype(o: &MountOption) -> bool {
-    match o {
-        MountOption::Subtype(_) => true,
-        MountOption::CUSTOM(c) => c.starts_with("subtype="),
-        _ => false,
-    }
-}
 
 /// The mount's source as the mount table shows it.
 pub fn mount_source(cfg: &Config) -> String {

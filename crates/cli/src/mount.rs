@@ -66,7 +66,7 @@ fn fuse_settings(cfg: &Config) -> Result<(fuser::Config, FuseConfig)> {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = vec![
         MountOption::FSName(crate::identity::mount_source(cfg)),
-        crate::identity::subtype(crate::identity::SUBTYPE),
+        crate::fuse_options::subtype(crate::identity::SUBTYPE),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,

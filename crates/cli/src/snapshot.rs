@@ -8,53 +8,9 @@
 
 use crate::config::{Config, Mode};
 use anyhow::{Context, Result, bail};
-use s3b_snap::SnapshotView;
 use s3b_snap::book::{self, SnapInfo};
 use s3b_store::{ObjectStore, StatsRegistry, TokenOp};
 use std::future::Future;
-use std::sync::Arc;
-
-/// The snapshot layer for a mount: over `objects` (the store block operations go to; the
-/// transport `transport` holds the bookkeeping). A read-write mount of a volume with snapshots
-/// gets copy-on-first-write; `--fromSnapshot` gets the snapshot's read-only view; anything else
-/// is left as it is.
-pub async fn layer(
-    cfg: &Config,
-    transport: &Arc<dyn ObjectStore>,
-    objects: Arc<dyn ObjectStore>,
-    block_size: u32,
-    num_blocks: u64,
-    stats: &StatsRegistry,
-) -> Result<Arc<dyn ObjectStore>> {
-    if let Some(name) = &cfg.snap.from {
-        let view = SnapshotView::open(objects, transport.clone(), name).await?;
-        let meta = view.meta();
-        let size = num_blocks * u64::from(block_size);
-        if (meta.block_size, meta.file_size) != (block_size, size) {
-            bail!(
-                "snapshot \"{name}\" has block size {} and size {}, not the {block_size} and {size} given or detected",
-                meta.block_size,
-                meta.file_size
-            );
-        }
-        return Ok(Arc::new(view));
-    }
-    if cfg.read_only {
-        return Ok(objects);
-    }
-    if cfg.shared_disk {
-        // Several hosts would each copy blocks and mark the index: not supported.
-        let has = match transport.named() {
-            Some(named) => book::read_index(named).await?.is_some_and(|i| !i.snaps.is_empty()),
-            None => false,
-        };
-        if has {
-            bail!("--sharedDiskMode cannot be used on a volume with snapshots");
-        }
-        return Ok(objects);
-    }
-    s3b_snap::open(objects, transport.clone(), stats).await.context("can't read the volume's snapshots")
-}
 
 /// Runs a snapshot command.
 pub fn run(cfg: Config) -> Result<i32> {

@@ -205,7 +205,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
-    let objects = crate::snapshot::layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
+    let objects = snapshot_layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
@@ -267,6 +267,48 @@ impl Drop for Started {
             log::warn!("giving the volume back after a failed start: {}", crate::one_line(&e));
         }
     }
+}
+
+/// The snapshot layer for a mount: over `objects` (the store block operations go to; the
+/// transport `transport` holds the bookkeeping). A read-write mount of a volume with snapshots
+/// gets copy-on-first-write; `--fromSnapshot` gets the snapshot's read-only view; anything else
+/// is left as it is.
+pub async fn snapshot_layer(
+    cfg: &Config,
+    transport: &Arc<dyn ObjectStore>,
+    objects: Arc<dyn ObjectStore>,
+    block_size: u32,
+    num_blocks: u64,
+    stats: &StatsRegistry,
+) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(name) = &cfg.snap.from {
+        let view = s3b_snap::SnapshotView::open(objects, transport.clone(), name).await?;
+        let meta = view.meta();
+        let size = num_blocks * u64::from(block_size);
+        if (meta.block_size, meta.file_size) != (block_size, size) {
+            bail!(
+                "snapshot \"{name}\" has block size {} and size {}, not the {block_size} and {size} given or detected",
+                meta.block_size,
+                meta.file_size
+            );
+        }
+        return Ok(Arc::new(view));
+    }
+    if cfg.read_only {
+        return Ok(objects);
+    }
+    if cfg.shared_disk {
+        // Several hosts would each copy blocks and mark the index: not supported.
+        let has = match transport.named() {
+            Some(named) => s3b_snap::book::read_index(named).await?.is_some_and(|i| !i.snaps.is_empty()),
+            None => false,
+        };
+        if has {
+            bail!("--sharedDiskMode cannot be used on a volume with snapshots");
+        }
+        return Ok(objects);
+    }
+    s3b_snap::open(objects, transport.clone(), stats).await.context("can't read the volume's snapshots")
 }
 
 #[cfg(test)]

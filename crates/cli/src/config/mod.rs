@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod codec;
 pub mod front;
+pub mod metrics;
 pub mod nbd;
 pub mod s3;
 pub mod snap;
@@ -129,7 +130,7 @@ pub struct Config {
     /// The NBD front end.
     pub nbd: nbd::NbdSettings,
     /// `--metricsListen`: where the Prometheus metrics are served, if anywhere.
-    pub metrics: Option<crate::metrics::MetricsAddr>,
+    pub metrics: Option<metrics::MetricsAddr>,
     /// Snapshot commands and `--fromSnapshot`.
     pub snap: snap::SnapSettings,
 }
@@ -296,7 +297,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         codec,
         cache,
         nbd,
-        metrics: crate::metrics::settings(&cli.metrics, mode)?,
+        metrics: metrics::settings(&cli.metrics, mode)?,
         snap,
     })
 }
