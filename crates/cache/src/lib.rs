@@ -29,15 +29,15 @@
 //!   block), and the state lock is never held across I/O, the cache file's included.
 //!
 //! How it is built, module by module:
-//! * [`state`](mod@state): the entries and their phases (loading, clean, dirty; partial
+//! * `state`: the entries and their phases (loading, clean, dirty; partial
 //!   blocks), the LRU of clean blocks, the dirty set; phases change only through its
 //!   transitions.
-//! * [`schedule`](mod@schedule): the dirty blocks waiting for upload, ordered by due time,
+//! * `schedule`: the dirty blocks waiting for upload, ordered by due time,
 //!   with ready lanes and an urgent path.
-//! * [`shared`](mod@shared): the state the cache and its tasks share, and the operations on
+//! * `shared`: the state the cache and its tasks share, and the operations on
 //!   it (lookups and loads, writes, completing partial blocks, waiting for uploads, keeping the
 //!   cache file current outside the lock).
-//! * [`writeback`](mod@writeback): the write-back engine (due uploads, completions of partial
+//! * `writeback`: the write-back engine (due uploads, completions of partial
 //!   blocks ahead of their upload, retries, idle eviction), woken by events, never polling.
 //! * [`readahead`]: sequential-read detection and parallel fetches ahead of the reader.
 //! * [`ranges`]: the byte ranges a partially written block holds. A write of part of a block

@@ -6,7 +6,7 @@
 //! batch are fetched at once on a bounded pool. Any non-sequential read resets the window.
 //!
 //! Besides, a miss while the link is idle fetches the `--readAhead` blocks after it
-//! ([`on_miss`]): the dependent, mostly forward reads of a file system after a mount (inode
+//! (`on_miss`): the dependent, mostly forward reads of a file system after a mount (inode
 //! tables, directories, small files) are not sequential, but nearby.
 
 use crate::shared::Shared;
