@@ -55,6 +55,22 @@ impl Server {
     }
 }
 
+/// A link to the server on 127.0.0.1:`port` that holds every chunk of bytes for `delay` each
+/// way (the benchmarks' latency proxy), for the rest of the test process; returns its port.
+fn slow_link(port: u16, delay: std::time::Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the slow link");
+    let link = listener.local_addr().expect("its address").port();
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            let _ = s3b_netsim::serve(l, std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
+        });
+    });
+    link
+}
+
 /// Stands for the mount point in argument lists (it goes after the bucket).
 const MNT: &str = "<mount point>";
 
@@ -343,13 +359,16 @@ fn kill_during_delete(srv: Server) {
     let counts: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0], r[3], r[4])).collect();
     assert_eq!(counts, [("one", "4096", "8192"), ("two", "8192", "8192"), ("three", "0", "0")], "{list}");
 
-    // Deleting "two" hands its copies of the second half on to "one", then frees the rest.
-    let mut del = Command::new(bin())
-        .args(srv.args(&["--deleteSnapshot=two"]))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Deleting "two" hands its copies of the second half on to "one", then frees the rest. It
+    // runs over a link that delays every request, so that it is still under way when the
+    // listing below (sent directly, and slow itself on thousands of objects) sees it started.
+    let link = slow_link(srv.port, std::time::Duration::from_millis(10));
+    let args: Vec<String> = srv
+        .args(&["--deleteSnapshot=two"])
+        .into_iter()
+        .map(|a| if a.starts_with("--baseURL=") { format!("--baseURL=http://127.0.0.1:{link}/") } else { a })
+        .collect();
+    let mut del = Command::new(bin()).args(args).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_for(60, "the deletion to be under way", || {
         try_copies(&srv, 1).is_some_and(|n| n > 4096) || try_copies(&srv, 2).is_some_and(|n| n < 8192)
     });

@@ -758,9 +758,13 @@ impl CacheFile {
                 Err(e) => log::error!("cache file {}: can't erase slot {slot}: {e}", self.path.display()),
             }
         }
-        let erased: Vec<u32> = self.pending.lock().clone();
-        self.file.sync_data()?;
-        self.pending.lock().retain(|s| !erased.contains(s));
+        // Taken, not copied: of two syncs running at once (a flush's beside a write's), only
+        // the one that took a slot frees it, so no slot is ever free twice.
+        let erased = std::mem::take(&mut *self.pending.lock());
+        if let Err(e) = self.file.sync_data() {
+            self.pending.lock().extend(erased);
+            return Err(e);
+        }
         self.free.lock().extend(erased);
         Ok(())
     }
