@@ -14,6 +14,7 @@ pub mod bad_value;
 pub mod caching;
 pub mod completions;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod encoding;
 pub mod fuse_options;

@@ -2,9 +2,12 @@
 //! layer of a mount's stack (copy-on-first-write on the live volume, or the read-only view of
 //! `--fromSnapshot`). The format and the crash-safety argument are [`s3b_snap`]'s.
 //!
-//! Taking and deleting a snapshot hold the volume the way a mount does (its mount token), so no
-//! writer runs meanwhile; a mounted volume is refused with one line, since asking the mounted
-//! daemon to do it (a control socket) is not implemented yet. Listing only reads.
+//! Taking and deleting a snapshot first ask the daemon that has the volume mounted, through its
+//! control socket ([`crate::control`]): it flushes and switches in one step, with no mount-token
+//! handover. When no daemon answers there, the command holds the volume itself the way a mount
+//! does (its mount token), so no writer runs meanwhile; a volume whose token is held although no
+//! daemon answers (another host, C s3backer, another `--controlSocket`) is refused with one
+//! line. Listing only reads.
 
 use crate::config::{Config, Mode};
 use anyhow::{Context, Result, bail};
@@ -23,6 +26,20 @@ pub fn run(cfg: Config) -> Result<i32> {
         };
         let what = cfg.describe();
         let name = cfg.snap.name.clone().unwrap_or_default();
+        let socket = crate::control::socket_path(&cfg);
+        let request = match cfg.mode {
+            Mode::Snapshot => Some(format!("snapshot {name}")),
+            Mode::DeleteSnapshot => Some(format!("delete {name}")),
+            _ => None,
+        };
+        if let Some(request) = request
+            && let Some(done) = crate::control::ask(&socket, &request).await?
+        {
+            if !cfg.quiet {
+                eprintln!("s3backer: {done} (through its daemon)");
+            }
+            return Ok(0);
+        }
         match cfg.mode {
             Mode::ListSnapshots => {
                 let list = book::list(named).await.context("can't list the snapshots")?;
@@ -35,14 +52,14 @@ pub fn run(cfg: Config) -> Result<i32> {
                 let (block_size, num_blocks) = crate::stack::resolve_geometry(&cfg, transport.as_ref()).await?;
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let size = num_blocks * u64::from(block_size);
-                hold(&cfg, transport.as_ref(), "taking a snapshot", book::create(named, &name, block_size, size, now))
-                    .await?;
+                let op = book::create(named, &name, block_size, size, now);
+                hold(&cfg, transport.as_ref(), &socket, "taking a snapshot", op).await?;
                 if !cfg.quiet {
                     eprintln!("s3backer: took snapshot \"{name}\" of {what}");
                 }
             }
             Mode::DeleteSnapshot => {
-                hold(&cfg, transport.as_ref(), "deleting a snapshot", book::delete(named, &name)).await?;
+                hold(&cfg, transport.as_ref(), &socket, "deleting a snapshot", book::delete(named, &name)).await?;
                 if !cfg.quiet {
                     eprintln!("s3backer: deleted snapshot \"{name}\" of {what}");
                 }
@@ -53,18 +70,22 @@ pub fn run(cfg: Config) -> Result<i32> {
     })
 }
 
-/// Runs `op` holding the volume (its mount token), as a mount would; refuses a mounted volume.
+/// Runs `op` holding the volume (its mount token), as a mount would; refuses a volume mounted
+/// by a daemon that did not answer on `socket`.
 async fn hold<T>(
     cfg: &Config,
     transport: &dyn ObjectStore,
+    socket: &std::path::Path,
     what: &str,
     op: impl Future<Output = std::result::Result<T, s3b_snap::SnapError>>,
 ) -> Result<T> {
     let old = transport.mount_token(TokenOp::Read).await.context("can't read the mount token")?;
     if old != 0 && !cfg.force {
         bail!(
-            "volume is mounted (mount token {old:08x}): {what} of a mounted volume through its daemon's control socket \
-             is not implemented yet; unmount it first (or, if no mount is running, use --reset-mounted-flag)"
+            "{what}: the volume is mounted (mount token {old:08x}) but no daemon answers on {}: it is mounted on \
+             another host or by C s3backer (or its daemon has another --controlSocket); if no mount is running, \
+             use --reset-mounted-flag",
+            socket.display()
         );
     }
     let token = crate::token::acquire(cfg, transport, None).await?;

@@ -36,6 +36,8 @@ pub struct Stack {
     pub num_blocks: u64,
     /// The block cache file, if any: it remembers the mount token of its last mount.
     pub cache_file: Option<Arc<CacheFile>>,
+    /// The live volume's snapshot layer (a read-write mount of a bucket): the control socket's.
+    pub live: Option<Arc<s3b_snap::LiveStore>>,
 }
 
 impl Stack {
@@ -58,7 +60,21 @@ pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
         let token = crate::token::acquire(cfg, stack.objects.as_ref(), stack.cache_file.as_deref()).await?;
         Ok::<_, anyhow::Error>((stack, token))
     })?;
-    Ok(Started::new(rt, stack, token))
+    let mut started = Started::new(rt, stack, token);
+    // Only a mount that holds the volume can take its snapshots.
+    if let (Some(live), true) = (started.stack.live.clone(), token != 0) {
+        let handler = Arc::new(crate::control::Handler {
+            top: started.stack.top.clone(),
+            live,
+            block_size: started.stack.block_size,
+            file_size: started.stack.num_blocks * u64::from(started.stack.block_size),
+            what: cfg.describe(),
+        });
+        let path = crate::control::socket_path(cfg);
+        let _ctx = started.rt.enter();
+        started.control = Some(crate::control::listen(&path, handler)?);
+    }
+    Ok(started)
 }
 
 /// Opens the transport named by the configuration and registers its counters.
@@ -205,13 +221,13 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
-    let objects = snapshot_layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
+    let (objects, live) = snapshot_layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);
     if cfg.shared_disk {
         // Other hosts write the volume too: nothing may be cached here.
-        return Ok(Stack { top: coded, objects: transport, stats, block_size, num_blocks, cache_file: None });
+        return Ok(Stack { top: coded, objects: transport, stats, block_size, num_blocks, cache_file: None, live });
     }
     let caching = crate::caching::wrap(&cfg.cache, cfg.read_only, coded, &stats)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
@@ -219,7 +235,7 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let zero = ZeroCache::with_progress(caching.top, cfg.cache.list_blocks, survey);
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
-    Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file })
+    Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file, live })
 }
 
 /// The volume is started: its stack is built and the mount token (if any) is ours. One owner
@@ -240,24 +256,28 @@ pub struct Started {
     pub token: u32,
     /// Set once the volume was given back.
     finished: bool,
+    /// The control socket, while serving (closed before the volume is given back).
+    pub control: Option<crate::control::ControlSocket>,
 }
 
 impl Started {
     /// Takes ownership of a volume whose mount token `token` was just set.
     pub fn new(rt: tokio::runtime::Runtime, stack: Stack, token: u32) -> Self {
-        Started { rt, stack, token, finished: false }
+        Started { rt, stack, token, finished: false, control: None }
     }
 
     /// Gives the volume back after serving: flushes it and clears the token; the error says
     /// what failed (the flush: the token is kept).
     pub fn finish(mut self) -> Result<()> {
         self.finished = true;
+        self.control.take();
         self.rt.block_on(self.stack.shutdown(self.token))
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
+        self.control.take();
         if self.finished {
             return;
         }
@@ -272,7 +292,7 @@ impl Drop for Started {
 /// The snapshot layer for a mount: over `objects` (the store block operations go to; the
 /// transport `transport` holds the bookkeeping). A read-write mount of a volume with snapshots
 /// gets copy-on-first-write; `--fromSnapshot` gets the snapshot's read-only view; anything else
-/// is left as it is.
+/// is left as it is. The copy-on-first-write layer is also returned by its own type.
 pub async fn snapshot_layer(
     cfg: &Config,
     transport: &Arc<dyn ObjectStore>,
@@ -280,7 +300,7 @@ pub async fn snapshot_layer(
     block_size: u32,
     num_blocks: u64,
     stats: &StatsRegistry,
-) -> Result<Arc<dyn ObjectStore>> {
+) -> Result<(Arc<dyn ObjectStore>, Option<Arc<s3b_snap::LiveStore>>)> {
     if let Some(name) = &cfg.snap.from {
         let view = s3b_snap::SnapshotView::open(objects, transport.clone(), name).await?;
         let meta = view.meta();
@@ -292,10 +312,10 @@ pub async fn snapshot_layer(
                 meta.file_size
             );
         }
-        return Ok(Arc::new(view));
+        return Ok((Arc::new(view), None));
     }
     if cfg.read_only {
-        return Ok(objects);
+        return Ok((objects, None));
     }
     if cfg.shared_disk {
         // Several hosts would each copy blocks and mark the index: not supported.
@@ -306,9 +326,12 @@ pub async fn snapshot_layer(
         if has {
             bail!("--sharedDiskMode cannot be used on a volume with snapshots");
         }
-        return Ok(objects);
+        return Ok((objects, None));
     }
-    s3b_snap::open(objects, transport.clone(), stats).await.context("can't read the volume's snapshots")
+    Ok(match s3b_snap::layer(objects.clone(), transport.clone(), stats) {
+        Some(live) => (live.clone(), Some(live)),
+        None => (objects, None),
+    })
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub async fn recover(s: &dyn NamedObjects) -> Result<Option<Index>> {
 
 /// Checks once that the server's copies keep the encoding headers a block needs to be read
 /// back (`Content-Encoding` and the HMAC metadata header) and the bytes.
-async fn probe_copy(s: &dyn NamedObjects) -> Result<()> {
+pub async fn probe_copy(s: &dyn NamedObjects) -> Result<()> {
     const FROM: &str = "s3backer-snap-probe";
     const TO: &str = "s3backer-snap-probe-copy";
     let body = ObjectBody {
@@ -121,11 +121,21 @@ pub async fn create(s: &dyn NamedObjects, name: &str, block_size: u32, file_size
         return Err(SnapError::Exists(name.to_string()));
     }
     probe_copy(s).await?;
+    let snap = add(&mut idx, name, block_size, file_size, time)?;
+    // The one write that takes the snapshot: from here on, first writes preserve into it.
+    write_index(s, &mut idx).await?;
+    Ok(snap)
+}
+
+/// Adds snapshot `name` as the newest to `idx` (not written yet).
+pub(crate) fn add(idx: &mut Index, name: &str, block_size: u32, file_size: u64, time: u64) -> Result<Snap> {
+    format::check_name(name)?;
+    if idx.find(name).is_some() {
+        return Err(SnapError::Exists(name.to_string()));
+    }
     let snap = Snap { id: idx.next_id.max(1), name: name.to_string(), time, deleting: false, block_size, file_size };
     idx.next_id = snap.id + 1;
     idx.snaps.push(snap.clone());
-    // The one write that takes the snapshot: from here on, first writes preserve into it.
-    write_index(s, &mut idx).await?;
     Ok(snap)
 }
 
@@ -149,7 +159,17 @@ pub async fn delete(s: &dyn NamedObjects, name: &str) -> Result<()> {
 /// so those copies are copied to `h` first (idempotent: the sources stay until every copy and
 /// `h`'s map are saved); then `id`'s copies, its map and its index entry are deleted. Both
 /// sides are LISTed, because after a crash the saved maps may not show what was done.
-async fn finish_delete(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result<()> {
+fn finish_delete<'a>(
+    s: &'a dyn NamedObjects,
+    idx: &'a mut Index,
+    id: u32,
+) -> futures::future::BoxFuture<'a, Result<()>> {
+    // Boxed as `Send`: the streams of closures below defeat the compiler's proof that the
+    // future is `Send` for every lifetime when a daemon task awaits it.
+    Box::pin(finish_delete_inner(s, idx, id))
+}
+
+async fn finish_delete_inner(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result<()> {
     let pos = idx.snaps.iter().position(|p| p.id == id).ok_or_else(|| SnapError::Unknown(format!("#{id}")))?;
     let mine = list_map(s, id).await?;
     if let Some(older) = idx.snaps[..pos].iter().rev().find(|p| !p.deleting) {
@@ -157,7 +177,8 @@ async fn finish_delete(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result
         let mut theirs = list_map(s, h).await?;
         let hand_on: Vec<(u32, Kind)> =
             mine.iter().filter(|(n, _)| !theirs.contains_key(n)).map(|(&n, &k)| (n, k)).collect();
-        futures::stream::iter(hand_on.iter().map(|&(n, _)| async move {
+        let blocks: Vec<u32> = hand_on.iter().map(|&(n, _)| n).collect();
+        futures::stream::iter(blocks.into_iter().map(|n| async move {
             if s.copy_named(&copy_name(id, n), &copy_name(h, n)).await? {
                 Ok(())
             } else {
@@ -170,7 +191,8 @@ async fn finish_delete(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result
         theirs.extend(hand_on);
         write_map(s, h, &theirs).await?;
     }
-    futures::stream::iter(mine.keys().map(|&n| async move { s.delete_named(&copy_name(id, n)).await }))
+    let blocks: Vec<u32> = mine.keys().copied().collect();
+    futures::stream::iter(blocks.into_iter().map(|n| async move { s.delete_named(&copy_name(id, n)).await }))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await?;

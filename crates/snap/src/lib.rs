@@ -90,8 +90,11 @@
 //! `Content-Encoding` and `x-amz-meta-*`); LIST only for `--listSnapshots` while a mount is
 //! writing, for recovery after a crash, and for deletions. No versioning, no conditional
 //! writes. Taking, deleting and mounting snapshots require holding the volume (its mount
-//! token), so no writer runs meanwhile; a snapshot of a mounted volume needs the daemon's help
-//! (not implemented yet).
+//! token), so no other writer runs meanwhile; a mounted volume's snapshots are taken and deleted
+//! by the mount itself ([`LiveStore::snapshot`], [`LiveStore::delete_snapshot`], asked through
+//! its daemon's control socket), which holds its own writes at a gate meanwhile: no write is
+//! half done when the index changes, and every later write goes by the new index. Such a
+//! snapshot is the volume exactly as the server held it at the index PUT.
 
 pub mod book;
 mod error;
@@ -100,7 +103,7 @@ mod live;
 mod view;
 
 pub use error::SnapError;
-pub use live::{LiveStore, open};
+pub use live::{LiveStore, layer, open};
 pub use view::SnapshotView;
 
 /// Requests a bookkeeping step keeps in flight at once.

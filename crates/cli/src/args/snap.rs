@@ -5,7 +5,7 @@ use clap::Args;
 /// Flags of snapshots.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SnapArgs {
-    /// Take a snapshot called NAME of the (unmounted) volume, then exit.
+    /// Take a snapshot called NAME of the volume (through its daemon when it is mounted), then exit.
     #[arg(long = "snapshot", value_name = "NAME", help_heading = "Snapshots")]
     pub snapshot: Option<String>,
     /// List the volume's snapshots (name, time, blocks held, blocks changed since), then exit.
@@ -17,4 +17,7 @@ pub struct SnapArgs {
     /// Mount (or serve with --nbd) snapshot NAME instead of the live volume; needs --readOnly.
     #[arg(long = "fromSnapshot", value_name = "NAME", help_heading = "Snapshots")]
     pub from_snapshot: Option<String>,
+    /// The daemon's control socket (snapshots of the mounted volume go through it).
+    #[arg(long = "controlSocket", value_name = "PATH", help_heading = "Snapshots")]
+    pub control_socket: Option<std::path::PathBuf>,
 }

@@ -6,6 +6,9 @@ use super::Mode;
 use crate::args::snap::SnapArgs;
 use anyhow::{Result, bail};
 
+/// Longest path a Unix socket can have (`sun_path` holds 108 bytes with the final NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// The checked snapshot flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapSettings {
@@ -13,6 +16,8 @@ pub struct SnapSettings {
     pub name: Option<String>,
     /// `--fromSnapshot`: the snapshot a read-only mount shows.
     pub from: Option<String>,
+    /// `--controlSocket`: the daemon's control socket, if not the default one.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 /// Settles the mode with the snapshot commands: at most one mode flag in all.
@@ -55,7 +60,12 @@ pub(super) fn settings(a: &SnapArgs, mode: Mode, test: bool, read_only: bool) ->
             bail!("--fromSnapshot needs --readOnly (a snapshot cannot be written)");
         }
     }
-    Ok(SnapSettings { name, from: a.from_snapshot.clone() })
+    if let Some(p) = &a.control_socket
+        && p.as_os_str().len() > MAX_SOCKET_PATH
+    {
+        bail!("--controlSocket {}: longer than {} bytes, too long for a Unix socket", p.display(), MAX_SOCKET_PATH);
+    }
+    Ok(SnapSettings { name, from: a.from_snapshot.clone(), control_socket: a.control_socket.clone() })
 }
 
 #[cfg(test)]
