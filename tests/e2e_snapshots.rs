@@ -2,7 +2,9 @@
 //! snapshots taken between rounds of writes, each snapshot mounted read-only beside the live
 //! mount and every file checked by SHA-256 against what was there when it was taken, e2fsck
 //! clean; the middle of three snapshots deleted, the others still identical; and kill -9 of the
-//! daemon during the first writes after a snapshot, and of `--deleteSnapshot` half-way.
+//! daemon during the first writes after a snapshot, and of `--deleteSnapshot` half-way. Snapshots
+//! of the mounted volume through its daemon: ext4 frozen for each, read back with FUSE and NBD,
+//! mistakes through the socket, and kill -9 right after one and during the first writes after.
 
 mod common;
 mod nbd_common;
@@ -201,11 +203,26 @@ fn snapshots_of_ext4(srv: Server, flags: &[&str]) {
         let line = one_error_line(Command::new(bin()).args(a));
         assert!(line.contains(needle), "{extra:?}: {line}");
     }
-    let live = Mount::start_owned(srv.args(flags), &s.mnt());
+    // A mount whose daemon listens elsewhere (as another host's or C s3backer's would not at
+    // all): the command says so in one line. Asked on its socket, the daemon takes it.
+    let other = s.path("elsewhere.sock");
+    let at = format!("--controlSocket={}", other.display());
+    let mut live_flags = flags.to_vec();
+    live_flags.push(&at);
+    let live = Mount::start_owned(srv.args(&live_flags), &s.mnt());
     let line = one_error_line(Command::new(bin()).args(srv.args(&["--quiet", "--snapshot=four"])));
-    assert!(line.contains("not implemented yet"), "{line}");
-    assert_eq!(live.unmount(), 0);
+    assert!(line.contains("is mounted (mount token") && line.contains("no daemon answers on"), "{line}");
     assert_eq!(srv.index(), before);
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let m = std::fs::symlink_metadata(&other).expect("the control socket");
+        assert!(m.file_type().is_socket() && m.permissions().mode() & 0o777 == 0o600, "{m:?}");
+    }
+    let out = srv.run(&[&at, "--snapshot=four"]);
+    assert!(out.is_empty(), "{out}");
+    assert!(srv.index().lines().any(|l| l.ends_with(" four")), "{}", srv.index());
+    assert_eq!(live.unmount(), 0);
+    assert!(!other.exists(), "the control socket is removed at exit");
 }
 
 /// e2fsck of the live volume (mounted read-only for the check).
@@ -290,10 +307,11 @@ fn volume_sum(srv: &Server, name: Option<&str>, mnt: &Path) -> String {
     sum
 }
 
-/// kill -9 of the daemon while it writes blocks for the first time after a snapshot: the
-/// snapshot reads back exactly as it was, the volume mounts again (with --force, as after any
-/// crashed mount) and the next command repairs the bookkeeping by itself.
-fn kill_during_first_writes(srv: Server) {
+/// kill -9 of the daemon while it writes blocks for the first time after a snapshot (taken
+/// with the volume unmounted, or through the mounted daemon): the snapshot reads back exactly
+/// as it was, the volume mounts again (with --force, as after any crashed mount) and the next
+/// command repairs the bookkeeping by itself.
+fn kill_during_first_writes(srv: Server, through_daemon: bool) {
     let s = Scratch::new();
     let d = dirs(&s, &["view"]);
     let size = 32 << 20;
@@ -302,10 +320,14 @@ fn kill_during_first_writes(srv: Server) {
     std::fs::write(&b_file, pattern(size, 2)).unwrap();
     let m = Mount::start_owned(srv.args(&["--size=32m", "--blockSize=16k", "--blockCacheSize=0"]), &s.mnt());
     write_synced(&m.file(), 0, &a);
-    assert_eq!(m.unmount(), 0);
-    srv.run(&["--snapshot=before"]);
-
-    let m = Mount::start_owned(srv.args(&["--blockCacheSize=0"]), &s.mnt());
+    let m = if through_daemon {
+        daemon_snapshot(&srv, &[], "before");
+        m
+    } else {
+        assert_eq!(m.unmount(), 0);
+        srv.run(&["--snapshot=before"]);
+        Mount::start_owned(srv.args(&["--blockCacheSize=0"]), &s.mnt())
+    };
     let mut dd = dd_direct(&b_file, &m.file());
     wait_for(60, "first copies after the snapshot", || copies(&srv, 1) >= 100);
     m.kill9();
@@ -402,12 +424,22 @@ fn kill_during_delete(srv: Server) {
 
 #[test]
 fn kill9_during_first_writes_after_a_snapshot_on_garage() {
-    kill_during_first_writes(garage());
+    kill_during_first_writes(garage(), false);
+}
+
+#[test]
+fn kill9_during_first_writes_after_a_daemon_snapshot_on_garage() {
+    kill_during_first_writes(garage(), true);
+}
+
+#[test]
+fn kill9_during_first_writes_after_a_daemon_snapshot_on_s3s_fs() {
+    kill_during_first_writes(s3s_fs(), true);
 }
 
 #[test]
 fn kill9_during_first_writes_after_a_snapshot_on_s3s_fs() {
-    kill_during_first_writes(s3s_fs());
+    kill_during_first_writes(s3s_fs(), false);
 }
 
 #[test]
@@ -443,4 +475,167 @@ fn nbd_serves_a_snapshot_beside_the_live_mount_on_garage() {
     let now = std::fs::read(live.file()).unwrap();
     assert!(now[1 << 20..5 << 20] == b[..] && now[..1 << 20] == a[..1 << 20]);
     assert_eq!(live.unmount(), 0);
+}
+
+/// `--snapshot=NAME` (with `extra` flags) of a mounted volume: taken by its daemon, said in one
+/// line; returns how long the command took.
+fn daemon_snapshot(srv: &Server, extra: &[&str], name: &str) -> std::time::Duration {
+    let flag = format!("--snapshot={name}");
+    let mut a = extra.to_vec();
+    a.push(&flag);
+    let start = std::time::Instant::now();
+    let out = Command::new(bin()).args(srv.args(&a)).stdin(Stdio::null()).output().expect("run s3backer");
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--snapshot={name}: {err}");
+    assert!(err.contains(&format!("took snapshot \"{name}\"")) && err.contains("through its daemon"), "{err}");
+    took
+}
+
+/// The ext4 on a directory frozen (`fsfreeze -f`) until dropped.
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn new(dir: &Path) -> Frozen {
+        sh(&format!("fsfreeze -f {}", dir.display()));
+        Frozen(dir.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// Snapshots of a mounted ext4 through the daemon, as the man page advises: write, freeze,
+/// snapshot, unfreeze, write more, snapshot again. One snapshot is mounted read-only with
+/// FUSE, the other served read-only over NBD, beside the live mount: every file as it was at
+/// its snapshot, e2fsck clean; mistakes through the socket get one line each.
+fn live_snapshots_of_ext4(srv: Server, flags: &[&str]) {
+    let s = Scratch::new();
+    let d = dirs(&s, &["snap1", "snap1fs", "snap2fs"]);
+    let mut live_flags = vec!["--size=64m", "--blockSize=64k"];
+    live_flags.extend_from_slice(flags);
+    let live = Mount::start_owned(srv.args(&live_flags), &s.mnt());
+    let e = Ext4::create(&live.file(), &s.ext4());
+    let t1 = write_tree(&s.ext4(), 60, 1);
+    let took1 = {
+        let _frozen = Frozen::new(&s.ext4());
+        daemon_snapshot(&srv, &[], "one")
+    };
+    let t2 = second_round(&s.ext4(), &t1, 2);
+    let took2 = {
+        let _frozen = Frozen::new(&s.ext4());
+        daemon_snapshot(&srv, &[], "two")
+    };
+    eprintln!("snapshots of the mounted volume took {took1:?} and {took2:?}");
+    let t3 = second_round(&s.ext4(), &t2, 3);
+    sh("sync");
+
+    let (m1, e1) = mount_snapshot(&srv, flags, "one", &d[0], &d[1]);
+    check_tree(&d[1], &t1);
+    let mut nbd_flags = vec!["--readOnly", "--fromSnapshot=two"];
+    nbd_flags.extend_from_slice(flags);
+    let sock = s.path("nbd.sock");
+    let nbd = nbd_common::NbdServer::start(&srv.args(&nbd_flags), &sock);
+    let img = s.path("two.img");
+    cmd("nbdcopy", &[&nbd.uri(), img.to_str().unwrap()]);
+    assert_eq!(nbd.stop(), 0);
+    fsck_clean(&img);
+    sh(&format!("mount -o loop,ro {} {}", img.display(), d[2].display()));
+    let e2 = Ext4 { dir: d[2].clone() };
+    check_tree(&d[2], &t2);
+    check_tree(&s.ext4(), &t3);
+    check_tree(&d[1], &t1);
+
+    for (extra, needle) in [
+        ("--snapshot=one", "a snapshot named \"one\" exists already"),
+        ("--deleteSnapshot=nope", "no snapshot named \"nope\""),
+    ] {
+        let line = one_error_line(Command::new(bin()).args(srv.args(&["--quiet", extra])));
+        assert!(line.contains(needle), "{extra}: {line}");
+    }
+    e2.unmount();
+    e1.unmount();
+    assert_eq!(m1.unmount(), 0);
+    // Deleted through the daemon while it writes: "two" still reads back.
+    let out = srv.run(&["--deleteSnapshot=one"]);
+    assert!(out.is_empty(), "{out}");
+    let t4 = second_round(&s.ext4(), &t3, 4);
+    sh("sync");
+    let list = srv.run(&["--listSnapshots"]);
+    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["two"], "{list}");
+    let (m2, e2) = mount_snapshot(&srv, flags, "two", &d[0], &d[1]);
+    check_tree(&d[1], &t2);
+    e2.unmount();
+    assert_eq!(m2.unmount(), 0);
+    e.unmount();
+    assert_eq!(live.unmount(), 0);
+    fsck_clean_volume(&srv, flags, &s);
+    let live = Mount::start_owned(srv.args(flags), &s.mnt());
+    let e = Ext4::mount(&live.file(), &s.ext4());
+    check_tree(&s.ext4(), &t4);
+    e.unmount();
+    assert_eq!(live.unmount(), 0);
+}
+
+#[test]
+fn live_snapshots_of_ext4_on_garage() {
+    live_snapshots_of_ext4(garage(), &[]);
+}
+
+#[test]
+fn live_snapshots_of_encrypted_compressed_ext4_on_s3s_fs() {
+    let pw = Scratch::new();
+    let file = pw.path("pw");
+    std::fs::write(&file, "secret\n").unwrap();
+    let flag = format!("--passwordFile={}", file.display());
+    live_snapshots_of_ext4(s3s_fs(), &["--encrypt", "--compress", &flag]);
+}
+
+/// kill -9 of the daemon right after it took a snapshot through its socket, with writes the
+/// snapshot request flushed out of the block cache: the snapshot holds them, the volume
+/// mounts again (--force) with everything, and the next command repairs the bookkeeping.
+fn kill_right_after_a_daemon_snapshot(srv: Server) {
+    let s = Scratch::new();
+    let d = dirs(&s, &["view"]);
+    let size = 8 << 20;
+    let mut vol = pattern(size, 31);
+    let m = Mount::start_owned(srv.args(&["--size=8m", "--blockSize=16k"]), &s.mnt());
+    write_synced(&m.file(), 0, &vol);
+    // Written, not synced: in the daemon's block cache when the snapshot is asked for.
+    let late = pattern(1 << 20, 32);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(m.file()).unwrap();
+        f.write_all_at(&late, 3 << 20).unwrap();
+    }
+    vol[3 << 20..4 << 20].copy_from_slice(&late);
+    daemon_snapshot(&srv, &[], "now");
+    m.kill9();
+    assert!(srv.index().lines().any(|l| l.ends_with(" now")), "{}", srv.index());
+    assert_eq!(volume_sum(&srv, Some("now"), &d[0]), sha256_hex(&vol), "the snapshot holds the flushed writes");
+    let m = Mount::start_owned(srv.args(&["--force"]), &s.mnt());
+    assert!(std::fs::read(m.file()).unwrap() == vol, "the live volume after the crash");
+    write_synced(&m.file(), 0, &pattern(1 << 20, 33));
+    assert_eq!(m.unmount(), 0);
+    assert_eq!(volume_sum(&srv, Some("now"), &d[0]), sha256_hex(&vol));
+    srv.run(&["--snapshot=later"]);
+    assert!(srv.index().lines().any(|l| l == "writer 00000000"), "{}", srv.index());
+    let list = srv.run(&["--listSnapshots"]);
+    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.iter().map(|r| (r[0], r[4])).collect::<Vec<_>>(), [("now", "64"), ("later", "0")], "{list}");
+    assert_eq!(volume_sum(&srv, Some("now"), &d[0]), sha256_hex(&vol));
+}
+
+#[test]
+fn kill9_right_after_a_daemon_snapshot_on_garage() {
+    kill_right_after_a_daemon_snapshot(garage());
+}
+
+#[test]
+fn kill9_right_after_a_daemon_snapshot_on_s3s_fs() {
+    kill_right_after_a_daemon_snapshot(s3s_fs());
 }
