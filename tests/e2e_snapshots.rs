@@ -639,3 +639,74 @@ fn kill9_right_after_a_daemon_snapshot_on_garage() {
 fn kill9_right_after_a_daemon_snapshot_on_s3s_fs() {
     kill_right_after_a_daemon_snapshot(s3s_fs());
 }
+
+/// The blocks `nbdinfo --map=CONTEXT` reports with flag 1, in blocks of `bs` bytes.
+fn mapped_blocks(uri: &str, context: &str, bs: u64) -> std::collections::BTreeSet<u64> {
+    let out = cmd("nbdinfo", &[&format!("--map={context}"), uri]);
+    let mut set = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(off), Some(len), Some(flags)) = (f.first(), f.get(1), f.get(2)) else { continue };
+        let (off, len, flags): (u64, u64, u32) = (off.parse().unwrap(), len.parse().unwrap(), flags.parse().unwrap());
+        if flags & 1 == 1 {
+            set.extend(off / bs..(off + len).div_ceil(bs));
+        }
+    }
+    set
+}
+
+/// Changed-block tracking over NBD: the live export offers `qemu:dirty-bitmap:NAME` for each
+/// snapshot, and `nbdinfo --map` of one lists exactly the blocks the test wrote since it
+/// (whole, partial and zero writes, some still in the block cache), as `--listSnapshots`
+/// counts them.
+fn dirty_bitmaps_over_nbd(srv: Server) {
+    let s = Scratch::new();
+    let sock = s.path("live.sock");
+    const BS: u64 = 64 << 10;
+    let nbd = nbd_common::NbdServer::start(&srv.args(&["--size=16m", "--blockSize=64k"]), &sock);
+    let uri = nbd.uri();
+    let io = |cmds: &[String]| {
+        let mut a = vec!["-f".to_string(), "raw".to_string()];
+        for c in cmds {
+            a.extend(["-c".to_string(), c.clone()]);
+        }
+        a.push(uri.clone());
+        cmd("qemu-io", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    io(&["write -P 1 0 16m".into(), "flush".into()]);
+    daemon_snapshot(&srv, &[], "a");
+    let mut since_a: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    // Whole blocks, a partial one, the last byte, a zeroed block; not flushed.
+    io(&[
+        format!("write -P 2 {} {}", 3 * BS, 2 * BS),
+        format!("write -P 3 {} 100", 10 * BS + 10),
+        format!("write -P 4 {} 1", 256 * BS - 1),
+        format!("write -z {} {}", 50 * BS, BS),
+    ]);
+    since_a.extend([3, 4, 10, 255, 50]);
+    assert_eq!(mapped_blocks(&uri, "qemu:dirty-bitmap:a", BS), since_a);
+    daemon_snapshot(&srv, &[], "b");
+    io(&[format!("write -P 5 {} {}", 7 * BS, BS), format!("write -P 6 {} {}", 10 * BS, BS)]);
+    since_a.extend([7, 10]);
+    let since_b: std::collections::BTreeSet<u64> = [7, 10].into_iter().collect();
+    assert_eq!(mapped_blocks(&uri, "qemu:dirty-bitmap:a", BS), since_a);
+    assert_eq!(mapped_blocks(&uri, "qemu:dirty-bitmap:b", BS), since_b);
+    let list = srv.run(&["--listSnapshots"]);
+    let rows: Vec<Vec<&str>> = list.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    let counts: Vec<(&str, usize)> = rows.iter().map(|r| (r[0], r[4].parse().unwrap())).collect();
+    assert_eq!(counts, [("a", since_a.len()), ("b", since_b.len())], "{list}");
+    // A context that is not there is refused by the client: nothing listed for it.
+    let out = Command::new("nbdinfo").args(["--map=qemu:dirty-bitmap:zz", &uri]).output().unwrap();
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(), "{out:?}");
+    assert_eq!(nbd.stop(), 0);
+}
+
+#[test]
+fn dirty_bitmaps_over_nbd_on_garage() {
+    dirty_bitmaps_over_nbd(garage());
+}
+
+#[test]
+fn dirty_bitmaps_over_nbd_on_s3s_fs() {
+    dirty_bitmaps_over_nbd(s3s_fs());
+}

@@ -199,6 +199,7 @@ fn serve(
         format!("s3backer volume {}: {} blocks of {} bytes", cfg.describe(), stack.num_blocks, stack.block_size);
     let mut export = ExportConfig::new(cfg.describe(), description, cfg.read_only);
     export.tls = tls;
+    export.bitmaps = stack.live.clone().map(|live| Arc::new(crate::snapshot::SnapBitmaps { live }) as _);
     let server = Server::new(volume, export);
     let server_tls = cfg.nbd.tls.is_some();
     let serving = rt.spawn(server.clone().run(listener));

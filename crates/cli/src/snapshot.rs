@@ -11,8 +11,11 @@
 
 use crate::config::{Config, Mode};
 use anyhow::{Context, Result, bail};
+use futures::future::BoxFuture;
 use s3b_snap::book::{self, SnapInfo};
+use s3b_store::StoreError;
 use s3b_store::{ObjectStore, StatsRegistry, TokenOp};
+use std::collections::BTreeSet;
 use std::future::Future;
 
 /// Runs a snapshot command.
@@ -94,6 +97,29 @@ async fn hold<T>(
     let value = result?;
     released?;
     Ok(value)
+}
+
+/// The live volume's snapshots as the NBD export's changed-block bitmaps
+/// (`qemu:dirty-bitmap:NAME`: the blocks written since snapshot NAME).
+pub struct SnapBitmaps {
+    /// The live volume's snapshot layer.
+    pub live: std::sync::Arc<s3b_snap::LiveStore>,
+}
+
+impl std::fmt::Debug for SnapBitmaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapBitmaps")
+    }
+}
+
+impl s3b_nbd::DirtyBitmaps for SnapBitmaps {
+    fn names(&self) -> BoxFuture<'_, std::result::Result<Vec<String>, StoreError>> {
+        Box::pin(async { Ok(self.live.snapshot_names().await?) })
+    }
+
+    fn dirty<'a>(&'a self, name: &'a str) -> BoxFuture<'a, std::result::Result<BTreeSet<u64>, StoreError>> {
+        Box::pin(async move { Ok(self.live.changed_since(name).await?.into_iter().map(u64::from).collect()) })
+    }
 }
 
 /// The `--listSnapshots` table.

@@ -19,7 +19,10 @@
 //!
 //! Block status is answered from what the layers below know without asking the store
 //! ([`Volume::known_zero`]): blocks known to be zero are `HOLE|ZERO`, everything else is
-//! reported as data, which is always safe. Reads skip known-zero block runs the same way: a
+//! reported as data, which is always safe. With changed-block tracking ([`DirtyBitmaps`]), each
+//! bitmap is also a context `qemu:dirty-bitmap:NAME` (qemu's convention: flag 1, "dirty", marks
+//! what was written since the bitmap began), answered after the range is flushed, so that what
+//! a cache still holds counts too. Reads skip known-zero block runs the same way: a
 //! block-aligned run of zeros goes out as an `OFFSET_HOLE` chunk.
 //!
 //! A broken or hostile client gets the specification's error, or its connection closed (bad
@@ -37,6 +40,7 @@ use negotiate::{Negotiation, Next, Offer, Session};
 use proto::{Command, CommandType, Errno, Limits, Request};
 use s3b_store::{Chain, StoreError};
 use s3b_volume::Volume;
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +77,18 @@ pub struct ExportConfig {
     pub max_bytes: usize,
     /// TLS: when set, clients must upgrade with `OPT_STARTTLS` before anything else.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Changed-block tracking, offered as `qemu:dirty-bitmap:NAME` contexts.
+    pub bitmaps: Option<Arc<dyn DirtyBitmaps>>,
+}
+
+/// Changed-block tracking for the export: named bitmaps of the blocks written since each
+/// began (the volume's snapshots, say).
+pub trait DirtyBitmaps: Send + Sync + std::fmt::Debug + 'static {
+    /// The bitmaps there are now, by name (read when a client connects).
+    fn names(&self) -> futures::future::BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// The blocks written since bitmap `name` began, as far as the store below has them (the
+    /// server flushes the range it asks about first).
+    fn dirty<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, Result<BTreeSet<u64>, StoreError>>;
 }
 
 impl ExportConfig {
@@ -86,6 +102,7 @@ impl ExportConfig {
             max_requests: DEFAULT_MAX_REQUESTS,
             max_bytes: 2 * DEFAULT_MAX_PAYLOAD as usize,
             tls: None,
+            bitmaps: None,
         }
     }
 }
@@ -123,6 +140,46 @@ pub struct Server {
     volume: Arc<Volume>,
     cfg: ExportConfig,
     shutdown: watch::Sender<bool>,
+}
+
+/// The metadata contexts a connection selected.
+struct Contexts {
+    base_allocation: bool,
+    bitmaps: Arc<Vec<(u32, String)>>,
+}
+
+/// The extents of a bitmap over `len` bytes at `offset` of blocks of `bs` bytes, at most `max`:
+/// runs of blocks in `dirty` (flag [`proto::STATE_DIRTY`]) and of the others (flag 0).
+pub fn dirty_runs(offset: u64, len: u64, bs: u64, dirty: &BTreeSet<u64>, max: usize) -> Vec<(u64, u32)> {
+    let mut out: Vec<(u64, u32)> = Vec::new();
+    let end = offset.saturating_add(len);
+    let mut pos = offset;
+    while pos < end && bs > 0 {
+        let block = pos / bs;
+        let is_dirty = dirty.contains(&block);
+        // This block and every following one of the same state, up to the end.
+        let next_change = if is_dirty {
+            (block..)
+                .zip(dirty.range(block..))
+                .find(|(want, got)| want != *got)
+                .map_or_else(|| dirty.range(block..).next_back().map_or(block + 1, |l| l + 1), |(want, _)| want)
+        } else {
+            dirty.range(block..).next().copied().unwrap_or(u64::MAX / bs)
+        };
+        let stop = next_change.saturating_mul(bs).min(end);
+        let flag = if is_dirty { proto::STATE_DIRTY } else { 0 };
+        match out.last_mut() {
+            Some((l, f)) if *f == flag => *l += stop - pos,
+            _ => {
+                if out.len() == max {
+                    break;
+                }
+                out.push((stop - pos, flag));
+            }
+        }
+        pos = stop;
+    }
+    out
 }
 
 /// One reply on its way to the writer, with the permits it holds until written.
@@ -195,7 +252,7 @@ impl Server {
             read_only: self.cfg.read_only,
             structured: s.structured,
             extended: s.extended,
-            block_status: s.block_status,
+            block_status: s.any_context(),
         }
     }
 
@@ -207,8 +264,17 @@ impl Server {
     }
 
     /// What negotiation offers: this export, as the volume and the configuration describe it.
-    fn offer(&self) -> Offer {
+    /// Bitmaps that cannot be read now are left out (and logged).
+    async fn offer(&self) -> Offer {
+        let bitmaps = match &self.cfg.bitmaps {
+            None => Vec::new(),
+            Some(b) => b.names().await.unwrap_or_else(|e| {
+                log::warn!("NBD: changed-block bitmaps are not offered to this client: {}", Chain(&e));
+                Vec::new()
+            }),
+        };
         Offer {
+            bitmaps,
             name: self.cfg.name.clone(),
             description: self.cfg.description.clone(),
             size: self.volume.size(),
@@ -223,7 +289,8 @@ impl Server {
     async fn handshake(&self, mut conn: Box<dyn Conn>) -> std::io::Result<Option<(Box<dyn Conn>, Session)>> {
         conn.write_all(&negotiate::greeting()).await?;
         conn.flush().await?;
-        let mut n = Negotiation::new(self.offer(), conn.read_u32().await?).map_err(violation)?;
+        let flags = conn.read_u32().await?;
+        let mut n = Negotiation::new(self.offer().await, flags).map_err(violation)?;
         let mut stop = self.shutdown.subscribe();
         loop {
             let magic = tokio::select! {
@@ -268,6 +335,8 @@ impl Server {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let limits = self.limits(&s);
+        let selected = Arc::new(s.bitmaps.clone());
+        let base_allocation = s.block_status;
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let writer = tokio::spawn(write_loop(w, rx, self.shutdown.subscribe()));
         let requests = Arc::new(Semaphore::new(self.cfg.max_requests));
@@ -346,8 +415,9 @@ impl Server {
                 Ok(cmd) => {
                     let me = self.clone();
                     let tx = tx.clone();
+                    let contexts = Contexts { base_allocation, bitmaps: selected.clone() };
                     handlers.spawn(async move {
-                        let frames = me.answer(cmd, f, payload).await;
+                        let frames = me.answer(cmd, f, payload, &contexts).await;
                         let _ = tx.send(Outgoing { frames, _permits: Some(permits) });
                     });
                 }
@@ -363,8 +433,8 @@ impl Server {
     /// Runs one checked command and returns the reply frames. A command whose handler panics
     /// is answered with `EIO` (and the panic logged), so the client never waits for a reply
     /// that will not come.
-    async fn answer(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
-        match AssertUnwindSafe(self.execute(cmd, f, payload)).catch_unwind().await {
+    async fn answer(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>, c: &Contexts) -> Vec<Bytes> {
+        match AssertUnwindSafe(self.execute(cmd, f, payload, c)).catch_unwind().await {
             Ok(frames) => frames,
             Err(panic) => {
                 log::error!("NBD request {cmd:?} failed: its handler panicked: {}", panic_message(&*panic));
@@ -374,7 +444,7 @@ impl Server {
     }
 
     /// Runs one checked command; returns the reply frames.
-    async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>) -> Vec<Bytes> {
+    async fn execute(&self, cmd: Command, f: proto::Framer, payload: Option<Bytes>, c: &Contexts) -> Vec<Bytes> {
         let v = &self.volume;
         match cmd {
             Command::Read { offset, len, df } => match v.read(offset, len).await {
@@ -400,20 +470,48 @@ impl Server {
                 let max = if req_one { 1 } else { MAX_EXTENTS };
                 // Look at most MAX_STATUS_BLOCKS blocks per request (a shorter answer is fine;
                 // in compact mode this also keeps every extent within 32 bits).
-                let len = len.min(MAX_STATUS_BLOCKS * v.block_size() as u64).min(u32::MAX as u64);
-                match v.zero_runs(offset, len.max(1), max) {
-                    Ok(runs) => {
-                        let extents: Vec<(u64, u32)> = runs
-                            .into_iter()
-                            .map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
-                            .collect();
-                        vec![f.block_status(proto::BASE_ALLOCATION_ID, &extents)]
+                let len = len.min(MAX_STATUS_BLOCKS * v.block_size() as u64).min(u32::MAX as u64).max(1);
+                match self.block_status(offset, len, max, c).await {
+                    Ok(chunks) => {
+                        let last = chunks.len().saturating_sub(1);
+                        chunks.iter().enumerate().map(|(i, (id, ext))| f.block_status(*id, ext, i == last)).collect()
                     }
                     Err(e) => self.failure(&f, e, "block status"),
                 }
             }
             Command::Disconnect => Vec::new(),
         }
+    }
+
+    /// The extents of each selected context over `len` bytes at `offset` (at most `max` each):
+    /// `base:allocation` first, then the bitmaps in id order.
+    async fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+        c: &Contexts,
+    ) -> Result<Vec<(u32, Vec<(u64, u32)>)>, StoreError> {
+        let v = &self.volume;
+        let mut out = Vec::new();
+        if c.base_allocation {
+            let extents = v
+                .zero_runs(offset, len, max)?
+                .into_iter()
+                .map(|(l, z)| (l, if z { proto::STATE_HOLE | proto::STATE_ZERO } else { 0 }))
+                .collect();
+            out.push((proto::BASE_ALLOCATION_ID, extents));
+        }
+        if let (false, Some(bitmaps)) = (c.bitmaps.is_empty(), &self.cfg.bitmaps) {
+            // Writes a cache still holds reach the store first, so that they count.
+            v.flush_range(offset, len).await?;
+            let len = len.min(v.size().saturating_sub(offset));
+            for (id, name) in c.bitmaps.iter() {
+                let dirty = bitmaps.dirty(name).await?;
+                out.push((*id, dirty_runs(offset, len, u64::from(v.block_size()), &dirty, max)));
+            }
+        }
+        Ok(out)
     }
 
     /// Runs a change to the volume; with `fua`, the range it touched is then flushed too.

@@ -48,6 +48,9 @@ pub struct Offer {
     pub block_sizes: [u32; 3],
     /// TLS is configured: the server is TLS-only.
     pub tls: bool,
+    /// The changed-block bitmaps offered as `qemu:dirty-bitmap:NAME` contexts (their names,
+    /// without the prefix; context ids follow their order from [`proto::FIRST_BITMAP_ID`]).
+    pub bitmaps: Vec<String>,
 }
 
 impl Offer {
@@ -75,18 +78,27 @@ impl Offer {
 }
 
 /// What one connection negotiated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Session {
     /// Structured replies (also on with extended headers).
     pub structured: bool,
     /// Extended headers: 32-byte requests, extended reply chunks.
     pub extended: bool,
-    /// `base:allocation` is selected: block-status requests are answered.
+    /// `base:allocation` is selected.
     pub block_status: bool,
+    /// The `qemu:dirty-bitmap:NAME` contexts selected: (context id, NAME), in id order.
+    pub bitmaps: Vec<(u32, String)>,
+}
+
+impl Session {
+    /// Some metadata context is selected: block-status requests are answered.
+    pub fn any_context(&self) -> bool {
+        self.block_status || !self.bitmaps.is_empty()
+    }
 }
 
 /// What the connection does once the step's replies are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// Read the next option.
     Option,
@@ -199,7 +211,7 @@ impl Negotiation {
 
     /// What has been negotiated so far.
     pub fn session(&self) -> Session {
-        self.session
+        self.session.clone()
     }
 
     /// Whether TLS is on.
@@ -287,7 +299,7 @@ impl Negotiation {
         if !self.no_zeroes {
             out.put_bytes(0, EXPORT_NAME_PADDING);
         }
-        Ok(Step { out, next: Next::Transmission(self.session) })
+        Ok(Step { out, next: Next::Transmission(self.session.clone()) })
     }
 
     fn start_tls(&mut self, r: Replies) -> Step {
@@ -336,31 +348,43 @@ impl Negotiation {
         }
         let [min, preferred, max] = o.block_sizes;
         let r = r.add(ReplyType::Info, &proto::info_block_size(min, preferred, max)).add(ReplyType::Ack, &[]);
-        r.then(if go { Next::Transmission(self.session) } else { Next::Option })
+        r.then(if go { Next::Transmission(self.session.clone()) } else { Next::Option })
     }
 
-    /// `OPT_LIST_META_CONTEXT` (`list`) or `OPT_SET_META_CONTEXT`: `base:allocation` is the
-    /// only context there is.
+    /// `OPT_LIST_META_CONTEXT` (`list`) or `OPT_SET_META_CONTEXT`: `base:allocation`, and a
+    /// `qemu:dirty-bitmap:NAME` for each offered bitmap. A query names a context exactly; when
+    /// listing, `base:`, `qemu:` and `qemu:dirty-bitmap:` stand for all of theirs, and no query
+    /// at all for every context. Queries for contexts there are not get no reply (the
+    /// specification's rule), so a client learns which exist.
     fn meta_context(&mut self, r: Replies, list: bool, data: &[u8]) -> Step {
         if !list {
             // Replaces the selection, even when it fails.
             self.session.block_status = false;
+            self.session.bitmaps.clear();
         }
         if !self.session.structured {
             return r.only(ReplyType::ErrInvalid, b"negotiate structured replies first");
         }
-        let (r, m) = match self.query(r, proto::parse_meta(data), "meta context") {
+        let (mut r, m) = match self.query(r, proto::parse_meta(data), "meta context") {
             Ok(v) => v,
             Err(refused) => return refused,
         };
-        let selected = (list && m.items.is_empty()) || m.items.iter().any(|q| proto::query_matches(q, list));
-        let r = if selected {
+        let all = list && m.items.is_empty();
+        if all || m.items.iter().any(|q| proto::query_matches(q, list)) {
             let id = if list { 0 } else { proto::BASE_ALLOCATION_ID };
             self.session.block_status |= !list;
-            r.add(ReplyType::MetaContext, &proto::meta_context(id, proto::BASE_ALLOCATION))
-        } else {
-            r
-        };
+            r = r.add(ReplyType::MetaContext, &proto::meta_context(id, proto::BASE_ALLOCATION));
+        }
+        for (id, name) in (proto::FIRST_BITMAP_ID..).zip(&self.offer.bitmaps) {
+            let context = proto::bitmap_context(name);
+            if !(all || m.items.iter().any(|q| proto::bitmap_query_matches(q, &context, list))) {
+                continue;
+            }
+            if !list {
+                self.session.bitmaps.push((id, name.clone()));
+            }
+            r = r.add(ReplyType::MetaContext, &proto::meta_context(if list { 0 } else { id }, &context));
+        }
         r.only(ReplyType::Ack, &[])
     }
 }

@@ -271,6 +271,12 @@ pub const STATE_ZERO: u32 = 2;
 pub const BASE_ALLOCATION: &str = "base:allocation";
 /// The id we give it when selected.
 pub const BASE_ALLOCATION_ID: u32 = 1;
+/// The prefix of qemu's changed-block bitmap contexts, `qemu:dirty-bitmap:NAME`.
+pub const DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
+/// The context id of the first offered bitmap; the others follow in order.
+pub const FIRST_BITMAP_ID: u32 = 2;
+/// A bitmap context's flag: the extent was written since the bitmap began (qemu's convention).
+pub const STATE_DIRTY: u32 = 1;
 
 /// Size of a compact request header.
 pub const REQUEST_LEN: usize = 28;
@@ -371,7 +377,7 @@ pub struct Limits {
     pub structured: bool,
     /// Extended headers were negotiated.
     pub extended: bool,
-    /// `base:allocation` was selected.
+    /// A metadata context (`base:allocation`, a bitmap) was selected.
     pub block_status: bool,
 }
 
@@ -626,12 +632,14 @@ impl Framer {
         self.header(REPLY_FLAG_DONE, ChunkType::None, 0, 0).freeze()
     }
 
-    /// A final block-status chunk for context `id` with `(length, flags)` descriptors:
-    /// `BLOCK_STATUS` (lengths must fit 32 bits), or `BLOCK_STATUS_EXT` with extended headers.
-    pub fn block_status(&self, id: u32, extents: &[(u64, u32)]) -> Bytes {
+    /// A block-status chunk for context `id` with `(length, flags)` descriptors (the final
+    /// chunk of the reply if `done`): `BLOCK_STATUS` (lengths must fit 32 bits), or
+    /// `BLOCK_STATUS_EXT` with extended headers.
+    pub fn block_status(&self, id: u32, extents: &[(u64, u32)], done: bool) -> Bytes {
+        let flags = if done { REPLY_FLAG_DONE } else { 0 };
         if self.extended {
             let len = 8 + 16 * extents.len();
-            let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatusExt, len as u64, len);
+            let mut b = self.header(flags, ChunkType::BlockStatusExt, len as u64, len);
             b.put_u32(id);
             b.put_u32(wire_len(extents.len()));
             for &(l, f) in extents {
@@ -641,7 +649,7 @@ impl Framer {
             b.freeze()
         } else {
             let len = 4 + 8 * extents.len();
-            let mut b = self.header(REPLY_FLAG_DONE, ChunkType::BlockStatus, len as u64, len);
+            let mut b = self.header(flags, ChunkType::BlockStatus, len as u64, len);
             b.put_u32(id);
             for &(l, f) in extents {
                 b.put_u32(wire_len(l));
@@ -756,6 +764,17 @@ pub fn encode_meta(name: &str, queries: &[&str]) -> Vec<u8> {
 /// Whether a query selects `base:allocation`: when listing (`list`), `base:` is a wildcard too.
 pub fn query_matches(query: &str, list: bool) -> bool {
     query == BASE_ALLOCATION || (list && query == "base:")
+}
+
+/// The meta context of changed-block bitmap `name` (qemu's convention).
+pub fn bitmap_context(name: &str) -> String {
+    format!("{DIRTY_BITMAP_PREFIX}{name}")
+}
+
+/// Whether a query selects the bitmap context `context`: when listing (`list`), `qemu:` and
+/// `qemu:dirty-bitmap:` are wildcards too.
+pub fn bitmap_query_matches(query: &str, context: &str, list: bool) -> bool {
+    query == context || (list && (query == "qemu:" || query == DIRTY_BITMAP_PREFIX))
 }
 
 /// A string as option data carries it: its 32-bit length, then its bytes.

@@ -607,3 +607,109 @@ async fn a_panicking_handler_answers_its_request_with_eio() {
         h.await.unwrap().unwrap();
     }
 }
+
+/// A changed-block source for tests: fixed bitmaps, and how often they were read.
+#[derive(Debug, Default)]
+struct FixedBitmaps {
+    maps: Vec<(String, BTreeSet<u64>)>,
+}
+
+impl DirtyBitmaps for FixedBitmaps {
+    fn names(&self) -> futures::future::BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async { Ok(self.maps.iter().map(|(n, _)| n.clone()).collect()) })
+    }
+    fn dirty<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, Result<BTreeSet<u64>, StoreError>> {
+        Box::pin(
+            async move { Ok(self.maps.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default()) },
+        )
+    }
+}
+
+fn extents(d: &[u8]) -> (u32, Vec<(u32, u32)>) {
+    let id = u32::from_be_bytes(d[..4].try_into().unwrap());
+    let ext = d[4..]
+        .chunks(8)
+        .map(|e| (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap())))
+        .collect();
+    (id, ext)
+}
+
+/// The dirty-bitmap contexts: listed by the qemu wildcards, selected beside base:allocation,
+/// and answered one chunk per context (only the last one final), dirty blocks with flag 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dirty_bitmap_contexts() {
+    let mut f = fixture(false);
+    let bitmaps = FixedBitmaps {
+        maps: vec![("mon".into(), [0, 1, 5, 63].into_iter().collect()), ("tue".into(), [5].into_iter().collect())],
+    };
+    let server =
+        Server::new(f.server.volume.clone(), ExportConfig { bitmaps: Some(Arc::new(bitmaps)), ..f.server.cfg.clone() });
+    f.server = server;
+    let (mut c, _h) = connect(&f);
+    c.greet().await;
+    assert_eq!(c.ask(OptionType::StructuredReply, &[]).await.0, ReplyType::Ack);
+    c.option(OptionType::ListMetaContext, &proto::encode_meta("", &["qemu:dirty-bitmap:"])).await;
+    let mut listed = Vec::new();
+    loop {
+        let (k, d) = c.option_reply(OptionType::ListMetaContext).await;
+        if k == ReplyType::Ack {
+            break;
+        }
+        assert_eq!((k, &d[..4]), (ReplyType::MetaContext, &[0u8; 4][..]));
+        listed.push(String::from_utf8(d[4..].to_vec()).unwrap());
+    }
+    assert_eq!(listed, ["qemu:dirty-bitmap:mon", "qemu:dirty-bitmap:tue"]);
+    let q = proto::encode_meta("", &[proto::BASE_ALLOCATION, "qemu:dirty-bitmap:mon", "qemu:dirty-bitmap:wed"]);
+    c.option(OptionType::SetMetaContext, &q).await;
+    let (k1, d1) = c.option_reply(OptionType::SetMetaContext).await;
+    let (k2, d2) = c.option_reply(OptionType::SetMetaContext).await;
+    assert_eq!((k1, &d1[..4]), (ReplyType::MetaContext, &proto::BASE_ALLOCATION_ID.to_be_bytes()[..]));
+    assert_eq!((k2, &d2[4..]), (ReplyType::MetaContext, &b"qemu:dirty-bitmap:mon"[..]));
+    let mon_id = u32::from_be_bytes(d2[..4].try_into().unwrap());
+    assert_eq!(mon_id, proto::FIRST_BITMAP_ID);
+    assert_eq!(c.option_reply(OptionType::SetMetaContext).await.0, ReplyType::Ack);
+    c.go().await;
+
+    c.request(CommandType::BlockStatus, &[], 1, 0, (BS as u64 * BLOCKS) as u32, &[]).await;
+    let (fl, kind, _, d) = c.chunk().await;
+    assert_eq!((fl & proto::REPLY_FLAG_DONE, kind), (0, ChunkType::BlockStatus), "not the last chunk");
+    assert_eq!(extents(&d).0, proto::BASE_ALLOCATION_ID);
+    let (fl, _, _, d) = c.chunk().await;
+    assert_eq!(fl & proto::REPLY_FLAG_DONE, proto::REPLY_FLAG_DONE);
+    assert_eq!(extents(&d), (mon_id, vec![(2 * BS, 1), (3 * BS, 0), (BS, 1), ((BLOCKS as u32 - 7) * BS, 0), (BS, 1)]));
+    // Unaligned, and REQ_ONE: one extent per context, within the request.
+    c.request(CommandType::BlockStatus, &[CommandFlag::ReqOne], 2, BS as u64 + 100, 10, &[]).await;
+    let _ = c.chunk().await;
+    let (_, _, _, d) = c.chunk().await;
+    assert_eq!(extents(&d), (mon_id, vec![(10, 1)]));
+    c.request(CommandType::BlockStatus, &[], 3, 5 * BS as u64 - 1, BS + 2, &[]).await;
+    let _ = c.chunk().await;
+    let (_, _, _, d) = c.chunk().await;
+    assert_eq!(extents(&d), (mon_id, vec![(1, 0), (BS, 1), (1, 0)]));
+}
+
+#[test]
+fn dirty_runs_cover_the_range_in_alternating_runs() {
+    let set: BTreeSet<u64> = [2, 3, 4, 9].into_iter().collect();
+    assert_eq!(dirty_runs(0, 12 * 10, 10, &set, 100), vec![(20, 0), (30, 1), (40, 0), (10, 1), (20, 0)]);
+    assert_eq!(dirty_runs(25, 10, 10, &set, 100), vec![(10, 1)]);
+    assert_eq!(dirty_runs(0, 120, 10, &set, 2), vec![(20, 0), (30, 1)]);
+    assert_eq!(dirty_runs(95, 10, 10, &set, 100), vec![(5, 1), (5, 0)]);
+    assert_eq!(dirty_runs(0, 30, 10, &BTreeSet::new(), 100), vec![(30, 0)]);
+    assert!(dirty_runs(5, 0, 10, &set, 100).is_empty());
+    // Against the block-by-block definition, for every start and length in a small volume.
+    for start in 0..60 {
+        for len in 0..60 {
+            let got = dirty_runs(start, len, 7, &set, usize::MAX);
+            let mut want: Vec<(u64, u32)> = Vec::new();
+            for b in start..start + len {
+                let flag = u32::from(set.contains(&(b / 7)));
+                match want.last_mut() {
+                    Some((l, f)) if *f == flag => *l += 1,
+                    _ => want.push((1, flag)),
+                }
+            }
+            assert_eq!(got, want, "start {start} len {len}");
+        }
+    }
+}

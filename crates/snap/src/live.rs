@@ -316,6 +316,15 @@ impl LiveStore {
         done
     }
 
+    /// The names of the volume's snapshots, oldest first (those being deleted left out).
+    pub async fn snapshot_names(&self) -> std::result::Result<Vec<String>, SnapError> {
+        let idx = match self.writer.lock().await.clone() {
+            Some(idx) => idx,
+            None => read_index(self.named()?).await?.unwrap_or_default(),
+        };
+        Ok(idx.snaps.into_iter().filter(|p| !p.deleting).map(|p| p.name).collect())
+    }
+
     /// The blocks written since snapshot `name` was taken: the union of the maps of it and
     /// every newer snapshot, the newest's as this mount knows it (with what it preserved and
     /// did not save yet). Blocks still dirty in a cache above are not in it: the caller

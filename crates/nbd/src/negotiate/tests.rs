@@ -1,12 +1,15 @@
 //! The negotiation state machine against a model of the specification's rules: every option in
-//! every state (with valid, truncated, overlong and unexpected data), and random option
-//! sequences checked step by step and by what the final session must hold.
+//! every state (with valid, truncated, overlong and unexpected data, and meta-context queries
+//! for `base:allocation` and the offered `qemu:dirty-bitmap:NAME` contexts, well-formed or not),
+//! and random option sequences checked step by step and by what the final session must hold.
 
 use super::*;
 use proptest::prelude::*;
 
 const SIZE: u64 = 1 << 30;
 const BLOCK_SIZES: [u32; 3] = [1, 4096, 1 << 20];
+/// The bitmaps the test export offers.
+const BITMAPS: [&str; 2] = ["mon", "tue.1"];
 
 fn offer(tls: bool, read_only: bool) -> Offer {
     Offer {
@@ -16,6 +19,7 @@ fn offer(tls: bool, read_only: bool) -> Offer {
         read_only,
         block_sizes: BLOCK_SIZES,
         tls,
+        bitmaps: BITMAPS.iter().map(|b| b.to_string()).collect(),
     }
 }
 
@@ -29,6 +33,8 @@ struct M {
     structured: bool,
     extended: bool,
     block_status: bool,
+    /// The selected bitmaps, bit `i` for `BITMAPS[i]`.
+    bitmaps: u8,
 }
 
 impl M {
@@ -43,19 +49,34 @@ impl M {
     }
 
     fn session(&self) -> Session {
-        Session { structured: self.structured, extended: self.extended, block_status: self.block_status }
+        Session {
+            structured: self.structured,
+            extended: self.extended,
+            block_status: self.block_status,
+            bitmaps: selected_bitmaps(self.bitmaps),
+        }
     }
 
     fn reset(self) -> M {
-        M { structured: false, extended: false, block_status: false, ..self }
+        M { structured: false, extended: false, block_status: false, bitmaps: 0, ..self }
     }
+}
+
+/// The session's bitmaps for the model's selection `mask`: ids from the first bitmap id.
+fn selected_bitmaps(mask: u8) -> Vec<(u32, String)> {
+    (proto::FIRST_BITMAP_ID..)
+        .zip(BITMAPS)
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, (id, b))| (id, b.to_string()))
+        .collect()
 }
 
 /// Every state negotiation can be in: extended headers imply structured replies, a selected
 /// context implies structured replies, TLS can only be on where it is configured.
 fn every_state() -> Vec<M> {
     let mut v = Vec::new();
-    for bits in 0u32..128 {
+    for bits in 0u32..512 {
         let b = |i: u32| bits & (1 << i) != 0;
         let m = M {
             tls: b(0),
@@ -65,8 +86,10 @@ fn every_state() -> Vec<M> {
             structured: b(4),
             extended: b(5),
             block_status: b(6),
+            bitmaps: u8::from(b(7)) | u8::from(b(8)) << 1,
         };
-        if (m.tls_on && !m.tls) || (m.extended && !m.structured) || (m.block_status && !m.structured) {
+        let selected = m.block_status || m.bitmaps != 0;
+        if (m.tls_on && !m.tls) || (m.extended && !m.structured) || (selected && !m.structured) {
             continue;
         }
         v.push(m);
@@ -137,6 +160,17 @@ fn cases(option: u32) -> Vec<Case> {
             v.extend(meta_case("", &["qemu:dirty-bitmap:x", proto::BASE_ALLOCATION]));
             v.extend(meta_case("", &["other:x"]));
             v.extend(meta_case("nope", &[proto::BASE_ALLOCATION]));
+            v.extend(meta_case("vol", &["qemu:dirty-bitmap:mon"]));
+            v.extend(meta_case("", &["qemu:dirty-bitmap:tue.1", "qemu:dirty-bitmap:mon", "base:"]));
+            v.extend(meta_case("", &["qemu:"]));
+            v.extend(meta_case("", &["qemu:dirty-bitmap:"]));
+            // Near misses name nothing: a prefix, a longer name, another case, a NUL.
+            v.extend(meta_case("", &["qemu:dirty-bitmap:mo", "qemu:dirty-bitmap:mon2", "QEMU:dirty-bitmap:mon"]));
+            v.extend(meta_case("", &["qemu:dirty-bitmap:mon\0", "qemu:dirty-bitmap", "qemu"]));
+            // A query that is not UTF-8: malformed.
+            v.push(raw(
+                &[&proto::encode_meta("", &[])[..4], &1u32.to_be_bytes(), &2u32.to_be_bytes(), &[0xff, 0xfe]].concat()
+            ));
         }
         _ => {}
     }
@@ -202,18 +236,25 @@ fn model(m: M, option: u32, c: &Case, shutting_down: bool) -> Expect {
         OptionType::ExtendedHeaders => step(&[Ack], Next::Option, M { structured: true, extended: true, ..m }),
         OptionType::ListMetaContext | OptionType::SetMetaContext => {
             let set = kind == OptionType::SetMetaContext;
-            let m = if set { M { block_status: false, ..m } } else { m };
+            let m = if set { M { block_status: false, bitmaps: 0, ..m } } else { m };
             match &c.meta {
                 _ if !m.structured => step(&[ErrInvalid], Next::Option, m),
                 None => step(&[ErrInvalid], Next::Option, m),
                 Some((name, _)) if !known(name) => step(&[ErrUnknown], Next::Option, m),
                 Some((_, queries)) => {
-                    let hit = |q: &String| q == proto::BASE_ALLOCATION || (!set && q == "base:");
-                    if (!set && queries.is_empty()) || queries.iter().any(hit) {
-                        step(&[MetaContext, Ack], Next::Option, M { block_status: set || m.block_status, ..m })
-                    } else {
-                        step(&[Ack], Next::Option, m)
+                    let all = !set && queries.is_empty();
+                    let base = all || queries.iter().any(|q| q == proto::BASE_ALLOCATION || (!set && q == "base:"));
+                    let mut mask = 0u8;
+                    for (i, b) in BITMAPS.iter().enumerate() {
+                        let wild = |q: &String| !set && (q == "qemu:" || q == "qemu:dirty-bitmap:");
+                        if all || queries.iter().any(|q| *q == format!("qemu:dirty-bitmap:{b}") || wild(q)) {
+                            mask |= 1 << i;
+                        }
                     }
+                    let mut r = vec![MetaContext; usize::from(base) + mask.count_ones() as usize];
+                    r.push(Ack);
+                    let after = if set { M { block_status: base, bitmaps: mask, ..m } } else { m };
+                    step(&r, Next::Option, after)
                 }
             }
         }
@@ -291,7 +332,18 @@ fn check_payloads(m: M, r: &[(ReplyType, Vec<u8>)], ctx: &str) {
             k if is_error(*k) => assert!(!d.is_empty() && std::str::from_utf8(d).is_ok(), "{ctx}: error message"),
             ReplyType::Ack => assert!(d.is_empty(), "{ctx}"),
             ReplyType::Server => assert_eq!(d.as_slice(), proto::rep_server("vol", "test volume"), "{ctx}"),
-            ReplyType::MetaContext => assert_eq!(&d[4..], proto::BASE_ALLOCATION.as_bytes(), "{ctx}"),
+            ReplyType::MetaContext => {
+                // Listed with id 0, selected with the context's own id.
+                let id = u32::from_be_bytes(d[..4].try_into().unwrap());
+                let name = std::str::from_utf8(&d[4..]).unwrap();
+                let own = if name == proto::BASE_ALLOCATION {
+                    proto::BASE_ALLOCATION_ID
+                } else {
+                    let i = BITMAPS.iter().position(|b| format!("qemu:dirty-bitmap:{b}") == name);
+                    proto::FIRST_BITMAP_ID + i.unwrap_or_else(|| panic!("{ctx}: unknown context {name}")) as u32
+                };
+                assert!(id == 0 || id == own, "{ctx}: {name} with id {id}");
+            }
             ReplyType::Info => match InfoType::from_wire(u16::from_be_bytes([d[0], d[1]])) {
                 Some(InfoType::Export) => assert_eq!(d.as_slice(), proto::info_export(SIZE, flags(m)), "{ctx}"),
                 Some(InfoType::Name) => assert_eq!(&d[2..], b"vol", "{ctx}"),
@@ -324,8 +376,8 @@ fn every_option_in_every_state() {
             }
         }
     }
-    // 40 states, 14 options, their data: a change in the enumeration shows here.
-    assert!(steps > 20_000, "{steps} steps");
+    // 160 states, 14 options, their data: a change in the enumeration shows here.
+    assert!(steps > 100_000, "{steps} steps");
 }
 
 #[test]
@@ -376,8 +428,8 @@ proptest! {
     ) {
         let pool = pool();
         let mut n = Negotiation::new(offer(tls, read_only), if no_zeroes { 3 } else { 1 }).unwrap();
-        let mut m = M { tls, read_only, no_zeroes, tls_on: false, structured: false, extended: false, block_status: false };
-        let (mut structured, mut extended, mut selected) = (false, false, false);
+        let mut m = M { tls, read_only, no_zeroes, tls_on: false, structured: false, extended: false, block_status: false, bitmaps: 0 };
+        let (mut structured, mut extended, mut selected) = (false, false, Vec::new());
         for pick in picks {
             let (option, c) = &pool[pick.index(pool.len())];
             let want = model(m, *option, c, false);
@@ -386,7 +438,7 @@ proptest! {
                 prop_assert!(matches!((&want, &got), (Expect::Violation, Err(_))), "{want:?} vs {got:?}");
                 break;
             };
-            prop_assert_eq!(step.next, *next);
+            prop_assert_eq!(&step.next, next);
             // An accepted EXPORT_NAME answers with the export data, not option replies.
             let kinds: Vec<ReplyType> = if OptionType::from_wire(*option) == Some(OptionType::ExportName) {
                 Vec::new()
@@ -395,18 +447,28 @@ proptest! {
             };
             let acked = kinds.last() == Some(&ReplyType::Ack);
             match OptionType::from_wire(*option) {
-                Some(OptionType::StartTls) if acked => (structured, extended, selected) = (false, false, false),
+                Some(OptionType::StartTls) if acked => (structured, extended, selected) = (false, false, Vec::new()),
                 Some(OptionType::StructuredReply) if acked => structured = true,
                 Some(OptionType::ExtendedHeaders) if acked => (structured, extended) = (true, true),
                 Some(OptionType::SetMetaContext) if !kinds.contains(&ReplyType::ErrShutdown) && !kinds.contains(&ReplyType::ErrTlsReqd) => {
-                    selected = kinds.contains(&ReplyType::MetaContext)
+                    // The contexts the replies named, by id.
+                    selected = replies(*option, &step.out)
+                        .into_iter()
+                        .filter(|(k, _)| *k == ReplyType::MetaContext)
+                        .map(|(_, d)| (u32::from_be_bytes(d[..4].try_into().unwrap()), String::from_utf8(d[4..].to_vec()).unwrap()))
+                        .collect()
                 }
                 _ => {}
             }
             m = *after;
             prop_assert_eq!(n.session(), m.session());
-            if let Next::Transmission(s) = step.next {
-                prop_assert_eq!(s, Session { structured, extended, block_status: selected });
+            if let Next::Transmission(s) = &step.next {
+                let block_status = selected.iter().any(|(id, c)| *id == proto::BASE_ALLOCATION_ID && c == proto::BASE_ALLOCATION);
+                let bitmaps: Vec<(u32, String)> = selected
+                    .iter()
+                    .filter_map(|(id, c)| c.strip_prefix(proto::DIRTY_BITMAP_PREFIX).map(|b| (*id, b.to_string())))
+                    .collect();
+                prop_assert_eq!(s, &Session { structured, extended, block_status, bitmaps });
                 prop_assert!(!tls || n.tls_on(), "transmission without TLS on a TLS-only server");
                 break;
             }
