@@ -232,7 +232,12 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let caching = crate::caching::wrap(&cfg.cache, cfg.read_only, coded, &stats)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
     let survey = cfg.cache.list_blocks.then(|| crate::progress::Survey::start(cfg.foreground, cfg.quiet) as _);
-    let zero = ZeroCache::with_progress(caching.top, cfg.cache.list_blocks, survey);
+    // First writes after a snapshot start their copies as they reach the cache.
+    let cached: Arc<dyn BlockStore> = match &live {
+        Some(l) if cfg.cache.block_cache.is_some() => Arc::new(s3b_snap::PreserveAhead::new(caching.top, l.clone())),
+        _ => caching.top,
+    };
+    let zero = ZeroCache::with_progress(cached, cfg.cache.list_blocks, survey);
     stats.register(zero.stats());
     let top: Arc<dyn BlockStore> = Arc::new(zero);
     Ok(Stack { top, objects: transport, stats, block_size, num_blocks, cache_file: caching.cache_file, live })

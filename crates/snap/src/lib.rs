@@ -96,12 +96,14 @@
 //! half done when the index changes, and every later write goes by the new index. Such a
 //! snapshot is the volume exactly as the server held it at the index PUT.
 
+mod ahead;
 pub mod book;
 mod error;
 pub mod format;
 mod live;
 mod view;
 
+pub use ahead::PreserveAhead;
 pub use error::SnapError;
 pub use live::{LiveStore, layer, open};
 pub use view::SnapshotView;

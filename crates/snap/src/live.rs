@@ -139,6 +139,17 @@ impl LiveStore {
         st.loaded && (st.newest.is_none() || st.preserved.contains_key(&n))
     }
 
+    /// True when block `n` is known to need no preserving (see [`crate::PreserveAhead`]).
+    pub(crate) fn settled_now(&self, n: BlockNum) -> bool {
+        self.settled(n)
+    }
+
+    /// Preserves block `n` now, ahead of its write (see [`crate::PreserveAhead`]).
+    pub(crate) async fn preserve_ahead(&self, n: BlockNum) -> Result<()> {
+        let _shared = self.gate.read().await;
+        self.preserve(n).await
+    }
+
     /// Makes sure the newest snapshot holds block `n` as it is now, before it changes: a
     /// server-side copy of its object, or an empty object if it has none (zeros).
     /// The caller holds the gate (shared).

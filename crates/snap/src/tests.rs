@@ -546,3 +546,30 @@ async fn writes_racing_a_mount_snapshot_fall_on_one_side() {
         assert_eq!(value(s.as_ref(), n).await.unwrap(), 199);
     }
 }
+
+/// A write reaching the cache starts its block's copy at once (the cache here keeps the data
+/// and writes nothing back); the copy holds the block as it was, and the write-back later
+/// makes no second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_start_when_a_write_reaches_the_cache() {
+    use s3b_store::BlockStore;
+    let mem = Arc::new(MemObjects::new());
+    let s = live_layer(&mem).await;
+    write(s.as_ref(), 2, 1).await.unwrap();
+    s.snapshot("a", 8, 48, 1).await.unwrap();
+    let cache: Arc<dyn BlockStore> = Arc::new(s3b_store::mock::MemBlocks::new(8, BLOCKS.into()));
+    let ahead = crate::PreserveAhead::new(cache, s.clone());
+    ahead.write_block(2, s3b_store::BlockData::new(Bytes::from(vec![9u8; 8]))).await.unwrap();
+    ahead.write_block(4, s3b_store::BlockData::new(Bytes::from(vec![9u8; 8]))).await.unwrap();
+    let copied = || async { mem.named_objects().iter().filter(|n| n.starts_with("s3backer-snap/")).count() };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while copied().await < 2 {
+        assert!(std::time::Instant::now() < end, "no copies started: {:?}", mem.named_objects());
+        tokio::task::yield_now().await;
+    }
+    let before = mem.named_objects();
+    write(s.as_ref(), 2, 3).await.unwrap();
+    assert_eq!(mem.named_objects(), before, "the write-back makes no second copy");
+    let v = view(&mem, "a").await.unwrap();
+    assert_eq!((value(&v, 2).await.unwrap(), value(&v, 4).await.unwrap()), (1, 0));
+}
