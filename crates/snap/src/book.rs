@@ -159,17 +159,7 @@ pub async fn delete(s: &dyn NamedObjects, name: &str) -> Result<()> {
 /// so those copies are copied to `h` first (idempotent: the sources stay until every copy and
 /// `h`'s map are saved); then `id`'s copies, its map and its index entry are deleted. Both
 /// sides are LISTed, because after a crash the saved maps may not show what was done.
-fn finish_delete<'a>(
-    s: &'a dyn NamedObjects,
-    idx: &'a mut Index,
-    id: u32,
-) -> futures::future::BoxFuture<'a, Result<()>> {
-    // Boxed as `Send`: the streams of closures below defeat the compiler's proof that the
-    // future is `Send` for every lifetime when a daemon task awaits it.
-    Box::pin(finish_delete_inner(s, idx, id))
-}
-
-async fn finish_delete_inner(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result<()> {
+async fn finish_delete(s: &dyn NamedObjects, idx: &mut Index, id: u32) -> Result<()> {
     let pos = idx.snaps.iter().position(|p| p.id == id).ok_or_else(|| SnapError::Unknown(format!("#{id}")))?;
     let mine = list_map(s, id).await?;
     if let Some(older) = idx.snaps[..pos].iter().rev().find(|p| !p.deleting) {

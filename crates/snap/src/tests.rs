@@ -482,8 +482,8 @@ async fn a_mount_takes_and_deletes_snapshots_while_it_writes() {
     assert_eq!(mem.calls(s3b_store::mock::Op::List), lists, "no LIST");
     for (name, want) in [("a", [1, 1, 0]), ("b", [2, 1, 2])] {
         let v = view(&mem, name).await.unwrap();
-        for (n, w) in want.into_iter().enumerate() {
-            assert_eq!(value(&v, n as BlockNum).await.unwrap(), w, "{name} block {n}");
+        for (n, w) in (0..).zip(want) {
+            assert_eq!(value(&v, n).await.unwrap(), w, "{name} block {n}");
         }
     }
     // A crash now: the next command recovers what the maps lack.
@@ -495,8 +495,8 @@ async fn a_mount_takes_and_deletes_snapshots_while_it_writes() {
     write(s.as_ref(), 2, 4).await.unwrap();
     write(s.as_ref(), 3, 4).await.unwrap();
     let v = view(&mem, "a").await.unwrap();
-    for (n, w) in [1, 1, 0, 0].into_iter().enumerate() {
-        assert_eq!(value(&v, n as BlockNum).await.unwrap(), w, "a block {n}");
+    for (n, w) in (0..).zip([1, 1, 0, 0]) {
+        assert_eq!(value(&v, n).await.unwrap(), w, "a block {n}");
     }
     assert_eq!(s.changed_since("a").await.unwrap().into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
     s.flush(None).await.unwrap();

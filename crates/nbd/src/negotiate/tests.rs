@@ -339,8 +339,9 @@ fn check_payloads(m: M, r: &[(ReplyType, Vec<u8>)], ctx: &str) {
                 let own = if name == proto::BASE_ALLOCATION {
                     proto::BASE_ALLOCATION_ID
                 } else {
-                    let i = BITMAPS.iter().position(|b| format!("qemu:dirty-bitmap:{b}") == name);
-                    proto::FIRST_BITMAP_ID + i.unwrap_or_else(|| panic!("{ctx}: unknown context {name}")) as u32
+                    let i =
+                        (proto::FIRST_BITMAP_ID..).zip(BITMAPS).find(|(_, b)| format!("qemu:dirty-bitmap:{b}") == name);
+                    i.unwrap_or_else(|| panic!("{ctx}: unknown context {name}")).0
                 };
                 assert!(id == 0 || id == own, "{ctx}: {name} with id {id}");
             }
