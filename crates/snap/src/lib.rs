@@ -105,7 +105,7 @@ mod view;
 
 pub use ahead::PreserveAhead;
 pub use error::SnapError;
-pub use live::{LiveStore, layer, open};
+pub use live::{LiveStore, layer};
 pub use view::SnapshotView;
 
 /// Requests a bookkeeping step keeps in flight at once.

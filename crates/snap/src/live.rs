@@ -17,27 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 /// Stripes of per-block locks: two first writes of one block never preserve it twice.
 const STRIPES: usize = 64;
 
-/// Puts the snapshot layer over `blocks` (when the transport can hold snapshots; otherwise
-/// `blocks` is returned as it is). `transport` is the store below (it holds the bookkeeping);
+/// Puts the snapshot layer over `blocks`, or `None` when the transport cannot hold snapshots
+/// (then `blocks` is used as it is). `transport` is the store below (it holds the bookkeeping);
 /// `blocks` the store block operations go to (the transport, or a fault-injecting wrapper).
+/// The layer's own type serves the daemon's snapshot requests ([`LiveStore::snapshot`] and the
+/// others).
 ///
 /// Nothing is read here: the mount does not hold the volume yet (its mount token is taken
 /// after the stack is built), so a snapshot could still be taken before it does. The index is
-/// read at the first write instead, when the token is held and no snapshot can be taken or
-/// deleted until the mount ends: a volume without snapshots costs that one GET per mount.
-pub async fn open(
-    blocks: Arc<dyn ObjectStore>,
-    transport: Arc<dyn ObjectStore>,
-    stats: &StatsRegistry,
-) -> Result<Arc<dyn ObjectStore>> {
-    Ok(match layer(blocks.clone(), transport, stats) {
-        Some(live) => live,
-        None => blocks,
-    })
-}
-
-/// [`open`], keeping the layer's own type for the daemon's snapshot requests
-/// ([`LiveStore::snapshot`] and the others); `None` when the transport cannot hold snapshots.
+/// read at the first write instead, when the token is held and no other process can take or
+/// delete a snapshot until the mount ends: a volume without snapshots costs that one GET per
+/// mount.
 pub fn layer(
     blocks: Arc<dyn ObjectStore>,
     transport: Arc<dyn ObjectStore>,

@@ -126,11 +126,10 @@ async fn write(store: &dyn ObjectStore, n: BlockNum, v: u8) -> Result<()> {
     if v == 0 { store.delete_object(n).await } else { store.put_object(n, body(v), None).await.map(|_| ()) }
 }
 
-async fn live(mem: &Arc<MemObjects>, budget: i64) -> (Arc<Crashy>, Arc<dyn ObjectStore>) {
+async fn live(mem: &Arc<MemObjects>, budget: i64) -> (Arc<Crashy>, Arc<crate::LiveStore>) {
     let c = Crashy::new(mem, budget);
     let t: Arc<dyn ObjectStore> = c.clone();
-    let store =
-        crate::open(t.clone(), t, &s3b_store::StatsRegistry::new()).await.unwrap_or_else(|_| Crashy::new(mem, 0));
+    let store = crate::layer(t.clone(), t, &s3b_store::StatsRegistry::new()).expect("a store with named objects");
     (c, store)
 }
 
@@ -325,6 +324,10 @@ enum Step {
     Snapshot,
     /// Unmount cleanly, delete the i-th snapshot (modulo their number).
     Delete(usize),
+    /// The mount takes a snapshot (as asked through its control socket), and goes on.
+    MountSnapshot,
+    /// The mount deletes the i-th snapshot, and goes on.
+    MountDelete(usize),
     /// The next step's process is killed after this many requests.
     Crash(i64),
 }
@@ -335,6 +338,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Flush),
         2 => Just(Step::Snapshot),
         1 => (0usize..4).prop_map(Step::Delete),
+        2 => Just(Step::MountSnapshot),
+        1 => (0usize..4).prop_map(Step::MountDelete),
         2 => (0i64..12).prop_map(Step::Crash),
     ]
 }
@@ -394,6 +399,44 @@ async fn run(steps: Vec<Step>) {
             Step::Flush => {
                 if store.flush(None).await.is_err() {
                     (crashy, store) = live(&mem, Crashy::alive()).await;
+                }
+            }
+            Step::MountSnapshot | Step::MountDelete(_) => {
+                // The mount as it is (unsaved copies and all) dies after `budget` requests.
+                crashy.budget.store(budget, Ordering::SeqCst);
+                let r = if let Step::MountDelete(i) = st {
+                    let Some(name) = m.snaps.keys().nth(i % m.snaps.len().max(1)).cloned() else { continue };
+                    let r = store.delete_snapshot(&name).await;
+                    let idx = book::recover(mem.as_ref()).await.unwrap().unwrap();
+                    if idx.find(&name).is_none() {
+                        m.snaps.remove(&name);
+                        views.remove(&name);
+                    } else {
+                        assert!(r.is_err() || crashy.dead());
+                    }
+                    r.map(|_| ())
+                } else {
+                    m.taken += 1;
+                    let name = format!("s{}", m.taken);
+                    let r = store.snapshot(&name, 8, u64::from(BLOCKS) * 8, u64::from(m.taken)).await;
+                    if crashy.dead() {
+                        book::recover(mem.as_ref()).await.unwrap();
+                    }
+                    if book::read_index(mem.as_ref()).await.unwrap().is_some_and(|i| i.find(&name).is_some()) {
+                        m.snaps.insert(name.clone(), m.live);
+                        views.insert(name.clone(), view(&mem, &name).await.unwrap());
+                    } else {
+                        assert!(r.is_err());
+                    }
+                    r.map(|_| ())
+                };
+                if budget == Crashy::alive() {
+                    r.unwrap();
+                } else if crashy.dead() {
+                    // Killed: the next mount takes over.
+                    (crashy, store) = live(&mem, Crashy::alive()).await;
+                } else {
+                    crashy.budget.store(Crashy::alive(), Ordering::SeqCst);
                 }
             }
             Step::Snapshot | Step::Delete(_) => {
