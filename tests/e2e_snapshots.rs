@@ -384,7 +384,7 @@ fn kill_during_delete(srv: Server) {
     // Deleting "two" hands its copies of the second half on to "one", then frees the rest. It
     // runs over a link that delays every request, so that it is still under way when the
     // listing below (sent directly, and slow itself on thousands of objects) sees it started.
-    let link = slow_link(srv.port, std::time::Duration::from_millis(10));
+    let link = slow_link(srv.port, std::time::Duration::from_millis(25));
     let args: Vec<String> = srv
         .args(&["--deleteSnapshot=two"])
         .into_iter()

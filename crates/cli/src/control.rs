@@ -31,6 +31,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// Longest request line accepted: a verb and a snapshot name fit many times over.
 const MAX_REQUEST: u64 = 4096;
 
+/// Pause after a failed accept (out of descriptors, say): the failure is not retried at once.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Directory of root's default control sockets.
 const SYSTEM_DIR: &str = "/run/s3backer";
 
@@ -173,7 +176,15 @@ pub fn listen(path: &Path, handler: Arc<Handler>) -> Result<ControlSocket> {
     let listener = bound.with_context(|| format!("can't listen on control socket {shown}"))?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else { continue };
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    log::warn!("accepting on the control socket failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = conn.into_split();
