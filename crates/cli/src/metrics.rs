@@ -100,7 +100,7 @@ pub fn prepare(cfg: &crate::config::Config) -> Result<()> {
         .set(State { recorded, listener: Mutex::new(Some(listener)) })
         .map_err(|_| anyhow!("the metrics endpoint is already set up"))?;
     if !cfg.quiet {
-        log::info!("serving metrics on {addr}");
+        log::info!("serving metrics at /metrics on {addr}");
     }
     Ok(())
 }

@@ -273,16 +273,22 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
         Ok(())
     }
 
+    /// HEADs the token until a HEAD is answered, each failure retried under the retry budget;
+    /// returns when the answered HEAD was sent (what it shows was so at that moment or later)
+    /// and what it showed.
+    async fn head_answered(&mut self) -> Result<(Instant, TokenState)> {
+        loop {
+            let sent = Instant::now();
+            match Self::timed(self.obj.head_token()).await {
+                Ok(cur) => return Ok((sent, cur)),
+                Err(e) => self.retry("HEAD", e).await?,
+            }
+        }
+    }
+
     async fn set(&mut self, expected: u32, first: u32) -> Result<TokenSwap> {
         loop {
-            let head = Instant::now();
-            let cur = match Self::timed(self.obj.head_token()).await {
-                Ok(cur) => cur,
-                Err(e) => {
-                    self.retry("HEAD", e).await?;
-                    continue;
-                }
-            };
+            let (head, cur) = self.head_answered().await?;
             if self.ours.contains(&cur.token) {
                 let due = self.settled + SETTLE_WAIT;
                 if head >= due {
@@ -347,14 +353,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
         // Whether a DELETE of ours failed, and so may have taken effect after all.
         let mut maybe_deleted = false;
         loop {
-            let head = Instant::now();
-            let cur = match Self::timed(self.obj.head_token()).await {
-                Ok(cur) => cur,
-                Err(e) => {
-                    self.retry("HEAD", e).await?;
-                    continue;
-                }
-            };
+            let (head, cur) = self.head_answered().await?;
             if cur.token == 0 {
                 return Ok(TokenSwap::Done(0));
             }
