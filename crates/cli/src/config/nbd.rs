@@ -2,8 +2,8 @@
 //! `--nbdAllowRemote` for addresses beyond loopback) or the NBD device it attaches, and TLS.
 
 use super::Mode;
-use crate::args::nbd::NbdArgs;
 use super::listen::ListenFlag;
+use crate::args::nbd::NbdArgs;
 use anyhow::{Result, bail};
 use std::path::Path;
 
@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn listen_errors_name_the_nbd_flags() {
         let e = parse_listen("0.0.0.0:10809", false).unwrap_err().to_string();
-        assert!(e.starts_with("--nbdListen=") && e.contains("--nbdAllowRemote") && e.contains("no authentication"), "{e}");
+        assert!(
+            e.starts_with("--nbdListen=") && e.contains("--nbdAllowRemote") && e.contains("no authentication"),
+            "{e}"
+        );
         assert!(parse_listen("0.0.0.0:10809", true).is_ok());
         assert!(matches!(parse_listen("x.sock", false).unwrap(), ListenAddr::Unix(p) if p.is_absolute()));
     }
