@@ -170,7 +170,7 @@ fn serve(
 
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let run_result = session.run();
-    crate::notify::stopping("unmounted; flushing dirty blocks", stack.stats.clone());
+    crate::notify::stopping("unmounted; flushing dirty blocks");
     sig_handle.close();
     if let Err(e) = &run_result {
         log::error!("FUSE session ended with an error: {e}");
