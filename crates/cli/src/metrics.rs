@@ -48,14 +48,24 @@ struct Recorded {
     requests: HistogramFamily<3>,
 }
 
+/// Buckets of S3 attempts: 1 ms (a local server's fastest answer) doubling 16 times, to
+/// about 33 s (past the default 30 s request timeout).
+const S3_BUCKETS: (f64, u16) = (0.001, 16);
+/// Buckets of front-end requests: 50 µs (a cache hit) doubling 17 times, to about 3.3 s (a
+/// write that waits for room while uploads are slow).
+const REQUEST_BUCKETS: (f64, u16) = (0.000_05, 17);
+/// A failed accept (out of descriptors and the like) is retried after this pause, so the
+/// loop does not spin while the process has none to give.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// A scraper must send its request head within this time, or its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn s3_histogram() -> Histogram {
-    // 1 ms to about 33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    Histogram::new(exponential_buckets(S3_BUCKETS.0, 2.0, S3_BUCKETS.1))
 }
 
 fn request_histogram() -> Histogram {
-    // 50 µs to about 3.3 s.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+    Histogram::new(exponential_buckets(REQUEST_BUCKETS.0, 2.0, REQUEST_BUCKETS.1))
 }
 
 /// The process's metrics state, set up by [`prepare`].
@@ -312,8 +322,7 @@ async fn serve(listener: Listener, recorded: Arc<Recorded>, stats: Arc<StatsRegi
             }
             Err(e) => {
                 log::warn!("metrics: accept: {}", crate::io_msg(&e));
-                // Out of descriptors and the like: give the process a moment before retrying.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }
     }
@@ -341,7 +350,7 @@ async fn answer(conn: Box<dyn Conn>, recorded: Arc<Recorded>, stats: Arc<StatsRe
     let io = hyper_util::rt::TokioIo::new(conn);
     let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(io, service)
         .await;
     if let Err(e) = served {

@@ -16,7 +16,7 @@
 //! server that honours them refuses (412) a mount that comes second by more than the server's
 //! own check. But the answers do not tell how the server honours them: Garage 2.5 ignores both
 //! headers (the PUT overwrites), and s3s-fs 0.14.1 checks and then writes, so two PUTs that
-//! arrive together both succeed (measured: 7 of 30 simultaneous pairs). So every mount runs the
+//! arrive together both succeed (docs/design-notes.md has the count). So every mount runs the
 //! protocol below, which needs no conditional writes; the headers only make losers fail sooner.
 //! It writes nothing but the token object and uses no LIST (least-privilege keys may not list).
 //!
