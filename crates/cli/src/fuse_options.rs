@@ -113,8 +113,8 @@ const OPPOSITES: &[[Half; 2]] = &[
     [("sync", M::Sync, "synchronous I/O"), ("async", M::Async, "asynchronous I/O")],
 ];
 
-/// Every FUSE option `-o` accepts: [`SINGLES`], then both halves of every pair of
-/// [`OPPOSITES`].
+/// Every FUSE option `-o` accepts: the options that stand alone, then both halves of every
+/// pair of opposite mount flags (`ro`/`rw`, `dev`/`nodev`, …), each written once.
 pub static TABLE: LazyLock<Vec<FuseOption>> = LazyLock::new(|| {
     let half = |(name, on, what): &Half, (_, off, _): &Half| {
         opt(name, V::None, Effect::Flag { on: on.clone(), opposite: Some(off.clone()) }, what)
