@@ -183,8 +183,10 @@ fn write_back_gauges_follow_the_cache() {
     assert!(sample(&text, "s3backer_block_cache_current_size_blocks").is_some_and(|n| n >= DIRTY as f64), "{text}");
 
     proxy.set_faults(true);
-    let file = m.file();
-    let fsync = std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(file)?.sync_all());
+    // From a child process: a descriptor of the test process's own would be inherited by every
+    // curl it forks meanwhile and closed at exec, a flush that waits for the stalled uploads.
+    let script = "import os, sys\nos.fsync(os.open(sys.argv[1], os.O_WRONLY))";
+    let mut fsync = Command::new("/usr/bin/python3").args(["-c", script]).arg(m.file()).spawn().unwrap();
     let mut seen = (0.0, 0.0, 0.0);
     wait_for(60, "uploads in flight in a scrape", || {
         seen = write_back(&scrape(&addr));
@@ -194,7 +196,8 @@ fn write_back_gauges_follow_the_cache() {
     assert!(in_flight <= THREADS && dirty == DIRTY as f64 && backlog == dirty - in_flight, "{seen:?}");
 
     proxy.set_faults(false);
-    fsync.join().unwrap().expect("the fsync once the server answers again");
+    let synced = fsync.wait().unwrap();
+    assert!(synced.success(), "the fsync once the server answers again failed:\n{}", m.stderr());
     let text = scrape(&addr);
     assert_eq!(write_back(&text), (0.0, 0.0, 0.0), "{text}");
     assert_eq!(stat_float(&m.stats(), "block_cache_dirty_ratio"), 0.0);
