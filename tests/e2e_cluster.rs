@@ -217,7 +217,7 @@ fn with_a_cache_file_an_fsync_in_the_outage_fails_and_nothing_is_lost() {
     let mut flags = OUTAGE_FLAGS.to_vec();
     flags.push("--blockCacheSize=0");
     let m = mount(&c, &flags, &s.mnt());
-    let at = |block: usize| (block * BS) as u64;
+    let at = |block: usize| u64::try_from(block * BS).unwrap();
     let parts =
         [(&p1[..], at(0), "fsync'd before the outage"), (&p2, at(32), "written in it"), (&p3, at(40), "after it")];
     assert_reads_back(&m.file(), &parts);

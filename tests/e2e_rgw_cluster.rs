@@ -119,7 +119,7 @@ fn two_osds_down_fsync_fails_with_eio_and_nothing_acknowledged_is_lost() {
     let mut flags = OUTAGE_FLAGS.to_vec();
     flags.push("--blockCacheSize=0");
     let m = mount(c, "two", &flags, &s.mnt());
-    let at = |block: usize| (block * BS) as u64;
+    let at = |block: usize| u64::try_from(block * BS).unwrap();
     let parts =
         [(&p1[..], at(0), "fsync'd before the outage"), (&p2, at(32), "written in it"), (&p3, at(40), "after it")];
     assert_reads_back(&m.file(), &parts);

@@ -173,14 +173,15 @@ fn write_back_gauges_follow_the_cache() {
         &format!("--metricsListen={addr}"),
     ];
     let m = Mount::start_owned(garage_args_at(&proxy.base_url(), &flags), &s.mnt());
-    const DIRTY: usize = 8;
-    let data = random_bytes(7, DIRTY << 16);
+    const DIRTY: u32 = 8;
+    let dirty_blocks = f64::from(DIRTY);
+    let data = random_bytes(7, usize::try_from(DIRTY).unwrap() << 16);
     let writer = write_and_hold(&m.file(), 0, &data);
     let text = scrape(&addr);
     promtool(&text);
-    assert_eq!(write_back(&text), (DIRTY as f64, 0.0, DIRTY as f64), "{text}");
-    assert_eq!(stat_float(&m.stats(), "block_cache_dirty_ratio"), DIRTY as f64 / 64.0);
-    assert!(sample(&text, "s3backer_block_cache_current_size_blocks").is_some_and(|n| n >= DIRTY as f64), "{text}");
+    assert_eq!(write_back(&text), (dirty_blocks, 0.0, dirty_blocks), "{text}");
+    assert_eq!(stat_float(&m.stats(), "block_cache_dirty_ratio"), dirty_blocks / 64.0);
+    assert!(sample(&text, "s3backer_block_cache_current_size_blocks").is_some_and(|n| n >= dirty_blocks), "{text}");
 
     proxy.set_faults(true);
     // From a child process: a descriptor of the test process's own would be inherited by every
@@ -193,7 +194,7 @@ fn write_back_gauges_follow_the_cache() {
         seen.1 > 0.0
     });
     let (dirty, in_flight, backlog) = seen;
-    assert!(in_flight <= THREADS && dirty == DIRTY as f64 && backlog == dirty - in_flight, "{seen:?}");
+    assert!(in_flight <= THREADS && dirty == dirty_blocks && backlog == dirty - in_flight, "{seen:?}");
 
     proxy.set_faults(false);
     let synced = fsync.wait().unwrap();
