@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Prints figures of the code base that a review quotes before and after a clean-up.
 
-Usage: python3 scripts/code-figures.py [ROOT]   (ROOT: a checkout, default this one; read only)
+Usage: python3 scripts/code-figures.py [ROOT]        a checkout (default this one), read only
+       python3 scripts/code-figures.py --rev REV     a commit of this repository (git archive
+                                                     into a temporary directory)
 
 - the 10 longest functions of the shipped code (crates/*/src and src/, test modules, test
   files and the test-support crate left out), with their length in lines;
@@ -213,9 +215,21 @@ def duplicate_pairs(root):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if len(sys.argv) == 3 and sys.argv[1] == "--rev":
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = subprocess.run(["git", "-C", here, "archive", sys.argv[2]], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", sys.argv[2]], capture_output=True, text=True).stdout.strip()
+            report(tmp, f"commit {rev}")
+        return
+    root = sys.argv[1] if len(sys.argv) > 1 else here
     rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"# code figures of {root} ({rev or 'not a git checkout'})")
+    report(root, f"{root} ({rev or 'not a git checkout'})")
+
+
+def report(root, what):
+    print(f"# code figures of {what}")
     print(f"\n## longest functions (shipped code), top {TOP_FUNCTIONS}")
     for lines, where, name in longest_functions(root):
         print(f"{lines:5} lines  {name}  {where}")
