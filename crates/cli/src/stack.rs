@@ -187,7 +187,11 @@ fn bare_block_size(cfg: &Config, len: Option<u64>) -> Result<u32> {
 pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
     let transport = open_transport(cfg, &stats).await?;
-    let (block_size, num_blocks) = resolve_geometry(cfg, transport.as_ref()).await?;
+    let clone = crate::clone::open(cfg, &transport).await?;
+    let (block_size, num_blocks) = match &clone {
+        Some(c) => c.geometry(cfg)?,
+        None => resolve_geometry(cfg, transport.as_ref()).await?,
+    };
     transport.set_block_size(block_size);
 
     let mut objects = transport.clone();
@@ -205,7 +209,15 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
         objects = Arc::new(faulty);
     }
 
-    let objects = snapshot_layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?;
+    let objects = match clone {
+        // A clone has no snapshots (until it is flattened): its layer reads the base instead.
+        Some(c) => {
+            let layer = s3b_clone::CloneStore::new(objects, c.base, &c.record);
+            stats.register(layer.stats());
+            Arc::new(layer)
+        }
+        None => snapshot_layer(cfg, &transport, objects, block_size, num_blocks, &stats).await?,
+    };
     let codec = CodecStore::new(objects, Codec::new(block_size, codec), num_blocks);
     codec.check_password().await?;
     let coded: Arc<dyn BlockStore> = Arc::new(codec);

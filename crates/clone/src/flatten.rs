@@ -49,8 +49,10 @@ impl ListBlocks for NamedListing<'_> {
 #[async_trait]
 pub trait ServerCopy: Send + Sync {
     /// Copies the base's block `n` to the clone's block `n`, with its encoding headers, on the
-    /// server; false (nothing created) when the base has no object for it.
-    async fn copy_block(&self, n: BlockNum) -> Result<bool>;
+    /// server: `Some(true)` when copied, `Some(false)` when the base's block is zeros (nothing
+    /// created), `None` when this block cannot be copied on the server (it is then read from
+    /// the base and written to the clone).
+    async fn copy_block(&self, n: BlockNum) -> Result<Option<bool>>;
 }
 
 /// How far a flatten got, for a progress display.
@@ -75,12 +77,12 @@ pub struct Report {
 
 /// Flattens the clone of `record` whose block objects are in `clone` (listed by `listing`),
 /// reading its base from `base`; `server_copy` copies on the server where it can. The caller
-/// holds the volume (its mount token) and checked the base. Run again after any crash, it
-/// finishes the work.
+/// holds the volume (its mount token) and checked the base; a clone already `flat` needs no
+/// base (`None`). Run again after any crash, it finishes the work.
 pub async fn flatten(
     clone: &dyn ObjectStore,
     listing: &dyn ListBlocks,
-    base: &dyn ObjectStore,
+    base: Option<&dyn ObjectStore>,
     server_copy: Option<&dyn ServerCopy>,
     mut record: Record,
     progress: &(dyn Fn(Step) + Send + Sync),
@@ -90,6 +92,7 @@ pub async fn flatten(
     let num_blocks = record.file_size / u64::from(record.block_size.max(1));
     let mut report = Report::default();
     if record.state == State::Cloned {
+        let base = base.ok_or_else(|| CloneError::BaseMissing(record.describe_base()))?;
         let have = list(listing).await?;
         let wanted = base_blocks(base, num_blocks).await?;
         let todo: Vec<BlockNum> = wanted.into_iter().filter(|n| !have.contains_key(n)).collect();
@@ -158,8 +161,10 @@ async fn copy_one(
     n: BlockNum,
     meta: VolumeMeta,
 ) -> Result<bool> {
-    if let Some(copier) = server_copy.filter(|_| n != 0) {
-        return copier.copy_block(n).await;
+    if let Some(copier) = server_copy.filter(|_| n != 0)
+        && let Some(done) = copier.copy_block(n).await?
+    {
+        return Ok(done);
     }
     match base.get_object(n, ReadCondition::None).await? {
         GetOutcome::Found { body, .. } if !body.data.is_empty() => {

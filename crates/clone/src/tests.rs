@@ -99,7 +99,7 @@ async fn flatten_copies_what_the_clone_uses_and_leaves_a_plain_volume() {
     v.put_object(1, body(7), None).await.unwrap();
     v.delete_object(2).await.unwrap();
     let r = read_record(clone.as_ref()).await.unwrap().unwrap();
-    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), base.as_ref(), None, r, &|_| {}).await.unwrap();
+    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &|_| {}).await.unwrap();
     assert_eq!(report, Report { copied: 2, absent: 0, markers: 1 });
     assert!(clone.named_objects().is_empty(), "the record is gone");
     assert_eq!(clone.stored(), vec![0, 1, 4]);
@@ -117,7 +117,7 @@ async fn a_base_that_refuses_listings_is_read_block_by_block() {
             *total.lock() = t;
         }
     };
-    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), base.as_ref(), None, r, &step).await.unwrap();
+    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &step).await.unwrap();
     assert_eq!((*total.lock(), report.copied, report.absent), (u64::from(BLOCKS), 1, u64::from(BLOCKS) - 1));
     assert_eq!(clone.stored(), vec![1]);
 }
@@ -198,7 +198,7 @@ proptest! {
                             g
                         });
                         let listing = MemListing(clone.clone());
-                        let run = flatten(clone.as_ref(), &listing, base.as_ref(), None, r, &|_| {});
+                        let run = flatten(clone.as_ref(), &listing, Some(base.as_ref()), None, r, &|_| {});
                         let done = tokio::time::timeout(Duration::from_secs(60), run).await;
                         if let Some(g) = gate {
                             g.release();
