@@ -183,7 +183,10 @@ fn clone_of_a_snapshot(srv: Server, codec: &[&str]) {
 
     // Flattened, it no longer needs its base: the snapshot is deleted, C s3backer mounts it.
     let out = checked_output(
-        Command::new(bin()).args(srv.args("clone", &["--flatten"])).stdin(Stdio::null()).stderr(Stdio::piped()),
+        Command::new(bin())
+            .args(srv.args("clone", &[&["--flatten"][..], codec].concat()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped()),
         "--flatten",
     );
     eprintln!("{out}");
@@ -467,6 +470,9 @@ fn bad_clone_input_is_refused_with_one_line_and_nothing_written_on_garage() {
     let of = format!("--cloneOf={BUCKET}/src@base");
     let m = Mount::start_owned(srv.args("clone", &[&of]), &mnt);
     assert_eq!(m.unmount(), 0);
+    let m = Mount::start_owned(srv.args("plain", &["--size=4m", "--blockSize=64k"]), &mnt);
+    write_synced(&m.file(), 0, &pattern(1 << 16, 62));
+    assert_eq!(m.unmount(), 0);
 
     let keys = srv.keys();
     let other = format!("--cloneOf={BUCKET}/src");
@@ -481,7 +487,8 @@ fn bad_clone_input_is_refused_with_one_line_and_nothing_written_on_garage() {
         ("new", vec![itself.as_str()], "names"),
         ("new", vec![of.as_str(), "--readOnly"], "cannot be --readOnly"),
         ("new", vec![of.as_str(), "--size=8m"], "has size"),
-        ("src", vec![of.as_str()], "already holds a volume"),
+        ("plain", vec![of.as_str()], "already holds a volume"),
+        ("new", vec![of.as_str(), "--encrypt", "--password=x"], "is not encrypted: --encrypt cannot be used"),
         ("clone", vec![other.as_str()], "is already a clone of"),
         ("clone", vec!["--size=8m"], "the clone's size is"),
     ] {

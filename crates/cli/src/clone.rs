@@ -7,17 +7,23 @@
 //! where only GET and HEAD are sent. A snapshot base is read through the snapshot's view
 //! ([`s3b_snap::SnapshotView`]), so it reads right while its volume is mounted and written.
 //! Making a clone writes one object, the record, and only after every check passed.
+//!
+//! An encrypted clone needs the base's password: base blocks are decrypted with the key of
+//! the base's location and encrypted again with the clone's ([`s3b_clone::Recode`]), so they
+//! are copied through the client, never on the server.
 
 use crate::config::clone::CloneSource;
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use s3b_clone::flatten::Step;
-use s3b_clone::{BaseId, CloneError, NamedListing, Record, ServerCopy, State, read_record, write_record};
+use s3b_clone::{BaseId, CloneError, NamedListing, Record, Recode, RecodedBase, ServerCopy, State};
+use s3b_clone::{read_record, write_record};
+use s3b_codec::{Codec, CodecConfig};
 use s3b_http::{Credentials, S3Store};
 use s3b_snap::format::{Kind, copy_name};
 use s3b_store::keys::BlockKeys;
-use s3b_store::{BlockNum, ObjectStore, TokenOp, VolumeProbe};
+use s3b_store::{BlockNum, GetOutcome, ObjectBody, ObjectStore, ReadCondition, TokenOp, VolumeProbe};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -47,9 +53,10 @@ impl Opened {
     }
 }
 
-/// The clone layer's inputs for a mount of `cfg`'s volume (`transport`: its S3 store): `None`
-/// for a plain volume. With `--cloneOf` on a volume that is no clone yet, makes it one.
-pub async fn open(cfg: &Config, transport: &Arc<dyn ObjectStore>) -> Result<Option<Opened>> {
+/// The clone layer's inputs for a mount of `cfg`'s volume (`transport`: its S3 store; `codec`:
+/// its codec settings): `None` for a plain volume. With `--cloneOf` on a volume that is no
+/// clone yet, makes it one.
+pub async fn open(cfg: &Config, transport: &Arc<dyn ObjectStore>, codec: &CodecConfig) -> Result<Option<Opened>> {
     let Some(named) = transport.named() else { return Ok(None) };
     let record = match (read_record(named).await?, &cfg.clone.of) {
         (None, None) => return Ok(None),
@@ -58,13 +65,75 @@ pub async fn open(cfg: &Config, transport: &Arc<dyn ObjectStore>) -> Result<Opti
         (Some(r), Some(_)) => {
             return Err(CloneError::OtherClone { volume: cfg.describe(), base: r.describe_base() }.into());
         }
-        (None, Some(src)) => create(cfg, transport.as_ref(), src).await?,
+        (None, Some(src)) => create(cfg, transport.as_ref(), src, codec).await?,
     };
     if cfg.snap.from.is_some() {
         bail!("{} is a clone: a clone has no snapshots until it is flattened", cfg.describe());
     }
+    check_encryption(cfg, &record)?;
     let base = open_base(cfg, &record).await?;
+    check_base_codec(base.as_ref(), &record, codec).await?;
+    let base = recoded(base, &record, codec);
     Ok(Some(Opened { record, base }))
+}
+
+/// Refuses codec flags that disagree with the clone's encryption.
+fn check_encryption(cfg: &Config, r: &Record) -> Result<()> {
+    match (r.encrypted, cfg.codec.encrypt.is_some()) {
+        (true, false) => bail!("{} is an encrypted clone: give --encrypt and its base's password", cfg.describe()),
+        (false, true) => bail!("{} is a clone of an unencrypted volume: --encrypt cannot be used", cfg.describe()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the base's block 0 against the codec flags: encrypted if and only if `--encrypt` is
+/// given, and then readable with the password given (so that no block is ever re-encrypted
+/// with a wrong key).
+async fn check_base_codec(base: &dyn ObjectStore, r: &Record, codec: &CodecConfig) -> Result<()> {
+    let GetOutcome::Found { body, .. } = base.get_object(0, ReadCondition::None).await? else { return Ok(()) };
+    let encrypted = body.content_encoding.as_deref().is_some_and(|e| e.contains("encrypt-"));
+    let shown = r.describe_base();
+    match (encrypted, r.encrypted) {
+        (true, false) => bail!("the base {shown} is encrypted: give --encrypt and its password"),
+        (false, true) => bail!("the base {shown} is not encrypted: --encrypt cannot be used"),
+        (false, false) => Ok(()),
+        (true, true) => {
+            let mut of_base = codec.clone();
+            if let Some(e) = of_base.encrypt.as_mut() {
+                e.salt = base_salt(r);
+            }
+            Codec::new(r.block_size, of_base)
+                .decode(0, body)
+                .map(|_| ())
+                .with_context(|| format!("can't read block 0 of the base {shown} (wrong password?)"))
+        }
+    }
+}
+
+/// The key-derivation salt of the base's location, as the codec's own: `<bucket>/<prefix>`.
+fn base_salt(r: &Record) -> String {
+    format!("{}/{}", r.bucket, r.prefix)
+}
+
+/// Re-encryption of base blocks for the clone's location.
+struct Recrypt {
+    base: Codec,
+    clone: Codec,
+}
+
+impl Recode for Recrypt {
+    fn recode(&self, n: BlockNum, body: ObjectBody) -> s3b_store::Result<ObjectBody> {
+        self.clone.encode(n, self.base.decode(n, body)?)
+    }
+}
+
+/// The base as the clone's codec must see it: re-encrypted when the volume is encrypted.
+fn recoded(base: Arc<dyn ObjectStore>, r: &Record, codec: &CodecConfig) -> Arc<dyn ObjectStore> {
+    let mut of_base = codec.clone();
+    let Some(e) = of_base.encrypt.as_mut().filter(|_| r.encrypted) else { return base };
+    e.salt = base_salt(r);
+    let recode = Recrypt { base: Codec::new(r.block_size, of_base), clone: Codec::new(r.block_size, codec.clone()) };
+    Arc::new(RecodedBase::new(base, Arc::new(recode)))
 }
 
 /// True when `--cloneOf` names the base `r` records.
@@ -90,7 +159,7 @@ fn base_store(cfg: &Config, bucket: &str, prefix: &str, url: Option<&str>, hash:
 }
 
 /// Makes the volume a clone of `src`: every check first, then the record (the one write).
-async fn create(cfg: &Config, transport: &dyn ObjectStore, src: &CloneSource) -> Result<Record> {
+async fn create(cfg: &Config, transport: &dyn ObjectStore, src: &CloneSource, codec: &CodecConfig) -> Result<Record> {
     let what = cfg.describe();
     if cfg.read_only {
         bail!("--cloneOf makes {what} a clone at its first mount, which cannot be --readOnly");
@@ -145,10 +214,13 @@ async fn create(cfg: &Config, transport: &dyn ObjectStore, src: &CloneSource) ->
         prefix: src.prefix.clone(),
         url: src.url.clone(),
         hash_prefix: cfg.hash_prefix,
+        encrypted: cfg.codec.encrypt.is_some(),
         block_size,
         file_size,
         base: base_id,
     };
+    let view = open_base(cfg, &record).await?;
+    check_base_codec(view.as_ref(), &record, codec).await?;
     write_record(named, &record).await?;
     if !cfg.quiet {
         log::info!("made {what} a clone of {}", record.describe_base());
@@ -224,9 +296,10 @@ impl ServerCopy for Copier {
     }
 }
 
-/// The server-side copier for `r`'s base, when base and clone share an endpoint.
+/// The server-side copier for `r`'s base, when base and clone share an endpoint (and the
+/// blocks need no re-encryption).
 async fn copier(cfg: &Config, r: &Record) -> Result<Option<Copier>> {
-    if r.url.is_some() {
+    if r.url.is_some() || r.encrypted {
         return Ok(None);
     }
     let clone = S3Store::new(cfg.s3.clone().context("clones need a bucket")?)?;
@@ -271,8 +344,10 @@ pub fn flatten(cfg: Config) -> Result<i32> {
                  use --force)"
             );
         }
+        check_encryption(&cfg, &record)?;
+        let codec = crate::encoding::codec_config(&cfg)?;
         let base = match record.state {
-            State::Cloned => Some(open_base(&cfg, &record).await?),
+            State::Cloned => Some(recoded(open_base(&cfg, &record).await?, &record, &codec)),
             State::Flat => None,
         };
         let copier = copier(&cfg, &record).await?;

@@ -187,7 +187,7 @@ fn bare_block_size(cfg: &Config, len: Option<u64>) -> Result<u32> {
 pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
     let stats = Arc::new(StatsRegistry::new());
     let transport = open_transport(cfg, &stats).await?;
-    let clone = crate::clone::open(cfg, &transport).await?;
+    let clone = crate::clone::open(cfg, &transport, &codec).await?;
     let (block_size, num_blocks) = match &clone {
         Some(c) => c.geometry(cfg)?,
         None => resolve_geometry(cfg, transport.as_ref()).await?,

@@ -7,6 +7,7 @@
 //! source images os/
 //! url -
 //! hashprefix 0
+//! encrypted 0
 //! geometry 65536 1073741824
 //! snapshot 00000002 1765108800 monday
 //! ```
@@ -16,7 +17,9 @@
 //! any more; only the zero markers and the record itself are left to remove). `source` is the
 //! base's bucket and prefix (`-`: no prefix); `url` the base's server when it is not the
 //! clone's own (`-`: the same endpoint and credentials); `hashprefix` whether the base's keys
-//! use `--blockHashPrefix`; `geometry` the block size and size in bytes, the clone's and the
+//! use `--blockHashPrefix`; `encrypted` whether the volume is encrypted (then every mount and
+//! flatten needs the password, since base blocks are re-encrypted for the clone's location);
+//! `geometry` the block size and size in bytes, the clone's and the
 //! base's. The last line tells what the clone was made from, so that every mount can check
 //! the base is still that: `snapshot <id> <time> <name>` for a snapshot (its id, never reused,
 //! and the time it was taken), or `volume <md5 of block 0's stored bytes | none>` for a
@@ -72,6 +75,8 @@ pub struct Record {
     pub url: Option<String>,
     /// The base's keys use `--blockHashPrefix`.
     pub hash_prefix: bool,
+    /// The volume is encrypted.
+    pub encrypted: bool,
     /// Block size in bytes.
     pub block_size: u32,
     /// Size in bytes.
@@ -109,6 +114,7 @@ impl Record {
         let mut s = format!("{MAGIC}\nstate {state}\nsource {} {prefix}\n", self.bucket);
         let _ = writeln!(s, "url {}", self.url.as_deref().unwrap_or("-"));
         let _ = writeln!(s, "hashprefix {}", u8::from(self.hash_prefix));
+        let _ = writeln!(s, "encrypted {}", u8::from(self.encrypted));
         let _ = writeln!(s, "geometry {} {}", self.block_size, self.file_size);
         match &self.base {
             BaseId::Snapshot { id, time, name } => {
@@ -128,7 +134,8 @@ impl Record {
         if lines.next() != Some(MAGIC) {
             return Err(bad(text.lines().next().unwrap_or("")));
         }
-        let (mut state, mut source, mut url, mut hash, mut geometry, mut base) = (None, None, None, None, None, None);
+        let (mut state, mut source, mut url, mut hash, mut enc, mut geometry, mut base) =
+            (None, None, None, None, None, None, None);
         for line in lines.filter(|l| !l.is_empty()) {
             let f: Vec<&str> = line.split(' ').collect();
             let dec = |s: &str| s.parse::<u64>().map_err(|_| bad(line));
@@ -144,6 +151,7 @@ impl Record {
                 }
                 ["url", u] => url = Some((*u != "-").then(|| u.to_string())),
                 ["hashprefix", h @ ("0" | "1")] => hash = Some(*h == "1"),
+                ["encrypted", e @ ("0" | "1")] => enc = Some(*e == "1"),
                 ["geometry", bs, fs] => {
                     let bs = u32::try_from(dec(bs)?).map_err(|_| bad(line))?;
                     geometry = Some((bs, dec(fs)?));
@@ -162,10 +170,16 @@ impl Record {
                 _ => return Err(bad(line)),
             }
         }
-        match (state, source, url, hash, geometry, base) {
-            (Some(state), Some((bucket, prefix)), Some(url), Some(hash_prefix), Some((block_size, file_size)), Some(base)) => {
-                Ok(Record { state, bucket, prefix, url, hash_prefix, block_size, file_size, base })
-            }
+        match (state, source, url, hash, enc, geometry, base) {
+            (
+                Some(state),
+                Some((bucket, prefix)),
+                Some(url),
+                Some(hash_prefix),
+                Some(encrypted),
+                Some((block_size, file_size)),
+                Some(base),
+            ) => Ok(Record { state, bucket, prefix, url, hash_prefix, encrypted, block_size, file_size, base }),
             _ => Err(bad("(a line is missing)")),
         }
     }
@@ -189,6 +203,7 @@ mod tests {
                     prefix: prefix.into(),
                     url,
                     hash_prefix: true,
+                    encrypted: true,
                     block_size: 65536,
                     file_size: 1 << 30,
                     base: base.clone(),
@@ -211,6 +226,7 @@ mod tests {
             prefix: "x/y/".into(),
             url: None,
             hash_prefix: false,
+            encrypted: false,
             block_size: 4096,
             file_size: 1 << 20,
             base: BaseId::Snapshot { id: 1, time: 0, name: "s".into() },

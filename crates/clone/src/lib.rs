@@ -8,10 +8,14 @@
 //!
 //! The clone is a volume of its own (its bucket and prefix, its mount token), whose block
 //! objects have upstream's format exactly: `<prefix>[hash-]NNNNNNNN`, encoded with the
-//! *base's* codec settings (the same compression, the same encryption and password: a base
-//! block is served to the codec as it is stored, and the codec binds an object to its block
-//! number, not to its key, so a base object decodes as the clone's block of that number). Beside
-//! them:
+//! *base's* codec settings (the same compression, the same encryption and password). A base
+//! block is served to the codec as it is stored: the codec binds an object to its block
+//! number, not to its key, so a base object decodes as the clone's block of that number.
+//! Encryption is the one exception: its key is derived from the volume's location (bucket and
+//! prefix, as upstream), so a base block of an encrypted volume is decrypted with the base's
+//! key and encrypted again with the clone's ([`Recode`], [`RecodedBase`]) on its way up, and a
+//! flatten does the same; the clone holds only blocks encrypted for its own location, which
+//! is what C s3backer reads after the flatten. Beside them:
 //!
 //! - `<prefix>s3backer-clone` — the clone record: where the base is, the geometry, what the
 //!   base was when the clone was made, and whether reads still fall through
@@ -67,8 +71,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use s3b_store::named::NamedObjects;
 use s3b_store::{
-    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, TokenOp, TokenSwap, VolumeMeta,
-    VolumeProbe,
+    BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, TokenSwap,
+    VolumeMeta, VolumeProbe,
 };
 use s3b_store::{StatsSection, StatsSource, StatsWriter};
 use std::sync::Arc;
@@ -113,6 +117,71 @@ pub async fn check_volume_base(base: &dyn ObjectStore, r: &Record) -> std::resul
         return Err(CloneError::BaseChanged { base: r.describe_base(), what });
     }
     Ok(())
+}
+
+/// Turns a base object into the clone's object of the same block (decrypt with the base's
+/// key, encrypt with the clone's), for encrypted volumes.
+pub trait Recode: Send + Sync {
+    /// The clone's object for block `n`, given the base's.
+    fn recode(&self, n: BlockNum, body: ObjectBody) -> Result<ObjectBody>;
+}
+
+/// A base read through a [`Recode`]: read-only, every object found re-encoded. The base's
+/// ETag is not passed on (it is not the ETag of the bytes returned).
+pub struct RecodedBase {
+    base: Arc<dyn ObjectStore>,
+    recode: Arc<dyn Recode>,
+}
+
+impl RecodedBase {
+    /// `base`, with its objects passed through `recode`.
+    pub fn new(base: Arc<dyn ObjectStore>, recode: Arc<dyn Recode>) -> RecodedBase {
+        RecodedBase { base, recode }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RecodedBase {
+    async fn get_object(&self, n: BlockNum, _cond: ReadCondition) -> Result<GetOutcome> {
+        match self.base.get_object(n, ReadCondition::None).await? {
+            GetOutcome::Found { body, .. } if !body.data.is_empty() => {
+                Ok(GetOutcome::Found { body: self.recode.recode(n, body)?, etag: None })
+            }
+            GetOutcome::Found { .. } | GetOutcome::NotFound => Ok(GetOutcome::NotFound),
+            GetOutcome::NotModified => Err(s3b_store::ContractError::UnexpectedNotModified(n).into()),
+        }
+    }
+
+    async fn put_object(&self, _n: BlockNum, _body: ObjectBody, _volume: Option<VolumeMeta>) -> Result<Option<Etag>> {
+        Err(StoreError::ReadOnly)
+    }
+
+    async fn delete_object(&self, _n: BlockNum) -> Result<()> {
+        Err(StoreError::ReadOnly)
+    }
+
+    async fn list_objects(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        self.base.list_objects(sink).await
+    }
+
+    async fn read_volume_meta(&self) -> Result<Option<VolumeMeta>> {
+        self.base.read_volume_meta().await
+    }
+
+    async fn mount_token(&self, op: TokenOp) -> Result<u32> {
+        match op {
+            TokenOp::Read => self.base.mount_token(op).await,
+            _ => Err(StoreError::ReadOnly),
+        }
+    }
+
+    async fn flush(&self, _blocks: Option<&[BlockNum]>) -> Result<()> {
+        Ok(())
+    }
+
+    fn set_block_size(&self, block_size: u32) {
+        self.base.set_block_size(block_size)
+    }
 }
 
 /// The layer's lines in the stats file.

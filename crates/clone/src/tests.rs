@@ -24,6 +24,7 @@ fn record(state: State) -> Record {
         prefix: String::new(),
         url: None,
         hash_prefix: false,
+        encrypted: false,
         block_size: 4096,
         file_size: 4096 * u64::from(BLOCKS),
         base: BaseId::Volume { block0: None },
