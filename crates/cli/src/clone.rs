@@ -12,12 +12,12 @@
 //! the base's location and encrypted again with the clone's ([`s3b_clone::Recode`]), so they
 //! are copied through the client, never on the server.
 
-use crate::config::clone::CloneSource;
 use crate::config::Config;
+use crate::config::clone::CloneSource;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use s3b_clone::flatten::Step;
-use s3b_clone::{BaseId, CloneError, NamedListing, Record, Recode, RecodedBase, ServerCopy, State};
+use s3b_clone::{BaseId, CloneError, NamedListing, Recode, RecodedBase, Record, ServerCopy, State};
 use s3b_clone::{read_record, write_record};
 use s3b_codec::{Codec, CodecConfig};
 use s3b_http::{Credentials, S3Store};

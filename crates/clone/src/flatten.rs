@@ -111,7 +111,8 @@ pub async fn flatten(
         record.state = State::Flat;
         write_record(named, &record).await?;
     }
-    let markers: Vec<BlockNum> = list(listing).await?.into_iter().filter(|&(_, size)| size == 0).map(|(n, _)| n).collect();
+    let markers: Vec<BlockNum> =
+        list(listing).await?.into_iter().filter(|&(_, size)| size == 0).map(|(n, _)| n).collect();
     for chunk in markers.chunks(crate::flatten::DELETE_BATCH) {
         clone.delete_objects(chunk).await?;
     }
@@ -137,12 +138,13 @@ async fn list(listing: &dyn ListBlocks) -> Result<BTreeMap<BlockNum, u64>> {
 /// The blocks the base may hold: its LIST, or every block when it refuses listings.
 async fn base_blocks(base: &dyn ObjectStore, num_blocks: u64) -> Result<BTreeSet<BlockNum>> {
     let found = parking_lot::Mutex::new(BTreeSet::new());
-    match base.list_objects(&|n| {
-        if u64::from(n) < num_blocks {
-            found.lock().insert(n);
-        }
-    })
-    .await
+    match base
+        .list_objects(&|n| {
+            if u64::from(n) < num_blocks {
+                found.lock().insert(n);
+            }
+        })
+        .await
     {
         Ok(()) => Ok(found.into_inner()),
         Err(StoreError::Forbidden(why)) => {

@@ -85,7 +85,10 @@ async fn reads_fall_through_writes_and_zeros_stay_in_the_clone() {
     v.delete_object(1).await.unwrap();
     v.delete_objects(&[2, 3]).await.unwrap();
     let v = view(&clone, &base).await;
-    assert_eq!([read(v.as_ref(), 0).await, read(v.as_ref(), 1).await, read(v.as_ref(), 2).await], [Some(9), None, None]);
+    assert_eq!(
+        [read(v.as_ref(), 0).await, read(v.as_ref(), 1).await, read(v.as_ref(), 2).await],
+        [Some(9), None, None]
+    );
     // The base is untouched; the zeros are markers in the clone.
     assert_eq!(base.stored(), vec![0, 1, 2]);
     assert_eq!(base.object(1), Some(body(2)));
@@ -100,7 +103,8 @@ async fn flatten_copies_what_the_clone_uses_and_leaves_a_plain_volume() {
     v.put_object(1, body(7), None).await.unwrap();
     v.delete_object(2).await.unwrap();
     let r = read_record(clone.as_ref()).await.unwrap().unwrap();
-    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &|_| {}).await.unwrap();
+    let report =
+        flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &|_| {}).await.unwrap();
     assert_eq!(report, Report { copied: 2, absent: 0, markers: 1 });
     assert!(clone.named_objects().is_empty(), "the record is gone");
     assert_eq!(clone.stored(), vec![0, 1, 4]);
@@ -118,7 +122,8 @@ async fn a_base_that_refuses_listings_is_read_block_by_block() {
             *total.lock() = t;
         }
     };
-    let report = flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &step).await.unwrap();
+    let report =
+        flatten(clone.as_ref(), &MemListing(clone.clone()), Some(base.as_ref()), None, r, &step).await.unwrap();
     assert_eq!((*total.lock(), report.copied, report.absent), (u64::from(BLOCKS), 1, u64::from(BLOCKS) - 1));
     assert_eq!(clone.stored(), vec![1]);
 }

@@ -63,9 +63,9 @@ pub(super) fn settings(a: &CloneArgs, mode: Mode, test: bool) -> Result<CloneSet
         Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || !u.ends_with('/') => {
             bail!("invalid --cloneBaseURL \"{u}\": give http://host[:port]/ or https://..., ending with '/'")
         }
-        Some(_) if snapshot.is_some() => bail!(
-            "--cloneBaseURL names a read-only volume, not a snapshot: give --cloneOf=SOURCE without @NAME"
-        ),
+        Some(_) if snapshot.is_some() => {
+            bail!("--cloneBaseURL names a read-only volume, not a snapshot: give --cloneOf=SOURCE without @NAME")
+        }
         u => u.clone(),
     };
     Ok(CloneSettings { of: Some(CloneSource { bucket, prefix, snapshot, url }) })
