@@ -69,7 +69,7 @@ async fn stores(base_blocks: &[Option<u8>]) -> (Arc<MemObjects>, Arc<MemObjects>
     let clone = Arc::new(MemObjects::new());
     for (n, v) in base_blocks.iter().enumerate() {
         if let Some(v) = v {
-            base.put_object(n as u32, body(*v), None).await.unwrap();
+            base.put_object(BlockNum::try_from(n).unwrap(), body(*v), None).await.unwrap();
         }
     }
     write_record(clone.as_ref(), &record(State::Cloned)).await.unwrap();
@@ -139,6 +139,30 @@ async fn a_changed_volume_base_is_refused() {
     assert!(matches!(e, CloneError::BaseChanged { .. }), "{e}");
     base.delete_object(0).await.unwrap();
     assert!(matches!(check_volume_base(base.as_ref(), &r).await, Err(CloneError::BaseMissing(_))));
+}
+
+/// Adds one to every byte: a stand-in for decrypting with the base's key and encrypting with
+/// the clone's.
+struct AddOne;
+
+impl Recode for AddOne {
+    fn recode(&self, _n: BlockNum, body: ObjectBody) -> Result<ObjectBody> {
+        Ok(ObjectBody { data: body.data.iter().map(|b| b.wrapping_add(1)).collect(), ..body })
+    }
+}
+
+#[tokio::test]
+async fn a_recoded_base_is_re_encoded_on_its_way_up_and_by_flatten() {
+    let (base, clone) = stores(&[Some(1), Some(2), None]).await;
+    let recoded: Arc<dyn ObjectStore> = Arc::new(RecodedBase::new(base.clone(), Arc::new(AddOne)));
+    let r = read_record(clone.as_ref()).await.unwrap().unwrap();
+    let v = CloneStore::new(clone.clone(), recoded.clone(), &r);
+    assert_eq!([read(&v, 0).await, read(&v, 1).await, read(&v, 2).await], [Some(2), Some(3), None]);
+    assert!(recoded.put_object(0, body(1), None).await.is_err(), "the base is read-only");
+    v.put_object(1, body(9), None).await.unwrap();
+    flatten(clone.as_ref(), &MemListing(clone.clone()), Some(recoded.as_ref()), None, r, &|_| {}).await.unwrap();
+    assert_eq!([clone.object(0), clone.object(1), clone.object(2)], [Some(body(2)), Some(body(9)), None]);
+    assert_eq!(base.object(0), Some(body(1)));
 }
 
 /// One step of the model test.
