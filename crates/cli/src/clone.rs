@@ -204,7 +204,7 @@ async fn create(cfg: &Config, transport: &dyn ObjectStore, src: &CloneSource, co
             let Some(block0) = s3b_clone::block0_id(base.as_ref()).await? else {
                 return Err(CloneError::BaseMissing(format!("{shown} (it has no block 0)")).into());
             };
-            let (bs, blocks) = crate::stack::resolve_geometry(cfg, base.as_ref()).await?;
+            let (bs, blocks) = crate::geometry::resolve_geometry(cfg, base.as_ref()).await?;
             (BaseId::Volume { block0: Some(block0) }, bs, blocks * u64::from(bs))
         }
     };

@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod encoding;
 pub mod fuse_options;
+pub mod geometry;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
