@@ -350,8 +350,10 @@ fn kill_during_first_writes(srv: Server) {
     assert_eq!(m.unmount(), 0);
     srv.run("src", &["--snapshot=base"]);
 
+    // Over a latency link, so that the kill lands while the writes are under way.
     let of = format!("--cloneOf={BUCKET}/src@base");
-    let m = Mount::start_owned(srv.args("clone", &[&of, "--blockCacheSize=0"]), &s.mnt());
+    let link = slow_link(srv.port, std::time::Duration::from_millis(30));
+    let m = Mount::start_owned(srv.args_via(link, "clone", &[&of, "--blockCacheSize=0"]), &s.mnt());
     let mut dd = Command::new("dd")
         .arg(format!("if={}", b_file.display()))
         .arg(format!("of={}", m.file().display()))
