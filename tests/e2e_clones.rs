@@ -439,8 +439,13 @@ fn kill_during_flatten(srv: Server) {
     eprintln!("killed after {copied} blocks were copied");
     assert!(read_volume(&srv, "clone", &[], &s.mnt()) == want, "the half-flattened clone reads wrong");
 
-    let out = srv.run("clone", &["--flatten", "--force"]);
-    eprintln!("{out}");
+    let out = Command::new(bin()).args(srv.args("clone", &["--flatten", "--force"])).stdin(Stdio::null()).output();
+    let out = out.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let summary = err.lines().last().unwrap_or_default();
+    eprintln!("{summary}");
+    assert!(summary.starts_with("s3backer: flattened ") && summary.contains(" base blocks "), "{err}");
     assert!(!srv.keys().contains(&"clone/s3backer-clone".to_string()));
     assert!(read_volume(&srv, "clone", &[], &s.mnt()) == want);
     srv.run("src", &["--deleteSnapshot=base"]);
