@@ -446,6 +446,7 @@ fn kill_during_flatten(srv: Server) {
     let summary = err.lines().last().unwrap_or_default();
     eprintln!("{summary}");
     assert!(summary.starts_with("s3backer: flattened ") && summary.contains(" base blocks "), "{err}");
+    assert!(!srv.keys().iter().any(|k| k.starts_with("clone/s3backer-clone")), "bookkeeping is left");
     assert!(!srv.keys().contains(&"clone/s3backer-clone".to_string()));
     assert!(read_volume(&srv, "clone", &[], &s.mnt()) == want);
     srv.run("src", &["--deleteSnapshot=base"]);

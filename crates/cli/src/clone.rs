@@ -21,6 +21,7 @@ use s3b_clone::{BaseId, CloneError, NamedListing, Recode, RecodedBase, Record, S
 use s3b_clone::{read_record, write_record};
 use s3b_codec::{Codec, CodecConfig};
 use s3b_http::{Credentials, S3Store};
+use s3b_store::named::NamedObjects;
 use s3b_snap::format::{Kind, copy_name};
 use s3b_store::keys::BlockKeys;
 use s3b_store::{BlockNum, GetOutcome, ObjectBody, ObjectStore, ReadCondition, TokenOp, VolumeProbe};
@@ -258,41 +259,91 @@ async fn open_base(cfg: &Config, r: &Record) -> Result<Arc<dyn ObjectStore>> {
     }
 }
 
+/// Where a flatten stages a copy of a snapshot's live block (a name after the clone's prefix)
+/// until it is known to be the snapshot's.
+fn stage_name(n: BlockNum) -> String {
+    format!("{STAGE_PREFIX}{n:08x}")
+}
+
+/// The name prefix of staged copies.
+const STAGE_PREFIX: &str = "s3backer-clone-stage/";
+
 /// Server-side copies into the clone from a base on the clone's endpoint: a read-only
-/// volume's blocks, or the preserved copies a snapshot holds (immutable objects). A snapshot
-/// block still in its live volume can change while it is copied, so it is read through the
-/// snapshot's view instead (`None`).
+/// volume's blocks, and a snapshot's blocks, preserved copies (immutable objects) directly.
+/// A snapshot block still in its live volume may change while it is copied, so it is copied
+/// to a staging object first, then the snapshot index is read: unchanged since the maps were
+/// read (same generation, no writer), no block was preserved meanwhile, so the staged copy is
+/// the snapshot's and is copied into place; otherwise the block is read through the snapshot's
+/// view instead (`None`). A crash leaves at most staging objects, which the next flatten
+/// deletes; the clone's own blocks only ever receive the snapshot's data.
 struct Copier {
     clone: S3Store,
     bucket: String,
     prefix: String,
     keys: BlockKeys,
-    /// For a snapshot base: which snapshot holds each preserved block (`None`: zeros).
-    held: Option<BTreeMap<BlockNum, Option<u32>>>,
+    /// For a snapshot base: its source volume, and which snapshot holds each preserved block
+    /// (`None`: zeros) as of the index generation recorded.
+    snapshot: Option<SnapshotBase>,
     copies: AtomicU64,
+}
+
+/// What [`Copier`] knows of a snapshot base.
+struct SnapshotBase {
+    source: Arc<S3Store>,
+    generation: u64,
+    /// No writer was marked then: live blocks may be staged (else they all go by the view).
+    quiet: bool,
+    held: BTreeMap<BlockNum, Option<u32>>,
+}
+
+impl Copier {
+    /// A live block of a snapshot base, by way of a staging copy (see [`Copier`]).
+    async fn copy_live(&self, snap: &SnapshotBase, n: BlockNum) -> s3b_store::Result<Option<bool>> {
+        let stage = stage_name(n);
+        let found = self.clone.copy_into_named(&self.bucket, &self.keys.block_key(n), &stage).await?;
+        let idx = s3b_snap::book::read_index(snap.source.as_ref()).await.map_err(s3b_store::StoreError::from)?;
+        let settled = idx.is_some_and(|i| i.generation == snap.generation && i.writer == 0);
+        let result = match (settled, found) {
+            (false, _) => None,
+            (true, false) => Some(false),
+            (true, true) => {
+                let from = format!("{}{stage}", self.clone.config().keys.prefix);
+                let copied = self.clone.copy_into_block(&self.clone.config().bucket, &from, n).await?;
+                copied.then_some(true)
+            }
+        };
+        if found {
+            self.clone.delete_named(&stage).await?;
+        }
+        Ok(result)
+    }
 }
 
 #[async_trait]
 impl ServerCopy for Copier {
     async fn copy_block(&self, n: BlockNum) -> s3b_store::Result<Option<bool>> {
-        let key = match &self.held {
-            None => self.keys.block_key(n),
-            Some(held) => match held.get(&n) {
-                None => return Ok(None),
-                Some(None) => return Ok(Some(false)),
-                Some(Some(id)) => format!("{}{}", self.prefix, copy_name(*id, n)),
-            },
-        };
-        let copied = self.clone.copy_into_block(&self.bucket, &key, n).await?;
-        match (copied, &self.held) {
-            (true, _) => {
+        let Some(snap) = &self.snapshot else {
+            let copied = self.clone.copy_into_block(&self.bucket, &self.keys.block_key(n), n).await?;
+            if copied {
                 self.copies.fetch_add(1, Relaxed);
-                Ok(Some(true))
             }
-            (false, None) => Ok(Some(false)),
-            // A deletion handed the copy on to an older snapshot: the view finds it.
-            (false, Some(_)) => Ok(None),
+            return Ok(Some(copied));
+        };
+        let done = match snap.held.get(&n) {
+            None if snap.quiet => self.copy_live(snap, n).await?,
+            None => None,
+            Some(None) => return Ok(Some(false)),
+            Some(Some(id)) => {
+                let key = format!("{}{}", self.prefix, copy_name(*id, n));
+                // A missing copy was handed on to an older snapshot by a deletion: the view
+                // finds it.
+                self.clone.copy_into_block(&self.bucket, &key, n).await?.then_some(true)
+            }
+        };
+        if done == Some(true) {
+            self.copies.fetch_add(1, Relaxed);
         }
+        Ok(done)
     }
 }
 
@@ -303,18 +354,18 @@ async fn copier(cfg: &Config, r: &Record) -> Result<Option<Copier>> {
         return Ok(None);
     }
     let clone = S3Store::new(cfg.s3.clone().context("clones need a bucket")?)?;
-    let held = match &r.base {
+    let snapshot = match &r.base {
         BaseId::Volume { .. } => None,
         BaseId::Snapshot { id, .. } => {
-            let base = base_store(cfg, &r.bucket, &r.prefix, None, r.hash_prefix)?;
-            let idx = s3b_snap::book::read_index(base.as_ref()).await?.unwrap_or_default();
+            let source = base_store(cfg, &r.bucket, &r.prefix, None, r.hash_prefix)?;
+            let idx = s3b_snap::book::read_index(source.as_ref()).await?.unwrap_or_default();
             let mut held = BTreeMap::new();
             for p in idx.snaps.iter().skip_while(|p| p.id != *id) {
-                for (n, kind) in s3b_snap::book::read_map(base.as_ref(), p.id).await? {
+                for (n, kind) in s3b_snap::book::read_map(source.as_ref(), p.id).await? {
                     held.entry(n).or_insert((kind == Kind::Data).then_some(p.id));
                 }
             }
-            Some(held)
+            Some(SnapshotBase { source, generation: idx.generation, quiet: idx.writer == 0, held })
         }
     };
     Ok(Some(Copier {
@@ -322,9 +373,19 @@ async fn copier(cfg: &Config, r: &Record) -> Result<Option<Copier>> {
         bucket: r.bucket.clone(),
         prefix: r.prefix.clone(),
         keys: BlockKeys::new(r.prefix.clone(), r.hash_prefix),
-        held,
+        snapshot,
         copies: AtomicU64::new(0),
     }))
+}
+
+/// Deletes the staging objects a killed flatten left.
+async fn remove_stages(clone: &S3Store) -> Result<()> {
+    let found = parking_lot::Mutex::new(Vec::new());
+    clone.list_named(STAGE_PREFIX, &|name, _| found.lock().push(name.to_string())).await?;
+    for name in found.into_inner() {
+        clone.delete_named(&name).await?;
+    }
+    Ok(())
 }
 
 /// `--flatten`: copies what the clone still uses of its base into it and makes it a plain
@@ -352,6 +413,10 @@ pub fn flatten(cfg: Config) -> Result<i32> {
         };
         let copier = copier(&cfg, &record).await?;
         let token = crate::token::acquire(&cfg, transport.as_ref(), None).await?;
+        if let Err(e) = remove_stages(transport.as_ref()).await {
+            let _ = crate::token::release(transport.as_ref(), token, None).await;
+            return Err(e.context("can't remove what an earlier flatten left"));
+        }
         let bar = parking_lot::Mutex::new(None::<crate::progress::Progress>);
         let step = |s: Step| match s {
             Step::Total(n) => *bar.lock() = Some(crate::progress::Progress::start("flattening", Some(n), cfg.quiet)),

@@ -32,6 +32,12 @@ impl S3Store {
         self.copy_key_from(from_bucket, from_key, &self.cfg.keys.block_key(n)).await
     }
 
+    /// Server-side copy of the object `from_key` of `from_bucket` (on this endpoint) to this
+    /// volume's object `to` (a name after its prefix); false when the source is missing.
+    pub async fn copy_into_named(&self, from_bucket: &str, from_key: &str, to: &str) -> Result<bool> {
+        self.copy_key_from(from_bucket, from_key, &self.named_key(to)).await
+    }
+
     /// Server-side copy of the object `from_key` to `to_key`; false when `from_key` is missing.
     async fn copy_key(&self, from_key: &str, to_key: &str) -> Result<bool> {
         self.copy_key_from(&self.cfg.bucket, from_key, to_key).await
