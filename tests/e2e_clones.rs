@@ -65,9 +65,13 @@ impl Server {
         one_error_line(Command::new(bin()).args(a).stdin(Stdio::null()))
     }
 
-    /// Every key in the bucket.
+    /// Every key in the bucket (a listing that fails while objects come and go is sent again).
     fn keys(&self) -> Vec<String> {
-        s3b_testkit::garage::list_keys_at(self.port, BUCKET)
+        loop {
+            if let Ok(keys) = s3b_testkit::garage::try_list_keys_at(self.port, BUCKET) {
+                return keys;
+            }
+        }
     }
 
     /// How many block objects the volume `BUCKET/sub` has (by a LIST).
@@ -423,7 +427,7 @@ fn kill_during_flatten(srv: Server) {
     assert_eq!(m.unmount(), 0);
     let before = srv.blocks("clone");
 
-    let link = slow_link(srv.port, std::time::Duration::from_millis(10));
+    let link = slow_link(srv.port, std::time::Duration::from_millis(40));
     let mut flat = Command::new(bin())
         .args(srv.args_via(link, "clone", &["--flatten"]))
         .stdin(Stdio::null())

@@ -21,9 +21,9 @@ use s3b_clone::{BaseId, CloneError, NamedListing, Recode, RecodedBase, Record, S
 use s3b_clone::{read_record, write_record};
 use s3b_codec::{Codec, CodecConfig};
 use s3b_http::{Credentials, S3Store};
-use s3b_store::named::NamedObjects;
 use s3b_snap::format::{Kind, copy_name};
 use s3b_store::keys::BlockKeys;
+use s3b_store::named::NamedObjects;
 use s3b_store::{BlockNum, GetOutcome, ObjectBody, ObjectStore, ReadCondition, TokenOp, VolumeProbe};
 use std::collections::BTreeMap;
 use std::sync::Arc;
