@@ -24,6 +24,10 @@
 //!   whatever the base holds. Upstream's format deletes zero blocks, but in a clone a missing
 //!   object means "read the base", so a trim or a zero write stores an empty object instead
 //!   (a stored block is never empty, so the two cannot be confused).
+//! - `<prefix>s3backer-clone-stage/<block>` — during a flatten only: a server-side copy of a
+//!   snapshot base's block still in its live volume, moved into place once the snapshot index
+//!   shows it is the snapshot's ([`ServerCopy`] implementations decide); never read as a block,
+//!   and deleted by the next flatten if one is left after a crash.
 //!
 //! # What a clone promises
 //!
