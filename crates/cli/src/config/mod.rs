@@ -11,6 +11,7 @@ pub mod cache;
 pub mod clone;
 pub mod codec;
 pub mod front;
+pub mod listen;
 pub mod metrics;
 pub mod nbd;
 pub mod s3;
