@@ -160,13 +160,14 @@ impl BlockCache {
             let now = Instant::now();
             let e = match l.state {
                 // Recovered: as if written again, so it is uploaded.
-                file::LoadedState::Dirty { valid } => state.write(l.block, l.data, valid, now),
+                file::LoadedState::Dirty { valid } => state.write(l.block, None, valid, now),
                 file::LoadedState::Clean { etag, verify } => {
-                    state.insert_loading(l.block, now).data = l.data;
+                    state.insert_loading(l.block, now);
                     state.set_clean(l.block, etag, verify);
                     state.entries.get_mut(&l.block).expect("inserted above")
                 }
             };
+            e.data = l.data;
             // The slot holds what the entry holds now.
             (e.slot, e.slot_image) = (Some(l.slot), e.image());
         }
@@ -279,12 +280,15 @@ impl BlockStore for BlockCache {
             if let Some(e) = st.entries.get_mut(&n)
                 && e.partial().is_some_and(|v| v.covers(offset, offset + len))
             {
-                e.last_access = Instant::now();
-                sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(match &e.data {
-                    Some(d) => d.slice(off..end),
-                    None => s3b_store::zero_block(sh.block_size).slice(off..end),
-                });
+                // A partial block's buffer is always in memory.
+                if let file::Held::Mem(d) = &e.data {
+                    e.last_access = Instant::now();
+                    sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(match d {
+                        Some(d) => d.slice(off..end),
+                        None => s3b_store::zero_block(sh.block_size).slice(off..end),
+                    });
+                }
             }
         }
         let data = self.read_block(n, ReadRequest::PLAIN).await?.into_data(sh.block_size);

@@ -11,6 +11,7 @@
 //! changes within a phase (an upload starting or failing, a partial block being
 //! completed) is changed in place through [`Entry::dirty_mut`].
 
+use crate::file::Held;
 use crate::ranges::ByteRanges;
 use crate::schedule::Schedule;
 use bytes::Bytes;
@@ -23,9 +24,9 @@ use tokio::time::Instant;
 /// One cached block.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The data; `None` means all zeros. While loading: nothing yet, or the reloaded data being
-    /// checked against the store.
-    pub(crate) data: Option<Bytes>,
+    /// The data: in memory (`None`: all zeros), or with a cache file only in the entry's slot.
+    /// While loading: nothing yet, or the reloaded data being checked against the store.
+    pub(crate) data: Held,
     /// Generation: every write gives the block the cache's next generation, and a new entry
     /// starts at the newest one handed out, so a block's generation only grows, across
     /// evictions too. A flush waits until [`Entry::stored_ver`] reaches the generation it saw:
@@ -424,7 +425,7 @@ impl State {
         debug_assert!(!self.entries.contains_key(&n), "block {n:#010x} is cached already");
         self.leave(n);
         let e = Entry {
-            data: None,
+            data: Held::Mem(None),
             ver: self.generation,
             last_access: now,
             slot: None,
@@ -485,7 +486,7 @@ impl State {
             BlockState::Dirty(d) => d.rewritten(valid, generation),
             state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now, generation)),
         }
-        e.data = data;
+        e.data = Held::Mem(data);
         e.ver = generation;
         e.last_access = now;
         e

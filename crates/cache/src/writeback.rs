@@ -12,9 +12,8 @@
 //! periodic poll.
 
 use crate::schedule::Lane;
-use crate::shared::Shared;
+use crate::shared::{Shared, Source};
 use crate::state::{Entries, Entry, State};
-use bytes::Bytes;
 use s3b_store::{BlockData, BlockNum};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +111,7 @@ fn start_due(
     sh: &Shared,
     st: &mut State,
     now: Instant,
-    jobs: &mut Vec<(BlockNum, u64, Option<Bytes>, bool)>,
+    jobs: &mut Vec<(BlockNum, u64, Option<Source>, bool)>,
     fills: &mut Vec<BlockNum>,
 ) {
     let threads = sh.cfg.threads;
@@ -144,7 +143,7 @@ fn start_due(
         };
         st.sched.remove(n);
         let Some(e) = st.entries.get_mut(&n) else { continue };
-        let (ver, data) = (e.ver, e.data.clone());
+        let (ver, data) = (e.ver, sh.source(e));
         let Some(d) = e.dirty_mut() else { continue };
         d.upload.in_flight = true;
         let partial = d.partial.is_some();
@@ -191,12 +190,35 @@ async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
     sh.wake.notify_one();
 }
 
+/// Uploads block `n`'s data from `src` (read from the cache file first when it is there).
+async fn put(sh: &Shared, n: BlockNum, src: Option<Source>) -> s3b_store::Result<Option<s3b_store::Etag>> {
+    // A dirty block's data is in memory or in its slot, never without both.
+    let Some(src) = src else {
+        return Err(s3b_store::StoreError::io(
+            format!("block cache: block {n:#010x} has no data to upload"),
+            std::io::Error::other("slot out of its entry"),
+        ));
+    };
+    let data = match sh.fetch(n, &src)? {
+        Some(d) => d,
+        // Dirty data is checked before it is kept in the file only: this is not reached.
+        None => {
+            return Err(s3b_store::StoreError::io(
+                format!("block cache: block {n:#010x} in the cache file fails its checksum"),
+                std::io::Error::other("checksum mismatch"),
+            ));
+        }
+    };
+    drop(src);
+    sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+}
+
 /// Why a block with an upload in flight is dirty: nothing but that upload makes it clean.
 const ONLY_UPLOADS_CLEAN: &str = "a block being uploaded stays dirty";
 
 /// Uploads one block version and settles the entry afterwards. A block still `partial` is
 /// completed first, and then its version at that moment is uploaded.
-async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>, partial: bool) {
+async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Source>, partial: bool) {
     let res = if partial {
         match sh.fill(n).await {
             Ok(()) => {
@@ -204,14 +226,14 @@ async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>,
                     let st = sh.state.lock();
                     let e = st.entries.get(&n).expect("dirty entries are never evicted");
                     ver = e.ver;
-                    e.data.clone()
+                    sh.source(e)
                 };
-                sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+                put(&sh, n, data).await
             }
             Err(e) => Err(e),
         }
     } else {
-        sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+        put(&sh, n, data).await
     };
     let clean = {
         let mut st = sh.state.lock();
