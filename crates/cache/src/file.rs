@@ -194,6 +194,8 @@ pub struct CacheFile {
     pins: Mutex<std::collections::HashMap<u32, u32>>,
     token: Mutex<u32>,
     dirty_found: usize,
+    /// Blocks found at open and kept.
+    blocks_found: usize,
     uploads_allowed: AtomicBool,
     /// Signalled when uploads become allowed.
     allowed: tokio::sync::Notify,
@@ -627,6 +629,7 @@ impl CacheFile {
             pins: Mutex::new(std::collections::HashMap::new()),
             token: Mutex::new(0),
             dirty_found: 0,
+            blocks_found: 0,
             uploads_allowed: AtomicBool::new(true),
             allowed: tokio::sync::Notify::new(),
         };
@@ -712,6 +715,7 @@ impl CacheFile {
             cf.file.sync_data().map_err(|e| io("can't sync", e))?;
             log::info!("cache file {}: dropped {dropped} entries (dirty, unverifiable or damaged)", path.display());
         }
+        cf.blocks_found = loaded.len();
         *cf.free.lock() = free;
         *cf.loaded.lock() = loaded;
         // Recovered dirty blocks wait until the caller has checked the mount token.
@@ -903,6 +907,11 @@ impl CacheFile {
     /// Number of slots.
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Number of blocks found at open and kept (dirty and clean).
+    pub fn blocks_found(&self) -> usize {
+        self.blocks_found
     }
 
     /// Number of dirty blocks found at open and kept for recovery.

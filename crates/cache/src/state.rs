@@ -52,7 +52,7 @@ impl Entry {
     /// What the block has while dirty.
     pub(crate) fn dirty(&self) -> Option<&Dirty> {
         match &self.state {
-            BlockState::Dirty(d) => Some(d),
+            BlockState::Dirty(d) => Some(&**d),
             _ => None,
         }
     }
@@ -60,7 +60,7 @@ impl Entry {
     /// What the block has while dirty, to change within that phase.
     pub(crate) fn dirty_mut(&mut self) -> Option<&mut Dirty> {
         match &mut self.state {
-            BlockState::Dirty(d) => Some(d),
+            BlockState::Dirty(d) => Some(&mut **d),
             _ => None,
         }
     }
@@ -128,8 +128,9 @@ pub(crate) enum BlockState {
     Loading,
     /// Same as the stored version.
     Clean(Clean),
-    /// Newer than the stored version.
-    Dirty(Dirty),
+    /// Newer than the stored version (boxed: few blocks are dirty at once, and a clean entry
+    /// stays small).
+    Dirty(Box<Dirty>),
 }
 
 /// What a clean block has.
@@ -484,7 +485,7 @@ impl State {
         let e = self.entries.get_mut(&n).expect("inserted above");
         match &mut e.state {
             BlockState::Dirty(d) => d.rewritten(valid, generation),
-            state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now, generation)),
+            state => *state = BlockState::Dirty(Box::new(Dirty::new(e.ver, valid, now, generation))),
         }
         e.data = Held::Mem(data);
         e.ver = generation;
