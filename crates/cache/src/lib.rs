@@ -22,7 +22,10 @@
 //!   cache is full of dirty blocks.
 //! * Reads are never queued behind write-back: a miss is read in the caller's own task, never
 //!   through the upload pool; when no slot can be freed (the cache is full of dirty blocks) the
-//!   block is read through without being cached.
+//!   block is read through without being cached. While a miss is in flight, write-back starts
+//!   uploads on only half its threads, so the read does not wait behind a full set of PUTs.
+//! * With a cache file, block data lives in the file only: memory holds each block's
+//!   bookkeeping, and hits and uploads read the data from its slot (see [`file`](mod@file)).
 //! * Costs per operation do not grow with the cache or the backlog: lookups are hash lookups,
 //!   the LRU and the write-back schedule are ordered maps (O(log n) per block), no operation
 //!   walks all cached or all dirty entries (a flush of everything looks once at each dirty

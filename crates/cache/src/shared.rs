@@ -756,7 +756,15 @@ impl<'a> Raised<'a> {
 
 impl Drop for Raised<'_> {
     fn drop(&mut self) {
-        *(self.field)(&mut self.sh.state.lock()) -= 1;
+        let mut st = self.sh.state.lock();
+        let n = (self.field)(&mut st);
+        *n -= 1;
+        let last = *n == 0;
+        drop(st);
+        if last {
+            // The scheduler may have held uploads back for it (a read in flight).
+            self.sh.wake.notify_one();
+        }
     }
 }
 

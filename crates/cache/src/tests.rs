@@ -926,3 +926,31 @@ async fn a_damaged_slot_is_read_from_the_store_never_served() {
     assert_eq!(read(&c, 3).await, block(3));
     c.shutdown().await.unwrap();
 }
+
+/// While a foreground read (a miss) is in flight, write-back starts uploads on only half its
+/// threads; when the read ends, the rest start at once.
+#[tokio::test(start_paused = true)]
+async fn uploads_leave_room_for_a_foreground_read() {
+    let mem = mem();
+    mem.put(50, block(5));
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(20) }));
+    let reads = mem.hold(Op::Read);
+    let uploads = mem.hold(Op::Write);
+    let reader = tokio::spawn({
+        let c = c.clone();
+        async move { read(&c, 50).await }
+    });
+    reads.arrived(1).await;
+    for n in 0..8 {
+        c.write_block(n, BlockData::new(block(1))).await.unwrap();
+    }
+    elapse(Duration::from_millis(100)).await;
+    assert_eq!(mem.calls(Op::Write), 2, "half the threads while the read is in flight");
+    reads.release();
+    assert_eq!(reader.await.unwrap(), block(5));
+    uploads.arrived(4).await;
+    assert_eq!(mem.calls(Op::Write), 4, "all the threads once it ended");
+    uploads.release();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.ok(Op::Write), 8);
+}

@@ -8,8 +8,9 @@
 //! dirty blocks. The scheduler never walks the dirty blocks: they wait in the
 //! [`Schedule`](crate::schedule::Schedule), ordered by due time, and the scheduler sleeps until
 //! the earliest due time or until an event makes a block due now (a write under pressure, a
-//! flush, a sync write, a finished upload or completion, uploads being allowed). There is no
-//! periodic poll.
+//! flush, a sync write, a finished upload or completion, uploads being allowed, the last
+//! foreground read ending). There is no periodic poll. While a foreground read (a miss) is in
+//! flight, uploads use only half the threads, so reads do not wait behind write-back.
 
 use crate::schedule::Lane;
 use crate::shared::{Shared, Source};
@@ -18,6 +19,11 @@ use s3b_store::{BlockData, BlockNum};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// While a foreground read is in flight, at most 1/this of the upload threads are busy: half,
+/// which leaves the read the server and link mostly to itself while the write-back still runs
+/// at about the rate one round trip per block allows.
+const UPLOAD_SHARE_WHILE_READING: usize = 2;
 
 /// First retry delay after a failed upload; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -136,7 +142,16 @@ fn start_due(
         }
     }
     let hurry = sh.hurried(st);
-    while st.in_flight.uploads < threads {
+    // A foreground read waiting on the store (a miss) goes first: while one is in flight, new
+    // uploads start only up to a share of the threads, so the read does not queue behind a
+    // full set of PUTs at the server and on the link. A flush of everything, or sync writes,
+    // take all the threads.
+    let cap = if st.in_flight.reads > 0 && st.waiters.flush_all == 0 && !sh.cfg.sync {
+        threads.div_ceil(UPLOAD_SHARE_WHILE_READING)
+    } else {
+        threads
+    };
+    while st.in_flight.uploads < cap {
         let Some(n) = st.sched.first(Lane::Upload).or_else(|| hurry.then(|| st.sched.earliest_waiting()).flatten())
         else {
             break;

@@ -61,7 +61,8 @@ pub fn wrap(
                 );
             }
             crate::notify::status("reading the block cache file");
-            let bar = crate::progress::Progress::start("reading the block cache file", Some(slots.into()), !show_progress);
+            let bar =
+                crate::progress::Progress::start("reading the block cache file", Some(slots.into()), !show_progress);
             let file = CacheFile::open_with_progress(path, inner.block_size(), slots, s.file_options, &|n| bar.inc(n));
             let file = Arc::new(file?);
             log::info!(
