@@ -778,7 +778,7 @@ def run_scale(cfg, lat, work, systems):
         out.append(r)
 
     for n in cfg.scale_caches if "write" in cfg.scale_parts else ():
-        for with_file in (False, True):
+        for with_file in (False, True) if n in cfg.scale_file_caches else (False,):
             for system in systems:
                 emit(run_scale_write(system, cfg, lat, work, n, with_file))
     if cfg.scale_file_gib > 0 and "restart" in cfg.scale_parts:
@@ -1337,6 +1337,8 @@ def main():
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--scale-caches", default="256,32768,262144", help="scale workload: cache sizes in blocks")
+    p.add_argument("--scale-file-caches", default=None,
+                   help="scale workload: the cache sizes also written with --blockCacheFile (default: all)")
     p.add_argument("--scale-parts", default="write,restart,hits",
                    help="scale workload: which parts to run (write, restart, hits)")
     p.add_argument("--scale-write-mb", type=int, default=1536, help="scale workload: MiB written per cache size")
@@ -1378,6 +1380,8 @@ def main():
     cfg.workloads = cfg.workloads.split(",")
     cfg.scale_caches = [int(x) for x in cfg.scale_caches.split(",")]
     cfg.scale_parts = cfg.scale_parts.split(",")
+    cfg.scale_file_caches = (cfg.scale_caches if cfg.scale_file_caches is None
+                             else [int(x) for x in cfg.scale_file_caches.split(",")])
     cfg.data_mb = 64 if cfg.quick else 512
     cfg.size = "1g" if cfg.quick else "4g"
     cfg.rand_secs = 5 if cfg.quick else 20
