@@ -387,7 +387,19 @@ enum ResizeError {
     Io(&'static str, #[source] std::io::Error),
 }
 
-/// Why the cache file cannot be used (the source of [`StoreError::CacheFile`]).
+/// The cache file cannot be used: a [`StoreError::Setup`] (someone must fix or remove the
+/// file), with the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("cache file {}", path.display())]
+pub struct CacheFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    #[source]
+    pub source: FileError,
+}
+
+/// Why the cache file cannot be used (the source of [`CacheFileError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// An I/O step failed.
@@ -595,7 +607,7 @@ impl CacheFile {
         opts: FileOptions,
         progress: &dyn Fn(u64),
     ) -> Result<CacheFile> {
-        let err = |e: FileError| StoreError::CacheFile { path: path.to_path_buf(), source: e.into() };
+        let err = |e: FileError| StoreError::Setup(CacheFileError { path: path.to_path_buf(), source: e }.into());
         let io = |what: &str, e: std::io::Error| err(FileError::Io(what.to_string(), e));
         let tmp = resize_path(path);
         match std::fs::remove_file(&tmp) {

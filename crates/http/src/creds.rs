@@ -5,6 +5,7 @@
 
 pub mod discover;
 
+use crate::error::{HttpError, ImdsError};
 use parking_lot::Mutex;
 use s3b_store::{Result, StoreError};
 use std::fmt;
@@ -88,35 +89,10 @@ fn metadata_base() -> String {
     url
 }
 
-/// Why the EC2 instance metadata service gave no keys.
-#[derive(Debug, thiserror::Error)]
-pub enum ImdsError {
-    /// The IMDSv2 token request failed.
-    #[error("EC2 instance metadata: token request failed")]
-    TokenRequest(#[source] crate::client::TransportError),
-    /// The IMDSv2 token request was refused.
-    #[error("EC2 instance metadata: token request answered HTTP {0}")]
-    TokenStatus(u16),
-    /// The credentials request failed.
-    #[error("EC2 instance metadata: request failed")]
-    Request(#[source] crate::client::TransportError),
-    /// The role's credentials were refused.
-    #[error("EC2 instance metadata: role \"{role}\" answered HTTP {status}")]
-    RoleStatus {
-        /// The role.
-        role: String,
-        /// The answer's status.
-        status: u16,
-    },
-    /// The answer lacks a field.
-    #[error("EC2 instance metadata: no {0} in the answer")]
-    Missing(&'static str),
-}
-
 /// Fetches the role's credentials from instance metadata; returns them with how long to use them.
 async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool) -> Result<(Keys, Duration)> {
     let base = metadata_base();
-    let fail = |e: ImdsError| StoreError::Credentials(e.into());
+    let fail = |e: ImdsError| StoreError::from(HttpError::Credentials(e));
     let mut headers = Vec::new();
     if imdsv2 {
         let tok = client

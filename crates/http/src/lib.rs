@@ -57,7 +57,7 @@ pub mod xml;
 pub use client::ConnectionOptions;
 pub use config::{ObjectOptions, S3Config, SpeedLimits};
 pub use creds::{Credentials, Keys};
-pub use error::{ServiceError, SetupError, SignError};
+pub use error::{HttpError, ServiceError, SetupError, SignError, Subject};
 pub use request::{LIST_PAGE_LIMIT, object_size_limit};
 pub use retry::RetryPauses;
 pub use stats::HttpStats;

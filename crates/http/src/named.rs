@@ -7,6 +7,7 @@
 //! missing source is a 404 (`NoSuchKey`); a copy that fails after the server has begun its
 //! answer comes back as 200 with an `<Error>` document, which is an error here too.
 
+use crate::error::HttpError;
 use crate::request::{PATH_SET, Req};
 use crate::stats::bump;
 use crate::{BLOCK_CONTENT_TYPE, HMAC_HEADER, S3Store, xml};
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use http::Method;
 use percent_encoding::utf8_percent_encode;
 use s3b_store::named::{NamedObject, NamedObjects};
-use s3b_store::{BlockNum, Etag, ObjectBody, Result, StoreError};
+use s3b_store::{BlockNum, Etag, ObjectBody, Result};
 
 /// Most bytes of a named object's body we accept (bookkeeping maps of large volumes).
 pub const NAMED_OBJECT_LIMIT: usize = 256 << 20;
@@ -41,7 +42,7 @@ impl S3Store {
         let text = String::from_utf8_lossy(&resp.body);
         if let Some(err) = xml::elements(&text, "Error").first() {
             let code = xml::first(err, "Code").unwrap_or_default();
-            return Err(StoreError::Http { status: 500, message: format!("copy of \"{from_key}\" failed ({code})") });
+            return Err(HttpError::CopyFailed { key: from_key.to_string(), code }.into());
         }
         Ok(true)
     }

@@ -139,7 +139,7 @@ impl ObjectStore for S3Store {
                     self.stats.http_zero_blocks_written.fetch_add(chunk.len() as u64, Relaxed);
                 }
                 // Servers without multi-object DELETE: one request per object.
-                Err(StoreError::Http { status: 501 | 405, .. }) => {
+                Err(StoreError::Unsupported(_)) => {
                     for &n in chunk {
                         self.delete_object(n).await?;
                     }

@@ -5,6 +5,8 @@
 //! fixed words chosen from the typed answer ([`outcome`]), so a monitoring system can count
 //! them without parsing messages.
 
+use crate::client::TransportError;
+use crate::error::HttpError;
 use s3b_store::StoreError;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,20 +49,27 @@ impl Slot {
 
 /// The class of a failed attempt, as one word.
 pub fn outcome(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Unauthorized(_) => "unauthorized",
-        StoreError::Forbidden(_) => "forbidden",
-        StoreError::Stale(_) => "stale",
-        StoreError::Redirect(_) => "redirect",
-        StoreError::NoSuchBucket { .. } => "no_such_bucket",
-        StoreError::Http { status: 500..=599, .. } => "http_5xx",
-        StoreError::Http { status: 400..=499, .. } => "http_4xx",
-        StoreError::Http { .. } => "http_other",
-        StoreError::Timeout(_) => "timeout",
-        StoreError::Connect(_) | StoreError::Refused(_) => "connect",
-        StoreError::Transport(_) => "transport",
-        StoreError::Credentials(_) => "credentials",
-        _ => "other",
+    if let StoreError::Stale(_) = e {
+        return "stale";
+    }
+    match HttpError::of(e) {
+        Some(HttpError::Unauthorized { .. }) => "unauthorized",
+        Some(HttpError::Forbidden { .. }) => "forbidden",
+        Some(HttpError::Redirect { .. }) => "redirect",
+        Some(HttpError::NoSuchBucket { .. }) => "no_such_bucket",
+        Some(HttpError::Status { status: 500..=599, .. }) => "http_5xx",
+        Some(HttpError::Status { status: 400..=499, .. }) => "http_4xx",
+        Some(HttpError::Status { .. }) => "http_other",
+        Some(HttpError::Exchange(e)) => match e {
+            TransportError::Timeout { .. } => "timeout",
+            TransportError::Connect { .. } => "connect",
+            TransportError::Exchange { .. } | TransportError::Body { .. } | TransportError::TooLarge { .. } => {
+                "transport"
+            }
+            TransportError::BadRequest { .. } => "other",
+        },
+        Some(HttpError::Credentials(_)) => "credentials",
+        Some(HttpError::CopyFailed { .. }) | None => "other",
     }
 }
 

@@ -56,7 +56,8 @@ impl Backoff {
 ///
 /// Upstream retries every failure but 404 and 304 (which are answers, not failures). We also
 /// give up at once on a stale `If-Match` read (the consistency layer above retries it with its
-/// own pacing) and on errors that cannot heal (corrupt data, read-only volume).
+/// own pacing), on a request the server does not implement, and on errors that cannot heal
+/// (corrupt data, a missing bucket, a read-only volume).
 pub fn is_retryable(e: &StoreError) -> bool {
     match e {
         // Corrupt data stays corrupt; a stale read is the caller's to handle; the rest are
@@ -66,23 +67,21 @@ pub fn is_retryable(e: &StoreError) -> bool {
         | StoreError::Stale(_)
         | StoreError::ReadOnly
         | StoreError::NotRunning
-        | StoreError::NoSuchBucket { .. }
-        | StoreError::Request(_)
-        | StoreError::TokenUnsettled(_)
-        | StoreError::CacheFile { .. }
+        | StoreError::NotFound(_)
+        | StoreError::Unsupported(_)
+        | StoreError::Setup(_)
+        | StoreError::Conflict(_)
         | StoreError::PastEnd { .. }
         | StoreError::Contract(_)
         | StoreError::UploadFailed { .. }
         | StoreError::Task(_) => false,
         StoreError::Io { .. }
-        | StoreError::Unauthorized(_)
-        | StoreError::Credentials(_)
+        | StoreError::Unauthenticated(_)
         | StoreError::Forbidden(_)
-        | StoreError::Redirect(_)
-        | StoreError::Http { .. }
-        | StoreError::Timeout(_)
-        | StoreError::Connect(_)
-        | StoreError::Transport(_)
+        | StoreError::Misdirected(_)
+        | StoreError::TimedOut(_)
+        | StoreError::Unreachable(_)
+        | StoreError::Unavailable(_)
         | StoreError::Refused(_)
         | StoreError::Injected => true,
     }
@@ -93,23 +92,13 @@ pub fn is_retryable(e: &StoreError) -> bool {
 /// and write objects but not list the bucket are common, and asking again will not change that.
 pub fn is_retryable_listing(e: &StoreError) -> bool {
     is_retryable(e)
-        && !matches!(
-            e,
-            StoreError::Unauthorized(_)
-                | StoreError::Credentials(_)
-                | StoreError::Forbidden(_)
-                | StoreError::Redirect(_)
-        )
+        && !matches!(e, StoreError::Unauthenticated(_) | StoreError::Forbidden(_) | StoreError::Misdirected(_))
 }
 
 /// Whether an error looks like passing trouble rather than a wrong setting: server errors,
 /// timeouts and broken connections, but not refused credentials, redirects or a closed port.
 pub fn is_transient(e: &StoreError) -> bool {
-    match e {
-        StoreError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-        StoreError::Timeout(_) | StoreError::Transport(_) | StoreError::Refused(_) => true,
-        _ => false,
-    }
+    matches!(e, StoreError::Unavailable(_) | StoreError::TimedOut(_))
 }
 
 #[cfg(test)]
@@ -132,19 +121,35 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(is_retryable(&StoreError::Http { status: 503, message: String::new() }));
-        assert!(is_retryable(&StoreError::Timeout("x".into())));
-        assert!(is_retryable(&StoreError::Forbidden("x".into())));
-        assert!(!is_retryable(&StoreError::Stale(3)));
-        assert!(!is_retryable(&StoreError::corrupt(1, "x")));
-        assert!(is_transient(&StoreError::Http { status: 503, message: String::new() }));
-        assert!(!is_transient(&StoreError::Http { status: 404, message: String::new() }));
-        assert!(!is_transient(&StoreError::Forbidden("x".into())));
-        assert!(!is_transient(&StoreError::Connect("refused".into())));
-        assert!(is_retryable_listing(&StoreError::Http { status: 503, message: String::new() }));
-        assert!(!is_retryable_listing(&StoreError::Forbidden("x".into())));
-        assert!(!is_retryable_listing(&StoreError::Unauthorized("x".into())));
-        let missing = StoreError::NoSuchBucket { bucket: "b".into(), endpoint: "http://h/".into() };
-        assert!(!is_retryable(&missing) && !is_transient(&missing));
+        use crate::client::TransportError;
+        use crate::error::{HttpError, Subject};
+        let subject = || Subject { bucket: "b".into(), key: None };
+        let status = |status| StoreError::from(HttpError::Status { status, subject: subject(), code: None });
+        let forbidden = StoreError::from(HttpError::Forbidden { subject: subject(), code: None });
+        let unauthorized = StoreError::from(HttpError::Unauthorized { subject: subject(), code: None });
+        let timeout = StoreError::from(TransportError::Timeout { url: "u".into(), limit_ms: 1 });
+        let missing = StoreError::from(HttpError::NoSuchBucket { bucket: "b".into(), endpoint: "http://h/".into() });
+        // (error, retried, retried before the server answered once, retried in a listing)
+        let cases = [
+            (status(503), true, true, true),
+            (status(429), true, true, true),
+            (status(400), true, false, true),
+            (status(501), false, false, false),
+            (status(405), false, false, false),
+            (timeout, true, true, true),
+            (forbidden, true, false, false),
+            (unauthorized, true, false, false),
+            (StoreError::Unreachable("refused".into()), true, false, true),
+            (missing, false, false, false),
+            (StoreError::Stale(3), false, false, false),
+            (StoreError::corrupt(1, "x"), false, false, false),
+            (StoreError::Setup("bad URL".into()), false, false, false),
+            (StoreError::Conflict("token".into()), false, false, false),
+        ];
+        for (e, retried, early, listing) in cases {
+            assert_eq!(is_retryable(&e), retried, "{e}");
+            assert_eq!(is_retryable(&e) && is_transient(&e), early, "{e}");
+            assert_eq!(is_retryable_listing(&e), listing, "{e}");
+        }
     }
 }

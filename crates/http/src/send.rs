@@ -2,6 +2,7 @@
 //! around it with upstream's backoff. Which failures are retried is decided in [`crate::retry`].
 
 use crate::client;
+use crate::error::{HttpError, Subject};
 use crate::request::{Req, Resp, content_md5};
 use crate::retry;
 use crate::stats::{add_time, bump};
@@ -126,7 +127,7 @@ impl S3Store {
 
     /// The error for a bucket the server says does not exist.
     pub(crate) fn no_such_bucket(&self) -> StoreError {
-        StoreError::NoSuchBucket { bucket: self.cfg.bucket.clone(), endpoint: self.cfg.base_url.clone() }
+        HttpError::NoSuchBucket { bucket: self.cfg.bucket.clone(), endpoint: self.cfg.base_url.clone() }.into()
     }
 }
 
@@ -139,27 +140,20 @@ pub(crate) fn error_code(body: &[u8]) -> Option<String> {
 /// the fix is known.
 fn status_error(resp: &Resp, cfg: &S3Config, key: Option<&str>) -> StoreError {
     let code = error_code(&resp.body);
-    let what = match key {
-        Some(k) => format!("object \"{k}\" in bucket \"{}\"", cfg.bucket),
-        None => format!("bucket \"{}\"", cfg.bucket),
-    };
-    let detail = code.map(|c| format!(" ({c})")).unwrap_or_default();
+    let subject = Subject { bucket: cfg.bucket.clone(), key: key.map(str::to_string) };
     match resp.status {
-        401 => StoreError::Unauthorized(format!("{what}{detail}: check the access key id and secret")),
-        403 => StoreError::Forbidden(format!("{what}{detail}: check the credentials and the bucket's permissions")),
+        401 => HttpError::Unauthorized { subject, code }.into(),
+        403 => HttpError::Forbidden { subject, code }.into(),
         412 => StoreError::Stale(key.and_then(|k| cfg.keys.parse_key(k)).unwrap_or(0)),
-        301 | 302 | 307 | 308 => {
-            let region = resp
+        status @ (301 | 302 | 307 | 308) => {
+            let bucket_region = resp
                 .header("x-amz-bucket-region")
                 .map(str::to_string)
-                .or_else(|| xml::first(&String::from_utf8_lossy(&resp.body), "Region"));
-            let hint = match region {
-                Some(r) if r != cfg.region => format!("the bucket is in region {r}: use --region={r}"),
-                _ => "try --vhost, or --region with the bucket's region".to_string(),
-            };
-            StoreError::Redirect(format!("{what} answered HTTP {}{detail}; {hint}", resp.status))
+                .or_else(|| xml::first(&String::from_utf8_lossy(&resp.body), "Region"))
+                .filter(|r| *r != cfg.region);
+            HttpError::Redirect { subject, status, code, bucket_region }.into()
         }
-        status => StoreError::Http { status, message: format!("{what}{detail}") },
+        status => HttpError::Status { status, subject, code }.into(),
     }
 }
 
@@ -185,6 +179,10 @@ mod tests {
         let e = status_error(&r, &cfg, Some("00000001"));
         assert!(matches!(e, StoreError::Forbidden(_)) && e.to_string().contains("AccessDenied"), "{e}");
         let r = Resp { status: 503, headers: HeaderMap::new(), body: Bytes::new() };
-        assert!(matches!(status_error(&r, &cfg, None), StoreError::Http { status: 503, .. }));
+        let e = status_error(&r, &cfg, None);
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(matches!(HttpError::of(&e), Some(HttpError::Status { status: 503, .. })), "{e}");
+        let r = Resp { status: 412, headers: HeaderMap::new(), body: Bytes::new() };
+        assert!(matches!(status_error(&r, &cfg, Some("00000007")), StoreError::Stale(7)));
     }
 }

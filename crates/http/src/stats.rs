@@ -2,6 +2,8 @@
 //! upstream's order. Two of upstream's lines describe curl internals that have no equivalent
 //! here (`curl_handle_reuse_ratio`, `curl_out_of_memory`) and are left out rather than faked.
 
+use crate::client::{ConnectError, TransportError};
+use crate::error::HttpError;
 use s3b_store::{StatsSection, StatsSource, StatsWriter, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -66,25 +68,27 @@ pub(crate) fn add_time(c: &AtomicU64, d: Duration) {
 impl HttpStats {
     /// Counts a failed attempt in the line upstream counts it in.
     pub(crate) fn count_error(&self, e: &StoreError) {
-        match e {
-            StoreError::Unauthorized(_) => bump(&self.http_unauthorized),
-            StoreError::Forbidden(_) => bump(&self.http_forbidden),
-            StoreError::Stale(_) => bump(&self.http_stale),
-            StoreError::Redirect(_) => {
+        if let StoreError::Stale(_) = e {
+            return bump(&self.http_stale);
+        }
+        match HttpError::of(e) {
+            Some(HttpError::Unauthorized { .. }) => bump(&self.http_unauthorized),
+            Some(HttpError::Forbidden { .. }) => bump(&self.http_forbidden),
+            Some(HttpError::Redirect { .. }) => {
                 bump(&self.http_redirect);
                 bump(&self.http_3xx_error)
             }
-            StoreError::Http { status, .. } => match status {
+            Some(HttpError::Status { status, .. }) => match status {
                 500..=599 => bump(&self.http_5xx_error),
                 400..=499 => bump(&self.http_4xx_error),
                 300..=399 => bump(&self.http_3xx_error),
                 _ => bump(&self.http_other_error),
             },
-            StoreError::Timeout(_) => bump(&self.curl_timeouts),
-            StoreError::Connect(e) if crate::client::ConnectError::is_unknown_host(&**e) => {
+            Some(HttpError::Exchange(TransportError::Timeout { .. })) => bump(&self.curl_timeouts),
+            Some(HttpError::Exchange(t @ TransportError::Connect { .. })) if ConnectError::is_unknown_host(t) => {
                 bump(&self.curl_host_unknown)
             }
-            StoreError::Connect(_) => bump(&self.curl_connect_failed),
+            Some(HttpError::Exchange(TransportError::Connect { .. })) => bump(&self.curl_connect_failed),
             _ => bump(&self.curl_other_error),
         }
     }
@@ -146,7 +150,8 @@ mod tests {
         bump(&s.http_gets);
         bump(&s.http_gets);
         add_time(&s.get_micros, Duration::from_millis(30));
-        s.count_error(&StoreError::Http { status: 503, message: String::new() });
+        let subject = crate::error::Subject { bucket: "b".into(), key: None };
+        s.count_error(&HttpError::Status { status: 503, subject, code: None }.into());
         let mut w = StatsWriter::default();
         s.write_stats(&mut w);
         let text = w.into_string();

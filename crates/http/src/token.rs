@@ -213,7 +213,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
     async fn timed<R>(fut: impl Future<Output = Result<R>>) -> Result<R> {
         match tokio::time::timeout(ANSWER_LIMIT, fut).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(
+            Err(_) => Err(StoreError::TimedOut(
                 format!("no answer to a mount token request in {} ms", ANSWER_LIMIT.as_millis()).into(),
             )),
         }
@@ -255,7 +255,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
         if Instant::now() <= head + (SETTLE_BOUND - ANSWER_LIMIT) {
             return Ok(true);
         }
-        let late = StoreError::Timeout(
+        let late = StoreError::TimedOut(
             format!("the HEAD of the mount token took more than {} ms", (SETTLE_BOUND - ANSWER_LIMIT).as_millis())
                 .into(),
         );
@@ -266,9 +266,13 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
     fn count_write(&mut self) -> Result<()> {
         self.writes += 1;
         if self.writes > MAX_WRITES {
-            return Err(StoreError::TokenUnsettled(format!(
-                "it changed under this mount {MAX_WRITES} times (is another program deleting it?)"
-            )));
+            return Err(StoreError::Conflict(
+                format!(
+                    "the mount token did not settle: it changed under this mount {MAX_WRITES} times (is another \
+                     program deleting it?)"
+                )
+                .into(),
+            ));
         }
         Ok(())
     }
@@ -331,7 +335,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
                         self.refused_over = Some((cur.token, cur.etag.clone()));
                     }
                 }
-                Err(StoreError::Http { status: 501, .. }) if cond != TokenCondition::None => {
+                Err(StoreError::Unsupported(_)) if cond != TokenCondition::None => {
                     self.conditions = false;
                     self.obj.no_conditional_writes();
                 }
@@ -375,7 +379,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
                 Ok(()) => return Ok(TokenSwap::Done(0)),
                 // Replaced since the HEAD: look again.
                 Err(StoreError::Stale(_)) => {}
-                Err(StoreError::Http { status: 501, .. }) if cond != TokenCondition::None => {
+                Err(StoreError::Unsupported(_)) if cond != TokenCondition::None => {
                     self.conditions = false;
                     self.obj.no_conditional_writes();
                 }

@@ -1,23 +1,48 @@
 //! The one error type of the store layers.
 //!
 //! A [`StoreError`] says *what kind* of failure happened, which is all a layer above needs to
-//! decide anything: whether to retry (the transport's retry loop), which errno to report (the
-//! front ends), whether the password is wrong (the codec). *Why* it happened travels as the
-//! error's [`source`](std::error::Error::source): each crate has its own typed error for that
-//! (the codec's decode errors, the HTTP client's transport errors, the cache file's format
-//! errors), so no decision is ever made by reading a message.
+//! decide anything; *why* it happened is the typed error of the crate that knows (the HTTP
+//! client's answers and exchanges, the codec's decode errors, the cache file's format errors),
+//! which the variant carries. No decision is ever made by reading a message.
 //!
-//! A variant's own message never repeats its source's; print an error with [`Chain`] (or
-//! anyhow's `{:#}`) to get every cause once, outermost first.
+//! What layers decide on the kind:
+//!
+//! - **Retry** (the transport's retry loop): worth another attempt are local I/O failures,
+//!   [`Unavailable`](StoreError::Unavailable) and [`TimedOut`](StoreError::TimedOut) (passing
+//!   trouble: the only kinds retried before the server has answered once),
+//!   [`Unreachable`](StoreError::Unreachable), the refusals a server may lift
+//!   ([`Unauthenticated`](StoreError::Unauthenticated), [`Forbidden`](StoreError::Forbidden),
+//!   [`Misdirected`](StoreError::Misdirected), [`Refused`](StoreError::Refused); a listing gives
+//!   up on the first three at once) and injected failures. Never retried: what asking again
+//!   cannot change ([`NotFound`](StoreError::NotFound), [`Unsupported`](StoreError::Unsupported),
+//!   [`Setup`](StoreError::Setup), [`Conflict`](StoreError::Conflict), corrupt data, a stale
+//!   read, which the consistency layer retries at its own pace, a read-only volume, a broken
+//!   contract, a store that is not running).
+//! - **Fallback**: [`Unsupported`](StoreError::Unsupported) makes a caller do without the
+//!   request (one DELETE per object instead of a multi-object DELETE, token writes without
+//!   preconditions); [`Stale`](StoreError::Stale) tells a conditional write it lost.
+//! - **errno** (the front ends, through one function in the volume layer): `EACCES`
+//!   (unauthenticated), `EPERM` (forbidden), `ELOOP` (misdirected), `ETIMEDOUT`, `ENXIO`
+//!   (unreachable), `ESTALE`, `ESPIPE` (past the end), `EROFS`, `ENOTCONN` (not running), a
+//!   local error's own errno, and `EIO` for the rest.
+//! - **Wrong password** (the codec turns a block 0 that fails authentication into
+//!   [`WrongPassword`](StoreError::WrongPassword)).
+//!
+//! The kinds that wrap another crate's error ([`BoxError`]) are transparent: their message and
+//! causes are the wrapped error's, so a line says what happened in the words of the crate that
+//! knows. Reach the wrapped error with [`StoreError::detail`] and `downcast_ref` for a detail
+//! (a status code, a bucket name). The other variants add their own context (a block number)
+//! and carry the cause as their [`source`](std::error::Error::source). A variant's own message
+//! never repeats its source's; print an error with [`Chain`] (or anyhow's `{:#}`) to get every
+//! cause once, outermost first.
 
 use crate::BlockNum;
-use std::path::PathBuf;
 use thiserror::Error;
 
 /// A boxed error from the crate that knows the details.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Errors that any layer of the stack can return.
+/// What kind of failure happened, with the detailed error of the layer that met it.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// A local I/O operation failed (cache file, `--test` directory).
@@ -47,59 +72,51 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
-    /// An `If-Match` read found another version (HTTP 412).
+    /// A conditional request found another version: a read `If-Match` (or a write's
+    /// precondition) did not hold.
     #[error("stale read of block {0:#010x}")]
     Stale(BlockNum),
-    /// The server refused our credentials (HTTP 401).
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
-    /// Signing keys could not be obtained (EC2 instance metadata).
-    #[error("can't get credentials")]
-    Credentials(#[source] BoxError),
-    /// The server refused access (HTTP 403).
-    #[error("access denied: {0}")]
-    Forbidden(String),
-    /// The server answered with a redirect (wrong region or addressing style).
-    #[error("redirected: {0}")]
-    Redirect(String),
-    /// Another unexpected HTTP status.
-    #[error("HTTP {status}: {message}")]
-    Http {
-        /// The status code.
-        status: u16,
-        /// Server message, if any.
-        message: String,
-    },
-    /// A request took longer than `--timeout`.
-    #[error("timed out")]
-    Timeout(#[source] BoxError),
-    /// The endpoint could not be reached (DNS, connection refused…).
-    #[error("cannot connect")]
-    Connect(#[source] BoxError),
-    /// An exchange with the server broke off or its answer was unusable (reset connection, TLS
-    /// failure, malformed or oversized answer).
-    #[error("transport failure")]
-    Transport(#[source] BoxError),
-    /// The server answered, but not as the protocol allows (for example a multi-object DELETE
-    /// that reports failed keys).
-    #[error("the server refused the request")]
-    Refused(#[source] BoxError),
-    /// A request could not be built (bad base URL, signing failure).
-    #[error("can't build the request")]
-    Request(#[source] BoxError),
-    /// The mount token would not settle: this mount's token kept disappearing from the store
-    /// (another program deleting it) within one retry budget.
-    #[error("the mount token did not settle: {0}")]
-    TokenUnsettled(String),
-    /// The persistent cache file is unusable.
-    #[error("cache file {}", path.display())]
-    CacheFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        #[source]
-        source: BoxError,
-    },
+    /// The store does not accept who we say we are (refused keys), or no credentials could be
+    /// obtained to say it.
+    #[error(transparent)]
+    Unauthenticated(BoxError),
+    /// The store knows who we are and does not allow the request.
+    #[error(transparent)]
+    Forbidden(BoxError),
+    /// The store sends us elsewhere: the volume is reached at another address (another region,
+    /// another addressing style).
+    #[error(transparent)]
+    Misdirected(BoxError),
+    /// The store itself (the bucket) does not exist. A missing block is not this: it reads as
+    /// zeros.
+    #[error(transparent)]
+    NotFound(BoxError),
+    /// No complete answer came in time.
+    #[error(transparent)]
+    TimedOut(BoxError),
+    /// The store could not be reached (name resolution, refused connection).
+    #[error(transparent)]
+    Unreachable(BoxError),
+    /// The store could not serve the request this time: a server error, "slow down", a broken
+    /// exchange or an unusable answer. Passing trouble, worth retrying.
+    #[error(transparent)]
+    Unavailable(BoxError),
+    /// The store does not implement the request (for example a multi-object DELETE or a
+    /// conditional write); the caller does without it.
+    #[error(transparent)]
+    Unsupported(BoxError),
+    /// The store answered no for another reason (a request it will not serve as sent, a
+    /// snapshot that does not exist).
+    #[error(transparent)]
+    Refused(BoxError),
+    /// The store could not be set up, or a request could not be made: a bad setting, an
+    /// unusable cache file, a request that cannot be built or signed. Someone must fix it.
+    #[error(transparent)]
+    Setup(BoxError),
+    /// Something outside this program kept changing what the operation needs to hold still (the
+    /// mount token kept disappearing), for longer than its retry budget.
+    #[error(transparent)]
+    Conflict(BoxError),
     /// An I/O starts past the end of the volume (upstream reports `ESPIPE`).
     #[error("offset {offset} is past the end of the volume ({size} bytes)")]
     PastEnd {
@@ -128,14 +145,6 @@ pub enum StoreError {
     /// An injected failure (`--test-errors`, fault-injection wrappers).
     #[error("injected error")]
     Injected,
-    /// The bucket does not exist (an S3 `NoSuchBucket` answer).
-    #[error("bucket \"{bucket}\" does not exist at {endpoint}")]
-    NoSuchBucket {
-        /// The bucket's name.
-        bucket: String,
-        /// The endpoint that said so.
-        endpoint: String,
-    },
     /// The store is shutting down or not started.
     #[error("store is not running")]
     NotRunning,
@@ -185,6 +194,36 @@ impl StoreError {
     pub fn corrupt(block: BlockNum, source: impl Into<BoxError>) -> Self {
         StoreError::Corrupt { block, source: source.into() }
     }
+
+    /// The typed error this one carries, from the crate that met the failure, to downcast for
+    /// a detail (`e.detail().and_then(|d| d.downcast_ref::<T>())`); `None` for the variants that
+    /// carry nothing. Decide on the variant; use this only for what the kind does not say.
+    pub fn detail(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Unauthenticated(e)
+            | StoreError::Forbidden(e)
+            | StoreError::Misdirected(e)
+            | StoreError::NotFound(e)
+            | StoreError::TimedOut(e)
+            | StoreError::Unreachable(e)
+            | StoreError::Unavailable(e)
+            | StoreError::Unsupported(e)
+            | StoreError::Refused(e)
+            | StoreError::Setup(e)
+            | StoreError::Conflict(e)
+            | StoreError::Corrupt { source: e, .. }
+            | StoreError::WrongPassword { source: e }
+            | StoreError::Task(e) => Some(&**e),
+            StoreError::Io { source, .. } => Some(source),
+            StoreError::Contract(e) => Some(e),
+            StoreError::UploadFailed { source, .. } => Some(&**source),
+            StoreError::Stale(_)
+            | StoreError::PastEnd { .. }
+            | StoreError::ReadOnly
+            | StoreError::Injected
+            | StoreError::NotRunning => None,
+        }
+    }
 }
 
 /// Displays an error and each of its causes once, outermost first, separated by `": "` (the
@@ -215,5 +254,24 @@ mod tests {
         assert_eq!(Chain(&e).to_string(), "corrupt block 0x00000002: object is 9 bytes, block size is 4096");
         let e = StoreError::from(ContractError::WrongLength { block: 1, len: 3, block_size: 4096 });
         assert_eq!(Chain(&e).to_string(), "write of 3 bytes to block 0x00000001: a block is 4096 bytes");
+    }
+
+    /// A detail with a cause of its own, as the transport's are.
+    #[derive(Debug, Error)]
+    #[error("HTTP 503: object \"00000001\"")]
+    struct Detail(#[source] std::io::Error);
+
+    #[test]
+    fn a_kind_speaks_in_its_details_words_and_hands_the_detail_out() {
+        let e = StoreError::Unavailable(Detail(std::io::Error::other("slow down")).into());
+        assert_eq!(Chain(&e).to_string(), "HTTP 503: object \"00000001\": slow down");
+        assert!(e.detail().and_then(|d| d.downcast_ref::<Detail>()).is_some());
+        let up = StoreError::UploadFailed { block: 1, source: std::sync::Arc::new(e) };
+        assert_eq!(
+            Chain(&up).to_string(),
+            "upload of block 0x00000001 failed: HTTP 503: object \"00000001\": slow down"
+        );
+        assert!(up.detail().and_then(|d| d.downcast_ref::<StoreError>()).is_some());
+        assert!(StoreError::ReadOnly.detail().is_none());
     }
 }

@@ -36,7 +36,7 @@ pub enum TokenCondition {
 ///
 /// Errors are the transport's: [`crate::StoreError::Stale`] when the server refused a write
 /// because its precondition did not hold (HTTP 412, or 404 for an `If-Match` on a missing
-/// object); [`crate::StoreError::Http`] with status 501 when the server does not implement the
+/// object); [`crate::StoreError::Unsupported`] when the server does not implement the
 /// precondition header. Anything else failed, and a write that failed may still have been
 /// applied.
 #[async_trait]

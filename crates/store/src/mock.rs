@@ -806,7 +806,8 @@ pub enum TokenReq {
 /// documents and the ones a network adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenFault {
-    /// Refused with this HTTP status, nothing done (503 SlowDown, 500 InternalError, 429).
+    /// Refused with this HTTP status, nothing done (503 SlowDown, 500 InternalError, 429:
+    /// [`StoreError::Unavailable`]; 501: [`StoreError::Unsupported`]).
     Refuse(u16),
     /// Done, then answered with this status (a 500 from a server that stored the write).
     DoneThenStatus(u16),
@@ -974,8 +975,13 @@ impl MemTokenObject {
             (scripted.unwrap_or(fault), arrive, answer)
         };
         tokio::time::sleep(arrive).await;
-        let reset = || StoreError::Transport("connection reset by peer (injected)".into());
-        let status = |status: u16| StoreError::Http { status, message: "injected".into() };
+        let reset = || StoreError::Unavailable("connection reset by peer (injected)".into());
+        // The statuses a fault names are server errors S3 documents (passing trouble), or 501:
+        // the server does not implement the precondition.
+        let status = |status: u16| {
+            let detail = format!("HTTP {status} (injected)").into();
+            if status == 501 { StoreError::Unsupported(detail) } else { StoreError::Unavailable(detail) }
+        };
         let outcome = match fault {
             Some(TokenFault::Dropped) => return Err(reset()),
             Some(TokenFault::Refuse(code)) => Err(status(code)),

@@ -89,33 +89,34 @@ fn out_of_range(offset: u64, size: u64) -> StoreError {
     StoreError::PastEnd { offset, size }
 }
 
-/// The errno a front end reports for `e`: upstream's mapping where it has one, the local
-/// error's own errno for local I/O, `EIO` for everything else. Both front ends use this one
-/// function (NBD narrows the result to the few error values its protocol has).
+/// The errno a front end reports for `e`, from its kind: upstream's mapping where it has one
+/// (refused keys `EACCES`, access denied `EPERM`, a redirect `ELOOP`, a timeout `ETIMEDOUT`, an
+/// unreachable server `ENXIO`), the local error's own errno for local I/O, `EIO` for everything
+/// else. Both front ends use this one function (NBD narrows the result to the few error values
+/// its protocol has).
 pub fn errno(e: &StoreError) -> i32 {
     match e {
         StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         StoreError::PastEnd { .. } => libc::ESPIPE,
         StoreError::Stale(_) => libc::ESTALE,
-        StoreError::Unauthorized(_) | StoreError::Credentials(_) => libc::EACCES,
+        StoreError::Unauthenticated(_) => libc::EACCES,
         StoreError::Forbidden(_) => libc::EPERM,
-        StoreError::Redirect(_) => libc::ELOOP,
-        StoreError::Timeout(_) => libc::ETIMEDOUT,
-        StoreError::Connect(_) => libc::ENXIO,
+        StoreError::Misdirected(_) => libc::ELOOP,
+        StoreError::TimedOut(_) => libc::ETIMEDOUT,
+        StoreError::Unreachable(_) => libc::ENXIO,
         StoreError::ReadOnly => libc::EROFS,
         StoreError::NotRunning => libc::ENOTCONN,
         StoreError::UploadFailed { source, .. } => errno(source),
         StoreError::Corrupt { .. }
         | StoreError::WrongPassword { .. }
-        | StoreError::Http { .. }
-        | StoreError::Transport(_)
+        | StoreError::NotFound(_)
+        | StoreError::Unavailable(_)
+        | StoreError::Unsupported(_)
         | StoreError::Refused(_)
-        | StoreError::Request(_)
-        | StoreError::TokenUnsettled(_)
-        | StoreError::CacheFile { .. }
+        | StoreError::Setup(_)
+        | StoreError::Conflict(_)
         | StoreError::Contract(_)
         | StoreError::Injected
-        | StoreError::NoSuchBucket { .. }
         | StoreError::Task(_) => libc::EIO,
     }
 }
@@ -386,6 +387,39 @@ impl Volume {
 #[allow(clippy::cast_possible_truncation, reason = "test values are small constants and offsets within them")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_has_its_errno() {
+        let d = || s3b_store::BoxError::from("detail");
+        let cases = [
+            (StoreError::io("x", std::io::Error::from_raw_os_error(libc::ENOSPC)), libc::ENOSPC),
+            (StoreError::io("x", std::io::Error::other("no errno")), libc::EIO),
+            (StoreError::PastEnd { offset: 9, size: 8 }, libc::ESPIPE),
+            (StoreError::Stale(1), libc::ESTALE),
+            (StoreError::Unauthenticated(d()), libc::EACCES),
+            (StoreError::Forbidden(d()), libc::EPERM),
+            (StoreError::Misdirected(d()), libc::ELOOP),
+            (StoreError::TimedOut(d()), libc::ETIMEDOUT),
+            (StoreError::Unreachable(d()), libc::ENXIO),
+            (StoreError::ReadOnly, libc::EROFS),
+            (StoreError::NotRunning, libc::ENOTCONN),
+            (StoreError::NotFound(d()), libc::EIO),
+            (StoreError::Unavailable(d()), libc::EIO),
+            (StoreError::Unsupported(d()), libc::EIO),
+            (StoreError::Refused(d()), libc::EIO),
+            (StoreError::Setup(d()), libc::EIO),
+            (StoreError::Conflict(d()), libc::EIO),
+            (StoreError::corrupt(1, "x"), libc::EIO),
+            (StoreError::Injected, libc::EIO),
+            (StoreError::Task(d()), libc::EIO),
+        ];
+        for (e, want) in cases {
+            assert_eq!(errno(&e), want, "{e:?}");
+        }
+        // A failed upload reports what the upload met.
+        let up = StoreError::UploadFailed { block: 1, source: Arc::new(StoreError::TimedOut(d())) };
+        assert_eq!(errno(&up), libc::ETIMEDOUT);
+    }
 
     #[test]
     fn splitting() {
