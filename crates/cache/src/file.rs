@@ -192,6 +192,8 @@ pub struct CacheFile {
     loaded: Mutex<Vec<Loaded>>,
     /// Slots being read, with the number of reads: not reused until they end.
     pins: Mutex<std::collections::HashMap<u32, u32>>,
+    /// Signalled when a slot's last read ends.
+    unpinned: parking_lot::Condvar,
     token: Mutex<u32>,
     dirty_found: usize,
     /// Blocks found at open and kept.
@@ -225,6 +227,7 @@ impl Drop for Pinned {
             *c -= 1;
             if *c == 0 {
                 pins.remove(&self.slot);
+                self.file.unpinned.notify_all();
             }
         }
     }
@@ -639,6 +642,7 @@ impl CacheFile {
             pending: Mutex::new(Vec::new()),
             loaded: Mutex::new(Vec::new()),
             pins: Mutex::new(std::collections::HashMap::new()),
+            unpinned: parking_lot::Condvar::new(),
             token: Mutex::new(0),
             dirty_found: 0,
             blocks_found: 0,
@@ -792,7 +796,8 @@ impl CacheFile {
     }
 
     /// Pins `slot` (owned by a cache entry now) for a read: it is not reused, whatever happens
-    /// to the entry, until the returned value is dropped.
+    /// to the entry, until the returned value is dropped. Hold it only for the read, never
+    /// across an `.await`: a slot allocation waits for pinned slots.
     pub(crate) fn pin(self: &Arc<Self>, slot: u32) -> Pinned {
         *self.pins.lock().entry(slot).or_insert(0) += 1;
         Pinned { file: self.clone(), slot }
@@ -905,15 +910,25 @@ impl CacheFile {
     }
 
     /// A free slot (its entry erased durably), syncing pending erasures if that is needed.
+    /// When the only released slots are being read, waits for those reads (each one `pread`,
+    /// never held across a wait), so that the file has a slot for every cached block.
     fn alloc(&self) -> std::io::Result<Option<u32>> {
-        if let Some(s) = self.free.lock().pop() {
-            return Ok(Some(s));
+        loop {
+            if let Some(s) = self.free.lock().pop() {
+                return Ok(Some(s));
+            }
+            if !self.releases_pending() {
+                return Ok(None);
+            }
+            self.synced()?;
+            if let Some(s) = self.free.lock().pop() {
+                return Ok(Some(s));
+            }
+            let mut pins = self.pins.lock();
+            if !pins.is_empty() {
+                self.unpinned.wait(&mut pins);
+            }
         }
-        if !self.releases_pending() {
-            return Ok(None);
-        }
-        self.synced()?;
-        Ok(self.free.lock().pop())
     }
 
     /// Number of slots.
@@ -1192,7 +1207,7 @@ mod tests {
     }
 
     /// A pinned slot (being read) is not reused however often it is released and synced: it
-    /// still holds its block's data until the read ends.
+    /// still holds its block's data until the read ends; a write that needs it waits for that.
     #[test]
     fn a_pinned_slot_is_not_reused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1202,16 +1217,22 @@ mod tests {
         dirty(&f, &mut st, 1, 1);
         let slot = st[&1];
         let pin = f.pin(slot);
-        // Block 1 rewritten: its old slot is released; block 2 takes the other slot, and a
-        // third write finds no slot free (the pinned one is not reused).
+        // Block 1 rewritten: its old slot is released; block 2 takes the other slot.
         dirty(&f, &mut st, 1, 2);
         f.sync().unwrap();
-        record_dirty(&f, &mut st, 2, Some(&data(3)), None).unwrap();
-        assert!(!st.contains_key(&2), "no slot but the pinned one was free");
-        assert_eq!(pin.read(None).unwrap(), Some(data(1)));
+        assert!(f.free.lock().is_empty() && f.unerased.lock().contains(&slot), "the pinned slot was freed");
+        // A third write needs the pinned slot: it waits for the read to end.
+        let writer = std::thread::spawn({
+            let f = f.clone();
+            move || {
+                let mut st = Slots::new();
+                record_dirty(&f, &mut st, 2, Some(&data(3)), None).unwrap();
+                st[&2]
+            }
+        });
+        assert_eq!(pin.read(None).unwrap(), Some(data(1)), "reused while pinned");
         drop(pin);
-        dirty(&f, &mut st, 2, 3);
-        assert_eq!(st.get(&2), Some(&slot), "reused once unpinned");
+        assert_eq!(writer.join().unwrap(), slot, "reused once unpinned");
     }
 
     #[test]

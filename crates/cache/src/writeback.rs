@@ -85,8 +85,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             }
             (next, paused)
         };
-        for (n, ver, data, partial) in jobs {
-            tokio::spawn(upload(sh.clone(), n, ver, data, partial));
+        for (n, partial) in jobs {
+            tokio::spawn(upload(sh.clone(), n, partial));
         }
         for n in fills {
             tokio::spawn(fill_ahead(sh.clone(), n));
@@ -113,13 +113,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
 
 /// Starts what is due, while slots are free: completions of partial blocks on the fill pool,
 /// uploads on the upload pool (when write-back hurries, waiting blocks too, earliest first).
-fn start_due(
-    sh: &Shared,
-    st: &mut State,
-    now: Instant,
-    jobs: &mut Vec<(BlockNum, u64, Option<Source>, bool)>,
-    fills: &mut Vec<BlockNum>,
-) {
+fn start_due(sh: &Shared, st: &mut State, now: Instant, jobs: &mut Vec<(BlockNum, bool)>, fills: &mut Vec<BlockNum>) {
     let threads = sh.cfg.threads;
     {
         let State { sched, entries, .. } = &mut *st;
@@ -157,13 +151,11 @@ fn start_due(
             break;
         };
         st.sched.remove(n);
-        let Some(e) = st.entries.get_mut(&n) else { continue };
-        let (ver, data) = (e.ver, sh.source(e));
-        let Some(d) = e.dirty_mut() else { continue };
+        let Some(d) = st.entries.get_mut(&n).and_then(Entry::dirty_mut) else { continue };
         d.upload.in_flight = true;
         let partial = d.partial.is_some();
         st.in_flight.uploads += 1;
-        jobs.push((n, ver, data, partial));
+        jobs.push((n, partial));
     }
 }
 
@@ -205,7 +197,8 @@ async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
     sh.wake.notify_one();
 }
 
-/// Uploads block `n`'s data from `src` (read from the cache file first when it is there).
+/// Uploads block `n`'s data from `src` (read from the cache file first when it is there, before
+/// anything is awaited).
 async fn put(sh: &Shared, n: BlockNum, src: Option<Source>) -> s3b_store::Result<Option<s3b_store::Etag>> {
     // A dirty block's data is in memory or in its slot, never without both.
     let Some(src) = src else {
@@ -231,24 +224,24 @@ async fn put(sh: &Shared, n: BlockNum, src: Option<Source>) -> s3b_store::Result
 /// Why a block with an upload in flight is dirty: nothing but that upload makes it clean.
 const ONLY_UPLOADS_CLEAN: &str = "a block being uploaded stays dirty";
 
-/// Uploads one block version and settles the entry afterwards. A block still `partial` is
-/// completed first, and then its version at that moment is uploaded.
-async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Source>, partial: bool) {
-    let res = if partial {
-        match sh.fill(n).await {
-            Ok(()) => {
-                let data = {
-                    let st = sh.state.lock();
-                    let e = st.entries.get(&n).expect("dirty entries are never evicted");
-                    ver = e.ver;
-                    sh.source(e)
-                };
-                put(&sh, n, data).await
-            }
-            Err(e) => Err(e),
+/// Uploads one block version and settles the entry afterwards: the version the block has when
+/// the upload starts (a block still `partial` is completed first, then its version at that
+/// moment is uploaded).
+async fn upload(sh: Arc<Shared>, n: BlockNum, partial: bool) {
+    let filled = if partial { sh.fill(n).await } else { Ok(()) };
+    let mut ver = 0;
+    let res = match filled {
+        Ok(()) => {
+            // The data as it is now (its slot pinned only for the read, in `put`).
+            let data = {
+                let st = sh.state.lock();
+                let e = st.entries.get(&n).expect("dirty entries are never evicted");
+                ver = e.ver;
+                sh.source(e)
+            };
+            put(&sh, n, data).await
         }
-    } else {
-        put(&sh, n, data).await
+        Err(e) => Err(e),
     };
     let clean = {
         let mut st = sh.state.lock();
