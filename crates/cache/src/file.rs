@@ -43,13 +43,14 @@
 //! `If-None-Match` on first read; entries without a known ETag are dropped) unless
 //! `no_verify`. Dirty entries are dropped, or with `recover_dirty` loaded as dirty and uploaded.
 //!
-//! Block data lives in the file only: the cache keeps a few dozen bytes of bookkeeping per
-//! block in memory and reads a block's data from its slot when it is needed (a hit, an upload),
-//! so the page cache, not the process, holds the hot blocks. The open reads the directory, not
-//! the clean blocks' data: a clean block's data checksum is checked when it is first read
-//! (a mismatch drops the entry then, as the open used to). Dirty blocks (to recover) are read and
-//! checked at open. A slot being read is pinned ([`CacheFile::pin`]): it is not reused until the
-//! read is done, so a read never sees another block's data.
+//! Block data lives in the file only: the cache keeps a couple of hundred bytes of bookkeeping
+//! per block in memory and reads a block's data from its slot when it is needed (a hit, an
+//! upload, a partial write), so the page cache, not the process, holds the hot blocks. The open
+//! reads the directory, not the clean blocks' data: a clean block's data checksum is checked
+//! when it is first read (a mismatch drops the entry then, as the open used to). Dirty blocks
+//! (to recover) are read and checked at open. A slot being read is pinned: it is not reused
+//! until the read is done, so a read never sees another block's data (a slot allocation that
+//! needs it waits for that read).
 //!
 //! # Resizing
 //!
