@@ -295,7 +295,7 @@ fn cache_file_resize_keeps_dirty_blocks() {
 /// the resize writes): the next mount loses no dirty block and serves no wrong data.
 #[test]
 fn kill9_during_cache_file_resize() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let s = Scratch::new();
     let (_, file_arg) = s.cache_file();
     let tmp = s.path("cache.resize");
@@ -314,13 +314,7 @@ fn kill9_during_cache_file_resize() {
         let mut a = with(&[size, "--blockCacheRecoverDirtyBlocks", "-f"]);
         a.push(s.mnt().to_string_lossy().into_owned());
         let stderr_path = s.path("resize.stderr");
-        let child = Command::new(bin())
-            .args(&a)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_logged(Command::new(bin()).args(&a), &stderr_path);
         let mut m = Mount { child: Some(child), mnt: s.mnt(), stderr_path };
         // Wait for the resize to start (or the mount to come up when it was too quick).
         let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -329,9 +323,8 @@ fn kill9_during_cache_file_resize() {
             assert!(std::time::Instant::now() < end, "no resize seen: {}", m.stderr());
             std::thread::yield_now();
         }
-        let pid = m.child.as_ref().unwrap().id();
-        // SAFETY: killing the daemon this test started: the crash under test.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // SIGKILL (what `Child::kill` sends): the crash under test.
+        m.child.as_mut().unwrap().kill().unwrap();
         m.child.as_mut().unwrap().wait().unwrap();
         if tmp.exists() {
             caught += 1;

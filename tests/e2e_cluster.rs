@@ -18,8 +18,6 @@ use s3b_testkit::garage::BUCKET;
 use s3b_testkit::garage_cluster::GarageCluster;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 /// The tests of this file run one at a time. During an outage a mount's flush waits for the
@@ -28,46 +26,13 @@ use std::time::Instant;
 /// nodes could wait for another test's outage, and two outages could wait for each other.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Holds [`ONE_AT_A_TIME`] for a test (a failed test does not block the others).
-fn serialized() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn args(c: &GarageCluster, extra: &[&str]) -> Vec<String> {
-    let mut a = c.s3backer_flags();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a.push(BUCKET.into());
-    a
-}
-
 fn mount(c: &GarageCluster, extra: &[&str], mnt: &Path) -> Mount {
-    let a = args(c, extra);
-    Mount::start(&a.iter().map(String::as_str).collect::<Vec<_>>(), mnt)
-}
-
-/// One fio job with data verification in `dir`: random writes with an fsync every 8, then a
-/// read-back of everything it wrote (or only the read-back, with `verify_only`).
-fn fio(dir: &Path, seed: u32, verify_only: bool) {
-    fio_verify(
-        dir,
-        &[&format!("--name=cluster{seed}"), "--size=1m", "--fsync=8", &format!("--randseed={seed}")],
-        verify_only,
-    );
-}
-
-/// Waits until `stat` in the mount's stats has grown by `by` from `from`.
-fn wait_stat(m: &Mount, stat: &str, from: u64, by: u64, what: &str) -> u64 {
-    let mut now = from;
-    wait_for(120, what, || {
-        now = stat_value(&m.stats(), stat);
-        now >= from + by
-    });
-    now
+    Mount::start_owned(volume_args(c.s3backer_flags(), extra, BUCKET), mnt)
 }
 
 #[test]
 fn fio_verify_while_nodes_crash_and_return() {
-    let _one = serialized();
+    let _one = one_at_a_time(&ONE_AT_A_TIME);
     let mut c = GarageCluster::start();
     let s = Scratch::new();
     let flags = ["--size=64m", "--blockSize=16k", "--timeout=3", "--initialRetryPause=100", "--maxRetryPause=30000"];
@@ -77,35 +42,21 @@ fn fio_verify_while_nodes_crash_and_return() {
     let tree = write_tree(&s.ext4(), 40, 5);
 
     // fio runs job after job (each verifies what it wrote) until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let last = Arc::new(AtomicU32::new(0));
-    let worker = {
-        let (stop, last, dir) = (stop.clone(), last.clone(), s.ext4());
-        std::thread::spawn(move || {
-            let mut seed = 1;
-            while !stop.load(Ordering::SeqCst) {
-                fio(&dir, seed, false);
-                last.store(seed, Ordering::SeqCst);
-                seed += 1;
-            }
-        })
-    };
+    let fio = FioLoop::start(s.ext4(), "cluster");
     let puts = stat_value(&m.stats(), "http_puts");
-    let puts = wait_stat(&m, "http_puts", puts, 20, "writes before the first crash");
+    let puts = m.wait_stat_grown("http_puts", puts, 20, "writes before the first crash");
     // A storage node crashes: the other two are a quorum.
     c.kill(1);
-    let puts = wait_stat(&m, "http_puts", puts, 40, "writes with node 1 down");
+    let puts = m.wait_stat_grown("http_puts", puts, 40, "writes with node 1 down");
     c.restart(1);
-    let puts = wait_stat(&m, "http_puts", puts, 20, "writes after node 1 returned");
+    let puts = m.wait_stat_grown("http_puts", puts, 20, "writes after node 1 returned");
     // The node we talk to crashes: every request fails until it is back.
     let retries = stat_value(&m.stats(), "http_num_retries");
     c.kill(0);
-    wait_stat(&m, "http_num_retries", retries, 2, "retries while node 0 is down");
+    m.wait_stat_grown("http_num_retries", retries, 2, "retries while node 0 is down");
     c.restart(0);
-    wait_stat(&m, "http_puts", puts, 20, "writes after node 0 returned");
-    stop.store(true, Ordering::SeqCst);
-    worker.join().expect("fio failed while nodes crashed");
-    let jobs = last.load(Ordering::SeqCst);
+    m.wait_stat_grown("http_puts", puts, 20, "writes after node 0 returned");
+    let jobs = fio.finish();
     assert!(jobs >= 1);
     e.unmount();
     let stats = m.stats();
@@ -117,10 +68,8 @@ fn fio_verify_while_nodes_crash_and_return() {
     c.kill(2);
     drop_caches();
     let m = mount(&c, &flags, &s.mnt());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    fio(&s.ext4(), jobs, true);
+    let e = checked_ext4(&m, &s, &tree);
+    fio_job(&s.ext4(), "cluster", jobs, true);
     e.unmount();
     assert_eq!(m.unmount(), 0);
 }
@@ -162,7 +111,7 @@ const OUTAGE_FLAGS: [&str; 5] =
 
 #[test]
 fn two_nodes_down_fails_with_eio_and_loses_nothing_fsynced() {
-    let _one = serialized();
+    let _one = one_at_a_time(&ONE_AT_A_TIME);
     let mut c = GarageCluster::start();
     let s = Scratch::new();
     let mut flags = OUTAGE_FLAGS.to_vec();
@@ -210,16 +159,9 @@ fn two_nodes_down_fails_with_eio_and_loses_nothing_fsynced() {
     assert_eq!(m.unmount(), 0);
 }
 
-/// The block cache's dirty share, from the stats.
-fn dirty_ratio(m: &Mount) -> f64 {
-    let stats = m.stats();
-    let line = stats.lines().find(|l| l.starts_with("block_cache_dirty_ratio")).expect("block_cache_dirty_ratio");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn with_a_cache_file_an_fsync_in_the_outage_fails_and_nothing_is_lost() {
-    let _one = serialized();
+    let _one = one_at_a_time(&ONE_AT_A_TIME);
     let mut c = GarageCluster::start();
     let s = Scratch::new();
     let cache = format!("--blockCacheFile={}", s.path("cache").display());
@@ -275,12 +217,9 @@ fn with_a_cache_file_an_fsync_in_the_outage_fails_and_nothing_is_lost() {
     let mut flags = OUTAGE_FLAGS.to_vec();
     flags.push("--blockCacheSize=0");
     let m = mount(&c, &flags, &s.mnt());
-    let file = std::fs::File::open(m.file()).unwrap();
-    for (p, at, what) in [(&p1, 0, "fsync'd before"), (&p2, 32, "written in"), (&p3, 40, "written after")] {
-        let mut back = vec![0u8; p.len()];
-        file.read_exact_at(&mut back, at * BS as u64).unwrap();
-        assert_eq!(sha256_hex(&back), sha256_hex(p), "data {what} the outage");
-    }
-    drop(file);
+    let at = |block: usize| u64::try_from(block * BS).unwrap();
+    let parts =
+        [(&p1[..], at(0), "fsync'd before the outage"), (&p2, at(32), "written in it"), (&p3, at(40), "after it")];
+    assert_reads_back(&m.file(), &parts);
     assert_eq!(m.unmount(), 0);
 }

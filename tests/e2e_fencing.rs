@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use s3b_testkit::ceph::Ceph;
 use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
-use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, Garage, SECRET_KEY};
+use s3b_testkit::garage::{BUCKET, Garage};
 use s3b_testkit::s3s_fs::S3sFs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,32 +106,26 @@ struct Tally {
     none_up: usize,
 }
 
+/// What [`race_pairs`] does with each race besides counting it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Checks it: the loser refused with "already mounted", the token there while the winner
+    /// is up and cleared at its unmount, which succeeds.
+    Strict,
+    /// Only counts (for measurements of other programs).
+    CountOnly,
+}
+
 /// Runs `pairs` races, `batch` at a time (all mounts of a batch released together), each on
-/// its own volume `BUCKET/<tag><i>`, and checks every one: exactly one mount up, the other
-/// refused with "already mounted", the token cleared at the winner's unmount.
-fn race_pairs(flags: &[String], list_keys: &dyn Fn() -> Vec<String>, tag: &str, pairs: usize, batch: usize) -> Tally {
-    races(flags, list_keys, tag, pairs, batch, true)
-}
-
-/// [`race_pairs`] that only counts (for measurements of other programs).
-fn race_pairs_counted(
+/// its own volume `BUCKET/<tag><i>`, and tallies how many mounts of each came up.
+fn race_pairs(
     flags: &[String],
     list_keys: &dyn Fn() -> Vec<String>,
     tag: &str,
-    pairs: usize,
-    batch: usize,
+    (pairs, batch): (usize, usize),
+    check: Check,
 ) -> Tally {
-    races(flags, list_keys, tag, pairs, batch, false)
-}
-
-fn races(
-    flags: &[String],
-    list_keys: &dyn Fn() -> Vec<String>,
-    tag: &str,
-    pairs: usize,
-    batch: usize,
-    strict: bool,
-) -> Tally {
+    let strict = check == Check::Strict;
     let s = Scratch::new();
     let mut tally = Tally::default();
     for first in (0..pairs).step_by(batch) {
@@ -208,7 +202,7 @@ fn races(
 /// Twenty races (five at a time) on `server`, volumes named `<tag><i>`: every one has exactly
 /// one winner.
 fn one_winner_per_race(server: &str, tag: &str, flags: &[String], list_keys: &dyn Fn() -> Vec<String>) {
-    let tally = race_pairs(flags, list_keys, tag, 20, 5);
+    let tally = race_pairs(flags, list_keys, tag, (20, 5), Check::Strict);
     eprintln!("{server}: {tally:?}");
     assert_eq!((tally.one_up, tally.both_up, tally.none_up), (20, 0, 0), "{tally:?}");
 }
@@ -234,24 +228,24 @@ fn faulty_proxy(port: u16, (e503, e500, resets): (u32, u32, u32)) -> FaultProxy 
     p
 }
 
-fn flags_at(base_url: &str) -> Vec<String> {
-    vec![format!("--baseURL={base_url}"), format!("--accessId={ACCESS_KEY_ID}"), format!("--accessKey={SECRET_KEY}")]
+/// [`one_winner_per_race`] on the server at 127.0.0.1:`port` through the fault tests' proxy
+/// (10 % 503, 2 % 500, 3 % resets), which must have injected faults.
+fn one_winner_per_race_through_faults(server: &str, tag: &str, port: u16, list_keys: &dyn Fn() -> Vec<String>) {
+    let proxy = faulty_proxy(port, (10, 2, 3));
+    one_winner_per_race(server, tag, &garage_flags_at(&proxy.base_url()), list_keys);
+    assert!(proxy.counts().faults() > 0);
 }
 
 #[test]
 fn racing_pairs_through_faults_on_a_server_with_conditional_writes() {
     let srv = S3sFs::start();
-    let proxy = faulty_proxy(srv.port, (10, 2, 3));
-    one_winner_per_race("s3s-fs through faults", "fcas", &flags_at(&proxy.base_url()), &|| srv.list_keys(BUCKET));
-    assert!(proxy.counts().faults() > 0);
+    one_winner_per_race_through_faults("s3s-fs through faults", "fcas", srv.port, &|| srv.list_keys(BUCKET));
 }
 
 #[test]
 fn racing_pairs_through_faults_on_a_server_without_conditional_writes() {
     let g = Garage::start();
-    let proxy = faulty_proxy(g.port, (10, 2, 3));
-    one_winner_per_race("Garage through faults", "fwait", &flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET));
-    assert!(proxy.counts().faults() > 0);
+    one_winner_per_race_through_faults("Garage through faults", "fwait", g.port, &|| g.list_keys(BUCKET));
 }
 
 /// Figures for a report, not a check: 20 racing pairs through each fault rate on s3s-fs and on
@@ -263,11 +257,13 @@ fn measure_racing_pairs_through_faults() {
     for rates in [(0, 0, 0), (10, 2, 3), (20, 5, 5)] {
         let srv = S3sFs::start();
         let proxy = faulty_proxy(srv.port, rates);
-        let t = race_pairs_counted(&flags_at(&proxy.base_url()), &|| srv.list_keys(BUCKET), "m", 20, 5);
+        let t =
+            race_pairs(&garage_flags_at(&proxy.base_url()), &|| srv.list_keys(BUCKET), "m", (20, 5), Check::CountOnly);
         eprintln!("MEASURE races s3s-fs {rates:?}: {t:?}");
         let g = Garage::start();
         let proxy = faulty_proxy(g.port, rates);
-        let t = race_pairs_counted(&flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET), "m", 20, 5);
+        let t =
+            race_pairs(&garage_flags_at(&proxy.base_url()), &|| g.list_keys(BUCKET), "m", (20, 5), Check::CountOnly);
         eprintln!("MEASURE races Garage {rates:?}: {t:?}");
     }
 }

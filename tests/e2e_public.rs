@@ -30,6 +30,24 @@ fn anonymous(program: &str, home: &Path) -> Command {
     cmd
 }
 
+/// An [`anonymous`] `program` mounting the image of `server` read-only on the scratch mount
+/// point in the foreground, with the flags `extra`.
+fn public_mount(program: &str, home: &Path, server: &PublicServer, extra: &[&str], s: &Scratch) -> Command {
+    let mut cmd = anonymous(program, home);
+    cmd.args(["-f", "--readOnly"]).args(extra);
+    cmd.args([&format!("--baseURL={}", server.base_url()), PUBLIC_BUCKET, s.mnt().to_str().unwrap()]);
+    cmd
+}
+
+/// Loop-mounts the `fs_type` file system in `m`'s file read-only on the scratch ext4 mount
+/// point, checks every file of `tree` and unmounts it.
+fn check_tree_read_only(m: &Mount, s: &Scratch, fs_type: &str, tree: &[(String, String)]) {
+    sh(&format!("mount -t {fs_type} -o loop,ro {} {}", m.file().display(), s.ext4().display()));
+    let e = Ext4 { dir: s.ext4() };
+    check_tree(&s.ext4(), tree);
+    e.unmount();
+}
+
 /// Mounts `program` read-only on the public server, loop-mounts the ext4 inside read-only and
 /// checks every file; returns the server's method counts for that whole mount.
 fn read_public_image(
@@ -42,15 +60,8 @@ fn read_public_image(
     let server = PublicServer::start(PUBLIC_BUCKET, objects.clone());
     let home = s.path("empty-home");
     std::fs::create_dir_all(&home).unwrap();
-    let mut cmd = anonymous(program, &home);
-    cmd.args(["-f", "--readOnly", &format!("--baseURL={}", server.base_url())]);
-    cmd.args(extra);
-    cmd.args([PUBLIC_BUCKET, s.mnt().to_str().unwrap()]);
-    let m = Mount::start_command(cmd, &s.mnt());
-    sh(&format!("mount -o loop,ro {} {}", m.file().display(), s.ext4().display()));
-    let e = Ext4 { dir: s.ext4() };
-    check_tree(&s.ext4(), tree);
-    e.unmount();
+    let m = Mount::start_command(public_mount(program, &home, &server, extra, s), &s.mnt());
+    check_tree_read_only(&m, s, "ext4", tree);
     assert_eq!(m.unmount(), 0);
     let counts = server.method_counts();
     eprintln!("{program} {extra:?}: requests at the public server: {counts:?}");
@@ -92,13 +103,7 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
     // Without the size headers and without --size: one clear line, nothing else sent.
     let server = PublicServer::start(PUBLIC_BUCKET, BTreeMap::new());
     let home = s.path("empty-home");
-    let line = one_error_line(anonymous(bin(), &home).args([
-        "-f",
-        "--readOnly",
-        &format!("--baseURL={}", server.base_url()),
-        PUBLIC_BUCKET,
-        s.mnt().to_str().unwrap(),
-    ]));
+    let line = one_error_line(&mut public_mount(bin(), &home, &server, &[], &s));
     assert!(line.contains("--size is required"), "{line}");
     assert_eq!(server.method_counts().keys().collect::<Vec<_>>(), vec!["HEAD"]);
 }
@@ -242,31 +247,17 @@ fn published_squashfs_and_erofs_images_mount_without_block_size() {
         assert!(objects.contains_key("00000000"), "{fs_type}: no block 0");
 
         let server = PublicServer::start(PUBLIC_BUCKET, objects);
-        let mut c = anonymous(bin(), &home);
-        c.args(["-f", "--readOnly", "--size=8m", &format!("--baseURL={}", server.base_url())]);
-        c.args([PUBLIC_BUCKET, s.mnt().to_str().unwrap()]);
-        let m = Mount::start_command(c, &s.mnt());
+        let m = Mount::start_command(public_mount(bin(), &home, &server, &["--size=8m"], &s), &s.mnt());
         let log = m.stderr();
         assert!(log.contains("auto-detected block size=64k from the size of block 0"), "{fs_type}: {log}");
         assert!(log.contains("128 blocks of 65536 bytes"), "{fs_type}: {log}");
-        sh(&format!("mount -t {fs_type} -o loop,ro {} {}", m.file().display(), s.ext4().display()));
-        let e = Ext4 { dir: s.ext4() };
-        check_tree(&s.ext4(), &tree);
-        e.unmount();
+        check_tree_read_only(&m, &s, fs_type, &tree);
         assert_eq!(m.unmount(), 0);
         assert!(server.method_counts().keys().all(|m| m == "GET" || m == "HEAD"));
 
         // A contradicting --blockSize: one line, nothing but the HEAD of block 0.
         let server = PublicServer::start(PUBLIC_BUCKET, objects_from_dir(&store));
-        let line = one_error_line(anonymous(bin(), &home).args([
-            "-f",
-            "--readOnly",
-            "--size=8m",
-            "--blockSize=4k",
-            &format!("--baseURL={}", server.base_url()),
-            PUBLIC_BUCKET,
-            s.mnt().to_str().unwrap(),
-        ]));
+        let line = one_error_line(&mut public_mount(bin(), &home, &server, &["--size=8m", "--blockSize=4k"], &s));
         assert!(line.ends_with("block 0 is 65536 bytes, but the block size is 4k: give --blockSize=64k"), "{line}");
         assert_eq!(server.method_counts().into_iter().collect::<Vec<_>>(), vec![("HEAD".to_string(), 1)]);
         assert!(!is_mounted(&s.mnt()));

@@ -18,17 +18,7 @@ static CLUSTER: OnceLock<Ceph> = OnceLock::new();
 
 /// The shared cluster, started by the first test that needs it.
 fn ceph() -> &'static Ceph {
-    CLUSTER.get_or_init(|| {
-        let c = Ceph::start(1);
-        let rss: u64 = c.rss_kib().iter().map(|(_, k)| k).sum();
-        eprintln!(
-            "ceph: serving S3 after {:.1} s; daemons' RSS {} MiB: {:?}",
-            c.startup.as_secs_f64(),
-            rss >> 10,
-            c.rss_kib()
-        );
-        c
-    })
+    CLUSTER.get_or_init(|| Ceph::start_logged(1))
 }
 
 /// A fresh bucket for one test.
@@ -39,24 +29,25 @@ fn bucket(name: &str) -> String {
 
 /// Our flags for `bucket` on RGW plus `extra`.
 fn args(bucket: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = ceph().s3backer_flags();
-    a.extend(strings(extra));
-    a.push(bucket.to_string());
-    a
+    volume_args(ceph().s3backer_flags(), extra, bucket)
 }
 
 fn mount(bucket: &str, extra: &[&str], s: &Scratch) -> Mount {
     Mount::start_owned(args(bucket, extra), &s.mnt())
 }
 
+/// A fresh bucket `name` for one test, a scratch directory, and our mount of the bucket with
+/// `extra`.
+fn new_volume(name: &str, extra: &[&str]) -> (String, Scratch, Mount) {
+    let (b, s) = (bucket(name), Scratch::new());
+    let m = mount(&b, extra, &s);
+    (b, s, m)
+}
+
 #[test]
 fn ext4_round_trip_with_auto_detect() {
-    let b = bucket("ext4");
-    let s = Scratch::new();
-    let m = mount(&b, &["--size=64m", "--blockSize=64k"], &s);
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 200, 7);
-    e.unmount();
+    let (b, s, m) = new_volume("ext4", &["--size=64m", "--blockSize=64k"]);
+    let tree = ext4_with_tree(&m, &s, 200, 7);
     let stats = m.stats();
     assert!(stat_value(&stats, "http_puts") > 0, "{stats}");
     assert_eq!(stat_value(&stats, "http_5xx_error"), 0, "{stats}");
@@ -66,10 +57,7 @@ fn ext4_round_trip_with_auto_detect() {
     drop_caches();
     let m = mount(&b, &[], &s);
     assert!(m.stderr().contains("auto-detected block size=64k and total size=64m"), "{}", m.stderr());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     assert_eq!(m.unmount(), 0);
 }
 
@@ -77,7 +65,7 @@ const C_S3BACKER: &str = "/usr/bin/s3backer";
 
 /// Keys of `bucket` that are blocks (not the mount token).
 fn block_keys(bucket: &str) -> Vec<String> {
-    ceph().list_keys(bucket).into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
+    without_mount_token(ceph().list_keys(bucket))
 }
 
 /// The lower-cased response headers of a signed HEAD of `path` on RGW.
@@ -90,9 +78,7 @@ fn head(path: &str, s: &Scratch) -> String {
 
 /// A password file for both programs.
 fn pw_flag(s: &Scratch) -> String {
-    let p = s.path("pw");
-    std::fs::write(&p, "rgw interop secret\n").unwrap();
-    format!("--passwordFile={}", p.display())
+    password_flag(s, "rgw interop secret")
 }
 
 /// ext4 written and read back through our codecs that C 1.5.4 does not have (zstd, AES-GCM):
@@ -113,18 +99,13 @@ fn zstd_and_aes_gcm_ext4_round_trip() {
         let mut first = flags.clone();
         first.extend(["--size=32m", "--blockSize=32k"]);
         let m = mount(&b, &first, &s);
-        let e = Ext4::create(&m.file(), &s.ext4());
-        let tree = write_tree(&s.ext4(), 60, 3);
-        e.unmount();
+        let tree = ext4_with_tree(&m, &s, 60, 3);
         assert_eq!(m.unmount(), 0);
         let headers = head(&format!("{b}/00000000"), &s);
         assert!(headers.contains(&format!("content-encoding: {encoding}\r\n")), "{name}: {headers}");
         drop_caches();
         let m = mount(&b, &flags, &s);
-        fsck_clean(&m.file());
-        let e = Ext4::mount(&m.file(), &s.ext4());
-        check_tree(&s.ext4(), &tree);
-        e.unmount();
+        checked_ext4(&m, &s, &tree).unmount();
         assert_eq!(m.unmount(), 0);
     }
 }
@@ -151,18 +132,14 @@ fn interop_with_c_s3backer_plain_deflate_and_aes_cbc() {
         let mut first = flags.clone();
         first.extend(["--size=32m", "--blockSize=32k"]);
         let m = c_mount(&b, &first, &s);
-        let e = Ext4::create(&m.file(), &s.ext4());
-        let tree = write_tree(&s.ext4(), 40, 11);
-        e.unmount();
+        let tree = ext4_with_tree(&m, &s, 40, 11);
         assert_eq!(m.unmount(), 0);
         assert!(!block_keys(&b).is_empty());
 
         drop_caches();
         let m = mount(&b, &flags, &s);
         assert!(m.stderr().contains("auto-detected block size=32k and total size=32m"), "{name}: {}", m.stderr());
-        fsck_clean(&m.file());
-        let e = Ext4::mount(&m.file(), &s.ext4());
-        check_tree(&s.ext4(), &tree);
+        let e = checked_ext4(&m, &s, &tree);
         std::fs::create_dir(s.ext4().join("ours")).unwrap();
         let tree2 = write_tree(&s.ext4().join("ours"), 40, 12);
         e.unmount();
@@ -170,9 +147,7 @@ fn interop_with_c_s3backer_plain_deflate_and_aes_cbc() {
 
         drop_caches();
         let m = c_mount(&b, &flags, &s);
-        fsck_clean(&m.file());
-        let e = Ext4::mount(&m.file(), &s.ext4());
-        check_tree(&s.ext4(), &tree);
+        let e = checked_ext4(&m, &s, &tree);
         check_tree(&s.ext4().join("ours"), &tree2);
         e.unmount();
         assert_eq!(m.unmount(), 0);
@@ -184,9 +159,7 @@ fn interop_with_c_s3backer_plain_deflate_and_aes_cbc() {
 /// multi-object delete while an object outside the volume's prefix survives.
 #[test]
 fn list_blocks_discard_and_erase() {
-    let b = bucket("survey");
-    let s = Scratch::new();
-    let m = mount(&b, &["--size=16m", "--blockSize=64k", "--prefix=vol/", "--blockHashPrefix"], &s);
+    let (b, s, m) = new_volume("survey", &["--size=16m", "--blockSize=64k", "--prefix=vol/", "--blockHashPrefix"]);
     write_synced(&m.file(), 0, &random_bytes(9, 4 << 16));
     write_synced(&m.file(), 8 << 20, &random_bytes(10, 2 << 16));
     assert_eq!(m.unmount(), 0);
@@ -213,14 +186,9 @@ fn list_blocks_discard_and_erase() {
     assert_eq!(m.unmount(), 0);
     assert_eq!(block_keys(&b).len(), 66);
     assert_eq!(ceph().curl(&["-X", "PUT", "--data-binary", "keep"], &format!("{b}/other/00000001")).0, 200);
-    let out = run(&strings_ref(&args(&b, &["--prefix=vol/", "--blockHashPrefix", "--erase", "--force"])));
+    let out = run(&strs(&args(&b, &["--prefix=vol/", "--blockHashPrefix", "--erase", "--force"])));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(ceph().list_keys(&b), vec!["other/00000001".to_string()]);
-}
-
-/// `&str`s of owned arguments.
-fn strings_ref(a: &[String]) -> Vec<&str> {
-    a.iter().map(String::as_str).collect()
 }
 
 /// The block cache file over RGW: dirty blocks of a daemon killed with -9 are uploaded by the
@@ -264,10 +232,7 @@ fn cache_file_kill9_recovery() {
     f.read_exact_at(&mut back, 24 << 20).unwrap();
     assert!(back == unsynced, "recovered dirty data differs");
     drop(f);
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     assert_eq!(m.unmount(), 0);
     // Straight from RGW, without the cache file: the recovered blocks were uploaded.
     drop_caches();
@@ -303,12 +268,8 @@ fn nbd_copy_in_and_out() {
 /// stay refused.
 #[test]
 fn public_image_through_an_anonymous_read_bucket_policy() {
-    let b = bucket("public");
-    let s = Scratch::new();
-    let m = mount(&b, &["--size=32m", "--blockSize=64k"], &s);
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 40, 8);
-    e.unmount();
+    let (b, s, m) = new_volume("public", &["--size=32m", "--blockSize=64k"]);
+    let tree = ext4_with_tree(&m, &s, 40, 8);
     assert_eq!(m.unmount(), 0);
 
     let home = s.path("empty-home");

@@ -17,8 +17,7 @@ use s3b_testkit::ceph::Ceph;
 use s3b_testkit::garage::BUCKET;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// The tests of this file share one cluster and kill its OSDs: they run one at a time.
@@ -27,44 +26,12 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// The shared 3-OSD cluster, and the right to kill its OSDs (a failed test does not block).
 fn cluster() -> (&'static Ceph, MutexGuard<'static, ()>) {
     static CLUSTER: OnceLock<Ceph> = OnceLock::new();
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = CLUSTER.get_or_init(|| {
-        let c = Ceph::start(3);
-        let rss: u64 = c.rss_kib().iter().map(|(_, k)| k).sum();
-        eprintln!(
-            "ceph, 3 OSDs: serving S3 after {:.1} s; RSS {} MiB: {:?}",
-            c.startup.as_secs_f64(),
-            rss >> 10,
-            c.rss_kib()
-        );
-        c
-    });
-    (c, guard)
+    let guard = one_at_a_time(&ONE_AT_A_TIME);
+    (CLUSTER.get_or_init(|| Ceph::start_logged(3)), guard)
 }
 
 fn mount(c: &Ceph, vol: &str, extra: &[&str], mnt: &Path) -> Mount {
-    let mut a = c.s3backer_flags();
-    a.extend(strings(extra));
-    a.push(format!("{BUCKET}/{vol}"));
-    Mount::start_owned(a, mnt)
-}
-
-/// Waits until `stat` in the mount's stats has grown by `by` from `from`; returns it.
-fn grown(m: &Mount, stat: &str, from: u64, by: u64, what: &str) -> u64 {
-    let mut now = from;
-    wait_for(120, what, || {
-        now = stat_value(&m.stats(), stat);
-        now >= from + by
-    });
-    now
-}
-
-fn fio(dir: &Path, seed: u32, verify_only: bool) {
-    fio_verify(
-        dir,
-        &[&format!("--name=osd{seed}"), "--size=1m", "--fsync=8", &format!("--randseed={seed}")],
-        verify_only,
-    );
+    Mount::start_owned(volume_args(c.s3backer_flags(), extra, &format!("{BUCKET}/{vol}")), mnt)
 }
 
 #[test]
@@ -75,30 +42,16 @@ fn fio_verify_through_ext4_while_an_osd_is_killed_and_returns() {
     let m = mount(c, "one", &flags, &s.mnt());
     let e = Ext4::create(&m.file(), &s.ext4());
     let tree = write_tree(&s.ext4(), 40, 5);
-    let stop = Arc::new(AtomicBool::new(false));
-    let last = Arc::new(AtomicU32::new(0));
-    let worker = {
-        let (stop, last, dir) = (stop.clone(), last.clone(), s.ext4());
-        std::thread::spawn(move || {
-            let mut seed = 1;
-            while !stop.load(Ordering::SeqCst) {
-                fio(&dir, seed, false);
-                last.store(seed, Ordering::SeqCst);
-                seed += 1;
-            }
-        })
-    };
-    let puts = grown(&m, "http_puts", stat_value(&m.stats(), "http_puts"), 20, "writes before the crash");
+    let fio = FioLoop::start(s.ext4(), "osd");
+    let puts = m.wait_stat_grown("http_puts", stat_value(&m.stats(), "http_puts"), 20, "writes before the crash");
     let t = Instant::now();
     c.kill_osd(1);
     eprintln!("osd.1 killed and marked down in {} ms", t.elapsed().as_millis());
-    let puts = grown(&m, "http_puts", puts, 60, "writes with osd.1 down");
+    let puts = m.wait_stat_grown("http_puts", puts, 60, "writes with osd.1 down");
     c.start_osd(1);
     c.wait_clean();
-    grown(&m, "http_puts", puts, 20, "writes after osd.1 returned");
-    stop.store(true, Ordering::SeqCst);
-    worker.join().expect("fio failed while an OSD crashed");
-    let jobs = last.load(Ordering::SeqCst);
+    m.wait_stat_grown("http_puts", puts, 20, "writes after osd.1 returned");
+    let jobs = fio.finish();
     e.unmount();
     let stats = m.stats();
     eprintln!("fio jobs verified: {jobs}\n{stats}");
@@ -108,19 +61,10 @@ fn fio_verify_through_ext4_while_an_osd_is_killed_and_returns() {
 
     drop_caches();
     let m = mount(c, "one", &flags, &s.mnt());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    fio(&s.ext4(), jobs, true);
+    let e = checked_ext4(&m, &s, &tree);
+    fio_job(&s.ext4(), "osd", jobs, true);
     e.unmount();
     assert_eq!(m.unmount(), 0);
-}
-
-/// The block cache's dirty share, from the stats.
-fn dirty_ratio(m: &Mount) -> f64 {
-    let stats = m.stats();
-    let line = stats.lines().find(|l| l.starts_with("block_cache_dirty_ratio")).expect("block_cache_dirty_ratio");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 const BS: usize = 64 << 10;
@@ -175,12 +119,9 @@ fn two_osds_down_fsync_fails_with_eio_and_nothing_acknowledged_is_lost() {
     let mut flags = OUTAGE_FLAGS.to_vec();
     flags.push("--blockCacheSize=0");
     let m = mount(c, "two", &flags, &s.mnt());
-    let file = std::fs::File::open(m.file()).unwrap();
-    for (p, at, what) in [(&p1, 0, "fsync'd before"), (&p2, 32, "written in"), (&p3, 40, "written after")] {
-        let mut back = vec![0u8; p.len()];
-        file.read_exact_at(&mut back, at * BS as u64).unwrap();
-        assert_eq!(sha256_hex(&back), sha256_hex(p), "data {what} the outage");
-    }
-    drop(file);
+    let at = |block: usize| u64::try_from(block * BS).unwrap();
+    let parts =
+        [(&p1[..], at(0), "fsync'd before the outage"), (&p2, at(32), "written in it"), (&p3, at(40), "after it")];
+    assert_reads_back(&m.file(), &parts);
     assert_eq!(m.unmount(), 0);
 }

@@ -15,15 +15,11 @@ const C_S3BACKER: &str = "/usr/bin/s3backer";
 
 /// Our flags for `bucket` on `g` plus `extra`.
 fn args(g: &Garage, bucket: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = g.s3backer_flags();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a.push(bucket.to_string());
-    a
+    volume_args(g.s3backer_flags(), extra, bucket)
 }
 
 fn mount(g: &Garage, bucket: &str, extra: &[&str], mnt: &std::path::Path) -> Mount {
-    let a = args(g, bucket, extra);
-    Mount::start_owned(a.to_vec(), mnt)
+    Mount::start_owned(args(g, bucket, extra), mnt)
 }
 
 /// `a` followed by the mount point.
@@ -47,7 +43,7 @@ fn run_ours(a: &[String]) -> std::process::Output {
 }
 
 fn block_keys(g: &Garage, bucket: &str) -> Vec<String> {
-    g.list_keys(bucket).into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
+    without_mount_token(g.list_keys(bucket))
 }
 
 #[test]
@@ -55,9 +51,7 @@ fn ext4_round_trip_over_s3_with_auto_detect() {
     let g = Garage::start();
     let s = Scratch::new();
     let m = mount(&g, BUCKET, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 200, 7);
-    e.unmount();
+    let tree = ext4_with_tree(&m, &s, 200, 7);
     let stats = m.stats();
     assert!(stat_value(&stats, "http_puts") > 0, "{stats}");
     assert_eq!(stat_value(&stats, "http_5xx_error"), 0);
@@ -70,10 +64,7 @@ fn ext4_round_trip_over_s3_with_auto_detect() {
     let m = mount(&g, BUCKET, &[], &s.mnt());
     assert!(m.stderr().contains("auto-detected block size=64k and total size=64m"), "{}", m.stderr());
     assert_eq!(std::fs::metadata(m.file()).unwrap().len(), 64 << 20);
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     assert_eq!(m.unmount(), 0);
 
     // A size that contradicts the volume is refused (and --force overrides).
@@ -331,18 +322,14 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
     let mut c_first: Vec<&str> = vec!["--size=32m", "--blockSize=32k"];
     c_first.extend_from_slice(c_extra);
     let m = c_mount(&g, &c_first, &s.mnt());
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 60, 11);
-    e.unmount();
+    let tree = ext4_with_tree(&m, &s, 60, 11);
     assert_eq!(m.unmount(), 0);
     let c_keys = block_keys(&g, BUCKET);
     assert!(!c_keys.is_empty());
 
     // We mount it (auto-detecting its geometry), check, and add files.
     let m = mount(&g, ours_bucket, ours_extra, &s.mnt());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
+    let e = checked_ext4(&m, &s, &tree);
     std::fs::create_dir(s.ext4().join("ours")).unwrap();
     let tree2 = write_tree(&s.ext4().join("ours"), 60, 12);
     e.unmount();
@@ -350,9 +337,7 @@ fn interop(c_extra: &[&str], ours_bucket: &str, ours_extra: &[&str]) {
 
     // C mounts what we wrote.
     let m = c_mount(&g, c_extra, &s.mnt());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
+    let e = checked_ext4(&m, &s, &tree);
     check_tree(&s.ext4().join("ours"), &tree2);
     e.unmount();
     assert_eq!(m.unmount(), 0);
@@ -393,9 +378,7 @@ fn interop_with_c_s3backer_subdir() {
 
 /// A password file for both programs.
 fn pw_flag(s: &Scratch) -> String {
-    let p = s.path("pw");
-    std::fs::write(&p, "interop secret\n").unwrap();
-    format!("--passwordFile={}", p.display())
+    password_flag(s, "interop secret")
 }
 
 #[test]
@@ -634,9 +617,7 @@ fn request_counts_of_an_ext4_round_trip_vs_c() {
             }
         };
         let m = start(&["--size=256m", "--blockSize=64k"]);
-        let e = Ext4::create(&m.file(), &s.ext4());
-        let tree = write_tree(&s.ext4(), 200, 21);
-        e.unmount();
+        let tree = ext4_with_tree(&m, &s, 200, 21);
         assert_eq!(m.unmount(), 0);
         let written = proxy.method_counts();
         drop_caches();
@@ -963,14 +944,9 @@ fn consistency_layer_ext4_round_trip_over_s3() {
         "--minWriteDelay=20",
     ];
     let m = mount(&g, BUCKET, &flags, &s.mnt());
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 80, 41);
-    e.unmount();
+    let tree = ext4_with_tree(&m, &s, 80, 41);
     drop_caches();
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     let stats = m.stats();
     assert!(stat_value(&stats, "md5_cache_current_size") > 0, "{stats}");
     assert!(stats.contains("md5_cache_write_delays"), "{stats}");

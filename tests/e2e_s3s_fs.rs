@@ -10,19 +10,15 @@ use s3b_testkit::s3s_fs::S3sFs;
 use std::os::unix::fs::FileExt;
 
 fn args(s: &S3sFs, extra: &[&str]) -> Vec<String> {
-    let mut a = s.s3backer_flags();
-    a.extend(extra.iter().map(|x| x.to_string()));
-    a.push(BUCKET.into());
-    a
+    volume_args(s.s3backer_flags(), extra, BUCKET)
 }
 
 fn mount(s: &S3sFs, extra: &[&str], mnt: &std::path::Path) -> Mount {
-    let a = args(s, extra);
-    Mount::start_owned(a.to_vec(), mnt)
+    Mount::start_owned(args(s, extra), mnt)
 }
 
 fn block_keys(s: &S3sFs) -> Vec<String> {
-    s.list_keys(BUCKET).into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
+    without_mount_token(s.list_keys(BUCKET))
 }
 
 #[test]
@@ -30,9 +26,7 @@ fn ext4_round_trip_mount_token_and_erase_on_s3s_fs() {
     let srv = S3sFs::start();
     let s = Scratch::new();
     let m = mount(&srv, &["--size=64m", "--blockSize=64k"], &s.mnt());
-    let e = Ext4::create(&m.file(), &s.ext4());
-    let tree = write_tree(&s.ext4(), 150, 31);
-    e.unmount();
+    let tree = ext4_with_tree(&m, &s, 150, 31);
     // A second mount of the same bucket is refused while the first is up.
     let mnt2 = s.path("mnt2");
     std::fs::create_dir(&mnt2).unwrap();
@@ -47,10 +41,7 @@ fn ext4_round_trip_mount_token_and_erase_on_s3s_fs() {
     drop_caches();
     let m = mount(&srv, &[], &s.mnt());
     assert!(m.stderr().contains("auto-detected block size=64k and total size=64m"), "{}", m.stderr());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     assert_eq!(m.unmount(), 0);
 
     let a = args(&srv, &["--erase", "--force"]);
@@ -63,8 +54,7 @@ fn ext4_round_trip_mount_token_and_erase_on_s3s_fs() {
 fn cache_file_encryption_and_compression_on_s3s_fs() {
     let srv = S3sFs::start();
     let s = Scratch::new();
-    std::fs::write(s.path("pw"), "s3s-fs secret\n").unwrap();
-    let pw = format!("--passwordFile={}", s.path("pw").display());
+    let pw = password_flag(&s, "s3s-fs secret");
     let (_, cache) = s.cache_file();
     let flags = ["--size=16m", "--blockSize=32k", "--encrypt", "--compress", &pw, &cache];
     let data: Vec<u8> = (0..4u32 << 20)

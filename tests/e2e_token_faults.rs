@@ -17,7 +17,7 @@
 mod common;
 use common::*;
 use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
-use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, SECRET_KEY};
+use s3b_testkit::garage::BUCKET;
 use s3b_testkit::garage_cluster::GarageCluster;
 use s3b_testkit::s3s_fs::S3sFs;
 use std::path::Path;
@@ -31,21 +31,24 @@ fn faulty_proxy(port: u16) -> FaultProxy {
     p
 }
 
-/// Flags pointing at `base_url` with the test servers' credentials.
-fn flags_at(base_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![
-        format!("--baseURL={base_url}"),
-        format!("--accessId={ACCESS_KEY_ID}"),
-        format!("--accessKey={SECRET_KEY}"),
-    ];
-    a.extend(strings(extra));
-    a
+/// A fresh s3s-fs behind [`faulty_proxy`], and a scratch directory for a test's mounts.
+fn s3s_fs_behind_faults() -> (S3sFs, FaultProxy, Scratch) {
+    let srv = S3sFs::start();
+    let proxy = faulty_proxy(srv.port);
+    (srv, proxy, Scratch::new())
+}
+
+/// Our command line for `volume` (`BUCKET/...`) on the test servers, requests sent to
+/// `proxy`: the proxy's URL, the credentials, `extra`, the volume.
+fn args_via(proxy: &FaultProxy, extra: &[&str], volume: &str) -> Vec<String> {
+    volume_args(garage_flags_at(&proxy.base_url()), extra, volume)
 }
 
 /// A mount started in the foreground that came up.
 struct Up {
     child: Child,
     stderr: std::path::PathBuf,
+    mnt: std::path::PathBuf,
 }
 
 impl Up {
@@ -54,7 +57,8 @@ impl Up {
     }
 
     /// Unmounts; returns the exit code and the whole log.
-    fn unmount(mut self, mnt: &Path) -> (i32, String) {
+    fn unmount(mut self) -> (i32, String) {
+        let mnt = &self.mnt;
         let end = Instant::now() + Duration::from_secs(90);
         let mut last: Option<Instant> = None;
         loop {
@@ -79,21 +83,23 @@ fn try_mount(args: &[String], mnt: &Path) -> Result<Up, (i32, String)> {
 
 /// [`try_mount`] of `program`.
 fn try_mount_with(program: &str, args: &[String], mnt: &Path) -> Result<Up, (i32, String)> {
+    let (child, stderr) = spawn_mount(program, args, mnt);
+    come_up(child, stderr, mnt)
+}
+
+/// Starts `program` with `args -f mnt`, its stderr into `mnt.log` (returned with it).
+fn spawn_mount(program: &str, args: &[String], mnt: &Path) -> (Child, std::path::PathBuf) {
     let stderr = mnt.with_extension("log");
-    let f = std::fs::File::create(&stderr).unwrap();
-    let mut child = Command::new(program)
-        .args(args)
-        .arg("-f")
-        .arg(mnt)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(f)
-        .spawn()
-        .unwrap();
+    (spawn_logged(Command::new(program).args(args).arg("-f").arg(mnt), &stderr), stderr)
+}
+
+/// Waits up to 90 s for the mount `child` (logging into `stderr`) to come up on `mnt`; returns
+/// it once up, or the exit code and the log of a mount that exited first.
+fn come_up(mut child: Child, stderr: std::path::PathBuf, mnt: &Path) -> Result<Up, (i32, String)> {
     let end = Instant::now() + Duration::from_secs(90);
     loop {
         if is_mounted(mnt) {
-            return Ok(Up { child, stderr });
+            return Ok(Up { child, stderr, mnt: mnt.to_path_buf() });
         }
         if let Some(st) = child.try_wait().unwrap() {
             if is_mounted(mnt) {
@@ -117,19 +123,13 @@ fn error_lines(log: &str) -> Vec<&str> {
 
 #[test]
 fn fifty_mount_cycles_through_faults_all_come_up() {
-    let srv = S3sFs::start();
-    let proxy = faulty_proxy(srv.port);
-    let s = Scratch::new();
+    let (srv, proxy, s) = s3s_fs_behind_faults();
     let mnt = s.mnt();
-    let args = {
-        let mut a = flags_at(&proxy.base_url(), &["--size=1m", "--blockSize=4k"]);
-        a.push(format!("{BUCKET}/cycles"));
-        a
-    };
+    let args = args_via(&proxy, &["--size=1m", "--blockSize=4k"], &format!("{BUCKET}/cycles"));
     let mut retries = 0;
     for i in 0..50 {
         let up = try_mount(&args, &mnt).unwrap_or_else(|(code, log)| panic!("cycle {i}: exit {code}:\n{log}"));
-        let (code, log) = up.unmount(&mnt);
+        let (code, log) = up.unmount();
         assert_eq!(code, 0, "cycle {i}: unmount failed:\n{log}");
         assert!(error_lines(&log).is_empty(), "cycle {i}: the log shows errors:\n{log}");
         retries += log.matches("retrying in").count();
@@ -148,29 +148,12 @@ fn three_node_garage_with_a_node_killed_while_mounting_comes_up() {
     let proxy = faulty_proxy(c.port());
     let s = Scratch::new();
     let mnt = s.mnt();
-    let mut args = flags_at(&proxy.base_url(), &["--size=1m", "--blockSize=4k"]);
-    args.push(BUCKET.into());
-    let stderr = mnt.with_extension("log");
-    let mut child = Command::new(bin())
-        .args(&args)
-        .arg("-f")
-        .arg(&mnt)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let args = args_via(&proxy, &["--size=1m", "--blockSize=4k"], BUCKET);
+    let (child, stderr) = spawn_mount(bin(), &args, &mnt);
     wait_for(60, "the mount's token PUT", || proxy.method_counts().get("PUT").copied().unwrap_or(0) > 0);
     c.kill(2);
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_for(90, "the mount to come up", || {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("the mount exited with {st}:\n{}", log());
-        }
-        is_mounted(&mnt)
-    });
-    let up = Up { child, stderr: stderr.clone() };
-    let (code, log) = up.unmount(&mnt);
+    let up = come_up(child, stderr, &mnt).unwrap_or_else(|(code, log)| panic!("the mount exited with {code}:\n{log}"));
+    let (code, log) = up.unmount();
     assert_eq!(code, 0, "{log}");
     assert!(error_lines(&log).is_empty(), "{log}");
     assert!(!c.list_keys(BUCKET).contains(&"s3backer-mounted".to_string()), "token left: {log}");
@@ -178,16 +161,13 @@ fn three_node_garage_with_a_node_killed_while_mounting_comes_up() {
 
 #[test]
 fn maintenance_commands_succeed_through_faults() {
-    let srv = S3sFs::start();
-    let proxy = faulty_proxy(srv.port);
-    let s = Scratch::new();
+    let (srv, proxy, s) = s3s_fs_behind_faults();
     let mnt = s.mnt();
     let vol = format!("{BUCKET}/maint");
     let cmd_args = |extra: &[&str]| {
-        let mut a = flags_at(&proxy.base_url(), &["--size=256k", "--blockSize=4k"]);
+        let mut a = strings(&["--size=256k", "--blockSize=4k"]);
         a.extend(strings(extra));
-        a.push(vol.clone());
-        a
+        args_via(&proxy, &strs(&a), &vol)
     };
     let keys = || srv.list_keys(BUCKET);
     let token = "maint/s3backer-mounted".to_string();
@@ -195,7 +175,7 @@ fn maintenance_commands_succeed_through_faults() {
 
     let up = try_mount(&cmd_args(&[]), &mnt).unwrap_or_else(|e| panic!("{e:?}"));
     write_synced(&mnt.join("file"), 8192, &data);
-    let (code, log) = up.unmount(&mnt);
+    let (code, log) = up.unmount();
     assert!(code == 0 && error_lines(&log).is_empty(), "{log}");
 
     // A crash leaves the token; --reset-mounted-flag clears it.
@@ -214,7 +194,7 @@ fn maintenance_commands_succeed_through_faults() {
     let back = std::fs::read(mnt.join("file")).unwrap();
     assert_eq!(&back[8192..8192 + data.len()], &data[..]);
     assert!(back[..8192].iter().all(|&b| b == 0));
-    let (code, log) = up.unmount(&mnt);
+    let (code, log) = up.unmount();
     assert!(code == 0 && error_lines(&log).is_empty(), "{log}");
 
     // --erase removes every block and the token.
@@ -258,8 +238,7 @@ fn measure_mount_cycles_through_faults() {
         proxy.set_internal_error_percent(e500);
         let s = Scratch::new();
         let mnt = s.mnt();
-        let mut args = flags_at(&proxy.base_url(), &["--size=1m", "--blockSize=4k"]);
-        args.push(format!("{BUCKET}/m"));
+        let args = args_via(&proxy, &["--size=1m", "--blockSize=4k"], &format!("{BUCKET}/m"));
         let token_left = || srv.list_keys(BUCKET).contains(&"m/s3backer-mounted".to_string());
         let (mut mounted, mut locked) = (0, 0);
         let mut times = Vec::new();
@@ -270,7 +249,7 @@ fn measure_mount_cycles_through_faults() {
                 Ok(up) => {
                     times.push(t.elapsed());
                     mounted += 1;
-                    let _ = up.unmount(&mnt);
+                    let _ = up.unmount();
                 }
                 Err((_, log)) => errors.push(log.lines().last().unwrap_or_default().to_string()),
             }

@@ -1,14 +1,19 @@
 //! Prometheus metrics (`--metricsListen`), scraped while a workload runs: every scrape passes
 //! `promtool check metrics` (Debian's prometheus package), and once the volume is quiet each
 //! counter of the stats file has the same value in the scrape. Over a bucket (Garage on
-//! 127.0.0.1, TCP endpoint) and over a `--test` directory (Unix-socket endpoint).
+//! 127.0.0.1, TCP endpoint) and over a `--test` directory (Unix-socket endpoint). The block
+//! cache's write-back gauges (dirty blocks, uploads in flight, upload backlog) are checked
+//! against a cache held in known states: blocks kept dirty, then uploads held up by a server
+//! that stalls, then all uploaded.
 
 mod common;
 use common::*;
+use s3b_testkit::fault_proxy::{FaultConfig, FaultProxy};
 use s3b_testkit::garage::{BUCKET, Garage};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// One scrape over TCP (`addr` = HOST:PORT) or a Unix socket (a path).
 fn scrape(addr: &str) -> String {
@@ -130,4 +135,74 @@ fn metrics_on_a_unix_socket_over_a_test_directory() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&other.stdout), "404");
     assert_eq!(m.unmount(), 0);
+}
+
+/// The write-back gauges of a scrape: (dirty blocks, uploads in flight, upload backlog).
+fn write_back(text: &str) -> (f64, f64, f64) {
+    let g = |name: &str| sample(text, name).unwrap_or_else(|| panic!("no {name}:\n{text}"));
+    (
+        g("s3backer_block_cache_dirty_blocks"),
+        g("s3backer_block_cache_uploads_in_flight"),
+        g("s3backer_block_cache_upload_backlog_blocks"),
+    )
+}
+
+/// Write-back threads of [`write_back_gauges_follow_the_cache`]'s mount.
+const THREADS: f64 = 2.0;
+
+/// Blocks written and held dirty (a long write delay; the writer keeps the file open, since a
+/// close flushes) are all dirty and all in the backlog, no upload in flight, as the stats
+/// file's dirty ratio says. An fsync while the server stalls every request starts uploads
+/// that cannot finish: they show in flight (at most the write-back threads) and leave the
+/// backlog. Once the server answers again the fsync returns and all three gauges are 0.
+#[test]
+fn write_back_gauges_follow_the_cache() {
+    let g = Garage::start();
+    let stall = FaultConfig { stall_percent: 100, stall: Duration::from_secs(2), ..FaultConfig::default() };
+    let proxy = FaultProxy::start(g.port, stall);
+    proxy.set_faults(false);
+    let s = Scratch::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--size=4m",
+        "--blockSize=64k",
+        "--blockCacheSize=64",
+        "--blockCacheThreads=2",
+        "--blockCacheWriteDelay=600000",
+        "--timeout=10",
+        &format!("--metricsListen={addr}"),
+    ];
+    let m = Mount::start_owned(garage_args_at(&proxy.base_url(), &flags), &s.mnt());
+    const DIRTY: u32 = 8;
+    let dirty_blocks = f64::from(DIRTY);
+    let data = random_bytes(7, usize::try_from(DIRTY).unwrap() << 16);
+    let writer = write_and_hold(&m.file(), 0, &data);
+    let text = scrape(&addr);
+    promtool(&text);
+    assert_eq!(write_back(&text), (dirty_blocks, 0.0, dirty_blocks), "{text}");
+    assert_eq!(stat_float(&m.stats(), "block_cache_dirty_ratio"), dirty_blocks / 64.0);
+    assert!(sample(&text, "s3backer_block_cache_current_size_blocks").is_some_and(|n| n >= dirty_blocks), "{text}");
+
+    proxy.set_faults(true);
+    // From a child process: a descriptor of the test process's own would be inherited by every
+    // curl it forks meanwhile and closed at exec, a flush that waits for the stalled uploads.
+    let script = "import os, sys\nos.fsync(os.open(sys.argv[1], os.O_WRONLY))";
+    let mut fsync = Command::new("/usr/bin/python3").args(["-c", script]).arg(m.file()).spawn().unwrap();
+    let mut seen = (0.0, 0.0, 0.0);
+    wait_for(60, "uploads in flight in a scrape", || {
+        seen = write_back(&scrape(&addr));
+        seen.1 > 0.0
+    });
+    let (dirty, in_flight, backlog) = seen;
+    assert!(in_flight <= THREADS && dirty == dirty_blocks && backlog == dirty - in_flight, "{seen:?}");
+
+    proxy.set_faults(false);
+    let synced = fsync.wait().unwrap();
+    assert!(synced.success(), "the fsync once the server answers again failed:\n{}", m.stderr());
+    let text = scrape(&addr);
+    assert_eq!(write_back(&text), (0.0, 0.0, 0.0), "{text}");
+    assert_eq!(stat_float(&m.stats(), "block_cache_dirty_ratio"), 0.0);
+    drop(writer);
+    assert_eq!(m.unmount(), 0);
+    assert!(proxy.counts().stalls > 0);
 }

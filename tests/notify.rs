@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The socket a service manager listens on.
@@ -71,37 +71,10 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// The daemon under test; if a check fails, dropping it unmounts `mnt` (if mounted), stops the
-/// process and waits for it, so a failed test leaves nothing running.
-struct Daemon {
-    child: Child,
-    mnt: Option<std::path::PathBuf>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
-            let _ = Command::new("umount").arg(m).status();
-        }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[String], notify: &Path, stderr: &Path, mnt: Option<&Path>) -> Daemon {
-    let child = Command::new(bin())
-        .args(args)
-        .env("NOTIFY_SOCKET", notify)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).unwrap())
-        .spawn()
-        .expect("spawn s3backer");
-    Daemon { child, mnt: mnt.map(Path::to_path_buf) }
+/// The daemon under test (stopped if a check fails), told to notify `notify`.
+fn spawn(args: &[String], notify: &Path, stderr: &Path, mnt: Option<&Path>) -> Supervised {
+    let child = spawn_logged(Command::new(bin()).args(args).env("NOTIFY_SOCKET", notify), stderr);
+    Supervised { child, mnt: mnt.map(Path::to_path_buf), terminate: true }
 }
 
 fn statuses(msgs: &[Vec<String>]) -> Vec<String> {

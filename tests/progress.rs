@@ -9,28 +9,13 @@ use s3b_testkit::garage::{BUCKET, Garage};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// A command run on a terminal; if a check fails, dropping it unmounts `mnt` (if given and
-/// mounted), which ends our daemon, then waits for script(1).
-struct OnTerminal {
-    child: std::process::Child,
-    mnt: Option<std::path::PathBuf>,
-}
+/// A command run on a terminal (script(1)); if a check fails, dropping it unmounts `mnt` (if
+/// given and mounted), which ends our daemon, then waits for script(1).
+struct OnTerminal(Supervised);
 
 impl OnTerminal {
     fn wait_success(mut self) -> bool {
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for OnTerminal {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
-            let _ = Command::new("umount").arg(m).status();
-        }
-        let _ = self.child.wait();
+        self.0.child.wait().unwrap().success()
     }
 }
 
@@ -46,7 +31,7 @@ fn on_a_terminal(args: &[String], typescript: &Path, mnt: Option<&Path>) -> OnTe
         .stderr(Stdio::null())
         .spawn()
         .expect("run script(1)");
-    OnTerminal { child, mnt: mnt.map(Path::to_path_buf) }
+    OnTerminal(Supervised { child, mnt: mnt.map(Path::to_path_buf), terminate: false })
 }
 
 /// A volume of 300 stored blocks in the scratch directory.

@@ -21,14 +21,7 @@ pub fn run(args: &[&str]) -> Output {
 /// the message); returns its stdout.
 pub fn checked_output(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    s3b_testkit::stdout_of_success(&out, what)
 }
 
 /// Runs a shell command, panicking with its output if it fails.
@@ -118,6 +111,41 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `cmd` as a daemon under test: no stdin, stdout discarded, stderr into the file
+/// `stderr` (read it while it runs, as a log).
+pub fn spawn_logged(cmd: &mut Command, stderr: &Path) -> Child {
+    let errf = std::fs::File::create(stderr).unwrap_or_else(|e| panic!("create {stderr:?}: {e}"));
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// A process under test that may mount `mnt`. Dropped while it still runs (a check failed),
+/// it unmounts `mnt` if mounted, which ends a mount's daemon, sends SIGTERM if `terminate`
+/// (for a process that unmounting does not end: an NBD server) and waits for the process, so
+/// a failed test leaves nothing running.
+pub struct Supervised {
+    /// The process.
+    pub child: Child,
+    /// The mount point it mounts, if any.
+    pub mnt: Option<PathBuf>,
+    /// Whether dropping it sends SIGTERM after the unmount.
+    pub terminate: bool,
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        if self.terminate {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// A scratch directory with `store/`, `mnt/` and `ext4/` inside, removed on drop.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
@@ -172,8 +200,7 @@ impl Mount {
     pub fn start_command(mut cmd: Command, mnt: &Path) -> Mount {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let stderr_path = mnt.with_extension(format!("stderr.{}", std::process::id()));
-        let errf = std::fs::File::create(&stderr_path).unwrap();
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(errf).spawn().expect("spawn");
+        let child = spawn_logged(&mut cmd, &stderr_path);
         let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf(), stderr_path };
         let end = Instant::now() + Duration::from_secs(30);
         while !is_mounted(mnt) {
@@ -220,6 +247,17 @@ impl Mount {
     /// Contents of the stats file.
     pub fn stats(&self) -> String {
         std::fs::read_to_string(self.mnt.join("stats")).expect("read stats")
+    }
+
+    /// Waits up to two minutes until line `stat` of the stats has grown by `by` from `from`
+    /// (`what` names the wait in a timeout); returns the value it reached.
+    pub fn wait_stat_grown(&self, stat: &str, from: u64, by: u64, what: &str) -> u64 {
+        let mut now = from;
+        wait_for(120, what, || {
+            now = stat_value(&self.stats(), stat);
+            now >= from + by
+        });
+        now
     }
 
     /// What the process wrote to stderr so far.
@@ -368,14 +406,80 @@ pub fn check_tree(root: &Path, tree: &[(String, String)]) {
     }
 }
 
+/// Makes a new ext4 on `m`'s file, writes a [`write_tree`] of `files` files from `seed` into
+/// it on the scratch ext4 mount point and unmounts it again; returns the tree.
+pub fn ext4_with_tree(m: &Mount, s: &Scratch, files: usize, seed: u64) -> Vec<(String, String)> {
+    let e = Ext4::create(&m.file(), &s.ext4());
+    let tree = write_tree(&s.ext4(), files, seed);
+    e.unmount();
+    tree
+}
+
+/// Checks the ext4 on `m`'s file: e2fsck finds it clean and, mounted on the scratch ext4
+/// mount point, every file of `tree` has its content. Returns the ext4, still mounted.
+pub fn checked_ext4(m: &Mount, s: &Scratch, tree: &[(String, String)]) -> Ext4 {
+    fsck_clean(&m.file());
+    let e = Ext4::mount(&m.file(), &s.ext4());
+    check_tree(&s.ext4(), tree);
+    e
+}
+
+/// A command line for a volume on an S3 server: the server's own flags (`server`:
+/// endpoint and credentials), then `extra`, then the volume (`bucket` or `bucket/subdir`).
+pub fn volume_args(server: Vec<String>, extra: &[&str], volume: &str) -> Vec<String> {
+    let mut a = server;
+    a.extend(strings(extra));
+    a.push(volume.to_string());
+    a
+}
+
+/// `keys` of a bucket without the mount token: the volume's blocks.
+pub fn without_mount_token(keys: Vec<String>) -> Vec<String> {
+    keys.into_iter().filter(|k| !k.ends_with("s3backer-mounted")).collect()
+}
+
+/// Writes `secret` into a password file in the scratch directory; returns the
+/// `--passwordFile` flag naming it.
+pub fn password_flag(s: &Scratch, secret: &str) -> String {
+    let p = s.path("pw");
+    std::fs::write(&p, format!("{secret}\n")).unwrap();
+    format!("--passwordFile={}", p.display())
+}
+
+/// `&str`s of owned arguments.
+pub fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
 /// The integer value of line `name` of a stats file's text.
 pub fn stat_value(stats: &str, name: &str) -> u64 {
+    stat_parsed(stats, name)
+}
+
+/// The number (integer or fraction) on line `name` of a stats file's text.
+pub fn stat_float(stats: &str, name: &str) -> f64 {
+    stat_parsed(stats, name)
+}
+
+/// The value on line `name` of a stats file's text, parsed as `T`.
+fn stat_parsed<T: std::str::FromStr>(stats: &str, name: &str) -> T {
     stats
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+}
+
+/// The block cache's dirty share (`block_cache_dirty_ratio`) in a mount's stats.
+pub fn dirty_ratio(m: &Mount) -> f64 {
+    stat_float(&m.stats(), "block_cache_dirty_ratio")
+}
+
+/// Takes `lock`, which makes the tests of one file run one at a time, for as long as the
+/// guard lives; a test that failed holding it does not block the others.
+pub fn one_at_a_time(lock: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One fio job in `dir` with data verification: random 16 KiB writes, every block checked
@@ -399,6 +503,69 @@ pub fn fio_verify(dir: &Path, job: &[&str], verify_only: bool) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One 1 MiB [`fio_verify`] job named `<name><seed>` in `dir`, an fsync every 8 writes.
+pub fn fio_job(dir: &Path, name: &str, seed: u32, verify_only: bool) {
+    fio_verify(
+        dir,
+        &[&format!("--name={name}{seed}"), "--size=1m", "--fsync=8", &format!("--randseed={seed}")],
+        verify_only,
+    );
+}
+
+/// [`fio_job`]s run one after another in a thread (seeds 1, 2, …; each verifies what it
+/// wrote) until [`FioLoop::finish`]: a verified workload that goes on while a test breaks
+/// the servers under it.
+pub struct FioLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    last: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl FioLoop {
+    /// Starts the jobs in `dir`.
+    pub fn start(dir: PathBuf, name: &'static str) -> FioLoop {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let last = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let worker = {
+            let (stop, last) = (stop.clone(), last.clone());
+            std::thread::spawn(move || {
+                let mut seed = 1;
+                while !stop.load(SeqCst) {
+                    fio_job(&dir, name, seed, false);
+                    last.store(seed, SeqCst);
+                    seed += 1;
+                }
+            })
+        };
+        FioLoop { stop, last, worker }
+    }
+
+    /// Lets the running job end and returns the seed of the last job that verified; panics if
+    /// a job failed or none finished.
+    pub fn finish(self) -> u32 {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.stop.store(true, SeqCst);
+        self.worker.join().expect("a fio job failed");
+        let jobs = self.last.load(SeqCst);
+        eprintln!("fio jobs verified: {jobs}");
+        assert!(jobs >= 1, "no fio job finished");
+        jobs
+    }
+}
+
+/// Reads `file` back at each `(data, offset, what)` and checks it is `data` (`what` says which
+/// data in the message).
+pub fn assert_reads_back(file: &Path, parts: &[(&[u8], u64, &str)]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(file).unwrap_or_else(|e| panic!("open {file:?}: {e}"));
+    for (data, offset, what) in parts {
+        let mut back = vec![0u8; data.len()];
+        f.read_exact_at(&mut back, *offset).unwrap();
+        assert_eq!(sha256_hex(&back), sha256_hex(data), "{what}");
+    }
 }
 
 /// `len` pseudo-random bytes from `seed` (xorshift): test data that differs per seed.
@@ -428,15 +595,14 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
 /// Our command line for the test Garage's bucket with requests sent to `base_url` (a proxy in
 /// front of one node or a cluster): credentials, `flags`, then the bucket.
 pub fn garage_args_at(base_url: &str, flags: &[&str]) -> Vec<String> {
-    use s3b_testkit::garage::{ACCESS_KEY_ID, BUCKET, SECRET_KEY};
-    let mut a = vec![
-        format!("--baseURL={base_url}"),
-        format!("--accessId={ACCESS_KEY_ID}"),
-        format!("--accessKey={SECRET_KEY}"),
-    ];
-    a.extend(flags.iter().map(|f| f.to_string()));
-    a.push(BUCKET.into());
-    a
+    volume_args(garage_flags_at(base_url), flags, s3b_testkit::garage::BUCKET)
+}
+
+/// The flags that send our requests to `base_url` (a proxy in front of a test server) with
+/// the test servers' credentials.
+pub fn garage_flags_at(base_url: &str) -> Vec<String> {
+    use s3b_testkit::garage::{ACCESS_KEY_ID, SECRET_KEY};
+    vec![format!("--baseURL={base_url}"), format!("--accessId={ACCESS_KEY_ID}"), format!("--accessKey={SECRET_KEY}")]
 }
 
 /// Mounts our binary with `args` behind `proxy` with its faults off (they would only slow the

@@ -67,7 +67,7 @@ mod stats;
 mod writeback;
 
 pub use file::{CacheFile, FileOptions};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, Fill};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -38,6 +38,13 @@ enum Place {
     Parked,
 }
 
+/// The two places with a time: *waiting* and *backing off*.
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    Due,
+    Backoff,
+}
+
 /// The schedule (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
@@ -76,24 +83,30 @@ impl Schedule {
         true
     }
 
-    /// Block `n` is due at `due` (moved there if it was elsewhere). True when that is now the
-    /// earliest deadline: the scheduler, which sleeps until the earliest one, must look again.
-    pub(crate) fn wait_until(&mut self, n: BlockNum, due: Instant) -> bool {
+    /// Puts block `n` in the timed place `timer` at `at` (moved there if it was elsewhere).
+    /// True when `at` is now the earliest deadline: the scheduler, which sleeps until the
+    /// earliest one, must look again.
+    fn place_timed(&mut self, n: BlockNum, at: Instant, timer: Timer) -> bool {
         self.remove(n);
         let s = self.next_seq();
-        self.place.insert(n, Place::Waiting(due, s));
-        self.waiting.insert((due, s, n));
-        self.next_deadline() == Some(due)
+        let (place, set) = match timer {
+            Timer::Due => (Place::Waiting(at, s), &mut self.waiting),
+            Timer::Backoff => (Place::Backoff(at, s), &mut self.backoff),
+        };
+        set.insert((at, s, n));
+        self.place.insert(n, place);
+        self.next_deadline() == Some(at)
+    }
+
+    /// Block `n` is due at `due`. True when that is now the earliest deadline.
+    pub(crate) fn wait_until(&mut self, n: BlockNum, due: Instant) -> bool {
+        self.place_timed(n, due, Timer::Due)
     }
 
     /// Block `n`'s upload failed: not to be tried again before `at`. True when that is now the
     /// earliest deadline.
     pub(crate) fn back_off(&mut self, n: BlockNum, at: Instant) -> bool {
-        self.remove(n);
-        let s = self.next_seq();
-        self.place.insert(n, Place::Backoff(at, s));
-        self.backoff.insert((at, s, n));
-        self.next_deadline() == Some(at)
+        self.place_timed(n, at, Timer::Backoff)
     }
 
     /// Block `n` is due now, last in `lane`.

@@ -17,7 +17,7 @@ use crate::file::{CacheFile, Held, Pinned};
 use crate::ranges::{ByteRanges, MAX_RANGES};
 use crate::readahead::ReadAhead;
 use crate::state::{self, BlockState, Entry, State};
-use crate::stats::{CacheStats, Occupancy};
+use crate::stats::{CacheStats, Fill, Occupancy};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use s3b_store::{
@@ -54,10 +54,11 @@ pub(crate) struct Shared {
 const PRESSURE_TENTHS: usize = 9;
 
 impl Occupancy for Shared {
-    fn occupancy(&self) -> (u64, u64, u64) {
+    fn occupancy(&self) -> Fill {
         let st = self.state.lock();
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        (count(st.entries.len()), count(st.dirty_count()), count(self.cfg.size))
+        let (cached, dirty, size) = (count(st.entries.len()), count(st.dirty_count()), count(self.cfg.size));
+        Fill { cached, dirty, uploading: count(st.in_flight.uploads), size }
     }
 }
 

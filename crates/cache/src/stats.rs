@@ -21,11 +21,24 @@ pub struct CacheStats {
     cache: Mutex<Option<Weak<dyn Occupancy>>>,
 }
 
+/// How full the block cache is at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Blocks cached, clean or dirty.
+    pub cached: u64,
+    /// Dirty blocks: written, not yet in the store (those being uploaded included).
+    pub dirty: u64,
+    /// Uploads in flight.
+    pub uploading: u64,
+    /// The cache's size in blocks.
+    pub size: u64,
+}
+
 /// How full the cache is, as the stats lines show it: what the cache's shared state tells the
 /// counters (kept as a trait so that this module needs nothing of the cache's internals).
 pub(crate) trait Occupancy: Send + Sync {
-    /// Blocks cached, blocks dirty, and the cache's size in blocks.
-    fn occupancy(&self) -> (u64, u64, u64);
+    /// How full it is now.
+    fn occupancy(&self) -> Fill;
 }
 
 impl CacheStats {
@@ -36,6 +49,11 @@ impl CacheStats {
     /// Partially written blocks completed with a read of the store so far.
     pub fn partial_fills(&self) -> u64 {
         self.fills.load(Ordering::Relaxed)
+    }
+
+    /// How full the cache is now (`None` once it is gone).
+    pub fn fill(&self) -> Option<Fill> {
+        self.cache.lock().as_ref().and_then(Weak::upgrade).map(|sh| sh.occupancy())
     }
 
     /// Read hits and misses so far.
@@ -54,11 +72,8 @@ impl StatsSource for CacheStats {
     }
 
     fn write_stats(&self, w: &mut StatsWriter) {
-        let (size, dirty, cap) = match self.cache.lock().as_ref().and_then(Weak::upgrade) {
-            Some(sh) => {
-                let (entries, dirty, size) = sh.occupancy();
-                (entries, dirty as f64, size as f64)
-            }
+        let (size, dirty, cap) = match self.fill() {
+            Some(f) => (f.cached, f.dirty as f64, f.size as f64),
             None => (0, 0.0, 1.0),
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -46,7 +46,6 @@ pub fn wrap(
     };
     let mut cache_cfg = s.cache.clone();
     cache_cfg.size = cache_cfg.size.min(usize::try_from(inner.num_blocks()).unwrap_or(usize::MAX));
-    crate::metrics::cache_slots(cache_cfg.size);
     if read_only {
         // Nothing is ever dirty on a read-only mount.
         cache_cfg.max_dirty = 0;
@@ -86,5 +85,6 @@ pub fn wrap(
         None => (BlockCache::new(inner, cache_cfg), None),
     };
     stats.register(cache.stats());
+    crate::metrics::observe_cache(cache.stats());
     Ok(Caching { top: Arc::new(cache), cache_file: file })
 }

@@ -16,6 +16,7 @@
 use anyhow::{Result, anyhow, bail};
 use fuser::{MountOption, SessionACL};
 use s3b_fuse::FuseTuning;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// What follows an option's name.
@@ -89,11 +90,6 @@ const fn opt(name: &'static str, value: Value, effect: Effect, what: &'static st
     FuseOption { name, value, effect, what }
 }
 
-/// A mount flag with an opposite.
-const fn pair(on: MountOption, off: MountOption) -> Effect {
-    Effect::Flag { on, opposite: Some(off) }
-}
-
 /// A mount flag without an opposite.
 const fn flag(on: MountOption) -> Effect {
     Effect::Flag { on, opposite: None }
@@ -103,25 +99,37 @@ use Effect as E;
 use MountOption as M;
 use Value as V;
 
-/// Every FUSE option `-o` accepts.
-pub static TABLE: &[FuseOption] = &[
+/// One half of an opposite pair: the option's name, the flag it sets, one line for the help.
+type Half = (&'static str, MountOption, &'static str);
+
+/// The mount flags that come in opposite pairs: each half is an option that sets its flag
+/// and clears the other half's (of the two, the last one given counts).
+const OPPOSITES: &[[Half; 2]] = &[
+    [("ro", M::RO, "mount read-only"), ("rw", M::RW, "mount read-write")],
+    [("dev", M::Dev, "allow device files"), ("nodev", M::NoDev, "no device files (the default)")],
+    [("suid", M::Suid, "honour set-user-id bits"), ("nosuid", M::NoSuid, "ignore set-user-id bits (the default)")],
+    [("exec", M::Exec, "allow running programs"), ("noexec", M::NoExec, "no running programs")],
+    [("atime", M::Atime, "update access times"), ("noatime", M::NoAtime, "no access times")],
+    [("sync", M::Sync, "synchronous I/O"), ("async", M::Async, "asynchronous I/O")],
+];
+
+/// Every FUSE option `-o` accepts: the options that stand alone, then both halves of every
+/// pair of opposite mount flags (`ro`/`rw`, `dev`/`nodev`, …), each written once.
+pub static TABLE: LazyLock<Vec<FuseOption>> = LazyLock::new(|| {
+    let half = |(name, on, what): &Half, (_, off, _): &Half| {
+        opt(name, V::None, Effect::Flag { on: on.clone(), opposite: Some(off.clone()) }, what)
+    };
+    let pairs = OPPOSITES.iter().flat_map(|[a, b]| [half(a, b), half(b, a)]);
+    SINGLES.iter().cloned().chain(pairs).collect()
+});
+
+/// The FUSE options that are not one of [`OPPOSITES`].
+static SINGLES: &[FuseOption] = &[
     opt("allow_other", V::None, E::Access(SessionACL::All), "every user may use the mount (the default)"),
     opt("allow_root", V::None, E::Access(SessionACL::RootAndOwner), "only root and the owner may use the mount"),
     opt("default_permissions", V::None, flag(M::DefaultPermissions), "the kernel checks permissions (always on)"),
     opt("uid", V::Number, E::Uid, "owner of the exported files"),
     opt("gid", V::Number, E::Gid, "group of the exported files"),
-    opt("ro", V::None, pair(M::RO, M::RW), "mount read-only"),
-    opt("rw", V::None, pair(M::RW, M::RO), "mount read-write"),
-    opt("dev", V::None, pair(M::Dev, M::NoDev), "allow device files"),
-    opt("nodev", V::None, pair(M::NoDev, M::Dev), "no device files (the default)"),
-    opt("suid", V::None, pair(M::Suid, M::NoSuid), "honour set-user-id bits"),
-    opt("nosuid", V::None, pair(M::NoSuid, M::Suid), "ignore set-user-id bits (the default)"),
-    opt("exec", V::None, pair(M::Exec, M::NoExec), "allow running programs"),
-    opt("noexec", V::None, pair(M::NoExec, M::Exec), "no running programs"),
-    opt("atime", V::None, pair(M::Atime, M::NoAtime), "update access times"),
-    opt("noatime", V::None, pair(M::NoAtime, M::Atime), "no access times"),
-    opt("sync", V::None, pair(M::Sync, M::Async), "synchronous I/O"),
-    opt("async", V::None, pair(M::Async, M::Sync), "asynchronous I/O"),
     opt("dirsync", V::None, flag(M::DirSync), "synchronous directory changes"),
     opt("auto_unmount", V::None, flag(M::AutoUnmount), "unmount when the process ends"),
     opt("fsname", V::Text, E::FsName, "name in the mount table"),
@@ -160,7 +168,7 @@ pub fn split(word: &str) -> (&str, Option<&str>) {
 /// The `-o` help text's list of FUSE options.
 pub fn help() -> String {
     let mut h = String::from("Mount option(s), comma separated: any --flag as name=value, or a FUSE option:");
-    for o in TABLE {
+    for o in TABLE.iter() {
         let value = match o.value {
             Value::None => "",
             Value::Number => "=N",
@@ -283,7 +291,7 @@ mod tests {
     #[test]
     fn the_help_lists_every_option() {
         let h = help();
-        for o in TABLE {
+        for o in TABLE.iter() {
             assert!(h.contains(&format!("\n  {}", o.name)), "{}", o.name);
         }
     }

@@ -5,8 +5,10 @@
 //! - every line of the stats file, read from the same registry at each scrape, so the two
 //!   always agree: counts as counters (`s3backer_http_gets_total`), block counts and ratios as
 //!   gauges, average times as gauges and accumulated times as counters in seconds;
-//! - `s3backer_block_cache_dirty_blocks`: the dirty blocks waiting to be uploaded (the upload
-//!   backlog), from the stats file's dirty ratio and the cache's size;
+//! - the block cache's write-back, read from the cache itself at each scrape:
+//!   `s3backer_block_cache_dirty_blocks` (written, not yet in S3),
+//!   `s3backer_block_cache_uploads_in_flight` (uploads under way) and
+//!   `s3backer_block_cache_upload_backlog_blocks` (dirty blocks no upload has started on);
 //! - histograms of S3 attempts by method and outcome (`s3backer_s3_request_duration_seconds`),
 //!   retries by cause, bytes up and down, and the front end's requests by operation and outcome
 //!   (`s3backer_request_duration_seconds{frontend="fuse"|"nbd"}`).
@@ -28,8 +30,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use s3b_cache::{CacheStats, Fill};
 use s3b_store::{StatsRegistry, StatsValue};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -46,14 +48,24 @@ struct Recorded {
     requests: HistogramFamily<3>,
 }
 
+/// Buckets of S3 attempts: 1 ms (a local server's fastest answer) doubling 16 times, to
+/// about 33 s (past the default 30 s request timeout).
+const S3_BUCKETS: (f64, u16) = (0.001, 16);
+/// Buckets of front-end requests: 50 µs (a cache hit) doubling 17 times, to about 3.3 s (a
+/// write that waits for room while uploads are slow).
+const REQUEST_BUCKETS: (f64, u16) = (0.000_05, 17);
+/// A failed accept (out of descriptors and the like) is retried after this pause, so the
+/// loop does not spin while the process has none to give.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// A scraper must send its request head within this time, or its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn s3_histogram() -> Histogram {
-    // 1 ms to about 33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    Histogram::new(exponential_buckets(S3_BUCKETS.0, 2.0, S3_BUCKETS.1))
 }
 
 fn request_histogram() -> Histogram {
-    // 50 µs to about 3.3 s.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+    Histogram::new(exponential_buckets(REQUEST_BUCKETS.0, 2.0, REQUEST_BUCKETS.1))
 }
 
 /// The process's metrics state, set up by [`prepare`].
@@ -62,8 +74,8 @@ struct State {
     listener: Mutex<Option<Listener>>,
 }
 
-/// Slots of the block cache (0: none), to turn the stats file's dirty ratio into blocks.
-static CACHE_SLOTS: AtomicU64 = AtomicU64::new(0);
+/// The block cache's counters (none without a block cache), for its write-back gauges.
+static CACHE: Mutex<Option<Arc<CacheStats>>> = Mutex::new(None);
 
 static STATE: OnceLock<State> = OnceLock::new();
 
@@ -100,7 +112,7 @@ pub fn prepare(cfg: &crate::config::Config) -> Result<()> {
         .set(State { recorded, listener: Mutex::new(Some(listener)) })
         .map_err(|_| anyhow!("the metrics endpoint is already set up"))?;
     if !cfg.quiet {
-        log::info!("serving metrics on {addr}");
+        log::info!("serving metrics at /metrics on {addr}");
     }
     Ok(())
 }
@@ -119,26 +131,20 @@ pub fn observe_volume(volume: &s3b_volume::Volume, frontend: &'static str) {
     }
 }
 
-/// Notes the block cache's size in blocks (for the dirty-block count).
-pub fn cache_slots(slots: usize) {
-    CACHE_SLOTS.store(u64::try_from(slots).unwrap_or(u64::MAX), Relaxed);
+/// Notes the block cache (for its write-back gauges and [`dirty_blocks`]).
+pub fn observe_cache(stats: Arc<CacheStats>) {
+    *CACHE.lock() = Some(stats);
 }
 
-/// The dirty blocks of the block cache (waiting to be uploaded; a whole number), from the stats
-/// file's dirty ratio and the cache's size; `None` without a block cache.
-pub fn dirty_blocks(stats: &StatsRegistry) -> Option<f64> {
-    let ratio = stats.entries().into_iter().find_map(|(name, v)| match v {
-        StatsValue::Ratio(r) if name == "block_cache_dirty_ratio" => Some(r),
-        _ => None,
-    })?;
-    dirty_from_ratio(ratio)
+/// How full the block cache is now; `None` without a block cache.
+fn cache_fill() -> Option<Fill> {
+    CACHE.lock().as_ref().and_then(|c| c.fill())
 }
 
-/// `ratio` (dirty / slots) as a number of blocks. The ratio is computed in f64 from two
-/// integers, so rounding gives the count back exactly for any cache below 2^52 blocks.
-fn dirty_from_ratio(ratio: f64) -> Option<f64> {
-    let slots = CACHE_SLOTS.load(Relaxed);
-    (slots > 0).then(|| (ratio * slots as f64).round())
+/// The dirty blocks of the block cache (written, not yet in the store); `None` without a
+/// block cache.
+pub fn dirty_blocks() -> Option<u64> {
+    cache_fill().map(|f| f.dirty)
 }
 
 impl s3b_http::observe::RequestObserver for Recorded {
@@ -186,7 +192,6 @@ impl std::fmt::Debug for StatsLines {
 
 impl Collector for StatsLines {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
-        let mut dirty_ratio = None;
         for (name, value) in self.stats.entries() {
             let help = format!("The stats file's {name} line");
             match value {
@@ -200,9 +205,6 @@ impl Collector for StatsLines {
                     g.encode(encoder.encode_descriptor(&name, &help, Some(&unit), g.metric_type())?)?;
                 }
                 StatsValue::Ratio(v) => {
-                    if name == "block_cache_dirty_ratio" {
-                        dirty_ratio = Some(v);
-                    }
                     let g = ConstGauge::new(v);
                     g.encode(encoder.encode_descriptor(&name, &help, None, g.metric_type())?)?;
                 }
@@ -217,11 +219,27 @@ impl Collector for StatsLines {
                 }
             }
         }
-        if let Some(dirty) = dirty_ratio.and_then(dirty_from_ratio) {
-            let g = ConstGauge::new(dirty);
-            let unit = Unit::Other("blocks".into());
-            let help = "Dirty blocks in the block cache, waiting to be uploaded";
-            g.encode(encoder.encode_descriptor("block_cache_dirty", help, Some(&unit), g.metric_type())?)?;
+        if let Some(f) = cache_fill() {
+            let blocks = Unit::Other("blocks".into());
+            let gauges = [
+                (
+                    "block_cache_dirty",
+                    "Dirty blocks in the block cache: written, not yet in S3",
+                    Some(&blocks),
+                    f.dirty,
+                ),
+                ("block_cache_uploads_in_flight", "Uploads of dirty blocks under way", None, f.uploading),
+                (
+                    "block_cache_upload_backlog",
+                    "Dirty blocks no upload has started on yet",
+                    Some(&blocks),
+                    f.dirty.saturating_sub(f.uploading),
+                ),
+            ];
+            for (name, help, unit, v) in gauges {
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(name, help, unit, g.metric_type())?)?;
+            }
         }
         Ok(())
     }
@@ -304,8 +322,7 @@ async fn serve(listener: Listener, recorded: Arc<Recorded>, stats: Arc<StatsRegi
             }
             Err(e) => {
                 log::warn!("metrics: accept: {}", crate::io_msg(&e));
-                // Out of descriptors and the like: give the process a moment before retrying.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }
     }
@@ -333,7 +350,7 @@ async fn answer(conn: Box<dyn Conn>, recorded: Arc<Recorded>, stats: Arc<StatsRe
     let io = hyper_util::rt::TokioIo::new(conn);
     let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(io, service)
         .await;
     if let Err(e) = served {

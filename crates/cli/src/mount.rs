@@ -170,7 +170,7 @@ fn serve(
 
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let run_result = session.run();
-    crate::notify::stopping("unmounted; flushing dirty blocks", stack.stats.clone());
+    crate::notify::stopping("unmounted; flushing dirty blocks");
     sig_handle.close();
     if let Err(e) = &run_result {
         log::error!("FUSE session ended with an error: {e}");
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn fstab_options_from_libfuse_2_and_3_are_accepted() {
         // Every option of the table, with a value of its kind, goes through the whole parse.
-        for opt in crate::fuse_options::TABLE {
+        for opt in crate::fuse_options::TABLE.iter() {
             let o = match opt.value {
                 Value::None => opt.name.to_string(),
                 Value::Number => format!("{}=7", opt.name),

@@ -291,7 +291,7 @@ fn serve(
     };
     let mirror = daemon::now_serving(pipe, cfg.front.stats_mirror.clone(), stack.stats.clone());
     let _ = rt.block_on(serving);
-    crate::notify::stopping("NBD server stopped; flushing dirty blocks", stack.stats.clone());
+    crate::notify::stopping("NBD server stopped; flushing dirty blocks");
     signals.abort();
     remove_socket(&addr);
     if !cfg.quiet {

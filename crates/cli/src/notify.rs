@@ -11,7 +11,6 @@
 
 use parking_lot::Mutex;
 use sd_notify::NotifyState;
-use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
@@ -41,9 +40,9 @@ pub fn ready(what: &str) {
 }
 
 /// Shutdown has begun: `STOPPING=1` and `what` as the status; then, under a service manager,
-/// every second while the flush runs, `STATUS=flushing: N dirty blocks left` (from `stats`),
-/// until [`status`] reports how the flush ended.
-pub fn stopping(what: &str, stats: Arc<s3b_store::StatsRegistry>) {
+/// every second while the flush runs, `STATUS=flushing: N dirty blocks left` (from the block
+/// cache), until [`status`] reports how the flush ended.
+pub fn stopping(what: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(what)]);
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
@@ -51,8 +50,8 @@ pub fn stopping(what: &str, stats: Arc<s3b_store::StatsRegistry>) {
     let (stop, stopped) = channel::<()>();
     let spawned = std::thread::Builder::new().name("s3backer-notify".into()).spawn(move || {
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_STATUS_EVERY) {
-            if let Some(n) = crate::metrics::dirty_blocks(&stats).filter(|&n| n > 0.0) {
-                send(&[NotifyState::Status(&format!("flushing: {n:.0} dirty blocks left"))]);
+            if let Some(n) = crate::metrics::dirty_blocks().filter(|&n| n > 0) {
+                send(&[NotifyState::Status(&format!("flushing: {n} dirty blocks left"))]);
             }
         }
     });

@@ -18,6 +18,9 @@ pub struct Progress {
 
 /// How often a bar redraws by itself (a spinner keeps turning while nothing arrives).
 const TICK: Duration = Duration::from_millis(120);
+/// Work shorter than this gets no rate in its summary: over so short a time the rate says more
+/// about the clock than about the work.
+const SHORTEST_RATED: Duration = Duration::from_millis(50);
 
 impl Progress {
     /// Starts showing `what` (e.g. `erasing`): a bar of `total` blocks, or a spinner counting
@@ -63,7 +66,7 @@ impl Progress {
 /// `in 2.5 s, 400 blocks/s` for `done` blocks in `elapsed`.
 pub fn summary(done: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
-    if secs < 0.05 {
+    if elapsed < SHORTEST_RATED {
         return format!("in {secs:.1} s");
     }
     format!("in {secs:.1} s, {:.0} blocks/s", done as f64 / secs)

@@ -127,9 +127,6 @@ mod tests {
         use std::sync::atomic::{AtomicU64, Ordering};
         struct Counter(AtomicU64);
         impl StatsSource for Counter {
-            fn section(&self) -> s3b_store::stats::StatsSection {
-                s3b_store::stats::StatsSection::Extra
-            }
             fn write_stats(&self, w: &mut StatsWriter) {
                 w.count("things", self.0.load(Ordering::SeqCst));
             }

@@ -5,6 +5,10 @@
 use crate::error::DecodeError;
 use std::io::Read;
 
+/// The deflate level used when none is given: zlib's own default (`Z_DEFAULT_COMPRESSION`),
+/// which is what C s3backer's `--compress` gets, so both write the same objects.
+pub const DEFLATE_DEFAULT_LEVEL: u32 = 6;
+
 /// A compression algorithm with its level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -27,7 +31,10 @@ impl Compression {
     pub fn compress(&self, data: &[u8]) -> Vec<u8> {
         match *self {
             Compression::Deflate(level) => {
-                let mut e = flate2::read::ZlibEncoder::new(data, flate2::Compression::new(level.unwrap_or(6)));
+                let mut e = flate2::read::ZlibEncoder::new(
+                    data,
+                    flate2::Compression::new(level.unwrap_or(DEFLATE_DEFAULT_LEVEL)),
+                );
                 let mut out = Vec::with_capacity(data.len() / 2 + 64);
                 e.read_to_end(&mut out).expect("compressing from memory cannot fail");
                 out

@@ -32,6 +32,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Stale answers a read tolerates before it fails: with [`STALE_PAUSE`] doubling, the six
+/// pauses add up to 12.6 s, time for an eventually consistent server's replicas to catch up
+/// with a write before the read gives up.
+const STALE_RETRIES: u32 = 6;
+/// First pause after a stale answer (doubles each time): about an S3 request's round trip, so
+/// a replica that is only just behind is not asked again at once.
+const STALE_PAUSE: Duration = Duration::from_millis(200);
+
 /// Settings of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EcConfig {
@@ -78,8 +86,8 @@ impl EcConfig {
             cache_size: usize::try_from(size.min(blocks).max(1)).unwrap_or(usize::MAX),
             cache_time: (time_ms > 0).then(|| Duration::from_millis(time_ms)),
             min_write_delay: Duration::from_millis(min_write_delay_ms),
-            stale_retries: 6,
-            stale_pause: Duration::from_millis(200),
+            stale_retries: STALE_RETRIES,
+            stale_pause: STALE_PAUSE,
         }))
     }
 }

@@ -30,6 +30,15 @@ use std::time::{Duration, SystemTime};
 const ROOT_INO: INodeNo = INodeNo::ROOT;
 const FILE_INO: INodeNo = INodeNo(2);
 const STATS_INO: INodeNo = INodeNo(3);
+/// Default name-lookup cache time: upstream's `entry_timeout`, a year (the two names never
+/// change while mounted, so there is nothing to look up again).
+const DEFAULT_ENTRY_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Default requests the kernel keeps in flight: well above the kernel's 12, because the store
+/// below serves many requests at once; as many as an NBD connection may have.
+const DEFAULT_MAX_BACKGROUND: u16 = 64;
+/// Default congestion mark: three quarters of [`DEFAULT_MAX_BACKGROUND`], the kernel's own
+/// proportion (9 of 12).
+const DEFAULT_CONGESTION_THRESHOLD: u16 = DEFAULT_MAX_BACKGROUND / 4 * 3;
 /// Kernel-side tuning of the FUSE session: what the `-o` mount options `entry_timeout=`,
 /// `attr_timeout=`, `max_background=`, `congestion_threshold=` and `max_readahead=` set.
 #[derive(Clone, Debug)]
@@ -51,10 +60,10 @@ pub struct FuseTuning {
 impl Default for FuseTuning {
     fn default() -> Self {
         FuseTuning {
-            entry_ttl: Duration::from_secs(31_536_000),
+            entry_ttl: DEFAULT_ENTRY_TTL,
             attr_ttl: Duration::ZERO,
-            max_background: 64,
-            congestion_threshold: 48,
+            max_background: DEFAULT_MAX_BACKGROUND,
+            congestion_threshold: DEFAULT_CONGESTION_THRESHOLD,
             max_readahead: None,
         }
     }

@@ -17,6 +17,9 @@ pub const METADATA_URL_ENV: &str = "S3BACKER_EC2_METADATA_URL";
 pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254/";
 /// How long credentials fetched from instance metadata are used at most (upstream: 300 s).
 const IAM_REFRESH: Duration = Duration::from_secs(300);
+/// Credentials are replaced this long before they expire, so that no request is signed with
+/// keys that run out while it is on its way (or retried).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 /// A set of keys used to sign requests.
 #[derive(Clone, PartialEq, Eq)]
@@ -127,7 +130,7 @@ async fn fetch_iam(client: &crate::client::HttpClient, role: &str, imdsv2: bool)
     let lifetime = json_string(&doc, "Expiration")
         .and_then(|e| httpdate::parse_http_date(&e).ok().or_else(|| parse_iso8601(&e)))
         .and_then(|exp| exp.duration_since(SystemTime::now()).ok())
-        .map(|left| left.saturating_sub(Duration::from_secs(60)).min(IAM_REFRESH))
+        .map(|left| left.saturating_sub(EXPIRY_MARGIN).min(IAM_REFRESH))
         .unwrap_or(IAM_REFRESH);
     Ok((keys, lifetime))
 }

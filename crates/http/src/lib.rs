@@ -81,6 +81,10 @@ pub const MOUNT_TOKEN_HEADER: &str = "x-amz-meta-s3backer-mount-token";
 pub const BLOCK_CONTENT_TYPE: &str = "application/x-s3backer-block";
 /// Most keys in one multi-object DELETE (the S3 limit).
 pub const MAX_DELETE_KEYS: usize = 1000;
+/// Longest wait for a TCP connection (shorter if `--timeout` is): a server that takes longer
+/// to accept is down or unreachable, and the request is better retried on a new connection
+/// than left to use up the request's whole timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The S3 transport.
 pub struct S3Store {
@@ -124,7 +128,7 @@ impl S3Store {
             .ok_or_else(|| SetupError::BaseUrl(cfg.base_url.clone()))?;
         let client = HttpClient::new(&ClientOptions {
             timeout: cfg.timeout,
-            connect_timeout: cfg.timeout.min(Duration::from_secs(15)),
+            connect_timeout: cfg.timeout.min(MAX_CONNECT_TIMEOUT),
             connection: cfg.connection.clone(),
         })
         .map_err(SetupError::from)?;

@@ -16,7 +16,7 @@
 //! server that honours them refuses (412) a mount that comes second by more than the server's
 //! own check. But the answers do not tell how the server honours them: Garage 2.5 ignores both
 //! headers (the PUT overwrites), and s3s-fs 0.14.1 checks and then writes, so two PUTs that
-//! arrive together both succeed (measured: 7 of 30 simultaneous pairs). So every mount runs the
+//! arrive together both succeed (docs/design-notes.md has the count). So every mount runs the
 //! protocol below, which needs no conditional writes; the headers only make losers fail sooner.
 //! It writes nothing but the token object and uses no LIST (least-privilege keys may not list).
 //!
@@ -277,16 +277,22 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
         Ok(())
     }
 
+    /// HEADs the token until a HEAD is answered, each failure retried under the retry budget;
+    /// returns when the answered HEAD was sent (what it shows was so at that moment or later)
+    /// and what it showed.
+    async fn head_answered(&mut self) -> Result<(Instant, TokenState)> {
+        loop {
+            let sent = Instant::now();
+            match Self::timed(self.obj.head_token()).await {
+                Ok(cur) => return Ok((sent, cur)),
+                Err(e) => self.retry("HEAD", e).await?,
+            }
+        }
+    }
+
     async fn set(&mut self, expected: u32, first: u32) -> Result<TokenSwap> {
         loop {
-            let head = Instant::now();
-            let cur = match Self::timed(self.obj.head_token()).await {
-                Ok(cur) => cur,
-                Err(e) => {
-                    self.retry("HEAD", e).await?;
-                    continue;
-                }
-            };
+            let (head, cur) = self.head_answered().await?;
             if self.ours.contains(&cur.token) {
                 let due = self.settled + SETTLE_WAIT;
                 if head >= due {
@@ -351,14 +357,7 @@ impl<'a, T: TokenObject + ?Sized> Run<'a, T> {
         // Whether a DELETE of ours failed, and so may have taken effect after all.
         let mut maybe_deleted = false;
         loop {
-            let head = Instant::now();
-            let cur = match Self::timed(self.obj.head_token()).await {
-                Ok(cur) => cur,
-                Err(e) => {
-                    self.retry("HEAD", e).await?;
-                    continue;
-                }
-            };
+            let (head, cur) = self.head_answered().await?;
             if cur.token == 0 {
                 return Ok(TokenSwap::Done(0));
             }

@@ -8,7 +8,7 @@ use s3b_store::named::NamedObjects;
 use s3b_store::{
     BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, TokenOp, TokenSwap, VolumeMeta,
 };
-use s3b_store::{StatsRegistry, StatsSection, StatsSource, StatsWriter};
+use s3b_store::{StatsRegistry, StatsSource, StatsWriter};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -65,9 +65,6 @@ struct Counters {
 }
 
 impl StatsSource for Counters {
-    fn section(&self) -> StatsSection {
-        StatsSection::Extra
-    }
     fn write_stats(&self, w: &mut StatsWriter) {
         w.count("snapshot_copies", self.copies.load(Relaxed));
         w.count("snapshot_zero_copies", self.zero_copies.load(Relaxed));

@@ -5,7 +5,7 @@
 //! [`StoreError::Injected`] (EIO) before reaching the inner store, so nothing is half-done. The
 //! wrapper works over any transport, which lets tests aim faults at the layers above.
 
-use crate::stats::{StatsSection, StatsSource, StatsWriter};
+use crate::stats::{StatsSource, StatsWriter};
 use crate::{
     BlockNum, Etag, GetOutcome, ObjectBody, ObjectStore, ReadCondition, Result, StoreError, TokenOp, VolumeMeta,
 };
@@ -41,9 +41,6 @@ pub struct FaultCounters {
 }
 
 impl StatsSource for FaultCounters {
-    fn section(&self) -> StatsSection {
-        StatsSection::Extra
-    }
     fn write_stats(&self, w: &mut StatsWriter) {
         w.count("test_injected_errors", self.errors.load(Ordering::Relaxed));
         w.count("test_injected_delays", self.delays.load(Ordering::Relaxed));

@@ -29,8 +29,11 @@ pub enum StatsSection {
 
 /// A layer that reports counters.
 pub trait StatsSource: Send + Sync {
-    /// Which section the lines belong to.
-    fn section(&self) -> StatsSection;
+    /// Which section the lines belong to: upstream's layers say theirs; a layer of our own
+    /// keeps this default, [`StatsSection::Extra`], after all of upstream's lines.
+    fn section(&self) -> StatsSection {
+        StatsSection::Extra
+    }
     /// Writes this layer's lines.
     fn write_stats(&self, w: &mut StatsWriter);
     /// Resets the counters (unlinking the stats file does this).

@@ -126,6 +126,20 @@ done
 rm -rf "$1""#;
 
 impl Ceph {
+    /// [`Ceph::start`], then one line on stderr: how long the cluster took to serve S3 and
+    /// its daemons' memory (what a test run's log should show of the cluster it used).
+    pub fn start_logged(osds: usize) -> Ceph {
+        let c = Ceph::start(osds);
+        let rss = c.rss_kib();
+        let total: u64 = rss.iter().map(|(_, k)| k).sum();
+        eprintln!(
+            "ceph, {osds} OSD(s): serving S3 after {:.1} s; daemons' RSS {} MiB: {rss:?}",
+            c.startup.as_secs_f64(),
+            total >> 10
+        );
+        c
+    }
+
     /// Starts a fresh cluster with `osds` OSDs (1 to 3), RGW and the bucket [`BUCKET`]; panics
     /// if it does not serve S3 within two minutes.
     pub fn start(osds: usize) -> Ceph {
@@ -231,14 +245,7 @@ impl Ceph {
     /// cluster does not outlive the test), panicking with its output unless it succeeds.
     fn run_ok(&self, cmd: &mut Command) -> String {
         let out = self.run(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::stdout_of_success(&out, &format!("{cmd:?}"))
     }
 
     /// Runs a command to completion, whatever the outcome, its pid told to the watchdog.

@@ -12,6 +12,8 @@
 //! - [`hostile`]: a proxy that answers chosen requests as a hostile server would (endless or
 //!   oversized bodies, header floods, trickled answers).
 //! - [`listener`]: the accept-a-connection-per-thread skeleton those three servers share.
+//!
+//! And [`stdout_of_success`], how every helper that runs a command checks that it worked.
 
 pub mod ceph;
 pub mod fault_proxy;
@@ -21,3 +23,16 @@ pub mod hostile;
 pub mod listener;
 pub mod public_http;
 pub mod s3s_fs;
+
+/// The stdout of a finished command `what`, panicking with its status and both outputs unless
+/// it succeeded: a failed set-up step stops the test with everything needed to see why.
+pub fn stdout_of_success(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

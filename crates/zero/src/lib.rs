@@ -15,10 +15,10 @@
 //! volume costs memory only where it is used.
 //!
 //! Discarding a large range whose blocks are not known to be zero (`mkfs.ext4` discards the whole
-//! device; on a new 1 TiB volume of 256 KiB blocks that was 4.2 million deletes of objects that
-//! never existed) first runs the same survey, once per mount, without `--listBlocks`: a listing
-//! costs one request per 1000 objects that exist, so a new volume is surveyed in a few requests
-//! and its discards cost none. The survey's answer is authoritative, not a guess; where the keys
+//! device: one delete per block, for objects a new volume never had) first runs the same
+//! survey, once per mount, without `--listBlocks`: a listing costs one request per 1000
+//! objects that exist, so a new volume is surveyed in a few requests and its discards cost
+//! none (docs/design-notes.md has the figures). The survey's answer is authoritative, not a guess; where the keys
 //! may not list the bucket it is refused, and the discard deletes every block as before. Nothing
 //! is listed at startup unless `--listBlocks` asks for it.
 

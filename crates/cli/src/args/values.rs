@@ -216,10 +216,10 @@ pub fn compression(flag: &str, v: &str) -> Result<Compression, BadValue> {
     }
 }
 
-/// A deflate level: 0-9, or -1 for zlib's default (6).
+/// A deflate level: 0-9, or -1 for zlib's default.
 pub fn deflate_level(l: i32) -> Result<u32, BadValue> {
     match l {
-        -1 => Ok(6),
+        -1 => Ok(s3b_codec::compress::DEFLATE_DEFAULT_LEVEL),
         0..=9 => Ok(l as u32),
         _ => Err(BadValue::DeflateLevel(l)),
     }

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod codec;
 pub mod front;
+pub mod listen;
 pub mod metrics;
 pub mod nbd;
 pub mod s3;

@@ -2,10 +2,10 @@
 //! `--nbdAllowRemote` for addresses beyond loopback) or the NBD device it attaches, and TLS.
 
 use super::Mode;
+use super::listen::ListenFlag;
 use crate::args::nbd::NbdArgs;
-use anyhow::{Context, Result, anyhow, bail};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use anyhow::{Result, bail};
+use std::path::Path;
 
 /// The checked NBD flags (all empty outside `--nbd`).
 #[derive(Clone, Debug, Default)]
@@ -18,23 +18,14 @@ pub struct NbdSettings {
     pub nbdkit_flags: bool,
 }
 
-/// Where the server listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// A Unix-domain socket at this path.
-    Unix(PathBuf),
-    /// TCP.
-    Tcp(SocketAddr),
-}
+pub use super::listen::ListenAddr;
 
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Unix(p) => write!(f, "{}", p.display()),
-            ListenAddr::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
+/// `--nbdListen` for [`parse_listen`].
+const NBD_LISTEN: ListenFlag = ListenFlag {
+    name: "--nbdListen",
+    allow_remote: "--nbdAllowRemote",
+    exposure: "NBD has no authentication: anyone who can reach it can read and write the volume",
+};
 
 /// Settles the mode with `--nbd`: NBD flags without `--nbd`, or `--nbd` with a maintenance
 /// mode, are errors.
@@ -101,39 +92,9 @@ pub fn check_target(a: &NbdArgs, device: Option<&Path>) -> Result<()> {
     }
 }
 
-/// Parses `--nbdListen`: `HOST:PORT` (an IP address or a name that resolves) is TCP, anything
-/// else a Unix socket path. A TCP address other than loopback needs `allow_remote`.
+/// Parses `--nbdListen` (the grammar is [`super::listen`]'s).
 pub fn parse_listen(s: &str, allow_remote: bool) -> Result<ListenAddr> {
-    if s.is_empty() {
-        bail!("invalid --nbdListen \"\": expected a socket path or HOST:PORT");
-    }
-    let tcp = if s.contains('/') {
-        None
-    } else if let Ok(a) = s.parse::<SocketAddr>() {
-        Some(a)
-    } else if let Some((host, port)) = s.rsplit_once(':') {
-        let port: u16 = port.parse().map_err(|_| anyhow!("invalid --nbdListen \"{s}\": bad port \"{port}\""))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let a = (host, port)
-            .to_socket_addrs()
-            .with_context(|| format!("invalid --nbdListen \"{s}\": can't resolve \"{host}\""))?
-            .next()
-            .ok_or_else(|| anyhow!("invalid --nbdListen \"{s}\": \"{host}\" has no address"))?;
-        Some(a)
-    } else {
-        None
-    };
-    match tcp {
-        Some(a) => {
-            if !a.ip().is_loopback() && !allow_remote {
-                bail!(
-                    "--nbdListen={s} is not a loopback address and NBD has no authentication: anyone who can reach it can read and write the volume; add --nbdAllowRemote to listen there anyway"
-                );
-            }
-            Ok(ListenAddr::Tcp(a))
-        }
-        None => Ok(ListenAddr::Unix(std::path::absolute(s).unwrap_or_else(|_| PathBuf::from(s)))),
-    }
+    super::listen::parse_listen(&NBD_LISTEN, s, allow_remote)
 }
 
 #[cfg(test)]
@@ -145,20 +106,14 @@ mod tests {
     }
 
     #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen("127.0.0.1:10809", false).unwrap(),
-            ListenAddr::Tcp("127.0.0.1:10809".parse().unwrap())
-        );
-        assert_eq!(parse_listen("[::1]:10809", false).unwrap(), ListenAddr::Tcp("[::1]:10809".parse().unwrap()));
-        assert!(matches!(parse_listen("localhost:10809", false).unwrap(), ListenAddr::Tcp(a) if a.ip().is_loopback()));
-        assert_eq!(parse_listen("/run/x.sock", false).unwrap(), ListenAddr::Unix("/run/x.sock".into()));
-        assert!(matches!(parse_listen("x.sock", false).unwrap(), ListenAddr::Unix(p) if p.is_absolute()));
+    fn listen_errors_name_the_nbd_flags() {
         let e = parse_listen("0.0.0.0:10809", false).unwrap_err().to_string();
-        assert!(e.contains("--nbdAllowRemote") && e.contains("no authentication"), "{e}");
+        assert!(
+            e.starts_with("--nbdListen=") && e.contains("--nbdAllowRemote") && e.contains("no authentication"),
+            "{e}"
+        );
         assert!(parse_listen("0.0.0.0:10809", true).is_ok());
-        assert!(parse_listen("127.0.0.1:notaport", false).unwrap_err().to_string().contains("bad port"));
-        assert!(parse_listen("", false).is_err());
+        assert!(matches!(parse_listen("x.sock", false).unwrap(), ListenAddr::Unix(p) if p.is_absolute()));
     }
 
     #[test]

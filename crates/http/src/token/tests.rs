@@ -203,23 +203,33 @@ async fn a_refused_if_match_over_an_unchanged_token_is_sent_again_unquoted() {
     assert_eq!(obj.requests(TokenReq::Put), 3);
 }
 
+/// A token object on the kind of server `seed` picks (one of [`MODES`] in turn) with random
+/// faults from `seed`, `rates` per cent of requests each: refused with 503, refused with 500,
+/// done but answered 500, done with the answer lost, dropped, applied up to [`ANSWER_LIMIT`]
+/// late; every request takes up to `latency_max` each way.
+fn chaotic_object(seed: u64, rates: [u32; 6], latency_max: Duration) -> (MemTokenObject, TokenPreconditions) {
+    let mode = MODES[usize::try_from(seed % 3).unwrap()];
+    let obj = MemTokenObject::new(mode);
+    let [refuse_503, refuse_500, done_500, lost, dropped, later] = rates;
+    obj.chaos(TokenChaos {
+        seed,
+        refuse_503,
+        refuse_500,
+        done_500,
+        lost,
+        dropped,
+        later,
+        later_max: ANSWER_LIMIT,
+        latency_max,
+    });
+    (obj, mode)
+}
+
 /// The fault rates on one mount at a time: every mount comes up, every unmount clears.
 #[tokio::test(start_paused = true)]
 async fn one_mount_at_a_time_always_comes_up_under_random_faults() {
     for seed in 0..300 {
-        let mode = MODES[usize::try_from(seed % 3).unwrap()];
-        let obj = MemTokenObject::new(mode);
-        obj.chaos(TokenChaos {
-            seed,
-            refuse_503: 10,
-            refuse_500: 2,
-            done_500: 1,
-            lost: 2,
-            dropped: 2,
-            later: 2,
-            later_max: ANSWER_LIMIT,
-            latency_max: ms(40),
-        });
+        let (obj, mode) = chaotic_object(seed, [10, 2, 1, 2, 2, 2], ms(40));
         let got = mount(&obj, 0x1000 + u32::try_from(seed).unwrap()).await;
         let Ok(TokenSwap::Done(v)) = got else { panic!("seed {seed} {mode:?}: {got:?}") };
         assert_eq!(obj.token(), v, "seed {seed}");
@@ -237,19 +247,7 @@ async fn one_mount_at_a_time_always_comes_up_under_random_faults() {
 async fn racing_mounts_under_random_faults_never_both_come_up() {
     let mut tally = [0usize; 3]; // races with no winner, one winner, more
     for seed in 0..400u64 {
-        let mode = MODES[usize::try_from(seed % 3).unwrap()];
-        let obj = MemTokenObject::new(mode);
-        obj.chaos(TokenChaos {
-            seed,
-            refuse_503: 10,
-            refuse_500: 3,
-            done_500: 2,
-            lost: 3,
-            dropped: 3,
-            later: 4,
-            later_max: ANSWER_LIMIT,
-            latency_max: ms(500),
-        });
+        let (obj, mode) = chaotic_object(seed, [10, 3, 2, 3, 3, 4], ms(500));
         let n = 2 + usize::try_from(seed % 3).unwrap();
         let racers = (0..n).map(|i| {
             let obj = &obj;
