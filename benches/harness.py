@@ -725,8 +725,7 @@ def run_scale_restart(system, cfg, latency, work):
                       cached_blocks=cached, rss_bytes_per_slot=round(rss * 1048576 / slots, 1),
                       rss_bytes_per_slot_over_no_file=round((rss - rss_no_file) * 1048576 / slots, 1),
                       bound_mib=round(64 + 64 * slots / 1048576, 1))
-        cpu, peak, _ = daemon.stop()
-        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(peak, 1))
+        stop_with_usage(daemon, result)
     except Exception as e:
         failed(result, e)
     finally:
@@ -734,6 +733,12 @@ def run_scale_restart(system, cfg, latency, work):
         if os.path.exists(path):
             os.unlink(path)
     return result
+
+
+def stop_with_usage(daemon, result):
+    """Stops `daemon` and records its CPU seconds and peak RSS in `result`."""
+    cpu, peak, _ = daemon.stop()
+    result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(peak, 1))
 
 
 def run_scale_hits(system, cfg, latency, work, entries):
@@ -760,8 +765,7 @@ def run_scale_hits(system, cfg, latency, work, entries):
         misses = st1.get("block_cache_read_misses", 0) - st0.get("block_cache_read_misses", 0)
         result.update(value=job["read"]["iops"], unit="IOPS", cpu_us_per_read=round(1e6 * cpu / max(ios, 1), 1),
                       reads=ios, cache_misses=int(misses))
-        m_cpu, peak, _ = daemon.stop()
-        result.update(cpu_s=round(m_cpu, 2), peak_rss_mib=round(peak, 1))
+        stop_with_usage(daemon, result)
     except Exception as e:
         failed(result, e)
     finally:

@@ -108,6 +108,9 @@ pub struct CacheConfig {
     pub read_ahead_trigger: u32,
 }
 
+/// Upstream s3backer's defaults (`--blockCacheSize=1000`, `--blockCacheThreads=20`,
+/// `--blockCacheWriteDelay=250`, `--readAhead=4`, `--readAheadTrigger=2`), so a command line
+/// without cache flags behaves as it does with C s3backer.
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {

@@ -33,6 +33,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long to wait before the next attempt to upload a block after `retries` failures in a
 /// row.
 pub(crate) fn retry_delay(retries: u32) -> Duration {
+    // The shift is capped only so that it cannot overflow: 50 ms << 7 already passes the 5 s
+    // ceiling.
     FIRST_RETRY_DELAY.saturating_mul(1 << retries.min(10)).min(MAX_RETRY_DELAY)
 }
 
