@@ -115,7 +115,8 @@ pub async fn build(cfg: &Config, codec: CodecConfig) -> Result<Stack> {
         // Other hosts write the volume too: nothing may be cached here.
         return Ok(Stack { top: coded, objects: transport, stats, block_size, num_blocks, cache_file: None });
     }
-    let caching = crate::caching::wrap(&cfg.cache, cfg.read_only, coded, &stats)?;
+    let show_progress = cfg.foreground && !cfg.quiet;
+    let caching = crate::caching::wrap(&cfg.cache, cfg.read_only, coded, &stats, show_progress)?;
     // The zero-block cache sits on top, as upstream; --listBlocks fills it from a survey.
     let survey = cfg.cache.list_blocks.then(|| crate::progress::Survey::start(cfg.foreground, cfg.quiet) as _);
     let zero = ZeroCache::with_progress(caching.top, cfg.cache.list_blocks, survey);
