@@ -701,6 +701,7 @@ def run_scale_restart(system, cfg, latency, work):
         t0 = time.time()
         daemon = Daemon(system, port, mnt, c, work)
         result.update(mount_s_no_file=round(time.time() - t0, 2))
+        rss_no_file = vm_rss_mib(daemon.proc.pid)
         daemon.stop()
         daemon = Daemon(system, port, mnt, c, work, more=[f"--blockCacheFile={path}"])
         file_fio("scale-fill", os.path.join(mnt, "file"),
@@ -714,11 +715,17 @@ def run_scale_restart(system, cfg, latency, work):
         rss = vm_rss_mib(daemon.proc.pid)
         st = daemon.stats()
         cached = int(st.get("block_cache_current_size", 0))
+        # Ours logs how long reading the file took (one summary line).
+        scan = None
+        for line in open(daemon.err.name, errors="replace"):
+            if "slots hold blocks, read in " in line:
+                scan = float(line.split("read in ")[1].split(" s")[0])
         result.update(value=mount_secs, unit="s to mount", rss_mib=round(rss, 1),
+                      rss_mib_no_file=round(rss_no_file, 1), file_scan_s=scan,
                       cached_blocks=cached, rss_bytes_per_slot=round(rss * 1048576 / slots, 1),
+                      rss_bytes_per_slot_over_no_file=round((rss - rss_no_file) * 1048576 / slots, 1),
                       bound_mib=round(64 + 64 * slots / 1048576, 1))
-        cpu, peak, _ = daemon.stop()
-        result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(peak, 1))
+        stop_with_usage(daemon, result)
     except Exception as e:
         failed(result, e)
     finally:
@@ -726,6 +733,12 @@ def run_scale_restart(system, cfg, latency, work):
         if os.path.exists(path):
             os.unlink(path)
     return result
+
+
+def stop_with_usage(daemon, result):
+    """Stops `daemon` and records its CPU seconds and peak RSS in `result`."""
+    cpu, peak, _ = daemon.stop()
+    result.update(cpu_s=round(cpu, 2), peak_rss_mib=round(peak, 1))
 
 
 def run_scale_hits(system, cfg, latency, work, entries):
@@ -752,8 +765,7 @@ def run_scale_hits(system, cfg, latency, work, entries):
         misses = st1.get("block_cache_read_misses", 0) - st0.get("block_cache_read_misses", 0)
         result.update(value=job["read"]["iops"], unit="IOPS", cpu_us_per_read=round(1e6 * cpu / max(ios, 1), 1),
                       reads=ios, cache_misses=int(misses))
-        m_cpu, peak, _ = daemon.stop()
-        result.update(cpu_s=round(m_cpu, 2), peak_rss_mib=round(peak, 1))
+        stop_with_usage(daemon, result)
     except Exception as e:
         failed(result, e)
     finally:
@@ -769,14 +781,14 @@ def run_scale(cfg, lat, work, systems):
         print(json.dumps(r), flush=True)
         out.append(r)
 
-    for n in cfg.scale_caches:
-        for with_file in (False, True):
+    for n in cfg.scale_caches if "write" in cfg.scale_parts else ():
+        for with_file in (False, True) if n in cfg.scale_file_caches else (False,):
             for system in systems:
                 emit(run_scale_write(system, cfg, lat, work, n, with_file))
-    if cfg.scale_file_gib > 0:
+    if cfg.scale_file_gib > 0 and "restart" in cfg.scale_parts:
         for system in systems:
             emit(run_scale_restart(system, cfg, lat, work))
-    for entries in (256, cfg.scale_hit_entries):
+    for entries in (256, cfg.scale_hit_entries) if "hits" in cfg.scale_parts else ():
         for system in systems:
             emit(run_scale_hits(system, cfg, lat, work, entries))
     return out
@@ -825,15 +837,19 @@ def scale_table(results, cfg, name):
             lines += ["", f"Restart on a full cache file of {cfg.scale_file_gib} GiB (target: mounted in ≤ 2 s; "
                       "RSS ≤ 64 MiB + 64 bytes per slot):", "",
                       "| latency | system | slots | blocks reloaded | s to mount | s to mount without a cache file "
-                      "| RSS MiB after mount | bytes per slot | bound MiB |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| RSS MiB after mount | bytes per slot | RSS MiB without a file | bytes per slot over that "
+                      "| file scan s | bound MiB |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in rr:
                 if "error" in r:
-                    lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | error: {r['error']} | | | | | |")
+                    lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | error: {r['error']} |"
+                                 + " |" * 8)
                     continue
                 lines.append(f"| {lat} ms | {label(r['system'])} | {r['cache_blocks']} | {r['cached_blocks']} "
                              f"| {r['value']:.2f} | {r.get('mount_s_no_file', '–')} | {r['rss_mib']} "
-                             f"| {r['rss_bytes_per_slot']} | {r['bound_mib']} |")
+                             f"| {r['rss_bytes_per_slot']} | {r.get('rss_mib_no_file', '–')} "
+                             f"| {r.get('rss_bytes_per_slot_over_no_file', '–')} | {'–' if r.get('file_scan_s') is None else r['file_scan_s']} "
+                             f"| {r['bound_mib']} |")
         hr = [r for r in rs if r["workload"] == "scale-hits" and r["latency_ms"] == lat]
         if hr:
             lines += ["", "Random 4 KiB reads that all hit (4 KiB blocks, O_DIRECT, iodepth 16):", "",
@@ -1325,6 +1341,10 @@ def main():
     p.add_argument("--cache-blocks", type=int, default=256)
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--scale-caches", default="256,32768,262144", help="scale workload: cache sizes in blocks")
+    p.add_argument("--scale-file-caches", default=None,
+                   help="scale workload: the cache sizes also written with --blockCacheFile (default: all)")
+    p.add_argument("--scale-parts", default="write,restart,hits",
+                   help="scale workload: which parts to run (write, restart, hits)")
     p.add_argument("--scale-write-mb", type=int, default=1536, help="scale workload: MiB written per cache size")
     p.add_argument("--scale-file-gib", type=float, default=16,
                    help="scale workload: size of the cache file filled and restarted on (0: skip)")
@@ -1363,6 +1383,9 @@ def main():
     cfg.repeats = {lat: reps[min(i, len(reps) - 1)] for i, lat in enumerate(cfg.latencies)}
     cfg.workloads = cfg.workloads.split(",")
     cfg.scale_caches = [int(x) for x in cfg.scale_caches.split(",")]
+    cfg.scale_parts = cfg.scale_parts.split(",")
+    cfg.scale_file_caches = (cfg.scale_caches if cfg.scale_file_caches is None
+                             else [int(x) for x in cfg.scale_file_caches.split(",")])
     cfg.data_mb = 64 if cfg.quick else 512
     cfg.size = "1g" if cfg.quick else "4g"
     cfg.rand_secs = 5 if cfg.quick else 20

@@ -1,6 +1,7 @@
 //! Progress of long work: on a terminal (a pty from script(1)) a bar or spinner is drawn and
 //! cleared; off a terminal only one summary line is written. Covers the `--listBlocks` survey
-//! at startup (a `--test` directory) and `--erase` (Garage on 127.0.0.1).
+//! at startup (a `--test` directory), the block cache file's recovery, and `--erase` (Garage on
+//! 127.0.0.1).
 
 mod common;
 use common::*;
@@ -97,4 +98,35 @@ fn erase_shows_a_bar_on_a_terminal_and_one_line_off_it() {
     let lines: Vec<&str> = err.lines().filter(|l| !l.contains(": warning: ")).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].starts_with("s3backer: erased 1500 blocks of") && !err.contains('\r'), "{err}");
+}
+
+#[test]
+fn cache_file_recovery_shows_a_bar_on_a_terminal_and_one_line_off_it() {
+    let s = Scratch::new();
+    let (_, flag) = s.cache_file();
+    let geometry = ["--size=64m", "--blockSize=64k", "--blockCacheSize=512", flag.as_str()];
+    let m = Mount::test_dir(&s, &geometry);
+    write_synced(&m.file(), 0, &random_bytes(3, 300 << 16));
+    assert_eq!(m.unmount(), 0);
+
+    // On a terminal: the bar, cleared, then the summary.
+    let ts = s.path("typescript");
+    let mut args = test_args(&s, &geometry);
+    args.extend(strings(&["-f", s.mnt().to_str().unwrap()]));
+    let child = on_a_terminal(&args, &ts, Some(&s.mnt()));
+    wait_for(30, "the mount", || is_mounted(&s.mnt()));
+    cmd("umount", &[s.mnt().to_str().unwrap()]);
+    assert!(child.wait_success());
+    let screen = std::fs::read_to_string(&ts).unwrap();
+    assert!(screen.contains("s3backer: reading the block cache file ["), "no bar:\n{screen}");
+    assert!(screen.contains("300 of 512 slots hold blocks, read in"), "{screen}");
+
+    // Off a terminal: one line, no bar.
+    let m = Mount::test_dir(&s, &geometry);
+    let err = m.stderr();
+    assert!(!err.contains("reading the block cache file [") && !err.contains('\r'), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("slots hold blocks")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("300 of 512 slots hold blocks, read in "), "{err}");
+    assert_eq!(m.unmount(), 0);
 }

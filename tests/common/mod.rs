@@ -695,3 +695,20 @@ pub fn write_and_hold(file: &Path, offset: u64, data: &[u8]) -> HeldWrite {
     let _ = child.stdin.as_mut().map(|s| s.flush());
     HeldWrite(child)
 }
+
+/// A link to the server on 127.0.0.1:`port` that holds every chunk of bytes for `delay` each
+/// way (the benchmarks' latency proxy), for the rest of the test process; returns its port. A
+/// kill -9 of a command sent over it lands while the command is still under way.
+pub fn slow_link(port: u16, delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the slow link");
+    let link = listener.local_addr().expect("its address").port();
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+            let _ = s3b_netsim::serve(l, std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
+        });
+    });
+    link
+}

@@ -22,7 +22,10 @@
 //!   cache is full of dirty blocks.
 //! * Reads are never queued behind write-back: a miss is read in the caller's own task, never
 //!   through the upload pool; when no slot can be freed (the cache is full of dirty blocks) the
-//!   block is read through without being cached.
+//!   block is read through without being cached. While a miss is in flight, write-back starts
+//!   uploads on only half its threads, so the read does not wait behind a full set of PUTs.
+//! * With a cache file, block data lives in the file only: memory holds each block's
+//!   bookkeeping, and hits and uploads read the data from its slot (see [`file`](mod@file)).
 //! * Costs per operation do not grow with the cache or the backlog: lookups are hash lookups,
 //!   the LRU and the write-back schedule are ordered maps (O(log n) per block), no operation
 //!   walks all cached or all dirty entries (a flush of everything looks once at each dirty
@@ -105,6 +108,9 @@ pub struct CacheConfig {
     pub read_ahead_trigger: u32,
 }
 
+/// Upstream s3backer's defaults (`--blockCacheSize=1000`, `--blockCacheThreads=20`,
+/// `--blockCacheWriteDelay=250`, `--readAhead=4`, `--readAheadTrigger=2`), so a command line
+/// without cache flags behaves as it does with C s3backer.
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -160,13 +166,14 @@ impl BlockCache {
             let now = Instant::now();
             let e = match l.state {
                 // Recovered: as if written again, so it is uploaded.
-                file::LoadedState::Dirty { valid } => state.write(l.block, l.data, valid, now),
+                file::LoadedState::Dirty { valid } => state.write(l.block, None, valid, now),
                 file::LoadedState::Clean { etag, verify } => {
-                    state.insert_loading(l.block, now).data = l.data;
+                    state.insert_loading(l.block, now);
                     state.set_clean(l.block, etag, verify);
                     state.entries.get_mut(&l.block).expect("inserted above")
                 }
             };
+            e.data = l.data;
             // The slot holds what the entry holds now.
             (e.slot, e.slot_image) = (Some(l.slot), e.image());
         }
@@ -279,12 +286,15 @@ impl BlockStore for BlockCache {
             if let Some(e) = st.entries.get_mut(&n)
                 && e.partial().is_some_and(|v| v.covers(offset, offset + len))
             {
-                e.last_access = Instant::now();
-                sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(match &e.data {
-                    Some(d) => d.slice(off..end),
-                    None => s3b_store::zero_block(sh.block_size).slice(off..end),
-                });
+                // A partial block's buffer is always in memory.
+                if let file::Held::Mem(d) = &e.data {
+                    e.last_access = Instant::now();
+                    sh.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(match d {
+                        Some(d) => d.slice(off..end),
+                        None => s3b_store::zero_block(sh.block_size).slice(off..end),
+                    });
+                }
             }
         }
         let data = self.read_block(n, ReadRequest::PLAIN).await?.into_data(sh.block_size);

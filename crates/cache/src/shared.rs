@@ -13,7 +13,7 @@
 //! while cache hits and other blocks' operations never wait for the disk.
 
 use crate::CacheConfig;
-use crate::file::CacheFile;
+use crate::file::{CacheFile, Held, Pinned};
 use crate::ranges::{ByteRanges, MAX_RANGES};
 use crate::readahead::ReadAhead;
 use crate::state::{self, BlockState, Entry, State};
@@ -92,6 +92,7 @@ impl Shared {
                 Through,
                 Load(Option<Etag>),
                 Fill,
+                FromFile(Source, Option<Etag>),
             }
             let step = {
                 let mut st = self.state.lock();
@@ -120,12 +121,19 @@ impl Shared {
                         Step::Load(etag)
                     }
                     Some(e) => {
-                        let out = outcome(&e.data, e.etag());
-                        st.touch(n, now);
                         if !counted {
                             self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                            counted = true;
                         }
-                        Step::Done(out)
+                        let etag = e.etag();
+                        let step = match self.source(e) {
+                            Some(Source::Mem(d)) => Step::Done(outcome(&d, etag)),
+                            Some(src) => Step::FromFile(src, etag),
+                            // Its slot is being relabelled: back in a moment.
+                            None => Step::Wait,
+                        };
+                        st.touch(n, now);
+                        step
                     }
                     None => {
                         if !counted {
@@ -157,6 +165,58 @@ impl Shared {
                     }
                 }
                 Step::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
+                Step::FromFile(src, etag) => {
+                    if let Some(d) = self.fetch(n, &src)? {
+                        return Ok(outcome(&d, etag));
+                    }
+                    // Damaged in the file, and dropped: read from the store.
+                }
+            }
+        }
+    }
+
+    /// Where block `n`'s data (entry `e`) is to be read from, its slot pinned when that is the
+    /// cache file; `None` while the slot is out of the entry (being relabelled).
+    pub(crate) fn source(&self, e: &Entry) -> Option<Source> {
+        match &e.data {
+            Held::Mem(d) => Some(Source::Mem(d.clone())),
+            Held::File { sum, checked } => {
+                let (f, slot) = (self.file.as_ref()?, e.slot?);
+                Some(Source::File { pin: f.pin(slot), sum: *sum, checked: *checked, ver: e.ver })
+            }
+        }
+    }
+
+    /// Reads block `n`'s data from `src` (outside the lock). Data read from the file that was not
+    /// checked since the open is checked now: `None` when it fails (the entry, clean, is dropped
+    /// then, and the caller reads the store instead).
+    pub(crate) fn fetch(&self, n: BlockNum, src: &Source) -> Result<Option<Option<Bytes>>> {
+        let (pin, sum, checked, ver) = match src {
+            Source::Mem(d) => return Ok(Some(d.clone())),
+            Source::File { pin, sum, checked, ver } => (pin, sum, *checked, ver),
+        };
+        let read = pin
+            .read((!checked).then_some(*sum))
+            .map_err(|e| StoreError::io(format!("block cache: can't read block {n:#010x} from the cache file"), e))?;
+        let mut st = self.state.lock();
+        let same = |e: &Entry| e.ver == *ver && matches!(e.data, Held::File { sum: s, .. } if s == *sum);
+        match read {
+            Some(d) => {
+                if !checked && let Some(e) = st.entries.get_mut(&n).filter(|e| same(e)) {
+                    e.data = Held::File { sum: *sum, checked: true };
+                }
+                Ok(Some(Some(d)))
+            }
+            None => {
+                log::warn!("block cache: the cache file's copy of block {n:#010x} fails its checksum; dropped");
+                // A block being checked against the store (loading) is read from it instead by
+                // its loader; a clean one goes.
+                if st.entries.get(&n).is_some_and(|e| same(e) && matches!(e.state(), BlockState::Clean(_))) {
+                    self.drop_entry(&mut st, n);
+                    drop(st);
+                    self.changed.notify_waiters();
+                }
+                Ok(None)
             }
         }
     }
@@ -164,6 +224,22 @@ impl Shared {
     /// Performs the inner read for an entry this task put in the loading phase. `None` when
     /// the entry became a partially written block meanwhile: ask again with [`Shared::get`].
     pub(crate) async fn load(self: &Arc<Self>, n: BlockNum, verify: Option<Etag>) -> Option<Result<ReadOutcome>> {
+        // A reloaded block is checked against the store only once its copy here is read: one
+        // that fails its checksum (or can't be read) is read from the store instead.
+        let local = match verify {
+            Some(_) => {
+                let src = self.state.lock().entries.get(&n).and_then(|e| self.source(e));
+                src.and_then(|src| match self.fetch(n, &src) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::warn!("{}", s3b_store::Chain(&e));
+                        None
+                    }
+                })
+            }
+            None => None,
+        };
+        let verify = verify.filter(|_| local.is_some());
         let res = match verify {
             Some(etag) => self.inner.revalidate(n, etag).await,
             None => self.inner.read_block(n, ReadRequest::PLAIN).await.map(Revalidation::Changed),
@@ -187,15 +263,20 @@ impl Shared {
             return None;
         }
         let result = if !loading {
-            // A write replaced the block while we were reading: its data wins.
-            Ok(outcome(&e.data, e.etag()))
+            // A write replaced the block while we were reading: its data wins (asked again when
+            // it is in the cache file only).
+            let Held::Mem(d) = &e.data else {
+                drop(st);
+                return None;
+            };
+            Ok(outcome(d, e.etag()))
         } else {
             match res {
                 Ok(Revalidation::Unchanged) => {
                     // Only a check of a reloaded block (`verify` is its ETag) answers this.
                     self.stats.verified.fetch_add(1, Ordering::Relaxed);
                     e.last_access = Instant::now();
-                    let out = outcome(&e.data, verify);
+                    let out = outcome(&local.unwrap_or_default(), verify);
                     st.set_clean(n, verify, false);
                     Ok(out)
                 }
@@ -207,7 +288,7 @@ impl Shared {
                         ReadOutcome::Data { data, etag } => (Some(data.clone()), *etag),
                         _ => (None, None),
                     };
-                    e.data = data;
+                    e.data = Held::Mem(data);
                     e.last_access = Instant::now();
                     // A reloaded block that changed in the store: its slot holds the old data.
                     e.slot_image = None;
@@ -258,14 +339,14 @@ impl Shared {
     /// Accepts a write of a whole block into the cache, waiting for room when needed.
     pub(crate) async fn write(self: &Arc<Self>, n: BlockNum, data: Option<BlockData>) -> Result<()> {
         let data = data.map(BlockData::into_bytes);
-        self.write_with(n, |_| Prepared::Data(data.clone(), None)).await
+        self.write_with(n, |_, _| Prepared::Data(data.clone(), None)).await
     }
 
     /// Accepts `part` at byte `off` of block `n` (not the whole block) without reading the
     /// block when it is not cached.
     pub(crate) async fn write_part(self: &Arc<Self>, n: BlockNum, off: u32, end: u32, part: Bytes) -> Result<()> {
         let bs = self.block_size;
-        self.write_with(n, |e| {
+        self.write_with(n, |e, fetched| {
             // What is known of the block: all of it, some ranges, or nothing (not cached, or
             // reloaded from the cache file and not verified yet: its data may be stale).
             let known = match e.map(|e| (e, e.state())) {
@@ -274,7 +355,17 @@ impl Shared {
                 other => other,
             };
             let (base, valid) = match known {
-                Some((e, _)) => (e.data.clone(), e.partial().cloned()),
+                Some((e, _)) => {
+                    let base = match &e.data {
+                        Held::Mem(d) => d.clone(),
+                        // In the cache file only: read first (outside the lock).
+                        Held::File { sum, .. } => match fetched {
+                            Some(f) if f.ver == e.ver && f.sum == *sum => f.data.clone(),
+                            _ => return Prepared::Read,
+                        },
+                    };
+                    (base, e.partial().cloned())
+                }
                 None => (None, Some(ByteRanges::default())),
             };
             if let Some(v) = &valid
@@ -307,15 +398,22 @@ impl Shared {
     }
 
     /// Accepts a write into the cache, waiting for room when needed. `prepare` sees the
-    /// block's entry (under the lock) and says what the block becomes.
-    async fn write_with(self: &Arc<Self>, n: BlockNum, prepare: impl Fn(Option<&Entry>) -> Prepared) -> Result<()> {
+    /// block's entry (under the lock), and its data read from the cache file when it asked for
+    /// it ([`Prepared::Read`]), and says what the block becomes.
+    async fn write_with(
+        self: &Arc<Self>,
+        n: BlockNum,
+        prepare: impl Fn(Option<&Entry>, Option<&Fetched>) -> Prepared,
+    ) -> Result<()> {
         let mut counted = false;
+        let mut fetched = None;
         let ver = loop {
             let notified = self.next_change();
             enum Next {
                 Changed,
                 Room,
                 Fill,
+                Read(Option<Source>),
                 Done(u64),
             }
             let next = {
@@ -327,10 +425,11 @@ impl Shared {
                     c.fetch_add(1, Ordering::Relaxed);
                     counted = true;
                 }
-                match prepare(st.entries.get(&n)) {
+                match prepare(st.entries.get(&n), fetched.as_ref()) {
                     Prepared::Unchanged => return Ok(()),
                     Prepared::Wait => Next::Changed,
                     Prepared::Fill => Next::Fill,
+                    Prepared::Read => Next::Read(st.entries.get(&n).and_then(|e| self.source(e))),
                     Prepared::Data(data, valid) => {
                         let already_dirty = st.entries.get(&n).is_some_and(Entry::is_dirty);
                         let over_dirty_limit = self.cfg.max_dirty > 0 && st.dirty_count() >= self.cfg.max_dirty;
@@ -357,6 +456,16 @@ impl Shared {
                     break ver;
                 }
                 Next::Changed => notified.await,
+                Next::Read(Some(src)) => {
+                    if let Source::File { ver, sum, .. } = &src {
+                        let (ver, sum) = (*ver, *sum);
+                        // Damaged in the file (`None`): the entry is gone, the write goes ahead
+                        // without it.
+                        fetched = self.fetch(n, &src)?.map(|data| Fetched { ver, sum, data });
+                    }
+                }
+                // Its slot is being relabelled.
+                Next::Read(None) => notified.await,
                 Next::Fill => detached(self, move |sh| async move { sh.fill(n).await }).await??,
                 Next::Room => {
                     // Counted while waiting (uploads hurry meanwhile), uncounted however the
@@ -416,30 +525,53 @@ impl Shared {
             if e.slot.is_some() && e.slot_image == Some(image) {
                 return Ok(());
             }
+            if image.dirty && matches!(e.data, Held::File { .. }) {
+                // Data only in the file is always that of the record there: nothing to write.
+                return Ok(());
+            }
             (image, e.slot.take(), e.slot_image.take(), e.data.clone(), e.partial().cloned(), e.etag())
         };
-        let written = if image.dirty {
-            f.write_dirty(n, old, data.as_ref(), valid.as_ref())
-        } else {
-            // Clean: a slot holding this generation is relabelled, any other one replaced.
-            let current = old.filter(|_| old_image.is_some_and(|i| i.ver == image.ver));
-            if let (Some(stale), None) = (old, current) {
-                f.release(stale);
-            }
-            Ok(f.note_clean(n, current, data.as_ref(), etag))
-        };
-        let mut st = self.state.lock();
-        let slot = match written {
-            Ok(slot) => slot,
-            Err(e) => return Err(e),
-        };
-        match st.entries.get_mut(&n) {
-            Some(e) if e.slot.is_none() => (e.slot, e.slot_image) = (slot, slot.map(|_| image)),
+        let written = match (&data, image.dirty) {
+            (Held::Mem(d), true) => f.write_dirty(n, old, d.as_ref(), valid.as_ref()),
             _ => {
-                if let Some(slot) = slot {
-                    f.release(slot);
+                // Clean: a slot holding this generation is relabelled, any other one replaced.
+                let current = old.filter(|_| old_image.is_some_and(|i| i.ver == image.ver));
+                if let (Some(stale), None) = (old, current) {
+                    f.release(stale);
+                }
+                Ok(f.note_clean(n, current, &data, etag))
+            }
+        };
+        let relabelled = matches!(data, Held::File { .. });
+        let mut st = self.state.lock();
+        let slot = written?;
+        match st.entries.get_mut(&n) {
+            Some(e) if e.slot.is_none() => match slot {
+                Some((s, held)) => {
+                    (e.slot, e.slot_image) = (Some(s), Some(image));
+                    // The record holds what the entry does (same generation, same data): the
+                    // data need not stay in memory.
+                    if e.image() == Some(image) && e.partial().is_none() && same_data(&e.data, &data) {
+                        e.data = held;
+                    }
+                }
+                None if matches!(e.data, Held::File { .. }) => {
+                    // Clean (dirty data only in the file is never rewritten) and no longer in
+                    // the file: not cached any more.
+                    self.drop_entry(&mut st, n);
+                }
+                None => {}
+            },
+            _ => {
+                if let Some((s, _)) = slot {
+                    f.release(s);
                 }
             }
+        }
+        drop(st);
+        if relabelled {
+            // Readers of the block wait while its slot is out.
+            self.changed.notify_waiters();
         }
         Ok(())
     }
@@ -504,6 +636,13 @@ impl Shared {
             Some(p) => p.filling = false,
         }
         let stored = res?.into_data(self.block_size);
+        if !matches!(e.data, Held::Mem(_)) {
+            // A partial block's buffer is always in memory (never left to the file alone).
+            return Err(StoreError::io(
+                format!("block cache: partial block {n:#010x} has no buffer"),
+                std::io::Error::other("data not in memory"),
+            ));
+        }
         let Some(state::Partial { valid, .. }) = e.dirty_mut().and_then(|d| d.partial.take()) else {
             return Ok(true);
         };
@@ -511,11 +650,11 @@ impl Shared {
         for &(a, b) in valid.ranges() {
             let (a, b) = (a as usize, b as usize);
             match &e.data {
-                Some(d) => buf[a..b].copy_from_slice(&d[a..b]),
-                None => buf[a..b].fill(0),
+                Held::Mem(Some(d)) => buf[a..b].copy_from_slice(&d[a..b]),
+                Held::Mem(None) | Held::File { .. } => buf[a..b].fill(0),
             }
         }
-        e.data = (!is_zero(&buf)).then(|| buf.freeze());
+        e.data = Held::Mem((!is_zero(&buf)).then(|| buf.freeze()));
         self.stats.fills.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -618,7 +757,15 @@ impl<'a> Raised<'a> {
 
 impl Drop for Raised<'_> {
     fn drop(&mut self) {
-        *(self.field)(&mut self.sh.state.lock()) -= 1;
+        let mut st = self.sh.state.lock();
+        let n = (self.field)(&mut st);
+        *n -= 1;
+        let last = *n == 0;
+        drop(st);
+        if last {
+            // The scheduler may have held uploads back for it (a read in flight).
+            self.sh.wake.notify_one();
+        }
     }
 }
 
@@ -626,8 +773,27 @@ fn unreachable_entry(n: BlockNum) {
     log::error!("block cache: loading entry for block {n:#010x} vanished");
 }
 
+/// A block's data as found under the lock, to read outside it ([`Shared::fetch`]).
+pub(crate) enum Source {
+    /// In memory (`None`: zeros).
+    Mem(Option<Bytes>),
+    /// In the cache file: the slot pinned, the data's checksum, whether it is checked already,
+    /// and the entry's generation when it was found.
+    File { pin: Pinned, sum: u64, checked: bool, ver: u64 },
+}
+
+/// A block's data read from the cache file for a write: of the entry at generation `ver`
+/// holding data of checksum `sum`.
+struct Fetched {
+    ver: u64,
+    sum: u64,
+    data: Option<Bytes>,
+}
+
 /// What a write makes of a block, decided under the lock from its current entry.
 enum Prepared {
+    /// The block's data is in the cache file only: read it first.
+    Read,
     /// The block is loading: wait for it.
     Wait,
     /// The block must be completed from the store first (too many ranges).
@@ -636,6 +802,17 @@ enum Prepared {
     Unchanged,
     /// New content, and for a partial block the ranges it holds.
     Data(Option<Bytes>, Option<ByteRanges>),
+}
+
+/// Whether two values of an entry's data are the same value (not only equal bytes): a clone of
+/// the same buffer, or the same file copy.
+fn same_data(a: &Held, b: &Held) -> bool {
+    match (a, b) {
+        (Held::Mem(Some(x)), Held::Mem(Some(y))) => x.as_ptr() == y.as_ptr() && x.len() == y.len(),
+        (Held::Mem(None), Held::Mem(None)) => true,
+        (Held::File { sum: x, .. }, Held::File { sum: y, .. }) => x == y,
+        _ => false,
+    }
 }
 
 /// A cached block as a read result.

@@ -11,6 +11,7 @@
 //! changes within a phase (an upload starting or failing, a partial block being
 //! completed) is changed in place through [`Entry::dirty_mut`].
 
+use crate::file::Held;
 use crate::ranges::ByteRanges;
 use crate::schedule::Schedule;
 use bytes::Bytes;
@@ -23,9 +24,9 @@ use tokio::time::Instant;
 /// One cached block.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The data; `None` means all zeros. While loading: nothing yet, or the reloaded data being
-    /// checked against the store.
-    pub(crate) data: Option<Bytes>,
+    /// The data: in memory (`None`: all zeros), or with a cache file only in the entry's slot.
+    /// While loading: nothing yet, or the reloaded data being checked against the store.
+    pub(crate) data: Held,
     /// Generation: every write gives the block the cache's next generation, and a new entry
     /// starts at the newest one handed out, so a block's generation only grows, across
     /// evictions too. A flush waits until [`Entry::stored_ver`] reaches the generation it saw:
@@ -51,7 +52,7 @@ impl Entry {
     /// What the block has while dirty.
     pub(crate) fn dirty(&self) -> Option<&Dirty> {
         match &self.state {
-            BlockState::Dirty(d) => Some(d),
+            BlockState::Dirty(d) => Some(&**d),
             _ => None,
         }
     }
@@ -59,7 +60,7 @@ impl Entry {
     /// What the block has while dirty, to change within that phase.
     pub(crate) fn dirty_mut(&mut self) -> Option<&mut Dirty> {
         match &mut self.state {
-            BlockState::Dirty(d) => Some(d),
+            BlockState::Dirty(d) => Some(&mut **d),
             _ => None,
         }
     }
@@ -127,8 +128,9 @@ pub(crate) enum BlockState {
     Loading,
     /// Same as the stored version.
     Clean(Clean),
-    /// Newer than the stored version.
-    Dirty(Dirty),
+    /// Newer than the stored version (boxed: few blocks are dirty at once, and a clean entry
+    /// stays small).
+    Dirty(Box<Dirty>),
 }
 
 /// What a clean block has.
@@ -267,18 +269,22 @@ impl Partial {
 
 /// The cached blocks, to look at and to change within their phase. Adding and removing an
 /// entry, and changing its phase, go through [`State`].
+///
+/// Entries are boxed: a hash table is between 44 % and 88 % full, and its empty buckets cost
+/// a pointer each instead of a whole entry (with a cache file, whose blocks' data is not in
+/// memory, this bookkeeping is what a cached block costs).
 #[derive(Debug, Default)]
-pub(crate) struct Entries(HashMap<BlockNum, Entry>);
+pub(crate) struct Entries(HashMap<BlockNum, Box<Entry>>);
 
 impl Entries {
     /// The entry of block `n`.
     pub(crate) fn get(&self, n: &BlockNum) -> Option<&Entry> {
-        self.0.get(n)
+        self.0.get(n).map(|e| &**e)
     }
 
     /// The entry of block `n`, to change.
     pub(crate) fn get_mut(&mut self, n: &BlockNum) -> Option<&mut Entry> {
-        self.0.get_mut(n)
+        self.0.get_mut(n).map(|e| &mut **e)
     }
 
     /// Whether block `n` is cached.
@@ -293,7 +299,7 @@ impl Entries {
 
     /// The cached blocks and their entries.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&BlockNum, &Entry)> {
-        self.0.iter()
+        self.0.iter().map(|(n, e)| (n, &**e))
     }
 }
 
@@ -424,14 +430,14 @@ impl State {
         debug_assert!(!self.entries.contains_key(&n), "block {n:#010x} is cached already");
         self.leave(n);
         let e = Entry {
-            data: None,
+            data: Held::Mem(None),
             ver: self.generation,
             last_access: now,
             slot: None,
             slot_image: None,
             state: BlockState::Loading,
         };
-        self.entries.0.entry(n).insert_entry(e).into_mut()
+        self.entries.0.entry(n).insert_entry(Box::new(e)).into_mut()
     }
 
     /// Clean block `n`, reloaded from the cache file and not yet checked against the store,
@@ -483,9 +489,9 @@ impl State {
         let e = self.entries.get_mut(&n).expect("inserted above");
         match &mut e.state {
             BlockState::Dirty(d) => d.rewritten(valid, generation),
-            state => *state = BlockState::Dirty(Dirty::new(e.ver, valid, now, generation)),
+            state => *state = BlockState::Dirty(Box::new(Dirty::new(e.ver, valid, now, generation))),
         }
-        e.data = data;
+        e.data = Held::Mem(data);
         e.ver = generation;
         e.last_access = now;
         e
@@ -505,7 +511,7 @@ impl State {
     pub(crate) fn remove(&mut self, n: BlockNum) -> Option<Entry> {
         debug_assert!(!self.entries.get(&n).is_some_and(Entry::is_dirty), "dirty block {n:#010x} evicted");
         self.leave(n);
-        self.entries.0.remove(&n)
+        self.entries.0.remove(&n).map(|e| *e)
     }
 
     /// Undoes what block `n`'s current phase adds to the bookkeeping (LRU position, dirty

@@ -870,3 +870,87 @@ async fn a_miss_on_an_idle_link_fetches_its_neighbours() {
     uploads.release();
     c.flush(None).await.unwrap();
 }
+
+/// With a cache file, a block's data lives in the file only once its record there is current:
+/// hits (dirty and clean) and the upload read it from the slot, and give the right bytes.
+#[tokio::test]
+async fn with_a_cache_file_block_data_is_kept_in_the_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = mem();
+    let f = Arc::new(CacheFile::open(&p, BS, 8, FileOptions::default()).unwrap());
+    let c = BlockCache::with_file(mem.clone(), CacheConfig { write_delay: Duration::from_secs(600), ..cfg(8) }, f);
+    let in_file = |c: &BlockCache, n| {
+        matches!(c.shared.state.lock().entries.get(&n).map(|e| &e.data), Some(file::Held::File { .. }))
+    };
+    c.write_block(1, BlockData::new(block(1))).await.unwrap();
+    c.write_block(2, None).await.unwrap();
+    assert!(in_file(&c, 1), "dirty data in the file only");
+    assert_eq!(read(&c, 1).await, block(1));
+    assert_eq!(read(&c, 2).await, block(0));
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.get(1), Some(block(1)), "uploaded from the file");
+    assert!(in_file(&c, 1), "clean data in the file only");
+    // A partial write over data in the file only reads it from there.
+    c.write_block_part(1, 2, bytes(7, 3)).await.unwrap();
+    assert_eq!(read(&c, 1).await, merged(1, &[(2, 7, 3)]));
+    assert_eq!(mem.calls(Op::Read), 0);
+    c.shutdown().await.unwrap();
+    assert_eq!(mem.get(1), Some(merged(1, &[(2, 7, 3)])));
+}
+
+/// A clean block whose data in the cache file was damaged (found when first read, as the open
+/// reads no clean data) is dropped and read from the store, never served.
+#[tokio::test]
+async fn a_damaged_slot_is_read_from_the_store_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cache");
+    let mem = mem();
+    let no_verify = FileOptions { no_verify: true, ..Default::default() };
+    {
+        let f = Arc::new(CacheFile::open(&p, BS, 8, no_verify).unwrap());
+        let c = BlockCache::with_file(mem.clone(), cfg(8), f);
+        c.write_block(3, BlockData::new(block(3))).await.unwrap();
+        c.shutdown().await.unwrap();
+    }
+    // Every slot's data overwritten (the data starts at 4096 for 8 slots).
+    {
+        use std::os::unix::fs::FileExt;
+        let raw = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        raw.write_all_at(&[0xee; 8 * BS as usize], 4096).unwrap();
+    }
+    let f = Arc::new(CacheFile::open(&p, BS, 8, no_verify).unwrap());
+    let c = BlockCache::with_file(mem.clone(), cfg(8), f);
+    assert_eq!(read(&c, 3).await, block(3));
+    assert_eq!(mem.calls(Op::Read), 1, "read from the store");
+    assert_eq!(read(&c, 3).await, block(3));
+    c.shutdown().await.unwrap();
+}
+
+/// While a foreground read (a miss) is in flight, write-back starts uploads on only half its
+/// threads; when the read ends, the rest start at once.
+#[tokio::test(start_paused = true)]
+async fn uploads_leave_room_for_a_foreground_read() {
+    let mem = mem();
+    mem.put(50, block(5));
+    let c = Arc::new(BlockCache::new(mem.clone(), CacheConfig { threads: 4, write_delay: Duration::ZERO, ..cfg(20) }));
+    let reads = mem.hold(Op::Read);
+    let uploads = mem.hold(Op::Write);
+    let reader = tokio::spawn({
+        let c = c.clone();
+        async move { read(&c, 50).await }
+    });
+    reads.arrived(1).await;
+    for n in 0..8 {
+        c.write_block(n, BlockData::new(block(1))).await.unwrap();
+    }
+    elapse(Duration::from_millis(100)).await;
+    assert_eq!(mem.calls(Op::Write), 2, "half the threads while the read is in flight");
+    reads.release();
+    assert_eq!(reader.await.unwrap(), block(5));
+    uploads.arrived(4).await;
+    assert_eq!(mem.calls(Op::Write), 4, "all the threads once it ended");
+    uploads.release();
+    c.flush(None).await.unwrap();
+    assert_eq!(mem.ok(Op::Write), 8);
+}

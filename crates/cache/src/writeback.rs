@@ -8,17 +8,22 @@
 //! dirty blocks. The scheduler never walks the dirty blocks: they wait in the
 //! [`Schedule`](crate::schedule::Schedule), ordered by due time, and the scheduler sleeps until
 //! the earliest due time or until an event makes a block due now (a write under pressure, a
-//! flush, a sync write, a finished upload or completion, uploads being allowed). There is no
-//! periodic poll.
+//! flush, a sync write, a finished upload or completion, uploads being allowed, the last
+//! foreground read ending). There is no periodic poll. While a foreground read (a miss) is in
+//! flight, uploads use only half the threads, so reads do not wait behind write-back.
 
 use crate::schedule::Lane;
-use crate::shared::Shared;
+use crate::shared::{Shared, Source};
 use crate::state::{Entries, Entry, State};
-use bytes::Bytes;
 use s3b_store::{BlockData, BlockNum};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// While a foreground read is in flight, at most 1/this of the upload threads are busy: half,
+/// which leaves the read the server and link mostly to itself while the write-back still runs
+/// at about the rate one round trip per block allows.
+const UPLOAD_SHARE_WHILE_READING: usize = 2;
 
 /// First retry delay after a failed upload; doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -28,6 +33,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long to wait before the next attempt to upload a block after `retries` failures in a
 /// row.
 pub(crate) fn retry_delay(retries: u32) -> Duration {
+    // The shift is capped only so that it cannot overflow: 50 ms << 7 already passes the 5 s
+    // ceiling.
     FIRST_RETRY_DELAY.saturating_mul(1 << retries.min(10)).min(MAX_RETRY_DELAY)
 }
 
@@ -80,8 +87,8 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             }
             (next, paused)
         };
-        for (n, ver, data, partial) in jobs {
-            tokio::spawn(upload(sh.clone(), n, ver, data, partial));
+        for (n, partial) in jobs {
+            tokio::spawn(upload(sh.clone(), n, partial));
         }
         for n in fills {
             tokio::spawn(fill_ahead(sh.clone(), n));
@@ -108,13 +115,7 @@ pub(crate) async fn run(sh: Arc<Shared>) {
 
 /// Starts what is due, while slots are free: completions of partial blocks on the fill pool,
 /// uploads on the upload pool (when write-back hurries, waiting blocks too, earliest first).
-fn start_due(
-    sh: &Shared,
-    st: &mut State,
-    now: Instant,
-    jobs: &mut Vec<(BlockNum, u64, Option<Bytes>, bool)>,
-    fills: &mut Vec<BlockNum>,
-) {
+fn start_due(sh: &Shared, st: &mut State, now: Instant, jobs: &mut Vec<(BlockNum, bool)>, fills: &mut Vec<BlockNum>) {
     let threads = sh.cfg.threads;
     {
         let State { sched, entries, .. } = &mut *st;
@@ -137,19 +138,26 @@ fn start_due(
         }
     }
     let hurry = sh.hurried(st);
-    while st.in_flight.uploads < threads {
+    // A foreground read waiting on the store (a miss) goes first: while one is in flight, new
+    // uploads start only up to a share of the threads, so the read does not queue behind a
+    // full set of PUTs at the server and on the link. A flush of everything, or sync writes,
+    // take all the threads.
+    let cap = if st.in_flight.reads > 0 && st.waiters.flush_all == 0 && !sh.cfg.sync {
+        threads.div_ceil(UPLOAD_SHARE_WHILE_READING)
+    } else {
+        threads
+    };
+    while st.in_flight.uploads < cap {
         let Some(n) = st.sched.first(Lane::Upload).or_else(|| hurry.then(|| st.sched.earliest_waiting()).flatten())
         else {
             break;
         };
         st.sched.remove(n);
-        let Some(e) = st.entries.get_mut(&n) else { continue };
-        let (ver, data) = (e.ver, e.data.clone());
-        let Some(d) = e.dirty_mut() else { continue };
+        let Some(d) = st.entries.get_mut(&n).and_then(Entry::dirty_mut) else { continue };
         d.upload.in_flight = true;
         let partial = d.partial.is_some();
         st.in_flight.uploads += 1;
-        jobs.push((n, ver, data, partial));
+        jobs.push((n, partial));
     }
 }
 
@@ -191,27 +199,51 @@ async fn fill_ahead(sh: Arc<Shared>, n: BlockNum) {
     sh.wake.notify_one();
 }
 
+/// Uploads block `n`'s data from `src` (read from the cache file first when it is there, before
+/// anything is awaited).
+async fn put(sh: &Shared, n: BlockNum, src: Option<Source>) -> s3b_store::Result<Option<s3b_store::Etag>> {
+    // A dirty block's data is in memory or in its slot, never without both.
+    let Some(src) = src else {
+        return Err(s3b_store::StoreError::io(
+            format!("block cache: block {n:#010x} has no data to upload"),
+            std::io::Error::other("slot out of its entry"),
+        ));
+    };
+    let data = match sh.fetch(n, &src)? {
+        Some(d) => d,
+        // Dirty data is checked before it is kept in the file only: this is not reached.
+        None => {
+            return Err(s3b_store::StoreError::io(
+                format!("block cache: block {n:#010x} in the cache file fails its checksum"),
+                std::io::Error::other("checksum mismatch"),
+            ));
+        }
+    };
+    drop(src);
+    sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+}
+
 /// Why a block with an upload in flight is dirty: nothing but that upload makes it clean.
 const ONLY_UPLOADS_CLEAN: &str = "a block being uploaded stays dirty";
 
-/// Uploads one block version and settles the entry afterwards. A block still `partial` is
-/// completed first, and then its version at that moment is uploaded.
-async fn upload(sh: Arc<Shared>, n: BlockNum, mut ver: u64, data: Option<Bytes>, partial: bool) {
-    let res = if partial {
-        match sh.fill(n).await {
-            Ok(()) => {
-                let data = {
-                    let st = sh.state.lock();
-                    let e = st.entries.get(&n).expect("dirty entries are never evicted");
-                    ver = e.ver;
-                    e.data.clone()
-                };
-                sh.inner.write_block(n, data.map(BlockData::already_checked)).await
-            }
-            Err(e) => Err(e),
+/// Uploads one block version and settles the entry afterwards: the version the block has when
+/// the upload starts (a block still `partial` is completed first, then its version at that
+/// moment is uploaded).
+async fn upload(sh: Arc<Shared>, n: BlockNum, partial: bool) {
+    let filled = if partial { sh.fill(n).await } else { Ok(()) };
+    let mut ver = 0;
+    let res = match filled {
+        Ok(()) => {
+            // The data as it is now (its slot pinned only for the read, in `put`).
+            let data = {
+                let st = sh.state.lock();
+                let e = st.entries.get(&n).expect("dirty entries are never evicted");
+                ver = e.ver;
+                sh.source(e)
+            };
+            put(&sh, n, data).await
         }
-    } else {
-        sh.inner.write_block(n, data.map(BlockData::already_checked)).await
+        Err(e) => Err(e),
     };
     let clean = {
         let mut st = sh.state.lock();

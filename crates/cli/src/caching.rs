@@ -24,11 +24,14 @@ pub struct Caching {
 
 /// Puts the caching layers the configuration asks for on top of `inner` (the codec's store)
 /// and registers their counters.
+/// `show_progress`: the cache file's recovery may draw a progress bar on the terminal (a
+/// foreground start without `--quiet`); it ends with one summary line in the log either way.
 pub fn wrap(
     settings: &CacheSettings,
     read_only: bool,
     inner: Arc<dyn BlockStore>,
     stats: &StatsRegistry,
+    show_progress: bool,
 ) -> Result<Caching> {
     let inner: Arc<dyn BlockStore> = match settings.ec.config(Some(inner.num_blocks()))? {
         Some(ec) => {
@@ -57,7 +60,16 @@ pub fn wrap(
                 );
             }
             crate::notify::status("reading the block cache file");
-            let file = Arc::new(CacheFile::open(path, inner.block_size(), slots, s.file_options)?);
+            let bar =
+                crate::progress::Progress::start("reading the block cache file", Some(slots.into()), !show_progress);
+            let file = CacheFile::open_with_progress(path, inner.block_size(), slots, s.file_options, &|n| bar.inc(n));
+            let file = Arc::new(file?);
+            log::info!(
+                "block cache file {}: {} of {slots} slots hold blocks, read {}",
+                path.display(),
+                file.blocks_found(),
+                bar.finish(slots.into())
+            );
             if file.dirty_found() > 0 && read_only {
                 bail!(
                     "block cache file {} holds {} dirty blocks to recover; mount read-write to upload them",

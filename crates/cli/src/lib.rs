@@ -12,12 +12,14 @@
 pub mod args;
 pub mod bad_value;
 pub mod caching;
+pub mod clone;
 pub mod completions;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod encoding;
 pub mod fuse_options;
+pub mod geometry;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
@@ -92,6 +94,7 @@ pub fn run(args: &[String]) -> i32 {
         Mode::Erase => s3::erase(cfg),
         Mode::ResetMountedFlag => s3::reset_mounted_flag(cfg),
         Mode::Snapshot | Mode::ListSnapshots | Mode::DeleteSnapshot => snapshot::run(cfg),
+        Mode::Flatten => clone::flatten(cfg),
     };
     match result {
         Ok(code) => code,

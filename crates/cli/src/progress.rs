@@ -1,5 +1,5 @@
-//! Progress of long work: `--erase` (listing, then deleting) and the `--listBlocks` survey at
-//! startup. On a terminal (stderr), unless `--quiet`, an indicatif bar or spinner shows the
+//! Progress of long work: `--erase` (listing, then deleting), the `--listBlocks` survey at
+//! startup and the block cache file's recovery (reading its directory). On a terminal (stderr), unless `--quiet`, an indicatif bar or spinner shows the
 //! count, the rate and, when the total is known, the time left; it is cleared when the work
 //! ends. Everywhere the work ends with one summary line — on stderr for the maintenance modes,
 //! in the log (stderr or syslog) for a daemon — so a pipe, a log file or a journal gets one

@@ -72,6 +72,12 @@ pub fn erase(cfg: Config) -> Result<i32> {
             store.delete_objects(chunk).await.context("can't delete blocks")?;
             erasing.inc(chunk.len() as u64);
         }
+        // An erased clone is an empty plain volume, not its base again.
+        if s3b_clone::read_record(&store).await?.is_some() {
+            s3b_store::named::NamedObjects::delete_named(&store, s3b_clone::RECORD_NAME)
+                .await
+                .context("can't delete the clone record")?;
+        }
         store.mount_token(TokenOp::Clear).await.context("can't clear the mount token")?;
         let erased = erasing.finish(total);
         if !cfg.quiet {

@@ -52,6 +52,9 @@ pub fn run(cfg: Config) -> Result<i32> {
                 print!("{}", render_list(&list));
             }
             Mode::Snapshot => {
+                if s3b_clone::read_record(named).await?.is_some() {
+                    bail!("{what} is a clone: it cannot have snapshots until it is flattened (--flatten)");
+                }
                 let (block_size, num_blocks) = crate::stack::resolve_geometry(&cfg, transport.as_ref()).await?;
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let size = num_blocks * u64::from(block_size);

@@ -25,13 +25,31 @@ impl S3Store {
         format!("{}{name}", self.cfg.keys.prefix)
     }
 
+    /// Server-side copy of the object `from_key` of `from_bucket` (on this endpoint, readable
+    /// with these credentials) to the key of this volume's block `n`; false when the source is
+    /// missing. A clone's flatten copies its base's blocks this way.
+    pub async fn copy_into_block(&self, from_bucket: &str, from_key: &str, n: BlockNum) -> Result<bool> {
+        self.copy_key_from(from_bucket, from_key, &self.cfg.keys.block_key(n)).await
+    }
+
+    /// Server-side copy of the object `from_key` of `from_bucket` (on this endpoint) to this
+    /// volume's object `to` (a name after its prefix); false when the source is missing.
+    pub async fn copy_into_named(&self, from_bucket: &str, from_key: &str, to: &str) -> Result<bool> {
+        self.copy_key_from(from_bucket, from_key, &self.named_key(to)).await
+    }
+
     /// Server-side copy of the object `from_key` to `to_key`; false when `from_key` is missing.
     async fn copy_key(&self, from_key: &str, to_key: &str) -> Result<bool> {
+        self.copy_key_from(&self.cfg.bucket, from_key, to_key).await
+    }
+
+    /// Server-side copy of `from_key` in `from_bucket` to `to_key`; false when it is missing.
+    async fn copy_key_from(&self, from_bucket: &str, from_key: &str, to_key: &str) -> Result<bool> {
         let mut req = Req::new(Method::PUT, Some(to_key.to_string()));
         self.put_headers(&mut req, BLOCK_CONTENT_TYPE);
         // The copy keeps the source's Content-Type along with its other headers.
         req.headers.retain(|(n, _)| *n != "content-type");
-        let source = format!("/{}/{}", self.cfg.bucket, utf8_percent_encode(from_key, PATH_SET));
+        let source = format!("/{from_bucket}/{}", utf8_percent_encode(from_key, PATH_SET));
         req.headers.push(("x-amz-copy-source", source));
         req.headers.push(("x-amz-metadata-directive", "COPY".into()));
         let resp = self.send(&req, true).await?;

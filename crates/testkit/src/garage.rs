@@ -202,6 +202,12 @@ pub fn signed_curl(port: u16, extra: &[&str], path: &str) -> (u16, Vec<u8>) {
 /// Keys of every object in `bucket` of the server on 127.0.0.1:`port`, in key order
 /// (ListObjects v1, following markers).
 pub fn list_keys_at(port: u16, bucket: &str) -> Vec<String> {
+    try_list_keys_at(port, bucket).unwrap_or_else(|(code, body)| panic!("list {bucket}: {code} {body}"))
+}
+
+/// [`list_keys_at`], or the status and body of a failed page (s3s-fs answers 500 when an
+/// object goes away while it walks the directory).
+pub fn try_list_keys_at(port: u16, bucket: &str) -> Result<Vec<String>, (u16, String)> {
     let mut keys: Vec<String> = Vec::new();
     loop {
         // Parameters in sorted order: curl signs the query as written.
@@ -219,14 +225,16 @@ pub fn list_keys_at(port: u16, bucket: &str) -> Vec<String> {
         }
         path.push_str("max-keys=1000");
         let (code, body) = signed_curl(port, &[], &path);
-        assert_eq!(code, 200, "list {bucket}: {}", String::from_utf8_lossy(&body));
         let text = String::from_utf8_lossy(&body).into_owned();
+        if code != 200 {
+            return Err((code, text));
+        }
         let page = tag_values(&text, "Key");
         let truncated = tag_values(&text, "IsTruncated").first().is_some_and(|t| t == "true");
         let empty = page.is_empty();
         keys.extend(page);
         if !truncated || empty {
-            return keys;
+            return Ok(keys);
         }
     }
 }

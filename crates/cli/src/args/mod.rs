@@ -12,6 +12,7 @@
 //! [`codec`], [`nbd`]), so each layer's flags sit in one file.
 
 pub mod cache;
+pub mod clone;
 pub mod codec;
 pub mod core;
 pub mod metrics;
@@ -36,7 +37,9 @@ use std::collections::HashSet;
                       s3backer --reset-mounted-flag [options] bucket[/subdir]\n       \
                       s3backer --nbd --nbdListen=ADDR [options] bucket[/subdir]\n       \
                       s3backer --nbd [options] bucket[/subdir] /dev/nbdN\n       \
-                      s3backer --snapshot=NAME|--listSnapshots|--deleteSnapshot=NAME [options] bucket[/subdir]",
+                      s3backer --snapshot=NAME|--listSnapshots|--deleteSnapshot=NAME [options] bucket[/subdir]\n       \
+                      s3backer --cloneOf=SOURCE[@NAME] [--cloneBaseURL=URL] [options] bucket[/subdir] /mount/point\n       \
+                      s3backer --flatten [options] bucket[/subdir]",
     disable_version_flag = true,
     disable_help_flag = true,
     // As with upstream's libfuse option parser, a later flag overrides an earlier one (fstab
@@ -68,6 +71,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub snap: snap::SnapArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub clone: clone::CloneArgs,
     /// Print the version and exit.
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version, help_heading = "Process")]
     pub version: Option<bool>,

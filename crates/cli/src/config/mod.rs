@@ -8,6 +8,7 @@
 //! [`crate::stack`].
 
 pub mod cache;
+pub mod clone;
 pub mod codec;
 pub mod front;
 pub mod listen;
@@ -42,6 +43,8 @@ pub enum Mode {
     ListSnapshots,
     /// `--deleteSnapshot=NAME`.
     DeleteSnapshot,
+    /// `--flatten`.
+    Flatten,
 }
 
 impl Mode {
@@ -55,6 +58,7 @@ impl Mode {
             Mode::Snapshot => "--snapshot",
             Mode::ListSnapshots => "--listSnapshots",
             Mode::DeleteSnapshot => "--deleteSnapshot",
+            Mode::Flatten => "--flatten",
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct Config {
     pub metrics: Option<metrics::MetricsAddr>,
     /// Snapshot commands and `--fromSnapshot`.
     pub snap: snap::SnapSettings,
+    /// `--cloneOf` and `--cloneBaseURL`.
+    pub clone: clone::CloneSettings,
 }
 
 impl Config {
@@ -167,7 +173,7 @@ pub fn check_geometry(size: u64, block_size: u32) -> Result<u64> {
 }
 
 /// Splits `bucket[/subdir]` into the bucket and the prefix `subdir/`.
-fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
+pub(super) fn split_bucket(arg: &str) -> Result<(String, Option<String>)> {
     let Some((bucket, sub)) = arg.split_once('/') else {
         return Ok((arg.to_string(), None));
     };
@@ -254,7 +260,7 @@ fn target(mode: Mode, c: &CoreArgs, pos: &[String]) -> Result<(Location, String,
 pub fn validate(mut cli: Cli) -> Result<Config> {
     absolute_paths(&mut cli);
     let c = &cli.core;
-    let mode = nbd::check_mode(&cli.nbd, snap::check_mode(&cli.snap, mode(c)?)?)?;
+    let mode = nbd::check_mode(&cli.nbd, clone::check_mode(&cli.clone, snap::check_mode(&cli.snap, mode(c)?)?)?)?;
     let (location, prefix, mountpoint) = target(mode, c, &cli.positional)?;
     if let Some(size) = c.size {
         check_geometry(size, c.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
@@ -262,6 +268,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
     let front = front::settings(c, &cli.cache)?;
     let nbd = nbd::settings(&cli.nbd, mode, mountpoint.as_deref())?;
     let snap = snap::settings(&cli.snap, mode, c.test, c.read_only)?;
+    let clone = clone::settings(&cli.clone, mode, c.test)?;
     crate::shared::check(&cli.cache, &cli.s3)?;
     let shared_disk = cli.cache.shared_disk_mode;
     let cache = cache::settings(&cli.cache, cli.s3.list_blocks, c.read_only)?;
@@ -300,6 +307,7 @@ pub fn validate(mut cli: Cli) -> Result<Config> {
         nbd,
         metrics: metrics::settings(&cli.metrics, mode)?,
         snap,
+        clone,
     })
 }
 
