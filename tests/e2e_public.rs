@@ -105,7 +105,8 @@ fn public_read_only_image_mounts_without_credentials_and_sends_only_head_and_get
     let home = s.path("empty-home");
     let line = one_error_line(&mut public_mount(bin(), &home, &server, &[], &s));
     assert!(line.contains("--size is required"), "{line}");
-    assert_eq!(server.method_counts().keys().collect::<Vec<_>>(), vec!["HEAD"]);
+    // The GET is of the clone record (a public image is no clone), the HEAD of block 0.
+    assert_eq!(server.method_counts().keys().collect::<Vec<_>>(), vec!["GET", "HEAD"]);
 }
 
 /// Garage behind a proxy that refuses every listing with 403 AccessDenied, as a bucket policy
@@ -255,11 +256,15 @@ fn published_squashfs_and_erofs_images_mount_without_block_size() {
         assert_eq!(m.unmount(), 0);
         assert!(server.method_counts().keys().all(|m| m == "GET" || m == "HEAD"));
 
-        // A contradicting --blockSize: one line, nothing but the HEAD of block 0.
+        // A contradicting --blockSize: one line, nothing but the GET of the clone record and the
+        // HEAD of block 0.
         let server = PublicServer::start(PUBLIC_BUCKET, objects_from_dir(&store));
         let line = one_error_line(&mut public_mount(bin(), &home, &server, &["--size=8m", "--blockSize=4k"], &s));
         assert!(line.ends_with("block 0 is 65536 bytes, but the block size is 4k: give --blockSize=64k"), "{line}");
-        assert_eq!(server.method_counts().into_iter().collect::<Vec<_>>(), vec![("HEAD".to_string(), 1)]);
+        assert_eq!(
+            server.method_counts().into_iter().collect::<Vec<_>>(),
+            vec![("GET".to_string(), 1), ("HEAD".to_string(), 1)]
+        );
         assert!(!is_mounted(&s.mnt()));
     }
 }

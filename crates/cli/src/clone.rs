@@ -22,6 +22,7 @@ use s3b_clone::{read_record, write_record};
 use s3b_codec::{Codec, CodecConfig};
 use s3b_http::{Credentials, S3Store};
 use s3b_snap::format::{Kind, copy_name};
+use s3b_store::StoreError;
 use s3b_store::keys::BlockKeys;
 use s3b_store::named::NamedObjects;
 use s3b_store::{BlockNum, GetOutcome, ObjectBody, ObjectStore, ReadCondition, TokenOp, VolumeProbe};
@@ -59,7 +60,13 @@ impl Opened {
 /// clone yet, makes it one.
 pub async fn open(cfg: &Config, transport: &Arc<dyn ObjectStore>, codec: &CodecConfig) -> Result<Option<Opened>> {
     let Some(named) = transport.named() else { return Ok(None) };
-    let record = match (read_record(named).await?, &cfg.clone.of) {
+    let found = match read_record(named).await {
+        // A bucket readable only by GetObject (an anonymous-read policy without ListBucket)
+        // answers 403 for a key it does not hold: a read-only mount takes that as "no record".
+        Err(s3b_clone::CloneError::Store(StoreError::Forbidden(_))) if cfg.read_only && cfg.clone.of.is_none() => None,
+        r => r?,
+    };
+    let record = match (found, &cfg.clone.of) {
         (None, None) => return Ok(None),
         (Some(r), None) => r,
         (Some(r), Some(src)) if same_base(&r, src) => r,

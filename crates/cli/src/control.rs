@@ -149,8 +149,9 @@ impl Drop for ControlSocket {
 }
 
 /// Listens on `path` (mode 0600; its directory is created mode 0700 if missing; a stale socket
-/// is replaced, a live one refused) and serves `handler` on the current runtime.
-pub fn listen(path: &Path, handler: Arc<Handler>) -> Result<ControlSocket> {
+/// is replaced, a live one refused unless `take_over`: `--force` mounts over a daemon it
+/// fences out) and serves `handler` on the current runtime.
+pub fn listen(path: &Path, handler: Arc<Handler>, take_over: bool) -> Result<ControlSocket> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let shown = path.display();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
@@ -162,7 +163,7 @@ pub fn listen(path: &Path, handler: Arc<Handler>) -> Result<ControlSocket> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => bail!("control socket {shown}: exists and is not a socket"),
-        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() && !take_over => {
             bail!("control socket {shown}: another daemon answers there (give this mount its own --controlSocket)")
         }
         Ok(_) => std::fs::remove_file(path).with_context(|| format!("control socket {shown}: can't replace it"))?,

@@ -72,7 +72,7 @@ pub fn start(cfg: &Config, codec: CodecConfig) -> Result<Started> {
         });
         let path = crate::control::socket_path(cfg);
         let _ctx = started.rt.enter();
-        started.control = Some(crate::control::listen(&path, handler)?);
+        started.control = Some(crate::control::listen(&path, handler, cfg.force)?);
     }
     Ok(started)
 }
