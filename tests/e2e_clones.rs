@@ -12,7 +12,7 @@ use common::*;
 use s3b_testkit::garage::{BUCKET, Garage};
 use s3b_testkit::public_http::{PublicServer, objects_from_dir};
 use s3b_testkit::s3s_fs::S3sFs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
@@ -93,17 +93,18 @@ impl Server {
         a.push(mnt.to_string_lossy().into_owned());
         Mount::start_program(C_S3BACKER, &a, mnt)
     }
-}
 
-fn dirs(s: &Scratch, names: &[&str]) -> Vec<PathBuf> {
-    names
-        .iter()
-        .map(|n| {
-            let p = s.path(n);
-            std::fs::create_dir_all(&p).unwrap();
-            p
-        })
-        .collect()
+    /// C s3backer 1.5.4 reads `BUCKET/sub` (see [`Self::c_mount`]) as an ext4 holding `tree`,
+    /// e2fsck clean, loop-mounted read-only on `dir`; everything unmounted after.
+    fn c_reads_tree(&self, sub: &str, extra: &[&str], mnt: &Path, dir: &Path, tree: &[(String, String)]) {
+        let cm = self.c_mount(sub, extra, mnt);
+        fsck_clean(&cm.file());
+        sh(&format!("mount -o loop,ro {} {}", cm.file().display(), dir.display()));
+        let ce = Ext4 { dir: dir.to_path_buf() };
+        check_tree(dir, tree);
+        ce.unmount();
+        assert_eq!(cm.unmount(), 0);
+    }
 }
 
 /// Removes every third file of `tree` under `root`; returns what is left.
@@ -146,7 +147,7 @@ fn check_and_unmount(m: Mount, e: Ext4, tree: &[(String, String)]) {
 
 fn clone_of_a_snapshot(srv: Server, codec: &[&str]) {
     let s = Scratch::new();
-    let d = dirs(&s, &["m2", "fs2"]);
+    let d = s.dirs(&["m2", "fs2"]);
     let geometry = ["--size=64m", "--blockSize=64k"];
 
     // The source: ext4, files, snapshot "base"; then more changes on the live volume.
@@ -198,13 +199,7 @@ fn clone_of_a_snapshot(srv: Server, codec: &[&str]) {
     srv.run("src", &["--deleteSnapshot=base"]);
     let (c, ce) = ext4_of(srv.args("clone", &[&["--readOnly"][..], codec].concat()), &d[0], &d[1], true);
     check_and_unmount(c, ce, &t3);
-    let cm = srv.c_mount("clone", &[&geometry[..], codec].concat(), &d[0]);
-    fsck_clean(&cm.file());
-    sh(&format!("mount -o loop,ro {} {}", cm.file().display(), d[1].display()));
-    let ce = Ext4 { dir: d[1].clone() };
-    check_tree(&d[1], &t3);
-    ce.unmount();
-    assert_eq!(cm.unmount(), 0);
+    srv.c_reads_tree("clone", &[&geometry[..], codec].concat(), &d[0], &d[1], &t3);
 }
 
 #[test]
@@ -214,11 +209,7 @@ fn clone_of_a_snapshot_with_ext4_on_garage() {
 
 #[test]
 fn clone_of_an_encrypted_compressed_snapshot_on_s3s_fs() {
-    let pw = Scratch::new();
-    let file = pw.path("pw");
-    std::fs::write(&file, "secret\n").unwrap();
-    let flag = format!("--passwordFile={}", file.display());
-    clone_of_a_snapshot(s3s_fs(), &["--encrypt", "--compress", &flag]);
+    encrypted_compressed(|flags| clone_of_a_snapshot(s3s_fs(), flags));
 }
 
 /// A clone of a public image on a plain web server (no credentials; it refuses listings and
@@ -228,7 +219,7 @@ fn clone_of_an_encrypted_compressed_snapshot_on_s3s_fs() {
 fn clone_of_a_public_image_on_garage() {
     let srv = garage();
     let s = Scratch::new();
-    let d = dirs(&s, &["m2", "fs2"]);
+    let d = s.dirs(&["m2", "fs2"]);
     let m = Mount::start(&["--test", "--size=64m", "--blockSize=64k", s.store().to_str().unwrap()], &s.mnt());
     let e = Ext4::create(&m.file(), &s.ext4());
     let t1 = write_tree(&s.ext4(), 50, 11);
@@ -255,13 +246,7 @@ fn clone_of_a_public_image_on_garage() {
     let writes = web.requests().iter().filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD ")).count();
     assert_eq!(writes, 0);
     drop(web);
-    let cm = srv.c_mount("img", &["--size=64m", "--blockSize=64k"], &d[0]);
-    fsck_clean(&cm.file());
-    sh(&format!("mount -o loop,ro {} {}", cm.file().display(), d[1].display()));
-    let ce = Ext4 { dir: d[1].clone() };
-    check_tree(&d[1], &t2);
-    ce.unmount();
-    assert_eq!(cm.unmount(), 0);
+    srv.c_reads_tree("img", &["--size=64m", "--blockSize=64k"], &d[0], &d[1], &t2);
 }
 
 /// Zero writes and trims (a punched hole) in a clone read as zeros after a remount, though the

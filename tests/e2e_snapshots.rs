@@ -57,22 +57,6 @@ impl Server {
     }
 }
 
-/// A link to the server on 127.0.0.1:`port` that holds every chunk of bytes for `delay` each
-/// way (the benchmarks' latency proxy), for the rest of the test process; returns its port.
-fn slow_link(port: u16, delay: std::time::Duration) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the slow link");
-    let link = listener.local_addr().expect("its address").port();
-    listener.set_nonblocking(true).expect("non-blocking");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-            let _ = s3b_netsim::serve(l, std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay).await;
-        });
-    });
-    link
-}
-
 /// Stands for the mount point in argument lists (it goes after the bucket).
 const MNT: &str = "<mount point>";
 
@@ -85,17 +69,6 @@ fn mount_snapshot(srv: &Server, flags: &[&str], name: &str, mnt: &Path, dir: &Pa
     fsck_clean(&m.file());
     sh(&format!("mount -o loop,ro {} {}", m.file().display(), dir.display()));
     (m, Ext4 { dir: dir.to_path_buf() })
-}
-
-fn dirs(s: &Scratch, names: &[&str]) -> Vec<PathBuf> {
-    names
-        .iter()
-        .map(|n| {
-            let p = s.path(n);
-            std::fs::create_dir_all(&p).unwrap();
-            p
-        })
-        .collect()
 }
 
 /// Files changed in a second round: some rewritten, some removed, some new.
@@ -119,7 +92,7 @@ fn second_round(root: &Path, tree: &[(String, String)], seed: u64) -> Vec<(Strin
 
 fn snapshots_of_ext4(srv: Server, flags: &[&str]) {
     let s = Scratch::new();
-    let d = dirs(&s, &["snap1", "snap1fs", "snap2", "snap2fs", "snap3", "snap3fs"]);
+    let d = s.dirs(&["snap1", "snap1fs", "snap2", "snap2fs", "snap3", "snap3fs"]);
     let mut live_flags = vec!["--size=64m", "--blockSize=64k"];
     live_flags.extend_from_slice(flags);
 
@@ -241,11 +214,7 @@ fn snapshots_of_ext4_on_garage() {
 
 #[test]
 fn snapshots_of_encrypted_compressed_ext4_on_s3s_fs() {
-    let pw = Scratch::new();
-    let file = pw.path("pw");
-    std::fs::write(&file, "secret\n").unwrap();
-    let flag = format!("--passwordFile={}", file.display());
-    snapshots_of_ext4(s3s_fs(), &["--encrypt", "--compress", &flag]);
+    encrypted_compressed(|flags| snapshots_of_ext4(s3s_fs(), flags));
 }
 
 /// Writes `data` over the exported file with O_DIRECT writes of 1 MiB (each reaches the daemon
@@ -313,7 +282,7 @@ fn volume_sum(srv: &Server, name: Option<&str>, mnt: &Path) -> String {
 /// command repairs the bookkeeping by itself.
 fn kill_during_first_writes(srv: Server, through_daemon: bool) {
     let s = Scratch::new();
-    let d = dirs(&s, &["view"]);
+    let d = s.dirs(&["view"]);
     let size = 32 << 20;
     let a = pattern(size, 1);
     let b_file = s.path("b.bin");
@@ -353,7 +322,7 @@ fn kill_during_first_writes(srv: Server, through_daemon: bool) {
 /// deletion (nothing of it is left on the server).
 fn kill_during_delete(srv: Server) {
     let s = Scratch::new();
-    let d = dirs(&s, &["view"]);
+    let d = s.dirs(&["view"]);
     let size: usize = 32 << 20;
     let geometry = ["--size=32m", "--blockSize=4k", "--blockCacheSize=0"];
     let mut vol = pattern(size, 10);
@@ -514,7 +483,7 @@ impl Drop for Frozen {
 /// its snapshot, e2fsck clean; mistakes through the socket get one line each.
 fn live_snapshots_of_ext4(srv: Server, flags: &[&str]) {
     let s = Scratch::new();
-    let d = dirs(&s, &["snap1", "snap1fs", "snap2fs"]);
+    let d = s.dirs(&["snap1", "snap1fs", "snap2fs"]);
     let mut live_flags = vec!["--size=64m", "--blockSize=64k"];
     live_flags.extend_from_slice(flags);
     let live = Mount::start_owned(srv.args(&live_flags), &s.mnt());
@@ -588,11 +557,7 @@ fn live_snapshots_of_ext4_on_garage() {
 
 #[test]
 fn live_snapshots_of_encrypted_compressed_ext4_on_s3s_fs() {
-    let pw = Scratch::new();
-    let file = pw.path("pw");
-    std::fs::write(&file, "secret\n").unwrap();
-    let flag = format!("--passwordFile={}", file.display());
-    live_snapshots_of_ext4(s3s_fs(), &["--encrypt", "--compress", &flag]);
+    encrypted_compressed(|flags| live_snapshots_of_ext4(s3s_fs(), flags));
 }
 
 /// kill -9 of the daemon right after it took a snapshot through its socket, with writes the
@@ -600,7 +565,7 @@ fn live_snapshots_of_encrypted_compressed_ext4_on_s3s_fs() {
 /// mounts again (--force) with everything, and the next command repairs the bookkeeping.
 fn kill_right_after_a_daemon_snapshot(srv: Server) {
     let s = Scratch::new();
-    let d = dirs(&s, &["view"]);
+    let d = s.dirs(&["view"]);
     let size = 8 << 20;
     let mut vol = pattern(size, 31);
     let m = Mount::start_owned(srv.args(&["--size=8m", "--blockSize=16k"]), &s.mnt());

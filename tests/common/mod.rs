@@ -133,16 +133,31 @@ pub struct Supervised {
 
 impl Drop for Supervised {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
+        let running = self.child.try_wait().ok().flatten().is_none();
         if let Some(m) = self.mnt.as_deref().filter(|m| is_mounted(m)) {
             let _ = Command::new("umount").arg(m).status();
         }
-        if self.terminate {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        if running {
+            if self.terminate {
+                let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            }
+            let _ = self.child.wait();
         }
-        let _ = self.child.wait();
+        // A child that died early leaves a dead mount that the plain umount may not clear.
+        if let Some(m) = self.mnt.as_deref() {
+            clear_mount(m);
+        }
+    }
+}
+
+/// Unmounts `mnt` if it is still mounted (a dead FUSE mount too): umount, then a lazy umount
+/// if that failed.
+pub fn clear_mount(mnt: &Path) {
+    if is_mounted(mnt) {
+        let _ = Command::new("umount").arg(mnt).stderr(Stdio::null()).status();
+    }
+    if is_mounted(mnt) {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
     }
 }
 
@@ -161,6 +176,17 @@ impl Scratch {
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+    /// Makes directories `names` in the scratch directory; returns their paths.
+    pub fn dirs(&self, names: &[&str]) -> Vec<PathBuf> {
+        names
+            .iter()
+            .map(|n| {
+                let p = self.path(n);
+                std::fs::create_dir_all(&p).unwrap();
+                p
+            })
+            .collect()
     }
     pub fn store(&self) -> PathBuf {
         self.path("store")
@@ -283,6 +309,9 @@ impl Mount {
                 last_try = Some(Instant::now());
             }
             if let Some(status) = child.try_wait().unwrap() {
+                // A daemon that died (or exited while an umount met EBUSY) leaves its mount
+                // behind: clear it, so no test leaves a mount point attached.
+                clear_mount(&self.mnt);
                 let _ = std::fs::remove_file(&self.stderr_path);
                 return status.code().unwrap_or(-1);
             }
@@ -302,10 +331,7 @@ impl Mount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        clear_mount(&self.mnt);
     }
 }
 
@@ -444,6 +470,14 @@ pub fn password_flag(s: &Scratch, secret: &str) -> String {
     let p = s.path("pw");
     std::fs::write(&p, format!("{secret}\n")).unwrap();
     format!("--passwordFile={}", p.display())
+}
+
+/// Runs `scenario` with the flags of an encrypted, compressed volume (`--encrypt --compress`
+/// and a password file that lives as long as the run).
+pub fn encrypted_compressed(scenario: impl FnOnce(&[&str])) {
+    let pw = Scratch::new();
+    let flag = password_flag(&pw, "secret");
+    scenario(&["--encrypt", "--compress", &flag]);
 }
 
 /// `&str`s of owned arguments.

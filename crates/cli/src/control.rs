@@ -135,16 +135,27 @@ impl Handler {
     }
 }
 
-/// The listening control socket; dropping it stops serving and removes the socket file.
+/// The listening control socket; dropping it stops serving and removes the socket file, unless
+/// another daemon (a `--force` mount that took it over) has bound a new one at the path since.
 pub struct ControlSocket {
     path: PathBuf,
+    /// Device and inode of the socket file this daemon bound.
+    bound: Option<(u64, u64)>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Device and inode of the file at `path`, if any.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if self.bound.is_some() && file_id(&self.path) == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -163,10 +174,17 @@ pub fn listen(path: &Path, handler: Arc<Handler>, take_over: bool) -> Result<Con
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => bail!("control socket {shown}: exists and is not a socket"),
-        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() && !take_over => {
-            bail!("control socket {shown}: another daemon answers there (give this mount its own --controlSocket)")
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                if !take_over {
+                    bail!(
+                        "control socket {shown}: another daemon answers there (give this mount its own --controlSocket)"
+                    );
+                }
+                log::warn!("control socket {shown}: another daemon answers there; taking it over (--force)");
+            }
+            std::fs::remove_file(path).with_context(|| format!("control socket {shown}: can't replace it"))?
         }
-        Ok(_) => std::fs::remove_file(path).with_context(|| format!("control socket {shown}: can't replace it"))?,
         Err(_) => {}
     }
     // SAFETY: umask only changes the process's file-creation mask; restored below.
@@ -175,6 +193,7 @@ pub fn listen(path: &Path, handler: Arc<Handler>, take_over: bool) -> Result<Con
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("can't listen on control socket {shown}"))?;
+    let bound = file_id(path);
     let task = tokio::spawn(async move {
         loop {
             let conn = match listener.accept().await {
@@ -199,7 +218,7 @@ pub fn listen(path: &Path, handler: Arc<Handler>, take_over: bool) -> Result<Con
             });
         }
     });
-    Ok(ControlSocket { path: path.to_path_buf(), task })
+    Ok(ControlSocket { path: path.to_path_buf(), bound, task })
 }
 
 /// Sends `request` (one line, no newline) to the daemon on `path`. `Ok(None)`: no daemon
@@ -280,5 +299,22 @@ mod tests {
         assert!(ask(&p, "snapshot a").await.unwrap().is_none());
         drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
         assert!(ask(&p, "snapshot a").await.unwrap().is_none(), "a stale socket: nobody answers");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_removes_only_the_socket_it_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.sock");
+        let first = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let ours = ControlSocket { path: p.clone(), bound: file_id(&p), task: tokio::spawn(async {}) };
+        // A --force mount took the path over: the fenced daemon's exit leaves its socket.
+        std::fs::remove_file(&p).unwrap();
+        let _second = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        drop(ours);
+        assert!(p.exists(), "the new daemon's socket was removed");
+        drop(first);
+        let again = ControlSocket { path: p.clone(), bound: file_id(&p), task: tokio::spawn(async {}) };
+        drop(again);
+        assert!(!p.exists(), "a daemon's own socket is removed at exit");
     }
 }

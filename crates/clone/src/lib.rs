@@ -62,6 +62,8 @@
 //! have snapshots until it is flattened (a snapshot's copy-on-first-write copies the clone's
 //! own object, and a block still in the base has none).
 
+#![forbid(unsafe_code)]
+
 mod error;
 pub mod flatten;
 pub mod format;

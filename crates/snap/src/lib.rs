@@ -96,6 +96,8 @@
 //! half done when the index changes, and every later write goes by the new index. Such a
 //! snapshot is the volume exactly as the server held it at the index PUT.
 
+#![forbid(unsafe_code)]
+
 mod ahead;
 pub mod book;
 mod error;

@@ -368,6 +368,23 @@ async fn check(mem: &Arc<MemObjects>, m: &Model, views: &BTreeMap<String, Snapsh
     }
 }
 
+/// After an attempt to take snapshot `name` (`failed`: it reported an error): a snapshot the
+/// index holds joins the model (with a long-lived view of it); one it lacks must have failed.
+async fn note_taken(
+    mem: &Arc<MemObjects>,
+    m: &mut Model,
+    views: &mut BTreeMap<String, SnapshotView>,
+    name: &str,
+    failed: bool,
+) {
+    if book::read_index(mem.as_ref()).await.unwrap().is_some_and(|i| i.find(name).is_some()) {
+        m.snaps.insert(name.to_string(), m.live);
+        views.insert(name.to_string(), view(mem, name).await.unwrap());
+    } else {
+        assert!(failed, "snapshot {name} missing but reported taken");
+    }
+}
+
 async fn run(steps: Vec<Step>) {
     let mem = Arc::new(MemObjects::new());
     let mut m = Model::default();
@@ -422,12 +439,7 @@ async fn run(steps: Vec<Step>) {
                     if crashy.dead() {
                         book::recover(mem.as_ref()).await.unwrap();
                     }
-                    if book::read_index(mem.as_ref()).await.unwrap().is_some_and(|i| i.find(&name).is_some()) {
-                        m.snaps.insert(name.clone(), m.live);
-                        views.insert(name.clone(), view(&mem, &name).await.unwrap());
-                    } else {
-                        assert!(r.is_err());
-                    }
+                    note_taken(&mem, &mut m, &mut views, &name, r.is_err()).await;
                     r.map(|_| ())
                 };
                 if budget == Crashy::alive() {
@@ -461,12 +473,7 @@ async fn run(steps: Vec<Step>) {
                     let name = format!("s{}", m.taken);
                     let r = book::create(c.as_ref(), &name, 8, u64::from(BLOCKS) * 8, u64::from(m.taken)).await;
                     book::recover(mem.as_ref()).await.unwrap();
-                    if book::read_index(mem.as_ref()).await.unwrap().is_some_and(|i| i.find(&name).is_some()) {
-                        m.snaps.insert(name.clone(), m.live);
-                        views.insert(name.clone(), view(&mem, &name).await.unwrap());
-                    } else {
-                        assert!(r.is_err());
-                    }
+                    note_taken(&mem, &mut m, &mut views, &name, r.is_err()).await;
                     r.map(|_| ())
                 };
                 if budget == Crashy::alive() {

@@ -73,12 +73,7 @@ pub(super) fn settings(a: &CloneArgs, mode: Mode, test: bool) -> Result<CloneSet
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Mode, assert_refused, validate};
-
-    fn v(args: &[&str]) -> anyhow::Result<crate::config::Config> {
-        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        validate(crate::args::parse(&a)?)
-    }
+    use crate::config::{Mode, assert_refused, validated as v};
 
     #[test]
     fn sources_and_modes() {

@@ -323,14 +323,17 @@ pub(crate) fn assert_refused<T>(settle: impl Fn(&[&str]) -> Result<T>, cases: &[
     }
 }
 
+/// Parses and validates a command line given as words (the config tests' entry point).
+#[cfg(test)]
+pub(crate) fn validated(args: &[&str]) -> Result<Config> {
+    let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    validate(crate::args::parse(&a)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v(args: &[&str]) -> Result<Config> {
-        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        validate(crate::args::parse(&a)?)
-    }
+    use validated as v;
 
     #[test]
     fn geometry_checks() {
