@@ -9,30 +9,12 @@
 mod common;
 mod nbd_common;
 use common::*;
-use s3b_testkit::garage::{BUCKET, Garage};
+use s3b_testkit::garage::BUCKET;
 use s3b_testkit::public_http::{PublicServer, objects_from_dir};
-use s3b_testkit::s3s_fs::S3sFs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 const C_S3BACKER: &str = "/usr/bin/s3backer";
-
-/// A running S3 server: flags that point us at it, and its port for listing.
-struct Server {
-    flags: Vec<String>,
-    port: u16,
-    _keep: Box<dyn std::any::Any>,
-}
-
-fn garage() -> Server {
-    let g = Garage::start();
-    Server { flags: g.s3backer_flags(), port: g.port, _keep: Box::new(g) }
-}
-
-fn s3s_fs() -> Server {
-    let s = S3sFs::start();
-    Server { flags: s.s3backer_flags(), port: s.port, _keep: Box::new(s) }
-}
 
 impl Server {
     /// Our flags for this server, `extra`, then the volume `BUCKET/sub`.
@@ -200,16 +182,6 @@ fn clone_of_a_snapshot(srv: Server, codec: &[&str]) {
     let (c, ce) = ext4_of(srv.args("clone", &[&["--readOnly"][..], codec].concat()), &d[0], &d[1], true);
     check_and_unmount(c, ce, &t3);
     srv.c_reads_tree("clone", &[&geometry[..], codec].concat(), &d[0], &d[1], &t3);
-}
-
-#[test]
-fn clone_of_a_snapshot_with_ext4_on_garage() {
-    clone_of_a_snapshot(garage(), &[]);
-}
-
-#[test]
-fn clone_of_an_encrypted_compressed_snapshot_on_s3s_fs() {
-    encrypted_compressed(|flags| clone_of_a_snapshot(s3s_fs(), flags));
 }
 
 /// A clone of a public image on a plain web server (no credentials; it refuses listings and
@@ -380,16 +352,6 @@ fn kill_during_first_writes(srv: Server) {
     assert!(read_volume(&srv, "clone", &[], &s.mnt()) == want);
 }
 
-#[test]
-fn kill9_during_first_writes_of_a_clone_on_garage() {
-    kill_during_first_writes(garage());
-}
-
-#[test]
-fn kill9_during_first_writes_of_a_clone_on_s3s_fs() {
-    kill_during_first_writes(s3s_fs());
-}
-
 /// kill -9 of `--flatten` half-way (over a latency link, so that it is still copying): the
 /// clone reads exactly as before at that point, and the next `--flatten` finishes it, after
 /// which C s3backer reads the same volume.
@@ -442,16 +404,6 @@ fn kill_during_flatten(srv: Server) {
     let cm = srv.c_mount("clone", &["--size=16m", "--blockSize=4k"], &s.mnt());
     assert!(std::fs::read(cm.file()).unwrap() == want, "C s3backer reads it differently");
     assert_eq!(cm.unmount(), 0);
-}
-
-#[test]
-fn kill9_during_flatten_on_garage() {
-    kill_during_flatten(garage());
-}
-
-#[test]
-fn kill9_during_flatten_on_s3s_fs() {
-    kill_during_flatten(s3s_fs());
 }
 
 /// Every mistake gets one line, a non-zero exit, and nothing is written to the bucket.
@@ -511,4 +463,13 @@ fn bad_clone_input_is_refused_with_one_line_and_nothing_written_on_garage() {
     assert!(line.contains("changed since the clone was made"), "{line}");
     let line = srv.refused("clone", &["--flatten"], None);
     assert!(line.contains("changed since the clone was made"), "{line}");
+}
+
+on_each_server! {
+    kill9_during_first_writes_of_a_clone => kill_during_first_writes;
+    kill9_during_flatten => kill_during_flatten;
+}
+
+plain_and_encrypted_compressed! {
+    clone_of_a_snapshot => clone_of_a_snapshot;
 }

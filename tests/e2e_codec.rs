@@ -36,10 +36,7 @@ fn round_trip(extra: &[&str], expect_encoding: &str) {
     assert!(raw.len() < 1082 || raw[1080..1082] != [0x53, 0xef], "block 0 stored as plaintext");
     drop_caches();
     let m = Mount::start(&args, &s.mnt());
-    fsck_clean(&m.file());
-    let e = Ext4::mount(&m.file(), &s.ext4());
-    check_tree(&s.ext4(), &tree);
-    e.unmount();
+    checked_ext4(&m, &s, &tree).unmount();
     assert_eq!(m.unmount(), 0);
 }
 

@@ -362,7 +362,9 @@ impl Ext4 {
 
     /// Loop-mounts `file` on `dir`.
     pub fn mount(file: &Path, dir: &Path) -> Ext4 {
-        sh(&format!("mount -o loop {} {}", file.display(), dir.display()));
+        // noinit_itable: no background inode-table zeroing (ext4lazyinit), whose timing would
+        // otherwise decide how many writes a test sees after the mount.
+        sh(&format!("mount -o loop,noinit_itable {} {}", file.display(), dir.display()));
         Ext4 { dir: dir.to_path_buf() }
     }
 
@@ -745,4 +747,61 @@ pub fn slow_link(port: u16, delay: Duration) -> u16 {
         });
     });
     link
+}
+
+/// A running S3 server (Garage or s3s-fs) for scenarios run on each: the flags that point us
+/// at it and its port (for listings and signed requests). The server stops on drop.
+pub struct Server {
+    pub flags: Vec<String>,
+    pub port: u16,
+    _keep: Box<dyn std::any::Any>,
+}
+
+/// A fresh Garage as a [`Server`].
+pub fn garage() -> Server {
+    let g = s3b_testkit::garage::Garage::start();
+    Server { flags: g.s3backer_flags(), port: g.port, _keep: Box::new(g) }
+}
+
+/// A fresh s3s-fs as a [`Server`].
+pub fn s3s_fs() -> Server {
+    let s = s3b_testkit::s3s_fs::S3sFs::start();
+    Server { flags: s.s3backer_flags(), port: s.port, _keep: Box::new(s) }
+}
+
+/// One `#[test]` per S3 server for scenarios that take the server they run on:
+/// `name => scenario;` defines the module `name` with the tests `on_garage` and `on_s3s_fs`,
+/// which run `scenario(garage())` and `scenario(s3s_fs())` with the calling file's `garage`
+/// and `s3s_fs` (those of this module unless it has its own).
+#[macro_export]
+macro_rules! on_each_server {
+    (@module $(#[$doc:meta])* $name:ident: $($test:ident => $body:expr),+) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    $body
+                }
+            )+
+        }
+    };
+    ($($(#[$doc:meta])* $name:ident => $scenario:expr;)+) => {$(
+        $crate::on_each_server!(@module $(#[$doc])* $name:
+            on_garage => ($scenario)(garage()), on_s3s_fs => ($scenario)(s3s_fs()));
+    )+};
+}
+
+/// Two `#[test]`s for scenarios that take a server and extra flags: `name => scenario;`
+/// defines the module `name` with `plain_on_garage`, running `scenario(garage(), &[])`, and
+/// `encrypted_compressed_on_s3s_fs`, running it on s3s-fs with the flags of
+/// [`encrypted_compressed`].
+#[macro_export]
+macro_rules! plain_and_encrypted_compressed {
+    ($($(#[$doc:meta])* $name:ident => $scenario:expr;)+) => {$(
+        $crate::on_each_server!(@module $(#[$doc])* $name:
+            plain_on_garage => ($scenario)(garage(), &[]),
+            encrypted_compressed_on_s3s_fs => encrypted_compressed(|flags| ($scenario)(s3s_fs(), flags)));
+    )+};
 }

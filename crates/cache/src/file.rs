@@ -151,10 +151,13 @@ pub(crate) enum Held {
 /// A block found in the file at open.
 #[derive(Debug)]
 pub(crate) struct Loaded {
+    /// The block it holds.
     pub(crate) block: BlockNum,
+    /// Where in the file.
     pub(crate) slot: u32,
     /// Its data: zeros or a partial block's buffer in memory, anything else in the slot.
     pub(crate) data: Held,
+    /// Clean or dirty (all of it or a part), as the slot's record says.
     pub(crate) state: LoadedState,
 }
 

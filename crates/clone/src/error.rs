@@ -47,11 +47,4 @@ pub enum CloneError {
     Store(#[from] StoreError),
 }
 
-impl From<CloneError> for StoreError {
-    fn from(e: CloneError) -> StoreError {
-        match e {
-            CloneError::Store(e) => e,
-            other => StoreError::Refused(Box::new(other)),
-        }
-    }
-}
+s3b_store::refusals_into_store_error!(CloneError);

@@ -453,9 +453,10 @@ impl BlockStore for EcProtect {
         Ok(())
     }
 
-    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
-        // Writes complete before they return: nothing is held here.
-        self.inner.flush(blocks).await
+    fn below(&self) -> Option<&dyn BlockStore> {
+        // Writes complete before they return: nothing is held here, so a flush and the
+        // shutdown pass straight down.
+        Some(&*self.inner)
     }
 
     async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
@@ -464,10 +465,6 @@ impl BlockStore for EcProtect {
             sink(n);
         }
         self.inner.survey_non_zero(sink).await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
     }
 }
 

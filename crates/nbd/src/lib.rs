@@ -168,14 +168,8 @@ pub fn dirty_runs(offset: u64, len: u64, bs: u64, dirty: &BTreeSet<u64>, max: us
         };
         let stop = next_change.saturating_mul(bs).min(end);
         let flag = if is_dirty { proto::STATE_DIRTY } else { 0 };
-        match out.last_mut() {
-            Some((l, f)) if *f == flag => *l += stop - pos,
-            _ => {
-                if out.len() == max {
-                    break;
-                }
-                out.push((stop - pos, flag));
-            }
+        if !s3b_volume::push_run(&mut out, stop - pos, flag, max) {
+            break;
         }
         pos = stop;
     }

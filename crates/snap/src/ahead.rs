@@ -76,13 +76,7 @@ impl BlockStore for PreserveAhead {
     fn known_zero(&self, n: BlockNum) -> bool {
         self.inner.known_zero(n)
     }
-    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
-        self.inner.flush(blocks).await
-    }
-    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
-        self.inner.survey_non_zero(sink).await
-    }
-    async fn shutdown(&self) -> Result<()> {
-        self.inner.shutdown().await
+    fn below(&self) -> Option<&dyn BlockStore> {
+        Some(&*self.inner)
     }
 }

@@ -42,11 +42,4 @@ pub enum SnapError {
     Store(#[from] StoreError),
 }
 
-impl From<SnapError> for StoreError {
-    fn from(e: SnapError) -> StoreError {
-        match e {
-            SnapError::Store(e) => e,
-            other => StoreError::Refused(Box::new(other)),
-        }
-    }
-}
+s3b_store::refusals_into_store_error!(SnapError);

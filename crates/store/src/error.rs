@@ -242,6 +242,23 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// `impl From<$layer> for StoreError` for a layer's own error enum that wraps store failures in
+/// a `Store(StoreError)` variant: those pass through as they are, every other case is the
+/// layer saying no ([`StoreError::Refused`]) and stays the source.
+#[macro_export]
+macro_rules! refusals_into_store_error {
+    ($layer:ident) => {
+        impl From<$layer> for $crate::StoreError {
+            fn from(e: $layer) -> $crate::StoreError {
+                match e {
+                    $layer::Store(e) => e,
+                    other => $crate::StoreError::Refused(Box::new(other)),
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,15 +128,45 @@ pub trait BlockStore: Send + Sync + 'static {
         false
     }
 
+    /// The block store this layer is built over, if it is one (the bottom store, over an
+    /// [`ObjectStore`], answers `None`). [`flush`](Self::flush),
+    /// [`survey_non_zero`](Self::survey_non_zero) and [`shutdown`](Self::shutdown) pass down to
+    /// it unless the layer overrides them, so a layer writes out only what it changes.
+    fn below(&self) -> Option<&dyn BlockStore> {
+        None
+    }
+
     /// Returns once the given blocks (all dirty blocks for `None`) are durable in the backing
     /// store. Layers that hold dirty data must write it down first, then call the inner flush.
-    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()>;
+    /// The default passes the flush [`below`](Self::below); with nothing below, nothing is held.
+    async fn flush(&self, blocks: Option<&[BlockNum]>) -> Result<()> {
+        match self.below() {
+            Some(s) => s.flush(blocks).await,
+            None => Ok(()),
+        }
+    }
 
-    /// Reports every block that might be non-zero (duplicates allowed) to `sink`.
-    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()>;
+    /// Reports every block that might be non-zero (duplicates allowed) to `sink`. The default
+    /// asks the store [`below`](Self::below); with nothing below, it reports every block.
+    async fn survey_non_zero(&self, sink: &(dyn Fn(BlockNum) + Send + Sync)) -> Result<()> {
+        match self.below() {
+            Some(s) => s.survey_non_zero(sink).await,
+            None => {
+                // Block numbers below num_blocks fit a BlockNum (at most 2^32 blocks).
+                (0..self.num_blocks()).filter_map(|n| BlockNum::try_from(n).ok()).for_each(sink);
+                Ok(())
+            }
+        }
+    }
 
     /// Flushes everything and stops background work. After this only dropping is allowed.
-    async fn shutdown(&self) -> Result<()>;
+    /// The default shuts the store [`below`](Self::below) down.
+    async fn shutdown(&self) -> Result<()> {
+        match self.below() {
+            Some(s) => s.shutdown().await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// A store of keyed objects with their headers: what the transports implement.
@@ -268,6 +298,43 @@ mod tests {
             assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer for blocks of {len} bytes");
         }
         assert_eq!(zero_block(4096).as_ptr(), zero_block(65536).as_ptr());
+    }
+
+    /// A store that implements only what the trait requires: the bottom one has nothing
+    /// below, a layer over it passes flush, survey and shutdown down.
+    struct Plain(Option<Box<dyn BlockStore>>, std::sync::Mutex<Vec<&'static str>>);
+
+    #[async_trait]
+    impl BlockStore for Plain {
+        fn geometry(&self) -> Geometry {
+            Geometry { block_size: 4096, num_blocks: 3 }
+        }
+        async fn read_block(&self, _: BlockNum, _: ReadRequest) -> Result<ReadOutcome> {
+            Ok(ReadOutcome::Zero)
+        }
+        async fn write_block(&self, _: BlockNum, _: Option<BlockData>) -> Result<Option<Etag>> {
+            Ok(None)
+        }
+        fn below(&self) -> Option<&dyn BlockStore> {
+            self.1.lock().unwrap().push("below");
+            self.0.as_deref()
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_layer_leaves_out_passes_below() {
+        async fn survey(s: &Plain) -> Vec<BlockNum> {
+            let seen = std::sync::Mutex::new(Vec::new());
+            s.survey_non_zero(&|n| seen.lock().unwrap().push(n)).await.unwrap();
+            seen.into_inner().unwrap()
+        }
+        let bottom = Plain(None, Default::default());
+        assert_eq!(survey(&bottom).await, vec![0, 1, 2], "with nothing below, every block might be data");
+        let layer = Plain(Some(Box::new(bottom)), Default::default());
+        layer.flush(None).await.unwrap();
+        layer.shutdown().await.unwrap();
+        assert_eq!(survey(&layer).await, vec![0, 1, 2]);
+        assert_eq!(*layer.1.lock().unwrap(), ["below"; 3], "each passed down");
     }
 
     #[test]

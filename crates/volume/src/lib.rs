@@ -367,15 +367,8 @@ impl Volume {
             let stop = ((block + 1) * self.bs()).min(end);
             // Below num_blocks, so a BlockNum (a volume has at most 2^32 blocks).
             let Ok(n) = BlockNum::try_from(block) else { break };
-            let z = self.known_zero(n);
-            match out.last_mut() {
-                Some((l, lz)) if *lz == z => *l += stop - pos,
-                _ => {
-                    if out.len() == max_runs {
-                        break;
-                    }
-                    out.push((stop - pos, z));
-                }
+            if !push_run(&mut out, stop - pos, self.known_zero(n), max_runs) {
+                break;
             }
             pos = stop;
         }
@@ -383,10 +376,38 @@ impl Volume {
     }
 }
 
+/// Appends `len` bytes in `state` to the runs of a map (an NBD block-status reply, a list of
+/// zero and data runs): merged into the last run when that has the same state, else a new run.
+/// Returns false, changing nothing, when a new run would make more than `max` of them.
+pub fn push_run<T: PartialEq>(runs: &mut Vec<(u64, T)>, len: u64, state: T, max: usize) -> bool {
+    if let Some((l, s)) = runs.last_mut()
+        && *s == state
+    {
+        *l += len;
+        return true;
+    }
+    if runs.len() == max {
+        return false;
+    }
+    runs.push((len, state));
+    true
+}
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation, reason = "test values are small constants and offsets within them")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_merge_while_the_state_holds_and_stop_at_the_limit() {
+        let mut runs = Vec::new();
+        assert!(push_run(&mut runs, 4, true, 2));
+        assert!(push_run(&mut runs, 6, true, 2));
+        assert!(push_run(&mut runs, 1, false, 2));
+        assert!(push_run(&mut runs, 3, false, 2), "merging needs no new run");
+        assert!(!push_run(&mut runs, 5, true, 2), "a third run passes the limit");
+        assert_eq!(runs, vec![(10, true), (4, false)]);
+    }
 
     #[test]
     fn each_kind_has_its_errno() {
