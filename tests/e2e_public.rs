@@ -249,6 +249,8 @@ fn published_squashfs_and_erofs_images_mount_without_block_size() {
 
         let server = PublicServer::start(PUBLIC_BUCKET, objects);
         let m = Mount::start_command(public_mount(bin(), &home, &server, &["--size=8m"], &s), &s.mnt());
+        // The daemon logs its geometry just after the kernel has the mount.
+        wait_for(30, "the mount's log line", || m.stderr().contains(" blocks of "));
         let log = m.stderr();
         assert!(log.contains("auto-detected block size=64k from the size of block 0"), "{fs_type}: {log}");
         assert!(log.contains("128 blocks of 65536 bytes"), "{fs_type}: {log}");
